@@ -1,0 +1,1 @@
+"""Metering: task events in, per-task usage and provider cost out. Knows nothing of plans."""
