@@ -1,0 +1,236 @@
+"""The `taskmeter` command line. Machine output is JSON on stdout; progress and errors go to
+stderr; a failure exits non-zero. The database is TASKMETER_DATABASE_URL, migrated on first use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from api.settings import Settings, get_settings
+from metering.db import make_engine, unit_of_work, upgrade_schema
+from metering.errors import TaskmeterError
+from metering.ingest import Prepared, insert_prepared, prepare_rows, validate_lines
+from metering.jsonl import LineBatch, read_batches
+from metering.schemas import FieldError, RejectedEvent
+from metering.tenants import create_api_key, create_tenant, get_tenant, parse_scopes, revoke_api_key
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _out(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
+@contextmanager
+def open_engine(settings: Settings) -> Iterator[Engine]:
+    """The configured database, migrated to the newest schema; disposed when the command ends."""
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade_schema(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
+    with open_engine(settings) as engine:
+        with unit_of_work(engine) as session:
+            tenant = create_tenant(session, args.name, timezone=args.timezone, currency=args.currency, now=_now())
+        _out({"id": tenant.id, "name": tenant.name, "timezone": tenant.timezone, "currency": tenant.currency})
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    with open_engine(settings) as engine:
+        scopes = parse_scopes(args.scopes)
+        with unit_of_work(engine) as session:
+            tenant = get_tenant(session, args.tenant)
+            key, key_id = create_api_key(
+                session, tenant, scopes, secret=settings.secret_key.get_secret_value().encode(), now=_now(), name=args.name
+            )
+        _err("This key is shown once; store it now.")
+        _out({"tenant": tenant.name, "key_id": key_id, "scopes": sorted(scopes), "key": key})
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    with open_engine(settings) as engine:
+        with unit_of_work(engine) as session:
+            tenant = get_tenant(session, args.tenant)
+            revoke_api_key(session, tenant, args.prefix, now=_now())
+        _out({"tenant": tenant.name, "revoked": args.prefix})
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    with open_engine(settings) as engine:
+        path = Path(args.file)
+        if not path.is_file():
+            raise TaskmeterError(f"no such file: {path}")
+        with unit_of_work(engine) as session:
+            tenant = get_tenant(session, args.tenant)
+        rejected_path = path.with_name(path.name.removesuffix(".jsonl") + ".rejected.jsonl")
+        summary = ingest_file(engine, tenant.id, path, rejected_path, settings=settings, batch_size=args.batch_size)
+        _out(summary)
+    return 0
+
+
+def ingest_file(
+    engine: Engine, tenant_id: int, path: Path, rejected_path: Path, *, settings: Settings, batch_size: int = 5000
+) -> dict[str, Any]:
+    """Stream a JSONL file into the events table, one transaction per batch (a rerun is a replay).
+
+    A reader thread parses and validates the next batch while this one is being inserted.
+    """
+    from tqdm import tqdm
+
+    totals = {"accepted": 0, "duplicates": 0, "conflicts": 0, "rejected": 0, "lines": 0}
+    tolerance = timedelta(days=settings.future_tolerance_days)
+    rejected_file = None
+
+    def prepare(batch: LineBatch) -> tuple[LineBatch, Prepared]:
+        validated = validate_lines(batch.raw)
+        return batch, prepare_rows(validated, tenant_id, now=_now(), future_tolerance=tolerance)
+
+    with (
+        path.open("rb") as stream,
+        tqdm(total=path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr, disable=None) as bar,
+        ThreadPoolExecutor(1, thread_name_prefix="taskmeter-ingest-reader") as reader,
+    ):
+        batches = read_batches(stream, batch_size)
+        pending = _submit_next(reader, prepare, batches)
+        while pending is not None:
+            batch, prepared = pending.result()
+            pending = _submit_next(reader, prepare, batches)  # at most one batch ahead: bounded memory
+            with unit_of_work(engine) as session:
+                result = insert_prepared(session, tenant_id, prepared)
+            rejections = [(batch.lines[r.index], batch.raw[r.index], r) for r in result.rejected]
+            rejections += [
+                (number, raw, RejectedEvent(index=-1, id=None, errors=[FieldError(field=f, message=m)]))
+                for number, raw, f, m in batch.unreadable
+            ]
+            if rejections:
+                rejected_file = rejected_file or rejected_path.open("w", encoding="utf-8")
+                for number, raw, rejection in sorted(rejections, key=lambda r: r[0]):
+                    record = {
+                        "line": number,
+                        "id": rejection.id,
+                        "errors": [e.model_dump() for e in rejection.errors],
+                        "raw": raw.decode("utf-8", errors="replace"),
+                    }
+                    rejected_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            totals["accepted"] += result.accepted
+            totals["duplicates"] += result.duplicates
+            totals["conflicts"] += result.conflicts
+            totals["rejected"] += len(rejections)
+            totals["lines"] += len(batch.raw) + len(batch.unreadable)
+            bar.update(batch.bytes_read)
+    if rejected_file is not None:
+        rejected_file.close()
+        totals["rejected_file"] = str(rejected_path)
+        _err(f"{totals['rejected']} line(s) rejected; reasons in {rejected_path}")
+    return totals
+
+
+def _submit_next(pool: ThreadPoolExecutor, work: Callable[[LineBatch], Any], batches: Iterator[LineBatch]) -> Future[Any] | None:
+    batch = next(batches, None)
+    return None if batch is None else pool.submit(work, batch)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    with open_engine(settings) as engine:
+        app = create_app(settings, engine)
+        _err(f"taskmeter serving on http://{args.host}:{args.port} (API docs at /docs)")
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from api.demo import load_demo
+
+    with open_engine(settings) as engine:
+        _out(load_demo(engine, settings, now=_now()))
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskmeter", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="action", required=True)
+    p = tenants.add_parser("create", help="create a tenant")
+    p.add_argument("name")
+    p.add_argument("--timezone", default="UTC", help="IANA time zone of its billing months")
+    p.add_argument("--currency", default="USD")
+    p.set_defaults(func=cmd_tenants_create)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    p = keys.add_parser("create", help="create an API key (printed once)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--scopes", required=True, help="comma-separated: ingest,read,admin")
+    p.add_argument("--name", default="")
+    p.set_defaults(func=cmd_keys_create)
+    p = keys.add_parser("revoke", help="revoke an API key by its prefix (the part after tm_)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("prefix")
+    p.set_defaults(func=cmd_keys_revoke)
+
+    p = sub.add_parser("ingest", help="ingest a JSONL file of events")
+    p.add_argument("file")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--batch-size", type=int, default=5000)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("serve", help="serve the API, dashboard and scheduler")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="create the demo tenant with sample data; prints its keys")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace, Settings], int] = args.func
+    try:
+        return func(args, get_settings())
+    except TaskmeterError as exc:
+        _err(f"error: {exc.message}")
+        if exc.detail:
+            _err(json.dumps(exc.detail, indent=2, default=str))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""One rendering of every error: `{"error": code, "message": text, "detail": ...}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from metering.errors import TaskmeterError
+
+log = logging.getLogger("taskmeter.api")
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    detail: Any = None
+
+
+def error_response(status: int, error: str, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": error, "message": message, "detail": detail}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TaskmeterError)
+    async def _taskmeter(_: Request, exc: TaskmeterError) -> JSONResponse:
+        return error_response(exc.status_code, exc.error, exc.message, exc.detail, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"field": ".".join(str(p) for p in err["loc"]), "message": str(err["msg"]).removeprefix("Value error, ")}
+            for err in exc.errors()
+        ]
+        return error_response(422, "invalid", "request validation failed", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), None, dict(exc.headers or {}))
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(_: Request, exc: DBAPIError) -> JSONResponse:
+        # Lost connections and locked databases are the server's trouble, and passing: retry.
+        log.warning("database unavailable: %s", exc.orig.__class__.__name__ if exc.orig else exc)
+        return error_response(503, "unavailable", "the database is unavailable; retry later", None, {"Retry-After": "2"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal", "internal error")
+
+
+# Declared on routes so the OpenAPI schema lists every error a client can get.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed request"},
+    401: {"model": ErrorBody, "description": "Missing or invalid API key"},
+    403: {"model": ErrorBody, "description": "The key lacks the scope"},
+    422: {"model": ErrorBody, "description": "Invalid input, with the field and the reason"},
+    503: {"model": ErrorBody, "description": "Database unavailable; retry after Retry-After seconds"},
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    base = {code: ERRORS[code] for code in (401, 403, 422, 503)}
+    for code in codes:
+        base[code] = ERRORS.get(code, {"model": ErrorBody, "description": "Error"})
+    return base

@@ -1,0 +1,380 @@
+"""Ingestion: validate, deduplicate on (tenant, id), append to `events`.
+
+Deduplication is the database's unique constraint and an insert that ignores conflicts (never
+"check, then insert"), so concurrent replays of one batch store each event exactly once. When an
+insert stores fewer rows than it was given, the stored digests of the batch's ids tell duplicates
+(same content) from conflicts (other content under a stored id), which are reported, never
+silently dropped.
+
+Speed: a batch's shape is validated by pydantic in one call over the whole JSON array; the rows
+are inserted with one `executemany` (SQLite) or COPY and one `INSERT ... SELECT` (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from psycopg import sql as pgsql
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import Column, Connection, MetaData, Table, bindparam, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateTable
+
+from metering.errors import InvalidInput, PayloadTooLarge, TaskmeterError
+from metering.schemas import (
+    DEFAULT_FUTURE_TOLERANCE,
+    EventIn,
+    FieldError,
+    IngestResult,
+    RejectedEvent,
+    event_rule_errors,
+)
+from metering.tables import events
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+_BATCH = TypeAdapter(list[EventIn])
+_ONE = TypeAdapter(EventIn)
+_LOOKUP_CHUNK = 500
+
+INSERT_COLUMNS = (
+    "tenant_id", "event_id", "type", "time_us", "customer", "task", "task_type", "provider", "model",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "metadata", "content_hash", "ingested_us",
+)  # fmt: skip
+
+
+class MalformedJSON(TaskmeterError):
+    status_code = 400
+    error = "malformed_json"
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the epoch, exact."""
+    return (moment - EPOCH) // _ONE_US
+
+
+def from_us(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=int(micros))
+
+
+@dataclass
+class Batch:
+    """A batch after shape validation: valid events with their positions, and the rejections."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    rejected: list[RejectedEvent] = field(default_factory=list)
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def validate_body(body: bytes, *, max_events: int | None = None) -> Batch:
+    """A request body that must be a JSON array of events."""
+    try:
+        batch = _BATCH.validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        root = [e for e in errors if not e["loc"]]
+        if root:
+            raise _body_error(body, root[0]) from None
+        items = json.loads(body)
+        _check_count(len(items), max_events)
+        return validate_lines([json.dumps(item).encode() for item in items])
+    _check_count(len(batch), max_events)
+    return Batch(events=batch, positions=list(range(len(batch))))
+
+
+def validate_lines(lines: Sequence[bytes]) -> Batch:
+    """Events given as one JSON document each (JSONL lines, or items of a decoded array)."""
+    try:
+        batch = _BATCH.validate_json(b"[" + b",".join(lines) + b"]")
+        return Batch(events=batch, positions=list(range(len(batch))))
+    except ValidationError:
+        pass  # some are invalid: find out which, one by one
+    out = Batch()
+    for position, line in enumerate(lines):
+        try:
+            out.events.append(_ONE.validate_json(line))
+            out.positions.append(position)
+        except ValidationError as exc:
+            errors = [_field_error(e) for e in exc.errors(include_url=False)]
+            out.rejected.append(RejectedEvent(index=position, id=_raw_id(line), errors=errors))
+    return out
+
+
+def validate_items(items: Sequence[Any]) -> Batch:
+    """Events given as Python objects (decoded JSON, or dicts built by an adapter)."""
+    return validate_lines([_dumps(item) for item in items])
+
+
+def _dumps(item: Any) -> bytes:
+    try:
+        return orjson.dumps(item)
+    except TypeError:  # integers past 64 bits, odd types: let validation name the field
+        return json.dumps(item, default=str).encode()
+
+
+def _check_count(count: int, max_events: int | None) -> None:
+    if max_events is not None and count > max_events:
+        raise PayloadTooLarge(f"{count:,} events in one batch; a batch may hold at most {max_events:,} events")
+
+
+def _body_error(body: bytes, error: Any) -> TaskmeterError:
+    if error["type"] == "json_invalid":
+        try:
+            json.loads(body)
+        except json.JSONDecodeError as exc:
+            return MalformedJSON(
+                f"malformed JSON at line {exc.lineno}, column {exc.colno} (byte {exc.pos}): {exc.msg}",
+                detail={"line": exc.lineno, "column": exc.colno, "position": exc.pos},
+            )
+        except (UnicodeDecodeError, RecursionError) as exc:
+            return MalformedJSON(f"malformed JSON: {exc}")
+        return MalformedJSON(f"malformed JSON: {error['msg']}")
+    got = type(error.get("input")).__name__
+    got = {"dict": "an object", "str": "a string", "int": "a number", "float": "a number", "NoneType": "null"}.get(got, got)
+    return InvalidInput(
+        "the body must be a JSON array of events",
+        detail=[{"field": "body", "message": f"expected an array of events, got {got}"}],
+    )
+
+
+def _field_error(error: Any) -> FieldError:
+    field_name = ".".join(str(part) for part in error["loc"]) or "event"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    kind = error["type"]
+    if kind == "missing":
+        message = "is required"
+    elif kind == "extra_forbidden":
+        message = "is not a known event field"
+    elif kind in ("dict_type", "model_type") and field_name == "event":
+        message = "each event must be a JSON object"
+    elif kind == "json_invalid":
+        field_name, message = "line", f"malformed JSON: {message.removeprefix('Invalid JSON: ')}"
+    return FieldError(field=field_name, message=message)
+
+
+def _raw_id(line: bytes) -> str | None:
+    try:
+        item = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(item, dict) and isinstance(item.get("id"), str):
+        return item["id"][:128]
+    return None
+
+
+# --- storing --------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """A batch checked against the cross-field rules: rows to insert and everything else."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    rejected: list[RejectedEvent] = field(default_factory=list)
+    duplicates: int = 0
+    conflicts: int = 0
+
+
+def prepare_rows(
+    batch: Batch, tenant_id: int, *, now: datetime, future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE
+) -> Prepared:
+    """Apply the cross-field rules and build the rows; repeats of an id within the batch are
+    duplicates (same content) or conflicts (other content) of its first occurrence."""
+    ingested_us = to_us(now)
+    latest_us = to_us(now + future_tolerance)
+    out = Prepared(rejected=list(batch.rejected))
+    first_in_batch: dict[str, str] = {}
+    for event, position in zip(batch.events, batch.positions, strict=True):
+        time_us = (event["time"] - EPOCH) // _ONE_US
+        rule_errors = event_rule_errors(event, time_us, latest_us, future_tolerance)
+        if rule_errors:
+            errors = [FieldError(field=f, message=m) for f, m in rule_errors]
+            out.rejected.append(RejectedEvent(index=position, id=event["id"], errors=errors))
+            continue
+        row = _row(event, time_us, tenant_id, ingested_us)
+        earlier = first_in_batch.get(event["id"])
+        if earlier is None:
+            first_in_batch[event["id"]] = row[-2]
+            out.rows.append(row)
+            out.positions.append(position)
+        elif earlier == row[-2]:
+            out.duplicates += 1
+        else:
+            out.conflicts += 1
+            out.rejected.append(_conflict(position, event["id"]))
+    return out
+
+
+def store_events(
+    session: Session | Connection,
+    tenant_id: int,
+    batch: Batch,
+    *,
+    now: datetime,
+    future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE,
+    atomic: bool = False,
+) -> IngestResult:
+    """Check the cross-field rules, append the valid events, report the rest. The caller commits."""
+    prepared = prepare_rows(batch, tenant_id, now=now, future_tolerance=future_tolerance)
+    return insert_prepared(session, tenant_id, prepared, atomic=atomic)
+
+
+def insert_prepared(
+    session: Session | Connection, tenant_id: int, prepared: Prepared, *, atomic: bool = False
+) -> IngestResult:
+    """Append prepared rows; report duplicates and conflicts. The caller commits.
+
+    With `atomic`, any rejection or conflict raises `InvalidInput`, and the caller's rollback
+    leaves nothing stored.
+    """
+    rows, rejected = prepared.rows, list(prepared.rejected)
+    if atomic and rejected:
+        raise _atomic_failure(sorted(rejected, key=lambda r: r.index))
+    inserted = _insert_ignoring_conflicts(session, rows)
+    duplicates, conflicts = prepared.duplicates, prepared.conflicts
+    if inserted < len(rows):
+        # Every row not inserted is stored already: with our digest (a duplicate) or another.
+        stored = _stored_digests(session, tenant_id, [row[1] for row in rows])
+        stored_conflicts = 0
+        for row, position in zip(rows, prepared.positions, strict=True):
+            if stored[row[1]] != row[-2]:
+                stored_conflicts += 1
+                rejected.append(_conflict(position, row[1]))
+        conflicts += stored_conflicts
+        duplicates += len(rows) - inserted - stored_conflicts
+    rejected.sort(key=lambda r: r.index)
+    if atomic and rejected:
+        raise _atomic_failure(rejected)
+    return IngestResult(accepted=inserted, duplicates=duplicates, conflicts=conflicts, rejected=rejected)
+
+
+def ingest_events(
+    session: Session | Connection,
+    tenant_id: int,
+    items: Sequence[Any],
+    *,
+    now: datetime,
+    atomic: bool = False,
+    future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE,
+) -> IngestResult:
+    """Validate and store a batch of events given as Python objects (adapters, demo, tests)."""
+    batch = validate_items(items)
+    return store_events(session, tenant_id, batch, now=now, atomic=atomic, future_tolerance=future_tolerance)
+
+
+def _row(event: dict[str, Any], time_us: int, tenant_id: int, ingested_us: int) -> tuple[Any, ...]:
+    """The `events` row (in INSERT_COLUMNS order), with the digest of the normalized content."""
+    get = event.get
+    metadata = get("metadata")
+    values = (
+        event["id"], event["type"], time_us, event["customer"], event["task"], get("task_type"),
+        get("provider"), get("model"), get("input_tokens", 0), get("output_tokens", 0),
+        get("cache_read_tokens", 0), get("cache_write_tokens", 0), get("reasoning_tokens", 0),
+        orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode() if metadata else None,
+    )  # fmt: skip
+    digest = hashlib.blake2b(orjson.dumps(values), digest_size=16).hexdigest()
+    return (tenant_id, *values, digest, ingested_us)
+
+
+def _sqlite_insert_sql() -> str:
+    statement = (
+        sqlite.insert(events)
+        .values({name: bindparam(name) for name in INSERT_COLUMNS})
+        .on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])
+    )
+    compiled = statement.compile(dialect=sqlite.dialect())
+    assert tuple(compiled.positiontup or ()) == INSERT_COLUMNS
+    return str(compiled)
+
+
+_SQLITE_INSERT = _sqlite_insert_sql()
+
+# PostgreSQL: COPY the batch into a per-connection temporary table, then one INSERT ... SELECT
+# that skips stored ids. COPY is the fastest way in; the INSERT keeps the unique constraint the
+# only judge of what is new.
+_STAGE = Table(
+    "events_incoming",
+    MetaData(),
+    *[Column(name, events.c[name].type) for name in INSERT_COLUMNS],
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
+)
+_CREATE_STAGE = CreateTable(_STAGE, if_not_exists=True)
+_COPY_STAGE = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
+    pgsql.Identifier(_STAGE.name), pgsql.SQL(", ").join(pgsql.Identifier(name) for name in INSERT_COLUMNS)
+)
+_POSTGRES_INSERT = (
+    postgresql.insert(events)
+    .from_select(list(INSERT_COLUMNS), select(*_STAGE.c))
+    .on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])
+    .execution_options(preserve_rowcount=True)
+)
+
+
+def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[Any, ...]]) -> int:
+    """Insert the rows, skipping ids already stored; returns how many were inserted."""
+    if not rows:
+        return 0
+    connection = session.connection() if isinstance(session, Session) else session
+    if connection.dialect.name == "postgresql":
+        connection.execute(_CREATE_STAGE)
+        with connection.connection.driver_connection.cursor() as cursor, cursor.copy(_COPY_STAGE) as copy:
+            for row in rows:
+                copy.write_row(row)
+        inserted = int(connection.execute(_POSTGRES_INSERT).rowcount)
+        connection.execute(delete(_STAGE))
+        return inserted
+    result = connection.execution_options(preserve_rowcount=True).exec_driver_sql(_SQLITE_INSERT, rows)
+    return int(result.rowcount)
+
+
+def _stored_digests(session: Session | Connection, tenant_id: int, event_ids: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for start in range(0, len(event_ids), _LOOKUP_CHUNK):
+        chunk = event_ids[start : start + _LOOKUP_CHUNK]
+        query = select(events.c.event_id, events.c.content_hash).where(
+            events.c.tenant_id == tenant_id, events.c.event_id.in_(chunk)
+        )
+        found.update({event_id: digest for event_id, digest in session.execute(query)})
+    return found
+
+
+def _conflict(position: int, event_id: str) -> RejectedEvent:
+    message = "conflict: an event with this id was already stored with different content"
+    return RejectedEvent(index=position, id=event_id, errors=[FieldError(field="id", message=message)])
+
+
+def _atomic_failure(rejected: list[RejectedEvent]) -> InvalidInput:
+    return InvalidInput(
+        f"{len(rejected)} event(s) rejected; atomic=true stores nothing",
+        detail=[r.model_dump() for r in rejected],
+    )
+
+
+def find_event(session: Session | Connection, tenant_id: int, event_id: str) -> dict[str, Any] | None:
+    """A stored event as the client sent it (normalized), with its ingest sequence number."""
+    row = session.execute(
+        select(events).where(events.c.tenant_id == tenant_id, events.c.event_id == event_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    return {
+        "seq": row.seq, "id": row.event_id, "type": row.type, "time": from_us(row.time_us),
+        "customer": row.customer, "task": row.task, "task_type": row.task_type, "provider": row.provider,
+        "model": row.model, "input_tokens": row.input_tokens, "output_tokens": row.output_tokens,
+        "cache_read_tokens": row.cache_read_tokens, "cache_write_tokens": row.cache_write_tokens,
+        "reasoning_tokens": row.reasoning_tokens,
+        "metadata": orjson.loads(row.metadata) if row.metadata else None,
+    }  # fmt: skip

@@ -1,0 +1,49 @@
+"""Reading JSONL event files: one JSON object per line, streamed in batches.
+
+Every line is accounted for: it goes into a batch (where validation may still reject it, with its
+line number), or it is unreadable (not UTF-8) and says so. Blank lines are skipped; a UTF-8 byte
+order mark at the start is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class LineBatch:
+    lines: list[int] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+    # Lines that never became an item: (line number, raw bytes, field, message).
+    unreadable: list[tuple[int, bytes, str, str]] = field(default_factory=list)
+    bytes_read: int = 0
+
+
+def read_batches(stream: BinaryIO, batch_size: int = 5000) -> Iterator[LineBatch]:
+    batch = LineBatch()
+    for number, line in enumerate(stream, start=1):
+        batch.bytes_read += len(line)
+        if number == 1 and line.startswith(BOM):
+            line = line[len(BOM) :]
+        stripped = line.strip()
+        if stripped:
+            _read_line(batch, number, stripped)
+        if len(batch.raw) + len(batch.unreadable) >= batch_size:
+            yield batch
+            batch = LineBatch()
+    if batch.raw or batch.unreadable or batch.bytes_read:
+        yield batch
+
+
+def _read_line(batch: LineBatch, number: int, line: bytes) -> None:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        batch.unreadable.append((number, line, "line", f"not UTF-8 (byte {exc.start}): re-encode the file as UTF-8"))
+        return
+    batch.lines.append(number)
+    batch.raw.append(line)

@@ -1,0 +1,180 @@
+"""Provider cost of usage events, vectorized and exact.
+
+`price_usage` prices a DataFrame of usage events with the rate cards of a `PriceBook`
+(`metering.ratecards`): one lookup per distinct (provider, model), the price version chosen per
+event time with numpy, context tiers with vectorized comparisons, whole int64 columns multiplied.
+
+A per-event cost is not a whole number of nano-units ($0.0375 per million tokens is 37.5 nanos a
+token), so each event's exact cost is returned as `cost_nanos` (floor, in 1e-9) plus `cost_rem`
+(the rest, in 1e-15, 0 <= rem < 10**6). Both columns sum exactly; `settle_nanos` rounds a sum
+once, half up, to whole nano-units.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+
+from metering.ratecards import TOKEN_CLASSES, PriceBook, RateCard
+
+TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+EVENT_COLUMNS = ("provider", "model", "time_us", *TOKEN_COLUMNS)
+RESULT_COLUMNS = ("priced", "price_version", "cost_nanos", "cost_rem")
+REM_PER_NANO = 10**6
+"""`cost_rem` units (1e-15 of the currency) per nano-unit; also tokens per million."""
+MAX_TOKENS = 10**12
+"""Most tokens of one class in one event. With rates capped (`ratecards.MAX_TOKEN_RATE`) every
+intermediate product stays below 2**63."""
+
+Amount = TypeVar("Amount", int, np.ndarray, pd.Series)
+
+
+def price_usage(events: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
+    """Price usage events; returns `RESULT_COLUMNS` on the events' index.
+
+    `events` has `EVENT_COLUMNS`: provider and model strings, `time_us` (int64 microseconds since
+    the epoch, UTC) and int64 token counts where input includes cache reads and writes. Unpriced
+    events (unknown model) have `priced` False, cost 0 and no price version.
+    """
+    counts = {name: _int64(events, name) for name in TOKEN_COLUMNS}
+    _check_counts(counts)
+    card_of_row, cards = _card_per_row(events, _int64(events, "time_us"), book)
+    table = _RateTable(cards)
+
+    inputs = counts["input_tokens"]
+    billable = {
+        "input": inputs - counts["cache_read_tokens"] - counts["cache_write_tokens"],
+        "cache_read": counts["cache_read_tokens"],
+        "cache_write": counts["cache_write_tokens"],
+        "output": counts["output_tokens"],
+    }
+    # cost = tokens x femto-per-token. Split tokens = q·10**6 + r so that q·rate (nanos) and
+    # r·rate (femtos, < 10**6 · rate) each fit int64 where tokens·rate might not.
+    nanos = np.zeros(len(events), dtype=np.int64)
+    femtos = np.zeros(len(events), dtype=np.int64)
+    for name, tokens in billable.items():
+        rate = table.rate_per_row(name, card_of_row, inputs)
+        whole, part = np.divmod(tokens, REM_PER_NANO)
+        nanos += whole * rate
+        femtos += part * rate
+    fee = table.rate_per_row("request", card_of_row, inputs)
+    nanos += fee // REM_PER_NANO
+    femtos += fee % REM_PER_NANO
+    nanos += femtos // REM_PER_NANO
+
+    versions = [card.price_version for card in cards]
+    categories = list(dict.fromkeys(versions))
+    version_code = np.array([categories.index(v) for v in versions] + [-1], dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "priced": card_of_row >= 0,
+            "price_version": pd.Categorical.from_codes(version_code[card_of_row], categories=categories),
+            "cost_nanos": nanos,
+            "cost_rem": femtos % REM_PER_NANO,
+        },
+        index=events.index,
+    )
+
+
+def settle_nanos(nanos: Amount, rem: Amount) -> Amount:
+    """Summed (cost_nanos, cost_rem) to whole nano-units, rounded once, half up.
+
+    Works on ints, numpy arrays and Series alike; equals
+    `decimal_to_nanos(quantize(exact_cost(nanos, rem), 9))` for the non-negative costs we make.
+    """
+    return nanos + rem // REM_PER_NANO + (rem % REM_PER_NANO >= REM_PER_NANO // 2)
+
+
+def exact_cost(nanos: int, rem: int) -> Decimal:
+    """The exact amount of a (cost_nanos, cost_rem) pair, for reports that round it themselves."""
+    return Decimal(int(nanos) * REM_PER_NANO + int(rem)).scaleb(-15)
+
+
+def _int64(events: pd.DataFrame, name: str) -> np.ndarray:
+    column = events[name]
+    if not pd.api.types.is_integer_dtype(column.dtype):
+        raise TypeError(f"{name} must be an integer column, not {column.dtype}")
+    return column.to_numpy(dtype=np.int64)
+
+
+def _check_counts(counts: dict[str, np.ndarray]) -> None:
+    # Cheap whole-column checks: a bad count would give a negative or overflowing cost.
+    for name, values in counts.items():
+        if len(values) and (values.min() < 0 or values.max() > MAX_TOKENS):
+            raise ValueError(f"{name} must be between 0 and {MAX_TOKENS}")
+    cached = counts["cache_read_tokens"] + counts["cache_write_tokens"]
+    if bool(np.any(cached > counts["input_tokens"])):
+        raise ValueError("cache_read_tokens + cache_write_tokens exceed input_tokens")
+
+
+def _card_per_row(
+    events: pd.DataFrame, time_us: np.ndarray, book: PriceBook
+) -> tuple[np.ndarray, list[RateCard]]:
+    """Index of each event's rate card in the returned list; -1 when unpriced."""
+    pair_of_row, pairs = _factorize_pairs(events["provider"], events["model"])
+    cards: dict[RateCard, int] = {}
+    card_of_pair = np.full(len(pairs), -1, dtype=np.int64)
+    by_time = []
+    for pair, (provider, model) in enumerate(pairs):
+        pricing = book.lookup(provider, model)
+        if pricing is None:
+            continue
+        ids = np.array([-1 if c is None else cards.setdefault(c, len(cards)) for c in pricing.cards])
+        card_of_pair[pair] = ids[0]
+        if len(ids) > 1:
+            by_time.append((pair, pricing, ids))
+    card_of_row = card_of_pair[pair_of_row]
+    for pair, pricing, ids in by_time:
+        rows = np.flatnonzero(pair_of_row == pair)
+        card_of_row[rows] = ids[pricing.variant_index(time_us[rows])]
+    return card_of_row, list(cards)
+
+
+def _factorize_pairs(provider: pd.Series, model: pd.Series) -> tuple[np.ndarray, list[tuple[object, object]]]:
+    # Factorizing each string column then the combined int codes is much cheaper than hashing
+    # string pairs, and free for categorical columns.
+    provider_codes, providers = pd.factorize(provider, use_na_sentinel=False)
+    model_codes, models = pd.factorize(model, use_na_sentinel=False)
+    combined = provider_codes.astype(np.int64) * len(models) + model_codes
+    pair_of_row, uniques = pd.factorize(combined)
+    pairs = [(providers[code // len(models)], models[code % len(models)]) for code in uniques.tolist()]
+    return pair_of_row, pairs
+
+
+class _RateTable:
+    """Integer rates of the cards in play, one array per class and tier level, ready to gather.
+
+    Each array has one extra zero entry at the end, so index -1 (unpriced) gathers rate 0.
+    Missing tier levels start at int64 max, which no input count exceeds.
+    """
+
+    def __init__(self, cards: list[RateCard]) -> None:
+        femto = [card.femto_rates() for card in cards]
+        self.base: dict[str, np.ndarray] = {}
+        self.tiers: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for name in (*TOKEN_CLASSES, "request"):
+            rates = [f[name] for f in femto]
+            self.base[name] = np.array([base for base, _ in rates] + [0], dtype=np.int64)
+            levels = max((len(tiers) for _, tiers in rates), default=0)
+            self.tiers[name] = [
+                (
+                    np.array(
+                        [t[i][0] if i < len(t) else _NEVER for _, t in rates] + [_NEVER], dtype=np.int64
+                    ),
+                    np.array([t[i][1] if i < len(t) else 0 for _, t in rates] + [0], dtype=np.int64),
+                )
+                for i in range(levels)
+            ]
+
+    def rate_per_row(self, name: str, card_of_row: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
+        rate = self.base[name][card_of_row]
+        # Ascending levels: the highest tier whose start the input exceeds wins, for all tokens.
+        for starts, prices in self.tiers[name]:
+            rate = np.where(input_tokens > starts[card_of_row], prices[card_of_row], rate)
+        return rate
+
+
+_NEVER = np.iinfo(np.int64).max

@@ -1,0 +1,146 @@
+"""Tenants and their API keys.
+
+A key reads `tm_<prefix>_<secret>`. Only the prefix (to find the row) and an HMAC-SHA256 of the
+whole key under the server's secret are stored; the key itself is shown once, when created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from metering.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from metering.tables import api_keys, tenants
+
+SCOPES = ("ingest", "read", "admin")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_KEY = re.compile(r"^tm_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: int
+    name: str
+    timezone: str
+    currency: str
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant of the key and what the key may do."""
+
+    tenant: Tenant
+    key_id: int
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        # admin may do everything; the other scopes are independent.
+        return scope in self.scopes or "admin" in self.scopes
+
+
+def create_tenant(
+    session: Session, name: str, *, timezone: str = "UTC", currency: str = "USD", now: datetime
+) -> Tenant:
+    errors = []
+    if not _NAME.match(name):
+        errors.append({"field": "name", "message": "must be 1-64 of a-z, 0-9, '-', '_', starting with a letter or digit"})
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        errors.append({"field": "timezone", "message": f"{timezone!r} is not an IANA time zone"})
+    if not re.fullmatch(r"[A-Z]{3}", currency):
+        errors.append({"field": "currency", "message": f"{currency!r} is not an ISO 4217 code such as USD"})
+    if errors:
+        raise InvalidInput("invalid tenant", detail=errors)
+    try:
+        with session.begin_nested():
+            tenant_id = session.execute(
+                insert(tenants)
+                .values(name=name, timezone=timezone, currency=currency, created_at=now)
+                .returning(tenants.c.id)
+            ).scalar_one()
+    except IntegrityError:
+        raise Conflict(f"tenant {name!r} already exists") from None
+    return Tenant(tenant_id, name, timezone, currency)
+
+
+def get_tenant(session: Session | Connection, name: str) -> Tenant:
+    row = session.execute(select(tenants).where(tenants.c.name == name)).one_or_none()
+    if row is None:
+        raise NotFound(f"no tenant named {name!r}")
+    return Tenant(row.id, row.name, row.timezone, row.currency)
+
+
+def list_tenants(session: Session | Connection) -> list[Tenant]:
+    rows = session.execute(select(tenants).order_by(tenants.c.id))
+    return [Tenant(r.id, r.name, r.timezone, r.currency) for r in rows]
+
+
+def parse_scopes(text: str) -> frozenset[str]:
+    scopes = frozenset(s.strip() for s in text.split(",") if s.strip())
+    unknown = scopes - set(SCOPES)
+    if not scopes or unknown:
+        raise InvalidInput(
+            "invalid scopes", detail=[{"field": "scopes", "message": f"choose from {', '.join(SCOPES)}"}]
+        )
+    return scopes
+
+
+def hash_key(key: str, secret: bytes) -> bytes:
+    return hmac.new(secret, key.encode(), hashlib.sha256).digest()
+
+
+def create_api_key(
+    session: Session, tenant: Tenant, scopes: frozenset[str], *, secret: bytes, now: datetime, name: str = ""
+) -> tuple[str, int]:
+    """Create a key; returns the key (shown once) and its id."""
+    prefix = secrets.token_hex(6)
+    key = f"tm_{prefix}_{secrets.token_urlsafe(32)}"
+    key_id = session.execute(
+        insert(api_keys)
+        .values(
+            tenant_id=tenant.id,
+            prefix=prefix,
+            key_hash=hash_key(key, secret),
+            scopes=",".join(sorted(scopes)),
+            name=name or ",".join(sorted(scopes)),
+            created_at=now,
+        )
+        .returning(api_keys.c.id)
+    ).scalar_one()
+    return key, key_id
+
+
+def revoke_api_key(session: Session, tenant: Tenant, prefix: str, *, now: datetime) -> None:
+    result = session.execute(
+        update(api_keys)
+        .where(api_keys.c.tenant_id == tenant.id, api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    if result.rowcount == 0:
+        raise NotFound(f"no active key {prefix!r} for tenant {tenant.name!r}")
+
+
+def authenticate(connection: Session | Connection, key: str, *, secret: bytes) -> Principal:
+    """The principal of a presented key, or `Unauthorized` (one message for every failure)."""
+    match = _KEY.match(key)
+    if match is None:
+        raise Unauthorized("invalid API key")
+    row = connection.execute(
+        select(api_keys, tenants.c.name, tenants.c.timezone, tenants.c.currency)
+        .join(tenants, tenants.c.id == api_keys.c.tenant_id)
+        .where(api_keys.c.prefix == match.group(1))
+    ).one_or_none()
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, hash_key(key, secret)):
+        raise Unauthorized("invalid API key")
+    tenant = Tenant(row.tenant_id, row.name, row.timezone, row.currency)
+    return Principal(tenant=tenant, key_id=row.id, scopes=frozenset(row.scopes.split(",")))

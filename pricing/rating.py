@@ -1,0 +1,448 @@
+"""Rating: a month of usage under a plan becomes invoice lines, exactly.
+
+Inputs are the metering rollup's frames (contracts: `TOKEN_USAGE_COLUMNS`, `TASK_COLUMNS`):
+- token usage, one row per customer, tenant-local `day` (datetime64 midnight), provider and model:
+  `input_tokens` (billable: input − cache reads − cache writes), `output_tokens`,
+  `cache_read_tokens`, `cache_write_tokens`, `provider_cost_nanos`, `unpriced_events` (int64);
+- tasks that ended in the month: `customer`, `task`, `task_type` (null → default price),
+  `status` (completed, failed, cancelled), `ended_at` (tz-aware), `provider_cost_nanos`.
+  Open tasks are absent: they are billed in the month they end.
+Both are encoded once (`prepare_month`) and rated per plan with array operations over all the
+tenant's customers; Python loops run only over the resulting lines.
+
+Lines. per_token rates: one per customer, rate card and class, quantity = tokens, unit_price =
+price per 1M tokens (the description says so), amount = tokens × price / 10**6. Markup: one,
+quantity = provider cost, unit_price = 1 + markup. per_job: one per `prices` key (unlisted task
+types share `default`), one for failed and cancelled tasks when their price is not 0. Tiers: one
+per step reached and one per flat fee. Each line is rounded once (`round_money`); a total is the
+sum of rounded lines.
+
+Versions. The version in force on a token row's day, or at a task's `ended_at` (tenant time
+zone), sets unit prices (rates, model rates, markup, job prices, failed price): a change
+mid-month splits lines per version. Period terms (tiers, included, minimum, platform fee) come
+from the version in force on the month's last day: they are monthly quantities, and a customer
+should not meet two tier tables or allowances in one month.
+
+Included allowance: the month's first units are free: completed tasks by `ended_at` (ties by task
+id); tokens by day, provider, model, then class (input, output, cache_read, cache_write). With
+tiers it comes off the quantity and the tiers price the rest. Minimum: when the rounded usage
+lines (platform fee excluded) sum to less, a top-up line makes up the difference.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from metering.errors import InvalidInput
+from metering.money import TOKENS_PER_MILLION, nanos_to_decimal, round_money
+from pricing.plans import TOKEN_CLASSES, PerJobPlan, PerTokenPlan, Plan, PlanBook, Rates
+from pricing.tiers import EXACT, ZERO, exact_amount, price_tiers
+
+TOKEN_COLUMNS = tuple(f"{c}_tokens" for c in TOKEN_CLASSES)
+TOKEN_USAGE_COLUMNS: Mapping[str, str] = {
+    "customer": "str", "day": "day", "provider": "str", "model": "str",
+    **dict.fromkeys(TOKEN_COLUMNS, "int"), "provider_cost_nanos": "int", "unpriced_events": "int",
+}  # fmt: skip
+TASK_COLUMNS: Mapping[str, str] = {
+    "customer": "key", "task": "key", "task_type": "str?", "status": "key", "ended_at": "instant",
+    "provider_cost_nanos": "int",
+}  # fmt: skip
+STATUSES = ("completed", "failed", "cancelled")
+_CLASS_LABELS = ("Input", "Output", "Cache read", "Cache write")
+
+
+class LineKind(StrEnum):
+    TOKENS = "tokens"
+    MARKUP = "markup"
+    JOBS = "jobs"
+    JOBS_FAILED = "jobs_failed"
+    TIER = "tier"
+    TIER_FLAT = "tier_flat"
+    PLATFORM_FEE = "platform_fee"
+    MINIMUM = "minimum"
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    customer: str
+    plan: str
+    version: date | None  # effective_from of the plan version whose prices apply
+    kind: LineKind
+    description: str
+    quantity: Decimal
+    unit_price: Decimal
+    amount_exact: Decimal
+    amount: Decimal  # round_money(amount_exact): what the customer pays
+    currency: str
+
+
+@dataclass(frozen=True)
+class RatedMonth:
+    month: date
+    customers: tuple[str, ...]
+    lines: tuple[InvoiceLine, ...]
+    unpriced_events: Mapping[str, int]  # usage events metering could not price, per customer
+
+    def totals(self) -> dict[str, Decimal]:
+        """Per customer: the sum of its rounded lines (0 for a customer without lines)."""
+        totals = dict.fromkeys(self.customers, ZERO)
+        for line in self.lines:
+            totals[line.customer] += line.amount
+        return totals
+
+    def to_frame(self) -> pd.DataFrame:
+        columns = list(InvoiceLine.__dataclass_fields__)
+        return pd.DataFrame([[getattr(line, c) for c in columns] for line in self.lines], columns=columns)
+
+
+@dataclass(frozen=True)
+class MonthUsage:
+    """A month's usage, validated and encoded once so that several plans rate it cheaply."""
+
+    month: date
+    tz: ZoneInfo
+    customers: pd.Index  # the name of each customer code
+    names: list[str]  # the same, for fast scalar access
+    tokens: pd.DataFrame  # token usage with `cust` (code) and `day` as datetime64[D]
+    task_customer: np.ndarray
+    task_status: np.ndarray  # index into STATUSES
+    task_type: np.ndarray  # index into task_types, -1 when null
+    task_types: pd.Index
+    task_ended: np.ndarray  # int64 nanoseconds since the epoch, UTC
+    task_cost: np.ndarray  # int64 nanos
+    task_id: np.ndarray
+
+    def unpriced_by_customer(self) -> dict[str, int]:
+        sums = self.tokens.groupby("cust")["unpriced_events"].sum()
+        return {self.names[c]: n for c, n in zip(sums.index.tolist(), sums.tolist(), strict=True) if n}
+
+
+def month_bounds(month: date) -> tuple[date, date]:
+    """First and last tenant-local day of the month that starts on `month`."""
+    if month.day != 1:
+        raise ValueError("a billing month is given by its first day")
+    return month, month.replace(day=calendar.monthrange(month.year, month.month)[1])
+
+
+def _instant(day: date, tz: ZoneInfo) -> int:
+    """Nanoseconds since the epoch of a tenant-local midnight (clamped to int64)."""
+    if day.year < 1700:
+        return int(np.iinfo(np.int64).min)
+    return int(datetime.combine(day, time(), tzinfo=tz).timestamp()) * 10**9
+
+
+def _check(frame: pd.DataFrame, contract: Mapping[str, str], name: str) -> None:
+    if missing := [c for c in contract if c not in frame.columns]:
+        raise ValueError(f"{name} lacks columns {missing}")
+    for column, kind in contract.items():
+        series = frame[column]
+        if kind == "int":
+            if not pd.api.types.is_integer_dtype(series) or pd.api.types.is_bool_dtype(series):
+                raise TypeError(f"{name}.{column} must hold exact integers, not {series.dtype}")
+            if len(series) and series.min() < 0:
+                raise ValueError(f"{name}.{column} must not be negative")
+        elif kind == "day" and not pd.api.types.is_datetime64_dtype(series):
+            raise TypeError(f"{name}.{column} must be a tenant-local datetime64 date, not {series.dtype}")
+        elif kind == "instant" and not isinstance(series.dtype, pd.DatetimeTZDtype):
+            raise TypeError(f"{name}.{column} must be a tz-aware timestamp, not {series.dtype}")
+        elif kind == "str" and series.isna().any():
+            raise ValueError(f"{name}.{column} must not be null")
+
+
+def prepare_month(
+    month: date, token_usage: pd.DataFrame, tasks: pd.DataFrame, *, tz: str = "UTC", customers: Iterable[str] = ()
+) -> MonthUsage:
+    """Validate both frames against their contracts and the month, and encode them."""
+    _check(token_usage, TOKEN_USAGE_COLUMNS, "token_usage")
+    _check(tasks, TASK_COLUMNS, "tasks")
+    zone = ZoneInfo(tz)
+    first, last = month_bounds(month)
+    tok_codes, tok_names = pd.factorize(token_usage["customer"])
+    task_codes, task_names = pd.factorize(tasks["customer"])
+    if len(task_codes) and task_codes.min() < 0:  # "key" columns: null checks ride on factorize
+        raise ValueError("tasks.customer must not be null")
+    names = pd.Index(sorted(set(tok_names) | set(task_names) | set(customers)))
+
+    days = token_usage["day"].to_numpy().astype("datetime64[D]")
+    if len(days) and (days.min() < np.datetime64(first) or days.max() > np.datetime64(last)):
+        raise ValueError(f"token_usage has days outside {first:%Y-%m}")
+    tokens = token_usage[["provider", "model", *TOKEN_COLUMNS, "provider_cost_nanos", "unpriced_events"]].assign(
+        cust=names.get_indexer(tok_names)[tok_codes], day=days
+    )
+
+    status_codes, status_names = pd.factorize(tasks["status"])
+    if unknown := set(status_names) - set(STATUSES) | ({None} if len(status_codes) and status_codes.min() < 0 else set()):
+        raise ValueError(f"tasks.status has values other than {STATUSES}: {sorted(map(str, unknown))}")
+    ended = tasks["ended_at"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    start, end = _instant(first, zone), _instant(last + timedelta(days=1), zone)
+    if len(ended) and (ended.min() < start or ended.max() >= end):
+        raise ValueError(f"tasks has ended_at outside {first:%Y-%m} in {tz}")
+    type_codes, type_names = pd.factorize(tasks["task_type"], sort=True)
+    return MonthUsage(
+        month=first,
+        tz=zone,
+        customers=names,
+        names=names.tolist(),
+        tokens=tokens,
+        task_customer=names.get_indexer(task_names)[task_codes],
+        task_status=pd.Index(STATUSES).get_indexer(status_names)[status_codes].astype(np.int8),
+        task_type=type_codes,
+        task_types=type_names,
+        task_ended=ended,
+        task_cost=tasks["provider_cost_nanos"].to_numpy(dtype=np.int64),
+        task_id=tasks["task"].to_numpy(),
+    )
+
+
+@dataclass
+class _Lines:
+    """The lines of one plan's customers, rounded as they are made; `v` indexes plan versions."""
+
+    plan_id: str
+    history: tuple[Plan, ...]
+    currency: str
+    names: list[str]
+    month: tuple[date, date]
+    by_customer: dict[int, list[InvoiceLine]] = field(default_factory=dict)
+
+    def add(self, cust: int, kind: LineKind, text: str, qty: Decimal, price: Decimal, exact: Decimal, v: int) -> None:
+        version, (first, last) = self.history[v], self.month
+        following = self.history[v + 1].effective_from if v + 1 < len(self.history) else None
+        if version.effective_from and version.effective_from > first:  # a version change mid-month
+            text += f" [prices from {version.effective_from}]"
+        if following and following <= last:
+            text += f" [prices until {following - timedelta(days=1)}]"
+        line = InvoiceLine(
+            self.names[cust], self.plan_id, version.effective_from, kind, text, qty, price, exact,
+            round_money(exact, self.currency), self.currency,
+        )  # fmt: skip
+        self.by_customer.setdefault(cust, []).append(line)
+
+    def tiers(self, cust: int, quantity: int, end: Plan, v: int, unit: int) -> None:
+        assert end.tiers is not None
+        what, per = ("tokens", "per 1M tokens") if unit > 1 else ("jobs", "per job")
+        for c in price_tiers(quantity, end.tiers.mode, end.tiers.steps, unit):
+            upper = "∞" if c.last is None else f"{c.last:,}"
+            text = (
+                f"Tier {c.step} ({what} {c.first:,}–{upper}), price {per}"
+                if end.tiers.mode == "graduated"
+                else f"Volume tier {c.step} (up to {upper} {what}) for all {c.quantity:,}, price {per}"
+            )
+            self.add(cust, LineKind.TIER, text, Decimal(c.quantity), c.price, c.amount, v)
+            if c.flat:
+                self.add(cust, LineKind.TIER_FLAT, f"Tier {c.step} flat fee", Decimal(1), c.flat, c.flat, v)
+
+    def finish(self, customers: list[int], end: Plan, v: int) -> list[InvoiceLine]:
+        """Append the period lines (platform fee, minimum top-up) and return all lines."""
+        for cust in customers:
+            usage_total = sum((line.amount for line in self.by_customer.get(cust, [])), ZERO)
+            if fee := end.platform_fee:
+                self.add(cust, LineKind.PLATFORM_FEE, "Platform fee (monthly)", Decimal(1), fee, fee, v)
+            if end.minimum > usage_total:
+                top_up = EXACT.subtract(end.minimum, usage_total)
+                text = f"Minimum monthly charge {end.minimum}: top-up over usage of {usage_total}"
+                self.add(cust, LineKind.MINIMUM, text, Decimal(1), top_up, top_up, v)
+        return [line for cust in customers for line in self.by_customer.get(cust, [])]
+
+
+def _versions(history: Sequence[Plan], starts: list[int], points: np.ndarray) -> np.ndarray:
+    """Index of the version in force at each point (days or instants, as int64)."""
+    found = np.searchsorted(np.asarray(starts, dtype=np.int64), points, side="right") - 1
+    if len(found) and found.min() < 0:
+        raise InvalidInput(f"plan {history[0].id!r} is not in force for all usage of the month")
+    return found
+
+
+def rate_plan(
+    usage: MonthUsage, plans: PlanBook, plan_id: str, customers: Sequence[str], currency: str
+) -> list[InvoiceLine]:
+    """Invoice lines of `customers` (all of them on `plan_id`) for the month of `usage`."""
+    history = plans.history(plan_id)
+    first, last = month_bounds(usage.month)
+    end = plans.at(plan_id, last)
+    codes = usage.customers.get_indexer(list(customers))
+    if (codes < 0).any():
+        raise ValueError("customers must be part of the prepared usage")
+    on_plan = np.zeros(len(usage.names), dtype=bool)
+    on_plan[codes] = True
+    lines = _Lines(plan_id, history, end.currency or currency, usage.names, (first, last))
+    rate = _rate_tokens if isinstance(end, PerTokenPlan) else _rate_jobs
+    rate(lines, usage, on_plan, end, history.index(end))  # type: ignore[operator]
+    return lines.finish(sorted(codes.tolist()), end, history.index(end))
+
+
+def _rate_tokens(lines: _Lines, usage: MonthUsage, on_plan: np.ndarray, end: PerTokenPlan, v_end: int) -> None:
+    tok = usage.tokens[on_plan[usage.tokens["cust"].to_numpy()]]
+    cust, starts = tok["cust"].to_numpy(), [_day(p.effective_from) for p in lines.history]
+    v = _versions(lines.history, starts, tok["day"].to_numpy().astype(np.int64))
+    if end.tiers:
+        totals = tok.groupby("cust")[list(TOKEN_COLUMNS)].sum().sum(axis=1)
+        for c, total in zip(totals.index.tolist(), totals.tolist(), strict=True):
+            lines.tiers(c, max(0, total - end.included), end, v_end, TOKENS_PER_MILLION)
+    elif end.markup is not None:
+        n_v = len(lines.history)
+        sums = tok[["provider_cost_nanos", "unpriced_events"]].groupby(cust * n_v + v).sum()
+        for key, (cost, unpriced) in zip(sums.index.tolist(), sums.to_numpy().tolist(), strict=True):
+            c, vv = divmod(key, n_v)
+            markup = lines.history[vv].markup  # type: ignore[union-attr]
+            factor, provider_cost = EXACT.add(Decimal(1), markup), nanos_to_decimal(cost)
+            text = f"Provider cost × {factor} (cost-plus)"
+            if unpriced:
+                text += f"; {unpriced:,} usage events without a provider price are not included"
+            lines.add(c, LineKind.MARKUP, text, provider_cost, factor, EXACT.multiply(provider_cost, factor), vv)
+    else:
+        _rate_cards(lines, tok, v, end.included)
+
+
+def _day(day: date | None) -> int:
+    return int(np.datetime64(day or date(1, 1, 1), "D").astype(np.int64))
+
+
+def _rate_cards(lines: _Lines, tok: pd.DataFrame, v: np.ndarray, included: int) -> None:
+    """per_token rates: lines per customer, rate card and class, after the included allowance."""
+    cust = tok["cust"].to_numpy()
+    providers, provider_names = pd.factorize(tok["provider"], sort=True)
+    models, model_names = pd.factorize(tok["model"], sort=True)
+    n_pm = len(provider_names) * len(model_names)
+    combos, combo_of_row = np.unique(v * n_pm + providers * len(model_names) + models, return_inverse=True)
+    card_ids: dict[tuple[int, str | None], int] = {}
+    cards: list[tuple[int, str | None, Rates]] = []
+    card_of_combo = []
+    for combo in combos.tolist():  # a few (version, provider, model) combinations
+        vv, (provider, model) = combo // n_pm, divmod(combo % n_pm, len(model_names))
+        label, rates = lines.history[vv].rates_for(provider_names[provider], model_names[model])  # type: ignore[union-attr]
+        if (vv, label) not in card_ids:
+            card_ids[(vv, label)] = len(cards)
+            cards.append((vv, label, rates))
+        card_of_combo.append(card_ids[(vv, label)])
+    card = np.asarray(card_of_combo, dtype=np.int64)[combo_of_row]
+
+    matrix = tok[list(TOKEN_COLUMNS)].to_numpy(dtype=np.int64)
+    free = np.zeros_like(matrix)
+    if included:  # consumed in usage order: by day, provider, model, then class
+        order = tok.assign(_pos=np.arange(len(tok))).sort_values(["cust", "day", "provider", "model"])["_pos"].to_numpy()
+        flat = matrix[order].ravel()
+        owner = np.repeat(cust[order], len(TOKEN_CLASSES))
+        before = np.cumsum(flat) - flat
+        before -= before[np.searchsorted(owner, owner, side="left")]
+        free[order] = np.clip(included - before, 0, flat).reshape(-1, len(TOKEN_CLASSES))
+    sums = pd.DataFrame(np.hstack([matrix, free])).groupby(cust * len(cards) + card).sum()
+    for key, row in zip(sums.index.tolist(), sums.to_numpy().tolist(), strict=True):
+        c, (vv, label, rates) = key // len(cards), cards[key % len(cards)]
+        for cls, (tokens, free_tokens) in enumerate(zip(row[:4], row[4:], strict=True)):
+            if tokens:
+                rate, charged = rates.of(TOKEN_CLASSES[cls]), tokens - free_tokens
+                text = f"{_CLASS_LABELS[cls]} tokens{f' at {label} rates' if label else ''}, price per 1M tokens"
+                text += f"; {free_tokens:,} included tokens free" if free_tokens else ""
+                amount = exact_amount(charged, rate, TOKENS_PER_MILLION)
+                lines.add(c, LineKind.TOKENS, text, Decimal(charged), rate, amount, vv)
+
+
+def _ranks(cust: np.ndarray, ended: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each task's position among its customer's tasks by end time, ties broken by task id."""
+    if len(cust) == 0:
+        return np.zeros(0, dtype=np.int64)
+    offset = ended - ended.min()
+    span = int(offset.max()) + 1
+    if (int(cust.max()) + 1) * span < 2**62:  # one int64 key sorts 4× faster than lexsort
+        order = np.argsort(cust * span + offset)
+    else:
+        order = np.lexsort((ended, cust))
+    c, t = cust[order], ended[order]
+    if (same := (c[1:] == c[:-1]) & (t[1:] == t[:-1])).any():  # sort only tied rows by id
+        tied = np.zeros(len(order), dtype=bool)
+        tied[1:] |= same
+        tied[:-1] |= same
+        by_id = np.zeros(len(order), dtype=np.int64)
+        by_id[tied] = pd.factorize(ids[order][tied], sort=True)[0]
+        order = order[np.lexsort((by_id, t, c))]
+        c = cust[order]
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(len(order)) - np.searchsorted(c, c, side="left")
+    return ranks
+
+
+def _rate_jobs(lines: _Lines, usage: MonthUsage, on_plan: np.ndarray, end: PerJobPlan, v_end: int) -> None:
+    keep = on_plan[usage.task_customer]
+    everyone = bool(keep.all())
+
+    def pick(values: np.ndarray) -> np.ndarray:
+        return values if everyone else values[keep]
+
+    cust, status, ended = pick(usage.task_customer), pick(usage.task_status), pick(usage.task_ended)
+    history, n_cust, n_v = lines.history, len(usage.names), len(lines.history)
+    v = np.zeros(len(cust), dtype=np.int64)
+    if n_v > 1 or history[0].effective_from:
+        v = _versions(history, [_instant(p.effective_from or date(1, 1, 1), usage.tz) for p in history], ended)
+    completed = status == 0
+    if end.tiers:  # the allowance comes off the count; which tasks were free does not matter
+        counts = np.bincount(cust[completed], minlength=n_cust)
+        for c in np.flatnonzero(counts).tolist():
+            lines.tiers(c, max(0, int(counts[c]) - end.included), end, v_end, 1)
+    else:
+        free = np.zeros(len(cust), dtype=bool)
+        if end.included:  # the month's first completed tasks are free
+            done = np.flatnonzero(completed)
+            free[done] = _ranks(cust[done], ended[done], pick(usage.task_id)[done]) < end.included
+        _rate_job_prices(lines, usage, cust[completed], v[completed], pick(usage.task_type)[completed], free[completed])
+    failed = np.bincount((cust * n_v + v)[~completed], minlength=n_cust * n_v).tolist()
+    for key in np.flatnonzero(failed).tolist():
+        (c, vv), n = divmod(key, n_v), failed[key]
+        if price := history[vv].failed:  # type: ignore[union-attr]
+            lines.add(c, LineKind.JOBS_FAILED, "Failed or cancelled tasks", Decimal(n), price, exact_amount(n, price), vv)
+
+
+def _rate_job_prices(
+    lines: _Lines, usage: MonthUsage, cust: np.ndarray, v: np.ndarray, task_type: np.ndarray, free: np.ndarray
+) -> None:
+    """per_job prices: a line per customer and `prices` key over completed tasks."""
+    key_ids: dict[tuple[int, str], int] = {}  # (version, prices key), in order of appearance
+    table = np.empty((len(lines.history), len(usage.task_types) + 1), dtype=np.int64)
+    for vv, plan in enumerate(lines.history):
+        for slot, name in enumerate([None, *usage.task_types.tolist()]):  # slot 0: no task type
+            table[vv, slot] = key_ids.setdefault((vv, plan.price_key(name)), len(key_ids))  # type: ignore[union-attr]
+    keys = list(key_ids)
+    flat_key = cust * len(keys) + table[v, task_type + 1]
+    counts = np.bincount(flat_key, minlength=len(usage.names) * len(keys)).tolist()
+    frees = np.bincount(flat_key[free], minlength=len(usage.names) * len(keys)).tolist()
+    for key in np.flatnonzero(counts).tolist():
+        (c, k), n_free = divmod(key, len(keys)), frees[key]
+        vv, name = keys[k]
+        price, charged = lines.history[vv].prices[name], counts[key] - n_free  # type: ignore[union-attr]
+        text = "Completed tasks (default price)" if name == "default" else f"Completed {name} tasks"
+        text += f"; {n_free:,} included tasks free" if n_free else ""
+        lines.add(c, LineKind.JOBS, text, Decimal(charged), price, exact_amount(charged, price), vv)
+
+
+def rate_month(
+    *,
+    month: date,
+    customers: Mapping[str, str],
+    plans: PlanBook,
+    token_usage: pd.DataFrame,
+    tasks: pd.DataFrame,
+    currency: str,
+    tz: str = "UTC",
+) -> RatedMonth:
+    """Invoice lines of every customer (customer id → plan id) for a month of usage.
+
+    Usage of a customer without a plan is an error: billing never drops usage silently.
+    """
+    usage = prepare_month(month, token_usage, tasks, tz=tz, customers=customers)
+    if orphans := sorted(set(usage.names) - set(customers)):
+        raise InvalidInput("usage of customers without a plan", detail=[{"field": "customer", "message": c} for c in orphans])
+    by_plan: dict[str, list[str]] = {}
+    for customer, plan_id in customers.items():
+        by_plan.setdefault(plan_id, []).append(customer)
+    lines = [line for plan_id in sorted(by_plan) for line in rate_plan(usage, plans, plan_id, by_plan[plan_id], currency)]
+    lines.sort(key=lambda line: line.customer)  # stable: each customer's lines keep their order
+    return RatedMonth(month, tuple(sorted(customers)), tuple(lines), usage.unpriced_by_customer())

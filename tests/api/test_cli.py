@@ -1,0 +1,120 @@
+"""The `taskmeter` command line: JSON on stdout, errors on stderr, non-zero exit on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from api import cli
+from api.settings import get_settings
+from metering.tables import events
+from tests.conftest import TEST_SECRET
+from tests.factories import make_event
+
+
+@pytest.fixture
+def run(database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator:
+    monkeypatch.setenv("TASKMETER_DATABASE_URL", database_url)
+    monkeypatch.setenv("TASKMETER_SECRET_KEY", TEST_SECRET)
+    get_settings.cache_clear()
+
+    def invoke(*argv: str) -> tuple[int, dict | None, str]:
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return code, json.loads(captured.out) if captured.out.strip() else None, captured.err
+
+    yield invoke
+    get_settings.cache_clear()
+
+
+def write_jsonl(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+class TestTenantsAndKeys:
+    def test_create_tenant_and_key(self, run) -> None:
+        code, out, _ = run("tenants", "create", "acme-ai", "--timezone", "Europe/Berlin", "--currency", "EUR")
+        assert code == 0 and out["name"] == "acme-ai" and out["timezone"] == "Europe/Berlin"
+        code, out, err = run("keys", "create", "--tenant", "acme-ai", "--scopes", "ingest,read")
+        assert code == 0 and out["key"].startswith("tm_") and out["scopes"] == ["ingest", "read"]
+        assert "shown once" in err
+
+    def test_bad_tenant_names_each_field(self, run) -> None:
+        code, out, err = run("tenants", "create", "Bad Name!", "--timezone", "Mars/Olympus", "--currency", "usd")
+        assert code == 1 and out is None
+        assert '"field": "name"' in err and '"field": "timezone"' in err and '"field": "currency"' in err
+
+    def test_duplicate_tenant(self, run) -> None:
+        run("tenants", "create", "acme-ai")
+        code, _, err = run("tenants", "create", "acme-ai")
+        assert code == 1 and "already exists" in err
+
+    def test_unknown_scope(self, run) -> None:
+        run("tenants", "create", "acme-ai")
+        code, _, err = run("keys", "create", "--tenant", "acme-ai", "--scopes", "ingest,root")
+        assert code == 1 and "choose from ingest, read, admin" in err
+
+    def test_key_for_unknown_tenant(self, run) -> None:
+        code, _, err = run("keys", "create", "--tenant", "nobody", "--scopes", "read")
+        assert code == 1 and "no tenant named 'nobody'" in err
+
+
+class TestIngestFile:
+    def test_summary_and_rejected_lines(self, run, tmp_path: Path, engine: Engine) -> None:
+        run("tenants", "create", "acme-ai")
+        lines = [json.dumps(make_event(id=f"f{i}")).encode() for i in range(7)]
+        lines.insert(2, b"")  # blank line: skipped
+        lines.insert(3, json.dumps(make_event(id="neg", output_tokens=-1)).encode())
+        lines.insert(4, b'{"id": "broken", ')
+        lines.insert(5, b'{"id": "latin1", "customer": "caf\xe9"}')
+        path = write_jsonl(tmp_path / "events.jsonl", [b"\xef\xbb\xbf" + lines[0], *lines[1:]])
+        code, out, err = run("ingest", str(path), "--tenant", "acme-ai", "--batch-size", "3")
+        assert code == 0
+        assert out == {
+            "accepted": 7, "duplicates": 0, "conflicts": 0, "rejected": 3, "lines": 10,
+            "rejected_file": str(tmp_path / "events.rejected.jsonl"),
+        }  # fmt: skip
+        rejected = [json.loads(line) for line in (tmp_path / "events.rejected.jsonl").read_text().splitlines()]
+        assert [(r["line"], r["errors"][0]["field"]) for r in rejected] == [(4, "output_tokens"), (5, "line"), (6, "line")]
+        assert "malformed JSON" in rejected[1]["errors"][0]["message"]
+        assert "not UTF-8" in rejected[2]["errors"][0]["message"]
+        assert rejected[0]["raw"].startswith('{"id": "neg"')
+        with engine.connect() as connection:
+            assert connection.execute(select(func.count()).select_from(events)).scalar_one() == 7
+
+    def test_rerun_is_a_replay(self, run, tmp_path: Path) -> None:
+        run("tenants", "create", "acme-ai")
+        path = write_jsonl(tmp_path / "e.jsonl", [json.dumps(make_event(id=f"g{i}")).encode() for i in range(5)])
+        run("ingest", str(path), "--tenant", "acme-ai")
+        code, out, _ = run("ingest", str(path), "--tenant", "acme-ai")
+        assert code == 0 and (out["accepted"], out["duplicates"]) == (0, 5)
+
+    def test_truncated_last_line(self, run, tmp_path: Path) -> None:
+        run("tenants", "create", "acme-ai")
+        path = tmp_path / "t.jsonl"
+        path.write_bytes(json.dumps(make_event(id="whole")).encode() + b'\n{"id": "cut", "type": "us')
+        code, out, _ = run("ingest", str(path), "--tenant", "acme-ai")
+        assert code == 0 and (out["accepted"], out["rejected"]) == (1, 1)
+
+    def test_missing_file(self, run) -> None:
+        run("tenants", "create", "acme-ai")
+        code, _, err = run("ingest", "/nonexistent.jsonl", "--tenant", "acme-ai")
+        assert code == 1 and "no such file" in err
+
+
+def test_console_script_runs_as_a_process(database_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "TASKMETER_DATABASE_URL": database_url, "TASKMETER_SECRET_KEY": TEST_SECRET}
+    exe = Path(sys.executable).with_name("taskmeter")
+    done = subprocess.run([str(exe), "tenants", "create", "proc-tenant"], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == "proc-tenant"
+    failed = subprocess.run([str(exe), "keys", "create", "--tenant", "ghost", "--scopes", "read"], env=env, capture_output=True, text=True, check=False)
+    assert failed.returncode == 1 and failed.stdout == "" and "no tenant named 'ghost'" in failed.stderr

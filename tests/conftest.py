@@ -1,0 +1,184 @@
+"""Test fixtures: a clean database per test, built by the migrations, on SQLite or PostgreSQL.
+
+`TASKMETER_TEST_DB=sqlite` (default) or `postgresql` picks the backend; the PostgreSQL URL is
+`TASKMETER_TEST_POSTGRES_URL` (default postgresql+psycopg://postgres@127.0.0.1:5432/test). When
+PostgreSQL is asked for but unreachable, every database test is skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from sqlalchemy import Engine, text
+
+from api.app import create_app
+from api.settings import Settings
+from metering.db import make_engine, unit_of_work, upgrade_schema
+from metering.tables import metadata
+from metering.tenants import Tenant, create_api_key, create_tenant, parse_scopes
+
+BACKEND = os.environ.get("TASKMETER_TEST_DB", "sqlite")
+POSTGRES_URL = os.environ.get("TASKMETER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TEST_SECRET = "test-secret-key"
+
+hypothesis_settings.register_profile(
+    "default", max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "60")), deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)  # fmt: skip
+hypothesis_settings.load_profile("default")
+
+
+def pytest_report_header() -> str:
+    return f"taskmeter test database: {BACKEND}" + (f" ({POSTGRES_URL})" if BACKEND == "postgresql" else "")
+
+
+@pytest.fixture(scope="session")
+def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database for the session: a SQLite file to copy, or the PostgreSQL database."""
+    if BACKEND == "sqlite":
+        path = tmp_path_factory.mktemp("template") / "template.db"
+        engine = make_engine(f"sqlite:///{path}")
+        upgrade_schema(engine)
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        engine.dispose()
+        yield str(path)
+        return
+    if BACKEND != "postgresql":
+        raise pytest.UsageError(f"TASKMETER_TEST_DB must be sqlite or postgresql, not {BACKEND!r}")
+    engine = make_engine(POSTGRES_URL, pool_size=2)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means: skip, and say why
+        engine.dispose()
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc.__class__.__name__}")
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    upgrade_schema(engine)
+    engine.dispose()
+    yield POSTGRES_URL
+
+
+@pytest.fixture
+def database_url(database_template: str, tmp_path: Path) -> str:
+    if BACKEND == "sqlite":
+        path = tmp_path / "taskmeter.db"
+        shutil.copyfile(database_template, path)
+        return f"sqlite:///{path}"
+    engine = make_engine(database_template, pool_size=1)
+    names = ", ".join(t.name for t in reversed(metadata.sorted_tables))
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return database_template
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        env="test",
+        database_url=database_url,
+        secret_key=TEST_SECRET,
+        scheduler_enabled=False,
+        reports_dir=tmp_path / "reports",
+    )
+
+
+@pytest.fixture
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+def make_tenant(engine: Engine) -> Callable[..., Tenant]:
+    def make(name: str = "acme-ai", timezone: str = "UTC", currency: str = "USD") -> Tenant:
+        with unit_of_work(engine) as session:
+            return create_tenant(session, name, timezone=timezone, currency=currency, now=datetime.now(UTC))
+
+    return make
+
+
+@pytest.fixture
+def make_key(engine: Engine) -> Callable[..., str]:
+    def make(tenant: Tenant, scopes: str = "ingest,read,admin") -> str:
+        with unit_of_work(engine) as session:
+            key, _ = create_api_key(
+                session, tenant, parse_scopes(scopes), secret=TEST_SECRET.encode(), now=datetime.now(UTC)
+            )
+        return key
+
+    return make
+
+
+@pytest.fixture
+def tenant(make_tenant: Callable[..., Tenant]) -> Tenant:
+    return make_tenant()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """The real app under uvicorn on a loopback port, in a thread of the test process."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings, engine)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def live_server(settings: Settings, engine: Engine) -> Iterator[LiveServer]:
+    with LiveServer(settings, engine) as server:
+        yield server
+
+
+@pytest.fixture
+def api(live_server: LiveServer, tenant: Tenant, make_key: Callable[..., str]) -> Iterator[httpx.Client]:
+    """An HTTP client of the live server with an all-scopes key of the default tenant."""
+    with live_server.client(make_key(tenant)) as client:
+        yield client
