@@ -52,7 +52,9 @@ def make_data(n_tasks: int, n_customers: int, seed: int = 7) -> tuple[pd.DataFra
     rng = np.random.default_rng(seed)
     names = np.array([f"c{i:04d}" for i in range(n_customers)], dtype=object)
     days = pd.date_range(MONTH, periods=31, freq="D")
-    grid = pd.MultiIndex.from_product([range(n_customers), range(31), range(len(MODELS))]).to_frame(index=False)
+    grid = pd.MultiIndex.from_product([range(n_customers), range(31), range(len(MODELS))]).to_frame(
+        index=False
+    )
     n = len(grid)
     token_usage = pd.DataFrame(
         {
@@ -161,9 +163,14 @@ def billing(token_usage: pd.DataFrame, tasks: pd.DataFrame) -> list[dict[str, An
     ]
 
 
-def run_duckdb(token_usage: pd.DataFrame, tasks: pd.DataFrame, customers: list[dict[str, Any]]) -> pd.DataFrame:
+def run_duckdb(
+    token_usage: pd.DataFrame, tasks: pd.DataFrame, customers: list[dict[str, Any]]
+) -> pd.DataFrame:
     con = duckdb.connect()
-    con.register("billing", pd.DataFrame({"customer": [c["id"] for c in customers], "plan": [c["plan"] for c in customers]}))
+    con.register(
+        "billing",
+        pd.DataFrame({"customer": [c["id"] for c in customers], "plan": [c["plan"] for c in customers]}),
+    )
     con.register("token_usage", token_usage)
     con.register("tasks", tasks)
     result = con.execute(DUCKDB_SQL).df()
@@ -173,7 +180,9 @@ def run_duckdb(token_usage: pd.DataFrame, tasks: pd.DataFrame, customers: list[d
     return result
 
 
-def run_pandas(token_usage: pd.DataFrame, tasks: pd.DataFrame, customers: list[dict[str, Any]]) -> pd.DataFrame:
+def run_pandas(
+    token_usage: pd.DataFrame, tasks: pd.DataFrame, customers: list[dict[str, Any]]
+) -> pd.DataFrame:
     config = validate_config(CONFIG | {"customers": customers})
     comparison = compare_plans(
         month=MONTH, customers=config.customers, plans=config.plans, token_usage=token_usage, tasks=tasks,
@@ -198,7 +207,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     token_usage, tasks = make_data(args.tasks, args.customers)
-    print(f"{len(tasks):,} tasks, {len(token_usage):,} daily token rows, {args.customers:,} customers, 3 plans")
+    print(
+        f"{len(tasks):,} tasks, {len(token_usage):,} daily token rows, {args.customers:,} customers, 3 plans"
+    )
 
     customers = billing(token_usage, tasks)
     pandas_s, ours = best_of(args.repeat, lambda: run_pandas(token_usage, tasks, customers))

@@ -20,13 +20,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from psycopg import sql as pgsql
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import Column, Connection, MetaData, Table, bindparam, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
-from sqlalchemy.schema import CreateTable
 
+from metering.bulk import write_rows
 from metering.errors import InvalidInput, PayloadTooLarge, TaskmeterError
 from metering.schemas import (
     DEFAULT_FUTURE_TOLERANCE,
@@ -288,56 +286,22 @@ def _row(event: dict[str, Any], time_us: int, tenant_id: int, ingested_us: int) 
     return (tenant_id, *values, digest, ingested_us)
 
 
-def _sqlite_insert_sql() -> str:
-    statement = (
-        sqlite.insert(events)
-        .values({name: bindparam(name) for name in INSERT_COLUMNS})
-        .on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])
-    )
-    compiled = statement.compile(dialect=sqlite.dialect())
-    assert tuple(compiled.positiontup or ()) == INSERT_COLUMNS
-    return str(compiled)
-
-
-_SQLITE_INSERT = _sqlite_insert_sql()
-
-# PostgreSQL: COPY the batch into a per-connection temporary table, then one INSERT ... SELECT
-# that skips stored ids. COPY is the fastest way in; the INSERT keeps the unique constraint the
-# only judge of what is new.
-_STAGE = Table(
-    "events_incoming",
-    MetaData(),
-    *[Column(name, events.c[name].type) for name in INSERT_COLUMNS],
-    prefixes=["TEMPORARY"],
-    postgresql_on_commit="DELETE ROWS",
-)
-_CREATE_STAGE = CreateTable(_STAGE, if_not_exists=True)
-_COPY_STAGE = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
-    pgsql.Identifier(_STAGE.name), pgsql.SQL(", ").join(pgsql.Identifier(name) for name in INSERT_COLUMNS)
-)
-_POSTGRES_INSERT = (
-    postgresql.insert(events)
-    .from_select(list(INSERT_COLUMNS), select(*_STAGE.c))
-    .on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])
-    .execution_options(preserve_rowcount=True)
-)
-
-
 def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[Any, ...]]) -> int:
     """Insert the rows, skipping ids already stored; returns how many were inserted."""
     if not rows:
         return 0
     connection = session.connection() if isinstance(session, Session) else session
     if connection.dialect.name == "postgresql":
-        connection.execute(_CREATE_STAGE)
-        with connection.connection.driver_connection.cursor() as cursor, cursor.copy(_COPY_STAGE) as copy:
-            for row in rows:
-                copy.write_row(row)
-        inserted = int(connection.execute(_POSTGRES_INSERT).rowcount)
-        connection.execute(delete(_STAGE))
-        return inserted
-    result = connection.execution_options(preserve_rowcount=True).exec_driver_sql(_SQLITE_INSERT, rows)
-    return int(result.rowcount)
+        # Shared with other ingesters, exclusive for the rollup's read of the newest seq: a
+        # sequence number the rollup sees is never overtaken by an earlier one committing later.
+        connection.execute(select(func.pg_advisory_xact_lock_shared(ingest_lock_key(rows[0][0]))))
+    keys = ("tenant_id", "event_id")
+    return write_rows(connection, events, INSERT_COLUMNS, rows, on_conflict="ignore", keys=keys)
+
+
+def ingest_lock_key(tenant_id: int) -> int:
+    """The PostgreSQL advisory lock that orders a tenant's ingest commits before its rollup reads."""
+    return (0x746D_6576 << 16) + tenant_id
 
 
 def _stored_digests(session: Session | Connection, tenant_id: int, event_ids: list[str]) -> dict[str, str]:

@@ -38,9 +38,13 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
     return quantize(amount, minor_unit(currency))
 
 
-def display_cost(nanos: int) -> Decimal:
-    """A provider cost for display: six decimals (micro-units), never scientific notation."""
-    return quantize(nanos_to_decimal(nanos), 6)
+def display_cost(nanos: int, rem: int = 0) -> Decimal:
+    """A provider cost for display: six decimals (micro-units), never scientific notation.
+
+    `rem` is the exact remainder below a nano-unit in 1e-15 (see `metering.prices`), so the cost
+    is rounded once, from its exact value.
+    """
+    return quantize(Decimal(int(nanos)).scaleb(-9) + Decimal(int(rem)).scaleb(-15), 6)
 
 
 def nanos_to_decimal(nanos: int) -> Decimal:

@@ -323,6 +323,7 @@ class PriceBook:
         self._exact: dict[tuple[str, str], ModelPricing] = {}
         self._by_model: dict[tuple[str, str], ModelPricing] = {}
         self._lookups: dict[tuple[object, object], ModelPricing | None] = {}
+        self.inexact: dict[tuple[str, str], str] = {}
         for raw in overrides:
             price = raw if isinstance(raw, TenantPrice) else TenantPrice.from_mapping(raw)
             key = (_norm(price.provider), _norm(price.model))
@@ -349,7 +350,13 @@ class PriceBook:
         known_provider, info = found
         key = (known_provider.id, info.id)
         if key not in self._by_model:
-            self._by_model[key] = pricing_from_model(known_provider.id, info)
+            try:
+                self._by_model[key] = pricing_from_model(known_provider.id, info)
+            except RateCardError as exc:
+                # A snapshot rate that is not exact (0.0833333333333333 per million) is not
+                # approximated: the model stays unpriced until the tenant sets its price.
+                self.inexact[key] = str(exc)
+                return None
         pricing = self._by_model[key]
         return pricing if any(card is not None for card in pricing.cards) else None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -83,4 +84,101 @@ events = Table(
     Column("ingested_us", BigInteger, nullable=False),
     UniqueConstraint("tenant_id", "event_id"),
     Index("ix_events_tenant_task", "tenant_id", "task"),
+)
+
+
+# --- the rollup: what metering.pipeline computes from events -----------------------------------
+
+rollup_state = Table(
+    "rollup_state",
+    metadata,
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
+    # Every event with seq <= watermark_seq is in the rollup tables, priced with price_version.
+    Column("watermark_seq", BigInteger, nullable=False),
+    Column("price_version", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def _usage_columns() -> list[Column]:  # type: ignore[type-arg]
+    """Additive usage measures: counts, tokens and exact cost (nanos + remainder in 1e-15)."""
+    return [
+        Column("usage_events", BigInteger, nullable=False),
+        Column("input_tokens", BigInteger, nullable=False),
+        Column("output_tokens", BigInteger, nullable=False),
+        Column("cache_read_tokens", BigInteger, nullable=False),
+        Column("cache_write_tokens", BigInteger, nullable=False),
+        Column("reasoning_tokens", BigInteger, nullable=False),
+        Column("cost_nanos", BigInteger, nullable=False),
+        Column("cost_rem", BigInteger, nullable=False),
+        Column("unpriced_events", BigInteger, nullable=False),
+    ]
+
+
+task_usage = Table(
+    "task_usage",
+    metadata,
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
+    Column("task", String(256), primary_key=True),
+    # Each attribute below is decided by an event, ordered by (time, seq); the deciding event's
+    # time and seq are kept so that a later rollup can merge new events in the same way.
+    Column("customer", String(256), nullable=False),  # the earliest event's
+    Column("customer_us", BigInteger, nullable=False),
+    Column("customer_seq", BigInteger, nullable=False),
+    Column("task_type", String(128)),  # the latest event that gave one
+    Column("task_type_us", BigInteger),
+    Column("task_type_seq", BigInteger),
+    Column("status", String(16), nullable=False),  # the latest terminal event's, else open
+    Column("ended_us", BigInteger),
+    Column("status_seq", BigInteger),
+    Column("started_us", BigInteger),  # the earliest task.started
+    Column("first_event_us", BigInteger, nullable=False),
+    Column("last_event_us", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    *_usage_columns(),
+    Column("last_seq", BigInteger, nullable=False),
+    Index("ix_task_usage_tenant_customer", "tenant_id", "customer"),
+    Index("ix_task_usage_tenant_ended", "tenant_id", "ended_us"),
+)
+
+# One row per task, tenant-local day, model and customer (of the usage events; normally the
+# task's): a task's usage split by when it happened.
+task_usage_detail = Table(
+    "task_usage_detail",
+    metadata,
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
+    Column("task", String(256), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("provider", String(64), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("customer", String(256), primary_key=True),
+    *_usage_columns(),
+    Index("ix_task_usage_detail_tenant_day", "tenant_id", "day"),
+)
+
+# One row per customer, tenant-local day and model: what the API and rating read.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
+    Column("customer", String(256), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("provider", String(64), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    *_usage_columns(),
+    Index("ix_usage_daily_tenant_day", "tenant_id", "day"),
+)
+
+# A tenant's own model prices (negotiated or self-hosted), per million tokens, as decimal text.
+tenant_prices = Table(
+    "tenant_prices",
+    metadata,
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
+    Column("provider", String(64), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("input", String(40), nullable=False),
+    Column("output", String(40), nullable=False),
+    Column("cache_read", String(40)),
+    Column("cache_write", String(40)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )

@@ -44,7 +44,15 @@ from metering.money import (
     round_money,
 )
 from pricing.plans import TOKEN_CLASSES, CustomerPlan, PerJobPlan, Plan, PlanBook
-from pricing.rating import STATUSES, TOKEN_COLUMNS, MonthUsage, RatedMonth, prepare_month, rate_plan
+from pricing.rating import (
+    STATUSES,
+    TOKEN_COLUMNS,
+    MonthUsage,
+    RatedMonth,
+    prepare_month,
+    rate_plan,
+    refuse_orphans,
+)
 from pricing.tiers import EXACT, ZERO, exact_amount, tier_total
 
 CUSTOMER_COLUMNS = (
@@ -69,7 +77,12 @@ def _ratio(numerator: Decimal, denominator: Decimal | int, places: int) -> Decim
 
 
 def _figures(
-    revenue: Decimal, cost: int, counts: Sequence[int], failed_cost: int, reference: Decimal | None, target: Decimal
+    revenue: Decimal,
+    cost: int,
+    counts: Sequence[int],
+    failed_cost: int,
+    reference: Decimal | None,
+    target: Decimal,
 ) -> dict[str, object]:
     """The comparison figures of one customer (or tenant) under one plan."""
     provider_cost = display_cost(cost)
@@ -110,7 +123,9 @@ class _Tally:
     failed_cost: int = 0
     counts: tuple[int, int, int] = (0, 0, 0)
 
-    def add(self, revenue: Decimal, reference: Decimal | None, cost: int, failed: int, counts: Sequence[int]) -> None:
+    def add(
+        self, revenue: Decimal, reference: Decimal | None, cost: int, failed: int, counts: Sequence[int]
+    ) -> None:
         self.customers += 1
         self.revenue += revenue
         if reference is not None:
@@ -136,10 +151,11 @@ def compare_plans(
     """Rate the month under each customer's plan and `compare_with` plans (or `only_plans`)."""
     target = parse_decimal(target_margin)
     if target >= 1:
-        raise InvalidInput("invalid comparison", detail=[{"field": "target_margin", "message": "must be below 1"}])
+        raise InvalidInput(
+            "invalid comparison", detail=[{"field": "target_margin", "message": "must be below 1"}]
+        )
     usage = prepare_month(month, token_usage, tasks, tz=tz, customers=[c.id for c in customers])
-    if orphans := sorted(set(usage.names) - {c.id for c in customers}):
-        raise InvalidInput("usage of customers without a plan", detail=[{"field": "customer", "message": c} for c in orphans])
+    refuse_orphans(usage, [c.id for c in customers])
     lineup = {c.id: list(dict.fromkeys(only_plans or [c.plan, *c.compare_with])) for c in customers}
     billed = {c.id: c.plan for c in customers}
     unpriced = usage.unpriced_by_customer()
@@ -147,7 +163,9 @@ def compare_plans(
     rated: dict[str, RatedMonth] = {}
     for plan_id in dict.fromkeys(p for ids in lineup.values() for p in ids):
         members = sorted(c for c, ids in lineup.items() if plan_id in ids)
-        rated[plan_id] = RatedMonth(month, tuple(members), tuple(rate_plan(usage, plans, plan_id, members, currency)), unpriced)
+        rated[plan_id] = RatedMonth(
+            month, tuple(members), tuple(rate_plan(usage, plans, plan_id, members, currency)), unpriced
+        )
     revenue = {plan_id: r.totals() for plan_id, r in rated.items()}
     per_token = {plan_id: plans.history(plan_id)[0].type == "per_token" for plan_id in rated}
 
@@ -167,14 +185,19 @@ def compare_plans(
             if per_token[plan_id]:
                 reference: Decimal | None = amount
             else:  # the billed plan if per-token, else the first compared per-token plan
-                ref_plan = next((p for p in [billed[customer], *lineup[customer]] if per_token.get(p)), None)
-                reference = None if ref_plan is None else revenue[ref_plan][customer]
+                candidates = [billed[customer], *lineup[customer]]
+                reference = next((revenue[p][customer] for p in candidates if per_token.get(p)
+                                  and customer in revenue[p]), None)  # fmt: skip
             figures = _figures(amount, cost[i], counts[i], failed_cost[i], reference, target)
             rows.append({"customer": customer, "plan": plan_id, "billed": billed[customer] == plan_id,
                          "currency": plan_currency, **figures, "unpriced_events": unpriced.get(customer, 0)})  # fmt: skip
             tally.add(amount, reference, cost[i], failed_cost[i], counts[i])
-        figures = _figures(tally.revenue, tally.cost, tally.counts, tally.failed_cost, tally.reference, target)
-        tenant_rows.append({"plan": plan_id, "currency": plan_currency, "customers": tally.customers, **figures})
+        figures = _figures(
+            tally.revenue, tally.cost, tally.counts, tally.failed_cost, tally.reference, target
+        )
+        tenant_rows.append(
+            {"plan": plan_id, "currency": plan_currency, "customers": tally.customers, **figures}
+        )
 
     return Comparison(
         by_customer=pd.DataFrame(rows, columns=list(CUSTOMER_COLUMNS)),
@@ -217,12 +240,16 @@ def _by_model(
         frame, basis = frame.assign(cust=usage.customers.get_indexer(frame["customer"])), "completed_tasks"
         for column in columns:
             if not pd.api.types.is_integer_dtype(frame[column]):
-                raise TypeError(f"task_model_usage.{column} must hold exact integers, not {frame[column].dtype}")
+                raise TypeError(
+                    f"task_model_usage.{column} must hold exact integers, not {frame[column].dtype}"
+                )
     providers, provider_names = pd.factorize(frame["provider"], sort=True)
     models, model_names = pd.factorize(frame["model"], sort=True)
     pairs = providers * len(model_names) + models
     values = pd.DataFrame(frame[columns].to_numpy(dtype=np.int64))
-    per_customer = values.groupby(frame["cust"].to_numpy() * (len(provider_names) * len(model_names)) + pairs).sum()
+    per_customer = values.groupby(
+        frame["cust"].to_numpy() * (len(provider_names) * len(model_names)) + pairs
+    ).sum()
     tenant = values.groupby(pairs).sum()
     completed_total = sum(c[0] for c in counts)
     rows = []
@@ -281,7 +308,11 @@ def quote_task(
     """
     if outcome not in STATUSES:
         raise ValueError(f"outcome must be one of {STATUSES}")
-    if not isinstance(provider_cost_nanos, int) or isinstance(provider_cost_nanos, bool) or provider_cost_nanos < 0:
+    if (
+        not isinstance(provider_cost_nanos, int)
+        or isinstance(provider_cost_nanos, bool)
+        or provider_cost_nanos < 0
+    ):
         raise TypeError("provider_cost_nanos must be a non-negative integer")
     for usage in tokens:
         if any(not isinstance(getattr(usage, c), int) or getattr(usage, c) < 0 for c in TOKEN_COLUMNS):

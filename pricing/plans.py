@@ -99,7 +99,8 @@ class Rates(_Terms):
     cache_write: Amount
 
     def of(self, token_class: str) -> Decimal:
-        return getattr(self, token_class)  # type: ignore[no-any-return]
+        rate: Decimal = getattr(self, token_class)
+        return rate
 
 
 class ModelRates(Rates):
@@ -173,7 +174,9 @@ class PerTokenPlan(_Plan):
         if self.included and self.markup is not None:
             problems.append(("included", "is not supported with markup: cost-plus has no token unit"))
         if self.tiers:
-            problems += [(f"tiers.{p}", m) for p, m in step_problems(self.tiers.steps, TOKENS_PER_MILLION, "tokens")]
+            problems += [
+                (f"tiers.{p}", m) for p, m in step_problems(self.tiers.steps, TOKENS_PER_MILLION, "tokens")
+            ]
         return problems
 
     def rates_for(self, provider: str, model: str) -> tuple[str | None, Rates]:
@@ -211,11 +214,18 @@ class PerJobPlan(_Plan):
     def price_key(self, task_type: str | None) -> str:
         """The `prices` key that prices a task type (`default` for unlisted or missing types)."""
         prices = self.prices or {}
-        return task_type if task_type is not None and task_type != "default" and task_type in prices else "default"
+        return (
+            task_type
+            if task_type is not None and task_type != "default" and task_type in prices
+            else "default"
+        )
 
 
 Plan = PerTokenPlan | PerJobPlan
-_PLAN_TYPES: dict[str, type[PerTokenPlan] | type[PerJobPlan]] = {"per_token": PerTokenPlan, "per_job": PerJobPlan}
+_PLAN_TYPES: dict[str, type[PerTokenPlan] | type[PerJobPlan]] = {
+    "per_token": PerTokenPlan,
+    "per_job": PerJobPlan,
+}
 
 
 class CustomerPlan(_Terms):
@@ -237,14 +247,19 @@ def version_problems(plans: Sequence[Plan]) -> list[tuple[str, str]]:
     starts: dict[tuple[str, date | None], int] = {}
     for index, plan in enumerate(plans):
         if (key := (plan.id, plan.effective_from)) in starts:
-            problems.append((f"[{index}].effective_from", f"plans[{starts[key]}] already starts {plan.id!r} then"))
+            problems.append(
+                (f"[{index}].effective_from", f"plans[{starts[key]}] already starts {plan.id!r} then")
+            )
         starts.setdefault(key, index)
         origin = plans[first.setdefault(plan.id, index)]
         for name in ("type", "currency", "basis"):
             if getattr(plan, name) != getattr(origin, name):
                 field = "type" if name == "type" else "currency" if name == "currency" else plan.basis
                 problems.append(
-                    (f"[{index}].{field}", f"versions of {plan.id!r} must share the {name} of plans[{first[plan.id]}]")
+                    (
+                        f"[{index}].{field}",
+                        f"versions of {plan.id!r} must share the {name} of plans[{first[plan.id]}]",
+                    )
                 )
                 break
     return problems
@@ -264,7 +279,9 @@ class PlanBook:
         by_id: dict[str, list[Plan]] = {}
         for plan in plans:
             by_id.setdefault(plan.id, []).append(plan)
-        return cls({k: tuple(sorted(v, key=lambda p: p.effective_from or date.min)) for k, v in by_id.items()})
+        return cls(
+            {k: tuple(sorted(v, key=lambda p: p.effective_from or date.min)) for k, v in by_id.items()}
+        )
 
     def history(self, plan_id: str) -> tuple[Plan, ...]:
         try:
@@ -287,37 +304,42 @@ class TenantConfig:
     customers: tuple[CustomerPlan, ...]
 
 
+Problems = list[tuple[str, str]]  # (path in the config file, message)
+
+
+def _prefixed(prefix: str, problems: Iterable[tuple[str, str]]) -> Problems:
+    return [(_join(prefix, path), message) for path, message in problems]
+
+
 def _detail(prefix: str, problems: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
-    return [{"field": _join(prefix, path), "message": message} for path, message in problems]
+    return [{"field": path, "message": message} for path, message in _prefixed(prefix, problems)]
 
 
-def _pydantic_problems(error: ValidationError) -> list[tuple[str, str]]:
-    problems = []
-    for item in error.errors(include_url=False):
-        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"])
-        problems.append((path.lstrip("."), item["msg"].removeprefix("Value error, ")))
-    return problems
-
-
-def _validate_entry(model: type[_Terms], entry: object, prefix: str, problems: list[dict[str, str]]) -> Any:
+def _validate_entry(model: type[_Terms], entry: object, prefix: str, problems: Problems) -> Any:
     try:
         parsed = model.model_validate(entry, context={_DEFER_CHECKS: True})
     except ValidationError as error:
-        problems += _detail(prefix, _pydantic_problems(error))
+        for item in error.errors(include_url=False):
+            path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"])
+            problems.append((_join(prefix, path.lstrip(".")), item["msg"].removeprefix("Value error, ")))
         return None
     if isinstance(parsed, _Plan):
-        problems += _detail(prefix, parsed.problems())
+        problems += _prefixed(prefix, parsed.problems())
     return parsed
 
 
-def _section(raw: Mapping[str, Any], name: str, problems: list[dict[str, str]]) -> list[Any]:
+def _section(raw: Mapping[str, Any], name: str, problems: Problems) -> list[Any]:
     section = raw.get(name)
-    if section is None:
-        return []
-    if not isinstance(section, list):
-        problems.append({"field": name, "message": "must be a list"})
-        return []
-    return section
+    if section is not None and not isinstance(section, list):
+        problems.append((name, "must be a list"))
+    return section if isinstance(section, list) else []
+
+
+def _duplicates(keys: Sequence[object], path: str, problems: Problems) -> None:
+    first: dict[object, int] = {}
+    for index, key in enumerate(keys):
+        if key is not None and first.setdefault(key, index) != index:
+            problems.append((path.format(index), f"duplicates {path.format(first[key]).split('.')[0]}"))
 
 
 def validate_config(raw: object) -> TenantConfig:
@@ -326,47 +348,48 @@ def validate_config(raw: object) -> TenantConfig:
     Raises one `InvalidInput` whose detail lists every problem as `{"field": path, "message"}`,
     with paths like `plans[2].tiers.steps[1].up_to`, so a config is fixed in one round trip.
     """
-    problems: list[dict[str, str]] = []
     if not isinstance(raw, Mapping):
         raise InvalidInput("invalid tenant config", detail=[{"field": "", "message": "must be a mapping"}])
-    problems += [{"field": str(k), "message": "unknown section"} for k in raw if k not in ("prices", "plans", "customers")]
+    problems: Problems = [
+        (str(k), "unknown section") for k in raw if k not in ("prices", "plans", "customers")
+    ]
 
-    prices = [_validate_entry(PriceOverride, e, f"prices[{i}]", problems) for i, e in enumerate(_section(raw, "prices", problems))]
-    seen_prices: dict[tuple[str, str], int] = {}
-    for index, price in enumerate(prices):
-        if price is not None and seen_prices.setdefault((price.provider, price.model), index) != index:
-            problems.append({"field": f"prices[{index}]", "message": f"duplicates prices[{seen_prices[(price.provider, price.model)]}]"})
+    raw_prices = _section(raw, "prices", problems)
+    prices = [_validate_entry(PriceOverride, e, f"prices[{i}]", problems) for i, e in enumerate(raw_prices)]
+    _duplicates([p and (p.provider, p.model) for p in prices], "prices[{}]", problems)
 
     plans: list[Plan] = []
     raw_plans = _section(raw, "plans", problems)
     for index, entry in enumerate(raw_plans):
         kind = entry.get("type") if isinstance(entry, Mapping) else None
         if not isinstance(entry, Mapping):
-            problems.append({"field": f"plans[{index}]", "message": "must be a mapping"})
+            problems.append((f"plans[{index}]", "must be a mapping"))
         elif kind not in _PLAN_TYPES:
-            problems.append({"field": f"plans[{index}].type", "message": "must be per_token or per_job"})
+            problems.append((f"plans[{index}].type", "must be per_token or per_job"))
         elif (plan := _validate_entry(_PLAN_TYPES[kind], entry, f"plans[{index}]", problems)) is not None:
             plans.append(plan)
-    # Path indexes refer to the file, so cross-version checks run on the valid plans only when all are.
-    if len(plans) == len(raw_plans):
-        problems += _detail("plans", version_problems(plans))
+    if len(plans) == len(raw_plans):  # version paths index the valid plans: the file's only if all are
+        problems += _prefixed("plans", version_problems(plans))
     known = {p.get("id") for p in raw_plans if isinstance(p, Mapping)}
 
-    customers: list[CustomerPlan] = []
-    seen_customers: dict[str, int] = {}
-    for index, entry in enumerate(_section(raw, "customers", problems)):
-        if (customer := _validate_entry(CustomerPlan, entry, f"customers[{index}]", problems)) is None:
-            continue
-        customers.append(customer)
-        if seen_customers.setdefault(customer.id, index) != index:
-            problems.append({"field": f"customers[{index}].id", "message": f"duplicates customers[{seen_customers[customer.id]}]"})
-        for path, plan_id in [("plan", customer.plan)] + [(f"compare_with[{j}]", p) for j, p in enumerate(customer.compare_with)]:
-            if plan_id not in known:
-                problems.append({"field": f"customers[{index}].{path}", "message": f"unknown plan {plan_id!r}"})
+    raw_customers = _section(raw, "customers", problems)
+    entries = [
+        _validate_entry(CustomerPlan, e, f"customers[{i}]", problems) for i, e in enumerate(raw_customers)
+    ]
+    for index, customer in enumerate(entries):
+        references = [("plan", customer.plan)] if customer else []
+        references += [
+            (f"compare_with[{j}]", p) for j, p in enumerate(customer.compare_with if customer else ())
+        ]
+        problems += [
+            (f"customers[{index}].{path}", f"unknown plan {p!r}") for path, p in references if p not in known
+        ]
 
+    _duplicates([c and c.id for c in entries], "customers[{}].id", problems)
     if problems:
-        raise InvalidInput(f"invalid tenant config: {len(problems)} problem(s)", detail=problems)
-    return TenantConfig(tuple(prices), PlanBook.of(plans), tuple(customers))
+        detail = [{"field": path, "message": message} for path, message in problems]
+        raise InvalidInput(f"invalid tenant config: {len(problems)} problem(s)", detail=detail)
+    return TenantConfig(tuple(prices), PlanBook.of(plans), tuple(c for c in entries if c))
 
 
 def parse_config(text: str) -> TenantConfig:
@@ -374,5 +397,7 @@ def parse_config(text: str) -> TenantConfig:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise InvalidInput("the config file is not valid YAML", detail=[{"field": "", "message": str(error)}]) from None
+        raise InvalidInput(
+            "the config file is not valid YAML", detail=[{"field": "", "message": str(error)}]
+        ) from None
     return validate_config({} if raw is None else raw)

@@ -112,7 +112,7 @@ class MonthUsage:
     tz: ZoneInfo
     customers: pd.Index  # the name of each customer code
     names: list[str]  # the same, for fast scalar access
-    tokens: pd.DataFrame  # token usage with `cust` (code) and `day` as datetime64[D]
+    tokens: pd.DataFrame  # token usage with `cust` (code) and `day` (int64 days since the epoch)
     task_customer: np.ndarray
     task_status: np.ndarray  # index into STATUSES
     task_type: np.ndarray  # index into task_types, -1 when null
@@ -133,9 +133,9 @@ def month_bounds(month: date) -> tuple[date, date]:
     return month, month.replace(day=calendar.monthrange(month.year, month.month)[1])
 
 
-def _instant(day: date, tz: ZoneInfo) -> int:
-    """Nanoseconds since the epoch of a tenant-local midnight (clamped to int64)."""
-    if day.year < 1700:
+def _instant(day: date | None, tz: ZoneInfo) -> int:
+    """Nanoseconds since the epoch of a tenant-local midnight (None and early dates: int64 min)."""
+    if day is None or day.year < 1700:
         return int(np.iinfo(np.int64).min)
     return int(datetime.combine(day, time(), tzinfo=tz).timestamp()) * 10**9
 
@@ -159,7 +159,12 @@ def _check(frame: pd.DataFrame, contract: Mapping[str, str], name: str) -> None:
 
 
 def prepare_month(
-    month: date, token_usage: pd.DataFrame, tasks: pd.DataFrame, *, tz: str = "UTC", customers: Iterable[str] = ()
+    month: date,
+    token_usage: pd.DataFrame,
+    tasks: pd.DataFrame,
+    *,
+    tz: str = "UTC",
+    customers: Iterable[str] = (),
 ) -> MonthUsage:
     """Validate both frames against their contracts and the month, and encode them."""
     _check(token_usage, TOKEN_USAGE_COLUMNS, "token_usage")
@@ -172,17 +177,17 @@ def prepare_month(
         raise ValueError("tasks.customer must not be null")
     names = pd.Index(sorted(set(tok_names) | set(task_names) | set(customers)))
 
-    days = token_usage["day"].to_numpy().astype("datetime64[D]")
-    if len(days) and (days.min() < np.datetime64(first) or days.max() > np.datetime64(last)):
+    days = token_usage["day"].to_numpy().astype("datetime64[D]").astype(np.int64)  # days since the epoch
+    if len(days) and (days.min() < _day(first) or days.max() > _day(last)):
         raise ValueError(f"token_usage has days outside {first:%Y-%m}")
-    tokens = token_usage[["provider", "model", *TOKEN_COLUMNS, "provider_cost_nanos", "unpriced_events"]].assign(
-        cust=names.get_indexer(tok_names)[tok_codes], day=days
-    )
+    tokens = token_usage[
+        ["provider", "model", *TOKEN_COLUMNS, "provider_cost_nanos", "unpriced_events"]
+    ].assign(cust=names.get_indexer(tok_names)[tok_codes], day=days)
 
     status_codes, status_names = pd.factorize(tasks["status"])
-    if unknown := set(status_names) - set(STATUSES) | ({None} if len(status_codes) and status_codes.min() < 0 else set()):
-        raise ValueError(f"tasks.status has values other than {STATUSES}: {sorted(map(str, unknown))}")
-    ended = tasks["ended_at"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    if (status_codes < 0).any() or not set(status_names) <= set(STATUSES):
+        raise ValueError(f"tasks.status has values other than {STATUSES}: {sorted(set(status_names))}")
+    ended = pd.DatetimeIndex(tasks["ended_at"]).as_unit("ns").asi8  # nanoseconds since the epoch
     start, end = _instant(first, zone), _instant(last + timedelta(days=1), zone)
     if len(ended) and (ended.min() < start or ended.max() >= end):
         raise ValueError(f"tasks has ended_at outside {first:%Y-%m} in {tz}")
@@ -214,7 +219,9 @@ class _Lines:
     month: tuple[date, date]
     by_customer: dict[int, list[InvoiceLine]] = field(default_factory=dict)
 
-    def add(self, cust: int, kind: LineKind, text: str, qty: Decimal, price: Decimal, exact: Decimal, v: int) -> None:
+    def add(
+        self, cust: int, kind: LineKind, text: str, qty: Decimal, price: Decimal, exact: Decimal, v: int
+    ) -> None:
         version, (first, last) = self.history[v], self.month
         following = self.history[v + 1].effective_from if v + 1 < len(self.history) else None
         if version.effective_from and version.effective_from > first:  # a version change mid-month
@@ -227,17 +234,18 @@ class _Lines:
         )  # fmt: skip
         self.by_customer.setdefault(cust, []).append(line)
 
+    def token_plan(self, v: int) -> PerTokenPlan:
+        assert isinstance(plan := self.history[v], PerTokenPlan)  # versions share a type
+        return plan
+
+    def job_plan(self, v: int) -> PerJobPlan:
+        assert isinstance(plan := self.history[v], PerJobPlan)
+        return plan
+
     def tiers(self, cust: int, quantity: int, end: Plan, v: int, unit: int) -> None:
         assert end.tiers is not None
-        what, per = ("tokens", "per 1M tokens") if unit > 1 else ("jobs", "per job")
-        for c in price_tiers(quantity, end.tiers.mode, end.tiers.steps, unit):
-            upper = "∞" if c.last is None else f"{c.last:,}"
-            text = (
-                f"Tier {c.step} ({what} {c.first:,}–{upper}), price {per}"
-                if end.tiers.mode == "graduated"
-                else f"Volume tier {c.step} (up to {upper} {what}) for all {c.quantity:,}, price {per}"
-            )
-            self.add(cust, LineKind.TIER, text, Decimal(c.quantity), c.price, c.amount, v)
+        for c in price_tiers(quantity, mode := end.tiers.mode, end.tiers.steps, unit):
+            self.add(cust, LineKind.TIER, c.describe(mode, unit), Decimal(c.quantity), c.price, c.amount, v)
             if c.flat:
                 self.add(cust, LineKind.TIER_FLAT, f"Tier {c.step} flat fee", Decimal(1), c.flat, c.flat, v)
 
@@ -275,15 +283,19 @@ def rate_plan(
     on_plan = np.zeros(len(usage.names), dtype=bool)
     on_plan[codes] = True
     lines = _Lines(plan_id, history, end.currency or currency, usage.names, (first, last))
-    rate = _rate_tokens if isinstance(end, PerTokenPlan) else _rate_jobs
-    rate(lines, usage, on_plan, end, history.index(end))  # type: ignore[operator]
+    if isinstance(end, PerTokenPlan):
+        _rate_tokens(lines, usage, on_plan, end, history.index(end))
+    else:
+        _rate_jobs(lines, usage, on_plan, end, history.index(end))
     return lines.finish(sorted(codes.tolist()), end, history.index(end))
 
 
-def _rate_tokens(lines: _Lines, usage: MonthUsage, on_plan: np.ndarray, end: PerTokenPlan, v_end: int) -> None:
+def _rate_tokens(
+    lines: _Lines, usage: MonthUsage, on_plan: np.ndarray, end: PerTokenPlan, v_end: int
+) -> None:
     tok = usage.tokens[on_plan[usage.tokens["cust"].to_numpy()]]
     cust, starts = tok["cust"].to_numpy(), [_day(p.effective_from) for p in lines.history]
-    v = _versions(lines.history, starts, tok["day"].to_numpy().astype(np.int64))
+    v = _versions(lines.history, starts, tok["day"].to_numpy())
     if end.tiers:
         totals = tok.groupby("cust")[list(TOKEN_COLUMNS)].sum().sum(axis=1)
         for c, total in zip(totals.index.tolist(), totals.tolist(), strict=True):
@@ -293,12 +305,14 @@ def _rate_tokens(lines: _Lines, usage: MonthUsage, on_plan: np.ndarray, end: Per
         sums = tok[["provider_cost_nanos", "unpriced_events"]].groupby(cust * n_v + v).sum()
         for key, (cost, unpriced) in zip(sums.index.tolist(), sums.to_numpy().tolist(), strict=True):
             c, vv = divmod(key, n_v)
-            markup = lines.history[vv].markup  # type: ignore[union-attr]
-            factor, provider_cost = EXACT.add(Decimal(1), markup), nanos_to_decimal(cost)
+            factor = EXACT.add(Decimal(1), lines.token_plan(vv).markup or ZERO)
+            provider_cost = nanos_to_decimal(cost)
             text = f"Provider cost × {factor} (cost-plus)"
-            if unpriced:
-                text += f"; {unpriced:,} usage events without a provider price are not included"
-            lines.add(c, LineKind.MARKUP, text, provider_cost, factor, EXACT.multiply(provider_cost, factor), vv)
+            text += (
+                f"; {unpriced:,} usage events without a provider price are not included" if unpriced else ""
+            )
+            amount = EXACT.multiply(provider_cost, factor)
+            lines.add(c, LineKind.MARKUP, text, provider_cost, factor, amount, vv)
     else:
         _rate_cards(lines, tok, v, end.included)
 
@@ -319,7 +333,7 @@ def _rate_cards(lines: _Lines, tok: pd.DataFrame, v: np.ndarray, included: int) 
     card_of_combo = []
     for combo in combos.tolist():  # a few (version, provider, model) combinations
         vv, (provider, model) = combo // n_pm, divmod(combo % n_pm, len(model_names))
-        label, rates = lines.history[vv].rates_for(provider_names[provider], model_names[model])  # type: ignore[union-attr]
+        label, rates = lines.token_plan(vv).rates_for(provider_names[provider], model_names[model])
         if (vv, label) not in card_ids:
             card_ids[(vv, label)] = len(cards)
             cards.append((vv, label, rates))
@@ -329,7 +343,8 @@ def _rate_cards(lines: _Lines, tok: pd.DataFrame, v: np.ndarray, included: int) 
     matrix = tok[list(TOKEN_COLUMNS)].to_numpy(dtype=np.int64)
     free = np.zeros_like(matrix)
     if included:  # consumed in usage order: by day, provider, model, then class
-        order = tok.assign(_pos=np.arange(len(tok))).sort_values(["cust", "day", "provider", "model"])["_pos"].to_numpy()
+        by_usage = tok.assign(_pos=np.arange(len(tok))).sort_values(["cust", "day", "provider", "model"])
+        order = by_usage["_pos"].to_numpy()
         flat = matrix[order].ravel()
         owner = np.repeat(cust[order], len(TOKEN_CLASSES))
         before = np.cumsum(flat) - flat
@@ -341,8 +356,10 @@ def _rate_cards(lines: _Lines, tok: pd.DataFrame, v: np.ndarray, included: int) 
         for cls, (tokens, free_tokens) in enumerate(zip(row[:4], row[4:], strict=True)):
             if tokens:
                 rate, charged = rates.of(TOKEN_CLASSES[cls]), tokens - free_tokens
-                text = f"{_CLASS_LABELS[cls]} tokens{f' at {label} rates' if label else ''}, price per 1M tokens"
-                text += f"; {free_tokens:,} included tokens free" if free_tokens else ""
+                text = f"{_CLASS_LABELS[cls]} tokens{f' at {label} rates' if label else ''}"
+                text += ", price per 1M tokens" + (
+                    f"; {free_tokens:,} included tokens free" if free_tokens else ""
+                )
                 amount = exact_amount(charged, rate, TOKENS_PER_MILLION)
                 lines.add(c, LineKind.TOKENS, text, Decimal(charged), rate, amount, vv)
 
@@ -382,7 +399,7 @@ def _rate_jobs(lines: _Lines, usage: MonthUsage, on_plan: np.ndarray, end: PerJo
     history, n_cust, n_v = lines.history, len(usage.names), len(lines.history)
     v = np.zeros(len(cust), dtype=np.int64)
     if n_v > 1 or history[0].effective_from:
-        v = _versions(history, [_instant(p.effective_from or date(1, 1, 1), usage.tz) for p in history], ended)
+        v = _versions(history, [_instant(p.effective_from, usage.tz) for p in history], ended)
     completed = status == 0
     if end.tiers:  # the allowance comes off the count; which tasks were free does not matter
         counts = np.bincount(cust[completed], minlength=n_cust)
@@ -393,12 +410,15 @@ def _rate_jobs(lines: _Lines, usage: MonthUsage, on_plan: np.ndarray, end: PerJo
         if end.included:  # the month's first completed tasks are free
             done = np.flatnonzero(completed)
             free[done] = _ranks(cust[done], ended[done], pick(usage.task_id)[done]) < end.included
-        _rate_job_prices(lines, usage, cust[completed], v[completed], pick(usage.task_type)[completed], free[completed])
+        _rate_job_prices(
+            lines, usage, cust[completed], v[completed], pick(usage.task_type)[completed], free[completed]
+        )
     failed = np.bincount((cust * n_v + v)[~completed], minlength=n_cust * n_v).tolist()
     for key in np.flatnonzero(failed).tolist():
         (c, vv), n = divmod(key, n_v), failed[key]
-        if price := history[vv].failed:  # type: ignore[union-attr]
-            lines.add(c, LineKind.JOBS_FAILED, "Failed or cancelled tasks", Decimal(n), price, exact_amount(n, price), vv)
+        if price := lines.job_plan(vv).failed:
+            text, amount = "Failed or cancelled tasks", exact_amount(n, price)
+            lines.add(c, LineKind.JOBS_FAILED, text, Decimal(n), price, amount, vv)
 
 
 def _rate_job_prices(
@@ -407,9 +427,9 @@ def _rate_job_prices(
     """per_job prices: a line per customer and `prices` key over completed tasks."""
     key_ids: dict[tuple[int, str], int] = {}  # (version, prices key), in order of appearance
     table = np.empty((len(lines.history), len(usage.task_types) + 1), dtype=np.int64)
-    for vv, plan in enumerate(lines.history):
+    for vv in range(len(lines.history)):
         for slot, name in enumerate([None, *usage.task_types.tolist()]):  # slot 0: no task type
-            table[vv, slot] = key_ids.setdefault((vv, plan.price_key(name)), len(key_ids))  # type: ignore[union-attr]
+            table[vv, slot] = key_ids.setdefault((vv, lines.job_plan(vv).price_key(name)), len(key_ids))
     keys = list(key_ids)
     flat_key = cust * len(keys) + table[v, task_type + 1]
     counts = np.bincount(flat_key, minlength=len(usage.names) * len(keys)).tolist()
@@ -417,10 +437,17 @@ def _rate_job_prices(
     for key in np.flatnonzero(counts).tolist():
         (c, k), n_free = divmod(key, len(keys)), frees[key]
         vv, name = keys[k]
-        price, charged = lines.history[vv].prices[name], counts[key] - n_free  # type: ignore[union-attr]
+        price, charged = (lines.job_plan(vv).prices or {})[name], counts[key] - n_free
         text = "Completed tasks (default price)" if name == "default" else f"Completed {name} tasks"
         text += f"; {n_free:,} included tasks free" if n_free else ""
         lines.add(c, LineKind.JOBS, text, Decimal(charged), price, exact_amount(charged, price), vv)
+
+
+def refuse_orphans(usage: MonthUsage, customers: Iterable[str]) -> None:
+    """Usage of a customer without a plan is an error: billing never drops usage silently."""
+    if orphans := sorted(set(usage.names) - set(customers)):
+        detail = [{"field": "customer", "message": customer} for customer in orphans]
+        raise InvalidInput("usage of customers without a plan", detail=detail)
 
 
 def rate_month(
@@ -433,16 +460,12 @@ def rate_month(
     currency: str,
     tz: str = "UTC",
 ) -> RatedMonth:
-    """Invoice lines of every customer (customer id → plan id) for a month of usage.
-
-    Usage of a customer without a plan is an error: billing never drops usage silently.
-    """
+    """Invoice lines of every customer (customer id → plan id) for a month of usage."""
     usage = prepare_month(month, token_usage, tasks, tz=tz, customers=customers)
-    if orphans := sorted(set(usage.names) - set(customers)):
-        raise InvalidInput("usage of customers without a plan", detail=[{"field": "customer", "message": c} for c in orphans])
+    refuse_orphans(usage, customers)
     by_plan: dict[str, list[str]] = {}
     for customer, plan_id in customers.items():
         by_plan.setdefault(plan_id, []).append(customer)
-    lines = [line for plan_id in sorted(by_plan) for line in rate_plan(usage, plans, plan_id, by_plan[plan_id], currency)]
+    lines = [line for p in sorted(by_plan) for line in rate_plan(usage, plans, p, by_plan[p], currency)]
     lines.sort(key=lambda line: line.customer)  # stable: each customer's lines keep their order
     return RatedMonth(month, tuple(sorted(customers)), tuple(lines), usage.unpriced_by_customer())

@@ -66,6 +66,14 @@ class TierCharge:
     amount: Decimal  # exact: quantity × price / unit
     flat: Decimal
 
+    def describe(self, mode: str, unit: int) -> str:
+        """An invoice line description, e.g. `Tier 2 (jobs 1,001–5,000), price per job`."""
+        what, per = ("tokens", "per 1M tokens") if unit > 1 else ("jobs", "per job")
+        upper = "∞" if self.last is None else f"{self.last:,}"
+        if mode == "graduated":
+            return f"Tier {self.step} ({what} {self.first:,}–{upper}), price {per}"
+        return f"Volume tier {self.step} (up to {upper} {what}) for all {self.quantity:,}, price {per}"
+
 
 def exact_amount(quantity: int, price: Decimal, unit: int = 1) -> Decimal:
     """`quantity × price / unit` without any rounding (raises rather than round)."""
@@ -86,7 +94,15 @@ def graduated(quantity: int, steps: Sequence[Step], unit: int = 1) -> list[TierC
             break
         in_step = (quantity if upper is None else min(quantity, upper)) - lower
         charges.append(
-            TierCharge(position, lower + 1, upper, in_step, step.price, exact_amount(in_step, step.price, unit), step.flat)
+            TierCharge(
+                position,
+                lower + 1,
+                upper,
+                in_step,
+                step.price,
+                exact_amount(in_step, step.price, unit),
+                step.flat,
+            )
         )
         if upper is None:
             break
@@ -105,7 +121,13 @@ def volume(quantity: int, steps: Sequence[Step], unit: int = 1) -> list[TierChar
         if upper is None or quantity <= upper:
             return [
                 TierCharge(
-                    position, lower + 1, upper, quantity, step.price, exact_amount(quantity, step.price, unit), step.flat
+                    position,
+                    lower + 1,
+                    upper,
+                    quantity,
+                    step.price,
+                    exact_amount(quantity, step.price, unit),
+                    step.flat,
                 )
             ]
         lower = upper
@@ -147,7 +169,9 @@ def step_problems(steps: Sequence[Step], unit: int, unit_name: str) -> list[tupl
                 problems.append((path, "only the last step may be unbounded (null)"))
             continue
         if last:
-            problems.append((path, "the last step must be unbounded (null) so that every quantity has a price"))
+            problems.append(
+                (path, "the last step must be unbounded (null) so that every quantity has a price")
+            )
         scaled = EXACT.multiply(step.up_to, Decimal(unit))
         if scaled != scaled.to_integral_value():
             problems.append((path, f"must be a whole number of {unit_name}"))

@@ -292,11 +292,13 @@ class TestExactness:
     def test_settle_rounds_once_half_up(self, nanos: int, rem: int) -> None:
         assert settle_nanos(nanos, rem) == decimal_to_nanos(quantize(exact_cost(nanos, rem), 9))
 
-    def test_a_snapshot_rate_finer_than_a_nano_per_million_is_an_error(self) -> None:
-        # openrouter's gemini-2.5-flash cache write is 0.0833333333333333 per million in the snapshot.
+    def test_a_snapshot_rate_finer_than_a_nano_per_million_leaves_the_model_unpriced(self) -> None:
+        # openrouter's gemini-2.5-flash cache write is 0.0833333333333333 per million in the snapshot:
+        # not approximated, never priced at zero; unpriced until the tenant sets a price.
         e = event("openrouter", "google/gemini-2.5-flash", input=10)
-        with pytest.raises(RateCardError, match="decimals"):
-            price_usage(frame(e), SNAPSHOT)
+        book = PriceBook()
+        assert price_usage(frame(e), book)["priced"].tolist() == [False]
+        assert any("decimals" in reason for reason in book.inexact.values())
         book = PriceBook([{"provider": "openrouter", "model": "google/gemini-2.5-flash", "input": "0.3",
                            "output": "2.5"}])  # fmt: skip
         assert costs(book, e) == [Decimal("0.000003")]

@@ -41,7 +41,9 @@ customers:
 RATES = {"input": "6.00", "output": "30.00", "cache_read": "0.60", "cache_write": "7.50"}
 
 
-def make_config(*plans: dict[str, Any], customers: list[dict[str, Any]] | None = None, **sections: Any) -> dict[str, Any]:
+def make_config(
+    *plans: dict[str, Any], customers: list[dict[str, Any]] | None = None, **sections: Any
+) -> dict[str, Any]:
     return {"plans": list(plans), "customers": customers or [], **sections}
 
 
@@ -65,9 +67,16 @@ class TestTheDesignExample:
         assert isinstance(tokens, PerTokenPlan) and tokens.rates is not None
         assert tokens.rates.output == Decimal("30.00")
         jobs = config.plans.at("jobs", date(2026, 10, 1))
-        assert isinstance(jobs, PerJobPlan) and jobs.prices == {"default": Decimal("0.50"), "support_ticket": Decimal("1.20")}
+        assert isinstance(jobs, PerJobPlan) and jobs.prices == {
+            "default": Decimal("0.50"),
+            "support_ticket": Decimal("1.20"),
+        }
         tiered = config.plans.at("jobs-tiered", date(2026, 10, 1))
-        assert tiered.tiers is not None and [s.up_to for s in tiered.tiers.steps] == [Decimal(1000), Decimal(5000), None]
+        assert tiered.tiers is not None and [s.up_to for s in tiered.tiers.steps] == [
+            Decimal(1000),
+            Decimal(5000),
+            None,
+        ]
         assert config.customers[0].compare_with == ("tokens",)
         assert config.prices[0].cache_write == Decimal("3.75")
 
@@ -78,13 +87,20 @@ class TestTheDesignExample:
 
 class TestPaths:
     def test_tiers_out_of_order(self) -> None:
-        steps = [{"up_to": 1000, "price": "1.00"}, {"up_to": 500, "price": "0.80"}, {"up_to": None, "price": "0.60"}]
+        steps = [
+            {"up_to": 1000, "price": "1.00"},
+            {"up_to": 500, "price": "0.80"},
+            {"up_to": None, "price": "0.60"},
+        ]
         raw = make_config(
             {"id": "tokens", "type": "per_token", "rates": RATES},
             {"id": "jobs", "type": "per_job", "tiers": {"mode": "volume", "steps": steps}},
         )
         assert problems(raw) == [
-            {"field": "plans[1].tiers.steps[1].up_to", "message": "must be greater than the previous step's up_to (1000)"}
+            {
+                "field": "plans[1].tiers.steps[1].up_to",
+                "message": "must be greater than the previous step's up_to (1000)",
+            }
         ]
 
     def test_a_negative_rate(self) -> None:
@@ -99,7 +115,9 @@ class TestPaths:
         assert fields(raw) == ["customers[0].plan", "customers[0].compare_with[1]"]
 
     def test_an_unknown_key(self) -> None:
-        raw = make_config({"id": "tokens", "type": "per_token", "rates": RATES | {"inptu": "1"}, "colour": "red"})
+        raw = make_config(
+            {"id": "tokens", "type": "per_token", "rates": RATES | {"inptu": "1"}, "colour": "red"}
+        )
         assert problems(raw) == [
             {"field": "plans[0].rates.inptu", "message": "Extra inputs are not permitted"},
             {"field": "plans[0].colour", "message": "Extra inputs are not permitted"},
@@ -125,7 +143,9 @@ class TestPaths:
         ]
 
     def test_a_missing_field(self) -> None:
-        raw = make_config({"id": "tokens", "type": "per_token", "rates": {"input": "1", "output": "1", "cache_read": "1"}})
+        raw = make_config(
+            {"id": "tokens", "type": "per_token", "rates": {"input": "1", "output": "1", "cache_read": "1"}}
+        )
         assert problems(raw) == [{"field": "plans[0].rates.cache_write", "message": "Field required"}]
 
 
@@ -153,7 +173,11 @@ class TestAmounts:
         assert problems(raw) == [{"field": "plans[0].prices.default", "message": message}]
 
     def test_integers_and_trailing_zeros_are_fine(self) -> None:
-        config = validate_config(make_config({"id": "jobs", "type": "per_job", "prices": {"default": 2}, "minimum": "5.000000000000000"}))
+        config = validate_config(
+            make_config(
+                {"id": "jobs", "type": "per_job", "prices": {"default": 2}, "minimum": "5.000000000000000"}
+            )
+        )
         plan = config.plans.at("jobs", date(2026, 1, 1))
         assert isinstance(plan, PerJobPlan) and plan.prices == {"default": Decimal(2)} and plan.minimum == 5
 
@@ -178,7 +202,9 @@ class TestChargeShapes:
         assert fields(raw) == ["plans[0].model_rates", "plans[0].model_rates[1]"]
 
     def test_included_tokens_do_not_combine_with_markup(self) -> None:
-        assert fields(make_config({"id": "t", "type": "per_token", "markup": "0.4", "included": 1000})) == ["plans[0].included"]
+        assert fields(make_config({"id": "t", "type": "per_token", "markup": "0.4", "included": 1000})) == [
+            "plans[0].included"
+        ]
 
     def test_per_job_prices_need_a_default(self) -> None:
         raw = make_config({"id": "j", "type": "per_job", "prices": {"support_ticket": "1"}})
@@ -193,7 +219,9 @@ class TestChargeShapes:
             {"id": "j", "type": "per_job", "tiers": {"mode": "graduated", "steps": job_steps}},
             {"id": "t", "type": "per_token", "tiers": {"mode": "graduated", "steps": token_steps}},
         )
-        assert problems(raw) == [{"field": "plans[0].tiers.steps[0].up_to", "message": "must be a whole number of jobs"}]
+        assert problems(raw) == [
+            {"field": "plans[0].tiers.steps[0].up_to", "message": "must be a whole number of jobs"}
+        ]
 
     @pytest.mark.parametrize(("steps", "field"), [
         ([{"up_to": None, "price": "1"}, {"up_to": 5, "price": "1"}], "plans[0].tiers.steps[0].up_to"),
@@ -228,7 +256,12 @@ class TestRateCards:
 
 class TestVersions:
     V1 = {"id": "tokens", "type": "per_token", "rates": RATES}
-    V2 = {"id": "tokens", "type": "per_token", "rates": RATES | {"input": "5.00"}, "effective_from": "2026-10-15"}
+    V2 = {
+        "id": "tokens",
+        "type": "per_token",
+        "rates": RATES | {"input": "5.00"},
+        "effective_from": "2026-10-15",
+    }
 
     def test_the_version_in_force_on_a_day(self) -> None:
         book = validate_config(make_config(self.V2, self.V1)).plans
@@ -251,7 +284,13 @@ class TestVersions:
             self.V1,
             {"id": "tokens", "type": "per_job", "prices": {"default": "1"}, "effective_from": "2026-11-01"},
             {"id": "tokens", "type": "per_token", "markup": "0.3", "effective_from": "2026-12-01"},
-            {"id": "tokens", "type": "per_token", "rates": RATES, "currency": "EUR", "effective_from": "2027-01-01"},
+            {
+                "id": "tokens",
+                "type": "per_token",
+                "rates": RATES,
+                "currency": "EUR",
+                "effective_from": "2027-01-01",
+            },
         )
         assert fields(raw) == ["plans[1].type", "plans[2].markup", "plans[3].currency"]
 

@@ -10,9 +10,12 @@ from pricing.plans import TierStep
 from pricing.tiers import exact_amount, graduated, price_tiers, step_problems, tier_total, volume
 
 
-def steps(*table: tuple[int | None, str, str]) -> tuple[TierStep, ...]:
+def steps(*table: tuple[int | str | None, str, str]) -> tuple[TierStep, ...]:
     """(up_to, price, flat) rows as validated tier steps."""
-    return tuple(TierStep(up_to=up_to, price=price, flat=flat) for up_to, price, flat in table)
+    return tuple(
+        TierStep.model_validate({"up_to": up_to, "price": price, "flat": flat})
+        for up_to, price, flat in table
+    )
 
 
 # Stripe's tiered pricing docs (docs.stripe.com/subscriptions/pricing-models/tiered-pricing):
@@ -96,7 +99,10 @@ class TestTokenUnits:
     def test_bounds_and_prices_are_per_million_tokens(self) -> None:
         table = steps((1, "2.00", "0"), (None, "1.00", "0"))
         charges = graduated(1_500_000, table, unit=10**6)
-        assert [(c.quantity, c.amount) for c in charges] == [(1_000_000, Decimal("2")), (500_000, Decimal("0.5"))]
+        assert [(c.quantity, c.amount) for c in charges] == [
+            (1_000_000, Decimal("2")),
+            (500_000, Decimal("0.5")),
+        ]
 
     def test_fractional_million_bounds(self) -> None:
         table = steps(("0.5", "4", "0"), (None, "2", "0"))

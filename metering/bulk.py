@@ -1,0 +1,125 @@
+"""Bulk writes: one `executemany` on SQLite; COPY into a temporary table and one
+`INSERT ... SELECT` on PostgreSQL. Statements are built with SQLAlchemy (or psycopg.sql for
+COPY), compiled once per shape, and never assembled from data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from psycopg import sql as pgsql
+from sqlalchemy import Column, Connection, MetaData, Table, bindparam, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.schema import CreateTable
+
+OnConflict = Literal["error", "ignore", "replace", "add"]
+
+
+def write_rows(
+    connection: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    on_conflict: OnConflict = "error",
+    keys: Sequence[str] = (),
+    add: Sequence[str] = (),
+) -> int:
+    """Write rows (in `columns` order); returns how many rows were inserted or changed.
+
+    On a primary-key (`keys`) conflict: `error` raises, `ignore` keeps the stored row, `replace`
+    overwrites the other columns, `add` adds the `add` columns to the stored ones.
+    """
+    if not rows:
+        return 0
+    columns = tuple(columns)
+    if connection.dialect.name == "postgresql":
+        return _postgres_write(connection, table, columns, rows, on_conflict, tuple(keys), tuple(add))
+    statement = _sqlite_statement(table, columns, on_conflict, tuple(keys), tuple(add))
+    result = connection.execution_options(preserve_rowcount=True).exec_driver_sql(statement, list(rows))
+    return int(result.rowcount)
+
+
+def _conflict_clause(insert: Any, table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...]) -> Any:
+    if on_conflict == "error":
+        return insert
+    if on_conflict == "ignore":
+        return insert.on_conflict_do_nothing(index_elements=list(keys))
+    excluded = insert.excluded
+    if on_conflict == "replace":
+        updates = {name: excluded[name] for name in columns if name not in keys}
+    else:
+        updates = {name: table.c[name] + excluded[name] for name in add}
+    return insert.on_conflict_do_update(index_elements=list(keys), set_=updates)
+
+
+@lru_cache(maxsize=64)
+def _sqlite_statement(table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...]) -> str:
+    insert = sqlite.insert(table).values({name: bindparam(name) for name in columns})
+    compiled = _conflict_clause(insert, table, columns, on_conflict, keys, add).compile(dialect=sqlite.dialect())
+    if tuple(compiled.positiontup or ()) != columns:
+        raise AssertionError(f"bind order {compiled.positiontup} differs from {columns}")
+    return str(compiled)
+
+
+@lru_cache(maxsize=64)
+def _postgres_stage(table: Table, columns: tuple[str, ...]) -> tuple[Table, Any, pgsql.Composed]:
+    stage = Table(
+        f"{table.name}_incoming",
+        MetaData(),
+        *[Column(name, table.c[name].type) for name in columns],
+        prefixes=["TEMPORARY"],
+        postgresql_on_commit="DELETE ROWS",
+    )
+    copy = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
+        pgsql.Identifier(stage.name), pgsql.SQL(", ").join(pgsql.Identifier(name) for name in columns)
+    )
+    return stage, CreateTable(stage, if_not_exists=True), copy
+
+
+def _copy(connection: Connection, statement: pgsql.Composed, rows: Sequence[Sequence[Any]]) -> None:
+    with connection.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        for row in rows:
+            copy.write_row(row)
+
+
+def _postgres_write(
+    connection: Connection,
+    table: Table,
+    columns: tuple[str, ...],
+    rows: Sequence[Sequence[Any]],
+    on_conflict: OnConflict,
+    keys: tuple[str, ...],
+    add: tuple[str, ...],
+) -> int:
+    if on_conflict == "error":  # straight into the table
+        copy = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
+            pgsql.Identifier(table.name), pgsql.SQL(", ").join(pgsql.Identifier(name) for name in columns)
+        )
+        _copy(connection, copy, rows)
+        return len(rows)
+    stage, create, copy = _postgres_stage(table, columns)
+    connection.execute(create)
+    _copy(connection, copy, rows)
+    insert = postgresql.insert(table).from_select(list(columns), select(*stage.c))
+    statement = _conflict_clause(insert, table, columns, on_conflict, keys, add)
+    count = int(connection.execute(statement.execution_options(preserve_rowcount=True)).rowcount)
+    connection.execute(delete(stage))
+    return count
+
+
+def frame_rows(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Rows of plain Python values (None for missing, ISO text for days) in `columns` order."""
+    values = []
+    for name in columns:
+        column = frame[name]
+        if pd.api.types.is_datetime64_any_dtype(column.dtype):
+            values.append(np.datetime_as_string(column.to_numpy().astype("datetime64[D]"), unit="D").tolist())
+        elif column.hasnans:
+            values.append(column.astype(object).where(column.notna(), None).tolist())
+        else:
+            values.append(column.tolist())
+    return list(zip(*values, strict=True))

@@ -1,0 +1,297 @@
+"""The rollup: new events since the watermark → priced → merged into the rollup tables.
+
+A run reads the events of one tenant past its watermark, in chunks, prices them with the
+tenant's price book, summarizes them (`metering.rollup`), and writes the result and the new
+watermark in ONE transaction: a run killed mid-way leaves nothing behind, and the next run does
+the same work again. The watermark only moves by compare-and-set, so two concurrent runs never
+both apply the same events. When the tenant's prices change, the next run rebuilds the tenant's
+rollup from the first event, so unpriced events become priced once a price is added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import version as package_version
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Engine, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from metering.bulk import frame_rows, write_rows
+from metering.db import unit_of_work
+from metering.errors import Conflict
+from metering.ingest import ingest_lock_key
+from metering.prices import price_usage
+from metering.ratecards import PriceBook
+from metering.rollup import (
+    DAILY_KEYS,
+    DETAIL_KEYS,
+    TASK_COLUMNS,
+    USAGE_COLUMNS,
+    Summary,
+    merge_additive,
+    merge_tasks,
+    summarize,
+)
+from metering.tables import events, rollup_state, task_usage, task_usage_detail, tenant_prices, usage_daily
+from metering.tenants import Tenant
+
+EVENT_COLUMNS = (
+    "seq", "time_us", "type", "customer", "task", "task_type", "provider", "model",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+)  # fmt: skip
+DEFAULT_CHUNK = 2_000_000
+
+
+class RollupConflict(Conflict):
+    """Another rollup of the tenant moved the watermark first; this run's work was discarded."""
+
+
+@dataclass
+class RollupResult:
+    tenant: str
+    events_read: int = 0
+    tasks_updated: int = 0
+    watermark: int = 0
+    rebuilt: bool = False
+    unpriced_models: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def price_book(connection: Connection, tenant_id: int) -> tuple[PriceBook, str]:
+    """The tenant's price book (its prices over genai-prices' snapshot) and a version naming both."""
+    rows = connection.execute(
+        select(tenant_prices).where(tenant_prices.c.tenant_id == tenant_id).order_by(tenant_prices.c.provider, tenant_prices.c.model)
+    ).all()
+    overrides = [
+        {k: v for k, v in (("provider", r.provider), ("model", r.model), ("input", r.input), ("output", r.output),
+                           ("cache_read", r.cache_read), ("cache_write", r.cache_write)) if v is not None}
+        for r in rows
+    ]  # fmt: skip
+    digest = hashlib.sha256(repr(overrides).encode()).hexdigest()[:12]
+    return PriceBook(overrides), f"genai-prices@{package_version('genai-prices')}+tenant:{digest}"
+
+
+def rollup_tenant(
+    engine: Engine,
+    tenant: Tenant,
+    *,
+    now: datetime,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Callable[[int, int], None] | None = None,
+    after_chunk: Callable[[int], None] | None = None,
+) -> RollupResult:
+    """Bring the tenant's rollup tables up to the newest committed event.
+
+    `progress(done, total)` reports events read; `after_chunk(n)` runs after each chunk is
+    summarized (tests use it to crash a run mid-way).
+    """
+    started = time.perf_counter()
+    result = RollupResult(tenant=tenant.name)
+    with engine.connect() as connection:
+        _ensure_state(connection, tenant.id, now)
+        state = connection.execute(select(rollup_state).where(rollup_state.c.tenant_id == tenant.id)).one()
+        book, price_version = price_book(connection, tenant.id)
+    rebuild = price_version != state.price_version
+    start = 0 if rebuild else state.watermark_seq
+    end = _newest_committed_seq(engine, tenant.id)
+    result.watermark, result.rebuilt = state.watermark_seq, rebuild
+    if end <= start and not rebuild:
+        result.seconds = time.perf_counter() - started
+        return result
+
+    summary: Summary | None = None
+    unpriced: dict[tuple[str, str], int] = {}
+    total = max(end - start, 0)
+    for number, frame in enumerate(_read_events(engine, tenant.id, start, end, chunk_size)):
+        priced = _price(frame, book, unpriced)
+        part = summarize(priced, tenant.timezone)
+        summary = part if summary is None else _combine(summary, part)
+        result.events_read += len(frame)
+        if progress is not None:
+            progress(int(frame["seq"].iloc[-1]) - start, total)
+        if after_chunk is not None:
+            after_chunk(number)
+
+    with unit_of_work(engine) as session:
+        connection = session.connection()
+        moved = connection.execute(
+            update(rollup_state)
+            .where(
+                rollup_state.c.tenant_id == tenant.id,
+                rollup_state.c.watermark_seq == state.watermark_seq,
+                rollup_state.c.price_version == state.price_version,
+            )
+            .values(watermark_seq=max(end, start), price_version=price_version, updated_at=now)
+            .execution_options(preserve_rowcount=True)
+        ).rowcount
+        if moved != 1:
+            raise RollupConflict(f"another rollup of tenant {tenant.name!r} ran at the same time; nothing was written")
+        if rebuild:
+            for table in (task_usage, task_usage_detail, usage_daily):
+                connection.execute(delete(table).where(table.c.tenant_id == tenant.id))
+        if summary is not None:
+            result.tasks_updated = _write(connection, tenant.id, summary, replace_all=rebuild)
+    result.watermark = max(end, start)
+    result.unpriced_models = [
+        {"provider": p, "model": m, "events": n} for (p, m), n in sorted(unpriced.items())
+    ]
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _ensure_state(connection: Connection, tenant_id: int, now: datetime) -> None:
+    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    connection.execute(
+        dialect_insert(rollup_state)
+        .values(tenant_id=tenant_id, watermark_seq=0, price_version="", updated_at=now)
+        .on_conflict_do_nothing(index_elements=["tenant_id"])
+    )
+    connection.commit()
+
+
+def _newest_committed_seq(engine: Engine, tenant_id: int) -> int:
+    """The highest seq below which every event of the tenant is committed.
+
+    On SQLite one writer at a time assigns seqs and commits in order. On PostgreSQL a transaction
+    can commit seq 11 while seq 10 is still in flight, so the read waits for in-flight ingest
+    transactions (which hold the tenant's advisory lock shared) to finish.
+    """
+    query = select(func.coalesce(func.max(events.c.seq), 0)).where(events.c.tenant_id == tenant_id)
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(select(func.pg_advisory_xact_lock(ingest_lock_key(tenant_id))))
+        return int(connection.execute(query).scalar_one())
+
+
+def _read_events(engine: Engine, tenant_id: int, after: int, upto: int, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """The tenant's events with after < seq <= upto, in seq order, a chunk at a time."""
+    while after < upto:
+        query = (
+            select(*[events.c[name] for name in EVENT_COLUMNS])
+            .where(events.c.tenant_id == tenant_id, events.c.seq > after, events.c.seq <= upto)
+            .order_by(events.c.seq)
+            .limit(chunk_size)
+        )
+        frame = _fetch_frame(engine, query)
+        if frame.empty:
+            return
+        yield frame
+        after = int(frame["seq"].iloc[-1])
+
+
+def _fetch_frame(engine: Engine, query: Any) -> pd.DataFrame:
+    if engine.dialect.name == "postgresql":
+        return _fetch_postgres(engine, query)
+    compiled = query.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute(str(compiled), tuple(compiled.params[name] for name in compiled.positiontup or ()))
+        rows = cursor.fetchall()
+        cursor.close()
+    finally:
+        raw.close()
+    if not rows:
+        return pd.DataFrame({name: [] for name in EVENT_COLUMNS})
+    columns = list(zip(*rows, strict=True))
+    del rows
+    data: dict[str, Any] = {}
+    for name, values in zip(EVENT_COLUMNS, columns, strict=True):
+        if name in ("seq", "time_us") or name.endswith("_tokens"):
+            data[name] = np.fromiter(values, dtype=np.int64, count=len(values))
+        else:
+            data[name] = pd.array(values, dtype="str")
+    return pd.DataFrame(data)
+
+
+def _fetch_postgres(engine: Engine, query: Any) -> pd.DataFrame:
+    """Arrow straight from libpq (ADBC): no Python object per value."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    compiled = query.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"), compile_kwargs={"render_postcompile": True})
+    uri = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    params = [compiled.params[name] for name in (compiled.positiontup or ())]
+    with adbc.connect(uri) as connection, connection.cursor() as cursor:
+        cursor.execute(str(compiled), params)
+        table = cursor.fetch_arrow_table()
+    frame = table.to_pandas()
+    for name in ("task_type", "provider", "model", "type", "customer", "task"):
+        frame[name] = frame[name].astype("str")
+    return frame
+
+
+def _price(frame: pd.DataFrame, book: PriceBook, unpriced: dict[tuple[str, str], int]) -> pd.DataFrame:
+    usage = (frame["type"] == "usage").to_numpy()
+    frame["cost_nanos"] = np.zeros(len(frame), dtype=np.int64)
+    frame["cost_rem"] = np.zeros(len(frame), dtype=np.int64)
+    frame["priced"] = np.ones(len(frame), dtype=bool)
+    if usage.any():
+        used = frame.loc[usage]
+        prices = price_usage(used, book)
+        frame.loc[usage, "cost_nanos"] = prices["cost_nanos"].to_numpy()
+        frame.loc[usage, "cost_rem"] = prices["cost_rem"].to_numpy()
+        frame.loc[usage, "priced"] = prices["priced"].to_numpy()
+        missing = used.loc[~prices["priced"].to_numpy(), ["provider", "model"]]
+        for (provider, model), count in missing.value_counts().items():
+            unpriced[(provider, model)] = unpriced.get((provider, model), 0) + int(count)
+    return frame
+
+
+def _combine(a: Summary, b: Summary) -> Summary:
+    return Summary(
+        tasks=merge_tasks(a.tasks, b.tasks),
+        detail=merge_additive(a.detail, b.detail, DETAIL_KEYS),
+        daily=merge_additive(a.daily, b.daily, DAILY_KEYS),
+    )
+
+
+def _write(connection: Connection, tenant_id: int, summary: Summary, *, replace_all: bool) -> int:
+    tasks = summary.tasks
+    if not replace_all and not tasks.empty:
+        stored = _stored_tasks(connection, tenant_id, tasks["task"].tolist())
+        if not stored.empty:
+            tasks = merge_tasks(stored, tasks)
+    task_columns = ("tenant_id", *TASK_COLUMNS)
+    tasks = tasks.assign(tenant_id=tenant_id)
+    write_rows(
+        connection, task_usage, task_columns, frame_rows(tasks, task_columns),
+        on_conflict="error" if replace_all else "replace", keys=("tenant_id", "task"),
+    )  # fmt: skip
+    for table, frame, keys in ((task_usage_detail, summary.detail, DETAIL_KEYS), (usage_daily, summary.daily, DAILY_KEYS)):
+        columns = ("tenant_id", *keys, *USAGE_COLUMNS)
+        write_rows(
+            connection, table, columns, frame_rows(frame.assign(tenant_id=tenant_id), columns),
+            on_conflict="error" if replace_all else "add", keys=("tenant_id", *keys), add=USAGE_COLUMNS,
+        )  # fmt: skip
+    return len(tasks)
+
+
+def _stored_tasks(connection: Connection, tenant_id: int, names: list[str]) -> pd.DataFrame:
+    frames = []
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        rows = connection.execute(
+            select(*[task_usage.c[name] for name in TASK_COLUMNS]).where(
+                task_usage.c.tenant_id == tenant_id, task_usage.c.task.in_(chunk)
+            )
+        ).all()
+        if rows:
+            frames.append(pd.DataFrame(rows, columns=list(TASK_COLUMNS)))
+    if not frames:
+        return pd.DataFrame(columns=list(TASK_COLUMNS))
+    stored = pd.concat(frames, ignore_index=True)
+    for name in ("task_type_us", "task_type_seq", "ended_us", "status_seq", "started_us"):
+        stored[name] = stored[name].astype("Int64")
+    return stored
+
+
+def rollup_all(engine: Engine, tenants: list[Tenant], *, now: datetime) -> list[RollupResult]:
+    return [rollup_tenant(engine, tenant, now=now) for tenant in tenants]
+

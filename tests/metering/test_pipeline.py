@@ -1,0 +1,303 @@
+"""The rollup on a real database: exact costs, statuses, incremental = full, crash safety."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+import pytest
+from genai_prices import Usage, calc_price
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, insert, select
+
+from metering.db import unit_of_work
+from metering.ingest import ingest_events
+from metering.money import display_cost
+from metering.pipeline import RollupConflict, rollup_tenant
+from metering.prices import settle_nanos
+from metering.tables import rollup_state, task_usage, task_usage_detail, tenant_prices, usage_daily
+from metering.tenants import Tenant
+from tests.factories import make_event
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+_names = itertools.count()
+
+
+def fresh_name(prefix: str) -> str:
+    return f"{prefix}-{next(_names)}"
+
+
+def send(engine: Engine, tenant: Tenant, events: list[dict]) -> None:
+    with unit_of_work(engine) as session:
+        result = ingest_events(session, tenant.id, events, now=NOW)
+    assert not result.rejected, result.rejected
+
+
+def rollup(engine: Engine, tenant: Tenant, **kwargs):  # type: ignore[no-untyped-def]
+    return rollup_tenant(engine, tenant, now=NOW, **kwargs)
+
+
+def table_rows(engine: Engine, table, tenant: Tenant) -> list:  # type: ignore[no-untyped-def]
+    keys = [c for c in table.primary_key.columns]
+    with engine.connect() as connection:
+        rows = connection.execute(select(table).where(table.c.tenant_id == tenant.id).order_by(*keys)).all()
+    return list(rows)
+
+
+def snapshot(engine: Engine, tenant: Tenant) -> dict[str, list[tuple]]:
+    """The tenant's rollup tables without tenant ids and ingest sequence numbers (which differ
+    between two tenants fed the same events), for comparing two tenants."""
+    out = {}
+    for table in (task_usage, task_usage_detail, usage_daily):
+        keep = [c.name for c in table.columns if c.name != "tenant_id" and not c.name.endswith("seq")]
+        out[table.name] = [tuple(getattr(r, name) for name in keep) for r in table_rows(engine, table, tenant)]
+    return out
+
+
+def task_row(engine: Engine, tenant: Tenant, task: str):  # type: ignore[no-untyped-def]
+    with engine.connect() as connection:
+        return connection.execute(
+            select(task_usage).where(task_usage.c.tenant_id == tenant.id, task_usage.c.task == task)
+        ).one()
+
+
+def reference_cost(events: list[dict]) -> Decimal:
+    """Exact provider cost by genai-prices itself, one call per event, summed."""
+    total = Decimal(0)
+    for e in events:
+        if e.get("type", "usage") != "usage":
+            continue
+        usage = Usage(
+            input_tokens=e["input_tokens"], output_tokens=e["output_tokens"],
+            cache_read_tokens=e.get("cache_read_tokens", 0), cache_write_tokens=e.get("cache_write_tokens", 0),
+        )  # fmt: skip
+        at = datetime.fromisoformat(e["time"].replace("Z", "+00:00"))
+        total += calc_price(usage, e["model"], provider_id=e["provider"], genai_request_timestamp=at).total_price
+    return total
+
+
+def stored_cost(row) -> Decimal:  # type: ignore[no-untyped-def]
+    return Decimal(row.cost_nanos).scaleb(-9) + Decimal(row.cost_rem).scaleb(-15)
+
+
+class TestCostPerTask:
+    def test_openai_style_usage_with_cache_inside_input(self, engine: Engine, tenant: Tenant) -> None:
+        events = [
+            make_event(id="a1", task="t", model="gpt-4o", input_tokens=10_000, cache_read_tokens=6_000, output_tokens=500),
+            make_event(id="a2", task="t", model="gpt-4o", input_tokens=3_333, cache_read_tokens=1_111, output_tokens=77, reasoning_tokens=7),
+        ]  # fmt: skip
+        send(engine, tenant, events)
+        rollup(engine, tenant)
+        row = task_row(engine, tenant, "t")
+        # gpt-4o: input 2.50, cached input 1.25, output 10.00 per million
+        expected = (Decimal(10_000 - 6_000 + 3_333 - 1_111) * Decimal("2.5") + Decimal(7_111) * Decimal("1.25")
+                    + Decimal(577) * Decimal(10)) / 10**6  # fmt: skip
+        assert stored_cost(row) == expected == reference_cost(events)
+        assert (row.input_tokens, row.cache_read_tokens, row.output_tokens, row.reasoning_tokens) == (13_333, 7_111, 577, 7)
+
+    def test_anthropic_style_usage_normalized_cache_writes(self, engine: Engine, tenant: Tenant) -> None:
+        # Anthropic reports input without cache; the client adds it back: input = 100 + 2000 + 500.
+        events = [make_event(id="b1", task="t", provider="anthropic", model="claude-sonnet-4-20250514",
+                             input_tokens=2_600, cache_read_tokens=2_000, cache_write_tokens=500, output_tokens=321)]  # fmt: skip
+        send(engine, tenant, events)
+        rollup(engine, tenant)
+        # sonnet 4: input 3.00, cache read 0.30, cache write 3.75, output 15.00 per million
+        expected = (Decimal(100) * 3 + Decimal(2_000) * Decimal("0.3") + Decimal(500) * Decimal("3.75") + Decimal(321) * 15) / 10**6
+        assert stored_cost(task_row(engine, tenant, "t")) == expected == reference_cost(events)
+
+    def test_tier_boundary_of_a_long_context_model(self, engine: Engine, tenant: Tenant) -> None:
+        at_boundary = make_event(id="c1", task="t1", provider="google", model="gemini-2.5-pro", input_tokens=200_000, output_tokens=1_000)
+        past_it = make_event(id="c2", task="t2", provider="google", model="gemini-2.5-pro", input_tokens=200_001, output_tokens=1_000)
+        send(engine, tenant, [at_boundary, past_it])
+        rollup(engine, tenant)
+        # <= 200k: 1.25 in / 10 out; above: 2.50 in / 15 out, on all tokens of the request
+        assert stored_cost(task_row(engine, tenant, "t1")) == (Decimal(200_000) * Decimal("1.25") + 10_000) / 10**6
+        assert stored_cost(task_row(engine, tenant, "t2")) == (Decimal(200_001) * Decimal("2.5") + 15_000) / 10**6
+        assert stored_cost(task_row(engine, tenant, "t2")) == reference_cost([past_it])
+
+    def test_historical_price_by_event_time(self, engine: Engine, tenant: Tenant) -> None:
+        before = make_event(id="d1", task="old", model="o3", time="2025-06-09T23:59:59Z", input_tokens=1_000_000, output_tokens=0)
+        after = make_event(id="d2", task="new", model="o3", time="2025-06-10T00:00:00Z", input_tokens=1_000_000, output_tokens=0)
+        send(engine, tenant, [before, after])
+        rollup(engine, tenant)
+        assert stored_cost(task_row(engine, tenant, "old")) == Decimal(10) == reference_cost([before])
+        assert stored_cost(task_row(engine, tenant, "new")) == Decimal(2) == reference_cost([after])
+
+    @settings(max_examples=25, deadline=None)
+    @given(data=st.data())
+    def test_randomized_events_equal_the_decimal_reference(self, data: st.DataObject, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+        tenant = make_tenant(fresh_name("t"))
+        models = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-20250514"), ("google", "gemini-2.5-pro")]
+        events = []
+        for i in range(data.draw(st.integers(1, 12))):
+            provider, model = data.draw(st.sampled_from(models))
+            input_tokens = data.draw(st.integers(0, 400_000))
+            cache_read = data.draw(st.integers(0, input_tokens))
+            cache_write = data.draw(st.integers(0, input_tokens - cache_read)) if provider == "anthropic" else 0
+            output = data.draw(st.integers(0, 50_000))
+            events.append(make_event(
+                id=f"r{i}", task=f"task{data.draw(st.integers(0, 2))}", provider=provider, model=model,
+                input_tokens=input_tokens, cache_read_tokens=cache_read, cache_write_tokens=cache_write,
+                output_tokens=output, reasoning_tokens=data.draw(st.integers(0, output)),
+                time=f"2026-10-{data.draw(st.integers(1, 30)):02d}T12:00:00Z",
+            ))  # fmt: skip
+        send(engine, tenant, events)
+        rollup(engine, tenant)
+        for task in {e["task"] for e in events}:
+            row = task_row(engine, tenant, task)
+            exact = reference_cost([e for e in events if e["task"] == task])
+            assert stored_cost(row) == exact
+            assert settle_nanos(row.cost_nanos, row.cost_rem) == int((exact * 10**9).quantize(Decimal(1), ROUND_HALF_UP))
+            assert display_cost(row.cost_nanos, row.cost_rem) == exact.quantize(Decimal("0.000001"), ROUND_HALF_UP)
+
+
+class TestTaskState:
+    def test_status_customer_type_and_times(self, engine: Engine, tenant: Tenant) -> None:
+        send(engine, tenant, [
+            make_event(id="s", type="task.started", task="t", task_type="support_ticket", time="2026-10-01T10:00:00Z"),
+            make_event(id="u", task="t", time="2026-10-01T10:01:00Z"),
+            make_event(id="x", type="task.completed", task="t", task_type="code_review", time="2026-10-01T10:02:00Z"),
+        ])  # fmt: skip
+        rollup(engine, tenant)
+        row = task_row(engine, tenant, "t")
+        assert (row.customer, row.task_type, row.status, row.events, row.usage_events) == ("acme", "code_review", "completed", 3, 1)
+        ten = int(datetime(2026, 10, 1, 10, tzinfo=UTC).timestamp()) * 10**6
+        assert (row.started_us, row.ended_us, row.first_event_us, row.last_event_us) == (ten, ten + 120 * 10**6, ten, ten + 120 * 10**6)
+
+    def test_open_until_a_terminal_event(self, engine: Engine, tenant: Tenant) -> None:
+        send(engine, tenant, [make_event(id="u", task="t")])
+        rollup(engine, tenant)
+        assert task_row(engine, tenant, "t").status == "open"
+
+    def test_late_terminal_event_after_rollup_corrects_the_task(self, engine: Engine, tenant: Tenant) -> None:
+        send(engine, tenant, [make_event(id="u", task="t"), make_event(id="c", type="task.completed", task="t", time="2026-10-15T13:00:00Z")])
+        rollup(engine, tenant)
+        # The agent later reports a failure with a later time: the task turns failed.
+        send(engine, tenant, [make_event(id="f", type="task.failed", task="t", time="2026-10-15T14:00:00Z")])
+        rollup(engine, tenant)
+        assert task_row(engine, tenant, "t").status == "failed"
+        # An out-of-order terminal event that happened earlier does not override the latest one.
+        send(engine, tenant, [make_event(id="k", type="task.cancelled", task="t", time="2026-10-15T12:30:00Z")])
+        rollup(engine, tenant)
+        row = task_row(engine, tenant, "t")
+        assert (row.status, row.events) == ("failed", 4)
+
+    def test_late_usage_event_adds_to_its_day(self, engine: Engine, tenant: Tenant) -> None:
+        send(engine, tenant, [make_event(id="u1", task="t", time="2026-10-15T12:00:00Z")])
+        rollup(engine, tenant)
+        send(engine, tenant, [make_event(id="u2", task="t", time="2026-10-02T12:00:00Z", input_tokens=10, output_tokens=1)])
+        rollup(engine, tenant)
+        days = [(str(row.day), row.input_tokens) for row in table_rows(engine, task_usage_detail, tenant)]
+        assert days == [("2026-10-02", 10), ("2026-10-15", 1200)]
+
+    def test_days_are_tenant_local(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+        kolkata = make_tenant("kolkata", timezone="Asia/Kolkata")
+        send(engine, kolkata, [make_event(id="u", time="2026-10-31T19:00:00Z")])  # 00:30 on Nov 1 in Kolkata
+        rollup(engine, kolkata)
+        [row] = table_rows(engine, usage_daily, kolkata)
+        assert str(row.day) == "2026-11-01"
+
+
+class TestIncremental:
+    def test_rolling_up_twice_changes_nothing(self, engine: Engine, tenant: Tenant) -> None:
+        send(engine, tenant, [make_event(id=f"e{i}", task=f"t{i % 3}") for i in range(10)])
+        first = rollup(engine, tenant)
+        before = snapshot(engine, tenant)
+        second = rollup(engine, tenant)
+        assert (first.events_read, second.events_read, second.tasks_updated) == (10, 0, 0)
+        assert snapshot(engine, tenant) == before
+
+    @settings(max_examples=20, deadline=None)
+    @given(seed=st.integers(0, 10**6), splits=st.lists(st.integers(1, 30), min_size=1, max_size=5))
+    def test_incremental_runs_equal_one_full_run(self, seed: int, splits: list[int], engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+        rng = random.Random(seed)
+        events = random_events(rng, 40)
+        stepwise, whole = make_tenant(fresh_name("s")), make_tenant(fresh_name("w"))
+        start = 0
+        for size in splits:
+            send(engine, stepwise, events[start : start + size])
+            rollup(engine, stepwise)
+            start += size
+        send(engine, stepwise, events[start:])
+        rollup(engine, stepwise)
+        send(engine, whole, events)
+        rollup(engine, whole)
+        assert snapshot(engine, stepwise) == snapshot(engine, whole)
+
+    def test_chunked_run_equals_one_chunk(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+        events = random_events(random.Random(3), 60)
+        small, big = make_tenant("small-chunks"), make_tenant("one-chunk")
+        send(engine, small, events)
+        send(engine, big, events)
+        rollup(engine, small, chunk_size=7)
+        rollup(engine, big)
+        assert snapshot(engine, small) == snapshot(engine, big)
+
+    def test_crash_between_chunks_then_rerun_equals_a_clean_run(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+        events = random_events(random.Random(5), 50)
+        crashed, clean = make_tenant("crashed"), make_tenant("clean")
+        send(engine, crashed, events)
+        send(engine, clean, events)
+
+        def crash(chunk: int) -> None:
+            if chunk == 2:
+                raise RuntimeError("killed")
+
+        with pytest.raises(RuntimeError, match="killed"):
+            rollup(engine, crashed, chunk_size=10, after_chunk=crash)
+        assert snapshot(engine, crashed) == {"task_usage": [], "task_usage_detail": [], "usage_daily": []}
+        rollup(engine, crashed, chunk_size=10)
+        rollup(engine, clean)
+        assert snapshot(engine, crashed) == snapshot(engine, clean)
+
+    def test_concurrent_run_loses_and_writes_nothing(self, engine: Engine, tenant: Tenant) -> None:
+        send(engine, tenant, [make_event(id="e1")])
+
+        def other_rollup_meanwhile(chunk: int) -> None:
+            rollup(engine, tenant)  # finishes first and moves the watermark
+
+        with pytest.raises(RollupConflict):
+            rollup(engine, tenant, after_chunk=other_rollup_meanwhile)
+        [row] = table_rows(engine, task_usage, tenant)
+        assert row.usage_events == 1  # counted once
+
+
+class TestUnpricedModels:
+    def test_unknown_model_is_unpriced_then_priced_once_a_price_is_added(self, engine: Engine, tenant: Tenant) -> None:
+        send(engine, tenant, [make_event(id="u", task="t", provider="acme-ai", model="acme-large", input_tokens=1_000_000, output_tokens=100_000)])
+        result = rollup(engine, tenant)
+        assert result.unpriced_models == [{"provider": "acme-ai", "model": "acme-large", "events": 1}]
+        row = task_row(engine, tenant, "t")
+        assert (row.unpriced_events, row.cost_nanos) == (1, 0)
+        with unit_of_work(engine) as session:
+            session.execute(insert(tenant_prices).values(
+                tenant_id=tenant.id, provider="acme-ai", model="acme-large", input="3.00", output="15.00",
+                cache_read=None, cache_write=None, updated_at=NOW,
+            ))  # fmt: skip
+        result = rollup(engine, tenant)
+        assert result.rebuilt and result.unpriced_models == []
+        row = task_row(engine, tenant, "t")
+        assert (row.unpriced_events, stored_cost(row)) == (0, Decimal("4.5"))
+        with engine.connect() as connection:
+            assert connection.execute(select(rollup_state.c.price_version)).scalar_one().startswith("genai-prices@")
+
+
+def random_events(rng: random.Random, n: int) -> list[dict]:
+    base = datetime(2026, 10, 1, tzinfo=UTC)
+    kinds = ["usage"] * 6 + ["task.started", "task.completed", "task.failed", "task.cancelled"]
+    out = []
+    for i in range(n):
+        kind = rng.choice(kinds)
+        event = make_event(
+            id=f"ev{i}", type=kind, task=f"task{rng.randrange(6)}", customer=rng.choice(["acme", "globex"]),
+            time=(base + timedelta(minutes=rng.randrange(60 * 24 * 40))).isoformat().replace("+00:00", "Z"),
+            task_type=rng.choice([None, "support_ticket", "code_review"]),
+        )  # fmt: skip
+        if kind == "usage":
+            event.update(model=rng.choice(["gpt-4o", "gpt-4o-mini", "mystery-model"]), input_tokens=rng.randrange(5000),
+                         output_tokens=rng.randrange(900))  # fmt: skip
+        out.append(event)
+    return out
