@@ -156,6 +156,36 @@ def _submit_next(pool: ThreadPoolExecutor, work: Callable[[LineBatch], Any], bat
     return None if batch is None else pool.submit(work, batch)
 
 
+def cmd_rollup(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from metering.pipeline import rollup_tenant
+    from metering.tenants import list_tenants
+
+    with open_engine(settings) as engine:
+        with unit_of_work(engine) as session:
+            chosen = [get_tenant(session, args.tenant)] if args.tenant else list_tenants(session)
+        results = []
+        for tenant in chosen:
+            with tqdm(total=0, unit="ev", unit_scale=True, file=sys.stderr, disable=None, desc=tenant.name) as bar:
+
+                def progress(done: int, total: int, bar: Any = bar) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                result = rollup_tenant(engine, tenant, now=_now(), progress=progress)
+            results.append({
+                "tenant": result.tenant, "events_read": result.events_read, "tasks_updated": result.tasks_updated,
+                "watermark": result.watermark, "rebuilt": result.rebuilt, "unpriced_models": result.unpriced_models,
+                "seconds": round(result.seconds, 3),
+            })  # fmt: skip
+            for model in result.unpriced_models:
+                _err(f"{tenant.name}: {model['events']} event(s) of {model['provider']}/{model['model']} are unpriced: "
+                     "add its price with `taskmeter config load`")  # fmt: skip
+    _out(results[0] if args.tenant else results)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -206,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True)
     p.add_argument("--batch-size", type=int, default=5000)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("rollup", help="bring per-task usage and cost up to date (all tenants by default)")
+    p.add_argument("--tenant")
+    p.set_defaults(func=cmd_rollup)
 
     p = sub.add_parser("serve", help="serve the API, dashboard and scheduler")
     p.add_argument("--host", default="127.0.0.1")

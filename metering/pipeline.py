@@ -11,11 +11,14 @@ rollup from the first event, so unpriced events become priced once a price is ad
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import version as package_version
+from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,7 @@ from sqlalchemy import Connection, Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from metering.bulk import frame_rows, write_rows
-from metering.db import unit_of_work
+from metering.db import make_engine, unit_of_work
 from metering.errors import Conflict
 from metering.ingest import ingest_lock_key
 from metering.prices import price_usage
@@ -47,6 +50,8 @@ EVENT_COLUMNS = (
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
 )  # fmt: skip
 DEFAULT_CHUNK = 2_000_000
+PARALLEL_MIN_EVENTS = 2_000_000
+"""A backlog this large is split between worker processes."""
 
 
 class RollupConflict(Conflict):
@@ -64,18 +69,27 @@ class RollupResult:
     seconds: float = 0.0
 
 
-def price_book(connection: Connection, tenant_id: int) -> tuple[PriceBook, str]:
-    """The tenant's price book (its prices over genai-prices' snapshot) and a version naming both."""
+def tenant_overrides(connection: Connection, tenant_id: int) -> list[dict[str, str]]:
     rows = connection.execute(
         select(tenant_prices).where(tenant_prices.c.tenant_id == tenant_id).order_by(tenant_prices.c.provider, tenant_prices.c.model)
     ).all()
-    overrides = [
+    return [
         {k: v for k, v in (("provider", r.provider), ("model", r.model), ("input", r.input), ("output", r.output),
                            ("cache_read", r.cache_read), ("cache_write", r.cache_write)) if v is not None}
         for r in rows
     ]  # fmt: skip
+
+
+def price_version(overrides: list[dict[str, str]]) -> str:
+    """Names the prices in force: the genai-prices release and a digest of the tenant's prices."""
     digest = hashlib.sha256(repr(overrides).encode()).hexdigest()[:12]
-    return PriceBook(overrides), f"genai-prices@{package_version('genai-prices')}+tenant:{digest}"
+    return f"genai-prices@{package_version('genai-prices')}+tenant:{digest}"
+
+
+def price_book(connection: Connection, tenant_id: int) -> tuple[PriceBook, str]:
+    """The tenant's price book (its prices over genai-prices' snapshot) and its version."""
+    overrides = tenant_overrides(connection, tenant_id)
+    return PriceBook(overrides), price_version(overrides)
 
 
 def rollup_tenant(
@@ -97,8 +111,9 @@ def rollup_tenant(
     with engine.connect() as connection:
         _ensure_state(connection, tenant.id, now)
         state = connection.execute(select(rollup_state).where(rollup_state.c.tenant_id == tenant.id)).one()
-        book, price_version = price_book(connection, tenant.id)
-    rebuild = price_version != state.price_version
+        overrides = tenant_overrides(connection, tenant.id)
+    book, version = PriceBook(overrides), price_version(overrides)
+    rebuild = version != state.price_version
     start = 0 if rebuild else state.watermark_seq
     end = _newest_committed_seq(engine, tenant.id)
     result.watermark, result.rebuilt = state.watermark_seq, rebuild
@@ -106,18 +121,14 @@ def rollup_tenant(
         result.seconds = time.perf_counter() - started
         return result
 
-    summary: Summary | None = None
-    unpriced: dict[tuple[str, str], int] = {}
-    total = max(end - start, 0)
-    for number, frame in enumerate(_read_events(engine, tenant.id, start, end, chunk_size)):
-        priced = _price(frame, book, unpriced)
-        part = summarize(priced, tenant.timezone)
-        summary = part if summary is None else _combine(summary, part)
-        result.events_read += len(frame)
+    if end - start >= PARALLEL_MIN_EVENTS and after_chunk is None and (os.cpu_count() or 1) > 1:
+        summary, unpriced, result.events_read = _summarize_in_workers(engine, tenant, overrides, start, end, chunk_size)
         if progress is not None:
-            progress(int(frame["seq"].iloc[-1]) - start, total)
-        if after_chunk is not None:
-            after_chunk(number)
+            progress(end - start, end - start)
+    else:
+        summary, unpriced, result.events_read = _summarize_range(
+            engine, tenant.id, tenant.timezone, book, start, end, chunk_size, progress, after_chunk
+        )
 
     with unit_of_work(engine) as session:
         connection = session.connection()
@@ -128,7 +139,7 @@ def rollup_tenant(
                 rollup_state.c.watermark_seq == state.watermark_seq,
                 rollup_state.c.price_version == state.price_version,
             )
-            .values(watermark_seq=max(end, start), price_version=price_version, updated_at=now)
+            .values(watermark_seq=max(end, start), price_version=version, updated_at=now)
             .execution_options(preserve_rowcount=True)
         ).rowcount
         if moved != 1:
@@ -144,6 +155,67 @@ def rollup_tenant(
     ]
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _summarize_range(
+    engine: Engine,
+    tenant_id: int,
+    timezone: str,
+    book: PriceBook,
+    start: int,
+    end: int,
+    chunk_size: int,
+    progress: Callable[[int, int], None] | None = None,
+    after_chunk: Callable[[int], None] | None = None,
+) -> tuple[Summary | None, dict[tuple[str, str], int], int]:
+    """Read, price and summarize the events with start < seq <= end, chunk by chunk."""
+    summary: Summary | None = None
+    unpriced: dict[tuple[str, str], int] = {}
+    read = 0
+    for number, frame in enumerate(_read_events(engine, tenant_id, start, end, chunk_size)):
+        part = summarize(_price(frame, book, unpriced), timezone)
+        summary = part if summary is None else _combine(summary, part)
+        read += len(frame)
+        if progress is not None:
+            progress(int(frame["seq"].iloc[-1]) - start, end - start)
+        if after_chunk is not None:
+            after_chunk(number)
+    return summary, unpriced, read
+
+
+def _worker_range(
+    url: str, tenant_id: int, timezone: str, overrides: list[dict[str, str]], start: int, end: int, chunk_size: int
+) -> tuple[Summary | None, dict[tuple[str, str], int], int]:
+    """A worker process's share of a large rollup: its own engine, the same prices."""
+    engine = make_engine(url)
+    try:
+        return _summarize_range(engine, tenant_id, timezone, PriceBook(overrides), start, end, chunk_size)
+    finally:
+        engine.dispose()
+
+
+def _summarize_in_workers(
+    engine: Engine, tenant: Tenant, overrides: list[dict[str, str]], start: int, end: int, chunk_size: int
+) -> tuple[Summary | None, dict[tuple[str, str], int], int]:
+    """Split a large range of seqs between processes (reading and pricing use one core each)."""
+    workers = min(os.cpu_count() or 1, 4)
+    bounds = [start + (end - start) * i // workers for i in range(workers + 1)]
+    url = engine.url.render_as_string(hide_password=False)
+    # spawn, not fork: the server process has threads (uvicorn, the scheduler).
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [
+            pool.submit(_worker_range, url, tenant.id, tenant.timezone, overrides, lo, hi, chunk_size)
+            for lo, hi in zip(bounds, bounds[1:], strict=False)
+        ]
+        parts = [future.result() for future in futures]
+    summary: Summary | None = None
+    unpriced: dict[tuple[str, str], int] = {}
+    for part, missing, _ in parts:
+        if part is not None:
+            summary = part if summary is None else _combine(summary, part)
+        for key, count in missing.items():
+            unpriced[key] = unpriced.get(key, 0) + count
+    return summary, unpriced, sum(read for _, _, read in parts)
 
 
 def _ensure_state(connection: Connection, tenant_id: int, now: datetime) -> None:
@@ -191,23 +263,32 @@ def _fetch_frame(engine: Engine, query: Any) -> pd.DataFrame:
         return _fetch_postgres(engine, query)
     compiled = query.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
     raw = engine.raw_connection()
+    blocks = []
     try:
         cursor = raw.cursor()
         cursor.execute(str(compiled), tuple(compiled.params[name] for name in compiled.positiontup or ()))
-        rows = cursor.fetchall()
+        while rows := cursor.fetchmany(100_000):
+            blocks.append(np.array(rows, dtype=object))
         cursor.close()
     finally:
         raw.close()
-    if not rows:
-        return pd.DataFrame({name: [] for name in EVENT_COLUMNS})
-    columns = list(zip(*rows, strict=True))
-    del rows
+    table = np.concatenate(blocks) if blocks else np.empty((0, len(EVENT_COLUMNS)), dtype=object)
+    return _columns_frame(table)
+
+
+_TEXT_COLUMNS = ("type", "customer", "task", "task_type", "provider", "model")
+
+
+def _columns_frame(table: np.ndarray) -> pd.DataFrame:
+    """A 2-D object array of event rows as typed columns: int64 numbers, categorical texts."""
     data: dict[str, Any] = {}
-    for name, values in zip(EVENT_COLUMNS, columns, strict=True):
-        if name in ("seq", "time_us") or name.endswith("_tokens"):
-            data[name] = np.fromiter(values, dtype=np.int64, count=len(values))
+    for index, name in enumerate(EVENT_COLUMNS):
+        column = table[:, index]
+        if name in _TEXT_COLUMNS:
+            codes, uniques = pd.factorize(column, sort=False)
+            data[name] = pd.Categorical.from_codes(codes, categories=pd.Index(uniques, dtype=object))
         else:
-            data[name] = pd.array(values, dtype="str")
+            data[name] = column.astype(np.int64)
     return pd.DataFrame(data)
 
 
@@ -240,7 +321,8 @@ def _price(frame: pd.DataFrame, book: PriceBook, unpriced: dict[tuple[str, str],
         frame.loc[usage, "priced"] = prices["priced"].to_numpy()
         missing = used.loc[~prices["priced"].to_numpy(), ["provider", "model"]]
         for (provider, model), count in missing.value_counts().items():
-            unpriced[(provider, model)] = unpriced.get((provider, model), 0) + int(count)
+            if count:  # categorical columns also list combinations that did not occur
+                unpriced[(provider, model)] = unpriced.get((provider, model), 0) + int(count)
     return frame
 
 
@@ -253,6 +335,9 @@ def _combine(a: Summary, b: Summary) -> Summary:
 
 
 def _write(connection: Connection, tenant_id: int, summary: Summary, *, replace_all: bool) -> int:
+    if connection.dialect.name == "sqlite":
+        # Rows arrive in no key order: a larger page cache keeps the B-tree inserts in memory.
+        connection.exec_driver_sql("PRAGMA cache_size = -262144")
     tasks = summary.tasks
     if not replace_all and not tasks.empty:
         stored = _stored_tasks(connection, tenant_id, tasks["task"].tolist())

@@ -1,17 +1,20 @@
-"""Per-task usage from events: pure pandas, no I/O.
+"""Per-task usage from events: pure numpy/pandas, no I/O.
 
-`summarize` turns a frame of events (already priced) into three frames: one row per task, per
-task/day/model, and per customer/day/model. `merge_tasks` merges two task frames exactly as if
-their events had been summarized together, which is what makes the rollup incremental: each run
-summarizes only new events and merges them into the stored rows.
+`summarize` turns a frame of priced events into three frames: one row per task, per
+task/day/model/customer, and per customer/day/model. `merge_tasks` merges task frames exactly as
+if their events had been summarized together, which is what makes the rollup incremental: a run
+summarizes only new events and merges them into the stored rows. Both go through one reduction,
+`_reduce_tasks`, so they cannot disagree.
 
 A task's attributes are decided by events in (time, seq) order: its customer by the earliest
 event, its task type by the latest event that names one, its status by the latest terminal event
-(`open` while there is none). Usage measures add up.
+(`open` while there is none). Usage measures add up. Everything is a grouped min, max or sum over
+integer codes (`ufunc.at`), linear in the number of events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +32,8 @@ TASK_COLUMNS = (
 )  # fmt: skip
 DETAIL_KEYS = ("task", "day", "provider", "model", "customer")
 DAILY_KEYS = ("customer", "day", "provider", "model")
+_MIN = np.iinfo(np.int64).min
+_MAX = np.iinfo(np.int64).max
 
 
 @dataclass
@@ -38,12 +43,22 @@ class Summary:
     daily: pd.DataFrame  # DAILY_KEYS + USAGE_COLUMNS
 
 
+@dataclass
+class _Choice:
+    """Rows that may decide an attribute, with the (time, seq) that orders them."""
+
+    valid: np.ndarray  # bool per row
+    us: np.ndarray  # int64 per row
+    seq: np.ndarray  # int64 per row
+
+
 def local_days(time_us: pd.Series | np.ndarray, timezone: str) -> np.ndarray:
-    """Tenant-local calendar day of each UTC microsecond timestamp, as datetime64[D]."""
-    moments = pd.to_datetime(np.asarray(time_us, dtype=np.int64), unit="us", utc=True)
-    if timezone != "UTC":
-        moments = moments.tz_convert(timezone)
-    return moments.tz_localize(None).to_numpy().astype("datetime64[D]")
+    """Tenant-local calendar day of each UTC microsecond timestamp, as days since 1970-01-01."""
+    micros = np.asarray(time_us, dtype=np.int64)
+    if timezone == "UTC":
+        return micros // US_PER_DAY
+    local = pd.to_datetime(micros, unit="us", utc=True).tz_convert(timezone).tz_localize(None)
+    return local.to_numpy().astype("datetime64[D]").astype(np.int64)
 
 
 def summarize(events: pd.DataFrame, timezone: str) -> Summary:
@@ -52,113 +67,220 @@ def summarize(events: pd.DataFrame, timezone: str) -> Summary:
     `events` has: seq, time_us, type, customer, task, task_type, provider, model, the five token
     counts, and for usage events the exact cost (`cost_nanos`, `cost_rem`) and `priced`.
     """
-    order = np.lexsort((events["seq"].to_numpy(), events["time_us"].to_numpy()))
-    ev = events.iloc[order].reset_index(drop=True)
-    time_us = ev["time_us"].astype("Int64")
-    seq = ev["seq"].astype("Int64")
-    kind = ev["type"]
-    is_usage = (kind == "usage").to_numpy()
-    typed = ev["task_type"].notna()
-    terminal = kind.isin(TERMINAL)
-    frame = pd.DataFrame({
-        "task": ev["task"],
-        "customer": ev["customer"],
-        "customer_us": time_us,
-        "customer_seq": seq,
-        "task_type": ev["task_type"].where(typed),
-        "task_type_us": time_us.where(typed),
-        "task_type_seq": seq.where(typed),
-        "status": kind.where(terminal).str.removeprefix("task."),
-        "ended_us": time_us.where(terminal),
-        "status_seq": seq.where(terminal),
-        "started_us": time_us.where(kind == "task.started"),
-        "first_event_us": time_us,
-        "last_event_us": time_us,
-        "last_seq": seq,
-    })  # fmt: skip
-    usage = _usage_measures(ev, is_usage)
-    for name in USAGE_COLUMNS:
-        frame[name] = usage[name]
-    grouped = frame.groupby("task", sort=False)
-    tasks = grouped.agg(
-        customer=("customer", "first"),
-        customer_us=("customer_us", "first"),
-        customer_seq=("customer_seq", "first"),
-        task_type=("task_type", "last"),
-        task_type_us=("task_type_us", "last"),
-        task_type_seq=("task_type_seq", "last"),
-        status=("status", "last"),
-        ended_us=("ended_us", "last"),
-        status_seq=("status_seq", "last"),
-        started_us=("started_us", "min"),
-        first_event_us=("first_event_us", "min"),
-        last_event_us=("last_event_us", "max"),
-        events=("last_seq", "size"),
-        last_seq=("last_seq", "max"),
-        **{name: (name, "sum") for name in USAGE_COLUMNS},
-    ).reset_index()
-    tasks["status"] = tasks["status"].fillna("open")
-    tasks = _task_dtypes(tasks)
+    time_us = events["time_us"].to_numpy(dtype=np.int64)
+    seq = events["seq"].to_numpy(dtype=np.int64)
+    kind = events["type"]
+    usage = (kind == "usage").to_numpy()
+    measures = _usage_measures(events, usage)
+    task_codes, tasks = pd.factorize(events["task"], sort=False)
+    everyone = np.ones(len(events), dtype=bool)
+    reduced = _reduce_tasks(
+        task_codes,
+        len(tasks),
+        customer=(events["customer"].to_numpy(dtype=object), _Choice(everyone, time_us, seq)),
+        task_type=(events["task_type"].to_numpy(dtype=object), _Choice(events["task_type"].notna().to_numpy(), time_us, seq)),
+        status=(kind.to_numpy(dtype=object), _Choice(kind.isin(TERMINAL).to_numpy(), time_us, seq)),
+        started=(time_us, (kind == "task.started").to_numpy()),
+        first_us=time_us,
+        last_us=time_us,
+        last_seq=seq,
+        sums={"events": everyone.astype(np.int64), **measures},
+    )
+    reduced.insert(0, "task", np.asarray(tasks, dtype=object))
+    reduced["status"] = reduced["status"].str.removeprefix("task.").fillna("open")
 
-    used = ev.loc[is_usage, ["task", "customer", "provider", "model"]]
-    used["day"] = local_days(ev.loc[is_usage, "time_us"], timezone)
-    used_measures = usage.loc[is_usage].reset_index(drop=True)
-    used = pd.concat([used.reset_index(drop=True), used_measures], axis=1)
-    detail = used.groupby(list(DETAIL_KEYS), sort=False)[list(USAGE_COLUMNS)].sum().reset_index()
-    daily = used.groupby(list(DAILY_KEYS), sort=False)[list(USAGE_COLUMNS)].sum().reset_index()
-    return Summary(tasks=tasks[list(TASK_COLUMNS)], detail=detail, daily=daily)
-
-
-def _usage_measures(ev: pd.DataFrame, is_usage: np.ndarray) -> pd.DataFrame:
-    """Additive measures per event: zero for events that are not usage."""
-    zero = np.zeros(len(ev), dtype=np.int64)
-    measures = {"usage_events": is_usage.astype(np.int64)}
-    for name in TOKEN_COLUMNS:
-        measures[name] = np.where(is_usage, ev[name].to_numpy(dtype=np.int64), zero)
-    measures["cost_nanos"] = np.where(is_usage, ev["cost_nanos"].to_numpy(dtype=np.int64), zero)
-    measures["cost_rem"] = np.where(is_usage, ev["cost_rem"].to_numpy(dtype=np.int64), zero)
-    measures["unpriced_events"] = (is_usage & ~ev["priced"].to_numpy(dtype=bool)).astype(np.int64)
-    return pd.DataFrame(measures)
-
-
-_NULLABLE_INTS = ("task_type_us", "task_type_seq", "ended_us", "status_seq", "started_us")
-
-
-def _task_dtypes(tasks: pd.DataFrame) -> pd.DataFrame:
-    for name in _NULLABLE_INTS:
-        tasks[name] = tasks[name].astype("Int64")
-    for name in ("customer_us", "customer_seq", "first_event_us", "last_event_us", "events", "last_seq", *USAGE_COLUMNS):
-        tasks[name] = tasks[name].astype(np.int64)
-    return tasks
+    days = local_days(time_us[usage], timezone)
+    used = {name: values[usage] for name, values in measures.items()}
+    detail = _group_sum(
+        {"task": task_codes[usage], "day": days, "pair": _pair_codes(events, usage), "customer": _codes(events["customer"])[usage]},
+        used,
+    )
+    daily = _group_sum(
+        {"customer": _codes(events["customer"])[usage], "day": days, "pair": _pair_codes(events, usage)}, used
+    )
+    return Summary(
+        tasks=reduced[list(TASK_COLUMNS)],
+        detail=_decode(detail, events, tasks, DETAIL_KEYS),
+        daily=_decode(daily, events, tasks, DAILY_KEYS),
+    )
 
 
 def merge_tasks(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """Merge task rows as if all their events had been summarized at once."""
     both = pd.concat([old[list(TASK_COLUMNS)], new[list(TASK_COLUMNS)]], ignore_index=True)
-    sums = both.groupby("task", sort=False)[["events", *USAGE_COLUMNS]].sum()
-    merged = both.groupby("task", sort=False).agg(
-        started_us=("started_us", "min"),
-        first_event_us=("first_event_us", "min"),
-        last_event_us=("last_event_us", "max"),
-        last_seq=("last_seq", "max"),
+    codes, tasks = pd.factorize(both["task"], sort=False)
+
+    def choice(us: str, seq: str) -> _Choice:
+        valid = both[us].notna().to_numpy()
+        return _Choice(valid, both[us].fillna(0).to_numpy(dtype=np.int64), both[seq].fillna(0).to_numpy(dtype=np.int64))
+
+    started = both["started_us"]
+    reduced = _reduce_tasks(
+        codes,
+        len(tasks),
+        customer=(both["customer"].to_numpy(dtype=object), choice("customer_us", "customer_seq")),
+        task_type=(both["task_type"].to_numpy(dtype=object), choice("task_type_us", "task_type_seq")),
+        status=(both["status"].where(both["ended_us"].notna()).to_numpy(dtype=object), choice("ended_us", "status_seq")),
+        started=(started.fillna(0).to_numpy(dtype=np.int64), started.notna().to_numpy()),
+        first_us=both["first_event_us"].to_numpy(dtype=np.int64),
+        last_us=both["last_event_us"].to_numpy(dtype=np.int64),
+        last_seq=both["last_seq"].to_numpy(dtype=np.int64),
+        sums={name: both[name].to_numpy(dtype=np.int64) for name in ("events", *USAGE_COLUMNS)},
     )
-    merged = merged.join(sums)
-    merged = merged.join(_pick(both, ["customer", "customer_us", "customer_seq"], ["customer_us", "customer_seq"], "first"))
-    typed = both[both["task_type_us"].notna()]
-    merged = merged.join(_pick(typed, ["task_type", "task_type_us", "task_type_seq"], ["task_type_us", "task_type_seq"], "last"))
-    ended = both[both["ended_us"].notna()]
-    merged = merged.join(_pick(ended, ["status", "ended_us", "status_seq"], ["ended_us", "status_seq"], "last"))
-    merged["status"] = merged["status"].fillna("open")
-    return _task_dtypes(merged.reset_index())[list(TASK_COLUMNS)]
+    reduced.insert(0, "task", np.asarray(tasks, dtype=object))
+    reduced["status"] = reduced["status"].fillna("open")
+    return reduced[list(TASK_COLUMNS)]
 
 
-def _pick(frame: pd.DataFrame, columns: list[str], order: list[str], keep: str) -> pd.DataFrame:
-    """Per task, the columns of the first or last row in `order`."""
-    ranked = frame.sort_values(order, kind="stable").drop_duplicates("task", keep=keep)  # type: ignore[arg-type]
-    return ranked.set_index("task")[columns]
+def _reduce_tasks(
+    codes: np.ndarray,
+    n: int,
+    *,
+    customer: tuple[np.ndarray, _Choice],
+    task_type: tuple[np.ndarray, _Choice],
+    status: tuple[np.ndarray, _Choice],
+    started: tuple[np.ndarray, np.ndarray],
+    first_us: np.ndarray,
+    last_us: np.ndarray,
+    last_seq: np.ndarray,
+    sums: dict[str, np.ndarray],
+) -> pd.DataFrame:
+    """One row per task code: the deciding rows' values, mins, maxes and sums."""
+    out: dict[str, object] = {}
+    for name, (values, choice), latest in (
+        ("customer", customer, False),
+        ("task_type", task_type, True),
+        ("status", status, True),
+    ):
+        winner = _winners(codes, n, choice, latest=latest)
+        found = winner >= 0
+        column = np.full(n, None, dtype=object)
+        column[found] = values[winner[found]]
+        out[name] = column
+        key_us, key_seq = ("customer_us", "customer_seq") if name == "customer" else (
+            ("task_type_us", "task_type_seq") if name == "task_type" else ("ended_us", "status_seq")
+        )
+        out[key_us] = _nullable(choice.us, winner)
+        out[key_seq] = _nullable(choice.seq, winner)
+    values, mask = started
+    out["started_us"] = _grouped(np.minimum, codes[mask], values[mask], n, _MAX, missing_as_na=True)
+    out["first_event_us"] = _grouped(np.minimum, codes, first_us, n, _MAX)
+    out["last_event_us"] = _grouped(np.maximum, codes, last_us, n, _MIN)
+    for name, values in sums.items():
+        out[name] = _grouped(np.add, codes, values, n, 0)
+    out["last_seq"] = _grouped(np.maximum, codes, last_seq, n, _MIN)
+    frame = pd.DataFrame(out)
+    frame["customer_us"] = frame["customer_us"].astype(np.int64)
+    frame["customer_seq"] = frame["customer_seq"].astype(np.int64)
+    return frame
+
+
+def _winners(codes: np.ndarray, n: int, choice: _Choice, *, latest: bool) -> np.ndarray:
+    """Per task, the row that is first (or last) in (time, seq) order among valid rows; -1 if none."""
+    rows = np.flatnonzero(choice.valid)
+    c, us, seq = codes[rows], choice.us[rows], choice.seq[rows]
+    ufunc, start = (np.maximum, _MIN) if latest else (np.minimum, _MAX)
+    best_us = np.full(n, start, dtype=np.int64)
+    ufunc.at(best_us, c, us)
+    tied = us == best_us[c]
+    best_seq = np.full(n, start, dtype=np.int64)
+    ufunc.at(best_seq, c[tied], seq[tied])
+    win = tied & (seq == best_seq[c])
+    winner = np.full(n, -1, dtype=np.int64)
+    winner[c[win]] = rows[win]
+    return winner
+
+
+def _grouped(ufunc: np.ufunc, codes: np.ndarray, values: np.ndarray, n: int, start: int, *, missing_as_na: bool = False) -> pd.array:
+    out = np.full(n, start, dtype=np.int64)
+    ufunc.at(out, codes, values.astype(np.int64, copy=False))
+    if missing_as_na:
+        return pd.arrays.IntegerArray(np.where(out == start, 0, out), out == start)
+    return out
+
+
+def _nullable(values: np.ndarray, winner: np.ndarray) -> pd.array:
+    found = winner >= 0
+    data = np.where(found, values[np.where(found, winner, 0)] if len(values) else 0, 0).astype(np.int64)
+    return pd.arrays.IntegerArray(data, ~found)
+
+
+def _usage_measures(events: pd.DataFrame, usage: np.ndarray) -> dict[str, np.ndarray]:
+    """Additive measures per event: zero for events that are not usage."""
+    measures = {"usage_events": usage.astype(np.int64)}
+    for name in (*TOKEN_COLUMNS, "cost_nanos", "cost_rem"):
+        measures[name] = np.where(usage, events[name].to_numpy(dtype=np.int64), 0)
+    measures["unpriced_events"] = (usage & ~events["priced"].to_numpy(dtype=bool)).astype(np.int64)
+    return measures
+
+
+def _codes(column: pd.Series) -> np.ndarray:
+    return pd.factorize(column, sort=False)[0]
+
+
+def _pair_codes(events: pd.DataFrame, mask: np.ndarray) -> np.ndarray:
+    """One code per (provider, model); `_decode` splits it with the same span."""
+    provider = _codes(events["provider"])[mask]
+    model_codes, models = pd.factorize(events["model"], sort=False)
+    return provider * max(len(models), 1) + model_codes[mask]
+
+
+def _group_sum(keys: dict[str, np.ndarray], measures: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Sum measures per distinct key combination (keys are integer codes); the frame has the
+    keys' codes and `_first_row`, a row of each group in the input."""
+    spans = [int(v.max(initial=0)) - int(v.min(initial=0)) + 1 for v in keys.values()]
+    if np.prod([float(s) for s in spans]) < 2**62:  # pack the codes into one int64 key
+        combined = np.zeros(len(next(iter(keys.values()))), dtype=np.int64)
+        for values, span in zip(keys.values(), spans, strict=True):
+            combined = combined * span + (values - values.min(initial=0))
+    else:  # too many distinct values to pack: let pandas number the combinations
+        combined = pd.DataFrame(keys).groupby(list(keys), sort=False).ngroup().to_numpy()
+    groups, first_rows = _factorize_first(combined)
+    n = len(first_rows)
+    out = {name: values[first_rows] for name, values in keys.items()}
+    for name, values in measures.items():
+        out[name] = _grouped(np.add, groups, values, n, 0)
+    out["_first_row"] = first_rows
+    return pd.DataFrame(out)
+
+
+def _factorize_first(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group codes of `keys` and the first row of each group."""
+    groups, _ = pd.factorize(keys, sort=False)
+    first = np.full(int(groups.max(initial=-1)) + 1, len(keys), dtype=np.int64)
+    np.minimum.at(first, groups, np.arange(len(keys), dtype=np.int64))
+    return groups, first
+
+
+def _decode(frame: pd.DataFrame, events: pd.DataFrame, tasks: pd.Index, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Integer group keys back to names and dates."""
+    providers = pd.factorize(events["provider"], sort=False)[1]
+    models = pd.factorize(events["model"], sort=False)[1]
+    customers = pd.factorize(events["customer"], sort=False)[1]
+    model_span = len(models) if len(models) else 1
+    decoders: dict[str, Callable[[np.ndarray], object]] = {
+        "task": lambda c: np.asarray(tasks, dtype=object)[c],
+        "customer": lambda c: np.asarray(customers, dtype=object)[c],
+        "day": lambda d: d.astype("datetime64[D]"),
+    }
+    out = {}
+    for name in keys:
+        if name in ("provider", "model"):
+            continue
+        out[name] = decoders[name](frame[name].to_numpy())
+    pair = frame["pair"].to_numpy() if "pair" in frame else np.zeros(0, dtype=np.int64)
+    out["provider"] = np.asarray(providers, dtype=object)[pair // model_span] if len(pair) else np.array([], dtype=object)
+    out["model"] = np.asarray(models, dtype=object)[pair % model_span] if len(pair) else np.array([], dtype=object)
+    for name in USAGE_COLUMNS:
+        out[name] = frame[name].to_numpy()
+    return pd.DataFrame(out)[[*keys, *USAGE_COLUMNS]]
 
 
 def merge_additive(old: pd.DataFrame, new: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
     """Sum usage measures over the keys."""
     both = pd.concat([old, new], ignore_index=True)
-    return both.groupby(list(keys), sort=False)[list(USAGE_COLUMNS)].sum().reset_index()
+    codes = {name: pd.factorize(both[name], sort=False)[0] for name in keys}
+    grouped = _group_sum(codes, {name: both[name].to_numpy(dtype=np.int64) for name in USAGE_COLUMNS})
+    first = grouped["_first_row"].to_numpy()
+    out = {name: both[name].to_numpy()[first] for name in keys}
+    return pd.DataFrame({**out, **{name: grouped[name].to_numpy() for name in USAGE_COLUMNS}})

@@ -139,6 +139,7 @@ task_usage = Table(
     Column("last_seq", BigInteger, nullable=False),
     Index("ix_task_usage_tenant_customer", "tenant_id", "customer"),
     Index("ix_task_usage_tenant_ended", "tenant_id", "ended_us"),
+    sqlite_with_rowid=False,  # one B-tree keyed by (tenant, task), not a rowid table plus an index
 )
 
 # One row per task, tenant-local day, model and customer (of the usage events; normally the
@@ -154,6 +155,7 @@ task_usage_detail = Table(
     Column("customer", String(256), primary_key=True),
     *_usage_columns(),
     Index("ix_task_usage_detail_tenant_day", "tenant_id", "day"),
+    sqlite_with_rowid=False,
 )
 
 # One row per customer, tenant-local day and model: what the API and rating read.
@@ -167,6 +169,7 @@ usage_daily = Table(
     Column("model", String(128), primary_key=True),
     *_usage_columns(),
     Index("ix_usage_daily_tenant_day", "tenant_id", "day"),
+    sqlite_with_rowid=False,
 )
 
 # A tenant's own model prices (negotiated or self-hosted), per million tokens, as decimal text.

@@ -1,7 +1,8 @@
 """Test fixtures: a clean database per test, built by the migrations, on SQLite or PostgreSQL.
 
 `TASKMETER_TEST_DB=sqlite` (default) or `postgresql` picks the backend; the PostgreSQL URL is
-`TASKMETER_TEST_POSTGRES_URL` (default postgresql+psycopg://postgres@127.0.0.1:5432/test). When
+`TASKMETER_TEST_POSTGRES_URL` (default postgresql+psycopg://postgres@127.0.0.1:5432/test), where each
+test session creates a database of its own (taskmeter_test_<pid>) and drops it at the end. When
 PostgreSQL is asked for but unreachable, every database test is skipped, saying why.
 """
 
@@ -21,7 +22,7 @@ import pytest
 import uvicorn
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 
 from api.app import create_app
 from api.settings import Settings
@@ -58,19 +59,24 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         return
     if BACKEND != "postgresql":
         raise pytest.UsageError(f"TASKMETER_TEST_DB must be sqlite or postgresql, not {BACKEND!r}")
-    engine = make_engine(POSTGRES_URL, pool_size=2)
+    # A database of its own for this test session, so that concurrent runs never share state.
+    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", pool_size=1)
+    name = f"taskmeter_test_{os.getpid()}"
     try:
-        with engine.connect() as connection:
-            connection.execute(text("select 1"))
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # noqa: BLE001 - any failure to connect means: skip, and say why
-        engine.dispose()
+        admin.dispose()
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc.__class__.__name__}")
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url, pool_size=1)
     upgrade_schema(engine)
     engine.dispose()
-    yield POSTGRES_URL
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture

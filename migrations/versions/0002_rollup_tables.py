@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -58,6 +57,7 @@ def upgrade() -> None:
         sa.Column("last_seq", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_task_usage_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("tenant_id", "task", name=op.f("pk_task_usage")),
+        sqlite_with_rowid=False,
     )
     with op.batch_alter_table("task_usage", schema=None) as batch_op:
         batch_op.create_index("ix_task_usage_tenant_customer", ["tenant_id", "customer"], unique=False)
@@ -86,6 +86,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint(
             "tenant_id", "task", "day", "provider", "model", "customer", name=op.f("pk_task_usage_detail")
         ),
+        sqlite_with_rowid=False,
     )
     with op.batch_alter_table("task_usage_detail", schema=None) as batch_op:
         batch_op.create_index("ix_task_usage_detail_tenant_day", ["tenant_id", "day"], unique=False)
@@ -125,6 +126,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint(
             "tenant_id", "customer", "day", "provider", "model", name=op.f("pk_usage_daily")
         ),
+        sqlite_with_rowid=False,
     )
     with op.batch_alter_table("usage_daily", schema=None) as batch_op:
         batch_op.create_index("ix_usage_daily_tenant_day", ["tenant_id", "day"], unique=False)

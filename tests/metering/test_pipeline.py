@@ -236,6 +236,17 @@ class TestIncremental:
         rollup(engine, big)
         assert snapshot(engine, small) == snapshot(engine, big)
 
+    def test_worker_processes_equal_one_process(self, engine: Engine, make_tenant, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+        events = random_events(random.Random(9), 80)
+        split, single = make_tenant("split"), make_tenant("single")
+        send(engine, split, events)
+        send(engine, single, events)
+        rollup(engine, single)
+        monkeypatch.setattr("metering.pipeline.PARALLEL_MIN_EVENTS", 10)
+        result = rollup(engine, split, chunk_size=15)
+        assert result.events_read == 80
+        assert snapshot(engine, split) == snapshot(engine, single)
+
     def test_crash_between_chunks_then_rerun_equals_a_clean_run(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
         events = random_events(random.Random(5), 50)
         crashed, clean = make_tenant("crashed"), make_tenant("clean")

@@ -1,0 +1,172 @@
+"""Usage reads: one task, usage over days grouped, a customer's running month, unpriced models.
+
+All of them read the rollup tables (never the events), so their latency does not grow with
+history.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from api.deps import NowDep, ReadScope, SessionDep
+from api.errors import responses
+from metering import repository
+from metering.errors import InvalidInput, NotFound
+from metering.periods import period_of
+
+router = APIRouter(tags=["usage"])
+
+
+class Billable(BaseModel):
+    input: int
+    cache_read: int
+    cache_write: int
+    output: int
+
+
+class UsageFigures(BaseModel):
+    usage_events: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    billable: Billable
+    provider_cost: Decimal
+    unpriced_events: int
+    priced: bool
+
+
+class ModelUsage(UsageFigures):
+    provider: str
+    model: str
+
+
+class TaskUsage(UsageFigures):
+    task: str
+    customer: str
+    task_type: str | None
+    status: Literal["open", "completed", "failed", "cancelled"]
+    started_at: datetime | None
+    ended_at: datetime | None
+    first_event_at: datetime
+    last_event_at: datetime
+    events: int
+    models: list[ModelUsage]
+
+
+class UsageRow(UsageFigures):
+    provider: str | None = None
+    model: str | None = None
+    day: date | None = None
+    task_type: str | None = None
+    customer: str | None = None
+
+
+class UsageReport(BaseModel):
+    customer: str | None
+    from_: date = Field(serialization_alias="from")
+    to: date
+    group_by: str
+    rows: list[UsageRow]
+    total: UsageFigures
+
+
+class Outcomes(BaseModel):
+    completed: int
+    failed: int
+    cancelled: int
+    open: int
+
+
+class CurrentUsage(BaseModel):
+    customer: str
+    month: str
+    period_start: datetime
+    period_end: datetime
+    as_of: datetime
+    total: UsageFigures
+    by_model: list[UsageRow]
+    tasks: Outcomes
+
+
+class UnpricedModel(BaseModel):
+    provider: str
+    model: str
+    events: int
+    tokens: int
+
+
+@router.get("/v1/tasks/{task}", response_model=TaskUsage, responses=responses(404))
+def get_task(task: str, principal: ReadScope, session: SessionDep) -> TaskUsage:
+    """A task's usage, provider cost (6 decimals), status, and its usage by model."""
+    found = repository.task(session, principal.tenant.id, task)
+    if found is None:
+        raise NotFound(f"no task {task!r}")
+    return TaskUsage(**found)
+
+
+@router.get("/v1/usage", response_model=UsageReport, responses=responses(404))
+def get_usage(
+    principal: ReadScope,
+    session: SessionDep,
+    now: NowDep,
+    customer: str | None = None,
+    from_: Annotated[date | None, Query(alias="from", description="first tenant-local day (default: 1st of this month)")] = None,
+    to: Annotated[date | None, Query(description="day after the last (exclusive; default: 1st of next month)")] = None,
+    group_by: Literal["model", "task_type", "day", "customer"] = "model",
+) -> UsageReport:
+    """Usage and provider cost over tenant-local days [from, to), grouped."""
+    period = period_of(now, principal.tenant.timezone)
+    first_day, end_day = from_ or period.first_day, to or period.next_first_day
+    if end_day <= first_day:
+        raise InvalidInput("empty range", detail=[{"field": "query.to", "message": "must be after from"}])
+    if customer is not None and not repository.customer_known(session, principal.tenant.id, customer):
+        raise NotFound(f"no customer {customer!r}")
+    rows, total = repository.usage(
+        session, principal.tenant.id, first_day=first_day, end_day=end_day, group_by=group_by, customer=customer
+    )
+    return UsageReport(customer=customer, from_=first_day, to=end_day, group_by=group_by, rows=rows, total=total)
+
+
+@router.get("/v1/customers/{customer}/usage/current", response_model=CurrentUsage, responses=responses(404))
+def get_current_usage(
+    customer: str,
+    principal: ReadScope,
+    session: SessionDep,
+    now: NowDep,
+    at: Annotated[datetime | None, Query(description="as of this instant instead of now (RFC 3339)")] = None,
+) -> CurrentUsage:
+    """The customer's running month (tenant time zone): usage, cost, and task outcomes so far."""
+    tenant = principal.tenant
+    as_of = at or now
+    if as_of.tzinfo is None:
+        raise InvalidInput("invalid time", detail=[{"field": "query.at", "message": "needs a UTC offset"}])
+    if not repository.customer_known(session, tenant.id, customer):
+        raise NotFound(f"no customer {customer!r}")
+    period = period_of(as_of, tenant.timezone)
+    rows, total = repository.usage(
+        session, tenant.id, first_day=period.first_day, end_day=period.next_first_day, group_by="model", customer=customer
+    )
+    return CurrentUsage(
+        customer=customer,
+        month=period.label,
+        period_start=period.start,
+        period_end=period.end,
+        as_of=as_of,
+        total=total,
+        by_model=rows,
+        tasks=repository.task_outcomes(session, tenant.id, period, customer),
+    )
+
+
+@router.get("/v1/models/unpriced", response_model=list[UnpricedModel], responses=responses())
+def get_unpriced_models(principal: ReadScope, session: SessionDep) -> list[UnpricedModel]:
+    """Models seen in usage that neither genai-prices nor the tenant's prices know: their events
+    are counted but not priced (never at zero) until a price is added with `config load`."""
+    return [UnpricedModel(**m) for m in repository.unpriced_models(session, principal.tenant.id)]

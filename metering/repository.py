@@ -1,0 +1,146 @@
+"""Reads of the rollup tables for the API and reports. Every query is scoped by tenant."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Literal
+
+from sqlalchemy import Connection, and_, func, select
+from sqlalchemy.orm import Session
+
+from metering.ingest import from_us, to_us
+from metering.money import display_cost
+from metering.periods import Period
+from metering.tables import task_usage, task_usage_detail, usage_daily
+
+GroupBy = Literal["model", "task_type", "day", "customer"]
+_MEASURES = ("usage_events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_nanos", "cost_rem", "unpriced_events")
+
+
+def usage_figures(row: Any) -> dict[str, Any]:
+    """Measures of a usage row as the API shows them: tokens, billable classes, exact cost."""
+    get = row._mapping.get if hasattr(row, "_mapping") else row.get
+    values = {name: int(get(name) or 0) for name in _MEASURES}
+    return {
+        "usage_events": values["usage_events"],
+        "input_tokens": values["input_tokens"],
+        "output_tokens": values["output_tokens"],
+        "cache_read_tokens": values["cache_read_tokens"],
+        "cache_write_tokens": values["cache_write_tokens"],
+        "reasoning_tokens": values["reasoning_tokens"],
+        "billable": {
+            "input": values["input_tokens"] - values["cache_read_tokens"] - values["cache_write_tokens"],
+            "cache_read": values["cache_read_tokens"],
+            "cache_write": values["cache_write_tokens"],
+            "output": values["output_tokens"],
+        },
+        "provider_cost": display_cost(values["cost_nanos"], values["cost_rem"]),
+        "unpriced_events": values["unpriced_events"],
+        "priced": values["unpriced_events"] == 0,
+    }
+
+
+def _sums(table: Any) -> list[Any]:
+    return [func.coalesce(func.sum(table.c[name]), 0).label(name) for name in _MEASURES]
+
+
+def task(connection: Connection | Session, tenant_id: int, name: str) -> dict[str, Any] | None:
+    row = connection.execute(
+        select(task_usage).where(task_usage.c.tenant_id == tenant_id, task_usage.c.task == name)
+    ).one_or_none()
+    if row is None:
+        return None
+    models = connection.execute(
+        select(task_usage_detail.c.provider, task_usage_detail.c.model, *_sums(task_usage_detail))
+        .where(task_usage_detail.c.tenant_id == tenant_id, task_usage_detail.c.task == name)
+        .group_by(task_usage_detail.c.provider, task_usage_detail.c.model)
+        .order_by(task_usage_detail.c.provider, task_usage_detail.c.model)
+    ).all()
+    return {
+        "task": row.task,
+        "customer": row.customer,
+        "task_type": row.task_type,
+        "status": row.status,
+        "started_at": from_us(row.started_us) if row.started_us is not None else None,
+        "ended_at": from_us(row.ended_us) if row.ended_us is not None else None,
+        "first_event_at": from_us(row.first_event_us),
+        "last_event_at": from_us(row.last_event_us),
+        "events": row.events,
+        **usage_figures(row),
+        "models": [{"provider": m.provider, "model": m.model, **usage_figures(m)} for m in models],
+    }
+
+
+def customer_known(connection: Connection | Session, tenant_id: int, customer: str) -> bool:
+    query = select(task_usage.c.task).where(task_usage.c.tenant_id == tenant_id, task_usage.c.customer == customer).limit(1)
+    return connection.execute(query).first() is not None
+
+
+def usage(
+    connection: Connection | Session,
+    tenant_id: int,
+    *,
+    first_day: date,
+    end_day: date,
+    group_by: GroupBy,
+    customer: str | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Usage of days [first_day, end_day) grouped as asked, and the total."""
+    if group_by == "task_type":
+        table = task_usage_detail
+        keys = [func.coalesce(task_usage.c.task_type, "").label("task_type")]
+        source = task_usage_detail.join(
+            task_usage, and_(task_usage.c.tenant_id == task_usage_detail.c.tenant_id, task_usage.c.task == task_usage_detail.c.task)
+        )
+    else:
+        table = usage_daily
+        source = usage_daily
+        keys = {
+            "model": [usage_daily.c.provider, usage_daily.c.model],
+            "day": [usage_daily.c.day],
+            "customer": [usage_daily.c.customer],
+        }[group_by]
+    where = [table.c.tenant_id == tenant_id, table.c.day >= first_day, table.c.day < end_day]
+    if customer is not None:
+        where.append(table.c.customer == customer)
+    rows = connection.execute(select(*keys, *_sums(table)).select_from(source).where(*where).group_by(*keys).order_by(*keys)).all()
+    total = connection.execute(select(*_sums(table)).where(*where)).one()
+    out = []
+    for row in rows:
+        key = {k.name: row._mapping[k.name] for k in keys}
+        if group_by == "task_type":
+            key["task_type"] = key["task_type"] or None
+        if group_by == "day":
+            key["day"] = date.fromisoformat(str(key["day"]))
+        out.append({**key, **usage_figures(row)})
+    return out, usage_figures(total)
+
+
+def task_outcomes(connection: Connection | Session, tenant_id: int, period: Period, customer: str | None = None) -> dict[str, int]:
+    """Tasks that ended in the period, by status, and tasks still open (whenever they began)."""
+    where = [task_usage.c.tenant_id == tenant_id]
+    if customer is not None:
+        where.append(task_usage.c.customer == customer)
+    ended = connection.execute(
+        select(task_usage.c.status, func.count())
+        .where(*where, task_usage.c.ended_us >= to_us(period.start), task_usage.c.ended_us < to_us(period.end))
+        .group_by(task_usage.c.status)
+    ).all()
+    counts = {"completed": 0, "failed": 0, "cancelled": 0}
+    counts.update({status: int(n) for status, n in ended})
+    counts["open"] = int(connection.execute(select(func.count()).where(*where, task_usage.c.status == "open")).scalar_one())
+    return counts
+
+
+def unpriced_models(connection: Connection | Session, tenant_id: int, first_day: date | None = None, end_day: date | None = None) -> list[dict[str, Any]]:
+    where = [usage_daily.c.tenant_id == tenant_id, usage_daily.c.unpriced_events > 0]
+    if first_day is not None:
+        where.append(usage_daily.c.day >= first_day)
+    if end_day is not None:
+        where.append(usage_daily.c.day < end_day)
+    rows = connection.execute(
+        select(usage_daily.c.provider, usage_daily.c.model, func.sum(usage_daily.c.unpriced_events).label("events"),
+               func.sum(usage_daily.c.input_tokens + usage_daily.c.output_tokens).label("tokens"))
+        .where(*where).group_by(usage_daily.c.provider, usage_daily.c.model).order_by(usage_daily.c.provider, usage_daily.c.model)
+    ).all()  # fmt: skip
+    return [{"provider": r.provider, "model": r.model, "events": int(r.events), "tokens": int(r.tokens)} for r in rows]
