@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from api.errors import install_error_handlers
-from api.routers import events, usage
+from api.routers import events, otlp, usage
 from api.settings import Settings, get_settings
 from metering.db import make_engine
 
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.owns_engine = False
     install_error_handlers(app)
     app.include_router(events.router)
+    app.include_router(otlp.router)
     app.include_router(usage.router)
 
     @app.get("/healthz", tags=["ops"])

@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     # genai-prices: the bundled snapshot only, unless this is turned on.
     prices_auto_update: bool = False
 
+    # OpenTelemetry: which span or resource attributes name the customer, task, type and outcome.
+    otlp_customer_attribute: str = "taskmeter.customer"
+    otlp_task_attribute: str = "taskmeter.task"
+    otlp_task_type_attribute: str = "taskmeter.task_type"
+    otlp_outcome_attribute: str = "taskmeter.outcome"
+    otlp_exclusive_input_providers: list[str] = []
+    otlp_exclusive_output_providers: list[str] = []
+
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None

@@ -1,18 +1,21 @@
-"""POST /v1/events: a JSON array of task events."""
+"""POST /v1/events: a JSON array of task events, or CloudEvents (structured or batch mode)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Annotated
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import TypeAdapter
 
 from api.deps import IngestScope, NowDep, ReadScope, SessionDep, SettingsDep
 from api.errors import responses
-from metering.errors import NotFound, PayloadTooLarge
-from metering.ingest import find_event, store_events, validate_body
-from metering.schemas import EventIn, IngestResult, StoredEvent
+from api.settings import Settings
+from metering import cloudevents
+from metering.errors import InvalidInput, NotFound, PayloadTooLarge
+from metering.ingest import Batch, MalformedJSON, find_event, store_events, validate_body, validate_items
+from metering.schemas import EventIn, FieldError, IngestResult, RejectedEvent, StoredEvent
 
 _EVENT_SCHEMA = TypeAdapter(EventIn).json_schema()
 
@@ -46,6 +49,29 @@ def _too_large(request: Request) -> str:
 RawBody = Annotated[bytes, Depends(read_body)]
 
 
+def parse_json(body: bytes) -> Any:
+    """A JSON body, or 400 naming where it breaks."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJSON(
+            f"malformed JSON at line {exc.lineno}, column {exc.colno} (byte {exc.pos}): {exc.msg}",
+            detail={"line": exc.lineno, "column": exc.colno, "position": exc.pos},
+        ) from None
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+_CLOUDEVENTS_TYPES = (cloudevents.STRUCTURED_MEDIA_TYPE, cloudevents.BATCH_MEDIA_TYPE)
+_CLOUDEVENT_SCHEMA = {
+    "type": "object",
+    "description": "A CloudEvent 1.0: `subject` is the customer, `data` holds the task and its usage.",
+    "required": ["specversion", "id", "source", "type", "subject", "data"],
+}
+
+
 @router.post(
     "/v1/events",
     response_model=IngestResult,
@@ -54,12 +80,15 @@ RawBody = Annotated[bytes, Depends(read_body)]
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {"type": "array", "items": _EVENT_SCHEMA, "maxItems": 10000}}
+                "application/json": {"schema": {"type": "array", "items": _EVENT_SCHEMA, "maxItems": 10000}},
+                cloudevents.STRUCTURED_MEDIA_TYPE: {"schema": _CLOUDEVENT_SCHEMA},
+                cloudevents.BATCH_MEDIA_TYPE: {"schema": {"type": "array", "items": _CLOUDEVENT_SCHEMA}},
             },
         }
     },
 )
 def post_events(
+    request: Request,
     body: RawBody,
     principal: IngestScope,
     session: SessionDep,
@@ -71,12 +100,19 @@ def post_events(
 
     Replays are idempotent: an event whose id is already stored is counted as a duplicate, or as a
     conflict (listed in `rejected`) when its content differs.
+
+    With `Content-Type: application/cloudevents+json` (one CloudEvent) or
+    `application/cloudevents-batch+json` (an array), the body is CloudEvents as OpenMeter reads
+    them (`metering.cloudevents`); `rejected` indices are positions in that body.
     """
-    try:
-        batch = validate_body(body, max_events=settings.max_batch_events)
-    except PayloadTooLarge as exc:
-        exc.message += f" and {settings.max_body_bytes:,} bytes"
-        raise
+    if media_type(request) in _CLOUDEVENTS_TYPES:
+        batch = cloudevents_batch(body, media_type(request), settings, now)
+    else:
+        try:
+            batch = validate_body(body, max_events=settings.max_batch_events)
+        except PayloadTooLarge as exc:
+            exc.message += f" and {settings.max_body_bytes:,} bytes"
+            raise
     return store_events(
         session,
         principal.tenant.id,
@@ -85,6 +121,28 @@ def post_events(
         atomic=atomic,
         future_tolerance=timedelta(days=settings.future_tolerance_days),
     )
+
+
+def cloudevents_batch(body: bytes, content_type: str, settings: Settings, now: datetime) -> Batch:
+    """CloudEvents converted and validated; every position and rejection refers to the body."""
+    payload = parse_json(body)
+    count = len(payload) if isinstance(payload, list) else 1
+    if count > settings.max_batch_events:
+        raise PayloadTooLarge(
+            f"{count:,} events in one batch; a batch may hold at most {settings.max_batch_events:,} "
+            f"events and {settings.max_body_bytes:,} bytes"
+        )
+    try:
+        converted = cloudevents.from_body(payload, content_type, received_at=now)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), detail=[{"field": "body", "message": str(exc)}]) from None
+    batch = validate_items(converted.events)
+    original = converted.positions
+    rejected = [r.model_copy(update={"index": original[r.index]}) for r in batch.rejected] + [
+        RejectedEvent(index=r["index"], id=r["id"], errors=[FieldError(**e) for e in r["errors"]])
+        for r in converted.rejected
+    ]
+    return Batch(events=batch.events, positions=[original[p] for p in batch.positions], rejected=rejected)
 
 
 @router.get("/v1/events/{event_id}", response_model=StoredEvent, responses=responses(404))
