@@ -9,7 +9,15 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from api.errors import install_error_handlers
-from api.routers import events, otlp, usage
+from api.limits import BodyLimitMiddleware
+from api.ratelimit import RateLimiter
+from api.routers import audit as audit_routes
+from api.routers import dashboard as dashboard_routes
+from api.routers import events, invoices, otlp, pricing, usage
+from api.routers import reports as report_routes
+from api.routers import stripe as stripe_routes
+from api.scheduler import start_scheduler
+from api.security_headers import SecurityHeadersMiddleware
 from api.settings import Settings, get_settings
 from metering.db import make_engine
 
@@ -20,7 +28,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        app.state.scheduler = start_scheduler(settings, engine) if settings.scheduler_enabled else None
+        try:
+            yield
+        finally:
+            if app.state.scheduler is not None:
+                app.state.scheduler.shutdown()
         if app.state.owns_engine:
             engine.dispose()
 
@@ -33,10 +46,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings = settings
     app.state.engine = engine
     app.state.owns_engine = False
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     install_error_handlers(app)
+    # The last added runs first: security headers go on every answer, 413s included.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.include_router(events.router)
     app.include_router(otlp.router)
     app.include_router(usage.router)
+    app.include_router(pricing.router)
+    app.include_router(invoices.router)
+    app.include_router(stripe_routes.router)
+    app.include_router(report_routes.router)
+    app.include_router(dashboard_routes.router)
+    app.include_router(audit_routes.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import getpass
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -15,14 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from api.settings import Settings, get_settings
+from metering import audit
 from metering.db import make_engine, unit_of_work, upgrade_schema
 from metering.errors import TaskmeterError
 from metering.ingest import Prepared, insert_prepared, prepare_rows, validate_lines
 from metering.jsonl import LineBatch, read_batches
 from metering.schemas import FieldError, RejectedEvent
-from metering.tenants import create_api_key, create_tenant, get_tenant, parse_scopes, revoke_api_key
+from metering.tenants import (
+    Tenant,
+    create_api_key,
+    create_tenant,
+    get_tenant,
+    key_prefix,
+    parse_scopes,
+    revoke_api_key,
+    rotate_api_key,
+)
 
 
 def _now() -> datetime:
@@ -52,10 +64,23 @@ def open_engine(settings: Settings) -> Iterator[Engine]:
 # --- commands -------------------------------------------------------------------------------
 
 
+def cli_actor() -> str:
+    """Who runs the command line, for the audit log: the OS user."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in this environment
+        return "cli:unknown"
+
+
+def audit_cli(session: Session, tenant: Tenant, action: str, target: str, **detail: Any) -> None:
+    audit.record(session, tenant.id, actor=cli_actor(), action=action, target=target, detail=detail, at=_now())
+
+
 def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
     with open_engine(settings) as engine:
         with unit_of_work(engine) as session:
             tenant = create_tenant(session, args.name, timezone=args.timezone, currency=args.currency, now=_now())
+            audit_cli(session, tenant, "tenant.create", f"tenant:{tenant.name}", timezone=tenant.timezone, currency=tenant.currency)
         _out({"id": tenant.id, "name": tenant.name, "timezone": tenant.timezone, "currency": tenant.currency})
     return 0
 
@@ -68,6 +93,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
             key, key_id = create_api_key(
                 session, tenant, scopes, secret=settings.secret_key.get_secret_value().encode(), now=_now(), name=args.name
             )
+            audit_cli(session, tenant, "key.create", f"key:{key_prefix(key)}", key_id=key_id, scopes=sorted(scopes))
         _err("This key is shown once; store it now.")
         _out({"tenant": tenant.name, "key_id": key_id, "scopes": sorted(scopes), "key": key})
     return 0
@@ -78,8 +104,33 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
         with unit_of_work(engine) as session:
             tenant = get_tenant(session, args.tenant)
             revoke_api_key(session, tenant, args.prefix, now=_now())
+            audit_cli(session, tenant, "key.revoke", f"key:{args.prefix}")
         _out({"tenant": tenant.name, "revoked": args.prefix})
     return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    grace = parse_duration(args.grace)
+    with open_engine(settings) as engine:
+        with unit_of_work(engine) as session:
+            tenant = get_tenant(session, args.tenant)
+            key, key_id, ends = rotate_api_key(
+                session, tenant, args.prefix, secret=settings.secret_key.get_secret_value().encode(), now=_now(), grace=grace
+            )
+            audit_cli(session, tenant, "key.rotate", f"key:{args.prefix}", new_key=key_prefix(key), new_key_id=key_id,
+                      old_key_ends=ends.isoformat())  # fmt: skip
+        _err(f"This key is shown once; store it now. The old key {args.prefix} stops working at {ends.isoformat()}.")
+        _out({"tenant": tenant.name, "key_id": key_id, "key": key, "replaces": args.prefix, "old_key_ends": ends.isoformat()})
+    return 0
+
+
+def parse_duration(text: str) -> timedelta:
+    """`0`, `90s`, `15m`, `24h`, `7d` (a bare number is seconds)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    if not number.isdigit():
+        raise TaskmeterError(f"invalid duration {text!r}: use a number of seconds, or 15m, 24h, 7d")
+    return timedelta(seconds=int(number) * units[unit])
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -187,6 +238,26 @@ def cmd_rollup(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from metering.periods import parse_month
+    from metering.pipeline import RollupConflict, rollup_tenant
+    from reports.monthly import write_month
+
+    with open_engine(settings) as engine:
+        with unit_of_work(engine) as session:
+            tenant = get_tenant(session, args.tenant)
+        period = parse_month(args.month, tenant.timezone, field="--month")
+        try:
+            rollup_tenant(engine, tenant, now=_now())
+        except RollupConflict:
+            pass  # another rollup is committing the same events
+        result = write_month(engine, tenant, period, Path(args.out), now=_now())
+    for customer in result["unrated_customers"]:
+        _err(f"{tenant.name}: {customer!r} has usage in {period.label} but no plan: its amounts are empty")
+    _out(result)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -209,6 +280,64 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     with open_engine(settings) as engine:
         _out(load_demo(engine, settings, now=_now()))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    from api.scheduler import run_once, run_worker
+
+    with open_engine(settings) as engine:
+        if args.once:
+            _out(run_once(settings, engine, now=_now()))
+            return 0
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _err("taskmeter worker: rollup, period close, reports and Stripe sync on a clock (Ctrl-C stops)")
+        run_worker(settings, engine)
+    return 0
+
+
+def _stripe_tenants(engine: Engine, name: str | None) -> list[Any]:
+    from metering.tenants import list_tenants
+
+    with unit_of_work(engine) as session:
+        return [get_tenant(session, name)] if name else list_tenants(session)
+
+
+def cmd_stripe_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from pricing.stripe_gateway import StripeGateway
+    from pricing.stripe_sync import sync_tenant
+
+    if settings.stripe_api_key is None:
+        raise TaskmeterError("Stripe sync is off: set TASKMETER_STRIPE_API_KEY")
+    with open_engine(settings) as engine:
+        gateway = StripeGateway.from_settings(settings)
+        reports = [
+            sync_tenant(engine, tenant, gateway, now=_now(), retry_failed=args.retry_failed, lease_seconds=settings.job_lease_seconds)
+            for tenant in _stripe_tenants(engine, args.tenant)
+        ]
+    _out({"tenants": [report.summary() for report in reports]})
+    for report in reports:
+        if report.busy:
+            _err(f"{report.tenant}: another worker is syncing this tenant; nothing done")
+        for entry in report.failed:
+            _err(f"{report.tenant}: invoice {entry['invoice']} failed: {entry['error']}")
+        for entry in report.retrying:
+            _err(f"{report.tenant}: invoice {entry['invoice']} will be retried at {entry['next_retry_at']}: {entry['error']}")
+        if report.aborted:
+            _err(f"{report.tenant}: stopped: {report.aborted}")
+    return 1 if any(r.failed or r.retrying or r.aborted for r in reports) else 0
+
+
+def cmd_stripe_status(args: argparse.Namespace, settings: Settings) -> int:
+    from pricing.stripe_sync import sync_status
+
+    with open_engine(settings) as engine:
+        tenants = _stripe_tenants(engine, args.tenant)
+        with unit_of_work(engine) as session:
+            statuses = [{"tenant": t.name, **sync_status(session, t.id)} for t in tenants]
+    _out({"enabled": settings.stripe_api_key is not None, "tenants": statuses})
     return 0
 
 
@@ -236,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True)
     p.add_argument("prefix")
     p.set_defaults(func=cmd_keys_revoke)
+    p = keys.add_parser("rotate", help="replace an API key by a new one with the same scopes (printed once)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("prefix", help="the old key's prefix (the part after tm_)")
+    p.add_argument("--grace", default="0", help="how long the old key keeps working: 0 (default), 90s, 15m, 24h, 7d")
+    p.set_defaults(func=cmd_keys_rotate)
 
     p = sub.add_parser("ingest", help="ingest a JSONL file of events")
     p.add_argument("file")
@@ -247,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant")
     p.set_defaults(func=cmd_rollup)
 
+    p = sub.add_parser("report", help="write the monthly CSVs of a tenant-local month into a folder")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--month", required=True, help="YYYY-MM, the tenant's calendar month")
+    p.add_argument("--out", required=True, help="folder for customers-, invoice-lines-, tasks- and comparison-YYYY-MM.csv")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("serve", help="serve the API, dashboard and scheduler")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -255,6 +395,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="create the demo tenant with sample data; prints its keys")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("worker", help="run the scheduler alone: rollup, period close, reports, Stripe sync")
+    p.add_argument("--once", action="store_true", help="run every job once now, print what it did, and exit")
+    p.set_defaults(func=cmd_worker)
+
+    stripe_cmds = sub.add_parser("stripe", help="Stripe sync").add_subparsers(dest="action", required=True)
+    p = stripe_cmds.add_parser("sync", help="push finalized invoices to Stripe now")
+    p.add_argument("--tenant", help="one tenant (default: all)")
+    p.add_argument("--retry-failed", action="store_true", help="also retry invoices whose last error was permanent")
+    p.set_defaults(func=cmd_stripe_sync)
+    p = stripe_cmds.add_parser("status", help="finalized invoices by Stripe sync status, with errors")
+    p.add_argument("--tenant", help="one tenant (default: all)")
+    p.set_defaults(func=cmd_stripe_status)
+
+    from api.cli_pricing import add_commands as add_pricing_commands  # it imports this module
+
+    add_pricing_commands(sub)
     return parser
 
 

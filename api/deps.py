@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api.settings import Settings
+from metering import audit
 from metering.errors import Forbidden, Unauthorized
 from metering.tenants import Principal, authenticate
 
@@ -48,7 +49,8 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 NowDep = Annotated[datetime, Depends(get_now)]
 
 
-def get_principal(request: Request) -> Principal:
+def get_principal(request: Request, now: NowDep) -> Principal:
+    """The caller, from `Authorization: Bearer <key>`; then the key's rate limit (api.ratelimit)."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -57,10 +59,12 @@ def get_principal(request: Request) -> Principal:
     # Its own short connection: authentication never holds the request's transaction open.
     with request.app.state.engine.connect() as connection:
         try:
-            return authenticate(connection, key.strip(), secret=settings.secret_key.get_secret_value().encode())
+            principal = authenticate(connection, key.strip(), secret=settings.secret_key.get_secret_value().encode(), now=now)
         except Unauthorized as exc:
             exc.headers = {"WWW-Authenticate": "Bearer"}
             raise
+    request.app.state.rate_limiter.check(principal.key_id)
+    return principal
 
 
 def require(scope: str):  # type: ignore[no-untyped-def]
@@ -75,3 +79,23 @@ def require(scope: str):  # type: ignore[no-untyped-def]
 IngestScope = Annotated[Principal, Depends(require("ingest"))]
 ReadScope = Annotated[Principal, Depends(require("read"))]
 AdminScope = Annotated[Principal, Depends(require("admin"))]
+
+
+class AuditTrail:
+    """Records the request's admin actions in the audit log, in the request's transaction."""
+
+    def __init__(self, session: Session, principal: Principal, now: datetime) -> None:
+        self.session, self.principal, self.now = session, principal, now
+
+    def record(self, action: str, target: str, **detail: Any) -> None:
+        audit.record(
+            self.session, self.principal.tenant.id, actor=self.principal.actor, key_id=self.principal.key_id,
+            action=action, target=target, detail=detail, at=self.now,
+        )  # fmt: skip
+
+
+def get_audit(principal: AdminScope, session: SessionDep, now: NowDep) -> AuditTrail:
+    return AuditTrail(session, principal, now)
+
+
+AuditDep = Annotated[AuditTrail, Depends(get_audit)]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metering.errors import TaskmeterError
@@ -46,11 +48,22 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), None, dict(exc.headers or {}))
 
-    @app.exception_handler(OperationalError)
-    async def _database_down(_: Request, exc: DBAPIError) -> JSONResponse:
-        # Lost connections and locked databases are the server's trouble, and passing: retry.
-        log.warning("database unavailable: %s", exc.orig.__class__.__name__ if exc.orig else exc)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # Lost connections, a restarting server, locked databases, a saturated pool: the server's
+        # trouble, and passing: retry.
+        log.warning("database unavailable: %s", (getattr(exc, "orig", None) or exc).__class__.__name__)
         return error_response(503, "unavailable", "the database is unavailable; retry later", None, {"Retry-After": "2"})
+
+    # The driver's own errors reach us unwrapped where it is used directly (PostgreSQL COPY).
+    for unavailable in (OperationalError, PoolTimeout, psycopg.OperationalError):
+        app.add_exception_handler(unavailable, _database_down)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:  # SQLAlchemy saw the connection drop, whatever the error class
+            return await _database_down(request, exc)
+        log.error("database error", exc_info=exc)
+        return error_response(500, "internal", "internal error")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -63,13 +76,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed request"},
     401: {"model": ErrorBody, "description": "Missing or invalid API key"},
     403: {"model": ErrorBody, "description": "The key lacks the scope"},
+    413: {"model": ErrorBody, "description": "Request body too large (the limit is in `detail`)"},
     422: {"model": ErrorBody, "description": "Invalid input, with the field and the reason"},
+    429: {"model": ErrorBody, "description": "Rate limit of the API key exceeded; retry after Retry-After seconds"},
     503: {"model": ErrorBody, "description": "Database unavailable; retry after Retry-After seconds"},
 }
+BODY_ERRORS = (400, 413)  # every route that takes a body: malformed (not JSON), too large
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    base = {code: ERRORS[code] for code in (401, 403, 422, 503)}
+    """The errors of an authenticated route, and `codes` besides (`*BODY_ERRORS` for a body)."""
+    base = {code: ERRORS[code] for code in (401, 403, 422, 429, 503)}
     for code in codes:
         base[code] = ERRORS.get(code, {"model": ErrorBody, "description": "Error"})
     return base

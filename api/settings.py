@@ -21,14 +21,23 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(DEV_SECRET)
 
     max_batch_events: int = 10_000
-    max_body_bytes: int = 10 * 1024 * 1024
+    max_body_bytes: int = 10 * 1024 * 1024  # every request body, every route (413 past it)
     future_tolerance_days: int = 7
+
+    # Per API key and per process (an in-memory token bucket, api.ratelimit): requests per minute,
+    # and how many a key may send at once (default: a minute's worth). 0 turns the limit off.
+    rate_limit_per_minute: int = 30_000
+    rate_limit_burst: int | None = None
 
     # Background work started by `serve`.
     scheduler_enabled: bool = True
     rollup_interval_seconds: float = 1.0
     close_grace_seconds: int = 3600
     reports_dir: Path = Path("./reports-out")
+    close_check_seconds: float = 60.0  # how often the close and reports jobs look for due months
+    stripe_sync_interval_seconds: float = 60.0
+    scheduler_misfire_grace_seconds: int = 300  # a run later than this is skipped (the next one comes)
+    job_lease_seconds: float = 900.0  # SQLite job guards: how long a crashed worker blocks the others
 
     # genai-prices: the bundled snapshot only, unless this is turned on.
     prices_auto_update: bool = False
@@ -44,6 +53,10 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None
+    # How Stripe collects a pushed invoice; with send_invoice it is due after stripe_days_until_due.
+    stripe_collection_method: Literal["charge_automatically", "send_invoice"] = "charge_automatically"
+    stripe_days_until_due: int = 30
+    stripe_max_retries: int = 3  # retries of a transient Stripe error within one sync run
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> Settings:

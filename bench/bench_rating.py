@@ -5,17 +5,24 @@ two others) and the same computation in DuckDB SQL on the same frames, checks th
 same revenue, provider cost and task counts per customer and plan, and prints both times.
 
     .venv/bin/python bench/bench_rating.py [--tasks 1000000] [--customers 1000] [--repeat 3]
+        [--db sqlite,postgresql]
 
 Target: pandas ≤ 5 s and within 3× of DuckDB.
+
+With `--db`, the same month is also written into the rollup tables (`usage_daily`, `task_usage`)
+of a fresh database, read back through `pricing.repository` (the adapter that close, compare and
+the draft invoice use) and compared: the figures must equal the in-memory run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -23,7 +30,9 @@ import numpy as np
 import pandas as pd
 
 from pricing.compare import compare_plans
-from pricing.plans import validate_config
+from pricing.config import validate_config
+
+DB_PATH = "/tmp/taskmeter-bench-rating.db"
 
 MONTH = date(2026, 10, 1)
 MODELS = [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4"), ("google", "gemini-2.5-flash")]
@@ -191,6 +200,67 @@ def run_pandas(
     return comparison.by_customer.sort_values(["customer", "plan"]).reset_index(drop=True)
 
 
+def write_rollup(engine: Any, token_usage: pd.DataFrame, tasks: pd.DataFrame) -> Any:
+    """The synthetic month as the rollup would have stored it, for one tenant."""
+    from metering.bulk import frame_rows, write_rows
+    from metering.db import unit_of_work
+    from metering.tables import task_usage, usage_daily
+    from metering.tenants import create_tenant
+
+    with unit_of_work(engine) as session:
+        tenant = create_tenant(session, "bench", now=pd.Timestamp.now(tz="UTC").to_pydatetime())
+    zeros = np.zeros(len(token_usage), dtype=np.int64)
+    daily = pd.DataFrame({
+        "tenant_id": tenant.id, "customer": token_usage["customer"], "day": token_usage["day"].dt.date,
+        "provider": token_usage["provider"], "model": token_usage["model"], "usage_events": zeros + 1,
+        "input_tokens": token_usage["input_tokens"] + token_usage["cache_read_tokens"] + token_usage["cache_write_tokens"],
+        "output_tokens": token_usage["output_tokens"], "cache_read_tokens": token_usage["cache_read_tokens"],
+        "cache_write_tokens": token_usage["cache_write_tokens"], "reasoning_tokens": zeros,
+        "cost_nanos": token_usage["provider_cost_nanos"], "cost_rem": zeros, "unpriced_events": token_usage["unpriced_events"],
+    })  # fmt: skip
+    ended_us = (tasks["ended_at"].astype("int64") // 1000).to_numpy()
+    n = len(tasks)
+    ones, none = np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    task_rows = pd.DataFrame({
+        "tenant_id": tenant.id, "task": tasks["task"], "customer": tasks["customer"], "customer_us": ended_us,
+        "customer_seq": ones, "task_type": tasks["task_type"], "task_type_us": ended_us, "task_type_seq": ones,
+        "status": tasks["status"], "ended_us": ended_us, "status_seq": ones, "started_us": ended_us,
+        "first_event_us": ended_us, "last_event_us": ended_us, "events": ones, "usage_events": none,
+        "input_tokens": none, "output_tokens": none, "cache_read_tokens": none, "cache_write_tokens": none,
+        "reasoning_tokens": none, "cost_nanos": tasks["provider_cost_nanos"], "cost_rem": none, "unpriced_events": none,
+        "last_seq": ones,
+    })  # fmt: skip
+    with engine.begin() as connection:
+        for table, frame in ((usage_daily, daily), (task_usage, task_rows)):
+            columns = tuple(frame.columns)
+            for start in range(0, len(frame), 200_000):
+                write_rows(connection, table, columns, frame_rows(frame.iloc[start : start + 200_000], columns))
+    return tenant
+
+
+def run_database(engine: Any, tenant: Any, customers: list[dict[str, Any]]) -> tuple[float, float, pd.DataFrame]:
+    """Read the month through pricing.repository, then compare: (read s, total s, result)."""
+    from metering.periods import parse_month
+    from pricing import repository
+
+    config = validate_config(CONFIG | {"customers": customers})
+    period = parse_month(f"{MONTH:%Y-%m}", "UTC")
+    started = time.perf_counter()
+    with engine.connect() as connection:
+        from sqlalchemy.orm import Session
+
+        with Session(bind=connection) as session:
+            token_usage = repository.token_usage(session, tenant.id, period)
+            tasks = repository.ended_tasks(session, tenant.id, period)
+    read = time.perf_counter() - started
+    comparison = compare_plans(
+        month=MONTH, customers=config.customers, plans=config.plans, token_usage=token_usage, tasks=tasks,
+        currency="USD", target_margin=Decimal("0.6"),
+    )  # fmt: skip
+    total = time.perf_counter() - started
+    return read, total, comparison.by_customer.sort_values(["customer", "plan"]).reset_index(drop=True)
+
+
 def best_of(repeat: int, run: Callable[[], pd.DataFrame]) -> tuple[float, pd.DataFrame]:
     times, result = [], pd.DataFrame()
     for _ in range(repeat):
@@ -205,6 +275,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--customers", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--db", default="", help="also read the month from these databases: sqlite,postgresql")
     args = parser.parse_args()
     token_usage, tasks = make_data(args.tasks, args.customers)
     print(
@@ -226,6 +297,23 @@ def main() -> None:
     print(f"pandas (taskmeter): {pandas_s:.3f} s")
     print(f"DuckDB SQL:         {duck_s:.3f} s")
     print(f"ratio:              {pandas_s / duck_s:.2f}×  (best of {args.repeat})")
+
+    for backend in [b for b in args.db.split(",") if b]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from bench.common import fresh_postgres, fresh_sqlite
+
+        engine = fresh_sqlite(DB_PATH) if backend == "sqlite" else fresh_postgres()
+        if engine is None:
+            continue
+        started = time.perf_counter()
+        tenant = write_rollup(engine, token_usage, tasks)
+        print(f"{backend}: wrote the month into the rollup tables in {time.perf_counter() - started:.1f} s")
+        runs = [run_database(engine, tenant, customers) for _ in range(args.repeat)]
+        read_s, total_s, from_db = min(runs, key=lambda r: r[1])
+        pd.testing.assert_frame_equal(from_db, ours)
+        print(f"{backend}: read through pricing.repository {read_s:.3f} s, read + rate + compare {total_s:.3f} s"
+              f" (best of {args.repeat}; same figures as in memory)")  # fmt: skip
+        engine.dispose()
 
 
 if __name__ == "__main__":

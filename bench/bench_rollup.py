@@ -77,7 +77,7 @@ def synthetic_chunk(rng: np.random.Generator, first_task: int, tasks: int, per_t
         kind = "task.completed" if outcome[i] < 0.85 else "task.failed" if outcome[i] < 0.97 else "task.cancelled"
         end = int(start[i] + (per_task + 2) * 60 * 1_000_000)
         rows.append((1, f"{task_names[i]}-e", kind, end, f"cust-{(first_task + i) % 1000}", task_names[i], None, None, None, 0, 0, 0, 0, 0, None, "x", 0))
-    return [(*r[:-1], seq0) for r in rows] if False else rows
+    return rows
 
 
 def build_store(engine: Engine, usage_events: int) -> int:
@@ -231,6 +231,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--db", default="both", choices=["sqlite", "postgresql", "both"])
     parser.add_argument("--skip-api", action="store_true")
+    parser.add_argument("--skip-full", action="store_true", help="reuse the stored rollup (no full rebuild)")
     parser.add_argument("--child")
     parser.add_argument("--url")
     args = parser.parse_args()
@@ -255,8 +256,9 @@ def main() -> None:
         stored = build_store(engine, args.events)
         engine.dispose()
         print(f"\n[{label}] {stored:,} events stored", flush=True)
-        full = run_child(url, "full")
-        print(f"  full rollup: {full['seconds']:.1f} s for {full['events']:,} events, {full['tasks']:,} tasks, peak RSS {full['peak_mb']:,.0f} MB", flush=True)
+        if not args.skip_full:
+            full = run_child(url, "full")
+            print(f"  full rollup: {full['seconds']:.1f} s for {full['events']:,} events, {full['tasks']:,} tasks, peak RSS {full['peak_mb']:,.0f} MB", flush=True)
         memory = in_memory(url)
         print(f"  in-memory step on {memory['rows']:,} rows: price {memory['price_s']:.2f} s + summarize {memory['summarize_s']:.2f} s = "
               f"{memory['ours_s']:.2f} s; DuckDB per-task aggregation {memory['duckdb_s']:.2f} s; ratio {memory['ratio']:.2f}x "

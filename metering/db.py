@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for `url`; SQLite files get WAL, foreign keys and a busy timeout."""
+    """An engine for `url`; SQLite files get WAL, foreign keys and a busy timeout.
+
+    Bound parameters stay out of SQLAlchemy's logs and error messages (`hide_parameters`): they
+    carry key hashes and customer data, and an error is logged with its message."""
+    kwargs.setdefault("hide_parameters", True)
+    _sql_logging_is_opt_in()
     if url.startswith("sqlite"):
         connect_args = {"timeout": 30, "check_same_thread": False}
         engine = create_engine(url, connect_args=connect_args, **kwargs)
@@ -24,6 +30,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(url, **kwargs)
+
+
+def _sql_logging_is_opt_in() -> None:
+    """A root logger at DEBUG must not turn on SQLAlchemy's statement and row logs (rows hold
+    key hashes and customer data): they log only when the `sqlalchemy.engine` logger's own
+    level is set."""
+    logger = logging.getLogger("sqlalchemy.engine")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

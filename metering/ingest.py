@@ -37,6 +37,7 @@ from metering.schemas import (
 from metering.tables import events
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+UTF8_BOM = b"\xef\xbb\xbf"
 _ONE_US = timedelta(microseconds=1)
 _BATCH = TypeAdapter(list[EventIn])
 _ONE = TypeAdapter(EventIn)
@@ -76,7 +77,8 @@ class Batch:
 
 
 def validate_body(body: bytes, *, max_events: int | None = None) -> Batch:
-    """A request body that must be a JSON array of events."""
+    """A request body that must be a JSON array of events (UTF-8; a byte order mark is ignored)."""
+    body = body.removeprefix(UTF8_BOM)
     try:
         batch = _BATCH.validate_json(body)
     except ValidationError as exc:
@@ -126,8 +128,21 @@ def _check_count(count: int, max_events: int | None) -> None:
         raise PayloadTooLarge(f"{count:,} events in one batch; a batch may hold at most {max_events:,} events")
 
 
+def encoding_problem(body: bytes) -> str | None:
+    """Why a body is not UTF-8 text, in words a client can act on; None when it is UTF-8."""
+    if body.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in body[:4]:
+        return "the body is UTF-16 or UTF-32: send JSON encoded as UTF-8"
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"the body is not UTF-8 (byte 0x{body[exc.start]:02x} at position {exc.start}): send JSON encoded as UTF-8"
+    return None
+
+
 def _body_error(body: bytes, error: Any) -> TaskmeterError:
     if error["type"] == "json_invalid":
+        if (problem := encoding_problem(body)) is not None:
+            return MalformedJSON(problem)
         try:
             json.loads(body)
         except json.JSONDecodeError as exc:

@@ -59,4 +59,7 @@ def parse_month(text: str, timezone: str, *, field: str = "month") -> Period:
     match = _MONTH.match(text or "")
     if match is None:
         raise InvalidInput("invalid month", detail=[{"field": field, "message": f"{text!r} is not a month like 2026-10"}])
-    return Period(date(int(match.group(1)), int(match.group(2)), 1), timezone)
+    year = int(match.group(1))
+    if not 1970 <= year <= 9998:  # year 0 does not exist, and a month's bounds must stay representable
+        raise InvalidInput("invalid month", detail=[{"field": field, "message": f"{text!r} is not between 1970-01 and 9998-12"}])
+    return Period(date(year, int(match.group(2)), 1), timezone)

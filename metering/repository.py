@@ -128,7 +128,7 @@ def task_outcomes(connection: Connection | Session, tenant_id: int, period: Peri
     ).all()
     counts = {"completed": 0, "failed": 0, "cancelled": 0}
     counts.update({status: int(n) for status, n in ended})
-    counts["open"] = int(connection.execute(select(func.count()).where(*where, task_usage.c.status == "open")).scalar_one())
+    counts["open"] = int(connection.execute(select(func.count()).where(*where, task_usage.c.ended_us.is_(None))).scalar_one())
     return counts
 
 

@@ -84,6 +84,7 @@ events = Table(
     Column("ingested_us", BigInteger, nullable=False),
     UniqueConstraint("tenant_id", "event_id"),
     Index("ix_events_tenant_task", "tenant_id", "task"),
+    Index("ix_events_tenant_seq", "tenant_id", "seq"),  # a tenant's events past its watermark
 )
 
 
@@ -137,7 +138,8 @@ task_usage = Table(
     Column("events", BigInteger, nullable=False),
     *_usage_columns(),
     Column("last_seq", BigInteger, nullable=False),
-    Index("ix_task_usage_tenant_customer", "tenant_id", "customer"),
+    # A customer's tasks by end time; open tasks are the ones with no end (ended_us IS NULL).
+    Index("ix_task_usage_tenant_customer_ended", "tenant_id", "customer", "ended_us"),
     Index("ix_task_usage_tenant_ended", "tenant_id", "ended_us"),
     sqlite_with_rowid=False,  # one B-tree keyed by (tenant, task), not a rowid table plus an index
 )

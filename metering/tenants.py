@@ -1,7 +1,11 @@
 """Tenants and their API keys.
 
 A key reads `tm_<prefix>_<secret>`. Only the prefix (to find the row) and an HMAC-SHA256 of the
-whole key under the server's secret are stored; the key itself is shown once, when created.
+whole key under the server's secret are stored; the key itself is shown once, when created. The
+presented key's hash is compared in constant time (`hmac.compare_digest`).
+
+A key is revoked from its `revoked_at` on. Rotation creates a new key with the same scopes and
+sets the old key's `revoked_at` to now, or to the end of a grace period while clients move over.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,6 +45,11 @@ class Principal:
     tenant: Tenant
     key_id: int
     scopes: frozenset[str]
+    prefix: str = ""  # the key's public part: names the caller in the audit log
+
+    @property
+    def actor(self) -> str:
+        return f"key:{self.prefix}"
 
     def allows(self, scope: str) -> bool:
         # admin may do everything; the other scopes are independent.
@@ -95,6 +104,12 @@ def parse_scopes(text: str) -> frozenset[str]:
     return scopes
 
 
+def key_prefix(key: str) -> str:
+    """The public part of a key (what `keys revoke` and `keys rotate` take, and the audit log shows)."""
+    match = _KEY.match(key)
+    return match.group(1) if match else ""
+
+
 def hash_key(key: str, secret: bytes) -> bytes:
     return hmac.new(secret, key.encode(), hashlib.sha256).digest()
 
@@ -121,17 +136,55 @@ def create_api_key(
 
 
 def revoke_api_key(session: Session, tenant: Tenant, prefix: str, *, now: datetime) -> None:
+    """Revoke a key now (also one still in the grace period of a rotation)."""
+    still_working = or_(api_keys.c.revoked_at.is_(None), api_keys.c.revoked_at > now)
     result = session.execute(
         update(api_keys)
-        .where(api_keys.c.tenant_id == tenant.id, api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None))
+        .where(api_keys.c.tenant_id == tenant.id, api_keys.c.prefix == prefix, still_working)
         .values(revoked_at=now)
     )
     if result.rowcount == 0:
         raise NotFound(f"no active key {prefix!r} for tenant {tenant.name!r}")
 
 
-def authenticate(connection: Session | Connection, key: str, *, secret: bytes) -> Principal:
-    """The principal of a presented key, or `Unauthorized` (one message for every failure)."""
+def rotate_api_key(
+    session: Session, tenant: Tenant, prefix: str, *, secret: bytes, now: datetime, grace: timedelta = timedelta(0)
+) -> tuple[str, int, datetime]:
+    """Replace an active key by a new one with the same scopes and name; the old key stops
+    working at `now + grace`. Returns the new key (shown once), its id, and when the old one ends."""
+    if grace < timedelta(0):
+        raise InvalidInput("invalid grace period", detail=[{"field": "grace", "message": "must not be negative"}])
+    old = session.execute(
+        select(api_keys.c.id, api_keys.c.scopes, api_keys.c.name).where(
+            api_keys.c.tenant_id == tenant.id, api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None)
+        )
+    ).one_or_none()
+    if old is None:
+        raise NotFound(f"no active key {prefix!r} for tenant {tenant.name!r}")
+    key, key_id = create_api_key(
+        session, tenant, frozenset(old.scopes.split(",")), secret=secret, now=now, name=old.name
+    )
+    ends = now + grace
+    session.execute(update(api_keys).where(api_keys.c.id == old.id).values(revoked_at=ends))
+    return key, key_id, ends
+
+
+def is_revoked(revoked_at: datetime | None, now: datetime | None) -> bool:
+    """Whether a key with this `revoked_at` is revoked at `now`; without a `now`, a revocation
+    scheduled for later (a rotation's grace period) counts as done."""
+    if revoked_at is None:
+        return False
+    if now is None:
+        return True
+    return (revoked_at if revoked_at.tzinfo else revoked_at.replace(tzinfo=UTC)) <= now  # SQLite: naive UTC
+
+
+def authenticate(
+    connection: Session | Connection, key: str, *, secret: bytes, now: datetime | None = None
+) -> Principal:
+    """The principal of a presented key, or `Unauthorized` (one message for every failure).
+
+    `now` lets a rotated key work until its grace period ends; without it, it stops at rotation."""
     match = _KEY.match(key)
     if match is None:
         raise Unauthorized("invalid API key")
@@ -140,7 +193,7 @@ def authenticate(connection: Session | Connection, key: str, *, secret: bytes) -
         .join(tenants, tenants.c.id == api_keys.c.tenant_id)
         .where(api_keys.c.prefix == match.group(1))
     ).one_or_none()
-    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, hash_key(key, secret)):
+    if row is None or not hmac.compare_digest(row.key_hash, hash_key(key, secret)) or is_revoked(row.revoked_at, now):
         raise Unauthorized("invalid API key")
     tenant = Tenant(row.tenant_id, row.name, row.timezone, row.currency)
-    return Principal(tenant=tenant, key_id=row.id, scopes=frozenset(row.scopes.split(",")))
+    return Principal(tenant=tenant, key_id=row.id, scopes=frozenset(row.scopes.split(",")), prefix=row.prefix)

@@ -44,16 +44,9 @@ from metering.money import (
     round_money,
 )
 from pricing.plans import TOKEN_CLASSES, CustomerPlan, PerJobPlan, Plan, PlanBook
-from pricing.rating import (
-    STATUSES,
-    TOKEN_COLUMNS,
-    MonthUsage,
-    RatedMonth,
-    prepare_month,
-    rate_plan,
-    refuse_orphans,
-)
+from pricing.rating import RatedMonth, rate_plan, refuse_orphans
 from pricing.tiers import EXACT, ZERO, exact_amount, tier_total
+from pricing.usage import STATUSES, TOKEN_COLUMNS, MonthUsage, prepare_month
 
 CUSTOMER_COLUMNS = (
     "customer", "plan", "billed", "currency", "revenue", "provider_cost", "margin", "margin_pct",

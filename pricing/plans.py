@@ -1,4 +1,7 @@
-"""Plans: the pricing terms of a tenant's config file, as validated pydantic models.
+"""Plans: pricing terms as validated pydantic models, and the versions of each plan.
+
+`pricing.config` validates a whole tenant config file with these models; `plan_definition` is
+how a version is stored (`pricing.tables.plan_versions`).
 
 A plan is `per_token` or `per_job` (DESIGN.md, Pricing). Decimal amounts are strings (or
 integers); floats, negatives, NaN and more than 12 decimals are refused, so every amount computed
@@ -26,19 +29,18 @@ type, currency and charge basis, so usage priced by different versions adds up m
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     model_validator,
 )
@@ -50,7 +52,7 @@ from pricing.tiers import step_problems
 MAX_DECIMALS = 12
 MAX_AMOUNT = Decimal(10) ** 15
 TOKEN_CLASSES = ("input", "output", "cache_read", "cache_write")
-_DEFER_CHECKS = "defer_checks"  # validation context flag: validate_config reports them with paths
+DEFER_CHECKS = "defer_checks"  # validation context flag: validate_config reports them with paths
 
 
 def _amount(value: object) -> Decimal:
@@ -132,7 +134,7 @@ class _Plan(_Terms):
     def _check(self, info: ValidationInfo) -> Self:
         # validate_config defers these to report them with their exact path; direct
         # construction still refuses an inconsistent plan.
-        if not (info.context or {}).get(_DEFER_CHECKS):
+        if not (info.context or {}).get(DEFER_CHECKS):
             if problems := self.problems():
                 raise ValueError("; ".join(f"{path or 'plan'}: {message}" for path, message in problems))
         return self
@@ -222,7 +224,7 @@ class PerJobPlan(_Plan):
 
 
 Plan = PerTokenPlan | PerJobPlan
-_PLAN_TYPES: dict[str, type[PerTokenPlan] | type[PerJobPlan]] = {
+PLAN_TYPES: dict[str, type[PerTokenPlan] | type[PerJobPlan]] = {
     "per_token": PerTokenPlan,
     "per_job": PerJobPlan,
 }
@@ -236,7 +238,8 @@ class CustomerPlan(_Terms):
     compare_with: tuple[Name, ...] = ()
 
 
-def _join(prefix: str, path: str) -> str:
+def join_path(prefix: str, path: str) -> str:
+    """`plans[2]` + `tiers.steps[1]` → `plans[2].tiers.steps[1]`."""
     return prefix if not path else f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
 
 
@@ -297,107 +300,30 @@ class PlanBook:
         return in_force[-1]
 
 
-@dataclass(frozen=True)
-class TenantConfig:
-    prices: tuple[PriceOverride, ...]
-    plans: PlanBook
-    customers: tuple[CustomerPlan, ...]
-
-
 Problems = list[tuple[str, str]]  # (path in the config file, message)
 
 
-def _prefixed(prefix: str, problems: Iterable[tuple[str, str]]) -> Problems:
-    return [(_join(prefix, path), message) for path, message in problems]
+def prefixed(prefix: str, problems: Iterable[tuple[str, str]]) -> Problems:
+    return [(join_path(prefix, path), message) for path, message in problems]
 
 
 def _detail(prefix: str, problems: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
-    return [{"field": path, "message": message} for path, message in _prefixed(prefix, problems)]
+    return [{"field": path, "message": message} for path, message in prefixed(prefix, problems)]
 
 
-def _validate_entry(model: type[_Terms], entry: object, prefix: str, problems: Problems) -> Any:
-    try:
-        parsed = model.model_validate(entry, context={_DEFER_CHECKS: True})
-    except ValidationError as error:
-        for item in error.errors(include_url=False):
-            path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"])
-            problems.append((_join(prefix, path.lstrip(".")), item["msg"].removeprefix("Value error, ")))
-        return None
-    if isinstance(parsed, _Plan):
-        problems += _prefixed(prefix, parsed.problems())
-    return parsed
+def plan_definition(plan: Plan) -> str:
+    """A plan's terms as stored: canonical JSON without `effective_from` (decimals as written)."""
+    terms = plan.model_dump(mode="json", exclude={"effective_from"}, exclude_defaults=True)
+    terms["type"] = plan.type
+    return json.dumps(terms, sort_keys=True, separators=(",", ":"))
 
 
-def _section(raw: Mapping[str, Any], name: str, problems: Problems) -> list[Any]:
-    section = raw.get(name)
-    if section is not None and not isinstance(section, list):
-        problems.append((name, "must be a list"))
-    return section if isinstance(section, list) else []
+def plan_from_definition(definition: str, effective_from: date | None) -> Plan:
+    """The inverse of `plan_definition`, in force from `effective_from`."""
+    terms = json.loads(definition)
+    return PLAN_TYPES[terms["type"]].model_validate(terms | {"effective_from": effective_from})
 
 
-def _duplicates(keys: Sequence[object], path: str, problems: Problems) -> None:
-    first: dict[object, int] = {}
-    for index, key in enumerate(keys):
-        if key is not None and first.setdefault(key, index) != index:
-            problems.append((path.format(index), f"duplicates {path.format(first[key]).split('.')[0]}"))
-
-
-def validate_config(raw: object) -> TenantConfig:
-    """Validate a whole tenant config (`prices`, `plans`, `customers`) at once.
-
-    Raises one `InvalidInput` whose detail lists every problem as `{"field": path, "message"}`,
-    with paths like `plans[2].tiers.steps[1].up_to`, so a config is fixed in one round trip.
-    """
-    if not isinstance(raw, Mapping):
-        raise InvalidInput("invalid tenant config", detail=[{"field": "", "message": "must be a mapping"}])
-    problems: Problems = [
-        (str(k), "unknown section") for k in raw if k not in ("prices", "plans", "customers")
-    ]
-
-    raw_prices = _section(raw, "prices", problems)
-    prices = [_validate_entry(PriceOverride, e, f"prices[{i}]", problems) for i, e in enumerate(raw_prices)]
-    _duplicates([p and (p.provider, p.model) for p in prices], "prices[{}]", problems)
-
-    plans: list[Plan] = []
-    raw_plans = _section(raw, "plans", problems)
-    for index, entry in enumerate(raw_plans):
-        kind = entry.get("type") if isinstance(entry, Mapping) else None
-        if not isinstance(entry, Mapping):
-            problems.append((f"plans[{index}]", "must be a mapping"))
-        elif kind not in _PLAN_TYPES:
-            problems.append((f"plans[{index}].type", "must be per_token or per_job"))
-        elif (plan := _validate_entry(_PLAN_TYPES[kind], entry, f"plans[{index}]", problems)) is not None:
-            plans.append(plan)
-    if len(plans) == len(raw_plans):  # version paths index the valid plans: the file's only if all are
-        problems += _prefixed("plans", version_problems(plans))
-    known = {p.get("id") for p in raw_plans if isinstance(p, Mapping)}
-
-    raw_customers = _section(raw, "customers", problems)
-    entries = [
-        _validate_entry(CustomerPlan, e, f"customers[{i}]", problems) for i, e in enumerate(raw_customers)
-    ]
-    for index, customer in enumerate(entries):
-        references = [("plan", customer.plan)] if customer else []
-        references += [
-            (f"compare_with[{j}]", p) for j, p in enumerate(customer.compare_with if customer else ())
-        ]
-        problems += [
-            (f"customers[{index}].{path}", f"unknown plan {p!r}") for path, p in references if p not in known
-        ]
-
-    _duplicates([c and c.id for c in entries], "customers[{}].id", problems)
-    if problems:
-        detail = [{"field": path, "message": message} for path, message in problems]
-        raise InvalidInput(f"invalid tenant config: {len(problems)} problem(s)", detail=detail)
-    return TenantConfig(tuple(prices), PlanBook.of(plans), tuple(c for c in entries if c))
-
-
-def parse_config(text: str) -> TenantConfig:
-    """Validate a tenant config file's YAML text (safe loader: plain data only)."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise InvalidInput(
-            "the config file is not valid YAML", detail=[{"field": "", "message": str(error)}]
-        ) from None
-    return validate_config({} if raw is None else raw)
+def same_terms(a: Plan, b: Plan) -> bool:
+    """Whether two versions charge the same (3.00 equals 3; the start date does not matter)."""
+    return a.model_copy(update={"effective_from": None}) == b.model_copy(update={"effective_from": None})

@@ -1,14 +1,8 @@
 """Rating: a month of usage under a plan becomes invoice lines, exactly.
 
-Inputs are the metering rollup's frames (contracts: `TOKEN_USAGE_COLUMNS`, `TASK_COLUMNS`):
-- token usage, one row per customer, tenant-local `day` (datetime64 midnight), provider and model:
-  `input_tokens` (billable: input − cache reads − cache writes), `output_tokens`,
-  `cache_read_tokens`, `cache_write_tokens`, `provider_cost_nanos`, `unpriced_events` (int64);
-- tasks that ended in the month: `customer`, `task`, `task_type` (null → default price),
-  `status` (completed, failed, cancelled), `ended_at` (tz-aware), `provider_cost_nanos`.
-  Open tasks are absent: they are billed in the month they end.
-Both are encoded once (`prepare_month`) and rated per plan with array operations over all the
-tenant's customers; Python loops run only over the resulting lines.
+Inputs are a month of token usage and of ended tasks (`pricing.usage`: the frame contracts),
+encoded once (`prepare_month`) and rated per plan with array operations over all the tenant's
+customers; Python loops run only over the resulting lines.
 
 Lines. per_token rates: one per customer, rate card and class, quantity = tokens, unit_price =
 price per 1M tokens (the description says so), amount = tokens × price / 10**6. Markup: one,
@@ -31,13 +25,11 @@ lines (platform fee excluded) sum to less, a top-up line makes up the difference
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -46,17 +38,8 @@ from metering.errors import InvalidInput
 from metering.money import TOKENS_PER_MILLION, nanos_to_decimal, round_money
 from pricing.plans import TOKEN_CLASSES, PerJobPlan, PerTokenPlan, Plan, PlanBook, Rates
 from pricing.tiers import EXACT, ZERO, exact_amount, price_tiers
+from pricing.usage import TOKEN_COLUMNS, MonthUsage, day_number, instant, month_bounds, prepare_month
 
-TOKEN_COLUMNS = tuple(f"{c}_tokens" for c in TOKEN_CLASSES)
-TOKEN_USAGE_COLUMNS: Mapping[str, str] = {
-    "customer": "str", "day": "day", "provider": "str", "model": "str",
-    **dict.fromkeys(TOKEN_COLUMNS, "int"), "provider_cost_nanos": "int", "unpriced_events": "int",
-}  # fmt: skip
-TASK_COLUMNS: Mapping[str, str] = {
-    "customer": "key", "task": "key", "task_type": "str?", "status": "key", "ended_at": "instant",
-    "provider_cost_nanos": "int",
-}  # fmt: skip
-STATUSES = ("completed", "failed", "cancelled")
 _CLASS_LABELS = ("Input", "Output", "Cache read", "Cache write")
 
 
@@ -102,110 +85,6 @@ class RatedMonth:
     def to_frame(self) -> pd.DataFrame:
         columns = list(InvoiceLine.__dataclass_fields__)
         return pd.DataFrame([[getattr(line, c) for c in columns] for line in self.lines], columns=columns)
-
-
-@dataclass(frozen=True)
-class MonthUsage:
-    """A month's usage, validated and encoded once so that several plans rate it cheaply."""
-
-    month: date
-    tz: ZoneInfo
-    customers: pd.Index  # the name of each customer code
-    names: list[str]  # the same, for fast scalar access
-    tokens: pd.DataFrame  # token usage with `cust` (code) and `day` (int64 days since the epoch)
-    task_customer: np.ndarray
-    task_status: np.ndarray  # index into STATUSES
-    task_type: np.ndarray  # index into task_types, -1 when null
-    task_types: pd.Index
-    task_ended: np.ndarray  # int64 nanoseconds since the epoch, UTC
-    task_cost: np.ndarray  # int64 nanos
-    task_id: np.ndarray
-
-    def unpriced_by_customer(self) -> dict[str, int]:
-        sums = self.tokens.groupby("cust")["unpriced_events"].sum()
-        return {self.names[c]: n for c, n in zip(sums.index.tolist(), sums.tolist(), strict=True) if n}
-
-
-def month_bounds(month: date) -> tuple[date, date]:
-    """First and last tenant-local day of the month that starts on `month`."""
-    if month.day != 1:
-        raise ValueError("a billing month is given by its first day")
-    return month, month.replace(day=calendar.monthrange(month.year, month.month)[1])
-
-
-def _instant(day: date | None, tz: ZoneInfo) -> int:
-    """Nanoseconds since the epoch of a tenant-local midnight (None and early dates: int64 min)."""
-    if day is None or day.year < 1700:
-        return int(np.iinfo(np.int64).min)
-    return int(datetime.combine(day, time(), tzinfo=tz).timestamp()) * 10**9
-
-
-def _check(frame: pd.DataFrame, contract: Mapping[str, str], name: str) -> None:
-    if missing := [c for c in contract if c not in frame.columns]:
-        raise ValueError(f"{name} lacks columns {missing}")
-    for column, kind in contract.items():
-        series = frame[column]
-        if kind == "int":
-            if not pd.api.types.is_integer_dtype(series) or pd.api.types.is_bool_dtype(series):
-                raise TypeError(f"{name}.{column} must hold exact integers, not {series.dtype}")
-            if len(series) and series.min() < 0:
-                raise ValueError(f"{name}.{column} must not be negative")
-        elif kind == "day" and not pd.api.types.is_datetime64_dtype(series):
-            raise TypeError(f"{name}.{column} must be a tenant-local datetime64 date, not {series.dtype}")
-        elif kind == "instant" and not isinstance(series.dtype, pd.DatetimeTZDtype):
-            raise TypeError(f"{name}.{column} must be a tz-aware timestamp, not {series.dtype}")
-        elif kind == "str" and series.isna().any():
-            raise ValueError(f"{name}.{column} must not be null")
-
-
-def prepare_month(
-    month: date,
-    token_usage: pd.DataFrame,
-    tasks: pd.DataFrame,
-    *,
-    tz: str = "UTC",
-    customers: Iterable[str] = (),
-) -> MonthUsage:
-    """Validate both frames against their contracts and the month, and encode them."""
-    _check(token_usage, TOKEN_USAGE_COLUMNS, "token_usage")
-    _check(tasks, TASK_COLUMNS, "tasks")
-    zone = ZoneInfo(tz)
-    first, last = month_bounds(month)
-    tok_codes, tok_names = pd.factorize(token_usage["customer"])
-    task_codes, task_names = pd.factorize(tasks["customer"])
-    if len(task_codes) and task_codes.min() < 0:  # "key" columns: null checks ride on factorize
-        raise ValueError("tasks.customer must not be null")
-    names = pd.Index(sorted(set(tok_names) | set(task_names) | set(customers)))
-
-    days = token_usage["day"].to_numpy().astype("datetime64[D]").astype(np.int64)  # days since the epoch
-    if len(days) and (days.min() < _day(first) or days.max() > _day(last)):
-        raise ValueError(f"token_usage has days outside {first:%Y-%m}")
-    tokens = token_usage[
-        ["provider", "model", *TOKEN_COLUMNS, "provider_cost_nanos", "unpriced_events"]
-    ].assign(cust=names.get_indexer(tok_names)[tok_codes], day=days)
-
-    status_codes, status_names = pd.factorize(tasks["status"])
-    if (status_codes < 0).any() or not set(status_names) <= set(STATUSES):
-        raise ValueError(f"tasks.status has values other than {STATUSES}: {sorted(set(status_names))}")
-    ended = pd.DatetimeIndex(tasks["ended_at"]).as_unit("ns").asi8  # nanoseconds since the epoch
-    start, end = _instant(first, zone), _instant(last + timedelta(days=1), zone)
-    if len(ended) and (ended.min() < start or ended.max() >= end):
-        raise ValueError(f"tasks has ended_at outside {first:%Y-%m} in {tz}")
-    type_codes, type_names = pd.factorize(tasks["task_type"], sort=True)
-    return MonthUsage(
-        month=first,
-        tz=zone,
-        customers=names,
-        names=names.tolist(),
-        tokens=tokens,
-        task_customer=names.get_indexer(task_names)[task_codes],
-        task_status=pd.Index(STATUSES).get_indexer(status_names)[status_codes].astype(np.int8),
-        task_type=type_codes,
-        task_types=type_names,
-        task_ended=ended,
-        task_cost=tasks["provider_cost_nanos"].to_numpy(dtype=np.int64),
-        task_id=tasks["task"].to_numpy(),
-    )
 
 
 @dataclass
@@ -294,7 +173,7 @@ def _rate_tokens(
     lines: _Lines, usage: MonthUsage, on_plan: np.ndarray, end: PerTokenPlan, v_end: int
 ) -> None:
     tok = usage.tokens[on_plan[usage.tokens["cust"].to_numpy()]]
-    cust, starts = tok["cust"].to_numpy(), [_day(p.effective_from) for p in lines.history]
+    cust, starts = tok["cust"].to_numpy(), [day_number(p.effective_from) for p in lines.history]
     v = _versions(lines.history, starts, tok["day"].to_numpy())
     if end.tiers:
         totals = tok.groupby("cust")[list(TOKEN_COLUMNS)].sum().sum(axis=1)
@@ -316,9 +195,6 @@ def _rate_tokens(
     else:
         _rate_cards(lines, tok, v, end.included)
 
-
-def _day(day: date | None) -> int:
-    return int(np.datetime64(day or date(1, 1, 1), "D").astype(np.int64))
 
 
 def _rate_cards(lines: _Lines, tok: pd.DataFrame, v: np.ndarray, included: int) -> None:
@@ -399,7 +275,7 @@ def _rate_jobs(lines: _Lines, usage: MonthUsage, on_plan: np.ndarray, end: PerJo
     history, n_cust, n_v = lines.history, len(usage.names), len(lines.history)
     v = np.zeros(len(cust), dtype=np.int64)
     if n_v > 1 or history[0].effective_from:
-        v = _versions(history, [_instant(p.effective_from, usage.tz) for p in history], ended)
+        v = _versions(history, [instant(p.effective_from, usage.tz) for p in history], ended)
     completed = status == 0
     if end.tiers:  # the allowance comes off the count; which tasks were free does not matter
         counts = np.bincount(cust[completed], minlength=n_cust)

@@ -14,7 +14,16 @@ from api.errors import responses
 from api.settings import Settings
 from metering import cloudevents
 from metering.errors import InvalidInput, NotFound, PayloadTooLarge
-from metering.ingest import Batch, MalformedJSON, find_event, store_events, validate_body, validate_items
+from metering.ingest import (
+    UTF8_BOM,
+    Batch,
+    MalformedJSON,
+    encoding_problem,
+    find_event,
+    store_events,
+    validate_body,
+    validate_items,
+)
 from metering.schemas import EventIn, FieldError, IngestResult, RejectedEvent, StoredEvent
 
 _EVENT_SCHEMA = TypeAdapter(EventIn).json_schema()
@@ -50,10 +59,13 @@ RawBody = Annotated[bytes, Depends(read_body)]
 
 
 def parse_json(body: bytes) -> Any:
-    """A JSON body, or 400 naming where it breaks."""
+    """A JSON body (UTF-8; a byte order mark is ignored), or 400 naming where it breaks."""
+    body = body.removeprefix(UTF8_BOM)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if (problem := encoding_problem(body)) is not None:
+            raise MalformedJSON(problem) from None
         raise MalformedJSON(
             f"malformed JSON at line {exc.lineno}, column {exc.colno} (byte {exc.pos}): {exc.msg}",
             detail={"line": exc.lineno, "column": exc.colno, "position": exc.pos},

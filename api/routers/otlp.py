@@ -43,7 +43,16 @@ class UnsupportedMediaType(TaskmeterError):
 
 @router.post(
     "/v1/otlp/v1/traces",
-    responses=responses(400, 413, 415),
+    responses={
+        200: {
+            "description": "An ExportTraceServiceResponse in the request's encoding (counts in X-Taskmeter-* headers)",
+            "content": {
+                JSON: {"schema": {"type": "object", "description": "OTLP/JSON ExportTraceServiceResponse"}},
+                PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        **responses(400, 413, 415),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,

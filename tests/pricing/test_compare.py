@@ -10,7 +10,7 @@ import pytest
 
 from metering.errors import InvalidInput
 from pricing.compare import CUSTOMER_COLUMNS, Comparison, ModelTokens, compare_plans, quote_task
-from pricing.plans import TenantConfig, validate_config
+from pricing.config import TenantConfig, validate_config
 from tests.pricing.test_rating import OCTOBER, RATES, task_frame, task_row, token_frame, token_row
 
 CONFIG: dict[str, Any] = {

@@ -10,7 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from metering.errors import InvalidInput
-from pricing.plans import PerJobPlan, PerTokenPlan, PlanBook, parse_config, validate_config
+from pricing.config import parse_config, validate_config
+from pricing.plans import PerJobPlan, PerTokenPlan, PlanBook
 
 DESIGN_YAML = """
 prices:                      # overrides and additions to genai-prices, per million tokens

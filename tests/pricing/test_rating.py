@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 
 from metering.errors import InvalidInput
 from metering.money import round_money
-from pricing.plans import TOKEN_CLASSES, PerJobPlan, PerTokenPlan, Plan, PlanBook, validate_config
-from pricing.rating import TASK_COLUMNS, TOKEN_USAGE_COLUMNS, LineKind, RatedMonth, rate_month
+from pricing.config import validate_config
+from pricing.plans import TOKEN_CLASSES, PerJobPlan, PerTokenPlan, Plan, PlanBook
+from pricing.rating import LineKind, RatedMonth, rate_month
+from pricing.usage import TASK_COLUMNS, TOKEN_USAGE_COLUMNS
 
 OCTOBER = date(2026, 10, 1)
 RATES = {"input": "6.00", "output": "30.00", "cache_read": "0.60", "cache_write": "7.50"}

@@ -1,0 +1,281 @@
+"""The finance dashboard at /dashboard: sign-in with a read-scoped key, then a tenant's month
+(all customers or one), its invoices and tasks, and the month's CSVs.
+
+Pages are rendered on the server (`reports.month_page`, `reports.pages`) with charts as inline
+SVG; the one stylesheet and script are files of the package. Every response carries a
+Content-Security-Policy without inline script or style. Everything is scoped by the tenant of
+the signed-in key: another tenant's customer or invoice is simply not found.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from api import dashboard_http as web
+from api.dashboard_refresh import SnapshotRefresher
+from api.routers import dashboard_auth
+from api.routers.reports import csv_response
+from metering.errors import InvalidInput, NotFound
+from metering.periods import Period, parse_month, period_of
+from metering.tenants import Tenant
+from pricing.service import require_customer
+from reports import dashboard, month_page, pages, repository, snapshots
+from reports.billed import month_invoices
+from reports.columns import TASKS
+from reports.monthly import begin_snapshot
+from reports.tasks import task_batches
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    refresher = getattr(app.state, "dashboard_refresher", None)
+    if refresher is not None:  # let a computation under way finish with the engine still open
+        await run_in_threadpool(refresher.shutdown)
+
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False, lifespan=_lifespan)
+router.include_router(dashboard_auth.router)
+
+WAIT_SECONDS = 0.8  # how long a page waits for its month to be computed before showing a loading state
+TASKS_PER_PAGE = 100
+MONTHS_LISTED = 36
+
+
+def _refresher(request: Request) -> SnapshotRefresher:
+    state = request.app.state
+    if getattr(state, "dashboard_refresher", None) is None:
+        state.dashboard_refresher = SnapshotRefresher(state.engine)
+    return state.dashboard_refresher  # type: ignore[no-any-return]
+
+
+# --- the month ----------------------------------------------------------------------------------------------
+
+
+@router.get("")
+def month(
+    request: Request,
+    month: Annotated[str | None, Query()] = None,
+    customer: Annotated[str | None, Query()] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
+    principal = web.signed_in(request)
+    if principal is None:
+        return web.to_sign_in(request)
+    tenant = principal.tenant
+    seed, token = web.csrf(request)
+    now = datetime.now(UTC)
+    engine = web.engine(request)
+    with Session(engine) as session:
+        closed = repository.closed_months(session, tenant.id)
+        try:
+            period = _chosen_month(month, tenant, closed, now)
+        except InvalidInput:
+            return web.not_found(request, f"There is no month {month!r}: months look like 2026-10.", tenant)
+        if customer:
+            try:
+                require_customer(session, tenant, customer)
+            except NotFound:
+                return web.not_found(request, f"There is no customer {customer!r}.", tenant)
+        months = _months(session, tenant, period, now)
+        choices = sorted(set(repository.known_customers(session, tenant.id)))
+    if customer:
+        view, series = _customer_month(engine, tenant, period, customer, closed)
+        as_of, freshness = None, "live"
+    else:
+        found = _tenant_month(request, tenant, period, closed, now)
+        if found is None:
+            return web.html(
+                request,
+                pages.loading(period.label, tenant=tenant.name, csrf=token, version=web.VERSION),
+                seed=seed,
+            )
+        snapshot, freshness = found
+        view = snapshot.view()
+        as_of = snapshot.computed_at
+        with Session(engine) as session:
+            series, missing = snapshots.tenant_series(session, tenant, period)
+        for other in missing:
+            _refresher(request).request(tenant, other)
+    names = sorted(set(choices) | {row["customer"] for row in view.customers})
+    body = month_page.render(
+        month_page.MonthPage(
+            tenant.name, view, series, months, names, token, web.VERSION, as_of, freshness, page
+        )
+    )
+    return web.html(request, body, seed=seed)
+
+
+def _chosen_month(text: str | None, tenant: Tenant, closed: set[str], now: datetime) -> Period:
+    """The month asked for; by default the latest closed month, else the current one."""
+    if text:
+        return parse_month(text, tenant.timezone)
+    if closed:
+        return parse_month(max(closed), tenant.timezone)
+    return period_of(now, tenant.timezone)
+
+
+def _months(session: Session, tenant: Tenant, chosen: Period, now: datetime) -> list[str]:
+    current = period_of(now, tenant.timezone)
+    first = repository.first_day(session, tenant.id)
+    labels = [current]
+    while len(labels) < MONTHS_LISTED and first is not None and labels[-1].first_day > first.replace(day=1):
+        labels.append(labels[-1].previous())
+    out = {p.label for p in labels} | {chosen.label}
+    return sorted(out, reverse=True)
+
+
+def _customer_month(
+    engine: Engine, tenant: Tenant, period: Period, customer: str, closed: set[str]
+) -> tuple[Any, Any]:
+    """One customer's month, computed for this page (a customer's month is small)."""
+    with Session(engine) as session:
+        try:
+            begin_snapshot(session)
+            view = dashboard.month_view(session, tenant, period, customer=customer)
+            series = dashboard.customer_series(session, tenant, period, customer, closed=closed)
+        finally:
+            session.rollback()
+    return view, series
+
+
+def _tenant_month(
+    request: Request, tenant: Tenant, period: Period, closed: set[str], now: datetime
+) -> tuple[snapshots.Snapshot, str] | None:
+    """The month's snapshot and how fresh it is, computed or renewed as needed; None while a
+    first snapshot is still being computed."""
+    engine = web.engine(request)
+    with Session(engine) as session:
+        snapshot = snapshots.load(session, tenant.id, period.label)
+        current = snapshots.fingerprint(session, tenant, period, closed)
+        mark = repository.watermark(session, tenant.id)
+    state = snapshots.freshness(snapshot, current, mark, closed=period.label in closed, now=now)
+    if state == "fresh":
+        return snapshot, state  # type: ignore[return-value]
+    future = _refresher(request).request(tenant, period)
+    if state == "aging" and snapshot is not None:
+        return snapshot, state
+    try:
+        future.result(timeout=WAIT_SECONDS)
+    except concurrent.futures.TimeoutError:
+        return (snapshot, "stale") if snapshot is not None else None
+    with Session(engine) as session:
+        renewed = snapshots.load(session, tenant.id, period.label)
+    return (renewed, "fresh") if renewed is not None else None
+
+
+# --- invoices, tasks, CSVs -----------------------------------------------------------------------------------
+
+
+@router.get("/invoices/{invoice_id}")
+def invoice_page(request: Request, invoice_id: int) -> Response:
+    principal = web.signed_in(request)
+    if principal is None:
+        return web.to_sign_in(request)
+    tenant = principal.tenant
+    seed, token = web.csrf(request)
+    with Session(web.engine(request)) as session:
+        found = repository.finalized_invoices(session, tenant.id, None, invoice_id=invoice_id)
+    if not found:
+        return web.not_found(request, f"There is no invoice {invoice_id}.", tenant)
+    return web.html(
+        request, pages.invoice(found[0], tenant=tenant.name, csrf=token, version=web.VERSION), seed=seed
+    )
+
+
+@router.get("/customers/{customer}/invoice")
+def draft_invoice_page(request: Request, customer: str, month: Annotated[str, Query()]) -> Response:
+    principal = web.signed_in(request)
+    if principal is None:
+        return web.to_sign_in(request)
+    tenant = principal.tenant
+    seed, token = web.csrf(request)
+    with Session(web.engine(request)) as session:
+        try:
+            require_customer(session, tenant, customer)
+            period = parse_month(month, tenant.timezone)
+        except (NotFound, InvalidInput) as error:
+            return web.not_found(request, error.message, tenant)
+        invoices = month_invoices(session, tenant, period, customer=customer).invoices
+    if not invoices:
+        return web.not_found(request, f"{customer} has nothing to bill in {period.label}.", tenant)
+    if invoices[0].id is not None:
+        return web.redirect(request, f"/dashboard/invoices/{invoices[0].id}")
+    return web.html(
+        request, pages.invoice(invoices[0], tenant=tenant.name, csrf=token, version=web.VERSION), seed=seed
+    )
+
+
+@router.get("/customers/{customer}/tasks")
+def tasks_page(
+    request: Request,
+    customer: str,
+    month: Annotated[str, Query()],
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+) -> Response:
+    principal = web.signed_in(request)
+    if principal is None:
+        return web.to_sign_in(request)
+    tenant = principal.tenant
+    seed, token = web.csrf(request)
+    with Session(web.engine(request)) as session:
+        try:
+            require_customer(session, tenant, customer)
+            period = parse_month(month, tenant.timezone)
+        except (NotFound, InvalidInput) as error:
+            return web.not_found(request, error.message, tenant)
+        begin_snapshot(session)
+        rows, more = _task_rows(session, tenant, period, customer, page)
+        session.rollback()
+    body = pages.tasks(
+        customer,
+        period.label,
+        rows,
+        page=page,
+        more=more,
+        currency=tenant.currency,
+        tenant=tenant.name,
+        csrf=token,
+        version=web.VERSION,
+    )
+    return web.html(request, body, seed=seed)
+
+
+def _task_rows(
+    session: Session, tenant: Tenant, period: Period, customer: str, page: int
+) -> tuple[list[dict[str, str]], bool]:
+    """The page's tasks, as the tasks CSV has them (its running cost needs the pages before)."""
+    skip, rows = (page - 1) * TASKS_PER_PAGE, []
+    with closing(task_batches(session, tenant, period, customer=customer, batch_size=2000)) as batches:
+        for batch in batches:
+            for values in zip(*(batch[c] for c in TASKS.columns), strict=True):
+                if skip:
+                    skip -= 1
+                    continue
+                if len(rows) == TASKS_PER_PAGE:
+                    return rows, True
+                rows.append({c: str(v) for c, v in zip(TASKS.columns, values, strict=True)})
+    return rows, False
+
+
+@router.get("/reports/{month}/{name}.csv")
+def download(request: Request, month: str, name: str) -> Response:
+    principal = web.signed_in(request)
+    if principal is None:
+        return web.to_sign_in(request)
+    try:
+        response = csv_response(web.engine(request), principal.tenant, month, name)
+    except (NotFound, InvalidInput) as error:
+        return web.not_found(request, error.message, principal.tenant)
+    response.headers.update({**web.SECURITY_HEADERS, "Cache-Control": "no-store"})
+    return response

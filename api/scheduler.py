@@ -1,0 +1,361 @@
+"""The scheduler: rollup, period close, monthly reports and Stripe sync, on a clock.
+
+APScheduler 3 (`BackgroundScheduler`) keeps its jobs in the project's database
+(`apscheduler_jobs`, created by the migrations), so they survive a restart: a run missed while no
+worker was up fires once when one starts again (coalesced, within the misfire grace).
+
+Jobs are thin: per tenant, each takes a guard, opens a unit of work and calls a service. APScheduler
+3 does not coordinate schedulers that share a job store, so `serve` and any number of
+`taskmeter worker`s may run the same job at the same moment; the guards
+(`metering.jobstate.hold`: an advisory lock on PostgreSQL, a leased row on SQLite) and the
+bookmarks make that harmless: the work is done once.
+
+The `*_job()` functions are what APScheduler calls (by reference, so they pickle); the `run_*`
+functions do the work for a given `now`, and tests call them directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import ModuleType
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.job import Job
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+
+from api.settings import Settings
+from metering.db import make_engine, unit_of_work
+from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
+from metering.periods import parse_month
+from metering.pipeline import RollupConflict, RollupResult, rollup_tenant
+from metering.tenants import Tenant, list_tenants
+from pricing.close_schedule import closable_through, first_month, months_to_close
+
+log = logging.getLogger("taskmeter.scheduler")
+
+JOB_ROLLUP = "taskmeter.rollup"
+JOB_CLOSE = "taskmeter.close"
+JOB_REPORTS = "taskmeter.reports"
+JOB_STRIPE = "taskmeter.stripe_sync"
+
+# Guard and bookmark names.
+ROLLUP, CLOSE, REPORTS = "rollup", "close", "reports"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the jobs of this process work with. APScheduler stores jobs by function reference
+    only; the database and settings are this process's own."""
+
+    settings: Settings
+    engine: Engine
+
+
+_runtime: Runtime | None = None
+
+
+def set_runtime(runtime: Runtime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def current_runtime() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("the scheduler's runtime is not set: start a TaskmeterScheduler first")
+    return _runtime
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- what APScheduler calls ---------------------------------------------------------------------
+
+
+def rollup_job() -> None:
+    run_rollup(current_runtime(), now=_now())
+
+
+def close_job() -> None:
+    run_close(current_runtime(), now=_now())
+
+
+def reports_job() -> None:
+    run_reports(current_runtime(), now=_now())
+
+
+def stripe_sync_job() -> None:
+    run_stripe_sync(current_runtime(), now=_now())
+
+
+# --- the jobs ---------------------------------------------------------------------------------
+
+
+def run_rollup(rt: Runtime, *, now: datetime) -> list[RollupResult]:
+    """Roll up every tenant's new events."""
+    results = []
+    for tenant in _tenants(rt):
+        with hold(rt.engine, ROLLUP, tenant.id, lease_seconds=rt.settings.job_lease_seconds) as guard:
+            if guard is None:
+                continue
+            try:
+                result = rollup_tenant(rt.engine, tenant, now=now)
+            except RollupConflict:
+                log.info("rollup of %s: another run was first", tenant.name)
+                continue
+            except Exception:
+                log.exception("rollup of %s failed", tenant.name)
+                continue
+        if result.events_read:
+            log.info(
+                "rollup of %s: %d event(s), %d task(s)", tenant.name, result.events_read, result.tasks_updated
+            )
+        results.append(result)
+    return results
+
+
+def run_close(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
+    """Close every month that has ended (tenant-local) more than the grace period ago, oldest
+    first, resuming after the tenant's `close` bookmark. Returns (tenant, month) closed."""
+    invoices = _optional_module("pricing.invoices")
+    close_period: Callable[..., Any] | None = getattr(invoices, "close_period", None)
+    if close_period is None:
+        log.info("period close skipped: pricing.invoices.close_period is not available")
+        return []
+    grace = timedelta(seconds=rt.settings.close_grace_seconds)
+    closed = []
+    for tenant in _tenants(rt):
+        with hold(rt.engine, CLOSE, tenant.id, lease_seconds=rt.settings.job_lease_seconds) as guard:
+            if guard is None:
+                continue
+            try:
+                # A close sees every event committed so far; a backfilled one may add an older month.
+                _rollup_until_current(rt, tenant, now=now)
+                with unit_of_work(rt.engine) as session:
+                    due = months_to_close(
+                        get_bookmark(session, CLOSE, tenant.id), first_month(session, tenant),
+                        closable_through(now, tenant.timezone, grace),
+                    )  # fmt: skip
+                for period in due:
+                    with unit_of_work(rt.engine) as session:
+                        close_period(session, tenant, period, now=now)
+                        set_bookmark(session, CLOSE, tenant.id, period.label, now=now)
+                    log.info("closed %s of %s", period.label, tenant.name)
+                    closed.append((tenant.name, period.label))
+                    guard.renew()
+            except Exception:
+                log.exception("closing %s failed; the next run retries", tenant.name)
+    return closed
+
+
+def run_reports(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
+    """Write the monthly CSVs of each closed month not yet written (`reports` bookmark)."""
+    monthly = _optional_module("reports.monthly")
+    write_month: Callable[..., Any] | None = getattr(monthly, "write_month", None)
+    if write_month is None:
+        log.info("monthly reports skipped: reports.monthly.write_month is not available")
+        return []
+    written = []
+    for tenant in _tenants(rt):
+        with hold(rt.engine, REPORTS, tenant.id, lease_seconds=rt.settings.job_lease_seconds) as guard:
+            if guard is None:
+                continue
+            with unit_of_work(rt.engine) as session:
+                last_closed = get_bookmark(session, CLOSE, tenant.id)
+                if last_closed is None:
+                    continue
+                due = months_to_close(
+                    get_bookmark(session, REPORTS, tenant.id), first_month(session, tenant),
+                    parse_month(last_closed, tenant.timezone),
+                )  # fmt: skip
+            try:
+                for period in due:
+                    with unit_of_work(rt.engine) as session:
+                        write_month(
+                            session,
+                            tenant,
+                            period.label,
+                            out_dir=rt.settings.reports_dir / tenant.name,
+                            now=now,
+                        )
+                        set_bookmark(session, REPORTS, tenant.id, period.label, now=now)
+                    written.append((tenant.name, period.label))
+                    guard.renew()
+            except Exception:
+                log.exception("reports of %s failed; the next run retries", tenant.name)
+    return written
+
+
+def run_stripe_sync(rt: Runtime, *, now: datetime) -> list[Any]:
+    """Push finalized invoices to Stripe (off without an API key). The service guards each
+    tenant itself, so `taskmeter stripe sync` and the scheduler never push the same invoice."""
+    if rt.settings.stripe_api_key is None:
+        return []
+    from pricing.stripe_sync import StripeGateway, sync_tenant
+
+    gateway = StripeGateway.from_settings(rt.settings)
+    reports = []
+    for tenant in _tenants(rt):
+        try:
+            reports.append(
+                sync_tenant(rt.engine, tenant, gateway, now=now, lease_seconds=rt.settings.job_lease_seconds)
+            )
+        except Exception:
+            log.exception("Stripe sync of %s failed", tenant.name)
+    return reports
+
+
+def _tenants(rt: Runtime) -> list[Tenant]:
+    with unit_of_work(rt.engine) as session:
+        return list_tenants(session)
+
+
+def _rollup_until_current(rt: Runtime, tenant: Tenant, *, now: datetime, attempts: int = 3) -> None:
+    """A close must see every event committed so far: roll up, again if another run raced us."""
+    for attempt in range(attempts):
+        try:
+            rollup_tenant(rt.engine, tenant, now=now)
+            return
+        except RollupConflict:
+            if attempt == attempts - 1:
+                raise
+
+
+def _optional_module(name: str) -> ModuleType | None:
+    """The module, or None while it is not written yet (a missing dependency inside it is an error)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            return None
+        raise
+
+
+# --- the scheduler ------------------------------------------------------------------------------
+
+
+class _BackgroundScheduler(BackgroundScheduler):
+    """APScheduler's, minus a shutdown race: its loop, woken by `shutdown()`, still processes due
+    jobs, fails to submit them to the stopped executor and moves their next run time on, so a
+    run that was due is lost instead of firing after the restart. Job stores are only touched
+    while running, under the lock `shutdown()` also takes."""
+
+    def _process_jobs(self) -> float | None:
+        with self._jobstores_lock:
+            if self.state != STATE_RUNNING:
+                return None
+            return super()._process_jobs()  # type: ignore[no-any-return]
+
+
+class TaskmeterScheduler:
+    """APScheduler with taskmeter's jobs and job store. `start()` adds the jobs that are missing or
+    whose interval changed, keeps the others (and their next run time), and removes the Stripe job
+    when Stripe is off."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        # A small engine of its own: the job store disposes it on shutdown.
+        pool = {} if engine.dialect.name == "sqlite" else {"pool_size": 2, "max_overflow": 2}
+        store = SQLAlchemyJobStore(
+            engine=make_engine(settings.database_url, **pool), tablename=scheduler_jobs.name
+        )
+        self.scheduler = _BackgroundScheduler(
+            jobstores={"default": store},
+            executors={"default": ThreadPoolExecutor(max_workers=4)},
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": settings.scheduler_misfire_grace_seconds,
+            },
+            timezone="UTC",
+        )
+
+    def desired_jobs(self) -> dict[str, tuple[Callable[[], None], IntervalTrigger]]:
+        s = self.settings
+        jobs: dict[str, tuple[Callable[[], None], IntervalTrigger]] = {
+            JOB_ROLLUP: (rollup_job, IntervalTrigger(seconds=s.rollup_interval_seconds, timezone="UTC")),
+            JOB_CLOSE: (close_job, IntervalTrigger(seconds=s.close_check_seconds, timezone="UTC")),
+            JOB_REPORTS: (reports_job, IntervalTrigger(seconds=s.close_check_seconds, timezone="UTC")),
+        }
+        if s.stripe_api_key is not None:
+            jobs[JOB_STRIPE] = (
+                stripe_sync_job,
+                IntervalTrigger(seconds=s.stripe_sync_interval_seconds, timezone="UTC"),
+            )
+        return jobs
+
+    def start(self, *, paused: bool = False, add_jobs: bool = True) -> TaskmeterScheduler:
+        set_runtime(Runtime(self.settings, self.engine))
+        self.scheduler.start(paused=paused)
+        if add_jobs:
+            self.ensure_jobs()
+        return self
+
+    def ensure_jobs(self) -> None:
+        desired = self.desired_jobs()
+        for job_id, (func, trigger) in desired.items():
+            existing = self.scheduler.get_job(job_id)
+            reference = f"{func.__module__}:{func.__qualname__}"
+            if (
+                existing is not None
+                and existing.func_ref == reference
+                and str(existing.trigger) == str(trigger)
+            ):
+                continue
+            # The rollup starts one interval from now; the others look for due work right away.
+            first = None if job_id == JOB_ROLLUP else _now()
+            extra = {"next_run_time": first} if first is not None else {}
+            self.scheduler.add_job(reference, trigger, id=job_id, name=job_id, replace_existing=True, **extra)
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("taskmeter.") and job.id not in desired:
+                job.remove()
+
+    def jobs(self) -> list[Job]:
+        return self.scheduler.get_jobs()
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=wait)
+
+
+def start_scheduler(settings: Settings, engine: Engine) -> TaskmeterScheduler:
+    scheduler = TaskmeterScheduler(settings, engine).start()
+    log.info("scheduler started: %s", ", ".join(sorted(job.id for job in scheduler.jobs())))
+    return scheduler
+
+
+def run_once(settings: Settings, engine: Engine, *, now: datetime) -> dict[str, Any]:
+    """Every job once, in order, in this thread (`taskmeter worker --once`, cron, tests)."""
+    rt = Runtime(settings, engine)
+    return {
+        "rolled_up": [r.tenant for r in run_rollup(rt, now=now) if r.events_read],
+        "closed": [{"tenant": t, "month": m} for t, m in run_close(rt, now=now)],
+        "reports": [{"tenant": t, "month": m} for t, m in run_reports(rt, now=now)],
+        "stripe": [r.summary() for r in run_stripe_sync(rt, now=now)],
+    }
+
+
+def run_worker(settings: Settings, engine: Engine, *, stop: threading.Event | None = None) -> None:
+    """Run the scheduler in this process until SIGINT/SIGTERM (or `stop` is set)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    scheduler = start_scheduler(settings, engine)
+    try:
+        stop.wait()
+    finally:
+        log.info("worker stopping: waiting for running jobs")
+        scheduler.shutdown(wait=True)

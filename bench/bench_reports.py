@@ -1,0 +1,301 @@
+"""Monthly reports and the finance dashboard at scale.
+
+    .venv/bin/python bench/bench_reports.py [--tasks 1000000] [--customers 1000] [--db sqlite|postgresql|both]
+                                            [--skip-reports] [--skip-dashboard]
+
+Reports: a month of `--tasks` tasks and `--customers` customers is written straight into the
+rollup tables (bench/reports_data.py; not timed), then `write_month` writes the four CSVs in a
+fresh interpreter (its peak resident memory is its own): once while the month is open (draft
+invoices, rated by pricing), once after `close_period` (finalized invoices). Budget: 20 s and
+1 GB for the closed month of a million tasks.
+
+Dashboard: the 10-million-event store of bench/bench_rollup.py (copied, never changed), rolled
+up, with plans for its 1,000 customers, October closed and its reports written (as the scheduler
+does after a close). A `taskmeter serve` process is started; the times are those of a browser's
+requests after signing in: the first load of /dashboard (the last closed month), the current
+month the first time (its loading page, then its figures), and one customer's month. Budget: the
+first load within 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import delete, func, select  # noqa: E402
+
+from bench.common import POSTGRES_URL, machine  # noqa: E402
+from metering.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
+from metering.tables import events, usage_daily  # noqa: E402
+from metering.tenants import create_api_key, create_tenant, get_tenant, parse_scopes  # noqa: E402
+from reports.tables import report_snapshots  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = Path(os.environ.get("TASKMETER_BENCH_DIR", "/tmp/tm-bench")) / "reports"
+EVENTS_STORE = Path(os.environ.get("TASKMETER_BENCH_DIR", "/tmp/tm-bench")) / "rollup.db"
+PG_REPORTS = POSTGRES_URL.rsplit("/", 1)[0] + "/taskmeter_bench_reports"
+MONTH = "2026-10"
+CLOSED_AT = datetime(2026, 11, 1, 1, tzinfo=UTC)
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+
+
+def peak_mb() -> float:
+    """This interpreter's peak resident memory (VmHWM; ru_maxrss would count the parent's)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
+# --- reports ------------------------------------------------------------------------------------------------
+
+
+def reports_url(db: str, tasks: int, customers: int) -> str:
+    if db == "sqlite":
+        WORK.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{WORK / f'reports-{tasks}-{customers}.db'}"
+    return PG_REPORTS
+
+
+def build_reports_db(db: str, url: str, tasks: int, customers: int) -> float:
+    """A fresh database with the synthetic month; returns the seconds it took (not a measure)."""
+    from bench.reports_data import build_month
+
+    if db == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(url.removeprefix("sqlite:///") + suffix).unlink(missing_ok=True)
+    else:
+        from sqlalchemy import text
+
+        admin = make_engine(POSTGRES_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text("DROP DATABASE IF EXISTS taskmeter_bench_reports WITH (FORCE)"))
+            connection.execute(text("CREATE DATABASE taskmeter_bench_reports"))
+        admin.dispose()
+    engine = make_engine(url)
+    upgrade_schema(engine)
+    started = time.perf_counter()
+    with unit_of_work(engine) as session:
+        tenant = create_tenant(session, "bench", now=datetime(2020, 1, 1, tzinfo=UTC))
+    build_month(engine, tenant, tasks=tasks, customers=customers, month=date(2026, 10, 1))
+    with engine.connect() as connection:  # planner statistics, as the rollup refreshes them after a rebuild
+        connection.exec_driver_sql("ANALYZE")
+        connection.commit()
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def child(what: str, url: str, out: str) -> None:
+    from pricing.invoices import close_period
+    from reports.monthly import write_month
+
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        tenant = get_tenant(connection, "bench")
+    started = time.perf_counter()
+    if what == "close":
+        from metering.periods import parse_month
+
+        with unit_of_work(engine) as session:
+            close_period(session, tenant, parse_month(MONTH, "UTC"), now=CLOSED_AT)
+        result: dict[str, Any] = {}
+    else:
+        result = write_month(engine, tenant, MONTH, Path(out), now=NOW)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb(), "cpu_s": time.process_time(),
+                      "rows": {f["name"]: f["rows"] for f in result.get("files", [])},
+                      "bytes": sum(f["bytes"] for f in result.get("files", []))}))  # fmt: skip
+
+
+def run_child(*args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def bench_reports(db: str, tasks: int, customers: int) -> None:
+    url = reports_url(db, tasks, customers)
+    built = build_reports_db(db, url, tasks, customers)
+    print(
+        f"\n[{db}] reports: {tasks:,} tasks, {customers:,} customers written into the rollup tables in {built:.0f} s (setup)",
+        flush=True,
+    )
+    out = WORK / f"out-{db}"
+    opened = run_child("write", url, str(out / "open"))
+    print(f"  open month (draft invoices): {opened['seconds']:.1f} s, peak RSS {opened['peak_mb']:,.0f} MB, "
+          f"{opened['bytes'] / 1e6:,.0f} MB of CSV, rows {opened['rows']}", flush=True)  # fmt: skip
+    closing = run_child("close", url, "")
+    print(f"  close_period (setup, pricing): {closing['seconds']:.1f} s", flush=True)
+    closed = run_child("write", url, str(out / "closed"))
+    verdict = "OK" if closed["seconds"] <= 20 and closed["peak_mb"] <= 1024 else "OVER BUDGET"
+    print(f"  closed month (finalized invoices): {closed['seconds']:.1f} s (CPU {closed['cpu_s']:.1f} s), "
+          f"peak RSS {closed['peak_mb']:,.0f} MB  [budget 20 s, 1 GB: {verdict}]", flush=True)  # fmt: skip
+
+
+# --- dashboard ----------------------------------------------------------------------------------------------
+
+
+def prepare_dashboard_db() -> str:
+    """A copy of the 10M-event store, rolled up, configured, October closed and reported."""
+    from metering.periods import parse_month
+    from metering.pipeline import rollup_tenant
+    from pricing import service
+    from pricing.invoices import close_period
+    from reports.monthly import write_month
+    from reports.repository import closed_months
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / "dashboard.db"
+    if not path.exists():
+        if not EVENTS_STORE.exists():
+            raise SystemExit(f"no event store at {EVENTS_STORE}: run bench/bench_rollup.py --db sqlite first")
+        subprocess.run(["sqlite3", str(EVENTS_STORE), f".backup {path}"], check=True)
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    upgrade_schema(engine)
+    with engine.connect() as connection:
+        tenant = get_tenant(connection, "bench")
+    rollup_tenant(engine, tenant, now=NOW)
+    import yaml
+
+    from bench.reports_data import config
+
+    with unit_of_work(engine) as session:
+        if not service.describe_plans(session, tenant):
+            names = sorted(
+                session.execute(
+                    select(usage_daily.c.customer).distinct().where(usage_daily.c.tenant_id == tenant.id)
+                ).scalars()
+            )
+            plans = config(0)
+            plans["customers"] = [{"id": n, "plan": "jobs" if i % 2 else "tokens", "compare_with": ["tokens" if i % 2 else "jobs"]}
+                                  for i, n in enumerate(names)]  # fmt: skip
+            service.load_config(session, tenant, yaml.safe_dump(plans), now=datetime(2026, 9, 1, tzinfo=UTC))
+        closed = closed_months(session, tenant.id)
+    if MONTH not in closed:
+        with unit_of_work(engine) as session:
+            close_period(session, tenant, parse_month(MONTH, "UTC"), now=CLOSED_AT)
+        write_month(engine, tenant, MONTH, WORK / "dashboard-reports", now=NOW)
+    engine.dispose()
+    return url
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bench_dashboard() -> None:
+    import httpx
+
+    url = prepare_dashboard_db()
+    engine = make_engine(url)
+    with unit_of_work(engine) as session:
+        tenant = get_tenant(session, "bench")
+        key, _ = create_api_key(
+            session, tenant, parse_scopes("read"), secret=b"bench-secret", now=NOW, name="bench-dashboard"
+        )
+        stored = session.execute(select(func.count()).select_from(events)).scalar_one()
+        session.execute(
+            delete(report_snapshots).where(report_snapshots.c.period != MONTH)
+        )  # November: never computed
+    engine.dispose()
+    port = _free_port()
+    env = {
+        **os.environ,
+        "TASKMETER_DATABASE_URL": url,
+        "TASKMETER_SECRET_KEY": "bench-secret",
+        "TASKMETER_SCHEDULER_ENABLED": "false",
+    }
+    server = subprocess.Popen([str(ROOT / ".venv/bin/taskmeter"), "serve", "--port", str(port), "--log-level", "warning"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(base + "/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the server did not start") from None
+                time.sleep(0.2)
+        print(
+            f"\n[sqlite] dashboard: {stored:,} events stored; tenant 'bench' with 1,000 customers", flush=True
+        )
+        with httpx.Client(base_url=base, timeout=120) as client:
+            page = client.get("/dashboard/sign-in")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+            assert client.post("/dashboard/sign-in", data={"csrf": csrf, "key": key}).status_code == 303
+
+            def timed(path: str) -> tuple[float, httpx.Response]:
+                started = time.perf_counter()
+                response = client.get(path)
+                return time.perf_counter() - started, response
+
+            first, response = timed("/dashboard")
+            assert response.status_code == 200 and "Top customers by revenue" in response.text, response.text[
+                :500
+            ]
+            verdict = "OK" if first <= 1 else "OVER BUDGET"
+            print(f"  first load of /dashboard (October, closed): {first * 1000:.0f} ms, {len(response.content) / 1024:.0f} KB  "
+                  f"[budget 1 s: {verdict}]", flush=True)  # fmt: skip
+            again, _ = timed("/dashboard")
+            print(f"  the same again: {again * 1000:.0f} ms", flush=True)
+            loading, response = timed("/dashboard?month=2026-11")
+            state = "loading page" if "Preparing the figures" in response.text else "figures"
+            started = time.perf_counter() - loading
+            while "Preparing the figures" in response.text:
+                time.sleep(0.5)
+                response = client.get("/dashboard?month=2026-11")
+            ready = time.perf_counter() - started
+            print(f"  November (open, never computed): {state} in {loading * 1000:.0f} ms; its figures after {ready:.1f} s; "
+                  f"then {timed('/dashboard?month=2026-11')[0] * 1000:.0f} ms", flush=True)  # fmt: skip
+            one, response = timed("/dashboard?month=2026-11&customer=cust-42")
+            print(f"  one customer's month (computed per request): {one * 1000:.0f} ms", flush=True)
+            csv_time, response = timed("/dashboard/reports/2026-10/customers.csv")
+            print(f"  customers-2026-10.csv download: {csv_time:.1f} s", flush=True)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql", "both"])
+    parser.add_argument("--skip-reports", action="store_true")
+    parser.add_argument("--skip-dashboard", action="store_true")
+    parser.add_argument("--child", nargs=3)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    print(f"machine: {machine()}; date {datetime.now(UTC):%Y-%m-%d}", flush=True)
+    if not args.skip_reports:
+        for db in ("sqlite", "postgresql") if args.db == "both" else (args.db,):
+            bench_reports(db, args.tasks, args.customers)
+    if not args.skip_dashboard:
+        bench_dashboard()
+    shutil.rmtree(WORK / "out-sqlite", ignore_errors=True)
+    shutil.rmtree(WORK / "out-postgresql", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

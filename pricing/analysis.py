@@ -1,0 +1,179 @@
+"""Use cases that store nothing: plans compared on a month of usage, and quotes for a task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.orm import Session
+
+from metering.errors import InvalidInput
+from metering.ingest import to_us
+from metering.money import parse_decimal
+from metering.periods import Period
+from metering.pipeline import price_book
+from metering.prices import price_usage, settle_nanos
+from metering.ratecards import RateCardError
+from metering.tenants import Tenant
+from pricing import repository
+from pricing.compare import Comparison, ModelTokens, compare_plans, quote_task
+from pricing.plans import CustomerPlan, PlanBook
+from pricing.repository import last_day
+from pricing.service import invalid, local_today
+
+
+@dataclass(frozen=True)
+class MonthComparison:
+    period: Period
+    currency: str
+    target_margin: Decimal
+    comparison: Comparison
+
+
+def compare_month(
+    session: Session,
+    tenant: Tenant,
+    period: Period,
+    *,
+    plans: Sequence[str] | None = None,
+    customer: str | None = None,
+    target_margin: object = "0.6",
+) -> MonthComparison:
+    """Every customer with usage in the month (or one customer) under its plan and `compare_with`
+    plans, or under `plans`. Customers without a plan are compared only under named `plans`."""
+    try:
+        target = parse_decimal(target_margin)
+    except ValueError as error:
+        raise invalid("invalid comparison", [("target_margin", str(error))]) from None
+    stored = repository.stored_plans(session, tenant.id)
+    unknown = [p for p in plans or () if p not in stored.book.versions]
+    if unknown:
+        raise invalid("unknown plans", [(f"plans[{list(plans or ()).index(p)}]", f"unknown plan {p!r}") for p in unknown])
+    tokens = repository.token_usage(session, tenant.id, period, customer)
+    tasks = repository.ended_tasks(session, tenant.id, period, customer)
+    names = set(tokens["customer"]) | set(tasks["customer"]) | ({customer} if customer else set())
+    assigned = repository.assignments_on(session, tenant.id, last_day(period), customers_=names)
+    lineup = [assigned[c].as_customer_plan() if c in assigned else None for c in sorted(names)]
+    orphans = [c for c, entry in zip(sorted(names), lineup, strict=True) if entry is None]
+    if orphans and not plans:
+        detail = [{"field": "customer", "message": f"{c!r} has no plan: assign one, or name the plans to compare"} for c in orphans]
+        raise InvalidInput("usage of customers without a plan", detail=detail)
+    entries = [e or CustomerPlan(id=c, plan=(plans or [""])[0]) for c, e in zip(sorted(names), lineup, strict=True)]
+    comparison = compare_plans(
+        month=period.first_day, customers=entries, plans=stored.book, token_usage=tokens, tasks=tasks,
+        currency=tenant.currency, tz=tenant.timezone, target_margin=target, only_plans=plans or None,
+        task_model_usage=repository.completed_task_usage(session, tenant.id, period, customer),
+    )  # fmt: skip
+    if orphans:  # compared under the named plans, billed under none
+        by_customer = comparison.by_customer
+        by_customer.loc[by_customer["customer"].isin(orphans), "billed"] = False
+    return MonthComparison(period, tenant.currency, target, comparison)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def comparison_view(result: MonthComparison) -> dict[str, Any]:
+    c = result.comparison
+    return {
+        "month": result.period.label,
+        "currency": result.currency,
+        "target_margin": result.target_margin,
+        "customers": _records(c.by_customer),
+        "task_types": _records(c.by_task_type),
+        "models": _records(c.by_model),
+        "tenant": _records(c.tenant),
+    }
+
+
+@dataclass(frozen=True)
+class TaskUsage:
+    """A hypothetical task's usage of one model; `input_tokens` includes cache tokens, as in events."""
+
+    provider: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+def quote(
+    session: Session,
+    tenant: Tenant,
+    *,
+    usage: Sequence[TaskUsage],
+    task_type: str | None,
+    outcome: str,
+    plans: Sequence[str] | None,
+    at: datetime,
+    units_before: int = 0,
+) -> dict[str, Any]:
+    """What one more task would cost under each plan in force at `at`, with its provider cost
+    from the tenant's prices. Stores nothing."""
+    if at.tzinfo is None or not 1970 <= at.year <= 9998:
+        raise invalid("invalid quote", [("body.at", "needs a UTC offset and a year from 1970 to 9998")])
+    for index, item in enumerate(usage):
+        if item.cache_read_tokens + item.cache_write_tokens > item.input_tokens:
+            raise invalid("invalid usage", [(f"body.usage[{index}]", "cache tokens exceed input_tokens")])
+    stored = repository.stored_plans(session, tenant.id)
+    book: PlanBook = stored.book
+    day = local_today(at, tenant.timezone)
+    ids = list(plans) if plans else [p for p in sorted(book.versions) if _starts(book, p) <= day]  # those in force
+    problems = [(f"body.plans[{i}]", f"unknown plan {p!r}") for i, p in enumerate(ids) if p not in book.versions]
+    if problems:
+        raise invalid("unknown plans", problems)
+    versions = [book.at(p, day) for p in ids]
+    cost, unpriced = _provider_cost(session, tenant, usage, at)
+    tokens = [
+        ModelTokens(u.provider, u.model, u.input_tokens - u.cache_read_tokens - u.cache_write_tokens,
+                    u.output_tokens, u.cache_read_tokens, u.cache_write_tokens)
+        for u in usage
+    ]  # fmt: skip
+    quotes = quote_task(versions, tokens=tokens, task_type=task_type, outcome=outcome, provider_cost_nanos=cost,
+                        currency=tenant.currency, units_before=units_before)  # fmt: skip
+    return {
+        "at": at,
+        "task_type": task_type,
+        "outcome": outcome,
+        "units_before": units_before,
+        "unpriced_models": unpriced,
+        "quotes": [
+            {"plan": q.plan, "version": stored.version_number(v.id, v.effective_from), "effective_from": v.effective_from,
+             "type": v.type, "currency": q.currency, "amount": q.amount, "amount_exact": q.amount_exact,
+             "provider_cost": q.provider_cost, "margin": q.margin}
+            for q, v in zip(quotes, versions, strict=True)
+        ],
+    }  # fmt: skip
+
+
+def _starts(book: PlanBook, plan_id: str) -> date:
+    return book.history(plan_id)[0].effective_from or date.min
+
+
+def _provider_cost(session: Session, tenant: Tenant, usage: Sequence[TaskUsage], at: datetime) -> tuple[int, list[dict[str, str]]]:
+    if not usage:
+        return 0, []
+    book, _ = price_book(session.connection(), tenant.id)
+    frame = pd.DataFrame({
+        "provider": [u.provider for u in usage], "model": [u.model for u in usage],
+        "time_us": pd.array([to_us(at)] * len(usage), dtype="int64"),
+        **{c: pd.array([getattr(u, c) for u in usage], dtype="int64")
+           for c in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")},
+    })  # fmt: skip
+    try:
+        priced = price_usage(frame, book)
+    except (RateCardError, ValueError) as error:
+        raise InvalidInput("cannot price the usage", detail=[{"field": "body.usage", "message": str(error)}]) from None
+    nanos = int(settle_nanos(int(priced["cost_nanos"].sum()), int(priced["cost_rem"].sum())))
+    missing = frame.loc[~priced["priced"].to_numpy(), ["provider", "model"]].drop_duplicates()
+    return nanos, [{"provider": p, "model": m} for p, m in missing.itertuples(index=False)]

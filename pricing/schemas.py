@@ -1,0 +1,281 @@
+"""Pydantic shapes of the pricing API: plans, customers, comparisons, quotes, invoices.
+
+Money and quantities are `Decimal`s shown as fixed-point strings (`"0.00000000"`, never `0E-8`);
+amounts a client sends are strings too (`"12.50"`), never floats. Times are UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StrictInt, StrictStr
+
+from metering.prices import MAX_TOKENS
+
+Exact = Annotated[Decimal, PlainSerializer(lambda d: f"{d:f}", return_type=str, when_used="json")]
+Utc = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
+Month = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", examples=["2026-10"])]
+DecimalText = Annotated[StrictStr | StrictInt, Field(examples=["0.6"])]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- plans --------------------------------------------------------------------------------------
+
+
+class PlanVersion(BaseModel):
+    version: int
+    effective_from: date | None = Field(description="tenant-local first day; null: since always")
+    created_at: Utc
+    superseded: bool = Field(description="a later version with the same effective_from replaced it")
+    terms: dict[str, Any]
+
+
+class PlanOut(BaseModel):
+    id: str
+    type: Literal["per_token", "per_job"]
+    versions: list[PlanVersion]
+
+
+class PlanSaved(BaseModel):
+    id: str
+    effective_from: date | None
+    version: int | None
+    status: Literal["created", "unchanged"]
+    plan: PlanOut
+
+
+# --- customers ----------------------------------------------------------------------------------
+
+
+class CustomerIn(_In):
+    plan: str
+    compare_with: list[str] = []
+    effective_from: date | None = Field(
+        None, description="tenant-local day the plan applies from (default: today; a new customer's first plan: always)"
+    )
+
+
+class Assignment(BaseModel):
+    plan: str
+    compare_with: list[str]
+    effective_from: date | None
+    created_at: Utc
+
+
+class CustomerOut(BaseModel):
+    id: str
+    plan: str
+    compare_with: list[str]
+    stripe_customer_id: str | None
+    created_at: Utc
+    updated_at: Utc
+    history: list[Assignment]
+
+
+# --- comparison ---------------------------------------------------------------------------------
+
+
+class CompareIn(_In):
+    month: Month
+    plans: list[str] | None = Field(None, description="compare every customer under these plans instead")
+    target_margin: DecimalText = "0.6"
+
+
+class CustomerComparison(BaseModel):
+    customer: str
+    plan: str
+    billed: bool
+    currency: str
+    revenue: Exact
+    provider_cost: Exact
+    margin: Exact
+    margin_pct: Exact | None
+    tasks_completed: int
+    tasks_failed: int
+    tasks_cancelled: int
+    revenue_per_completed_task: Exact | None
+    break_even_job_price: Exact | None
+    target_margin_job_price: Exact | None
+    failed_cost: Exact
+    unpriced_events: int
+
+
+class TaskTypeComparison(BaseModel):
+    task_type: str | None
+    tasks_completed: int
+    tasks_failed: int
+    tasks_cancelled: int
+    provider_cost: Exact
+    failed_cost: Exact
+    cost_per_completed_task: Exact | None
+    target_margin_job_price: Exact | None
+
+
+class ModelComparison(BaseModel):
+    customer: str | None = Field(description="null: all customers")
+    provider: str
+    model: str
+    basis: str
+    tasks_completed: int
+    provider_cost: Exact
+    cost_per_completed_task: Exact | None
+    input_tokens_per_completed_task: Exact | None
+    output_tokens_per_completed_task: Exact | None
+    cache_read_tokens_per_completed_task: Exact | None
+    cache_write_tokens_per_completed_task: Exact | None
+
+
+class TenantComparison(BaseModel):
+    plan: str
+    currency: str
+    customers: int
+    revenue: Exact
+    provider_cost: Exact
+    margin: Exact
+    margin_pct: Exact | None
+    tasks_completed: int
+    tasks_failed: int
+    tasks_cancelled: int
+    revenue_per_completed_task: Exact | None
+    break_even_job_price: Exact | None
+    target_margin_job_price: Exact | None
+    failed_cost: Exact
+
+
+class ComparisonOut(BaseModel):
+    month: str
+    currency: str
+    target_margin: Exact
+    customers: list[CustomerComparison]
+    task_types: list[TaskTypeComparison]
+    models: list[ModelComparison]
+    tenant: list[TenantComparison]
+
+
+# --- quotes -------------------------------------------------------------------------------------
+
+
+class ModelUsageIn(_In):
+    provider: str
+    model: str
+    input_tokens: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS, description="all input tokens, cache reads and writes included")] = 0
+    output_tokens: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS)] = 0
+    cache_read_tokens: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS)] = 0
+    cache_write_tokens: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS)] = 0
+
+
+class QuoteIn(_In):
+    usage: list[ModelUsageIn] = []
+    task_type: str | None = None
+    outcome: Literal["completed", "failed", "cancelled"] = "completed"
+    plans: list[str] | None = Field(None, description="default: every plan")
+    units_before: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS, description="the month's usage so far in the plan's unit")] = 0
+    at: datetime | None = Field(None, description="price at this instant (default: now)")
+
+
+class PlanQuote(BaseModel):
+    plan: str
+    version: int | None
+    effective_from: date | None
+    type: str
+    currency: str
+    amount: Exact
+    amount_exact: Exact
+    provider_cost: Exact
+    margin: Exact
+
+
+class QuoteOut(BaseModel):
+    at: datetime
+    task_type: str | None
+    outcome: str
+    units_before: int
+    unpriced_models: list[dict[str, str]]
+    quotes: list[PlanQuote]
+
+
+# --- invoices -----------------------------------------------------------------------------------
+
+
+class InvoiceLine(BaseModel):
+    line_no: int
+    kind: str
+    description: str
+    quantity: Exact
+    unit_price: Exact
+    amount: Exact = Field(description="rounded once to the currency's minor unit: what is paid")
+    amount_exact: Exact
+    plan: str | None
+    plan_version: int | None
+    adjusts_period: str | None = Field(description="late usage: the closed month this line corrects")
+
+
+class CreditNoteIn(_In):
+    amount: Annotated[str, Field(examples=["12.50"], description="in the invoice currency, at most its minor unit")]
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class CreditNote(BaseModel):
+    id: int
+    invoice_id: int
+    amount: Exact
+    currency: str
+    reason: str
+    created_at: Utc
+    stripe_credit_note_id: str | None
+
+
+class DraftInvoice(BaseModel):
+    id: None
+    number: None
+    status: Literal["draft"]
+    customer: str
+    period: str
+    period_start: datetime
+    period_end: datetime
+    as_of: datetime
+    currency: str
+    plan: str
+    plan_versions: dict[str, list[int]]
+    price_version: str
+    total: Exact
+    lines: list[InvoiceLine]
+
+
+class Invoice(BaseModel):
+    id: int
+    number: str | None
+    status: Literal["draft", "finalized", "void"]
+    customer: str
+    period: str
+    currency: str
+    plan: str
+    plan_versions: dict[str, list[int]]
+    price_version: str
+    total: Exact
+    total_minor: int
+    credited: Exact
+    amount_due: Exact
+    created_at: Utc
+    finalized_at: Utc | None
+    stripe_invoice_id: str | None
+    stripe_status: str | None
+    stripe_error: str | None
+    payment_status: str | None
+    lines: list[InvoiceLine]
+    credit_notes: list[CreditNote]
+
+
+class InvoiceSummary(BaseModel):
+    id: int
+    number: str | None
+    status: str
+    period: str
+    currency: str
+    total: Exact
+    finalized_at: Utc | None

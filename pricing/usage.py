@@ -1,0 +1,145 @@
+"""The month of usage that rating reads: the frame contracts, and their validation and encoding.
+
+Frames (built from the metering rollup by `pricing.repository`):
+- token usage (`TOKEN_USAGE_COLUMNS`), one row per customer, tenant-local `day` (datetime64
+  midnight), provider and model: `input_tokens` (billable: input − cache reads − cache writes),
+  `output_tokens`, `cache_read_tokens`, `cache_write_tokens`, `provider_cost_nanos`,
+  `unpriced_events` (int64);
+- tasks that ended in the month (`TASK_COLUMNS`): `customer`, `task`, `task_type` (null → default
+  price), `status` (completed, failed, cancelled), `ended_at` (tz-aware), `provider_cost_nanos`.
+  Open tasks are absent: they are billed in the month they end.
+`prepare_month` validates both once and encodes them as integer codes and arrays (`MonthUsage`),
+so that several plans rate the same month cheaply.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from pricing.plans import TOKEN_CLASSES
+
+TOKEN_COLUMNS = tuple(f"{c}_tokens" for c in TOKEN_CLASSES)
+TOKEN_USAGE_COLUMNS: Mapping[str, str] = {
+    "customer": "str", "day": "day", "provider": "str", "model": "str",
+    **dict.fromkeys(TOKEN_COLUMNS, "int"), "provider_cost_nanos": "int", "unpriced_events": "int",
+}  # fmt: skip
+TASK_COLUMNS: Mapping[str, str] = {
+    "customer": "key", "task": "key", "task_type": "str?", "status": "key", "ended_at": "instant",
+    "provider_cost_nanos": "int",
+}  # fmt: skip
+STATUSES = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class MonthUsage:
+    """A month's usage, validated and encoded once so that several plans rate it cheaply."""
+
+    month: date
+    tz: ZoneInfo
+    customers: pd.Index  # the name of each customer code
+    names: list[str]  # the same, for fast scalar access
+    tokens: pd.DataFrame  # token usage with `cust` (code) and `day` (int64 days since the epoch)
+    task_customer: np.ndarray
+    task_status: np.ndarray  # index into STATUSES
+    task_type: np.ndarray  # index into task_types, -1 when null
+    task_types: pd.Index
+    task_ended: np.ndarray  # int64 nanoseconds since the epoch, UTC
+    task_cost: np.ndarray  # int64 nanos
+    task_id: np.ndarray
+
+    def unpriced_by_customer(self) -> dict[str, int]:
+        sums = self.tokens.groupby("cust")["unpriced_events"].sum()
+        return {self.names[c]: n for c, n in zip(sums.index.tolist(), sums.tolist(), strict=True) if n}
+
+
+def month_bounds(month: date) -> tuple[date, date]:
+    """First and last tenant-local day of the month that starts on `month`."""
+    if month.day != 1:
+        raise ValueError("a billing month is given by its first day")
+    return month, month.replace(day=calendar.monthrange(month.year, month.month)[1])
+
+
+def instant(day: date | None, tz: ZoneInfo) -> int:
+    """Nanoseconds since the epoch of a tenant-local midnight (None and early dates: int64 min)."""
+    if day is None or day.year < 1700:
+        return int(np.iinfo(np.int64).min)
+    return int(datetime.combine(day, time(), tzinfo=tz).timestamp()) * 10**9
+
+
+def check_frame(frame: pd.DataFrame, contract: Mapping[str, str], name: str) -> None:
+    if missing := [c for c in contract if c not in frame.columns]:
+        raise ValueError(f"{name} lacks columns {missing}")
+    for column, kind in contract.items():
+        series = frame[column]
+        if kind == "int":
+            if not pd.api.types.is_integer_dtype(series) or pd.api.types.is_bool_dtype(series):
+                raise TypeError(f"{name}.{column} must hold exact integers, not {series.dtype}")
+            if len(series) and series.min() < 0:
+                raise ValueError(f"{name}.{column} must not be negative")
+        elif kind == "day" and not pd.api.types.is_datetime64_dtype(series):
+            raise TypeError(f"{name}.{column} must be a tenant-local datetime64 date, not {series.dtype}")
+        elif kind == "instant" and not isinstance(series.dtype, pd.DatetimeTZDtype):
+            raise TypeError(f"{name}.{column} must be a tz-aware timestamp, not {series.dtype}")
+        elif kind == "str" and series.isna().any():
+            raise ValueError(f"{name}.{column} must not be null")
+
+
+def prepare_month(
+    month: date,
+    token_usage: pd.DataFrame,
+    tasks: pd.DataFrame,
+    *,
+    tz: str = "UTC",
+    customers: Iterable[str] = (),
+) -> MonthUsage:
+    """Validate both frames against their contracts and the month, and encode them."""
+    check_frame(token_usage, TOKEN_USAGE_COLUMNS, "token_usage")
+    check_frame(tasks, TASK_COLUMNS, "tasks")
+    zone = ZoneInfo(tz)
+    first, last = month_bounds(month)
+    tok_codes, tok_names = pd.factorize(token_usage["customer"])
+    task_codes, task_names = pd.factorize(tasks["customer"])
+    if len(task_codes) and task_codes.min() < 0:  # "key" columns: null checks ride on factorize
+        raise ValueError("tasks.customer must not be null")
+    names = pd.Index(sorted(set(tok_names) | set(task_names) | set(customers)))
+
+    days = token_usage["day"].to_numpy().astype("datetime64[D]").astype(np.int64)  # days since the epoch
+    if len(days) and (days.min() < day_number(first) or days.max() > day_number(last)):
+        raise ValueError(f"token_usage has days outside {first:%Y-%m}")
+    tokens = token_usage[
+        ["provider", "model", *TOKEN_COLUMNS, "provider_cost_nanos", "unpriced_events"]
+    ].assign(cust=names.get_indexer(tok_names)[tok_codes], day=days)
+
+    status_codes, status_names = pd.factorize(tasks["status"])
+    if (status_codes < 0).any() or not set(status_names) <= set(STATUSES):
+        raise ValueError(f"tasks.status has values other than {STATUSES}: {sorted(set(status_names))}")
+    ended = pd.DatetimeIndex(tasks["ended_at"]).as_unit("ns").asi8  # nanoseconds since the epoch
+    start, end = instant(first, zone), instant(last + timedelta(days=1), zone)
+    if len(ended) and (ended.min() < start or ended.max() >= end):
+        raise ValueError(f"tasks has ended_at outside {first:%Y-%m} in {tz}")
+    type_codes, type_names = pd.factorize(tasks["task_type"], sort=True)
+    return MonthUsage(
+        month=first,
+        tz=zone,
+        customers=names,
+        names=names.tolist(),
+        tokens=tokens,
+        task_customer=names.get_indexer(task_names)[task_codes],
+        task_status=pd.Index(STATUSES).get_indexer(status_names)[status_codes].astype(np.int8),
+        task_type=type_codes,
+        task_types=type_names,
+        task_ended=ended,
+        task_cost=tasks["provider_cost_nanos"].to_numpy(dtype=np.int64),
+        task_id=tasks["task"].to_numpy(),
+    )
+
+
+def day_number(day: date | None) -> int:
+    return int(np.datetime64(day or date(1, 1, 1), "D").astype(np.int64))

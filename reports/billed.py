@@ -1,0 +1,77 @@
+"""What a month billed: its finalized invoices once it is closed, else the drafts as they stand
+(`pricing.invoices.month_drafts`, with late usage of closed months when the month before is
+closed, exactly as `upcoming_invoice` shows them).
+
+Customers with usage but no plan cannot be rated: the drafts of the others are made one by one
+and those customers are listed as `unrated` (their reports show no amount).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from metering.errors import InvalidInput
+from metering.periods import Period
+from metering.tenants import Tenant
+from pricing import repository as pricing_repository
+from pricing.adjustments import to_minor
+from pricing.invoices import Draft, month_drafts
+from reports import repository
+from reports.repository import InvoiceRecord, LineRecord
+
+
+@dataclass(frozen=True)
+class MonthInvoices:
+    period: Period
+    closed: bool
+    invoices: tuple[InvoiceRecord, ...]  # closed: by number; open: drafts by customer
+    unrated: tuple[str, ...] = ()  # open month: customers with usage but no plan
+
+    def by_customer(self) -> dict[str, InvoiceRecord]:
+        return {invoice.customer: invoice for invoice in self.invoices}
+
+
+def month_invoices(session: Session, tenant: Tenant, period: Period, *, closed: set[str] | None = None,
+                   customer: str | None = None) -> MonthInvoices:  # fmt: skip
+    """The month's invoices: finalized when the month is closed, else drafts."""
+    closed = repository.closed_months(session, tenant.id) if closed is None else closed
+    if period.label in closed:
+        return MonthInvoices(
+            period, True, tuple(repository.finalized_invoices(session, tenant.id, period.label, customer))
+        )
+    state = pricing_repository.rollup_position(session, tenant.id)
+    adjust = period.previous().label in closed
+    try:
+        drafts, _ = month_drafts(session, tenant, period, state, customer=customer, adjust=adjust)
+        return MonthInvoices(period, False, tuple(_record(d) for d in drafts))
+    except InvalidInput:
+        if customer is not None:
+            return MonthInvoices(period, False, (), (customer,))
+    # Some customers have usage but no plan: draft the others one by one.
+    users = set(repository.customer_usage(session, tenant.id, period)) | repository.ended_customers(
+        session, tenant.id, period
+    )
+    planned = pricing_repository.assignments_on(session, tenant.id, pricing_repository.last_day(period))
+    records, unrated = [], users - set(planned)
+    for name in sorted(planned):
+        try:
+            drafts, _ = month_drafts(session, tenant, period, state, customer=name, adjust=adjust)
+        except InvalidInput:
+            unrated.add(name)
+            continue
+        records.extend(_record(d) for d in drafts)
+    return MonthInvoices(period, False, tuple(records), tuple(sorted(unrated)))
+
+
+def _record(draft: Draft) -> InvoiceRecord:
+    lines = tuple(
+        LineRecord(n, line.kind, line.description, f"{line.quantity:f}", f"{line.unit_price:f}",
+                   to_minor(line.amount, draft.currency), line.adjusts_period)
+        for n, line in enumerate(draft.lines, start=1)
+    )  # fmt: skip
+    total = sum(line.amount_minor for line in lines)
+    return InvoiceRecord(
+        None, None, draft.customer, draft.period, "draft", draft.currency, draft.plan, total, 0, lines
+    )

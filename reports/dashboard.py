@@ -1,0 +1,283 @@
+"""The finance dashboard's figures for a tenant's month, all customers or one: the same rows as
+the monthly CSVs (`reports.monthly`, formatted by `reports.cells`, so the page shows the files'
+numbers), plus what only the page shows: provider cost per task against the job price by task
+type, cost of failed tasks, unpriced models, late-usage adjustments and the 12-month series.
+
+A `MonthView` is plain JSON-ready data, so that `reports.snapshots` can keep it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.orm import Session
+
+from metering.errors import InvalidInput
+from metering.money import decimal_to_nanos, round_money
+from metering.periods import Period
+from metering.tenants import Tenant
+from pricing.adjustments import to_minor
+from pricing.plans import PerJobPlan
+from pricing.repository import last_day
+from reports import repository
+from reports.cells import cost_decimal, cost_text, micro_units, minor_decimal, minor_text
+from reports.columns import COMPARISON, CUSTOMERS
+from reports.monthly import (
+    ComparisonRow,
+    MonthSummary,
+    RatingInput,
+    comparison_batches,
+    costs_of,
+    customer_batches,
+    month_comparison,
+    month_summary,
+    rating_input,
+)
+from reports.tasks import scan_tasks
+
+FORMAT = 1
+# Buckets of provider cost per task, in micro-units: below 0.001, 0.001-0.002, ..., from 10.00.
+COST_EDGES_MICROS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
+                     1_000_000, 2_000_000, 5_000_000, 10_000_000)  # fmt: skip
+
+
+@dataclass
+class TaskTypeCosts:
+    task_type: str  # "" for tasks without one
+    completed: int
+    buckets: list[int]  # completed tasks per cost bucket (len(COST_EDGES_MICROS) + 1)
+    losing_buckets: list[int]  # of those, tasks costing more than their job price
+    priced: int  # completed tasks with a per-job price (their customer's plan or compared plan)
+    losing: int
+    job_prices_micros: list[int]  # the distinct per-job prices of the type
+    cost_micros: int  # provider cost of the completed tasks (whole tasks)
+    failed: int  # failed or cancelled
+    failed_cost_micros: int
+
+
+@dataclass
+class MonthView:
+    period: str
+    customer: str | None
+    closed: bool
+    currency: str
+    watermark_seq: int
+    revenue_minor: int  # amounts due in the tenant's currency
+    cost_micros: int
+    margin_minor: int
+    counts: dict[str, int]
+    customers: list[dict[str, Any]]  # the customers file's cells, with the invoice
+    comparison: list[dict[str, Any]]  # the comparison file's cells, with plan type and currency
+    task_types: list[TaskTypeCosts]
+    failed_by_customer: list[dict[str, Any]]
+    unpriced: list[dict[str, Any]]
+    adjustments: list[dict[str, Any]]
+    unrated: list[str]
+    other_currencies: list[str] = field(default_factory=list)
+
+    @property
+    def failed_cost_micros(self) -> int:
+        return sum(t.failed_cost_micros for t in self.task_types)
+
+    @property
+    def empty(self) -> bool:
+        return not self.customers
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MonthView:
+        return cls(**{**data, "task_types": [TaskTypeCosts(**t) for t in data["task_types"]]})
+
+
+def month_view(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None) -> MonthView:
+    """The month's figures (call inside one snapshot of the database: `monthly.begin_snapshot`)."""
+    closed = repository.closed_months(session, tenant.id)
+    scan = scan_tasks(session, tenant, period, customer=customer)
+    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=scan.counts)
+    month = rating_input(session, tenant, period, customer=customer, ended=scan.ended())
+    comparison = month_comparison(tenant, period, month, costs_of(summary))
+    return build_view(session, tenant, period, summary, month, comparison)
+
+
+def build_view(session: Session, tenant: Tenant, period: Period, summary: MonthSummary, month: RatingInput,
+               comparison: list[ComparisonRow]) -> MonthView:  # fmt: skip
+    customers = _rows(CUSTOMERS.columns, customer_batches(summary))
+    for row, record in zip(customers, summary.customers, strict=True):
+        invoice = record.invoice
+        row.update(invoice_id=invoice.id if invoice else None, invoice_number=invoice.number if invoice else None,
+                   invoice_status=invoice.status if invoice else None, unrated=record.amount_due_minor is None,
+                   cost_micros=record.provider_cost_micros, amount_minor=record.amount_due_minor,
+                   margin_minor=record.margin_minor)  # fmt: skip
+    compared = _rows(COMPARISON.columns, comparison_batches(comparison))
+    for row, record in zip(compared, comparison, strict=True):
+        row.update(plan_type=record.plan_type, currency=record.currency, revenue_minor=record.revenue_minor,
+                   margin_minor=record.margin_minor)  # fmt: skip
+    revenue = sum(r.amount_due_minor or 0 for r in summary.customers if r.currency == tenant.currency)
+    cost = sum(r.provider_cost_micros for r in summary.customers)
+    margin = round_money(minor_decimal(revenue, tenant.currency) - cost_decimal(cost), tenant.currency)
+    return MonthView(
+        period=period.label, customer=summary.customer, closed=summary.closed, currency=tenant.currency,
+        watermark_seq=repository.watermark(session, tenant.id), revenue_minor=revenue, cost_micros=cost,
+        margin_minor=to_minor(margin, tenant.currency), counts=_counts(summary),
+        customers=customers, comparison=compared, task_types=task_type_costs(month, period),
+        failed_by_customer=_failed_by_customer(month.ended),
+        unpriced=repository.unpriced_models(session, tenant.id, period, summary.customer),
+        adjustments=_adjustments(summary), unrated=list(summary.invoices.unrated),
+        other_currencies=sorted({r.currency for r in summary.customers} - {tenant.currency}),
+    )  # fmt: skip
+
+
+def _rows(columns: tuple[str, ...], batches: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for batch in batches:
+        rows.extend(
+            dict(zip(columns, values, strict=True))
+            for values in zip(*(batch[c] for c in columns), strict=True)
+        )
+    return rows
+
+
+def _counts(summary: MonthSummary) -> dict[str, int]:
+    counts = {"completed": 0, "failed": 0, "cancelled": 0, "open": 0}
+    for row in summary.customers:
+        for status in counts:
+            counts[status] += getattr(row.counts, status)
+    return counts
+
+
+def _job_prices(month: RatingInput, period: Period) -> dict[str, PerJobPlan]:
+    """Per customer, the per-job plan its jobs are priced by: its own, else the first compared."""
+    found: dict[str, PerJobPlan] = {}
+    if month.book is None:
+        return found
+    for name, assignment in month.assigned.items():
+        for plan_id in (assignment.plan, *assignment.compare_with):
+            try:
+                plan = month.book.at(plan_id, last_day(period))
+            except InvalidInput:
+                continue
+            if isinstance(plan, PerJobPlan) and plan.prices:
+                found[name] = plan
+                break
+    return found
+
+
+def task_type_costs(month: RatingInput, period: Period) -> list[TaskTypeCosts]:
+    """Whole-task provider cost of the month's ended tasks per task type: completed tasks by cost
+    bucket, against the per-job price of each task's customer (where outcome pricing loses)."""
+    tasks = month.ended
+    if tasks.empty:
+        return []
+    plans = _job_prices(month, period)
+    customer_code, customer_names = pd.factorize(tasks["customer"])
+    kind_code, kind_names = pd.factorize(tasks["task_type"].fillna(""), sort=True)
+    prices = np.full(
+        (len(customer_names), len(kind_names)), -1, dtype=np.int64
+    )  # nanos; -1: no per-job price
+    for i, name in enumerate(customer_names.tolist()):
+        if (plan := plans.get(name)) is not None:
+            for j, kind in enumerate(kind_names.tolist()):
+                prices[i, j] = decimal_to_nanos(plan.prices[plan.price_key(kind or None)])  # type: ignore[index]
+    price = prices[customer_code, kind_code]
+    cost = tasks["provider_cost_nanos"].to_numpy(dtype=np.int64)
+    done = (tasks["status"] == "completed").to_numpy(dtype=bool)
+    bucket = np.searchsorted(np.array(COST_EDGES_MICROS, dtype=np.int64) * 1000, cost, side="right")
+    losing = done & (price >= 0) & (cost > price)
+    size = len(COST_EDGES_MICROS) + 1
+    out = []
+    for j, kind in enumerate(kind_names.tolist()):
+        mine = kind_code == j
+        completed, failed = mine & done, mine & ~done
+        out.append(
+            TaskTypeCosts(
+                task_type=kind, completed=int(completed.sum()),
+                buckets=np.bincount(bucket[completed], minlength=size).tolist(),
+                losing_buckets=np.bincount(bucket[completed & losing], minlength=size).tolist(),
+                priced=int((completed & (price >= 0)).sum()), losing=int((completed & losing).sum()),
+                job_prices_micros=sorted({p // 1000 for p in np.unique(price[completed & (price >= 0)]).tolist()}),
+                cost_micros=micro_units(int(cost[completed].sum())), failed=int(failed.sum()),
+                failed_cost_micros=micro_units(int(cost[failed].sum())),
+            )
+        )  # fmt: skip
+    return out
+
+
+def _failed_by_customer(tasks: pd.DataFrame, top: int = 5) -> list[dict[str, Any]]:
+    failed = tasks[tasks["status"] != "completed"]
+    if failed.empty:
+        return []
+    sums = failed.groupby("customer")["provider_cost_nanos"].agg(["sum", "count"])
+    rows = [
+        (micro_units(int(s)), str(c), int(n))
+        for c, s, n in zip(sums.index, sums["sum"], sums["count"], strict=True)
+    ]
+    rows.sort(key=lambda r: (-r[0], r[1]))
+    return [{"customer": c, "tasks": n, "cost_micros": m, "cost": cost_text(m)} for m, c, n in rows[:top]]
+
+
+def _adjustments(summary: MonthSummary) -> list[dict[str, Any]]:
+    return [
+        {"customer": invoice.customer, "invoice": invoice.number or "", "invoice_id": invoice.id, "adjusts": line.adjusts_period,
+         "description": line.description, "amount": minor_text(line.amount_minor, invoice.currency),
+         "amount_minor": line.amount_minor, "currency": invoice.currency}
+        for invoice in summary.invoices.invoices
+        for line in invoice.lines
+        if line.adjusts_period
+    ]  # fmt: skip
+
+
+# --- one customer's 12 months (all customers: reports.snapshots) -------------------------------------
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    period: str
+    state: str  # ready, pending (being computed), empty (no data)
+    revenue_minor: int = 0
+    cost_micros: int = 0
+
+    def margin_minor(self, currency: str) -> int:
+        return to_minor(
+            round_money(
+                minor_decimal(self.revenue_minor, currency) - cost_decimal(self.cost_micros), currency
+            ),
+            currency,
+        )
+
+
+def window(period: Period, months: int = 12) -> list[Period]:
+    out = [period]
+    while len(out) < months:
+        out.append(out[-1].previous())
+    return out[::-1]
+
+
+def customer_series(
+    session: Session, tenant: Tenant, period: Period, customer: str, *, closed: set[str]
+) -> list[SeriesPoint]:
+    """Amount due and provider cost of one customer for the 12 months ending with `period`."""
+    from reports.billed import month_invoices  # a month's invoices, drafted when open
+
+    months = window(period)
+    costs = repository.monthly_cost(session, tenant.id, months[0].first_day, period.next_first_day, customer)
+    first = repository.first_day(session, tenant.id, customer)
+    points = []
+    for month in months:
+        if first is None or month.next_first_day <= first:
+            points.append(SeriesPoint(month.label, "empty"))
+            continue
+        invoices = month_invoices(session, tenant, month, closed=closed, customer=customer).invoices
+        revenue = sum(i.total_minor for i in invoices if i.currency == tenant.currency)
+        nanos, rem = costs.get(month.first_day, (0, 0))
+        points.append(SeriesPoint(month.label, "ready", revenue, micro_units(nanos, rem)))
+    return points
+
+
+def first_day_of(session: Session, tenant_id: int) -> date | None:
+    return repository.first_day(session, tenant_id, None)

@@ -1,0 +1,117 @@
+"""The dashboard's other pages: sign-in, loading, not found, an invoice, a customer's tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from reports.cells import minor_decimal
+from reports.format import count, money, money_text, month_long
+from reports.html import badge, e, frame, num, table, topbar, url
+from reports.repository import InvoiceRecord
+
+
+def sign_in(*, csrf: str, version: str, error: str = "", next_url: str = "") -> str:
+    problem = f'<p class="notice warn" role="alert">{e(error)}</p>' if error else ""
+    body = f"""<section class="signin card">
+<h1><span class="logo" aria-hidden="true"></span>taskmeter finance</h1>
+<p class="muted">Sign in with an API key that has the <code>read</code> scope. The key is checked once and never
+stored in your browser: the session lasts 8 hours.</p>
+{problem}
+<form method="post" action="{url("/sign-in")}">
+<input type="hidden" name="csrf" value="{e(csrf)}">
+<input type="hidden" name="next" value="{e(next_url)}">
+<label for="key">API key</label>
+<input id="key" name="key" type="password" autocomplete="off" spellcheck="false" required placeholder="tm_…" autofocus>
+<button type="submit" class="button primary">Sign in</button>
+</form>
+<p class="small muted">Create one with <code>taskmeter keys create --tenant NAME --scopes read</code>.</p>
+</section>"""
+    return frame("Sign in", body, version=version, page_class="signin-page")
+
+
+def not_found(message: str, *, version: str, tenant: str = "", csrf: str = "") -> str:
+    header = topbar(tenant, csrf) if tenant else ""
+    body = f"""<section class="card empty"><h1>Not found</h1><p>{e(message)}</p>
+<p><a class="button" href="{url("")}">Back to the dashboard</a></p></section>"""
+    return frame("Not found", body, version=version, header=header)
+
+
+def loading(month: str, *, tenant: str, csrf: str, version: str, seconds: int = 3) -> str:
+    body = f"""<section class="status"><h1>{e(month_long(month))}</h1>{badge("preparing", "draft")}</section>
+<section class="card loading" aria-busy="true">
+<div class="spinner" aria-hidden="true"></div>
+<div><h2>Preparing the figures of {e(month_long(month))}…</h2>
+<p class="muted">This month has a lot of usage: its invoices, comparison and costs are being computed once and kept,
+so the next visits open at once. This page refreshes by itself.</p></div>
+</section>
+<div class="kpis skeleton" aria-hidden="true"><div class="kpi"></div><div class="kpi"></div><div class="kpi"></div><div class="kpi"></div></div>"""
+    return frame(
+        f"Preparing {month_long(month)}", body, version=version, header=topbar(tenant, csrf), refresh=seconds
+    )
+
+
+def invoice(
+    record: InvoiceRecord, *, tenant: str, csrf: str, version: str, extra: dict[str, Any] | None = None
+) -> str:
+    cur = record.currency
+    rows = [
+        [num(str(line.line_no)), e(line.description) + (f' {badge("adjusts " + line.adjusts_period, "draft")}' if line.adjusts_period else ""),
+         num(line.quantity, line.quantity), num(line.unit_price, line.unit_price),
+         num(money(minor_decimal(line.amount_minor, cur), cur), f"{minor_decimal(line.amount_minor, cur):f}")]
+        for line in record.lines
+    ]  # fmt: skip
+    title = record.number or f"Draft invoice · {record.customer} · {record.period}"
+    state = badge("finalized", "ok") if record.status == "finalized" else badge(record.status, "draft")
+    credited = ""
+    if record.credited_minor:
+        credited = f"<p>Credited: {e(money(minor_decimal(record.credited_minor, cur), cur))}</p>"
+    stripe = ""
+    if extra and extra.get("stripe_status"):
+        stripe = f'<p class="muted small">Stripe: {e(extra["stripe_status"])}</p>'
+    back = url("", month=record.period, customer=record.customer)
+    lines = table(
+        [("Line", "num"), ("Description", ""), ("Quantity", "num"), ("Unit price", "num"), ("Amount", "num")],
+        rows,
+        css="lines",
+    )
+    body = f"""<section class="status"><h1>{e(title)}</h1>{state}<a class="back" href="{e(back)}">← {e(record.customer)}, {e(month_long(record.period))}</a></section>
+<section class="card"><dl class="facts"><div><dt>Customer</dt><dd>{e(record.customer)}</dd></div><div><dt>Period</dt><dd>{e(record.period)}</dd></div>
+<div><dt>Plan</dt><dd>{e(record.plan)}</dd></div><div><dt>Total</dt><dd class="big" data-total="{e(f"{minor_decimal(record.total_minor, cur):f}")}">{e(money(minor_decimal(record.total_minor, cur), cur))}</dd></div></dl>
+{credited}{stripe}{lines}</section>"""
+    return frame(title, body, version=version, header=topbar(tenant, csrf))
+
+
+TASK_HEADERS = [("Task", ""), ("Type", ""), ("Status", ""), ("Started", ""), ("Ended", ""), ("Usage events", "num"),
+                ("Input tokens", "num"), ("Output tokens", "num"), ("Provider cost", "num"), ("Priced", "")]  # fmt: skip
+
+
+def tasks(customer: str, month: str, rows: Sequence[dict[str, str]], *, page: int, more: bool, currency: str,
+          tenant: str, csrf: str, version: str) -> str:  # fmt: skip
+    body_rows = [
+        [e(r["task"]), e(r["task_type"]) or '<span class="muted">—</span>', badge(r["status"], r["status"]),
+         e(r["started_at"].replace("T", " ").removesuffix("Z")), e(r["ended_at"].replace("T", " ").removesuffix("Z")),
+         num(count(int(r["usage_events"])), r["usage_events"]), num(count(int(r["input_tokens"])), r["input_tokens"]),
+         num(count(int(r["output_tokens"])), r["output_tokens"]), num(money_text(r["provider_cost"], currency), r["provider_cost"]),
+         "yes" if r["priced"] == "true" else badge("unpriced", "warn")]
+        for r in rows
+    ]  # fmt: skip
+    pager = []
+    if page > 1:
+        pager.append(f'<a href="{e(url(_tasks_path(customer), month=month, page=page - 1))}">← previous</a>')
+    if more:
+        pager.append(f'<a href="{e(url(_tasks_path(customer), month=month, page=page + 1))}">next →</a>')
+    content = (table(TASK_HEADERS, body_rows, css="tasks", caption=f"page {page}") if body_rows
+               else '<p class="muted">No task of this customer has an event in this month.</p>')  # fmt: skip
+    back = url("", month=month, customer=customer)
+    body = f"""<section class="status"><h1>Tasks · {e(customer)}</h1><span class="muted">{e(month_long(month))}</span>
+<a class="back" href="{e(back)}">← {e(customer)}, {e(month_long(month))}</a></section>
+<section class="card"><p class="muted small">Every task with an event in the month, with the month's share of its usage (as in the tasks CSV).
+Times are UTC.</p>{content}<nav class="pager">{" ".join(pager)}</nav></section>"""
+    return frame(f"Tasks of {customer}", body, version=version, header=topbar(tenant, csrf))
+
+
+def _tasks_path(customer: str) -> str:
+    from reports.html import part
+
+    return f"/customers/{part(customer)}/tasks"
