@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from api.errors import install_error_handlers
-from api.limits import BodyLimitMiddleware
+from api.limits import RequestLimitsMiddleware
 from api.ratelimit import RateLimiter
 from api.routers import audit as audit_routes
 from api.routers import dashboard as dashboard_routes
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     install_error_handlers(app)
     # The last added runs first: security headers go on every answer, 413s included.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     app.include_router(events.router)
     app.include_router(otlp.router)

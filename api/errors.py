@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from metering.db import UNAVAILABLE
 from metering.errors import TaskmeterError
 
 log = logging.getLogger("taskmeter.api")
@@ -54,8 +53,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("database unavailable: %s", (getattr(exc, "orig", None) or exc).__class__.__name__)
         return error_response(503, "unavailable", "the database is unavailable; retry later", None, {"Retry-After": "2"})
 
-    # The driver's own errors reach us unwrapped where it is used directly (PostgreSQL COPY).
-    for unavailable in (OperationalError, PoolTimeout, psycopg.OperationalError):
+    for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, _database_down)
 
     @app.exception_handler(DBAPIError)

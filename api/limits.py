@@ -1,13 +1,17 @@
-"""The request body limit of every route: a body longer than `max_body_bytes` is answered 413
-(naming the limit) before any route, dependency or authentication sees it.
+"""What every request may carry, checked before any route, dependency or authentication sees it.
 
-A declared `Content-Length` past the limit is refused without reading the body. A body without
-one (`Transfer-Encoding: chunked`) is read here, counting, and refused as soon as it passes the
-limit; otherwise it is handed on whole. With a `Content-Length` the server itself never delivers
-more bytes than declared, so those bodies stream through untouched.
+- A body longer than `max_body_bytes` is answered 413, naming the limit. A declared
+  `Content-Length` past the limit is refused without reading the body. A body without one
+  (`Transfer-Encoding: chunked`) is read here, counting, and refused as soon as it passes the
+  limit; otherwise it is handed on whole. With a `Content-Length` the server itself never
+  delivers more bytes than declared, so those bodies stream through untouched.
+- A path or query with a NUL character is answered 422: PostgreSQL cannot store one in text
+  (SQLite could), and both databases must answer alike.
 """
 
 from __future__ import annotations
+
+from urllib.parse import unquote_plus
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import error_response
 
 
-class BodyLimitMiddleware:
+class RequestLimitsMiddleware:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
         self.limit = max_body_bytes
@@ -23,6 +27,10 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or "\x00" in unquote_plus(scope["query_string"].decode("latin-1")):
+            detail = [{"field": "path" if "\x00" in scope["path"] else "query", "message": "must not contain NUL characters"}]
+            await error_response(422, "invalid", "request validation failed", detail)(scope, receive, send)
             return
         headers = Headers(scope=scope)
         declared = headers.get("content-length")

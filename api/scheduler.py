@@ -35,7 +35,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from api.settings import Settings
-from metering.db import make_engine, unit_of_work
+from metering.db import is_unavailable, make_engine, unit_of_work
 from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
 from metering.periods import parse_month
 from metering.pipeline import RollupConflict, RollupResult, rollup_tenant
@@ -84,19 +84,35 @@ def _now() -> datetime:
 
 
 def rollup_job() -> None:
-    run_rollup(current_runtime(), now=_now())
+    _run_job("rollup", run_rollup)
 
 
 def close_job() -> None:
-    run_close(current_runtime(), now=_now())
+    _run_job("period close", run_close)
 
 
 def reports_job() -> None:
-    run_reports(current_runtime(), now=_now())
+    _run_job("monthly reports", run_reports)
 
 
 def stripe_sync_job() -> None:
-    run_stripe_sync(current_runtime(), now=_now())
+    _run_job("Stripe sync", run_stripe_sync)
+
+
+def _run_job(name: str, job: Callable[..., Any]) -> None:
+    try:
+        job(current_runtime(), now=_now())
+    except Exception as exc:  # logged here, once; the next run retries
+        _log_failure(f"the {name} job failed", exc)
+
+
+def _log_failure(what: str, exc: Exception) -> None:
+    """One line while the database is away (a restart, an outage: passing), the traceback otherwise."""
+    if is_unavailable(exc):
+        cause = getattr(exc, "orig", None) or exc
+        log.warning("%s: database unavailable (%s); the next run retries", what, type(cause).__name__)
+    else:
+        log.error("%s", what, exc_info=exc)
 
 
 # --- the jobs ---------------------------------------------------------------------------------
@@ -114,8 +130,8 @@ def run_rollup(rt: Runtime, *, now: datetime) -> list[RollupResult]:
             except RollupConflict:
                 log.info("rollup of %s: another run was first", tenant.name)
                 continue
-            except Exception:
-                log.exception("rollup of %s failed", tenant.name)
+            except Exception as exc:
+                _log_failure(f"rollup of {tenant.name} failed", exc)
                 continue
         if result.events_read:
             log.info(
@@ -154,8 +170,8 @@ def run_close(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
                     log.info("closed %s of %s", period.label, tenant.name)
                     closed.append((tenant.name, period.label))
                     guard.renew()
-            except Exception:
-                log.exception("closing %s failed; the next run retries", tenant.name)
+            except Exception as exc:
+                _log_failure(f"closing {tenant.name} failed", exc)
     return closed
 
 
@@ -192,8 +208,8 @@ def run_reports(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
                         set_bookmark(session, REPORTS, tenant.id, period.label, now=now)
                     written.append((tenant.name, period.label))
                     guard.renew()
-            except Exception:
-                log.exception("reports of %s failed; the next run retries", tenant.name)
+            except Exception as exc:
+                _log_failure(f"reports of {tenant.name} failed", exc)
     return written
 
 
@@ -211,8 +227,8 @@ def run_stripe_sync(rt: Runtime, *, now: datetime) -> list[Any]:
             reports.append(
                 sync_tenant(rt.engine, tenant, gateway, now=now, lease_seconds=rt.settings.job_lease_seconds)
             )
-        except Exception:
-            log.exception("Stripe sync of %s failed", tenant.name)
+        except Exception as exc:
+            _log_failure(f"Stripe sync of {tenant.name} failed", exc)
     return reports
 
 

@@ -2,7 +2,7 @@
 scheduler rolling up every half second) for a fixed time, then proof that nothing was lost,
 doubled or mispriced.
 
-The clients (`bench/load_clients.py`) send overlapping batches, replays of acknowledged batches,
+The clients (`bench/load_clients.py`, `bench/load_readers.py`) send overlapping batches, replays of acknowledged batches,
 events that conflict with stored ones, invalid events, and requests whose answers they never
 read; readers hit the usage API, a customer's running month and draft invoice, the month's CSV
 and the dashboard; with `--kill-every`, the server is killed with SIGKILL and started again.
@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import Engine, select, text  # noqa: E402
 
-from bench.load_clients import EVENTS_PER_TASK, EventPool, Ingester, Killer, Reader, Recorder, Shared  # noqa: E402
+from bench.load_clients import EVENTS_PER_TASK, EventPool, Ingester, Recorder, Shared  # noqa: E402
+from bench.load_readers import Killer, Reader  # noqa: E402
 from metering.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
 from metering.periods import Period, period_of  # noqa: E402
 from metering.tables import events, task_usage  # noqa: E402

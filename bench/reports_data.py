@@ -59,6 +59,9 @@ def build_month(engine: Engine, tenant: Tenant, *, tasks: int, customers: int, m
     for lo in range(0, tasks, CHUNK):
         n = min(CHUNK, tasks - lo)
         _chunk(engine, tenant, rng, first_task + lo, n, customers, start_us, days, month)
+    with engine.connect() as connection:  # planner statistics, as the rollup refreshes them after a rebuild
+        connection.exec_driver_sql("ANALYZE")
+        connection.commit()
     with unit_of_work(engine) as session:
         version = price_version(tenant_overrides(session.connection(), tenant.id))
         session.execute(delete(rollup_state).where(rollup_state.c.tenant_id == tenant.id))

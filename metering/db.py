@@ -8,10 +8,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+# Lost connections, a restarting server, a locked SQLite file, a saturated pool: the server's
+# trouble, and passing. The driver's own errors arrive unwrapped where it is used directly
+# (PostgreSQL COPY).
+UNAVAILABLE = (OperationalError, PoolTimeout, psycopg.OperationalError)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is away for now (retry later), not that a query is wrong."""
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -16,6 +16,7 @@ from typing_extensions import TypedDict
 
 EVENT_TYPES = ("usage", "task.started", "task.completed", "task.failed", "task.cancelled")
 TERMINAL_TYPES = ("task.completed", "task.failed", "task.cancelled")
+TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model")
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 MAX_TOKENS = 10**12
 DEFAULT_FUTURE_TOLERANCE = timedelta(days=7)
@@ -56,6 +57,10 @@ def event_rule_errors(event: dict[str, Any], time_us: int, latest_us: int, toler
     if time_us > latest_us:
         errors.append(("time", f"is more than {tolerance.days} days in the future"))
     get = event.get
+    for field in TEXT_FIELDS:
+        value = get(field)
+        if value is not None and "\x00" in value:  # PostgreSQL cannot store it; refused on SQLite alike
+            errors.append((field, "must not contain NUL characters"))
     input_tokens, output_tokens = get("input_tokens", 0), get("output_tokens", 0)
     cache_read, cache_write = get("cache_read_tokens", 0), get("cache_write_tokens", 0)
     reasoning = get("reasoning_tokens", 0)

@@ -40,8 +40,9 @@ def create_credit_note(
         problems.append("is too large")
     elif round_money(value, row.currency) != value:
         problems.append(f"must be a whole number of {row.currency}'s minor unit")
-    if not reason.strip():
-        raise InvalidInput("invalid credit note", detail=[{"field": "body.reason", "message": "must not be empty"}])
+    if not reason.strip() or "\x00" in reason:
+        message = "must not be empty" if not reason.strip() else "must not contain NUL characters"
+        raise InvalidInput("invalid credit note", detail=[{"field": "body.reason", "message": message}])
     if problems:
         raise InvalidInput("invalid credit note", detail=[{"field": "body.amount", "message": problems[0]}])
     minor = to_minor(round_money(value, row.currency), row.currency)

@@ -37,6 +37,7 @@ from decimal import Decimal
 from typing import Annotated, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -75,7 +76,13 @@ def _bound(value: object) -> Decimal:
 Amount = Annotated[Decimal, BeforeValidator(_amount)]
 Bound = Annotated[Decimal, BeforeValidator(_bound)]
 Count = Annotated[int, Field(strict=True, ge=0)]
-Name = Annotated[str, Field(strict=True, min_length=1, max_length=200)]
+def _no_nul(text: str) -> str:
+    if "\x00" in text:  # PostgreSQL cannot store it (SQLite could): refused alike on both
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
+Name = Annotated[str, Field(strict=True, min_length=1, max_length=200), AfterValidator(_no_nul)]
 Currency = Annotated[str, Field(strict=True, pattern=r"^[A-Z]{3}$")]
 
 

@@ -296,7 +296,8 @@ def _notes(v: MonthView) -> str:
               if failed_rows else '<p class="muted">No task failed or was cancelled this month.</p>')  # fmt: skip
     if v.failed_by_customer and v.customer is None:
         worst = ", ".join(
-            f"{e(r['customer'])} ({e(money(cost_decimal(r['cost_micros']), v.currency))})" for r in v.failed_by_customer[:3]
+            f"{e(r['customer'])} ({e(money(cost_decimal(r['cost_micros']), v.currency))})"
+            for r in v.failed_by_customer[:3]
         )
         failed += f'<p class="small muted">Most spent on failures: {worst}</p>'
     unpriced = (table([("Model", ""), ("Events", "num"), ("Customers", "num")],

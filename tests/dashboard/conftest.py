@@ -28,7 +28,9 @@ def sign_in(server: LiveServer, key: str, **headers: str) -> Iterator[httpx.Clie
     """A client with the session cookie of `key`, signed in through the form like a browser."""
     with httpx.Client(base_url=server.url, timeout=30, headers=headers) as client:
         page = client.get("/dashboard/sign-in")
-        response = client.post("/dashboard/sign-in", data={"csrf": csrf_of(page.text), "key": key, "next": "/dashboard"})
+        response = client.post(
+            "/dashboard/sign-in", data={"csrf": csrf_of(page.text), "key": key, "next": "/dashboard"}
+        )
         assert response.status_code == 303, response.text
         yield client
 
@@ -45,6 +47,8 @@ def october_books(books: Books) -> Books:  # noqa: F811 - the fixture above
 
 
 @pytest.fixture
-def dashboard(live_server: LiveServer, october_books: Books, make_key: Callable[..., str]) -> Iterator[httpx.Client]:
+def dashboard(
+    live_server: LiveServer, october_books: Books, make_key: Callable[..., str]
+) -> Iterator[httpx.Client]:
     with sign_in(live_server, make_key(october_books.tenant, "read")) as client:
         yield client

@@ -5,6 +5,7 @@ another tenant's customer is not found. Screenshots go to artifacts/dashboard/."
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import shutil
@@ -19,10 +20,18 @@ from metering.tenants import Tenant
 from tests.conftest import LiveServer
 from tests.reports.conftest import Books
 
-CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM, DRIVER = (
+    shutil.which("chromium") or "/usr/bin/chromium",
+    shutil.which("chromedriver") or "/usr/bin/chromedriver",
+)
 if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
-    pytest.skip("headless Chromium is not installed: apt-get install -y chromium chromium-driver", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install selenium")
+    pytest.skip(
+        "headless Chromium is not installed: apt-get install -y chromium chromium-driver",
+        allow_module_level=True,
+    )
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed: pip install selenium"
+)
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -39,14 +48,22 @@ def open_browser(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     def launch(width: int = 1366, height: int = 900) -> Any:
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
-        for flag in (*FLAGS, f"--user-data-dir={tmp_path / f'profile-{len(drivers)}'}", f"--window-size={width},{height}"):
+        for flag in (
+            *FLAGS,
+            f"--user-data-dir={tmp_path / f'profile-{len(drivers)}'}",
+            f"--window-size={width},{height}",
+        ):
             options.add_argument(flag)
         downloads = tmp_path / "downloads"
         downloads.mkdir(exist_ok=True)
-        options.add_experimental_option("prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False})
+        options.add_experimental_option(
+            "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+        )
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
-        driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+        driver.execute_cdp_cmd(
+            "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+        )
         driver.set_page_load_timeout(30)
         driver.downloads = downloads
         drivers.append(driver)
@@ -58,13 +75,15 @@ def open_browser(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 
 
 def shot(driver: Any, name: str) -> Path:
-    """A full-page screenshot: the window made as tall as the page first."""
+    """A full-page screenshot (Chromium's DevTools capture beyond the viewport)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    width = driver.execute_script("return window.innerWidth")
+    width = driver.execute_script("return document.documentElement.scrollWidth")
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(width, min(height + 120, 8000))
+    image = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True, "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+    })  # fmt: skip
     path = ARTIFACTS / f"{name}.png"
-    driver.save_screenshot(str(path))
+    path.write_bytes(base64.b64decode(image["data"]))
     return path
 
 
@@ -89,7 +108,9 @@ def customers_table(driver: Any) -> dict[str, list[str]]:
     rows = {}
     for row in driver.find_elements(By.CSS_SELECTOR, "table.customers tbody tr"):
         name = row.find_element(By.CSS_SELECTOR, "a[data-customer]").get_attribute("data-customer")
-        rows[name] = [cell.get_attribute("data-value") for cell in row.find_elements(By.CSS_SELECTOR, "[data-value]")]
+        rows[name] = [
+            cell.get_attribute("data-value") for cell in row.find_elements(By.CSS_SELECTOR, "[data-value]")
+        ]
     return rows
 
 
@@ -105,7 +126,10 @@ def downloaded(driver: Any, name: str, seconds: float = 20) -> str:
 
 @pytest.mark.slow
 def test_sign_in_pick_a_month_and_a_customer_charts_numbers_and_download(
-    live_server: LiveServer, october_books: Books, make_key: Callable[..., str], open_browser: Callable[..., Any]
+    live_server: LiveServer,
+    october_books: Books,
+    make_key: Callable[..., str],
+    open_browser: Callable[..., Any],
 ) -> None:
     driver = open_browser()
     sign_in(driver, live_server, make_key(october_books.tenant, "read"))
@@ -114,7 +138,12 @@ def test_sign_in_pick_a_month_and_a_customer_charts_numbers_and_download(
     # Pick a month: the filter submits itself (dashboard.js), the filters live in the URL.
     for month in ("2026-11", "2026-10"):
         Select(driver.find_element(By.ID, "month")).select_by_value(month)
-        wait_for(driver, lambda d, m=month: f"month={m}" in d.current_url and d.find_elements(By.CSS_SELECTOR, "section.kpis"))
+        wait_for(
+            driver,
+            lambda d, m=month: (
+                f"month={m}" in d.current_url and d.find_elements(By.CSS_SELECTOR, "section.kpis")
+            ),
+        )
     charts = driver.find_elements(By.CSS_SELECTOR, "svg.chart")
     assert len(charts) >= 5  # months, top revenue, top margin, and a histogram per task type
     drawn = driver.execute_script(
@@ -127,13 +156,21 @@ def test_sign_in_pick_a_month_and_a_customer_charts_numbers_and_download(
     table = customers_table(driver)
     driver.find_element(By.CSS_SELECTOR, "a[data-report=customers]").click()
     rows = list(csv.DictReader(io.StringIO(downloaded(driver, "customers-2026-10.csv"), newline="")))
-    assert {r["customer"]: [r["tasks_completed"], r["provider_cost"], r["amount_due"], r["margin"]] for r in rows} == table
-    kpis = {k.get_attribute("data-kpi"): k.find_element(By.CSS_SELECTOR, ".kpi-value").text for k in driver.find_elements(By.CSS_SELECTOR, ".kpi")}
+    assert {
+        r["customer"]: [r["tasks_completed"], r["provider_cost"], r["amount_due"], r["margin"]] for r in rows
+    } == table
+    kpis = {
+        k.get_attribute("data-kpi"): k.find_element(By.CSS_SELECTOR, ".kpi-value").text
+        for k in driver.find_elements(By.CSS_SELECTOR, ".kpi")
+    }
     assert kpis["revenue"] == "$5.81" and kpis["provider-cost"] == "$8.13" and kpis["margin"] == "−$2.32"
 
     # Pick a customer.
     Select(driver.find_element(By.ID, "customer")).select_by_value("acme")
-    wait_for(driver, lambda d: "customer=acme" in d.current_url and d.find_elements(By.CSS_SELECTOR, "table.customers"))
+    wait_for(
+        driver,
+        lambda d: "customer=acme" in d.current_url and d.find_elements(By.CSS_SELECTOR, "table.customers"),
+    )
     assert list(customers_table(driver)) == ["acme"]
     assert customers_table(driver)["acme"] == table["acme"]
     shot(driver, "month-one-customer-laptop")
@@ -145,9 +182,17 @@ def test_sign_in_pick_a_month_and_a_customer_charts_numbers_and_download(
 
 @pytest.mark.slow
 def test_phone_width_reads_without_sideways_scrolling(
-    live_server: LiveServer, october_books: Books, make_key: Callable[..., str], open_browser: Callable[..., Any]
+    live_server: LiveServer,
+    october_books: Books,
+    make_key: Callable[..., str],
+    open_browser: Callable[..., Any],
 ) -> None:
-    driver = open_browser(390, 844)
+    driver = open_browser(500, 900)
+    # A phone's viewport (desktop windows stop at 500 px): 390 CSS pixels, touch, twice the density.
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True},
+    )
     sign_in(driver, live_server, make_key(october_books.tenant, "read"), "/dashboard?month=2026-10")
     wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "section.kpis"))
     assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")

@@ -8,6 +8,7 @@ import io
 import re
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from html import unescape
 
 import httpx
@@ -29,7 +30,9 @@ def cookie_headers(response: httpx.Response, name: str) -> list[str]:
 
 
 class TestSignIn:
-    def test_unauthenticated_pages_redirect_to_sign_in(self, live_server: LiveServer, october_books: Books) -> None:
+    def test_unauthenticated_pages_redirect_to_sign_in(
+        self, live_server: LiveServer, october_books: Books
+    ) -> None:
         with httpx.Client(base_url=live_server.url) as client:
             for path in ("/dashboard", "/dashboard?month=2026-10&customer=acme", "/dashboard/customers/acme/tasks?month=2026-10",
                          "/dashboard/invoices/1", "/dashboard/reports/2026-10/customers.csv"):  # fmt: skip
@@ -37,25 +40,46 @@ class TestSignIn:
                 assert response.status_code == 303, path
                 assert response.headers["location"].startswith("/dashboard/sign-in?next=%2Fdashboard")
 
-    def test_the_key_becomes_a_signed_http_only_cookie(self, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]) -> None:
+    def test_the_key_becomes_a_signed_http_only_cookie(
+        self, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]
+    ) -> None:
         key = make_key(october_books.tenant, "read")
         with httpx.Client(base_url=live_server.url) as client:
             page = client.get("/dashboard/sign-in")
             [csrf_cookie] = cookie_headers(page, "tm_csrf")
-            assert "HttpOnly" in csrf_cookie and "SameSite=lax" in csrf_cookie and "Path=/dashboard" in csrf_cookie
-            response = client.post("/dashboard/sign-in", data={"csrf": csrf_of(page.text), "key": key, "next": "/dashboard?month=2026-10"})
+            assert (
+                "HttpOnly" in csrf_cookie
+                and "SameSite=lax" in csrf_cookie
+                and "Path=/dashboard" in csrf_cookie
+            )
+            response = client.post(
+                "/dashboard/sign-in",
+                data={"csrf": csrf_of(page.text), "key": key, "next": "/dashboard?month=2026-10"},
+            )
             assert response.status_code == 303 and response.headers["location"] == "/dashboard?month=2026-10"
             [session] = cookie_headers(response, "tm_dashboard")
-            assert "HttpOnly" in session and "SameSite=lax" in session and "Secure" not in session  # plain http here
-            assert key not in session and key.split("_", 2)[2] not in session  # never the key, nor its secret part
+            assert (
+                "HttpOnly" in session and "SameSite=lax" in session and "Secure" not in session
+            )  # plain http here
+            assert (
+                key not in session and key.split("_", 2)[2] not in session
+            )  # never the key, nor its secret part
             assert client.get("/dashboard?month=2026-10").status_code == 200
 
-    def test_secure_cookies_over_https(self, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]) -> None:
+    def test_secure_cookies_over_https(
+        self, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]
+    ) -> None:
         # uvicorn trusts X-Forwarded-Proto from 127.0.0.1: the request is seen as https.
         with httpx.Client(base_url=live_server.url, headers={"X-Forwarded-Proto": "https"}) as client:
             page = client.get("/dashboard/sign-in")
-            response = client.post("/dashboard/sign-in", data={"csrf": csrf_of(page.text), "key": make_key(october_books.tenant, "read")})
-            assert all("Secure" in h for h in cookie_headers(response, "tm_dashboard") + cookie_headers(page, "tm_csrf"))
+            response = client.post(
+                "/dashboard/sign-in",
+                data={"csrf": csrf_of(page.text), "key": make_key(october_books.tenant, "read")},
+            )
+            assert all(
+                "Secure" in h
+                for h in cookie_headers(response, "tm_dashboard") + cookie_headers(page, "tm_csrf")
+            )
 
     @pytest.mark.parametrize(("scopes", "key", "status", "message"), [
         ("read", "tm_000000000000_nope-nope-nope-nope-nope", 401, "not valid"),
@@ -70,7 +94,9 @@ class TestSignIn:
             assert response.status_code == status and message in response.text
             assert not cookie_headers(response, "tm_dashboard")
 
-    def test_the_forms_need_their_csrf_token(self, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]) -> None:
+    def test_the_forms_need_their_csrf_token(
+        self, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]
+    ) -> None:
         key = make_key(october_books.tenant, "read")
         with httpx.Client(base_url=live_server.url) as client:
             page = client.get("/dashboard/sign-in")
@@ -83,7 +109,9 @@ class TestSignIn:
             assert client.post("/dashboard/sign-out", data={"csrf": "forged"}).status_code == 400
             assert client.get("/dashboard").status_code == 200  # still signed in
 
-    def test_sign_out(self, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]) -> None:
+    def test_sign_out(
+        self, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]
+    ) -> None:
         with sign_in(live_server, make_key(october_books.tenant, "read")) as client:
             page = client.get("/dashboard")
             response = client.post("/dashboard/sign-out", data={"csrf": csrf_of(page.text)})
@@ -97,15 +125,19 @@ class TestSignIn:
         with sign_in(live_server, key) as client:
             token = client.cookies["tm_dashboard"]
             key_id, expires, nonce, signature = token.split(".")
-            client.cookies.set("tm_dashboard", f"{int(key_id) + 1}.{expires}.{nonce}.{signature}", path="/dashboard")
+            client.cookies.set(
+                "tm_dashboard", f"{int(key_id) + 1}.{expires}.{nonce}.{signature}", path="/dashboard"
+            )
             assert client.get("/dashboard").status_code == 303
             client.cookies.set("tm_dashboard", token, path="/dashboard")
             assert client.get("/dashboard").status_code == 200
             with unit_of_work(engine) as session:
-                revoke_api_key(session, october_books.tenant, key.split("_")[1], now=__import__("datetime").datetime.now(__import__("datetime").UTC))
+                revoke_api_key(session, october_books.tenant, key.split("_")[1], now=datetime.now(UTC))
             assert client.get("/dashboard").status_code == 303
 
-    def test_next_never_leaves_the_dashboard(self, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]) -> None:
+    def test_next_never_leaves_the_dashboard(
+        self, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]
+    ) -> None:
         with httpx.Client(base_url=live_server.url) as client:
             page = client.get("/dashboard/sign-in")
             for target in ("https://evil.example/", "//evil.example/dashboard", "/v1/events"):
@@ -120,16 +152,27 @@ class TestPages:
                      "/dashboard/customers/acme/tasks?month=2026-10"):  # fmt: skip
             response = dashboard.get(path)
             policy = response.headers["content-security-policy"]
-            assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+            assert (
+                "script-src 'self'" in policy
+                and "unsafe-inline" not in policy
+                and "frame-ancestors 'none'" in policy
+            )
             assert response.headers["x-content-type-options"] == "nosniff"
             html = response.text
             assert not re.search(r"<script(?![^>]*\bsrc=)", html), "inline script"
             assert " style=" not in html and "<style" not in html, "inline style"
-            assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
+            assert (
+                "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+                and "https://" not in html
+            )
 
     def test_static_files(self, dashboard: httpx.Client) -> None:
         assert dashboard.get("/dashboard/static/dashboard.css").headers["content-type"].startswith("text/css")
-        assert dashboard.get("/dashboard/static/dashboard.js").headers["content-type"].startswith("text/javascript")
+        assert (
+            dashboard.get("/dashboard/static/dashboard.js")
+            .headers["content-type"]
+            .startswith("text/javascript")
+        )
         assert dashboard.get("/dashboard/static/favicon.svg").headers["content-type"] == "image/svg+xml"
         assert dashboard.get("/dashboard/static/..%2Fmonthly.py").status_code == 404
         assert dashboard.get("/dashboard/static/monthly.py").status_code == 404
@@ -137,7 +180,10 @@ class TestPages:
     def test_the_customers_table_shows_the_customers_csv(self, dashboard: httpx.Client) -> None:
         page = dashboard.get("/dashboard?month=2026-10").text
         file = dashboard.get("/dashboard/reports/2026-10/customers.csv")
-        assert file.status_code == 200 and file.headers["content-disposition"] == 'attachment; filename="customers-2026-10.csv"'
+        assert (
+            file.status_code == 200
+            and file.headers["content-disposition"] == 'attachment; filename="customers-2026-10.csv"'
+        )
         rows = list(csv.DictReader(io.StringIO(file.text, newline="")))
         table = page[page.index('<table class="customers"') :]
         table = table[: table.index("</table>")]
@@ -150,16 +196,27 @@ class TestPages:
         assert "$8.13" in page  # provider cost: 5.850000 + 2.280000
         assert "−$2.32" in page  # margin
 
-    def test_a_customer_view_shows_its_own_numbers_and_links(self, dashboard: httpx.Client, october_books: Books) -> None:
+    def test_a_customer_view_shows_its_own_numbers_and_links(
+        self, dashboard: httpx.Client, october_books: Books
+    ) -> None:
         page = unescape(dashboard.get("/dashboard?month=2026-10&customer=acme").text)
-        assert "acme" in page and "globex" not in page.split('<select name="customer"')[1].split("</select>")[1]
+        assert (
+            "acme" in page and "globex" not in page.split('<select name="customer"')[1].split("</select>")[1]
+        )
         with october_books.engine.connect() as connection:
-            invoice_id = connection.execute(select(invoices.c.id).where(invoices.c.customer == "acme")).scalar_one()
-        assert f"/dashboard/invoices/{invoice_id}" in page and "/dashboard/customers/acme/tasks?month=2026-10" in page
+            invoice_id = connection.execute(
+                select(invoices.c.id).where(invoices.c.customer == "acme")
+            ).scalar_one()
+        assert (
+            f"/dashboard/invoices/{invoice_id}" in page
+            and "/dashboard/customers/acme/tasks?month=2026-10" in page
+        )
         invoice = dashboard.get(f"/dashboard/invoices/{invoice_id}").text
         assert "INV-acme-ai-202610-0001" in invoice and 'data-total="1.25"' in invoice
         tasks = dashboard.get("/dashboard/customers/acme/tasks?month=2026-10").text
-        assert re.findall(r'data-value="([0-9.]+)"', tasks)[-1] == "0.750000" and tasks.count("<tr>") == 4  # header + a1, a2, a3
+        assert (
+            re.findall(r'data-value="([0-9.]+)"', tasks)[-1] == "0.750000" and tasks.count("<tr>") == 4
+        )  # header + a1, a2, a3
 
     def test_the_draft_of_an_open_month(self, dashboard: httpx.Client) -> None:
         page = dashboard.get("/dashboard?month=2026-11").text
@@ -181,22 +238,30 @@ class TestTenantIsolation:
     def test_another_tenants_customers_and_invoices_are_not_found(self, live_server: LiveServer, october_books: Books,
                                                                   make_tenant: Callable[..., Tenant], make_key: Callable[..., str]) -> None:  # fmt: skip
         with october_books.engine.connect() as connection:
-            invoice_id = connection.execute(select(invoices.c.id).where(invoices.c.customer == "acme")).scalar_one()
+            invoice_id = connection.execute(
+                select(invoices.c.id).where(invoices.c.customer == "acme")
+            ).scalar_one()
         other = make_tenant("other-co")
         with sign_in(live_server, make_key(other, "read")) as client:
             for path in ("/dashboard?month=2026-10&customer={}", "/dashboard/customers/{}/tasks?month=2026-10",
                          "/dashboard/customers/{}/invoice?month=2026-11"):  # fmt: skip
                 theirs, nobodys = client.get(path.format("acme")), client.get(path.format("never-was"))
                 assert theirs.status_code == nobodys.status_code == 404, path
-                assert theirs.text.replace("acme", "never-was") == nobodys.text.replace(csrf_of(nobodys.text), csrf_of(theirs.text))
+                assert theirs.text.replace("acme", "never-was") == nobodys.text.replace(
+                    csrf_of(nobodys.text), csrf_of(theirs.text)
+                )
             assert client.get(f"/dashboard/invoices/{invoice_id}").status_code == 404
             page = client.get("/dashboard?month=2026-10").text
-            assert "No usage in October 2026 yet" in page and "globex" not in page  # a new tenant's empty state
+            assert (
+                "No usage in October 2026 yet" in page and "globex" not in page
+            )  # a new tenant's empty state
             assert client.get("/dashboard/reports/2026-10/customers.csv").text.count("\r\n") == 1
 
 
 class TestSnapshots:
-    def test_a_large_month_shows_a_loading_state_then_its_figures(self, dashboard: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_a_large_month_shows_a_loading_state_then_its_figures(
+        self, dashboard: httpx.Client, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         release = threading.Event()
         compute = snapshots.refresh
 
@@ -213,8 +278,10 @@ class TestSnapshots:
         monkeypatch.setattr(dashboard_router, "WAIT_SECONDS", 10)
         assert "Top customers by revenue" in dashboard.get("/dashboard?month=2026-10").text
 
-    def test_figures_are_recomputed_when_what_they_depend_on_changes(self, dashboard: httpx.Client, october_books: Books) -> None:
+    def test_figures_are_recomputed_when_what_they_depend_on_changes(
+        self, dashboard: httpx.Client, october_books: Books
+    ) -> None:
         assert "open · draft invoices" in dashboard.get("/dashboard?month=2026-11").text
-        october_books.close("2026-11", now=__import__("datetime").datetime(2026, 12, 1, 1, tzinfo=__import__("datetime").UTC))
+        october_books.close("2026-11", now=datetime(2026, 12, 1, 1, tzinfo=UTC))
         page = dashboard.get("/dashboard?month=2026-11").text
         assert "closed · invoices final" in page and "INV-acme-ai-202611-0001" in page

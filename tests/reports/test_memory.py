@@ -10,7 +10,6 @@ whole month's four files, whose comparison rates every ended task in memory, sta
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -58,11 +57,6 @@ def measure(url: str, tenant: str, what: str, out: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("TASKMETER_TEST_DB") == "postgresql",
-    reason="known defect: on PostgreSQL the streamed tasks query over 200,000 tasks ran for over "
-    "20 minutes (server-side cursor plan); SQLite only until it is fixed (see the issue note)",
-)
 def test_200k_tasks_stream_in_bounded_memory(
     database_url: str, engine: Engine, make_tenant: Callable[..., Tenant], tmp_path: Path
 ) -> None:

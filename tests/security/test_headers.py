@@ -82,7 +82,7 @@ class TestDashboardCookies:
         for cookie in (csrf, session):
             assert cookie["httponly"] is True and cookie["samesite"].lower() == "lax" and cookie["path"] == "/dashboard"
             assert not cookie["secure"]
-        assert alpha.key not in session.value and alpha.key.split("_")[2] not in session.value  # not the key itself
+        assert alpha.key not in session.value and alpha.key.split("_", 2)[2] not in session.value  # not the key itself
 
     def test_cookies_are_secure_over_https(self, alpha: World, live_server: LiveServer) -> None:
         with https(live_server) as client:
