@@ -31,6 +31,7 @@ class MonthPage:
     as_of: datetime | None = None
     freshness: str = "fresh"  # fresh, aging, stale (being recomputed), live (computed for this page)
     page: int = 1
+    stripe_failures: tuple[dict[str, Any], ...] = ()  # the tenant's invoices Stripe refused, any month
 
 
 def render(p: MonthPage) -> str:
@@ -81,6 +82,13 @@ def _status(p: MonthPage) -> str:
         listed = ", ".join(v.unrated[:5]) + (" …" if len(v.unrated) > 5 else "")
         notes.append(f'<p class="notice warn">{len(v.unrated)} customer(s) have usage but no plan, so nothing is billed for them: '
                      f'{e(listed)}. Assign plans with <code>taskmeter config load</code>.</p>')  # fmt: skip
+    if p.stripe_failures:
+        links = ", ".join(
+            f'<a href="{url("/invoices/" + str(f["id"]))}">{e(f["number"])}</a>' for f in p.stripe_failures[:5]
+        ) + (" …" if len(p.stripe_failures) > 5 else "")
+        notes.append(f'<p class="notice warn" data-stripe-failures>{len(p.stripe_failures)} invoice(s) could not be '
+                     f"pushed to Stripe: {links}. Each page says why; after fixing the cause run "
+                     "<code>taskmeter stripe sync --retry-failed</code>.</p>")  # fmt: skip
     if v.other_currencies:
         notes.append(
             f'<p class="notice">Invoices in {e(", ".join(v.other_currencies))} are listed in the table but not in the totals '

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from reports.cells import minor_decimal
 from reports.format import count, money, money_text, month_long
@@ -51,9 +50,15 @@ so the next visits open at once. This page refreshes by itself.</p></div>
     )
 
 
-def invoice(
-    record: InvoiceRecord, *, tenant: str, csrf: str, version: str, extra: dict[str, Any] | None = None
-) -> str:
+STRIPE_STATES = {
+    "pending": ("being pushed to Stripe", "draft"),
+    "retrying": ("Stripe was unavailable; retrying", "draft"),
+    "synced": ("in Stripe", "ok"),
+    "failed": ("Stripe refused it", "warn"),
+}
+
+
+def invoice(record: InvoiceRecord, *, tenant: str, csrf: str, version: str) -> str:
     cur = record.currency
     rows = [
         [num(str(line.line_no)), e(line.description) + (f' {badge("adjusts " + line.adjusts_period, "draft")}' if line.adjusts_period else ""),
@@ -67,8 +72,12 @@ def invoice(
     if record.credited_minor:
         credited = f"<p>Credited: {e(money(minor_decimal(record.credited_minor, cur), cur))}</p>"
     stripe = ""
-    if extra and extra.get("stripe_status"):
-        stripe = f'<p class="muted small">Stripe: {e(extra["stripe_status"])}</p>'
+    if record.stripe_status in STRIPE_STATES:
+        text, kind = STRIPE_STATES[record.stripe_status]
+        stripe = f'<p class="stripe">Stripe: {badge(text, kind)}</p>'
+        if record.stripe_status == "failed":
+            stripe += (f'<p class="notice warn" data-stripe-error>{e(record.stripe_error or "no reason given")}. '
+                       "Fix the cause, then run <code>taskmeter stripe sync --retry-failed</code>.</p>")  # fmt: skip
     back = url("", month=record.period, customer=record.customer)
     lines = table(
         [("Line", "num"), ("Description", ""), ("Quantity", "num"), ("Unit price", "num"), ("Amount", "num")],

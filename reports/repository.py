@@ -217,6 +217,8 @@ class InvoiceRecord:
     total_minor: int
     credited_minor: int = 0
     lines: tuple[LineRecord, ...] = field(default=())
+    stripe_status: str | None = None  # None: not pushed (yet, or Stripe sync is off)
+    stripe_error: str | None = None  # why the last push failed
 
 
 def finalized_invoices(session: Session, tenant_id: int, label: str | None, customer: str | None = None, *,
@@ -257,9 +259,20 @@ def finalized_invoices(session: Session, tenant_id: int, label: str | None, cust
             )  # fmt: skip
     return [
         InvoiceRecord(r.id, r.number, r.customer, r.period, r.status, r.currency, r.plan, int(r.total_minor),
-                      int(r.credited), tuple(lines[r.id]))
+                      int(r.credited), tuple(lines[r.id]), r.stripe_status, r.stripe_error)
         for r in rows
     ]  # fmt: skip
+
+
+def stripe_failures(session: Session, tenant_id: int) -> list[dict[str, Any]]:
+    """The tenant's finalized invoices whose push to Stripe failed for good (retried only on
+    demand: `taskmeter stripe sync --retry-failed`), oldest first."""
+    rows = session.execute(
+        select(invoices.c.id, invoices.c.number, invoices.c.customer, invoices.c.period, invoices.c.stripe_error)
+        .where(invoices.c.tenant_id == tenant_id, invoices.c.status == "finalized", invoices.c.stripe_status == "failed")
+        .order_by(invoices.c.id)
+    ).all()
+    return [dict(row._mapping) for row in rows]
 
 
 def invoiced_totals(session: Session, tenant_id: int, labels: Sequence[str]) -> dict[tuple[str, str], int]:

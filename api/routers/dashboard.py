@@ -89,6 +89,9 @@ def month(
                 return web.not_found(request, f"There is no customer {customer!r}.", tenant)
         months = _months(session, tenant, period, now)
         choices = sorted(set(repository.known_customers(session, tenant.id)))
+        stripe_failures = tuple(
+            f for f in repository.stripe_failures(session, tenant.id) if customer in (None, "", f["customer"])
+        )
     if customer:
         view, series = _customer_month(engine, tenant, period, customer, closed)
         as_of, freshness = None, "live"
@@ -110,7 +113,8 @@ def month(
     names = sorted(set(choices) | {row["customer"] for row in view.customers})
     body = month_page.render(
         month_page.MonthPage(
-            tenant.name, view, series, months, names, token, web.VERSION, as_of, freshness, page
+            tenant.name, view, series, months, names, token, web.VERSION, as_of, freshness, page,
+            stripe_failures,
         )
     )
     return web.html(request, body, seed=seed)

@@ -8,21 +8,26 @@ import io
 import re
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html import unescape
 
 import httpx
 import pytest
+import stripe
 from sqlalchemy import select
 
 from api.routers import dashboard as dashboard_router
 from metering.db import unit_of_work
 from metering.tenants import Tenant, revoke_api_key
+from pricing.stripe_sync import sync_tenant
 from pricing.tables import invoices
 from reports import snapshots
 from tests.conftest import LiveServer
-from tests.dashboard.conftest import csrf_of, sign_in
+from tests.dashboard.conftest import CLOSE, csrf_of, sign_in
 from tests.reports.conftest import Books
+from tests.support.stripe_fakes import FaultyGateway, gateway, localstripe_server, ls, stripe_client
+
+__all__ = ["gateway", "localstripe_server", "ls", "stripe_client"]  # fixtures
 
 
 def cookie_headers(response: httpx.Response, name: str) -> list[str]:
@@ -285,3 +290,34 @@ class TestSnapshots:
         october_books.close("2026-11", now=datetime(2026, 12, 1, 1, tzinfo=UTC))
         page = dashboard.get("/dashboard?month=2026-11").text
         assert "closed · invoices final" in page and "INV-acme-ai-202611-0001" in page
+
+
+class TestStripeFailures:
+    def test_an_invoice_stripe_refused_is_flagged_on_the_month_and_explained_on_its_page(
+        self, dashboard: httpx.Client, october_books: Books, gateway: FaultyGateway
+    ) -> None:
+        # The first invoice pushed is refused for good (Stripe lost the customer); the other goes through.
+        gateway.errors["create invoice"] = [stripe.InvalidRequestError("No such customer: 'cus_gone'", "customer", http_status=404)]
+        report = sync_tenant(october_books.engine, october_books.tenant, gateway, now=CLOSE + timedelta(hours=1))
+        [failed] = report.failed
+        [synced] = report.synced
+        with october_books.engine.connect() as connection:
+            rows = {r.number: r for r in connection.execute(select(invoices).where(invoices.c.status == "finalized"))}
+        bad, good = rows[failed["invoice"]], rows[synced]
+
+        month = unescape(dashboard.get("/dashboard?month=2026-10").text)
+        notice = re.search(r"<p class=\"notice warn\" data-stripe-failures>(.*?)</p>", month, re.S)
+        assert notice is not None and notice.group(1).startswith("1 invoice(s) could not be pushed to Stripe")
+        assert f'href="/dashboard/invoices/{bad.id}">{bad.number}</a>' in notice.group(1)
+        assert good.number not in notice.group(1)
+        # A view of the other customer does not carry it; one of the refused invoice's customer does.
+        assert "data-stripe-failures" not in dashboard.get(f"/dashboard?month=2026-10&customer={good.customer}").text
+        assert "data-stripe-failures" in dashboard.get(f"/dashboard?month=2026-10&customer={bad.customer}").text
+
+        page = unescape(dashboard.get(f"/dashboard/invoices/{bad.id}").text)
+        assert "Stripe refused it" in page
+        error = re.search(r"<p class=\"notice warn\" data-stripe-error>(.*?)</p>", page, re.S)
+        assert error is not None and error.group(1).startswith(f"{bad.stripe_error}.")
+        assert bad.stripe_error.startswith("InvalidRequestError 404") and "cus_gone" in bad.stripe_error
+        synced_page = dashboard.get(f"/dashboard/invoices/{good.id}").text
+        assert "in Stripe" in synced_page and "data-stripe-error" not in synced_page
