@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy import Engine, make_url, text
@@ -29,6 +25,7 @@ from api.settings import Settings
 from metering.db import make_engine, unit_of_work, upgrade_schema
 from metering.tables import metadata
 from metering.tenants import Tenant, create_api_key, create_tenant, parse_scopes
+from tests.support.servers import ServerThread
 
 BACKEND = os.environ.get("TASKMETER_TEST_DB", "sqlite")
 POSTGRES_URL = os.environ.get("TASKMETER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -142,35 +139,16 @@ def tenant(make_tenant: Callable[..., Tenant]) -> Tenant:
     return make_tenant()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LiveServer:
+class LiveServer(ServerThread):
     """The real app under uvicorn on a loopback port, in a thread of the test process."""
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings, engine)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        super().__init__(self.app)
 
     def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

@@ -205,11 +205,9 @@ def draft_invoice_page(request: Request, customer: str, month: Annotated[str, Qu
     tenant = principal.tenant
     seed, token = web.csrf(request)
     with Session(web.engine(request)) as session:
-        try:
-            require_customer(session, tenant, customer)
-            period = parse_month(month, tenant.timezone)
-        except (NotFound, InvalidInput) as error:
-            return web.not_found(request, error.message, tenant)
+        period = _customer_month(request, session, tenant, customer, month)
+        if isinstance(period, Response):
+            return period
         invoices = month_invoices(session, tenant, period, customer=customer).invoices
     if not invoices:
         return web.not_found(request, f"{customer} has nothing to bill in {period.label}.", tenant)
@@ -233,11 +231,9 @@ def tasks_page(
     tenant = principal.tenant
     seed, token = web.csrf(request)
     with Session(web.engine(request)) as session:
-        try:
-            require_customer(session, tenant, customer)
-            period = parse_month(month, tenant.timezone)
-        except (NotFound, InvalidInput) as error:
-            return web.not_found(request, error.message, tenant)
+        period = _customer_month(request, session, tenant, customer, month)
+        if isinstance(period, Response):
+            return period
         begin_snapshot(session)
         rows, more = _task_rows(session, tenant, period, customer, page)
         session.rollback()
@@ -253,6 +249,15 @@ def tasks_page(
         version=web.VERSION,
     )
     return web.html(request, body, seed=seed)
+
+
+def _customer_month(request: Request, session: Session, tenant: Tenant, customer: str, month: str) -> Period | Response:
+    """The month of one of the tenant's customers, or the page saying what is not found."""
+    try:
+        require_customer(session, tenant, customer)
+        return parse_month(month, tenant.timezone)
+    except (NotFound, InvalidInput) as error:
+        return web.not_found(request, error.message, tenant)
 
 
 def _task_rows(
