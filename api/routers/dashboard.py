@@ -205,7 +205,7 @@ def draft_invoice_page(request: Request, customer: str, month: Annotated[str, Qu
     tenant = principal.tenant
     seed, token = web.csrf(request)
     with Session(web.engine(request)) as session:
-        period = _customer_month(request, session, tenant, customer, month)
+        period = _customer_period(request, session, tenant, customer, month)
         if isinstance(period, Response):
             return period
         invoices = month_invoices(session, tenant, period, customer=customer).invoices
@@ -231,7 +231,7 @@ def tasks_page(
     tenant = principal.tenant
     seed, token = web.csrf(request)
     with Session(web.engine(request)) as session:
-        period = _customer_month(request, session, tenant, customer, month)
+        period = _customer_period(request, session, tenant, customer, month)
         if isinstance(period, Response):
             return period
         begin_snapshot(session)
@@ -251,7 +251,7 @@ def tasks_page(
     return web.html(request, body, seed=seed)
 
 
-def _customer_month(request: Request, session: Session, tenant: Tenant, customer: str, month: str) -> Period | Response:
+def _customer_period(request: Request, session: Session, tenant: Tenant, customer: str, month: str) -> Period | Response:
     """The month of one of the tenant's customers, or the page saying what is not found."""
     try:
         require_customer(session, tenant, customer)
