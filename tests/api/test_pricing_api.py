@@ -16,9 +16,10 @@ from api.deps import get_now
 from metering.db import unit_of_work
 from metering.periods import parse_month
 from metering.pipeline import rollup_tenant
+from metering.tables import metadata
 from metering.tenants import Tenant
 from pricing import invoices, service
-from pricing.tables import credit_notes, plan_versions
+from pricing.tables import credit_notes
 from tests.conftest import LiveServer
 from tests.pricing.conftest import JOBS, PRICES, TOKENS, job
 
@@ -153,7 +154,7 @@ class TestCompare:
 
 class TestQuotes:
     def test_a_hypothetical_task_under_every_plan(self, configured: httpx.Client, engine: Engine) -> None:
-        before = versions(engine)
+        before = row_counts(engine)
         body = configured.post("/v1/quotes", json={
             "usage": [{"provider": "acme-ai", "model": "acme-large", "input_tokens": 120_000, "cache_read_tokens": 20_000, "output_tokens": 3_000}],
             "task_type": "support_ticket", "units_before": 5,
@@ -165,7 +166,7 @@ class TestQuotes:
         # tokens: 100,000 × 6 + 20,000 × 0.60 + 3,000 × 30 per million = 0.702
         assert (quotes["tokens"]["amount_exact"], quotes["tokens"]["amount"]) == ("0.702", "0.70")
         assert body["unpriced_models"] == []
-        assert versions(engine) == before
+        assert row_counts(engine) == before  # no table gained or lost a row: events, usage, invoices, audit...
 
     def test_plans_not_in_force_yet_are_quoted_only_when_named(self, configured: httpx.Client) -> None:
         configured.post("/v1/plans", json={"id": "later", "type": "per_job", "prices": {"default": "9"}, "effective_from": "2027-01-01"})
@@ -187,9 +188,12 @@ class TestQuotes:
         assert response.json()["detail"][0]["field"] == "body.usage[0]"
 
 
-def versions(engine: Engine) -> int:
+def row_counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as connection:
-        return int(connection.execute(select(func.count()).select_from(plan_versions)).scalar_one())
+        return {
+            table.name: int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+            for table in metadata.sorted_tables
+        }
 
 
 class TestInvoices:

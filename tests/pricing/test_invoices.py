@@ -3,9 +3,11 @@ adjustments, immutability, credit notes, and two closers racing."""
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
+from importlib.metadata import version as package_version
 from typing import Any
 
 import pytest
@@ -15,10 +17,11 @@ from sqlalchemy.exc import IntegrityError
 from metering.db import unit_of_work
 from metering.errors import Conflict, InvalidInput, NotFound
 from metering.periods import parse_month
+from metering.pipeline import price_version, tenant_overrides
 from pricing import credit_notes, invoices
 from pricing.tables import billing_periods, invoice_lines
 from pricing.tables import invoices as invoice_table
-from tests.pricing.conftest import JOBS, TOKENS, Billing, at, ended, job, lines_of, usage
+from tests.pricing.conftest import JOBS, PRICES, TOKENS, Billing, at, ended, job, lines_of, usage
 
 NOV_1 = at("2026-11-01T00:00:00Z")
 DEC_1 = at("2026-12-01T00:00:00Z")
@@ -148,6 +151,25 @@ class TestClose:
         assert globex["total_minor"] == 1037 == sum(int(line["amount"] * 100) for line in globex["lines"])
         assert globex["plan_versions"] == {"tokens": [1]}
         assert globex["price_version"].startswith("genai-prices@")
+
+    def test_each_invoice_keeps_the_price_version_it_was_rated_with(self, make_billing: Any) -> None:
+        billing = make_billing(customers=[{"id": "acme", "plan": "jobs", "compare_with": ["tokens"]}])
+        billing.send(job("a1", "2026-10-05T10:00:00Z"))
+        october = billing.close("2026-10", now=NOV_1)["invoices"][0]["number"]
+        before = billing.invoice("2026-10")["price_version"]
+        # The tenant's own model price changes in November: a new price version.
+        billing.config({"prices": [{**PRICES[0], "input": "4.00"}], "plans": [JOBS, TOKENS],
+                        "customers": [{"id": "acme", "plan": "jobs", "compare_with": ["tokens"]}]}, now=NOV_1)  # fmt: skip
+        billing.send(job("a2", "2026-11-05T10:00:00Z"))
+        billing.close("2026-11", now=DEC_1)
+        after = billing.invoice("2026-11")["price_version"]
+
+        pattern = re.compile(rf"genai-prices@{re.escape(package_version('genai-prices'))}\+tenant:[0-9a-f]{{12}}")
+        assert pattern.fullmatch(before) and pattern.fullmatch(after) and before != after
+        with billing.engine.connect() as connection:
+            assert after == price_version(tenant_overrides(connection, billing.tenant.id))  # the prices in force
+        october_again = billing.invoice("2026-10")
+        assert (october_again["number"], october_again["price_version"]) == (october, before)
 
     def test_closing_twice_changes_nothing(self, billing: Billing) -> None:
         billing.send(job("a", "2026-10-10T00:00:00Z"))
