@@ -107,6 +107,32 @@ def summarize(events: pd.DataFrame, timezone: str) -> Summary:
 
 def merge_tasks(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """Merge task rows as if all their events had been summarized at once."""
+    in_old, in_new = _in_both(old["task"], new["task"])
+    if not in_old.any():
+        return _concat([old, new], TASK_COLUMNS)
+    merged = _merge_task_rows(old.loc[in_old], new.loc[in_new])
+    return _concat([old.loc[~in_old], new.loc[~in_new], merged], TASK_COLUMNS)
+
+
+def _in_both(old: pd.Series, new: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of `old` and of `new` hold a value that the other side also holds. Rows
+    that do not are passed through a merge as they are: in a large rollup, chunks and worker
+    ranges share only the tasks that straddle their boundary."""
+    # Integer codes: Series.isin on Arrow-backed strings loops in Python.
+    codes, _ = pd.factorize(pd.concat([old, new], ignore_index=True), sort=False)
+    old_codes, new_codes = codes[: len(old)], codes[len(old) :]
+    in_old = np.isin(old_codes, new_codes)
+    return in_old, np.isin(new_codes, old_codes[in_old])
+
+
+def _concat(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
+    parts = [frame[list(columns)] for frame in frames if len(frame)]
+    if not parts:
+        return frames[-1][list(columns)]
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+
+
+def _merge_task_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     both = pd.concat([old[list(TASK_COLUMNS)], new[list(TASK_COLUMNS)]], ignore_index=True)
     codes, tasks = pd.factorize(both["task"], sort=False)
 
@@ -278,6 +304,15 @@ def _decode(frame: pd.DataFrame, events: pd.DataFrame, tasks: pd.Index, keys: tu
 
 def merge_additive(old: pd.DataFrame, new: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
     """Sum usage measures over the keys."""
+    columns = (*keys, *USAGE_COLUMNS)
+    in_old, in_new = _in_both(old[keys[0]], new[keys[0]])
+    if not in_old.any():
+        return _concat([old, new], columns)
+    merged = _sum_rows(old.loc[in_old], new.loc[in_new], keys)
+    return _concat([old.loc[~in_old], new.loc[~in_new], merged], columns)
+
+
+def _sum_rows(old: pd.DataFrame, new: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
     both = pd.concat([old, new], ignore_index=True)
     codes = {name: pd.factorize(both[name], sort=False)[0] for name in keys}
     grouped = _group_sum(codes, {name: both[name].to_numpy(dtype=np.int64) for name in USAGE_COLUMNS})

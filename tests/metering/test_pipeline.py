@@ -11,12 +11,12 @@ import pytest
 from genai_prices import Usage, calc_price
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, inspect, select, update
 
 from metering.db import unit_of_work
 from metering.ingest import ingest_events
 from metering.money import display_cost
-from metering.pipeline import RollupConflict, rollup_tenant
+from metering.pipeline import ROLLUP_TABLES, RollupConflict, rollup_tenant
 from metering.prices import settle_nanos
 from metering.tables import rollup_state, task_usage, task_usage_detail, tenant_prices, usage_daily
 from metering.tenants import Tenant
@@ -274,6 +274,48 @@ class TestIncremental:
             rollup(engine, tenant, after_chunk=other_rollup_meanwhile)
         [row] = table_rows(engine, task_usage, tenant)
         assert row.usage_events == 1  # counted once
+
+
+class TestRebuild:
+    """A rebuild (first run, new prices) of a tenant alone in the rollup tables sets SQLite's
+    secondary indexes aside and creates them again in the same transaction."""
+
+    @staticmethod
+    def indexes(engine: Engine) -> dict[str, list[str]]:
+        found = inspect(engine)
+        return {table.name: sorted(str(index["name"]) for index in found.get_indexes(table.name)) for table in ROLLUP_TABLES}
+
+    @staticmethod
+    def force_rebuild(engine: Engine) -> None:
+        with unit_of_work(engine) as session:
+            session.execute(update(rollup_state).values(price_version="stale"))
+
+    def test_every_index_is_in_place_after_a_rebuild(self, engine: Engine, tenant: Tenant) -> None:
+        before = self.indexes(engine)
+        assert any(before.values())
+        send(engine, tenant, random_events(random.Random(11), 40))
+        first = rollup(engine, tenant)
+        rows = snapshot(engine, tenant)
+        self.force_rebuild(engine)
+        assert rollup(engine, tenant).rebuilt and first.rebuilt
+        assert self.indexes(engine) == before
+        assert snapshot(engine, tenant) == rows
+
+    def test_a_failed_rebuild_keeps_the_indexes_and_the_rows(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+        before = self.indexes(engine)
+        send(engine, tenant, random_events(random.Random(12), 40))
+        rollup(engine, tenant)
+        rows = snapshot(engine, tenant)
+        self.force_rebuild(engine)
+
+        def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise RuntimeError("disk full")
+
+        monkeypatch.setattr("metering.pipeline._write", fail)
+        with pytest.raises(RuntimeError, match="disk full"):
+            rollup(engine, tenant)
+        assert self.indexes(engine) == before
+        assert snapshot(engine, tenant) == rows
 
 
 class TestUnpricedModels:
