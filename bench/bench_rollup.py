@@ -172,38 +172,53 @@ def in_memory(url: str) -> dict:
     with engine.connect() as connection:
         book, _ = price_book(connection, 1)
         upto = connection.execute(select(func.max(events.c.seq))).scalar_one()
+    engine.dispose()  # closed before ADBC's SQLite opens the file (see `_read_events`)
     t0 = time.perf_counter()
-    frame = pd.concat(list(_read_events(engine, 1, 0, upto, 20_000_000)), ignore_index=True)
+    # The frame a 10M-event backlog is summarized from: read as the worker processes read it
+    # (Arrow; on SQLite through ADBC's SQLite), so text columns are categorical with Arrow names.
+    frame = pd.concat(list(_read_events(engine, 1, 0, upto, 20_000_000, sqlite_arrow=True)), ignore_index=True)
     read_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    priced = _price(frame, book, {})
-    price_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    summary = summarize(priced, "UTC")
-    summarize_s = time.perf_counter() - t0
     con = duckdb.connect()
     con.execute("SET threads TO 2")
-    t0 = time.perf_counter()
-    duck = con.execute("""
-        SELECT task,
-               arg_min(customer, (time_us, seq)) AS customer,
-               arg_max(task_type, (time_us, seq)) FILTER (WHERE task_type IS NOT NULL) AS task_type,
-               arg_max(type, (time_us, seq)) FILTER (WHERE type IN ('task.completed','task.failed','task.cancelled')) AS status,
-               min(time_us) FILTER (WHERE type = 'task.started') AS started_us,
-               min(time_us) AS first_us, max(time_us) AS last_us, count(*) AS events,
-               count(*) FILTER (WHERE type = 'usage') AS usage_events,
-               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-               sum(cache_read_tokens) AS cache_read_tokens, sum(cost_nanos) AS cost_nanos, sum(cost_rem) AS cost_rem
-        FROM priced GROUP BY task
-    """).df()
-    duck_s = time.perf_counter() - t0
+    runs = []
+    # Best of 3, each side: on this VM the first touch of freshly allocated memory is slow (the
+    # same pricing took 4.9 s, then 2.1 s on the same frame), which would measure the machine.
+    for _ in range(3):
+        t0 = time.perf_counter()
+        priced = _price(frame.copy(), book, {})
+        price_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        summary = summarize(priced, "UTC")
+        summarize_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        duck = con.execute(DUCKDB_TASKS).df()
+        duck_s = time.perf_counter() - t0
+        runs.append((price_s, summarize_s, duck_s))
     assert len(duck) == len(summary.tasks)
     check = summary.tasks.set_index("task").loc[duck["task"]]
     assert (check["cost_nanos"].to_numpy() == duck["cost_nanos"].to_numpy()).all()
     assert (check["status"].to_numpy() == duck["status"].str.removeprefix("task.").fillna("open").to_numpy()).all()
+    price_s = min(r[0] for r in runs)
+    summarize_s = min(r[1] for r in runs)
+    duck_s = min(r[2] for r in runs)
     ours = price_s + summarize_s
     return {"rows": len(frame), "read_s": read_s, "price_s": price_s, "summarize_s": summarize_s, "ours_s": ours,
-            "duckdb_s": duck_s, "ratio": ours / duck_s}  # fmt: skip
+            "duckdb_s": duck_s, "ratio": ours / duck_s, "first_run": runs[0]}  # fmt: skip
+
+
+DUCKDB_TASKS = """
+    SELECT task,
+           arg_min(customer, (time_us, seq)) AS customer,
+           arg_max(task_type, (time_us, seq)) FILTER (WHERE task_type IS NOT NULL) AS task_type,
+           arg_max(type, (time_us, seq)) FILTER (WHERE type IN ('task.completed','task.failed','task.cancelled')) AS status,
+           min(time_us) FILTER (WHERE type = 'task.started') AS started_us,
+           min(time_us) AS first_us, max(time_us) AS last_us, count(*) AS events,
+           count(*) FILTER (WHERE type = 'usage') AS usage_events,
+           sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+           sum(cache_read_tokens) AS cache_read_tokens, sum(cost_nanos) AS cost_nanos, sum(cost_rem) AS cost_rem
+    FROM priced GROUP BY task
+"""
+"""DuckDB's per-task aggregation of the priced frame (`priced`, a local of `in_memory`)."""
 
 
 def api_latency(url: str, requests: int = 500) -> dict:
@@ -281,7 +296,8 @@ def main() -> None:
         memory = in_memory(url)
         print(f"  in-memory step on {memory['rows']:,} rows: price {memory['price_s']:.2f} s + summarize {memory['summarize_s']:.2f} s = "
               f"{memory['ours_s']:.2f} s; DuckDB per-task aggregation {memory['duckdb_s']:.2f} s; ratio {memory['ratio']:.2f}x "
-              f"(read from the database: {memory['read_s']:.1f} s)", flush=True)
+              f"(best of 3 each; first run: price {memory['first_run'][0]:.2f} s + summarize {memory['first_run'][1]:.2f} s, "
+              f"DuckDB {memory['first_run'][2]:.2f} s; read from the database: {memory['read_s']:.1f} s)", flush=True)
         incremental = run_child(url, "incremental")
         print(f"  incremental rollup: {incremental['seconds']:.3f} s for {incremental['events']:,} new events, {incremental['tasks']:,} tasks", flush=True)
         if not args.skip_api:
