@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from sqlalchemy import Connection, Engine, delete, func, select, update
+from psycopg import sql as pgsql
+from sqlalchemy import Column, Connection, Engine, MetaData, Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
@@ -151,12 +152,15 @@ def rollup_tenant(
         if connection.dialect.name == "sqlite":
             # A larger page cache keeps the B-tree pages of large deletes and inserts in memory.
             connection.exec_driver_sql("PRAGMA cache_size = -262144")
-        with _secondary_indexes_set_aside(connection, tenant.id, rebuild=rebuild):
-            if rebuild:
-                for table in ROLLUP_TABLES:
-                    connection.execute(delete(table).where(table.c.tenant_id == tenant.id))
-            if summary is not None:
-                result.tasks_updated = _write(connection, tenant.id, summary, replace_all=rebuild)
+        if rebuild and summary is not None and _alone_on_postgres(connection, tenant.id):
+            result.tasks_updated = _rebuild_by_swap(connection, tenant.id, summary)
+        else:
+            with _secondary_indexes_set_aside(connection, tenant.id, rebuild=rebuild):
+                if rebuild:
+                    for table in ROLLUP_TABLES:
+                        connection.execute(delete(table).where(table.c.tenant_id == tenant.id))
+                if summary is not None:
+                    result.tasks_updated = _write(connection, tenant.id, summary, replace_all=rebuild)
     if rebuild:
         _refresh_statistics(engine)
     result.watermark = max(end, start)
@@ -248,6 +252,67 @@ def _secondary_indexes_set_aside(connection: Connection, tenant_id: int, *, rebu
     yield
     for index in indexes:
         index.create(connection)
+
+
+def _alone_on_postgres(connection: Connection, tenant_id: int) -> bool:
+    """On PostgreSQL, whether the tenant is alone in the rollup tables, asked under a lock that
+    keeps other writers out of them until the transaction ends (readers go on)."""
+    if connection.dialect.name != "postgresql":
+        return False
+    connection.exec_driver_sql("LOCK TABLE task_usage, task_usage_detail, usage_daily IN EXCLUSIVE MODE")
+    return not _other_tenants_rolled_up(connection, tenant_id)
+
+
+def _rebuild_by_swap(connection: Connection, tenant_id: int, summary: Summary) -> int:
+    """A PostgreSQL rebuild of the only tenant in the rollup tables: the rows go into new tables
+    without indexes, which get their primary key and indexes afterwards (one sort each), and then
+    take the old tables' place and names, all in the rollup's transaction. Readers see the old
+    rows until the commit and wait only for the swap itself. Deleting and inserting 4.9 M rows in
+    place took ~45 s (index upkeep row by row, unique checks against the rows just deleted)."""
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    def run(statement: str, *names: str) -> None:
+        cursor.execute(pgsql.SQL(statement).format(*(pgsql.Identifier(name) for name in names)))
+
+    def columns(names: Sequence[str]) -> pgsql.Composable:
+        return pgsql.SQL(", ").join(pgsql.Identifier(name) for name in names)
+
+    # Index builds sort in memory rather than on disk (the default is 64 MB); this transaction only.
+    cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
+    staged = {table: _staging(table) for table in ROLLUP_TABLES}
+    for table, stage in staged.items():
+        run("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)", stage.name, table.name)
+    written = _write(connection, tenant_id, summary, replace_all=True, into=staged)
+    for table, stage in staged.items():
+        cursor.execute(pgsql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+            pgsql.Identifier(stage.name), pgsql.Identifier(_staged_name(_pk_name(table))),
+            columns([column.name for column in table.primary_key.columns]),
+        ))  # fmt: skip
+        for index in table.indexes:
+            cursor.execute(pgsql.SQL("CREATE {}INDEX {} ON {} ({})").format(
+                pgsql.SQL("UNIQUE " if index.unique else ""), pgsql.Identifier(_staged_name(str(index.name))),
+                pgsql.Identifier(stage.name), columns([column.name for column in index.columns]),
+            ))  # fmt: skip
+    for table, stage in staged.items():
+        run("DROP TABLE {}", table.name)
+        run("ALTER TABLE {} RENAME TO {}", stage.name, table.name)
+        run("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", table.name, _staged_name(_pk_name(table)), _pk_name(table))
+        for index in table.indexes:
+            run("ALTER INDEX {} RENAME TO {}", _staged_name(str(index.name)), str(index.name))
+    return written
+
+
+def _staging(table: Table) -> Table:
+    """A table of the same columns, under the staging name (for writing into it)."""
+    return Table(_staged_name(table.name), MetaData(), *(Column(c.name, c.type, nullable=c.nullable) for c in table.columns))
+
+
+def _staged_name(name: str) -> str:
+    return f"{name}__rebuild"
+
+
+def _pk_name(table: Table) -> str:
+    return f"pk_{table.name}"  # metering.tables.NAMING_CONVENTION
 
 
 def _other_tenants_rolled_up(connection: Connection, tenant_id: int) -> bool:
@@ -437,7 +502,10 @@ def _combine(a: Summary, b: Summary) -> Summary:
     )
 
 
-def _write(connection: Connection, tenant_id: int, summary: Summary, *, replace_all: bool) -> int:
+def _write(connection: Connection, tenant_id: int, summary: Summary, *, replace_all: bool, into: dict[Table, Table] | None = None) -> int:
+    """Write the summary's rows: merged into the stored ones, or (`replace_all`) as they are,
+    into the rollup tables or the tables `into` puts in their place."""
+    target = into or {}
     tasks = summary.tasks
     if not replace_all and not tasks.empty:
         stored = _stored_tasks(connection, tenant_id, tasks["task"].tolist())
@@ -445,13 +513,13 @@ def _write(connection: Connection, tenant_id: int, summary: Summary, *, replace_
             tasks = merge_tasks(stored, tasks)
     task_columns = ("tenant_id", *TASK_COLUMNS)
     write_frame(
-        connection, task_usage, _key_order(tasks, ("task",), replace_all).assign(tenant_id=tenant_id), task_columns,
+        connection, target.get(task_usage, task_usage), _key_order(tasks, ("task",), replace_all).assign(tenant_id=tenant_id), task_columns,
         on_conflict="error" if replace_all else "replace", keys=("tenant_id", "task"),
     )  # fmt: skip
     for table, frame, keys in ((task_usage_detail, summary.detail, DETAIL_KEYS), (usage_daily, summary.daily, DAILY_KEYS)):
         columns = ("tenant_id", *keys, *USAGE_COLUMNS)
         write_frame(
-            connection, table, _key_order(frame, keys, replace_all).assign(tenant_id=tenant_id), columns,
+            connection, target.get(table, table), _key_order(frame, keys, replace_all).assign(tenant_id=tenant_id), columns,
             on_conflict="error" if replace_all else "add", keys=("tenant_id", *keys), add=USAGE_COLUMNS,
         )  # fmt: skip
     return len(tasks)

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from genai_prices import Usage, calc_price
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +20,7 @@ from metering.ingest import ingest_events
 from metering.money import display_cost
 from metering.pipeline import ROLLUP_TABLES, RollupConflict, rollup_tenant
 from metering.prices import settle_nanos
-from metering.tables import rollup_state, task_usage, task_usage_detail, tenant_prices, usage_daily
+from metering.tables import metadata, rollup_state, task_usage, task_usage_detail, tenant_prices, usage_daily
 from metering.tenants import Tenant
 from tests.factories import make_event
 
@@ -300,6 +302,19 @@ class TestRebuild:
         assert rollup(engine, tenant).rebuilt and first.rebuilt
         assert self.indexes(engine) == before
         assert snapshot(engine, tenant) == rows
+        # The tables are still the declared ones (PostgreSQL swaps in new tables on a rebuild).
+        names = {table.name for table in ROLLUP_TABLES}
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={
+                "compare_type": True,
+                "include_object": lambda obj, name, type_, reflected, other: getattr(obj, "table", obj).name in names,
+            })  # fmt: skip
+            assert compare_metadata(context, metadata) == []
+        found = inspect(engine)
+        assert {table.name: found.get_pk_constraint(table.name)["name"] for table in ROLLUP_TABLES} == {
+            name: f"pk_{name}" for name in names
+        }
+        assert set(found.get_table_names()) >= names and not [n for n in found.get_table_names() if n.endswith("__rebuild")]
 
     def test_a_failed_rebuild_keeps_the_indexes_and_the_rows(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
         before = self.indexes(engine)
