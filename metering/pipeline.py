@@ -34,6 +34,7 @@ from metering.bulk import write_frame
 from metering.db import make_engine, unit_of_work
 from metering.errors import Conflict
 from metering.ingest import ingest_lock_key
+from metering.prices import EVENT_COLUMNS as PRICED_COLUMNS
 from metering.prices import price_usage
 from metering.ratecards import PriceBook
 from metering.rollup import (
@@ -477,20 +478,22 @@ def _arrow_frame(table: pa.Table) -> pd.DataFrame:
 
 
 def _price(frame: pd.DataFrame, book: PriceBook, unpriced: dict[tuple[str, str], int]) -> pd.DataFrame:
+    """The events with their exact cost (`cost_nanos`, `cost_rem`) and `priced`; counts the
+    unpriced usage events per (provider, model) into `unpriced`."""
     usage = (frame["type"] == "usage").to_numpy()
-    frame["cost_nanos"] = np.zeros(len(frame), dtype=np.int64)
-    frame["cost_rem"] = np.zeros(len(frame), dtype=np.int64)
-    frame["priced"] = np.ones(len(frame), dtype=bool)
+    nanos, rem = np.zeros(len(frame), dtype=np.int64), np.zeros(len(frame), dtype=np.int64)
+    priced = np.ones(len(frame), dtype=bool)
     if usage.any():
-        used = frame.loc[usage]
+        used = frame.loc[usage, list(PRICED_COLUMNS)]  # only what pricing reads: no copy of the rest
         prices = price_usage(used, book)
-        frame.loc[usage, "cost_nanos"] = prices["cost_nanos"].to_numpy()
-        frame.loc[usage, "cost_rem"] = prices["cost_rem"].to_numpy()
-        frame.loc[usage, "priced"] = prices["priced"].to_numpy()
+        nanos[usage] = prices["cost_nanos"].to_numpy()
+        rem[usage] = prices["cost_rem"].to_numpy()
+        priced[usage] = prices["priced"].to_numpy()
         missing = used.loc[~prices["priced"].to_numpy(), ["provider", "model"]]
         for (provider, model), count in missing.value_counts().items():
             if count:  # categorical columns also list combinations that did not occur
                 unpriced[(provider, model)] = unpriced.get((provider, model), 0) + int(count)
+    frame["cost_nanos"], frame["cost_rem"], frame["priced"] = nanos, rem, priced
     return frame
 
 
