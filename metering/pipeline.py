@@ -47,7 +47,15 @@ from metering.rollup import (
     merge_tasks,
     summarize,
 )
-from metering.tables import events, rollup_state, task_usage, task_usage_detail, tenant_prices, usage_daily
+from metering.tables import (
+    NAMING_CONVENTION,
+    events,
+    rollup_state,
+    task_usage,
+    task_usage_detail,
+    tenant_prices,
+    usage_daily,
+)
 from metering.tenants import Tenant
 
 EVENT_COLUMNS = (
@@ -313,7 +321,7 @@ def _staged_name(name: str) -> str:
 
 
 def _pk_name(table: Table) -> str:
-    return f"pk_{table.name}"  # metering.tables.NAMING_CONVENTION
+    return NAMING_CONVENTION["pk"] % {"table_name": table.name}
 
 
 def _other_tenants_rolled_up(connection: Connection, tenant_id: int) -> bool:
