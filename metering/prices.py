@@ -51,19 +51,8 @@ def price_usage(events: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
         "cache_write": counts["cache_write_tokens"],
         "output": counts["output_tokens"],
     }
-    # cost = tokens x femto-per-token. Split tokens = q·10**6 + r so that q·rate (nanos) and
-    # r·rate (femtos, < 10**6 · rate) each fit int64 where tokens·rate might not.
-    nanos = np.zeros(len(events), dtype=np.int64)
-    femtos = np.zeros(len(events), dtype=np.int64)
-    for name, tokens in billable.items():
-        rate = table.rate_per_row(name, card_of_row, inputs)
-        whole, part = np.divmod(tokens, REM_PER_NANO)
-        nanos += whole * rate
-        femtos += part * rate
-    fee = table.rate_per_row("request", card_of_row, inputs)
-    nanos += fee // REM_PER_NANO
-    femtos += fee % REM_PER_NANO
-    nanos += femtos // REM_PER_NANO
+    rates = table.rates(card_of_row, inputs)
+    nanos, femtos = _cost(billable, rates)
 
     versions = [card.price_version for card in cards]
     categories = list(dict.fromkeys(versions))
@@ -73,10 +62,33 @@ def price_usage(events: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
             "priced": card_of_row >= 0,
             "price_version": pd.Categorical.from_codes(version_code[card_of_row], categories=categories),
             "cost_nanos": nanos,
-            "cost_rem": femtos % REM_PER_NANO,
+            "cost_rem": femtos,
         },
         index=events.index,
     )
+
+
+def _cost(billable: dict[str, np.ndarray], rates: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cost per row as (nanos, rem): tokens x femto-per-token, plus the request fee."""
+    fee = rates["request"]
+    # Whole products in one int64 where the largest tokens x largest rate of each class cannot
+    # reach 2**63 (any real batch): one division at the end.
+    bounds = {name: int(tokens.max(initial=0)) * int(rates[name].max(initial=0)) for name, tokens in billable.items()}
+    if sum(bounds.values()) + int(fee.max(initial=0)) < 2**63:
+        femtos = fee.copy()
+        for name, tokens in billable.items():
+            if bounds[name]:  # no tokens of the class, or no rate for it: nothing to add
+                femtos += tokens * rates[name]
+        return np.divmod(femtos, REM_PER_NANO)
+    # Otherwise split tokens = q·10**6 + r: q·rate (nanos) and r·rate (femtos, < 10**6 · rate)
+    # each fit int64 (`MAX_TOKENS` and the rate caps see to it).
+    nanos, femtos = np.divmod(fee, REM_PER_NANO)
+    for name, tokens in billable.items():
+        whole, part = np.divmod(tokens, REM_PER_NANO)
+        nanos += whole * rates[name]
+        femtos += part * rates[name]
+    nanos += femtos // REM_PER_NANO
+    return nanos, femtos % REM_PER_NANO
 
 
 def settle_nanos(nanos: Amount, rem: Amount) -> Amount:
@@ -168,13 +180,21 @@ class _RateTable:
                 )
                 for i in range(levels)
             ]
+        self.tiered = np.array([any(tiers for _, tiers in f.values()) for f in femto] + [False], dtype=bool)
 
-    def rate_per_row(self, name: str, card_of_row: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
-        rate = self.base[name][card_of_row]
-        # Ascending levels: the highest tier whose start the input exceeds wins, for all tokens.
-        for starts, prices in self.tiers[name]:
-            rate = np.where(input_tokens > starts[card_of_row], prices[card_of_row], rate)
-        return rate
+    def rates(self, card_of_row: np.ndarray, input_tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """Each class's rate per row (femtos per token; per request for `request`)."""
+        out = {name: base[card_of_row] for name, base in self.base.items()}
+        tiered = np.flatnonzero(self.tiered[card_of_row])  # tier tests only for rows that can have one
+        if len(tiered):
+            cards, inputs = card_of_row[tiered], input_tokens[tiered]
+            for name, levels in self.tiers.items():
+                rate = out[name][tiered]
+                # Ascending levels: the highest tier whose start the input exceeds wins, for all tokens.
+                for starts, prices in levels:
+                    rate = np.where(inputs > starts[cards], prices[cards], rate)
+                out[name][tiered] = rate
+        return out
 
 
 _NEVER = np.iinfo(np.int64).max

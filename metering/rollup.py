@@ -32,6 +32,7 @@ TASK_COLUMNS = (
 )  # fmt: skip
 DETAIL_KEYS = ("task", "day", "provider", "model", "customer")
 DAILY_KEYS = ("customer", "day", "provider", "model")
+DAILY_KEYS_CODED = ("customer", "day", "pair")  # (provider, model) as one code while grouping
 _MIN = np.iinfo(np.int64).min
 _MAX = np.iinfo(np.int64).max
 
@@ -47,7 +48,7 @@ class Summary:
 class _Choice:
     """Rows that may decide an attribute, with the (time, seq) that orders them."""
 
-    valid: np.ndarray  # bool per row
+    valid: np.ndarray | None  # bool per row; None: every row
     us: np.ndarray  # int64 per row
     seq: np.ndarray  # int64 per row
 
@@ -73,34 +74,37 @@ def summarize(events: pd.DataFrame, timezone: str) -> Summary:
     task, customer, task_type = (_Texts.of(events[name]) for name in ("task", "customer", "task_type"))
     provider, model = _Texts.of(events["provider"]), _Texts.of(events["model"])
     kind = _Texts.of(events["type"])
-    is_kind = {name: np.isin(kind.names, [name])[kind.codes] & (kind.codes >= 0) for name in ("usage", "task.started")}
-    usage = is_kind["usage"]
+    usage, started, terminal = kind.rows_of("usage"), kind.rows_of("task.started"), kind.rows_of(*TERMINAL)
     status = _Texts(kind.codes, np.array([n.removeprefix("task.") for n in kind.names.tolist()], dtype=object))
-    terminal = np.isin(kind.names, TERMINAL)[kind.codes] & (kind.codes >= 0)
-    measures = _usage_measures(events, usage)
-    everyone = np.ones(len(events), dtype=bool)
+    measures = _usage_measures(events)
+    n = len(task.names)
+    # Usage measures add up over usage events only: the other rows go to an extra group, n.
+    usage_task = np.where(usage, task.codes, n)
     reduced = _reduce_tasks(
         task.codes,
-        len(task.names),
-        customer=(customer, _Choice(everyone, time_us, seq)),
+        n,
+        customer=(customer, _Choice(None, time_us, seq)),
         task_type=(task_type, _Choice(task_type.codes >= 0, time_us, seq)),
         status=(status, _Choice(terminal, time_us, seq)),
-        started=(time_us, is_kind["task.started"]),
+        started=(time_us, started),
         first_us=time_us,
         last_us=time_us,
         last_seq=seq,
-        sums={"events": everyone.astype(np.int64), **measures},
+        totals={
+            "events": np.bincount(task.codes, minlength=n),
+            **{name: _sum_by(usage_task, n + 1, values)[:n] for name, values in measures.items()},
+        },
     )
     reduced.insert(0, "task", task.names)
     reduced["status"] = reduced["status"].fillna("open")
 
-    days = local_days(time_us[usage], timezone)
-    used = {name: values[usage] for name, values in measures.items()}
     span = max(len(model.names), 1)
-    pair = provider.codes[usage] * span + model.codes[usage]
+    pair = provider.codes * span + model.codes
     names = {"task": task.names, "customer": customer.names, "provider": provider.names, "model": model.names}
-    detail = _group_sum({"task": task.codes[usage], "day": days, "pair": pair, "customer": customer.codes[usage]}, used)
-    daily = _group_sum({"customer": customer.codes[usage], "day": days, "pair": pair}, used)
+    keys = {"task": task.codes, "day": local_days(time_us, timezone), "pair": pair, "customer": customer.codes}
+    detail = _group_sum(keys, measures, rows=usage)
+    # A customer's day sums its tasks' days: grouped from the (fewer) detail rows.
+    daily = _group_sum({name: detail[name] for name in DAILY_KEYS_CODED}, {name: detail[name] for name in USAGE_COLUMNS})
     return Summary(
         tasks=reduced[list(TASK_COLUMNS)],
         detail=_decode(detail, names, span, DETAIL_KEYS),
@@ -117,8 +121,25 @@ class _Texts:
 
     @classmethod
     def of(cls, column: pd.Series) -> _Texts:
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            return cls._of_categorical(column)
         codes, names = pd.factorize(column, sort=False)
         return cls(codes, np.asarray(names, dtype=object))
+
+    @classmethod
+    def _of_categorical(cls, column: pd.Series) -> _Texts:
+        """The column's own codes (no hashing), renumbered only if some category has no row."""
+        codes = column.cat.codes.to_numpy().astype(np.int64)
+        names = np.asarray(column.cat.categories, dtype=object)
+        used = np.bincount(codes + 1, minlength=len(names) + 1)[1:] > 0
+        if not used.all():
+            renumber = np.append(np.cumsum(used) - 1, -1)  # index -1: missing stays missing
+            codes, names = renumber[codes], names[used]
+        return cls(codes, names)
+
+    def rows_of(self, *values: str) -> np.ndarray:
+        """Whether each row holds one of `values`."""
+        return np.append(np.isin(self.names, list(values)), False)[self.codes]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The names of `rows` (None where missing or where a row is -1)."""
@@ -175,7 +196,7 @@ def _merge_task_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         first_us=both["first_event_us"].to_numpy(dtype=np.int64),
         last_us=both["last_event_us"].to_numpy(dtype=np.int64),
         last_seq=both["last_seq"].to_numpy(dtype=np.int64),
-        sums={name: both[name].to_numpy(dtype=np.int64) for name in ("events", *USAGE_COLUMNS)},
+        totals={name: _sum_by(codes, len(tasks), both[name].to_numpy(dtype=np.int64)) for name in ("events", *USAGE_COLUMNS)},
     )
     reduced.insert(0, "task", np.asarray(tasks, dtype=object))
     reduced["status"] = reduced["status"].fillna("open")
@@ -193,9 +214,10 @@ def _reduce_tasks(
     first_us: np.ndarray,
     last_us: np.ndarray,
     last_seq: np.ndarray,
-    sums: dict[str, np.ndarray],
+    totals: dict[str, np.ndarray],
 ) -> pd.DataFrame:
-    """One row per task code: the deciding rows' values, mins, maxes and sums."""
+    """One row per task code: the deciding rows' values, mins and maxes, and the `totals`
+    (already summed per task)."""
     out: dict[str, Any] = {}
     for name, (values, choice), latest in (
         ("customer", customer, False),
@@ -213,8 +235,7 @@ def _reduce_tasks(
     out["started_us"] = _grouped(np.minimum, codes[mask], values[mask], n, _MAX, missing_as_na=True)
     out["first_event_us"] = _grouped(np.minimum, codes, first_us, n, _MAX)
     out["last_event_us"] = _grouped(np.maximum, codes, last_us, n, _MIN)
-    for name, values in sums.items():
-        out[name] = _grouped(np.add, codes, values, n, 0)
+    out |= totals
     out["last_seq"] = _grouped(np.maximum, codes, last_seq, n, _MIN)
     out["customer_us"] = out["customer_us"].astype(np.int64)  # every task has a customer
     out["customer_seq"] = out["customer_seq"].astype(np.int64)
@@ -234,8 +255,11 @@ def _frame(columns: dict[str, Any]) -> pd.DataFrame:
 
 def _winners(codes: np.ndarray, n: int, choice: _Choice, *, latest: bool) -> np.ndarray:
     """Per task, the row that is first (or last) in (time, seq) order among valid rows; -1 if none."""
-    rows = np.flatnonzero(choice.valid)
-    c, us, seq = codes[rows], choice.us[rows], choice.seq[rows]
+    if choice.valid is None:
+        rows, c, us, seq = np.arange(len(codes)), codes, choice.us, choice.seq
+    else:
+        rows = np.flatnonzero(choice.valid)
+        c, us, seq = codes[rows], choice.us[rows], choice.seq[rows]
     ufunc, start = (np.maximum, _MIN) if latest else (np.minimum, _MAX)
     best_us = np.full(n, start, dtype=np.int64)
     ufunc.at(best_us, c, us)
@@ -262,32 +286,71 @@ def _nullable(values: np.ndarray, winner: np.ndarray) -> pd.array:
     return pd.arrays.IntegerArray(data, ~found)
 
 
-def _usage_measures(events: pd.DataFrame, usage: np.ndarray) -> dict[str, np.ndarray]:
-    """Additive measures per event: zero for events that are not usage."""
-    measures = {"usage_events": usage.astype(np.int64)}
+def _usage_measures(events: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The additive measures of each event, as an usage event would count them (callers sum
+    them over usage events only): int64 amounts, and bools for the counted ones."""
+    measures: dict[str, np.ndarray] = {"usage_events": np.ones(len(events), dtype=bool)}
     for name in (*TOKEN_COLUMNS, "cost_nanos", "cost_rem"):
-        measures[name] = np.where(usage, events[name].to_numpy(dtype=np.int64), 0)
-    measures["unpriced_events"] = (usage & ~events["priced"].to_numpy(dtype=bool)).astype(np.int64)
+        measures[name] = events[name].to_numpy(dtype=np.int64)
+    measures["unpriced_events"] = ~events["priced"].to_numpy(dtype=bool)
     return measures
 
 
-def _group_sum(keys: dict[str, np.ndarray], measures: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Sum measures per distinct key combination (keys are integer codes); the columns are the
-    keys' codes, the sums, and `_first_row`, a row of each group in the input."""
-    spans = [int(v.max(initial=0)) - int(v.min(initial=0)) + 1 for v in keys.values()]
-    if np.prod([float(s) for s in spans]) < 2**62:  # pack the codes into one int64 key
-        combined = np.zeros(len(next(iter(keys.values()))), dtype=np.int64)
-        for values, span in zip(keys.values(), spans, strict=True):
-            combined = combined * span + (values - values.min(initial=0))
-    else:  # too many distinct values to pack: let pandas number the combinations
-        combined = pd.DataFrame(keys).groupby(list(keys), sort=False).ngroup().to_numpy()
+def _sum_by(groups: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
+    """Per-group sums of int64 `values`, or per-group counts of the rows where bool `values` holds."""
+    if values.dtype == bool:
+        return np.bincount(groups if values.all() else groups[values], minlength=n)
+    out = np.zeros(n, dtype=np.int64)
+    if values.any():  # a column that is zero throughout (a token class nobody reports) sums to zeros
+        np.add.at(out, groups, values)
+    return out
+
+
+def _group_sum(keys: dict[str, np.ndarray], measures: dict[str, np.ndarray], *, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Sum measures per distinct key combination (keys are integer codes) over `rows` (a bool
+    mask; all rows by default); the columns are the keys' codes, the sums, and `_first_row`, a
+    row of each group in the input."""
+    combined = _pack(keys)
+    if combined is None:  # too many distinct values to pack: let pandas number the combinations
+        combined = np.array(pd.DataFrame(keys).groupby(list(keys), sort=False).ngroup(), dtype=np.int64)  # writable
+    left_out = rows is not None and not rows.all()
+    if left_out:
+        combined[~rows] = -1  # one group for the rows left out (keys are >= 0), dropped below
     groups, first_rows = _factorize_first(combined)
+    if left_out:  # the left-out group numbered last, so that dropping it is a slice
+        _swap_codes(groups, first_rows, int(groups[np.argmin(rows)]), len(first_rows) - 1)
     n = len(first_rows)
     out = {name: values[first_rows] for name, values in keys.items()}
     for name, values in measures.items():
-        out[name] = _grouped(np.add, groups, values, n, 0)
+        out[name] = _sum_by(groups, n, values)
     out["_first_row"] = first_rows
-    return out
+    return {name: values[: n - 1] for name, values in out.items()} if left_out else out
+
+
+def _swap_codes(groups: np.ndarray, first_rows: np.ndarray, a: int, b: int) -> None:
+    """Renumber groups a and b as each other, in place."""
+    if a != b:
+        in_a, in_b = groups == a, groups == b
+        groups[in_a], groups[in_b] = b, a
+        first_rows[[a, b]] = first_rows[[b, a]]
+
+
+def _pack(keys: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The key codes of each row packed into one int64 (>= 0), or None if they do not fit."""
+    lows = [int(values.min(initial=0)) for values in keys.values()]
+    spans = [int(values.max(initial=0)) - low + 1 for values, low in zip(keys.values(), lows, strict=True)]
+    if np.prod([float(span) for span in spans]) >= 2**62:
+        return None
+    combined: np.ndarray | None = None
+    for values, low, span in zip(keys.values(), lows, spans, strict=True):
+        if combined is None:
+            combined = values.astype(np.int64)  # a copy: the rest is done in place
+        else:
+            combined *= span
+            combined += values
+        if low:
+            combined -= low
+    return combined
 
 
 def _factorize_first(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -288,6 +288,15 @@ class TestExactness:
                   cache_write=MAX_TOKENS // 2 - 1)  # fmt: skip
         assert costs(SNAPSHOT, e) == [reference(e)]
 
+    def test_a_huge_event_in_a_batch_leaves_the_others_costs_alone(self) -> None:
+        # One event large enough that whole-batch products could overflow int64 sends the
+        # batch down the split (q·10**6 + r) path: every event still costs what it costs alone.
+        small = [event("openai", "o1-pro", input=n, output=n // 3, cache_read=n // 4) for n in (1, 999_999, 1_000_001, 123_456_789)]
+        huge = event("openai", "o1-pro", input=MAX_TOKENS, output=MAX_TOKENS)
+        alone = [costs(SNAPSHOT, e)[0] for e in small]
+        assert costs(SNAPSHOT, *small, huge) == [*alone, reference(huge)]
+        assert alone == [reference(e) for e in small]
+
     @given(st.integers(0, 2**62), st.integers(0, 2**40))
     def test_settle_rounds_once_half_up(self, nanos: int, rem: int) -> None:
         assert settle_nanos(nanos, rem) == decimal_to_nanos(quantize(exact_cost(nanos, rem), 9))

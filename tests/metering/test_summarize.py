@@ -1,0 +1,153 @@
+"""`summarize` and the merges against a plain pandas reference, on randomized event frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metering.rollup import (
+    DAILY_KEYS,
+    DETAIL_KEYS,
+    TASK_COLUMNS,
+    TOKEN_COLUMNS,
+    US_PER_DAY,
+    USAGE_COLUMNS,
+    merge_additive,
+    merge_tasks,
+    summarize,
+)
+
+KINDS = ["usage", "usage", "usage", "task.started", "task.completed", "task.failed", "task.cancelled", "task.note"]
+MODELS = [("openai", "gpt-4o"), ("openai", "o3"), ("anthropic", "claude"), ("google", "gemini")]
+
+
+def random_events(rng: np.random.Generator, n: int, tasks: int) -> pd.DataFrame:
+    """Events in seq order; times collide often (ties are broken by seq), and non-usage events
+    carry token counts too (they must not be counted)."""
+    kind = rng.choice(KINDS, n)
+    usage = kind == "usage"
+    model = rng.integers(0, len(MODELS), n)
+    frame = pd.DataFrame(
+        {
+            "seq": np.arange(1, n + 1) * 3,
+            "time_us": 1_790_000_000 * 10**6 + rng.integers(0, 4, n) * (US_PER_DAY // 3),
+            "type": kind,
+            "customer": [f"c{i}" for i in rng.integers(0, 3, n)],
+            "task": [f"t{i}" for i in rng.integers(0, tasks, n)],
+            "task_type": [None if i == 2 else f"type{i}" for i in rng.integers(0, 3, n)],
+            "provider": np.where(usage, [MODELS[m][0] for m in model], None),
+            "model": np.where(usage, [MODELS[m][1] for m in model], None),
+            **{name: rng.integers(0, 1000, n) * rng.integers(0, 2, n) for name in TOKEN_COLUMNS},
+            "cost_nanos": rng.integers(0, 10**9, n),
+            "cost_rem": rng.integers(0, 10**6, n),
+            "priced": rng.random(n) < 0.8,
+        }
+    )
+    return frame
+
+
+def reference_tasks(events: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for task, group in events.groupby("task", sort=True):
+        group = group.sort_values(["time_us", "seq"])
+        usage = group[group["type"] == "usage"]
+        typed = group[group["task_type"].notna()]
+        terminal = group[group["type"].isin(["task.completed", "task.failed", "task.cancelled"])]
+        started = group[group["type"] == "task.started"]
+        row = {
+            "task": task,
+            "customer": group["customer"].iloc[0],
+            "customer_us": group["time_us"].iloc[0],
+            "customer_seq": group["seq"].iloc[0],
+            "task_type": typed["task_type"].iloc[-1] if len(typed) else None,
+            "task_type_us": typed["time_us"].iloc[-1] if len(typed) else None,
+            "task_type_seq": typed["seq"].iloc[-1] if len(typed) else None,
+            "status": terminal["type"].iloc[-1].removeprefix("task.") if len(terminal) else "open",
+            "ended_us": terminal["time_us"].iloc[-1] if len(terminal) else None,
+            "status_seq": terminal["seq"].iloc[-1] if len(terminal) else None,
+            "started_us": started["time_us"].min() if len(started) else None,
+            "first_event_us": group["time_us"].min(),
+            "last_event_us": group["time_us"].max(),
+            "events": len(group),
+            "usage_events": len(usage),
+            **{name: usage[name].sum() for name in (*TOKEN_COLUMNS, "cost_nanos", "cost_rem")},
+            "unpriced_events": int((~usage["priced"]).sum()),
+            "last_seq": group["seq"].max(),
+        }
+        rows.append(row)
+    return normalized(pd.DataFrame(rows, columns=list(TASK_COLUMNS)), ("task",))
+
+
+def reference_sums(events: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    usage = events[events["type"] == "usage"].assign(
+        day=lambda f: (f["time_us"] // US_PER_DAY).astype("datetime64[D]"),
+        usage_events=1,
+        unpriced_events=lambda f: (~f["priced"]).astype(int),
+    )
+    summed = usage.groupby(list(keys), sort=True)[list(USAGE_COLUMNS)].sum().reset_index()
+    return normalized(summed, keys)
+
+
+def normalized(frame: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Plain Python values in key order: compares frames whatever their dtypes."""
+    out = frame.astype(object).where(frame.notna(), None)
+    for name in out.columns:
+        out[name] = [int(v) if isinstance(v, np.integer) else v for v in out[name]]
+    if "day" in out.columns:
+        out["day"] = [pd.Timestamp(v).date() for v in out["day"]]
+    return out.sort_values(list(keys), ignore_index=True)
+
+
+def as_categories(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype({name: "category" for name in ("type", "customer", "task", "task_type", "provider", "model")})
+
+
+@pytest.mark.parametrize("form", ["object", "categorical", "categorical-subset"])
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 120), tasks=st.integers(1, 12))
+def test_summary_equals_the_pandas_reference(form: str, seed: int, n: int, tasks: int) -> None:
+    events = random_events(np.random.default_rng(seed), n, tasks)
+    if form != "object":
+        events = as_categories(events)
+    if form == "categorical-subset":  # categories left without rows: not tasks, customers or models
+        keep = np.random.default_rng(seed + 1).random(len(events)) < 0.6
+        keep[0] = True
+        events = events[keep].reset_index(drop=True)
+    summary = summarize(events, "UTC")
+    plain = events.astype({name: object for name in ("type", "customer", "task", "task_type", "provider", "model")})
+    assert normalized(summary.tasks, ("task",)).equals(reference_tasks(plain))
+    assert normalized(summary.detail, DETAIL_KEYS).equals(reference_sums(plain, DETAIL_KEYS))
+    assert normalized(summary.daily, DAILY_KEYS).equals(reference_sums(plain, DAILY_KEYS))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 120), cut=st.floats(0, 1))
+def test_merged_parts_equal_the_whole(seed: int, n: int, cut: float) -> None:
+    events = random_events(np.random.default_rng(seed), n, 8)
+    at = int(n * cut)
+    whole = summarize(events, "UTC")
+    first, second = summarize(events.iloc[:at].reset_index(drop=True), "UTC"), summarize(events.iloc[at:].reset_index(drop=True), "UTC")
+    if at == 0 or at == n:
+        return
+    assert normalized(merge_tasks(first.tasks, second.tasks), ("task",)).equals(normalized(whole.tasks, ("task",)))
+    for keys, part in ((DETAIL_KEYS, "detail"), (DAILY_KEYS, "daily")):
+        merged = merge_additive(getattr(first, part), getattr(second, part), keys)
+        assert normalized(merged, keys).equals(normalized(getattr(whole, part), keys))
+
+
+def test_only_usage_events() -> None:
+    events = random_events(np.random.default_rng(7), 50, 5).assign(type="usage")
+    events["provider"], events["model"] = "openai", "gpt-4o"
+    summary = summarize(events, "UTC")
+    assert normalized(summary.detail, DETAIL_KEYS).equals(reference_sums(events, DETAIL_KEYS))
+    assert int(summary.tasks["usage_events"].sum()) == 50
+
+
+def test_no_usage_events() -> None:
+    events = random_events(np.random.default_rng(8), 30, 4).assign(type="task.started", provider=None, model=None)
+    summary = summarize(events, "UTC")
+    assert summary.detail.empty and summary.daily.empty
+    assert int(summary.tasks["events"].sum()) == 30 and int(summary.tasks["input_tokens"].sum()) == 0
