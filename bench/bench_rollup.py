@@ -30,7 +30,7 @@ from sqlalchemy import Engine, func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import POSTGRES_URL, machine  # noqa: E402
+from bench.common import POSTGRES_URL, cpu_check, machine  # noqa: E402
 from metering.bulk import write_rows  # noqa: E402
 from metering.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
 from metering.ingest import INSERT_COLUMNS  # noqa: E402
@@ -293,6 +293,7 @@ def main() -> None:
         engine.dispose()
         print(f"\n[{label}] {stored:,} events stored", flush=True)
         if not args.skip_full:
+            print(f"  {cpu_check()}", flush=True)
             full = run_child(url, "full")
             print(f"  full rollup: {full['seconds']:.1f} s for {full['events']:,} events, {full['tasks']:,} tasks, peak RSS {full['peak_mb']:,.0f} MB "
                   f"(largest worker process {full['workers_peak_mb']:,.0f} MB)", flush=True)

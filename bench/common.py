@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +23,21 @@ POSTGRES_URL = os.environ.get("TASKMETER_BENCH_POSTGRES_URL", "postgresql+psycop
 
 def machine() -> str:
     return f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+_SPIN = "import time\nt = time.perf_counter()\ns = 0\nfor i in range(30_000_000): s += i\nprint(time.perf_counter() - t)"
+
+
+def cpu_check() -> str:
+    """How fast this machine's cores are right now: a fixed pure-Python loop in one process,
+    then in two at once. On the shared VM the same loop took 1.45 s alone and 4.2-4.6 s a few
+    minutes later, alone or in pairs, so an absolute time means little without this beside it."""
+    def run(n: int) -> list[float]:
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        return [float(proc.communicate()[0]) for proc in procs]
+
+    alone, pair = run(1), run(2)
+    return f"CPU check: a 30M-step Python loop {alone[0]:.2f} s alone, {max(pair):.2f} s with two at once"
 
 
 def peak_rss_mb() -> float:

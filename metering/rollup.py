@@ -287,7 +287,7 @@ def _nullable(values: np.ndarray, winner: np.ndarray) -> pd.array:
 
 
 def _usage_measures(events: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The additive measures of each event, as an usage event would count them (callers sum
+    """The additive measures of each event, as a usage event would count them (callers sum
     them over usage events only): int64 amounts, and bools for the counted ones."""
     measures: dict[str, np.ndarray] = {"usage_events": np.ones(len(events), dtype=bool)}
     for name in (*TOKEN_COLUMNS, "cost_nanos", "cost_rem"):

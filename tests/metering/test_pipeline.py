@@ -316,6 +316,22 @@ class TestRebuild:
         }
         assert set(found.get_table_names()) >= names and not [n for n in found.get_table_names() if n.endswith("__rebuild")]
 
+    def test_a_rebuild_beside_another_tenant_leaves_its_rows_alone(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+        # Alone in the tables, a tenant's rebuild clears them whole (SQLite) or swaps them
+        # (PostgreSQL); beside another tenant it must touch only its own rows.
+        rebuilt, other = make_tenant(fresh_name("rebuilt")), make_tenant(fresh_name("other"))
+        send(engine, rebuilt, random_events(random.Random(13), 40))
+        send(engine, other, random_events(random.Random(14), 40))
+        rollup(engine, rebuilt)
+        rollup(engine, other)
+        before = {tenant.name: snapshot(engine, tenant) for tenant in (rebuilt, other)}
+        assert all(before[tenant.name]["task_usage"] for tenant in (rebuilt, other))
+        with unit_of_work(engine) as session:
+            session.execute(update(rollup_state).where(rollup_state.c.tenant_id == rebuilt.id).values(price_version="stale"))
+        assert rollup(engine, rebuilt).rebuilt
+        assert {tenant.name: snapshot(engine, tenant) for tenant in (rebuilt, other)} == before
+        assert self.indexes(engine) == {table.name: sorted(str(index.name) for index in table.indexes) for table in ROLLUP_TABLES}
+
     def test_a_failed_rebuild_keeps_the_indexes_and_the_rows(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
         before = self.indexes(engine)
         send(engine, tenant, random_events(random.Random(12), 40))
