@@ -6,7 +6,9 @@ import itertools
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 
+import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -15,10 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, insert, inspect, select, update
 
+from metering import pipeline
 from metering.db import unit_of_work
 from metering.ingest import ingest_events
 from metering.money import display_cost
-from metering.pipeline import ROLLUP_TABLES, RollupConflict, rollup_tenant
+from metering.pipeline import ROLLUP_TABLES, RollupConflict, _key_order, rollup_tenant
 from metering.prices import settle_nanos
 from metering.tables import metadata, rollup_state, task_usage, task_usage_detail, tenant_prices, usage_daily
 from metering.tenants import Tenant
@@ -332,6 +335,73 @@ class TestRebuild:
         assert {tenant.name: snapshot(engine, tenant) for tenant in (rebuilt, other)} == before
         assert self.indexes(engine) == {table.name: sorted(str(index.name) for index in table.indexes) for table in ROLLUP_TABLES}
 
+    @staticmethod
+    def staging_files(engine: Engine) -> list[str]:
+        folder = Path(engine.url.database or ".").parent if engine.dialect.name == "sqlite" else None
+        return sorted(p.name for p in folder.glob(".taskmeter-rebuild-*")) if folder else []
+
+    def test_a_staged_rebuild_writes_what_direct_inserts_write(self, engine: Engine, make_tenant, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+        # A large SQLite rebuild stages its rows in a file (ADBC) and copies them in one
+        # INSERT ... SELECT per table; the rows must be the ones direct inserts write: NULL task
+        # types, open tasks, unpriced models, days, non-ASCII names.
+        events = random_events(random.Random(15), 150)
+        events += [make_event(id="nonascii", task="tâche-東京-🚀", customer="müller", input_tokens=7, output_tokens=3)]
+        staged, direct = make_tenant(fresh_name("staged")), make_tenant(fresh_name("direct"))
+        for tenant in (staged, direct):
+            send(engine, tenant, events)
+        copies = []
+        real = pipeline._insert_staged
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            copies.append(args[1])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr("metering.pipeline._insert_staged", counted)
+        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
+        assert rollup(engine, staged).rebuilt
+        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 10**9)
+        rollup(engine, direct)
+        assert copies == ([staged.id] if engine.dialect.name == "sqlite" else [])
+        assert snapshot(engine, staged) == snapshot(engine, direct)
+        assert self.staging_files(engine) == []
+        # Rebuilt again beside the other tenant, staged, and then incremental runs go on.
+        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
+        self.force_rebuild(engine)
+        rollup(engine, staged)
+        rollup(engine, direct)
+        assert snapshot(engine, staged) == snapshot(engine, direct)
+        more = [make_event(id="late", task="tâche-東京-🚀", customer="müller", input_tokens=1, output_tokens=1)]
+        for tenant in (staged, direct):
+            send(engine, tenant, more)
+            assert not rollup(engine, tenant).rebuilt
+        assert snapshot(engine, staged) == snapshot(engine, direct)
+        assert self.staging_files(engine) == []
+
+    def test_a_failed_staged_rebuild_keeps_the_rows_and_leaves_no_file(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+        send(engine, tenant, random_events(random.Random(16), 60))
+        rollup(engine, tenant)
+        rows, before = snapshot(engine, tenant), self.indexes(engine)
+        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
+        self.force_rebuild(engine)
+
+        def fail_after(real):  # type: ignore[no-untyped-def]
+            def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+                real(*args, **kwargs)
+                raise RuntimeError("disk full")
+
+            return run
+
+        monkeypatch.setattr("metering.pipeline._insert_staged", fail_after(pipeline._insert_staged))
+        monkeypatch.setattr("metering.pipeline._write", fail_after(pipeline._write))  # PostgreSQL's path
+        with pytest.raises(RuntimeError, match="disk full"):
+            rollup(engine, tenant)
+        assert snapshot(engine, tenant) == rows and self.indexes(engine) == before
+        assert self.staging_files(engine) == []
+        monkeypatch.undo()
+        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
+        assert rollup(engine, tenant).rebuilt  # the staging database was detached: it attaches again
+        assert snapshot(engine, tenant) == rows
+
     def test_a_failed_rebuild_keeps_the_indexes_and_the_rows(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
         before = self.indexes(engine)
         send(engine, tenant, random_events(random.Random(12), 40))
@@ -385,3 +455,13 @@ def random_events(rng: random.Random, n: int) -> list[dict]:
                          output_tokens=rng.randrange(900))  # fmt: skip
         out.append(event)
     return out
+
+
+@given(st.lists(st.tuples(st.text(max_size=4), st.integers(0, 3), st.text(max_size=3)), max_size=60, unique=True))
+def test_rebuild_rows_go_in_code_point_order_of_their_keys(keys: list[tuple[str, int, str]]) -> None:
+    # Rebuild rows are written in primary-key order (SQLite BINARY, PostgreSQL C collation):
+    # the order of Python's string comparison, by code point.
+    frame = pd.DataFrame(keys, columns=["task", "day", "model"]).astype({"task": object, "model": object})
+    frame["day"] = pd.to_datetime(frame["day"], unit="D")
+    ordered = _key_order(frame, ("task", "day", "model"), True)
+    assert list(ordered.itertuples(index=False, name=None)) == sorted(frame.itertuples(index=False, name=None))
