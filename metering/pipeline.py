@@ -10,6 +10,7 @@ rollup from the first event, so unpriced events become priced once a price is ad
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -287,7 +288,9 @@ def _staged_on_sqlite(connection: Connection, tenant_id: int, summary: Summary |
     if connection.dialect.name != "sqlite" or summary is None or len(summary.tasks) < STAGE_MIN_TASKS or database in (None, "", ":memory:"):
         yield False
         return
-    handle, path = tempfile.mkstemp(prefix=".taskmeter-rebuild-", suffix=".db", dir=os.path.dirname(os.path.abspath(str(database))))
+    folder = os.path.dirname(os.path.abspath(str(database)))
+    _remove_dead_staging(folder)
+    handle, path = tempfile.mkstemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", suffix=".db", dir=folder)
     os.close(handle)
     try:
         _stage(path, summary)
@@ -304,6 +307,31 @@ def _staged_on_sqlite(connection: Connection, tenant_id: int, summary: Summary |
         for leftover in (path, f"{path}-journal"):
             if os.path.exists(leftover):
                 os.unlink(leftover)
+
+
+_STAGING_PREFIX = ".taskmeter-rebuild-"
+
+
+def _remove_dead_staging(folder: str) -> None:
+    """Staging files left by a rollup process that was killed (named by its process id); the
+    files of running processes stay."""
+    for name in os.listdir(folder):
+        if not name.startswith(_STAGING_PREFIX):
+            continue
+        pid = name.removeprefix(_STAGING_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 STAGE_MIN_TASKS = 50_000

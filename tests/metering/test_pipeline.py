@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -401,6 +404,20 @@ class TestRebuild:
         monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
         assert rollup(engine, tenant).rebuilt  # the staging database was detached: it attaches again
         assert snapshot(engine, tenant) == rows
+
+    def test_a_killed_rollups_staging_file_is_removed_by_the_next_staged_rebuild(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+        if engine.dialect.name != "sqlite":
+            pytest.skip("staging files are SQLite's (a PostgreSQL rebuild swaps in new tables)")
+        folder = Path(str(engine.url.database)).parent
+        finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+        dead = folder / f".taskmeter-rebuild-{int(finished.stdout)}-x1.db"  # a process that has ended
+        running = folder / f".taskmeter-rebuild-{os.getppid()}-x2.db"  # a process still running
+        dead.write_bytes(b"left by kill -9")
+        running.write_bytes(b"in use")
+        send(engine, tenant, random_events(random.Random(17), 30))
+        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
+        assert rollup(engine, tenant).rebuilt
+        assert self.staging_files(engine) == [running.name]
 
     def test_a_failed_rebuild_keeps_the_indexes_and_the_rows(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
         before = self.indexes(engine)
