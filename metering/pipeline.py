@@ -29,7 +29,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql as pgsql
-from sqlalchemy import Column, Connection, Engine, MetaData, Table, delete, func, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
@@ -373,11 +387,10 @@ def _arrow_rows(frame: pd.DataFrame, columns: Sequence[Column]) -> pa.Table:
 def _insert_staged(connection: Connection, tenant_id: int, tasks: int) -> int:
     """Copy the staged rows (`_staged_on_sqlite`) into the rollup tables, in key order."""
     for table in ROLLUP_TABLES:
-        names = ", ".join(f'"{column.name}"' for column in table.columns if column.name != "tenant_id")
-        connection.exec_driver_sql(
-            f'INSERT INTO "{table.name}" ("tenant_id", {names}) SELECT ?, {names} FROM staged."{table.name}" ORDER BY rowid',  # noqa: S608 - names of our own tables
-            (tenant_id,),
-        )
+        names = [column.name for column in table.columns if column.name != "tenant_id"]
+        source = Table(table.name, MetaData(), *(Column(name) for name in names), schema="staged")
+        rows = select(literal(tenant_id, Integer), *source.c).order_by(literal_column("rowid"))
+        connection.execute(insert(table).from_select(["tenant_id", *names], rows))
     return tasks
 
 
