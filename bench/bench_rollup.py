@@ -168,9 +168,10 @@ def in_memory(url: str) -> dict:
     """Price + summarize a 10M-row frame vs DuckDB's per-task aggregation over the same frame."""
     import duckdb
 
-    from metering.pipeline import _price, _read_events, price_book
+    from metering.pipeline import _price, _read_events, keep_freed_memory, price_book
     from metering.rollup import summarize
 
+    keep_freed_memory()  # as the rollup's worker processes do (DuckDB, in this process too, gets it as well)
     engine = make_engine(url)
     with engine.connect() as connection:
         book, _ = price_book(connection, 1)

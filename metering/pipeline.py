@@ -11,6 +11,8 @@ rollup from the first event, so unpriced events become priced once a price is ad
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import tempfile
@@ -241,6 +243,25 @@ def _worker_range(
         engine.dispose()
 
 
+def keep_freed_memory() -> None:
+    """In a worker process (it lives for one rollup): glibc's malloc keeps the memory that
+    numpy and pandas free, instead of unmapping each large array and mapping fresh zeroed pages
+    for the next one. On the 2-core VM every first touch of a page is a fault, and faults were
+    most of the pricing's time (2.7 s of system time in a 3.6 s pass; 0.6 s with this set). Two
+    workers side by side: 20.0 s and 21.6 s → 18.1 s and 18.7 s, ~60 MB more peak memory each.
+    Nothing happens where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_MAX, 0)  # large blocks from the heap, not one mapping each
+    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # freed heap stays mapped for the next allocation
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's malloc.h
+
+
 def _summarize_in_workers(
     engine: Engine, tenant: Tenant, overrides: list[dict[str, str]], start: int, end: int, chunk_size: int
 ) -> tuple[Summary | None, dict[tuple[str, str], int], int]:
@@ -249,7 +270,7 @@ def _summarize_in_workers(
     bounds = [start + (end - start) * i // workers for i in range(workers + 1)]
     url = engine.url.render_as_string(hide_password=False)
     # spawn, not fork: the server process has threads (uvicorn, the scheduler).
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=keep_freed_memory) as pool:
         futures = [
             pool.submit(_worker_range, url, tenant.id, tenant.timezone, overrides, lo, hi, chunk_size)
             for lo, hi in zip(bounds, bounds[1:], strict=False)
