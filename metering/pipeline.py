@@ -190,7 +190,8 @@ def rollup_tenant(
                         # instead of 3-4 s for 4.9 M rows). The transaction holds the write lock.
                         connection.execute(delete(table) if alone else delete(table).where(table.c.tenant_id == tenant.id))
                 if staged:
-                    result.tasks_updated = _insert_staged(connection, tenant.id, len(summary.tasks))  # type: ignore[union-attr]
+                    _insert_staged(connection, tenant.id)
+                    result.tasks_updated = len(summary.tasks)  # type: ignore[union-attr]
                 elif summary is not None:
                     result.tasks_updated = _write(connection, tenant.id, summary, replace_all=rebuild)
     if rebuild:
@@ -339,9 +340,8 @@ def _staged_on_sqlite(connection: Connection, tenant_id: int, summary: Summary |
             connection.exec_driver_sql("DETACH DATABASE staged")
             connection.commit()
     finally:
-        for leftover in (path, f"{path}-journal"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 _STAGING_PREFIX = ".taskmeter-rebuild-"
@@ -405,14 +405,13 @@ def _arrow_rows(frame: pd.DataFrame, columns: Sequence[Column]) -> pa.Table:
     return pa.table(arrays)
 
 
-def _insert_staged(connection: Connection, tenant_id: int, tasks: int) -> int:
+def _insert_staged(connection: Connection, tenant_id: int) -> None:
     """Copy the staged rows (`_staged_on_sqlite`) into the rollup tables, in key order."""
     for table in ROLLUP_TABLES:
         names = [column.name for column in table.columns if column.name != "tenant_id"]
         source = Table(table.name, MetaData(), *(Column(name) for name in names), schema="staged")
         rows = select(literal(tenant_id, Integer), *source.c).order_by(literal_column("rowid"))
         connection.execute(insert(table).from_select(["tenant_id", *names], rows))
-    return tasks
 
 
 def _alone_on_postgres(connection: Connection, tenant_id: int) -> bool:
