@@ -15,12 +15,15 @@ from metering import audit
 from metering.errors import Forbidden, Unauthorized
 from metering.tenants import Principal, authenticate
 
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in its
+# thread pool, one hand-off per dependency per request.
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
@@ -39,7 +42,7 @@ def get_session(request: Request) -> Iterator[Session]:
             raise
 
 
-def get_now() -> datetime:
+async def get_now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -68,7 +71,7 @@ def get_principal(request: Request, now: NowDep) -> Principal:
 
 
 def require(scope: str):  # type: ignore[no-untyped-def]
-    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not principal.allows(scope):
             raise Forbidden(f"this key lacks the {scope!r} scope")
         return principal

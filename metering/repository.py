@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, and_, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from metering.ingest import from_us, to_us
@@ -104,7 +104,9 @@ def usage(
     if customer is not None:
         where.append(table.c.customer == customer)
     rows = connection.execute(select(*keys, *_sums(table)).select_from(source).where(*where).group_by(*keys).order_by(*keys)).all()
-    total = connection.execute(select(*_sums(table)).where(*where)).one()
+    # The total is the rows' sum (whole numbers: exact), not a second query: one round trip
+    # fewer for every read of a customer's month.
+    total = {name: sum(int(row._mapping[name]) for row in rows) for name in _MEASURES}
     out = []
     for row in rows:
         key = {k.name: row._mapping[k.name] for k in keys}
@@ -121,14 +123,15 @@ def task_outcomes(connection: Connection | Session, tenant_id: int, period: Peri
     where = [task_usage.c.tenant_id == tenant_id]
     if customer is not None:
         where.append(task_usage.c.customer == customer)
-    ended = connection.execute(
+    ended = (
         select(task_usage.c.status, func.count())
         .where(*where, task_usage.c.ended_us >= to_us(period.start), task_usage.c.ended_us < to_us(period.end))
         .group_by(task_usage.c.status)
-    ).all()
-    counts = {"completed": 0, "failed": 0, "cancelled": 0}
-    counts.update({status: int(n) for status, n in ended})
-    counts["open"] = int(connection.execute(select(func.count()).where(*where, task_usage.c.ended_us.is_(None))).scalar_one())
+    )
+    still_open = select(literal("open"), func.count()).where(*where, task_usage.c.ended_us.is_(None))
+    counts = {"completed": 0, "failed": 0, "cancelled": 0, "open": 0}
+    # One statement, one round trip; each part keeps its own index plan.
+    counts.update({status: int(n) for status, n in connection.execute(union_all(ended, still_open)).all()})
     return counts
 
 

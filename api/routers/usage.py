@@ -147,12 +147,14 @@ def get_current_usage(
     as_of = at or now
     if as_of.tzinfo is None:
         raise InvalidInput("invalid time", detail=[{"field": "query.at", "message": "needs a UTC offset"}])
-    if not repository.customer_known(session, tenant.id, customer):
-        raise NotFound(f"no customer {customer!r}")
     period = period_of(as_of, tenant.timezone)
     rows, total = repository.usage(
         session, tenant.id, first_day=period.first_day, end_day=period.next_first_day, group_by="model", customer=customer
     )
+    outcomes = repository.task_outcomes(session, tenant.id, period, customer)
+    # A customer with usage or tasks this month is known; only a quiet month needs the lookup.
+    if not rows and not any(outcomes.values()) and not repository.customer_known(session, tenant.id, customer):
+        raise NotFound(f"no customer {customer!r}")
     return CurrentUsage(
         customer=customer,
         month=period.label,
@@ -161,7 +163,7 @@ def get_current_usage(
         as_of=as_of,
         total=total,
         by_model=rows,
-        tasks=repository.task_outcomes(session, tenant.id, period, customer),
+        tasks=outcomes,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import httpx
 from sqlalchemy import Engine
@@ -88,6 +89,30 @@ class TestCurrentMonth:
         assert body["total"]["usage_events"] == 3  # "old" was in October
         # open counts every task still open, whenever it began (t0 in October, t3 now)
         assert body["tasks"] == {"completed": 1, "failed": 0, "cancelled": 0, "open": 2}
+
+    def test_quiet_month_of_a_known_customer_is_zero_and_a_stranger_is_404(self, api: httpx.Client, engine: Engine, tenant: Tenant) -> None:
+        october = [
+            make_event(id="i-s", type="task.started", task="i1", customer="initech", time="2026-10-10T09:00:00Z"),
+            make_event(id="i-u", task="i1", customer="initech", model="gpt-4o", input_tokens=1_000, output_tokens=10, time="2026-10-10T09:01:00Z"),
+            make_event(id="i-c", type="task.completed", task="i1", customer="initech", time="2026-10-10T09:02:00Z"),
+        ]  # fmt: skip
+        load(api, engine, tenant, october)
+        body = api.get("/v1/customers/initech/usage/current", params={"at": "2026-12-10T00:00:00Z"}).json()
+        assert body["month"] == "2026-12" and body["by_model"] == []
+        assert body["total"]["usage_events"] == 0 and body["total"]["provider_cost"] == "0.000000"
+        assert body["tasks"] == {"completed": 0, "failed": 0, "cancelled": 0, "open": 0}
+        october_body = api.get("/v1/customers/initech/usage/current", params={"at": "2026-10-20T00:00:00Z"}).json()
+        assert october_body["tasks"]["completed"] == 1 and october_body["total"]["provider_cost"] == "0.002600"  # 1000×2.50 + 10×10
+        response = api.get("/v1/customers/nobody/usage/current", params={"at": "2026-12-10T00:00:00Z"})
+        assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+    def test_total_is_the_sum_of_the_rows_in_every_grouping(self, api: httpx.Client, engine: Engine, tenant: Tenant) -> None:
+        load(api, engine, tenant, SCENARIO)
+        for group_by in ("model", "task_type", "day", "customer"):
+            body = api.get("/v1/usage", params={"from": "2026-10-01", "to": "2026-12-01", "group_by": group_by}).json()
+            for measure in ("usage_events", "input_tokens", "output_tokens", "cache_read_tokens", "unpriced_events"):
+                assert body["total"][measure] == sum(row[measure] for row in body["rows"]), (group_by, measure)
+            assert Decimal(body["total"]["provider_cost"]) == sum(Decimal(row["provider_cost"]) for row in body["rows"]) == Decimal("2.534100")  # "old": 1,000,000×2.50 + November 0.034100
 
     def test_other_tenants_customer_is_404(self, live_server: LiveServer, make_tenant: Callable[..., Tenant], make_key: Callable[..., str], engine: Engine) -> None:
         a, b = make_tenant("tenant-a"), make_tenant("tenant-b")
