@@ -255,6 +255,33 @@ class TestIncremental:
         assert result.events_read == 80
         assert snapshot(engine, split) == snapshot(engine, single)
 
+    @pytest.mark.parametrize("parallel", [False, True], ids=["one-process", "workers"])
+    def test_reading_along_the_table_keeps_to_the_tenant(self, parallel: bool, engine: Engine, make_tenant, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+        # A tenant alone in the events table is read along seq (no index); here that path is
+        # forced with another tenant's events interleaved between its own, which it must skip.
+        events = random_events(random.Random(21), 90)
+        scanned, indexed = make_tenant(fresh_name("scanned")), make_tenant(fresh_name("indexed"))
+        for start in range(0, len(events), 10):
+            send(engine, scanned, events[start : start + 10])
+            send(engine, indexed, events[start : start + 10])
+        assert not pipeline._only_tenant_in_events(engine, scanned.id)
+        rollup(engine, indexed)
+        if parallel:
+            monkeypatch.setattr("metering.pipeline.PARALLEL_MIN_EVENTS", 10)
+        monkeypatch.setattr("metering.pipeline._only_tenant_in_events", lambda engine, tenant_id: engine.dialect.name == "sqlite")
+        assert rollup(engine, scanned, chunk_size=13).events_read == 90
+        assert snapshot(engine, scanned) == snapshot(engine, indexed)
+
+    def test_a_tenant_alone_in_the_events_is_read_along_the_table(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+        first = make_tenant(fresh_name("first"))
+        send(engine, first, random_events(random.Random(22), 5))
+        assert pipeline._only_tenant_in_events(engine, first.id) is (engine.dialect.name == "sqlite")
+        second = make_tenant(fresh_name("second"))  # a tenant without events changes nothing
+        assert pipeline._only_tenant_in_events(engine, first.id) is (engine.dialect.name == "sqlite")
+        send(engine, second, random_events(random.Random(23), 5))
+        assert not pipeline._only_tenant_in_events(engine, first.id)
+        assert not pipeline._only_tenant_in_events(engine, second.id)
+
     def test_crash_between_chunks_then_rerun_equals_a_clean_run(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
         events = random_events(random.Random(5), 50)
         crashed, clean = make_tenant("crashed"), make_tenant("clean")
