@@ -335,16 +335,18 @@ def _staged_on_sqlite(connection: Connection, tenant_id: int, summary: Summary |
             handle, paths[table.name] = tempfile.mkstemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", suffix=".db", dir=folder)
             os.close(handle)
         _stage(paths, summary)
-        for table in ROLLUP_TABLES:
-            connection.exec_driver_sql(_ATTACH[table.name], (paths[table.name],))
-        connection.commit()  # ends SQLAlchemy's transaction around the ATTACHes; sqlite3 began none
+        attached: list[str] = []
         try:
+            for table in ROLLUP_TABLES:
+                connection.exec_driver_sql(_ATTACH[table.name], (paths[table.name],))
+                attached.append(table.name)
+            connection.commit()  # ends SQLAlchemy's transaction around the ATTACHes; sqlite3 began none
             yield True
         finally:
             if connection.in_transaction():
                 connection.rollback()
-            for table in ROLLUP_TABLES:
-                connection.exec_driver_sql(_DETACH[table.name])
+            for name in attached:  # all of them, or those attached before one failed
+                connection.exec_driver_sql(_DETACH[name])
             connection.commit()
     finally:
         for path in paths.values():

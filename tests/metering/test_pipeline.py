@@ -19,6 +19,7 @@ from genai_prices import Usage, calc_price
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, insert, inspect, select, update
+from sqlalchemy.exc import OperationalError
 
 from metering import pipeline
 from metering.db import unit_of_work
@@ -430,6 +431,23 @@ class TestRebuild:
         monkeypatch.undo()
         monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
         assert rollup(engine, tenant).rebuilt  # the staging database was detached: it attaches again
+        assert snapshot(engine, tenant) == rows
+
+    def test_an_attach_that_fails_midway_detaches_the_others(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+        if engine.dialect.name != "sqlite":
+            pytest.skip("staging files are SQLite's (a PostgreSQL rebuild swaps in new tables)")
+        send(engine, tenant, random_events(random.Random(18), 40))
+        rollup(engine, tenant)
+        rows = snapshot(engine, tenant)
+        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
+        monkeypatch.setitem(pipeline._ATTACH, "usage_daily", "ATTACH DATABASE ? AS main")  # "main" is taken
+        self.force_rebuild(engine)
+        with pytest.raises(OperationalError, match="already in use"):
+            rollup(engine, tenant)
+        assert snapshot(engine, tenant) == rows and self.staging_files(engine) == []
+        monkeypatch.undo()
+        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
+        assert rollup(engine, tenant).rebuilt  # the two attached before were detached: they attach again
         assert snapshot(engine, tenant) == rows
 
     def test_a_killed_rollups_staging_file_is_removed_by_the_next_staged_rebuild(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
