@@ -60,7 +60,9 @@ def get_principal(request: Request, now: NowDep) -> Principal:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
     settings: Settings = request.app.state.settings
     # Its own short connection: authentication never holds the request's transaction open.
-    with request.app.state.engine.connect() as connection:
+    # One SELECT needs no transaction: autocommit spares the BEGIN and the ROLLBACK, two of a
+    # PostgreSQL read's nine round trips.
+    with request.app.state.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         try:
             principal = authenticate(connection, key.strip(), secret=settings.secret_key.get_secret_value().encode(), now=now)
         except Unauthorized as exc:
