@@ -510,12 +510,18 @@ def _pk_name(table: Table) -> str:
 
 
 def _other_tenants_rolled_up(connection: Connection, tenant_id: int) -> bool:
-    """Whether any rollup table holds another tenant's rows (two probes of each primary key)."""
-    for table in ROLLUP_TABLES:
-        for other in (table.c.tenant_id < tenant_id, table.c.tenant_id > tenant_id):
-            if connection.execute(select(table.c.tenant_id).where(other).limit(1)).first() is not None:
-                return True
-    return False
+    """Whether any rollup table holds another tenant's rows."""
+    return _other_tenants_in(connection, ROLLUP_TABLES, tenant_id)
+
+
+def _other_tenants_in(connection: Connection, tables: Sequence[Table], tenant_id: int) -> bool:
+    """Whether any of `tables` holds another tenant's rows: two probes of each table's index
+    that leads with tenant_id, one below the tenant and one above."""
+    return any(
+        connection.execute(select(table.c.tenant_id).where(other).limit(1)).first() is not None
+        for table in tables
+        for other in (table.c.tenant_id < tenant_id, table.c.tenant_id > tenant_id)
+    )
 
 
 def _refresh_statistics(engine: Engine) -> None:
@@ -567,15 +573,12 @@ def _newest_committed_seq(engine: Engine, tenant_id: int) -> int:
 
 
 def _only_tenant_in_events(engine: Engine, tenant_id: int) -> bool:
-    """On SQLite, whether every stored event is the tenant's (two probes of the (tenant_id, seq)
-    index): then reading its events along the table (`_read_events`'s `scan`) skips nothing."""
+    """On SQLite, whether every stored event is the tenant's: then reading its events along the
+    table (`_read_events`'s `scan`) skips nothing."""
     if engine.dialect.name != "sqlite":
         return False
     with engine.connect() as connection:
-        return not any(
-            connection.execute(select(events.c.tenant_id).where(other).limit(1)).first() is not None
-            for other in (events.c.tenant_id < tenant_id, events.c.tenant_id > tenant_id)
-        )
+        return not _other_tenants_in(connection, (events,), tenant_id)
 
 
 def _read_events(
