@@ -1,25 +1,36 @@
-# Two commands on a fresh machine: `make run` (demo data + API on 127.0.0.1:8000) and `make test`.
+# Two commands on a fresh machine: `make run` (demo data + API and dashboard) and `make test`.
+# Installs come from requirements.lock (exact versions with hashes): a fresh machine gets what was tested.
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_DB ?= sqlite
 PYTEST_ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
 export TASKMETER_DATABASE_URL ?= sqlite:///./taskmeter.db
 
-.PHONY: install run test test-all lint bench clean
+.PHONY: install lock run test test-all lint typecheck bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# Upgrade the pinned versions on purpose: re-resolve pyproject.toml's ranges, then run `make test-all`.
+lock:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra bench --generate-hashes --universal \
+	  --python-version 3.11 --upgrade -o requirements.lock
+
 run: install
 	$(BIN)/taskmeter demo
-	$(BIN)/taskmeter serve --host 127.0.0.1 --port 8000
+	@echo "Dashboard: http://$(HOST):$(PORT)/dashboard  (sign in with the key printed above)"
+	$(BIN)/taskmeter serve --host $(HOST) --port $(PORT)
 
 test: install
 	TASKMETER_TEST_DB=$(TEST_DB) $(BIN)/pytest $(PYTEST_ARGS)
@@ -30,6 +41,9 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python bench/bench_ingest.py

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from metering.money import decimal_to_nanos, quantize
 from metering.prices import MAX_TOKENS, exact_cost, price_usage, settle_nanos
-from metering.ratecards import PriceBook, RateCardError
+from metering.ratecards import GENAI_PRICES_VERSION, PriceBook, RateCardError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SNAPSHOT = PriceBook()
-VERSION = "genai-prices@0.2.3"
+VERSION = f"genai-prices@{GENAI_PRICES_VERSION}"
 
 
 def us(at: datetime) -> int:
