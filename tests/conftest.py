@@ -16,15 +16,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from freezegun import freeze_time
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy import Engine, make_url, text
+from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.settings import Settings
 from metering.db import make_engine, unit_of_work, upgrade_schema
 from metering.tables import metadata
 from metering.tenants import Tenant, create_api_key, create_tenant, parse_scopes
+from tests.support.clock import start_from_environment
 from tests.support.servers import ServerThread
 
 BACKEND = os.environ.get("TASKMETER_TEST_DB", "sqlite")
@@ -36,6 +39,10 @@ hypothesis_settings.register_profile(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )  # fmt: skip
 hypothesis_settings.load_profile("default")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    start_from_environment()  # TASKMETER_TEST_CLOCK: the whole run a few seconds before a month ends
 
 
 def pytest_report_header() -> str:
@@ -108,9 +115,16 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
     )
 
 
+#: The instant "now" is frozen at by the `now` fixture: mid-month, mid-day, so that a test that
+#: reads it never straddles a boundary by accident; tests about boundaries freeze their own.
+FROZEN_NOW = datetime(2026, 11, 18, 10, 30, tzinfo=UTC)
+
+
 @pytest.fixture
-def now() -> datetime:
-    return datetime.now(UTC)
+def now() -> Iterator[datetime]:
+    """The clock frozen at FROZEN_NOW (ticking from there) for the test's whole duration."""
+    with freeze_time(FROZEN_NOW, tick=True):
+        yield FROZEN_NOW
 
 
 @pytest.fixture
@@ -139,20 +153,39 @@ def tenant(make_tenant: Callable[..., Tenant]) -> Tenant:
     return make_tenant()
 
 
-class LiveServer(ServerThread):
-    """The real app under uvicorn on a loopback port, in a thread of the test process."""
+class LiveServer:
+    """The real app. `client()` calls it in process through ASGI (starlette's TestClient: no
+    socket, no server thread); `url` serves it under uvicorn on a loopback port, started on first
+    use, for what needs a real socket (the Python client, a browser, subprocesses, load)."""
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.app = create_app(settings, engine)
-        super().__init__(self.app)
+        self._lifespan: TestClient | None = None
+        self._socket: ServerThread | None = None
 
     def __enter__(self) -> LiveServer:
-        super().__enter__()
         return self
 
+    def __exit__(self, *exc: object) -> None:
+        if self._socket is not None:
+            self._socket.__exit__(None, None, None)
+        if self._lifespan is not None:
+            self._lifespan.__exit__(None, None, None)
+
+    @property
+    def url(self) -> str:
+        if self._socket is None:
+            # The app's startup runs once: here, unless an in-process client already ran it.
+            self._socket = ServerThread(self.app, lifespan="off" if self._lifespan else "on").__enter__()
+        return self._socket.url
+
     def client(self, key: str | None = None) -> httpx.Client:
+        if self._lifespan is None and self._socket is None:
+            self._lifespan = TestClient(self.app)
+            self._lifespan.__enter__()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        # Errors come back as a server sends them (a 500), not raised into the test.
+        return TestClient(self.app, headers=headers, raise_server_exceptions=False, follow_redirects=False)
 
 
 @pytest.fixture
@@ -163,6 +196,6 @@ def live_server(settings: Settings, engine: Engine) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def api(live_server: LiveServer, tenant: Tenant, make_key: Callable[..., str]) -> Iterator[httpx.Client]:
-    """An HTTP client of the live server with an all-scopes key of the default tenant."""
+    """An in-process HTTP client of the app with an all-scopes key of the default tenant."""
     with live_server.client(make_key(tenant)) as client:
         yield client
