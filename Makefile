@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_DB ?= sqlite
 PYTEST_ARGS ?=
+# pytest-xdist processes: one per core (each has its own databases)
+PYTEST_WORKERS ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export TASKMETER_DATABASE_URL ?= sqlite:///./taskmeter.db
@@ -33,7 +35,7 @@ run: install
 	$(BIN)/taskmeter serve --host $(HOST) --port $(PORT)
 
 test: install
-	TASKMETER_TEST_DB=$(TEST_DB) $(BIN)/pytest $(PYTEST_ARGS)
+	TASKMETER_TEST_DB=$(TEST_DB) $(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-all: install
 	$(MAKE) test TEST_DB=sqlite

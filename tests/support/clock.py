@@ -29,6 +29,8 @@ def start_from_environment() -> Any:
     target = os.environ.get("TASKMETER_TEST_CLOCK")
     if _TRAVELLER is not None or (offset is None and not target):
         return _TRAVELLER
+    if os.environ.get("TEST_CLOCK_PID") == str(os.getpid()):  # sitecustomize moved this process already
+        return True
     if offset is None:
         from datetime import datetime
 

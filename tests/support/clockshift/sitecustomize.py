@@ -9,3 +9,4 @@ if _offset:
 
     _TRAVELLER = time_machine.travel(time.time() + float(_offset), tick=True)
     _TRAVELLER.start()
+    os.environ["TEST_CLOCK_PID"] = str(os.getpid())  # tests/support/clock.py must not move it twice
