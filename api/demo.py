@@ -40,6 +40,7 @@ from metering.db import unit_of_work
 from metering.errors import NotFound
 from metering.ingest import ingest_events
 from metering.periods import Period, period_of
+from metering.pipeline import rollup_tenant
 from metering.tenants import Tenant, create_api_key, create_tenant, get_tenant
 from pricing import invoices, service
 
@@ -163,7 +164,7 @@ def _ingest(engine: Engine, tenant: Tenant, events: list[dict[str, Any]], *, now
 
 def load_demo(engine: Engine, settings: Settings, *, now: datetime) -> dict[str, Any]:
     """Create (or reuse) the demo tenant with its plans and customers, replay its events, close
-    the months before `now` (each followed by its late task), and mint a fresh admin key."""
+    the months before `now` (each followed by its late task), roll up, and mint a fresh admin key."""
     with unit_of_work(engine) as session:
         try:
             tenant = get_tenant(session, DEMO_TENANT)
@@ -185,6 +186,7 @@ def load_demo(engine: Engine, settings: Settings, *, now: datetime) -> dict[str,
             "month": period.label, "newly_closed": summary["closed"], "invoices": len(summary["invoices"]),
             "adjustment_lines": sum(i["adjustment_lines"] for i in summary["invoices"]),
         })  # fmt: skip
+    rollup_tenant(engine, tenant, now=now)  # the late tasks too: usage and drafts are current at once
     with unit_of_work(engine) as session:
         key, _ = create_api_key(
             session, tenant, frozenset({"ingest", "read", "admin"}),
