@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from api.settings import Settings, get_settings
 from metering import audit
-from metering.db import make_engine, unit_of_work, upgrade_schema
-from metering.errors import TaskmeterError
+from metering.db import make_engine, sqlite_file, unit_of_work, upgrade_schema
+from metering.errors import NotFound, TaskmeterError
 from metering.ingest import Prepared, insert_prepared, prepare_rows, validate_lines
 from metering.jsonl import LineBatch, read_batches
 from metering.schemas import FieldError, RejectedEvent
@@ -31,6 +31,7 @@ from metering.tenants import (
     create_tenant,
     get_tenant,
     key_prefix,
+    list_tenants,
     parse_scopes,
     revoke_api_key,
     rotate_api_key,
@@ -51,14 +52,37 @@ def _err(message: str) -> None:
 
 
 @contextmanager
-def open_engine(settings: Settings) -> Iterator[Engine]:
-    """The configured database, migrated to the newest schema; disposed when the command ends."""
+def open_engine(settings: Settings, *, create: bool = False) -> Iterator[Engine]:
+    """The configured database, migrated to the newest schema; disposed when the command ends.
+
+    Only the commands that start a database from nothing (`create`: `tenants create`, `demo`,
+    `serve`, `worker`) may create a SQLite file; the others refuse a missing file, naming it,
+    rather than leave an empty database behind a typo in TASKMETER_DATABASE_URL."""
+    path = sqlite_file(settings.database_url)
+    if not create and path is not None and not path.exists():
+        raise TaskmeterError(
+            f"no database at {path.resolve()}: create it with `taskmeter demo` (a sample tenant) or "
+            "`taskmeter tenants create NAME`, or set TASKMETER_DATABASE_URL to an existing database"
+        )
     engine = make_engine(settings.database_url)
     try:
         upgrade_schema(engine)
         yield engine
     finally:
         engine.dispose()
+
+
+def find_tenant(session: Session, name: str) -> Tenant:
+    """The tenant named `name`, or NotFound saying how to create it (naming no other tenant)."""
+    try:
+        return get_tenant(session, name)
+    except NotFound:
+        if not list_tenants(session):
+            raise NotFound(
+                f"no tenant named {name!r}: this database has no tenants yet; create one with "
+                f"`taskmeter tenants create {name}`, or load the sample tenant with `taskmeter demo`"
+            ) from None
+        raise NotFound(f"no tenant named {name!r} (create it with `taskmeter tenants create {name}`)") from None
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -77,7 +101,7 @@ def audit_cli(session: Session, tenant: Tenant, action: str, target: str, **deta
 
 
 def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
-    with open_engine(settings) as engine:
+    with open_engine(settings, create=True) as engine:
         with unit_of_work(engine) as session:
             tenant = create_tenant(session, args.name, timezone=args.timezone, currency=args.currency, now=_now())
             audit_cli(session, tenant, "tenant.create", f"tenant:{tenant.name}", timezone=tenant.timezone, currency=tenant.currency)
@@ -89,7 +113,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     with open_engine(settings) as engine:
         scopes = parse_scopes(args.scopes)
         with unit_of_work(engine) as session:
-            tenant = get_tenant(session, args.tenant)
+            tenant = find_tenant(session, args.tenant)
             key, key_id = create_api_key(
                 session, tenant, scopes, secret=settings.secret_key.get_secret_value().encode(), now=_now(), name=args.name
             )
@@ -102,7 +126,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     with open_engine(settings) as engine:
         with unit_of_work(engine) as session:
-            tenant = get_tenant(session, args.tenant)
+            tenant = find_tenant(session, args.tenant)
             revoke_api_key(session, tenant, args.prefix, now=_now())
             audit_cli(session, tenant, "key.revoke", f"key:{args.prefix}")
         _out({"tenant": tenant.name, "revoked": args.prefix})
@@ -113,7 +137,7 @@ def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     grace = parse_duration(args.grace)
     with open_engine(settings) as engine:
         with unit_of_work(engine) as session:
-            tenant = get_tenant(session, args.tenant)
+            tenant = find_tenant(session, args.tenant)
             key, key_id, ends = rotate_api_key(
                 session, tenant, args.prefix, secret=settings.secret_key.get_secret_value().encode(), now=_now(), grace=grace
             )
@@ -139,7 +163,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         if not path.is_file():
             raise TaskmeterError(f"no such file: {path}")
         with unit_of_work(engine) as session:
-            tenant = get_tenant(session, args.tenant)
+            tenant = find_tenant(session, args.tenant)
         rejected_path = path.with_name(path.name.removesuffix(".jsonl") + ".rejected.jsonl")
         summary = ingest_file(engine, tenant.id, path, rejected_path, settings=settings, batch_size=args.batch_size)
         _out(summary)
@@ -212,11 +236,10 @@ def cmd_rollup(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from metering.pipeline import rollup_tenant
-    from metering.tenants import list_tenants
 
     with open_engine(settings) as engine:
         with unit_of_work(engine) as session:
-            chosen = [get_tenant(session, args.tenant)] if args.tenant else list_tenants(session)
+            chosen = [find_tenant(session, args.tenant)] if args.tenant else list_tenants(session)
         results = []
         for tenant in chosen:
             with tqdm(total=0, unit="ev", unit_scale=True, file=sys.stderr, disable=None, desc=tenant.name) as bar:
@@ -245,7 +268,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
     with open_engine(settings) as engine:
         with unit_of_work(engine) as session:
-            tenant = get_tenant(session, args.tenant)
+            tenant = find_tenant(session, args.tenant)
         period = parse_month(args.month, tenant.timezone, field="--month")
         try:
             rollup_tenant(engine, tenant, now=_now())
@@ -263,7 +286,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from api.app import create_app
 
-    with open_engine(settings) as engine:
+    with open_engine(settings, create=True) as engine:
         app = create_app(settings, engine)
         # What is loaded by now lives as long as the process: keep it out of the cyclic GC's
         # full collections, which large batches (OTLP, /v1/events) otherwise trigger every few
@@ -278,8 +301,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from api.demo import load_demo
 
-    with open_engine(settings) as engine:
-        _out(load_demo(engine, settings, now=_now()))
+    with open_engine(settings, create=True) as engine:
+        summary = load_demo(engine, settings, now=_now())
+    _out(summary)
+    last = summary["closed"][-1]["month"]
+    _err("The demo key above is shown once. Try:\n"
+         f"  taskmeter compare --tenant demo --month {last}\n"
+         f"  taskmeter invoices --tenant demo --month {last}   (then: taskmeter invoices show ID --tenant demo)\n"
+         f"  taskmeter close --tenant demo --month {last}\n"
+         "  taskmeter quote --tenant demo --model anthropic/claude-opus-4-20250514 --input-tokens 20000 --output-tokens 3000")  # fmt: skip
     return 0
 
 
@@ -288,7 +318,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from api.scheduler import run_once, run_worker
 
-    with open_engine(settings) as engine:
+    with open_engine(settings, create=True) as engine:
         if args.once:
             _out(run_once(settings, engine, now=_now()))
             return 0
@@ -299,10 +329,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stripe_tenants(engine: Engine, name: str | None) -> list[Any]:
-    from metering.tenants import list_tenants
-
     with unit_of_work(engine) as session:
-        return [get_tenant(session, name)] if name else list_tenants(session)
+        return [find_tenant(session, name)] if name else list_tenants(session)
 
 
 def cmd_stripe_sync(args: argparse.Namespace, settings: Settings) -> int:

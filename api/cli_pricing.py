@@ -1,23 +1,28 @@
-"""The pricing commands of `taskmeter`: `config load`, `compare` and `close` (see api.cli)."""
+"""The pricing commands of `taskmeter`: `config load`, `compare`, `close`, `invoices` and `quote`
+(see api.cli)."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from api.cli import _now, _out, audit_cli, open_engine
+from pydantic import TypeAdapter, ValidationError
+
+from api.cli import _now, _out, audit_cli, find_tenant, open_engine
 from api.settings import Settings
 from metering.db import unit_of_work
-from metering.errors import TaskmeterError
+from metering.errors import InvalidInput, TaskmeterError
 from metering.pipeline import RollupConflict, rollup_tenant
-from metering.tenants import get_tenant
 from pricing import analysis, invoices, service
 from pricing.compare import CUSTOMER_COLUMNS
 from pricing.config import decode_config
+from pricing.schemas import Invoice, QuoteIn, QuoteOut, TenantInvoice
 
 
 def cmd_config_load(args: argparse.Namespace, settings: Settings) -> int:
@@ -25,7 +30,7 @@ def cmd_config_load(args: argparse.Namespace, settings: Settings) -> int:
     if not path.is_file():
         raise TaskmeterError(f"no such file: {path}")
     with open_engine(settings) as engine, unit_of_work(engine) as session:
-        tenant = get_tenant(session, args.tenant)
+        tenant = find_tenant(session, args.tenant)
         summary = service.load_config(session, tenant, decode_config(path.read_bytes(), str(path)), now=_now())
         audit_cli(session, tenant, "config.load", f"config:{path.name}", plans=len(summary["plans"]),
                   customers=len(summary["customers"]), prices=summary.get("prices"))  # fmt: skip
@@ -36,7 +41,7 @@ def cmd_config_load(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     with open_engine(settings) as engine:
         with unit_of_work(engine) as session:
-            tenant = get_tenant(session, args.tenant)
+            tenant = find_tenant(session, args.tenant)
         period = service.billing_month(args.month, tenant.timezone, field="--month")
         try:
             rollup_tenant(engine, tenant, now=_now())
@@ -108,11 +113,115 @@ def comparison_table(view: dict[str, Any]) -> str:
 def cmd_close(args: argparse.Namespace, settings: Settings) -> int:
     with open_engine(settings) as engine:
         with unit_of_work(engine) as session:
-            tenant = get_tenant(session, args.tenant)
+            tenant = find_tenant(session, args.tenant)
         period = service.billing_month(args.month, tenant.timezone, field="--month")
         with unit_of_work(engine) as session:
             _out(invoices.close_period(session, tenant, period, now=_now()))
     return 0
+
+
+def cmd_invoices(args: argparse.Namespace, settings: Settings) -> int:
+    """`invoices [list]`: the tenant's invoices (of a month, of a customer); `invoices show ID`:
+    one invoice with its lines and credit notes, as `GET /v1/invoices/{id}` answers."""
+    if args.action == "show" and (args.id is None or args.month or args.customer):
+        raise InvalidInput("invalid arguments", detail=[{"field": "ID", "message": "`invoices show` takes an invoice id, and no --month or --customer"}])
+    if args.action == "list" and args.id is not None:
+        raise InvalidInput("invalid arguments", detail=[{"field": "ID", "message": "an invoice id goes with `invoices show ID`"}])
+    with open_engine(settings) as engine, unit_of_work(engine) as session:
+        tenant = find_tenant(session, args.tenant)
+        if args.action == "show":
+            _out(Invoice.model_validate(invoices.invoice_view(session, tenant, args.id)).model_dump(mode="json"))
+            return 0
+        period = service.billing_month(args.month, tenant.timezone, field="--month") if args.month else None
+        rows = invoices.tenant_invoices(session, tenant, period=period, customer=args.customer)
+    _out(_LISTED.dump_python(_LISTED.validate_python(rows), mode="json"))
+    return 0
+
+
+_LISTED = TypeAdapter(list[TenantInvoice])
+
+# Where a quote's problems point when the usage came from flags rather than --body.
+_QUOTE_FLAGS = {
+    "body.usage[0].input_tokens": "--input-tokens", "body.usage[0].output_tokens": "--output-tokens",
+    "body.usage[0].cache_read_tokens": "--cache-read-tokens", "body.usage[0].cache_write_tokens": "--cache-write-tokens",
+    "body.usage[0]": "--cache-read-tokens, --cache-write-tokens", "body.usage": "--model", "body.plans": "--plans", "body.units_before": "--units-before",
+    "body.at": "--at", "body.task_type": "--task-type",
+}  # fmt: skip
+
+
+def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
+    """What one task would cost under each plan (as `POST /v1/quotes`); stores nothing."""
+    body = _quote_body(args)
+    with open_engine(settings) as engine, unit_of_work(engine) as session:
+        tenant = find_tenant(session, args.tenant)
+        try:
+            result = analysis.quote_request(session, tenant, body, now=_now())
+        except InvalidInput as error:
+            raise _flag_fields(error, args) from None
+    _out(QuoteOut.model_validate(result).model_dump(mode="json"))
+    return 0
+
+
+def _quote_body(args: argparse.Namespace) -> QuoteIn:
+    """The quote request: the JSON of `--body` (a file, or - for stdin), else the flags."""
+    flags = [args.model, args.input_tokens, args.output_tokens, args.cache_read_tokens, args.cache_write_tokens,
+             args.task_type, args.outcome, args.plans, args.units_before, args.at]  # fmt: skip
+    if args.body is not None:
+        if any(flag is not None for flag in flags):
+            raise InvalidInput("invalid arguments", detail=[{"field": "--body", "message": "give the quote as --body or as flags, not both"}])
+        raw = _read_json(args.body)
+    else:
+        raw = {"usage": [], "outcome": args.outcome or "completed", "units_before": args.units_before or 0}
+        if args.model is not None:
+            provider, _, model = args.model.partition("/")
+            if not provider or not model:
+                raise InvalidInput("invalid arguments", detail=[{"field": "--model", "message": f"{args.model!r} is not PROVIDER/MODEL, e.g. openai/gpt-4o"}])
+            tokens = {name: getattr(args, name) or 0 for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")}
+            raw["usage"] = [{"provider": provider, "model": model, **tokens}]
+        elif any(getattr(args, n) is not None for n in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")):
+            raise InvalidInput("invalid arguments", detail=[{"field": "--model", "message": "token counts need the model that used them"}])
+        if args.task_type is not None:
+            raw["task_type"] = args.task_type
+        if args.plans is not None:
+            raw["plans"] = [p.strip() for p in args.plans.split(",") if p.strip()]
+        if args.at is not None:
+            raw["at"] = _instant(args.at)
+    try:
+        return QuoteIn.model_validate(raw)
+    except ValidationError as error:
+        detail = [{"field": "body" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"]),
+                   "message": item["msg"]} for item in error.errors(include_url=False)]  # fmt: skip
+        raise _flag_fields(InvalidInput("invalid quote", detail=detail), args) from None
+
+
+def _read_json(source: str) -> Any:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as error:
+        raise TaskmeterError(f"cannot read {source}: {error.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput("invalid quote", detail=[{"field": "--body", "message": f"not JSON: {error}"}]) from None
+
+
+def _instant(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidInput("invalid arguments", detail=[{"field": "--at", "message": f"{text!r} is not an instant with an offset, e.g. 2026-10-15T12:00:00Z"}])
+    return moment
+
+
+def _flag_fields(error: InvalidInput, args: argparse.Namespace) -> InvalidInput:
+    """The error with its fields named as the flags that gave them (unchanged for --body)."""
+    if args.body is not None or not isinstance(error.detail, list):
+        return error
+    detail = [{**item, "field": _QUOTE_FLAGS.get(item.get("field", ""), _QUOTE_FLAGS.get(item.get("field", "").split("[")[0], item.get("field")))}
+              for item in error.detail]  # fmt: skip
+    return InvalidInput(error.message, detail=detail)
 
 
 def add_commands(sub: Any) -> None:
@@ -134,3 +243,26 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--tenant", required=True)
     p.add_argument("--month", required=True, help="tenant-local month, e.g. 2026-10")
     p.set_defaults(func=cmd_close)
+
+    p = sub.add_parser("invoices", help="a tenant's invoices (list), or one invoice with its lines (show ID)")
+    p.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    p.add_argument("id", nargs="?", type=int, metavar="ID", help="the invoice's id (with show)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--month", help="list one tenant-local month, e.g. 2026-10 (default: all)")
+    p.add_argument("--customer", help="list one customer's invoices")
+    p.set_defaults(func=cmd_invoices)
+
+    p = sub.add_parser("quote", help="what one task would cost under each plan (stores nothing)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--model", metavar="PROVIDER/MODEL", help="the model the task uses, e.g. openai/gpt-4o")
+    p.add_argument("--input-tokens", type=int, help="all input tokens, cache reads and writes included")
+    p.add_argument("--output-tokens", type=int)
+    p.add_argument("--cache-read-tokens", type=int)
+    p.add_argument("--cache-write-tokens", type=int)
+    p.add_argument("--task-type")
+    p.add_argument("--outcome", choices=("completed", "failed", "cancelled"), help="default: completed")
+    p.add_argument("--plans", help="comma-separated plan ids (default: every plan in force)")
+    p.add_argument("--units-before", type=int, help="the month's usage so far in the plan's unit (tiers, allowances)")
+    p.add_argument("--at", help="price at this instant, e.g. 2026-10-15T12:00:00Z (default: now)")
+    p.add_argument("--body", metavar="FILE", help="the JSON body of POST /v1/quotes instead of the flags (- reads stdin)")
+    p.set_defaults(func=cmd_quote)

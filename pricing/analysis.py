@@ -23,6 +23,7 @@ from pricing import repository
 from pricing.compare import Comparison, ModelTokens, compare_plans, quote_task
 from pricing.plans import CustomerPlan, PlanBook
 from pricing.repository import last_day
+from pricing.schemas import QuoteIn
 from pricing.service import invalid, local_today
 
 
@@ -154,6 +155,15 @@ def quote(
             for q, v in zip(quotes, versions, strict=True)
         ],
     }  # fmt: skip
+
+
+def quote_request(session: Session, tenant: Tenant, body: QuoteIn, *, now: datetime) -> dict[str, Any]:
+    """`quote` for a request (`POST /v1/quotes`, `taskmeter quote`): priced at `body.at`, else `now`."""
+    usage = [TaskUsage(**item.model_dump()) for item in body.usage]
+    return quote(
+        session, tenant, usage=usage, task_type=body.task_type, outcome=body.outcome, plans=body.plans,
+        at=body.at or now, units_before=body.units_before,
+    )  # fmt: skip
 
 
 def _starts(book: PlanBook, plan_id: str) -> date:

@@ -284,15 +284,26 @@ def _text(value: Decimal) -> str:
     return f"{value:f}"
 
 
-def _close_summary(session: Session, tenant: Tenant, period: Period, closed_at: datetime, *, closed: bool) -> dict[str, Any]:
-    rows = session.execute(
+def _with_line_counts(session: Session, tenant: Tenant, *, period: str | None = None, customer: str | None = None) -> list[Any]:
+    """The tenant's invoices (of a month, of a customer) with their numbers of lines and of
+    adjustment lines, by month and number."""
+    where = [invoices.c.tenant_id == tenant.id]
+    if period is not None:
+        where.append(invoices.c.period == period)
+    if customer is not None:
+        where.append(invoices.c.customer == customer)
+    return list(session.execute(
         select(invoices, func.count(invoice_lines.c.id).label("lines"),
                func.count(invoice_lines.c.adjusts_period).label("adjustments"))
         .select_from(invoices.outerjoin(invoice_lines, invoice_lines.c.invoice_id == invoices.c.id))
-        .where(invoices.c.tenant_id == tenant.id, invoices.c.period == period.label)
+        .where(*where)
         .group_by(invoices.c.id)
-        .order_by(invoices.c.number)
-    ).all()  # fmt: skip
+        .order_by(invoices.c.period, invoices.c.number)
+    ).all())  # fmt: skip
+
+
+def _close_summary(session: Session, tenant: Tenant, period: Period, closed_at: datetime, *, closed: bool) -> dict[str, Any]:
+    rows = _with_line_counts(session, tenant, period=period.label)
     totals: dict[str, Decimal] = {}
     for row in rows:
         totals[row.currency] = totals.get(row.currency, from_minor(0, row.currency)) + from_minor(row.total_minor, row.currency)
@@ -357,6 +368,20 @@ def customer_invoices(session: Session, tenant: Tenant, customer: str) -> list[d
     return [
         {"id": r.id, "number": r.number, "status": r.status, "period": r.period, "currency": r.currency,
          "total": from_minor(r.total_minor, r.currency), "finalized_at": r.finalized_at}
+        for r in rows
+    ]  # fmt: skip
+
+
+def tenant_invoices(session: Session, tenant: Tenant, *, period: Period | None = None, customer: str | None = None) -> list[dict[str, Any]]:
+    """The tenant's invoices, of one month and of one customer when given, by month and number,
+    with their numbers of lines and of adjustment lines (`taskmeter invoices`)."""
+    rows = _with_line_counts(session, tenant, period=period.label if period else None, customer=customer)
+    if not rows and customer is not None:
+        require_customer(session, tenant, customer)
+    return [
+        {"id": r.id, "number": r.number, "customer": r.customer, "status": r.status, "period": r.period,
+         "currency": r.currency, "total": from_minor(r.total_minor, r.currency), "finalized_at": r.finalized_at,
+         "lines": r.lines, "adjustment_lines": r.adjustments}
         for r in rows
     ]  # fmt: skip
 

@@ -279,3 +279,18 @@ class InvoiceSummary(BaseModel):
     currency: str
     total: Exact
     finalized_at: Utc | None
+
+
+class TenantInvoice(BaseModel):
+    """An invoice in the list of a tenant's invoices (`taskmeter invoices`)."""
+
+    id: int
+    number: str | None
+    customer: str
+    status: str
+    period: str
+    currency: str
+    total: Exact
+    lines: int
+    adjustment_lines: int = Field(description="lines billing late usage of an earlier, closed month")
+    finalized_at: Utc | None

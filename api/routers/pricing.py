@@ -103,8 +103,4 @@ def get_customer_compare(
 @router.post("/v1/quotes", response_model=QuoteOut, responses=responses(*BODY_ERRORS))
 def post_quote(body: QuoteIn, principal: ReadScope, session: SessionDep, now: NowDep) -> dict[str, Any]:
     """What one more task would cost under each plan, and its provider cost. Stores nothing."""
-    usage = [analysis.TaskUsage(**item.model_dump()) for item in body.usage]
-    return analysis.quote(
-        session, principal.tenant, usage=usage, task_type=body.task_type, outcome=body.outcome, plans=body.plans,
-        at=body.at or now, units_before=body.units_before,
-    )  # fmt: skip
+    return analysis.quote_request(session, principal.tenant, body, now=now)

@@ -118,3 +118,68 @@ def test_console_script_runs_as_a_process(database_url: str, tmp_path: Path) -> 
     assert json.loads(done.stdout)["name"] == "proc-tenant"
     failed = subprocess.run([str(exe), "keys", "create", "--tenant", "ghost", "--scopes", "read"], env=env, capture_output=True, text=True, check=False)
     assert failed.returncode == 1 and failed.stdout == "" and "no tenant named 'ghost'" in failed.stderr
+
+
+class TestMissingDatabase:
+    """A command that needs data refuses a SQLite file that does not exist, naming it and how to
+    make it, and leaves no file behind; the commands that start a database create it."""
+
+    COMMANDS = {
+        "keys": ("keys", "create", "--tenant", "acme-ai", "--scopes", "read"),
+        "ingest": ("ingest", "{dir}/events.jsonl", "--tenant", "acme-ai"),
+        "rollup": ("rollup",),
+        "report": ("report", "--tenant", "acme-ai", "--month", "2026-10", "--out", "{dir}/out"),
+        "config": ("config", "load", "{dir}/tenant.yaml", "--tenant", "acme-ai"),
+        "compare": ("compare", "--tenant", "acme-ai", "--month", "2026-10"),
+        "close": ("close", "--tenant", "acme-ai", "--month", "2026-10"),
+        "invoices": ("invoices", "--tenant", "acme-ai"),
+        "invoice": ("invoices", "show", "1", "--tenant", "acme-ai"),
+        "quote": ("quote", "--tenant", "acme-ai"),
+        "stripe": ("stripe", "status"),
+    }
+
+    @pytest.fixture
+    def nowhere(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+        """The default database URL (./taskmeter.db) in an empty working directory."""
+        monkeypatch.delenv("TASKMETER_DATABASE_URL", raising=False)
+        monkeypatch.setenv("TASKMETER_SECRET_KEY", TEST_SECRET)
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "events.jsonl").write_text(json.dumps(make_event()) + "\n")
+        (tmp_path / "tenant.yaml").write_text("plans: []\n")
+        get_settings.cache_clear()
+        yield tmp_path
+        get_settings.cache_clear()
+
+    @pytest.mark.parametrize("name", COMMANDS)
+    def test_refused_naming_the_file_and_left_uncreated(self, name: str, nowhere: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        before = sorted(nowhere.iterdir())
+        code = cli.main([arg.format(dir=nowhere) for arg in self.COMMANDS[name]])
+        out, err = capsys.readouterr()
+        assert (code, out) == (1, "")
+        assert f"no database at {nowhere / 'taskmeter.db'}" in err
+        assert "`taskmeter demo`" in err and "`taskmeter tenants create NAME`" in err
+        assert sorted(nowhere.iterdir()) == before  # no taskmeter.db, -wal or -shm
+
+    def test_tenants_create_starts_the_database(self, nowhere: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        assert cli.main(["tenants", "create", "acme-ai"]) == 0
+        assert (nowhere / "taskmeter.db").is_file()
+        capsys.readouterr()
+        assert cli.main(["invoices", "--tenant", "acme-ai"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+
+
+class TestUnknownTenant:
+    def test_an_empty_database_says_how_to_make_a_tenant(self, run) -> None:
+        code, out, err = run("compare", "--tenant", "acme-ai", "--month", "2026-10")
+        assert (code, out) == (1, None)
+        assert "no tenant named 'acme-ai': this database has no tenants yet" in err
+        assert "`taskmeter tenants create acme-ai`" in err and "`taskmeter demo`" in err
+
+    def test_names_no_other_tenant(self, run) -> None:
+        run("tenants", "create", "secret-co")
+        for argv in (("keys", "create", "--tenant", "ghost", "--scopes", "read"), ("invoices", "--tenant", "ghost"),
+                     ("rollup", "--tenant", "ghost"), ("quote", "--tenant", "ghost")):  # fmt: skip
+            code, out, err = run(*argv)
+            assert (code, out) == (1, None)
+            assert "no tenant named 'ghost' (create it with `taskmeter tenants create ghost`)" in err
+            assert "secret-co" not in err

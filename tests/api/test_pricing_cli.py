@@ -1,12 +1,13 @@
-"""`taskmeter config load`, `compare` and `close`: JSON (or a table) on stdout, errors on stderr,
-exit 1 on failure; the clock is frozen at month ends."""
+"""`taskmeter config load`, `compare`, `close`, `invoices` and `quote`: JSON (or a table) on stdout,
+errors on stderr, exit 1 on failure; the clock is frozen at month ends. `invoices` and `quote`
+answer what the HTTP API answers."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ from api import cli
 from api.settings import get_settings
 from metering.db import unit_of_work
 from metering.ingest import ingest_events
-from metering.tenants import get_tenant
+from metering.tenants import Tenant, get_tenant
 from pricing.tables import invoices, plan_versions
-from tests.conftest import TEST_SECRET
+from tests.conftest import TEST_SECRET, LiveServer
 from tests.pricing.conftest import JOBS, PRICES, TOKENS, at, job
 
 CONFIG = {"prices": PRICES, "plans": [JOBS, TOKENS], "customers": [{"id": "acme", "plan": "jobs", "compare_with": ["tokens"]}]}
@@ -116,3 +117,107 @@ class TestClose:
             code, out, _ = run("close", "--tenant", tenant_with_usage, "--month", "2026-10")
         assert code == 0 and json.loads(out)["closed"] is False
         assert count(engine, invoices) == 1
+
+
+@pytest.fixture
+def closed(tenant_with_usage: str, run: Any) -> str:
+    """October closed: acme's support ticket billed 1.20 on INV-acme-ai-202610-0001."""
+    with freeze_time("2026-11-01T00:00:00Z"):
+        assert run("close", "--tenant", tenant_with_usage, "--month", "2026-10")[0] == 0
+    return tenant_with_usage
+
+
+def http(live_server: LiveServer, engine: Engine, make_key: Callable[[Tenant], str], name: str) -> Any:
+    with unit_of_work(engine) as session:
+        tenant = get_tenant(session, name)
+    return live_server.client(make_key(tenant))
+
+
+class TestInvoices:
+    def test_list_a_month_a_customer_or_all(self, closed: str, run: Any) -> None:
+        code, out, _ = run("invoices", "--tenant", closed)
+        assert code == 0 and json.loads(out) == [{
+            "id": 1, "number": "INV-acme-ai-202610-0001", "customer": "acme", "status": "finalized", "period": "2026-10",
+            "currency": "USD", "total": "1.20", "lines": 1, "adjustment_lines": 0, "finalized_at": "2026-11-01T00:00:00Z",
+        }]  # fmt: skip
+        assert run("invoices", "list", "--tenant", closed, "--month", "2026-10", "--customer", "acme")[1] == out
+        assert json.loads(run("invoices", "--tenant", closed, "--month", "2026-11")[1]) == []
+
+    def test_show_answers_what_the_http_api_answers(
+        self, closed: str, run: Any, live_server: LiveServer, engine: Engine, make_key: Callable[[Tenant], str]
+    ) -> None:
+        code, out, _ = run("invoices", "show", "1", "--tenant", closed)
+        shown = json.loads(out)
+        assert code == 0 and [(line["description"], line["amount"]) for line in shown["lines"]] == [
+            ("Completed support_ticket tasks", "1.20"),
+        ]  # fmt: skip
+        with http(live_server, engine, make_key, closed) as client:
+            assert shown == client.get("/v1/invoices/1").json()
+
+    def test_errors(self, closed: str, run: Any) -> None:
+        assert run("tenants", "create", "other-co")[0] == 0
+        cases = [
+            (("invoices", "show", "1", "--tenant", "other-co"), "no invoice 1"),  # another tenant's
+            (("invoices", "show", "99", "--tenant", closed), "no invoice 99"),
+            (("invoices", "show", "--tenant", closed), "`invoices show` takes an invoice id"),
+            (("invoices", "show", "1", "--tenant", closed, "--month", "2026-10"), "no --month or --customer"),
+            (("invoices", "list", "1", "--tenant", closed), "an invoice id goes with `invoices show ID`"),
+            (("invoices", "--tenant", closed, "--month", "2026-13"), '"field": "--month"'),
+            (("invoices", "--tenant", closed, "--customer", "nobody"), "no customer 'nobody'"),
+        ]
+        for argv, message in cases:
+            code, out, err = run(*argv)
+            assert (code, out) == (1, "") and message in err, argv
+        with pytest.raises(SystemExit) as exit_:  # argparse: `invoices ID` without show
+            run("invoices", "1", "--tenant", closed)
+        assert exit_.value.code == 2
+
+
+class TestQuote:
+    FLAGS = ("--model", "acme-ai/acme-large", "--input-tokens", "1000000", "--cache-read-tokens", "200000",
+             "--output-tokens", "100000", "--task-type", "support_ticket", "--at", "2026-10-15T12:00:00Z")  # fmt: skip
+    BODY = {"usage": [{"provider": "acme-ai", "model": "acme-large", "input_tokens": 1_000_000, "cache_read_tokens": 200_000,
+                       "output_tokens": 100_000}], "task_type": "support_ticket", "at": "2026-10-15T12:00:00Z"}  # fmt: skip
+
+    def test_flags_answer_what_the_http_api_answers(
+        self, tenant_with_usage: str, run: Any, live_server: LiveServer, engine: Engine, make_key: Callable[[Tenant], str]
+    ) -> None:
+        code, out, _ = run("quote", "--tenant", tenant_with_usage, *self.FLAGS)
+        quoted = json.loads(out)
+        # cost: 800,000 × 3 + 200,000 × 0.30 + 100,000 × 15 per million = 3.96
+        # tokens: 800,000 × 6 + 200,000 × 0.60 + 100,000 × 30 per million = 7.92
+        assert code == 0 and [(q["plan"], q["amount"], q["provider_cost"]) for q in quoted["quotes"]] == [
+            ("jobs", "1.20", "3.960000"), ("tokens", "7.92", "3.960000"),
+        ]  # fmt: skip
+        with http(live_server, engine, make_key, tenant_with_usage) as client:
+            assert quoted == client.post("/v1/quotes", json=self.BODY).json()
+
+    def test_the_body_from_a_file_or_stdin(self, tenant_with_usage: str, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        expected = run("quote", "--tenant", tenant_with_usage, *self.FLAGS)[1]
+        path = tmp_path / "quote.json"
+        path.write_text(json.dumps(self.BODY))
+        assert run("quote", "--tenant", tenant_with_usage, "--body", str(path)) == (0, expected, "")
+        monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(self.BODY | {"plans": ["tokens"], "outcome": "failed"})))
+        code, out, _ = run("quote", "--tenant", tenant_with_usage, "--body", "-")
+        assert code == 0 and [(q["plan"], q["amount"]) for q in json.loads(out)["quotes"]] == [("tokens", "7.92")]
+
+    def test_errors_name_the_flag(self, tenant_with_usage: str, run: Any, tmp_path: Path) -> None:
+        model = ("--model", "acme-ai/acme-large")
+        cases = [
+            (("--model", "acme-large"), "--model", "is not PROVIDER/MODEL"),
+            (("--input-tokens", "5"), "--model", "token counts need the model"),
+            ((*model, "--input-tokens", "-1"), "--input-tokens", "greater than or equal to 0"),
+            ((*model, "--input-tokens", "5", "--cache-read-tokens", "6"), "--cache-read-tokens, --cache-write-tokens", "cache tokens exceed input_tokens"),
+            ((*model, "--plans", "tokens,nope"), "--plans", "unknown plan 'nope'"),
+            (("--at", "2026-10-15"), "--at", "is not an instant with an offset"),
+            (("--body", str(tmp_path / "none.json")), "", "cannot read"),
+            (("--body", "-", "--outcome", "failed"), "--body", "not both"),
+        ]
+        for flags, field, message in cases:
+            code, out, err = run("quote", "--tenant", tenant_with_usage, *flags)
+            assert (code, out) == (1, ""), flags
+            assert message in err and f'"field": "{field}"' in err if field else message in err, (flags, err)
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"usage": [{"provider": "a", "model": "b", "input_tokens": 1.5}]}))
+        code, _, err = run("quote", "--tenant", tenant_with_usage, "--body", str(bad))
+        assert code == 1 and '"field": "body.usage[0].input_tokens"' in err
