@@ -274,6 +274,21 @@ class _BackgroundScheduler(BackgroundScheduler):
             return super()._process_jobs()  # type: ignore[no-any-return]
 
 
+class _OverrunRollupIsRoutine(logging.Filter):
+    """The rollup runs every second; when one run outlasts the interval, APScheduler skips the
+    next and warns. That is the design (one run at a time, the next one takes up the backlog),
+    so the warning is demoted to a debug line for the rollup job only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if JOB_ROLLUP in record.getMessage() and "maximum number of running instances" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_OverrunRollupIsRoutine())
+
+
 class TaskmeterScheduler:
     """APScheduler with taskmeter's jobs and job store. `start()` adds the jobs that are missing or
     whose interval changed, keeps the others (and their next run time), and removes the Stripe job

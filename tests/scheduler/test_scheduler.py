@@ -188,3 +188,12 @@ class TestTwoSchedulers:
         expected = sorted((t, m) for t in ("one", "two", "three") for m in months)
         assert sorted(fake_close.calls) == expected
         assert sorted(fake_reports.calls) == expected
+
+
+def test_an_overrun_rollup_is_a_debug_line_and_other_skips_stay_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("apscheduler.scheduler")
+    with caplog.at_level(logging.INFO, logger="apscheduler.scheduler"):
+        message = 'Execution of job "%s" skipped: maximum number of running instances reached (%d)'
+        logger.warning(message, "taskmeter.rollup (trigger: interval[0:00:01])", 1)
+        logger.warning(message, "taskmeter.close (trigger: interval[0:01:00])", 1)
+    assert [(r.levelname, "taskmeter.close" in r.getMessage()) for r in caplog.records] == [("WARNING", True)]
