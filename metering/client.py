@@ -189,7 +189,7 @@ class Task:
         if type(provider) is not str or not 0 < len(provider) <= 64 or type(model) is not str or not 0 < len(model) <= 128:
             _check_text("provider", provider)
             _check_text("model", model)
-        counts = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens)
+        counts: tuple[int, ...] = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens)
         if any(type(c) is not int or c < 0 or c > MAX_TOKENS for c in counts):
             counts = tuple(_count(name, c) for name, c in zip(_TOKEN_NAMES, counts, strict=True))
         inp, out, cache_read, cache_write, reasoning = counts

@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 import orjson
@@ -64,7 +64,18 @@ class FlushMarker:
         self.delivered = False
 
 
+class _HttpOptions(TypedDict):
+    """The keyword arguments of the sender's `httpx.Client`, kept to build it again after a fork."""
+
+    base_url: str
+    headers: dict[str, str]
+    timeout: httpx.Timeout
+    transport: httpx.BaseTransport | None
+
+
 class Sender:
+    _closing: bool  # set by `_start`, read by `_start` only in a forked child (after a first start)
+
     def __init__(
         self,
         url: str,
@@ -92,7 +103,7 @@ class Sender:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.timeout = timeout
-        self._client_options = {
+        self._client_options: _HttpOptions = {
             "base_url": url.rstrip("/"),
             "headers": {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
                         "User-Agent": "taskmeter-python"},
@@ -199,7 +210,8 @@ class Sender:
         if (self.spool.has_own() or now >= self._next_scan) and now >= self._down_until:
             self._next_scan = now + _SCAN_EVERY
             self._send_spool()
-        queue, batch = self.queue, []
+        queue = self.queue
+        batch: list[dict[str, Any]] = []
         while queue:
             item = queue.popleft()
             if isinstance(item, FlushMarker):

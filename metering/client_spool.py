@@ -85,8 +85,8 @@ class Spool:
                 self._left_behind = True
                 segment = self._create()
                 assert segment.handle is not None
-                with segment.handle as handle:
-                    handle.write(b"\n".join(lines) + b"\n")
+                with segment.handle as own:
+                    own.write(b"\n".join(lines) + b"\n")
                 return
             if self._current is None:
                 self._current = self._create()

@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
@@ -39,8 +39,9 @@ from metering.tables import events
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UTF8_BOM = b"\xef\xbb\xbf"
 _ONE_US = timedelta(microseconds=1)
-_BATCH = TypeAdapter(list[EventIn])
-_ONE = TypeAdapter(EventIn)
+# EventIn is the shape validated; the validated events are handled as plain dicts from here on
+_BATCH = cast("TypeAdapter[list[dict[str, Any]]]", TypeAdapter(list[EventIn]))
+_ONE = cast("TypeAdapter[dict[str, Any]]", TypeAdapter(EventIn))
 _LOOKUP_CHUNK = 500
 
 INSERT_COLUMNS = (

@@ -60,11 +60,10 @@ def _message(message: Message) -> dict[str, Any]:
 
 
 def _key_value(item: Any) -> dict[str, Any]:
-    kind = item.value.WhichOneof("value") if item.key else None
-    simple = _SIMPLE_VALUES.get(kind) if kind else None
-    if simple is None:  # doubles, arrays, lists, bytes, an empty key or value: the general path
-        return _message(item)
-    json_name, convert = simple
+    kind: str | None = item.value.WhichOneof("value") if item.key else None
+    if kind is None or kind not in _SIMPLE_VALUES:  # doubles, arrays, lists, bytes, an empty
+        return _message(item)  # key or value: the general path
+    json_name, convert = _SIMPLE_VALUES[kind]
     return {"key": item.key, "value": {json_name: convert(getattr(item.value, kind))}}
 
 

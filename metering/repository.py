@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, func, literal, select, union_all
+from sqlalchemy import ColumnElement, Connection, FromClause, and_, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from metering.ingest import from_us, to_us
@@ -86,6 +87,8 @@ def usage(
     customer: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Usage of days [first_day, end_day) grouped as asked, and the total."""
+    source: FromClause
+    keys: Sequence[ColumnElement[Any]]
     if group_by == "task_type":
         table = task_usage_detail
         keys = [func.coalesce(task_usage.c.task_type, "").label("task_type")]

@@ -231,8 +231,8 @@ def _reduce_tasks(
         )
         out[key_us] = _nullable(choice.us, winner)
         out[key_seq] = _nullable(choice.seq, winner)
-    values, mask = started
-    out["started_us"] = _grouped(np.minimum, codes[mask], values[mask], n, _MAX, missing_as_na=True)
+    started_us, mask = started
+    out["started_us"] = _grouped(np.minimum, codes[mask], started_us[mask], n, _MAX, missing_as_na=True)
     out["first_event_us"] = _grouped(np.minimum, codes, first_us, n, _MAX)
     out["last_event_us"] = _grouped(np.maximum, codes, last_us, n, _MIN)
     out |= totals
@@ -313,18 +313,19 @@ def _group_sum(keys: dict[str, np.ndarray], measures: dict[str, np.ndarray], *, 
     combined = _pack(keys)
     if combined is None:  # too many distinct values to pack: let pandas number the combinations
         combined = np.array(pd.DataFrame(keys).groupby(list(keys), sort=False).ngroup(), dtype=np.int64)  # writable
-    left_out = rows is not None and not rows.all()
-    if left_out:
+    if rows is not None and rows.all():
+        rows = None  # nothing left out
+    if rows is not None:
         combined[~rows] = -1  # one group for the rows left out (keys are >= 0), dropped below
     groups, first_rows = _factorize_first(combined)
-    if left_out:  # the left-out group numbered last, so that dropping it is a slice
+    if rows is not None:  # the left-out group numbered last, so that dropping it is a slice
         _swap_codes(groups, first_rows, int(groups[np.argmin(rows)]), len(first_rows) - 1)
     n = len(first_rows)
     out = {name: values[first_rows] for name, values in keys.items()}
     for name, values in measures.items():
         out[name] = _sum_by(groups, n, values)
     out["_first_row"] = first_rows
-    return {name: values[: n - 1] for name, values in out.items()} if left_out else out
+    return {name: values[: n - 1] for name, values in out.items()} if rows is not None else out
 
 
 def _swap_codes(groups: np.ndarray, first_rows: np.ndarray, a: int, b: int) -> None:

@@ -6,6 +6,8 @@ on SQLite and PostgreSQL, and read into pandas without parsing text.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -107,7 +109,7 @@ rollup_state = Table(
 # rebuild ~17 s of its ~60 s of writing (migration 0008).
 
 
-def _usage_columns() -> list[Column]:  # type: ignore[type-arg]
+def _usage_columns() -> list[Column[Any]]:
     """Additive usage measures: counts, tokens and exact cost (nanos + remainder in 1e-15)."""
     return [
         Column("usage_events", BigInteger, nullable=False),

@@ -16,9 +16,10 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection, CursorResult, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -138,10 +139,14 @@ def create_api_key(
 def revoke_api_key(session: Session, tenant: Tenant, prefix: str, *, now: datetime) -> None:
     """Revoke a key now (also one still in the grace period of a rotation)."""
     still_working = or_(api_keys.c.revoked_at.is_(None), api_keys.c.revoked_at > now)
-    result = session.execute(
-        update(api_keys)
-        .where(api_keys.c.tenant_id == tenant.id, api_keys.c.prefix == prefix, still_working)
-        .values(revoked_at=now)
+    # Session.execute is typed as returning a Result; an UPDATE's is a CursorResult (rowcount).
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(api_keys)
+            .where(api_keys.c.tenant_id == tenant.id, api_keys.c.prefix == prefix, still_working)
+            .values(revoked_at=now)
+        ),
     )
     if result.rowcount == 0:
         raise NotFound(f"no active key {prefix!r} for tenant {tenant.name!r}")

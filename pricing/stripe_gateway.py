@@ -12,13 +12,15 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import stripe
+from stripe.params import CustomerCreateParams, InvoiceCreateParams, InvoiceItemCreateParams
 
 log = logging.getLogger("taskmeter.stripe")
 
 T = TypeVar("T")
+CollectionMethod = Literal["charge_automatically", "send_invoice"]
 
 
 def is_transient(error: stripe.StripeError) -> bool:
@@ -72,7 +74,7 @@ class StripeGateway:
         max_retries: int = 3,
         backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 8.0,
-        collection_method: str = "charge_automatically",
+        collection_method: CollectionMethod = "charge_automatically",
         days_until_due: int = 30,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -91,9 +93,10 @@ class StripeGateway:
         """From `api.settings.Settings` (taken untyped: pricing does not import api)."""
         if settings.stripe_api_key is None:
             raise ValueError("Stripe is off: TASKMETER_STRIPE_API_KEY is not set")
-        base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
         client = stripe.StripeClient(
-            settings.stripe_api_key.get_secret_value(), base_addresses=base, max_network_retries=0
+            settings.stripe_api_key.get_secret_value(),
+            base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
+            max_network_retries=0,
         )
         options.setdefault("max_retries", settings.stripe_max_retries)
         options.setdefault("collection_method", settings.stripe_collection_method)
@@ -102,12 +105,12 @@ class StripeGateway:
 
     # --- the calls --------------------------------------------------------------------------
 
-    def create_customer(self, params: dict[str, Any], *, key: str) -> stripe.Customer:
+    def create_customer(self, params: CustomerCreateParams, *, key: str) -> stripe.Customer:
         return self._call(
             "create customer", lambda: self.client.v1.customers.create(params, {"idempotency_key": key})
         )
 
-    def create_invoice(self, params: dict[str, Any], *, key: str) -> stripe.Invoice:
+    def create_invoice(self, params: InvoiceCreateParams, *, key: str) -> stripe.Invoice:
         params = {**params, "collection_method": self.collection_method}
         if self.collection_method == "send_invoice":
             params["days_until_due"] = self.days_until_due
@@ -115,7 +118,7 @@ class StripeGateway:
             "create invoice", lambda: self.client.v1.invoices.create(params, {"idempotency_key": key})
         )
 
-    def create_invoice_item(self, params: dict[str, Any], *, key: str) -> stripe.InvoiceItem:
+    def create_invoice_item(self, params: InvoiceItemCreateParams, *, key: str) -> stripe.InvoiceItem:
         return self._call(
             "create invoice item",
             lambda: self.client.v1.invoice_items.create(params, {"idempotency_key": key}),

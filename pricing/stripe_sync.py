@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -259,7 +260,7 @@ def _add_items(
     engine: Engine,
     gateway: StripeGateway,
     invoice: Row[Any],
-    lines: list[Row[Any]],
+    lines: Sequence[Row[Any]],
     customer_id: str,
     stripe_invoice_id: str,
 ) -> None:

@@ -92,7 +92,7 @@ def record_event(session: Session, event: stripe.Event, *, now: datetime) -> Web
     ).scalar_one_or_none()
     if inserted is None:
         return WebhookOutcome(event.id, event.type, "duplicate")
-    if status is None:
+    if status is None or stripe_invoice_id is None:  # (there is no status without an invoice id)
         return WebhookOutcome(event.id, event.type, "ignored")
 
     invoice = session.execute(

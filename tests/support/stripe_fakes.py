@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 import stripe
+from stripe.params import InvoiceCreateParams, InvoiceItemCreateParams
 
 from pricing.stripe_gateway import StripeGateway
 from tests.support.localstripe_server import LocalStripe, start_localstripe
@@ -58,10 +59,10 @@ class FaultyGateway(StripeGateway):
 
         return super()._call(what, faulty)
 
-    def create_invoice(self, params: dict[str, Any], *, key: str) -> stripe.Invoice:
+    def create_invoice(self, params: InvoiceCreateParams, *, key: str) -> stripe.Invoice:
         return super().create_invoice(params, key=key + self.key_suffix)
 
-    def create_invoice_item(self, params: dict[str, Any], *, key: str) -> stripe.InvoiceItem:
+    def create_invoice_item(self, params: InvoiceItemCreateParams, *, key: str) -> stripe.InvoiceItem:
         time.sleep(self.delay)
         return super().create_invoice_item(
             {**params, "amount": params["amount"] + self.tamper}, key=key + self.key_suffix
