@@ -1,7 +1,9 @@
 """The dashboard in headless Chromium (Debian's `chromium` and `chromium-driver`, driven by
 Selenium): sign in, pick a month and a customer, the charts render without console errors, the
 numbers are the CSV's, the download works; unauthenticated visits go to the sign-in page and
-another tenant's customer is not found. Screenshots go to artifacts/dashboard/."""
+another tenant's customer is not found; the pages fit a 1280 px window; the API reference renders
+with no network. Every host but 127.0.0.1 is unresolvable for the browser (no network), and
+screenshots go to artifacts/dashboard/."""
 
 from __future__ import annotations
 
@@ -38,7 +40,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard"
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage")  # fmt: skip
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+         # No network: any host but the loopback server fails to resolve.
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")  # fmt: skip
 
 
 @pytest.fixture
@@ -222,3 +226,40 @@ def test_unauthenticated_goes_to_sign_in_and_other_tenants_are_not_found(
     assert "No usage in October 2026 yet" in driver.find_element(By.CSS_SELECTOR, "section.empty").text
     shot(driver, "new-tenant-empty")
     assert console_errors(driver) == []
+
+
+def resources(driver: Any) -> list[str]:
+    """The URLs of every resource the page loaded (scripts, styles, images, fetches)."""
+    return driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_the_api_reference_renders_its_operations_with_no_network(
+    live_server: LiveServer, open_browser: Callable[..., Any]
+) -> None:
+    driver = open_browser(1280, 900)
+    driver.get(live_server.url + "/docs")
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 10)
+    paths = {p.text for p in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/events", "/v1/usage", "/v1/plans"} <= paths
+    driver.find_element(By.CSS_SELECTOR, "#operations-events-post_events_v1_events_post .opblock-summary").click()
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock.is-open .opblock-body"))
+    loaded = resources(driver)
+    assert any(u.endswith("/openapi.json") for u in loaded)
+    assert all(u.startswith(live_server.url + "/") for u in loaded), loaded
+    shot(driver, "api-docs")
+    assert console_errors(driver) == []
+
+    driver.get(live_server.url + "/redoc")
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-section-id]")) >= 10)
+    assert "/v1/events" in driver.find_element(By.TAG_NAME, "body").text
+    # ReDoc's footer asks cdn.redoc.ly for its logo, unconditionally: the policy blocks it.
+    logo = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+    loaded = [u for u in resources(driver) if u != logo]
+    assert all(u.startswith(live_server.url + "/") for u in loaded), loaded
+    assert any(u.endswith("/openapi.json") for u in loaded)
+    shot(driver, "api-redoc")
+    assert [e["message"] for e in console_errors(driver)] == [
+        f"{live_server.url}/redoc - Loading the image 'https://cdn.redoc.ly/redoc/logo-mini.svg' violates the "
+        "following Content Security Policy directive: \"img-src 'self' data:\". The action has been blocked."
+    ]
