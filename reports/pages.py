@@ -100,7 +100,7 @@ def tasks(customer: str, month: str, rows: Sequence[dict[str, str]], *, page: in
           tenant: str, csrf: str, version: str) -> str:  # fmt: skip
     body_rows = [
         [(f'<span title="{e(r["task"])}">{e(r["task"])}</span>', "task"), e(r["task_type"]) or '<span class="muted">—</span>',
-         badge(r["status"], r["status"]), (e(instant(r["started_at"])), "time"), (e(instant(r["ended_at"])), "time"),
+         badge(r["status"], r["status"]), (_when(r["started_at"]), "time"), (_when(r["ended_at"]), "time"),
          num(count(int(r["usage_events"])), r["usage_events"]), num(count(int(r["input_tokens"])), r["input_tokens"]),
          num(count(int(r["output_tokens"])), r["output_tokens"]), num(task_cost(r["provider_cost"], currency), r["provider_cost"]),
          "yes" if r["priced"] == "true" else badge("unpriced", "warn")]
@@ -112,7 +112,10 @@ def tasks(customer: str, month: str, rows: Sequence[dict[str, str]], *, page: in
     if more:
         pager.append(f'<a href="{e(url(_tasks_path(customer), month=month, page=page + 1))}">next →</a>')
     first = (page - 1) * TASKS_PER_PAGE + 1
-    caption = f"tasks {count(first)}–{count(first + len(body_rows) - 1)}" + (", more on the next page" if more else "")
+    if page == 1 and not more:
+        caption = f"{count(len(body_rows))} {'task' if len(body_rows) == 1 else 'tasks'}"
+    else:
+        caption = f"tasks {count(first)}–{count(first + len(body_rows) - 1)}" + (", more on the next page" if more else "")
     content = (table(TASK_HEADERS, body_rows, css="tasks", caption=caption) if body_rows
                else '<p class="muted">No task of this customer has an event in this month.</p>')  # fmt: skip
     back = url("", month=month, customer=customer)
@@ -121,6 +124,10 @@ def tasks(customer: str, month: str, rows: Sequence[dict[str, str]], *, page: in
 <section class="card"><p class="muted small">Every task with an event in the month, with the month's share of its usage (as in the tasks CSV).
 Times are UTC.</p>{content}<nav class="pager">{" ".join(pager)}</nav></section>"""
     return frame(f"Tasks of {customer}", body, version=version, header=topbar(tenant, csrf))
+
+
+def _when(text: str) -> str:
+    return e(instant(text)) if text else '<span class="muted">—</span>'
 
 
 def _tasks_path(customer: str) -> str:

@@ -20,7 +20,7 @@ import pytest
 
 from metering.tenants import Tenant
 from tests.conftest import LiveServer
-from tests.reports.conftest import Books
+from tests.reports.conftest import Books, usage
 
 CHROMIUM, DRIVER = (
     shutil.which("chromium") or "/usr/bin/chromium",
@@ -263,3 +263,38 @@ def test_the_api_reference_renders_its_operations_with_no_network(
         f"{live_server.url}/redoc - Loading the image 'https://cdn.redoc.ly/redoc/logo-mini.svg' violates the "
         "following Content Security Policy directive: \"img-src 'self' data:\". The action has been blocked."
     ]
+
+
+@pytest.mark.slow
+def test_every_page_fits_a_1280_pixel_window(
+    live_server: LiveServer, october_books: Books, make_key: Callable[..., str], open_browser: Callable[..., Any]
+) -> None:
+    # A task id as long as an agent runtime may make one: it ends in an ellipsis, the row stays one line.
+    long_task = "run-2026-11-04T08:00:00Z/" + "d3adb33f" * 10
+    october_books.send(usage(long_task, "2026-11-04T08:00:00Z", input_tokens=123_456_789, output_tokens=9_876_543))
+    october_books.rollup()
+    driver = open_browser(1280, 900)
+    assert driver.execute_script("return window.innerWidth") == 1280
+    sign_in(driver, live_server, make_key(october_books.tenant, "read"), "/dashboard?month=2026-10")
+    pages = {
+        "month": "/dashboard?month=2026-10",
+        "open-month": "/dashboard?month=2026-11",
+        "customer": "/dashboard?month=2026-10&customer=acme",
+        "tasks": "/dashboard/customers/acme/tasks?month=2026-11",
+        "draft-invoice": "/dashboard/customers/globex/invoice?month=2026-11",
+    }
+    for name, path in pages.items():
+        driver.get(live_server.url + path)
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "main table"))
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= 1280, name
+        # Not even a table scrolls inside its card at this width.
+        overflowing = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.table-wrap')).filter(w => w.scrollWidth > w.clientWidth + 1).length"
+        )
+        assert overflowing == 0, name
+        shot(driver, f"fit-1280-{name}")
+    driver.get(live_server.url + pages["tasks"])
+    cell = driver.find_element(By.XPATH, f"//table[contains(@class,'tasks')]//span[@title='{long_task}']/..")
+    assert cell.size["height"] < 40  # one line, cut with an ellipsis; the full id on hover
+    assert driver.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", cell)
+    assert console_errors(driver) == []
