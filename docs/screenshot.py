@@ -87,8 +87,17 @@ def capture(driver: Any, url: str, key: str, path: str, seconds: float = 120) ->
     driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
     WebDriverWait(driver, 30).until(lambda d: "/dashboard/sign-in" not in d.current_url)
     driver.get(url + path)
-    # The loading page refreshes itself until the month is computed.
-    WebDriverWait(driver, seconds).until(lambda d: d.find_elements(By.CSS_SELECTOR, "section.kpis, section.empty"))
+    # The loading page refreshes itself until the month is computed; earlier months of the chart
+    # still being computed ("…") appear on a reload.
+    deadline = time.monotonic() + seconds
+    while True:
+        WebDriverWait(driver, seconds).until(lambda d: d.find_elements(By.CSS_SELECTOR, "section.kpis, section.empty"))
+        if not driver.find_elements(By.CSS_SELECTOR, "svg text.pending, [data-empty-chart][data-pending]"):
+            break
+        if time.monotonic() > deadline:
+            sys.exit(f"{path}: months still being computed after {seconds:.0f} s")
+        time.sleep(1)
+        driver.refresh()
     driver.execute_script("window.scrollTo(0, 0)")
     width = driver.execute_script("return document.documentElement.scrollWidth")
     height = driver.execute_script("return document.documentElement.scrollHeight")

@@ -87,6 +87,7 @@ def months_chart(points: Sequence[MonthPoint], currency: str, *, selected: str) 
     slot = plot_w / max(1, len(points))
     bar = min(22.0, slot * 0.32)
     line: list[tuple[float, float]] = []
+    dots: list[str] = []
     for i, point in enumerate(points):
         cx = left + slot * (i + 0.5)
         label = month_short(point.period, first=i == 0)
@@ -95,8 +96,8 @@ def months_chart(points: Sequence[MonthPoint], currency: str, *, selected: str) 
             f'<text class="{css}" x="{cx:.1f}" y="{height - bottom + 18}" text-anchor="middle">{escape(label)}</text>'
         )
         if point.period == selected:
-            parts.append(
-                f'<rect class="highlight" x="{cx - slot / 2 + 2:.1f}" y="{top}" width="{slot - 4:.1f}" height="{plot_h}"/>'
+            parts.insert(  # behind the grid and the bars
+                0, f'<rect class="highlight" x="{cx - slot / 2 + 2:.1f}" y="{top}" width="{slot - 4:.1f}" height="{plot_h}"/>'
             )
         if point.state == "pending":
             parts.append(
@@ -113,11 +114,12 @@ def months_chart(points: Sequence[MonthPoint], currency: str, *, selected: str) 
             parts.append(f'<rect class="{css_bar}" x="{cx + offset:.1f}" y="{top_y:.1f}" width="{bar:.1f}" height="{max(base - top_y, 0.5):.1f}">'
                          f'<title>{escape(point.period)} {what}: {escape(text)}</title></rect>')  # fmt: skip
         line.append((cx, y(float(point.margin))))
-        parts.append(f'<circle class="dot {"loss" if point.margin < 0 else "gain"}" cx="{cx:.1f}" cy="{y(float(point.margin)):.1f}" r="3.5">'
+        dots.append(f'<circle class="dot {"loss" if point.margin < 0 else "gain"}" cx="{cx:.1f}" cy="{y(float(point.margin)):.1f}" r="3.5">'
                      f'<title>{escape(point.period)} margin: {escape(point.margin_text)}</title></circle>')  # fmt: skip
     if len(line) > 1:
         path = " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{yy:.1f}" for i, (x, yy) in enumerate(line))
-        parts.insert(len(parts) - len(line), f'<path class="margin-line" d="{path}"/>')
+        parts.append(f'<path class="margin-line" d="{path}"/>')
+    parts.extend(dots)  # the margin line and its dots above the bars
     return _svg(width, height, "Revenue, provider cost and margin by month", "".join(parts))
 
 

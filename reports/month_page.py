@@ -169,10 +169,11 @@ def _months(p: MonthPage) -> str:
                                  money(cost, currency), money(margin, currency)))  # fmt: skip
     title = f"Revenue, provider cost and margin · the {len(points)} months to {month_long(p.view.period)}"
     if not any(point.state == "ready" and (point.revenue or point.cost) for point in points):
-        why = ("These months' figures are being computed; they appear when you reload the page."
-               if any(s.state == "pending" for s in p.series)
+        pending = any(s.state == "pending" for s in p.series)
+        why = ("These months' figures are being computed; they appear when you reload the page." if pending
                else "No revenue and no provider cost in these months: figures appear once agents report usage.")  # fmt: skip
-        return f'<section class="card"><h2>{e(title)}</h2><p class="muted empty-chart" data-empty-chart>{e(why)}</p></section>'
+        mark = " data-pending" if pending else ""
+        return f'<section class="card"><h2>{e(title)}</h2><p class="muted empty-chart" data-empty-chart{mark}>{e(why)}</p></section>'
     chart = months_chart(points, currency, selected=p.view.period)
     legend = ('<div class="legend"><span class="key revenue"></span>Revenue (amount due)<span class="key cost"></span>'
               'Provider cost<span class="key margin"></span>Margin</div>')  # fmt: skip
@@ -180,6 +181,9 @@ def _months(p: MonthPage) -> str:
     note = (
         '<p class="muted small">… months still being computed appear on the next load.</p>' if pending else ""
     )
+    before = next((i for i, s in enumerate(p.series) if s.state != "empty"), 0)
+    if before:
+        note += f'<p class="muted small" data-first-usage>No usage before {e(month_long(p.series[before].period))}.</p>'
     return f'<section class="card"><h2>{e(title)}</h2>{legend}{chart}{note}</section>'
 
 

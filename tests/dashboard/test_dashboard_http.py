@@ -371,6 +371,7 @@ class TestHowPeopleReadIt:
         chart = between(dashboard.get("/dashboard?month=2026-10").text, "the 12 months to October 2026", "</section>")
         months = re.findall(r'<text class="axis[^"]*"[^>]*>([A-Z][a-z]{2}(?: \d\d)?)</text>', chart)
         assert months == ["Nov 25", "Dec", "Jan 26", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct"]
+        assert "No usage before September 2026." in chart  # globex's g2 began on Sep 30
 
     def test_empty_panels_say_why(self, live_server: LiveServer, make_books: Callable[..., Books],
                                   make_key: Callable[..., str]) -> None:  # fmt: skip

@@ -84,3 +84,10 @@ class TestCharts:
         assert labels == ["€0", "€0.5", "€1", "€1.5", "Jan 26", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep",
                           "Oct", "Nov", "Dec"]  # fmt: skip
         assert svg.count('class="bar revenue"') == 4
+
+    def test_the_selected_month_is_behind_and_the_margin_line_above_the_bars(self) -> None:
+        points = [MonthPoint(m, "ready", Decimal(0), Decimal(15), Decimal(-15)) for m in ("2026-10", "2026-11", "2026-12")]
+        svg = months_chart(points, "USD", selected="2026-12")
+        assert svg.index('class="highlight"') < svg.index('class="grid')
+        assert svg.rindex('class="bar cost"') < svg.index('class="margin-line"') < svg.index('class="dot loss"')
+        assert svg.count('class="dot loss"') == 3
