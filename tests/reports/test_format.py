@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reports.charts import MonthPoint, _ticks, months_chart
-from reports.format import clock, instant, money, money_text, quantity, task_cost, unit_price
+from reports.format import clock, compact_money, instant, money, money_text, quantity, task_cost, unit_price
 
 
 class TestMoney:
@@ -48,6 +48,13 @@ class TestMoney:
         assert unit_price(Decimal("0.0000025"), "EUR") == "€0.0000025"
         assert unit_price("1200", "JPY") == "¥1,200"
         assert unit_price("0", "USD") == "$0.00"
+
+    @pytest.mark.parametrize(("amount", "currency", "text"), [
+        ("0", "USD", "$0"), ("0.005", "USD", "$0.005"), ("1.20", "USD", "$1.2"), ("99.95", "USD", "$100"),
+        ("2500", "USD", "$2.5k"), ("-2500", "EUR", "−€2.5k"), ("1234567", "JPY", "¥1.2M"), ("2500", "SEK", "2.5k SEK"),
+    ])  # fmt: skip
+    def test_axis_labels_are_short_and_go_through_the_same_helper(self, amount: str, currency: str, text: str) -> None:
+        assert compact_money(Decimal(amount), currency) == text
 
     def test_an_empty_cell_is_a_dash(self) -> None:
         assert money_text("", "USD") == "—"
