@@ -19,6 +19,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -50,7 +51,13 @@ def demo(env: dict[str, str]) -> str:
     done = subprocess.run([str(TASKMETER), "demo"], env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         sys.exit(f"taskmeter demo failed:\n{done.stderr}")
-    return str(json.loads(done.stdout)["key"])
+    try:  # its JSON summary names the key; failing that, anything that looks like a key
+        return str(json.loads(done.stdout)["key"])
+    except (ValueError, KeyError, TypeError):
+        found = re.search(r"\btm_[A-Za-z0-9]+_[A-Za-z0-9_-]+", done.stdout)
+        if found is None:
+            sys.exit(f"taskmeter demo printed no API key:\n{done.stdout}")
+        return found.group(0)
 
 
 def wait_healthy(url: str, server: subprocess.Popen[bytes], seconds: float = 60) -> None:
