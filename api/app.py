@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from sqlalchemy import Engine
 
 from api.errors import install_error_handlers
@@ -13,6 +14,7 @@ from api.limits import RequestLimitsMiddleware
 from api.ratelimit import RateLimiter
 from api.routers import audit as audit_routes
 from api.routers import dashboard as dashboard_routes
+from api.routers import docs as docs_routes
 from api.routers import events, invoices, otlp, pricing, usage
 from api.routers import reports as report_routes
 from api.routers import stripe as stripe_routes
@@ -42,6 +44,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         version="0.1.0",
         description="Outcome-based usage metering and billing for AI agents.",
         lifespan=lifespan,
+        docs_url=None,  # served by api.routers.docs from packaged files, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -60,6 +64,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(report_routes.router)
     app.include_router(dashboard_routes.router)
     app.include_router(audit_routes.router)
+    app.include_router(docs_routes.router)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/dashboard", status_code=307)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

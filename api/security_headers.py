@@ -4,7 +4,8 @@ Content-Security-Policy, its Referrer-Policy) is kept.
 - `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`, `X-Frame-Options: DENY`;
 - a Content-Security-Policy: `default-src 'none'; frame-ancestors 'none'` on anything that is
   not HTML (JSON, CSV: nothing in them may load or run), `frame-ancestors 'none'` on HTML pages
-  without a policy of their own (the interactive API docs load their script from a CDN);
+  without a policy of their own (the dashboard and the API docs, `api.routers.docs`, set theirs:
+  this origin only);
 - `Cache-Control: no-store` on answers to requests carrying an API key, unless set;
 - `Strict-Transport-Security` when the request came over https.
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from html import escape
 
 from reports.format import compact_money, month_short
@@ -25,21 +25,25 @@ class Bar:
     href: str | None = None
 
 
-def _ticks(low: float, high: float, count: int = 4, *, whole: bool = False) -> list[float]:
-    """Round tick values covering [low, high] (low <= 0 <= high); `whole`: counts, steps of 1 at least."""
-    span = (high - low) or 1.0
+STEPS = tuple(Decimal(m) for m in ("1", "2", "2.5", "5", "10"))
+
+
+def _ticks(low: Decimal, high: Decimal, count: int = 4, *, whole: bool = False) -> list[Decimal]:
+    """Round tick values covering [low, high] (low <= 0 <= high), exact, so that their labels are
+    the figures' own; `whole`: counts, steps of 1 at least."""
+    span = (high - low) or Decimal(1)
     raw = span / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    magnitude = Decimal(1).scaleb(raw.adjusted())
+    step = next(m * magnitude for m in STEPS if m * magnitude >= raw)
     if whole:
-        step = max(1.0, float(math.ceil(step)))
-    start = math.floor(low / step) * step
-    ticks, value = [], start
-    while value <= high + step * 1e-9:
-        ticks.append(round(value, 10))
+        step = max(Decimal(1), step.to_integral_value(rounding=ROUND_CEILING))
+    value = (low / step).to_integral_value(rounding=ROUND_FLOOR) * step
+    ticks = []
+    while value <= high:
+        ticks.append(value)
         value += step
     if ticks[-1] < high:
-        ticks.append(ticks[-1] + step)
+        ticks.append(value)
     return ticks
 
 
@@ -64,9 +68,9 @@ def months_chart(points: Sequence[MonthPoint], currency: str, *, selected: str) 
     """Revenue and provider cost as paired bars, margin as a line, one group per month."""
     width, height, left, right, top, bottom = 760, 280, 64, 12, 16, 40
     ready = [p for p in points if p.state == "ready"]
-    values = [float(v) for p in ready for v in (p.revenue, p.cost, p.margin)] or [0.0]
-    ticks = _ticks(min(0.0, min(values)), max(1e-9, max(values)))
-    low, high = ticks[0], ticks[-1]
+    values = [v for p in ready for v in (p.revenue, p.cost, p.margin)] or [Decimal(0)]
+    ticks = _ticks(min(Decimal(0), *values), max(Decimal(0), *values))
+    low, high = float(ticks[0]), float(ticks[-1])
     plot_h, plot_w = height - top - bottom, width - left - right
 
     def y(value: float) -> float:
@@ -75,14 +79,15 @@ def months_chart(points: Sequence[MonthPoint], currency: str, *, selected: str) 
     parts = []
     for tick in ticks:
         parts.append(
-            f'<line class="grid{" zero" if tick == 0 else ""}" x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}"/>'
+            f'<line class="grid{" zero" if tick == 0 else ""}" x1="{left}" x2="{width - right}" y1="{y(float(tick)):.1f}" y2="{y(float(tick)):.1f}"/>'
         )
         parts.append(
-            f'<text class="axis" x="{left - 8}" y="{y(tick) + 4:.1f}" text-anchor="end">{escape(compact_money(Decimal(str(tick)), currency))}</text>'
+            f'<text class="axis" x="{left - 8}" y="{y(float(tick)) + 4:.1f}" text-anchor="end">{escape(compact_money(tick, currency))}</text>'
         )
     slot = plot_w / max(1, len(points))
     bar = min(22.0, slot * 0.32)
     line: list[tuple[float, float]] = []
+    dots: list[str] = []
     for i, point in enumerate(points):
         cx = left + slot * (i + 0.5)
         label = month_short(point.period, first=i == 0)
@@ -91,8 +96,8 @@ def months_chart(points: Sequence[MonthPoint], currency: str, *, selected: str) 
             f'<text class="{css}" x="{cx:.1f}" y="{height - bottom + 18}" text-anchor="middle">{escape(label)}</text>'
         )
         if point.period == selected:
-            parts.append(
-                f'<rect class="highlight" x="{cx - slot / 2 + 2:.1f}" y="{top}" width="{slot - 4:.1f}" height="{plot_h}"/>'
+            parts.insert(  # behind the grid and the bars
+                0, f'<rect class="highlight" x="{cx - slot / 2 + 2:.1f}" y="{top}" width="{slot - 4:.1f}" height="{plot_h}"/>'
             )
         if point.state == "pending":
             parts.append(
@@ -109,11 +114,12 @@ def months_chart(points: Sequence[MonthPoint], currency: str, *, selected: str) 
             parts.append(f'<rect class="{css_bar}" x="{cx + offset:.1f}" y="{top_y:.1f}" width="{bar:.1f}" height="{max(base - top_y, 0.5):.1f}">'
                          f'<title>{escape(point.period)} {what}: {escape(text)}</title></rect>')  # fmt: skip
         line.append((cx, y(float(point.margin))))
-        parts.append(f'<circle class="dot {"loss" if point.margin < 0 else "gain"}" cx="{cx:.1f}" cy="{y(float(point.margin)):.1f}" r="3.5">'
+        dots.append(f'<circle class="dot {"loss" if point.margin < 0 else "gain"}" cx="{cx:.1f}" cy="{y(float(point.margin)):.1f}" r="3.5">'
                      f'<title>{escape(point.period)} margin: {escape(point.margin_text)}</title></circle>')  # fmt: skip
     if len(line) > 1:
         path = " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{yy:.1f}" for i, (x, yy) in enumerate(line))
-        parts.insert(len(parts) - len(line), f'<path class="margin-line" d="{path}"/>')
+        parts.append(f'<path class="margin-line" d="{path}"/>')
+    parts.extend(dots)  # the margin line and its dots above the bars
     return _svg(width, height, "Revenue, provider cost and margin by month", "".join(parts))
 
 
@@ -153,17 +159,18 @@ def histogram(buckets: Sequence[int], losing: Sequence[int], edges: Sequence[Dec
     plot_w, plot_h = width - left - right, height - top - bottom
     slot = plot_w / len(buckets)
     most = max(max(buckets, default=0), 1)
-    ticks = _ticks(0, most, 3, whole=True)
+    ticks = _ticks(Decimal(0), Decimal(most), 3, whole=True)
+    top_tick = float(ticks[-1])
     parts = []
     for tick in ticks:
-        yy = top + plot_h - tick / ticks[-1] * plot_h
+        yy = top + plot_h - float(tick) / top_tick * plot_h
         parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{yy:.1f}" y2="{yy:.1f}"/>')
         parts.append(
             f'<text class="axis" x="{left - 5}" y="{yy + 4:.1f}" text-anchor="end">{int(tick):,}</text>'
         )
     for i, (count, bad) in enumerate(zip(buckets, losing, strict=True)):
         x = left + i * slot + 1
-        h_all, h_bad = count / ticks[-1] * plot_h, bad / ticks[-1] * plot_h
+        h_all, h_bad = count / top_tick * plot_h, bad / top_tick * plot_h
         base = top + plot_h
         bounds = _bucket_label(i, edges, currency)
         if count:

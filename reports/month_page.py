@@ -11,7 +11,7 @@ from reports.cells import cost_decimal, minor_decimal
 from reports.charts import Bar, MonthPoint, bars_chart, histogram, months_chart
 from reports.columns import REPORTS
 from reports.dashboard import COST_EDGES_MICROS, MonthView, SeriesPoint, TaskTypeCosts
-from reports.format import count, money, money_text, month_long, percent
+from reports.format import clock, count, money, money_text, month_long, percent, task_cost, unit_price
 from reports.html import Cell, badge, e, frame, num, part, table, topbar, url
 
 PAGE_SIZE = 50
@@ -73,7 +73,7 @@ def _status(p: MonthPage) -> str:
     back = f' <a class="back" href="{url("", month=v.period)}">← all customers</a>' if v.customer else ""
     when = ""
     if p.as_of is not None:
-        when = f'<span class="muted">figures as of {e(p.as_of.strftime("%d %b %Y %H:%M"))} UTC</span>'
+        when = f'<span class="muted">figures as of {e(clock(p.as_of))} UTC</span>'
     notes = []
     if p.freshness in ("aging", "stale"):
         notes.append(f'<p class="notice">Newer usage has arrived; updated figures are being computed. '
@@ -117,7 +117,7 @@ def _empty(p: MonthPage) -> str:
 def _kpis(v: MonthView) -> str:
     revenue, cost = minor_decimal(v.revenue_minor, v.currency), cost_decimal(v.cost_micros)
     margin = minor_decimal(v.margin_minor, v.currency)
-    pct = percent(margin / revenue) if revenue else "—"
+    share = f"{percent(margin / revenue)} of revenue" if revenue else "no revenue this month"
     invoices = sum(1 for c in v.customers if c["invoice_status"])
     c = v.counts
     failed_cost = cost_decimal(v.failed_cost_micros)
@@ -129,7 +129,7 @@ def _kpis(v: MonthView) -> str:
             "revenue",
         ),
         ("Provider cost", money(cost, v.currency), _plural(len(v.customers), "customer"), "cost"),
-        ("Margin", money(margin, v.currency), f"{pct} of revenue", "loss" if margin < 0 else "gain"),
+        ("Margin", money(margin, v.currency), share, "loss" if margin < 0 else "gain"),
         (
             "Tasks completed",
             count(c["completed"]),
@@ -161,15 +161,19 @@ def _share(part_: Decimal, whole: Decimal) -> str:
 
 def _months(p: MonthPage) -> str:
     currency = p.view.currency
-    series = list(p.series)
-    while len(series) > 6 and series[0].state == "empty":  # months before the tenant's first usage
-        series.pop(0)
     points = []
-    for s in series:
+    for s in p.series:
         revenue, cost = minor_decimal(s.revenue_minor, currency), cost_decimal(s.cost_micros)
         margin = minor_decimal(s.margin_minor(currency), currency) if s.state == "ready" else Decimal(0)
         points.append(MonthPoint(s.period, s.state, revenue, cost, margin, money(revenue, currency),
                                  money(cost, currency), money(margin, currency)))  # fmt: skip
+    title = f"Revenue, provider cost and margin · the {len(points)} months to {month_long(p.view.period)}"
+    if not any(point.state == "ready" and (point.revenue or point.cost) for point in points):
+        pending = any(s.state == "pending" for s in p.series)
+        why = ("These months' figures are being computed; they appear when you reload the page." if pending
+               else "No revenue and no provider cost in these months: figures appear once agents report usage.")  # fmt: skip
+        mark = " data-pending" if pending else ""
+        return f'<section class="card"><h2>{e(title)}</h2><p class="muted empty-chart" data-empty-chart{mark}>{e(why)}</p></section>'
     chart = months_chart(points, currency, selected=p.view.period)
     legend = ('<div class="legend"><span class="key revenue"></span>Revenue (amount due)<span class="key cost"></span>'
               'Provider cost<span class="key margin"></span>Margin</div>')  # fmt: skip
@@ -177,7 +181,10 @@ def _months(p: MonthPage) -> str:
     note = (
         '<p class="muted small">… months still being computed appear on the next load.</p>' if pending else ""
     )
-    return f'<section class="card"><h2>Revenue, provider cost and margin · last 12 months</h2>{legend}{chart}{note}</section>'
+    before = next((i for i, s in enumerate(p.series) if s.state != "empty"), 0)
+    if before:
+        note += f'<p class="muted small" data-first-usage>No usage before {e(month_long(p.series[before].period))}.</p>'
+    return f'<section class="card"><h2>{e(title)}</h2>{legend}{chart}{note}</section>'
 
 
 def _top_customers(v: MonthView) -> str:
@@ -190,8 +197,17 @@ def _top_customers(v: MonthView) -> str:
             for r in rows[:TOP]
         ]  # fmt: skip
 
-    revenue = bars_chart(bars("amount", "revenue"), label="Top customers by revenue")
-    margin = bars_chart(bars("margin", "gain"), label="Top customers by margin", css="gain")
+    def chart(found: list[Bar], label: str, css: str) -> str:
+        if found:
+            return bars_chart(found, label=label, css=css)
+        if all(r["unrated"] for r in v.customers):
+            why = "No customer has a plan yet, so nothing is billed: assign plans with <code>taskmeter config load</code>."
+        else:
+            why = f"No customer has an amount due in {e(v.currency)} this month."
+        return f'<p class="muted" data-empty-chart>{why}</p>'
+
+    revenue = chart(bars("amount", "revenue"), "Top customers by revenue", "revenue")
+    margin = chart(bars("margin", "gain"), "Top customers by margin", "gain")
     return (f'<div class="grid two"><section class="card"><h2>Top customers by revenue</h2>{revenue}</section>'
             f'<section class="card"><h2>Top customers by margin</h2>{margin}</section></div>')  # fmt: skip
 
@@ -284,15 +300,15 @@ def _task_type_card(t: TaskTypeCosts, edges: list[Decimal], currency: str) -> st
     chart = histogram(
         t.buckets, t.losing_buckets, edges, prices, currency=currency, label=f"Provider cost per {name} task"
     )
-    average = money(cost_decimal(t.cost_micros) / t.completed, currency, 4)
+    average = task_cost(cost_decimal(t.cost_micros) / t.completed, currency)
     if t.priced:
         share = percent(Decimal(t.losing) / Decimal(t.priced))
         verdict = f'<span class="{"loss-text" if t.losing else "gain-text"}">{count(t.losing)} of {count(t.priced)} ({share}) cost more than their job price</span>'
-        price_text = ", ".join(money(p, currency) for p in prices)
+        price_text = ", ".join(unit_price(p, currency) for p in prices)
         verdict += f' <span class="muted">· job price {e(price_text)}</span>'
     else:
         verdict = '<span class="muted">no per-job plan prices these tasks</span>'
-    return (f'<div class="subcard"><h3>{e(name)}</h3><p class="small">{count(t.completed)} completed · average cost {e(average)} · {verdict}</p>'
+    return (f'<div class="subcard"><h3>{e(name)}</h3><p class="small">{count(t.completed)} completed · average cost per task {e(average)} · {verdict}</p>'
             f"{chart}</div>")  # fmt: skip
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from reports.cells import minor_decimal
-from reports.format import count, money, money_text, month_long
+from reports.format import count, instant, money, month_long, quantity, task_cost, unit_price
 from reports.html import badge, e, frame, num, table, topbar, url
 from reports.repository import InvoiceRecord
 
@@ -62,7 +62,7 @@ def invoice(record: InvoiceRecord, *, tenant: str, csrf: str, version: str) -> s
     cur = record.currency
     rows = [
         [num(str(line.line_no)), e(line.description) + (f' {badge("adjusts " + line.adjusts_period, "draft")}' if line.adjusts_period else ""),
-         num(line.quantity, line.quantity), num(line.unit_price, line.unit_price),
+         num(quantity(line.quantity), line.quantity), num(unit_price(line.unit_price, cur), line.unit_price),
          num(money(minor_decimal(line.amount_minor, cur), cur), f"{minor_decimal(line.amount_minor, cur):f}")]
         for line in record.lines
     ]  # fmt: skip
@@ -91,17 +91,18 @@ def invoice(record: InvoiceRecord, *, tenant: str, csrf: str, version: str) -> s
     return frame(title, body, version=version, header=topbar(tenant, csrf))
 
 
-TASK_HEADERS = [("Task", ""), ("Type", ""), ("Status", ""), ("Started", ""), ("Ended", ""), ("Usage events", "num"),
+TASKS_PER_PAGE = 100
+TASK_HEADERS = [("Task", ""), ("Type", ""), ("Status", ""), ("Started (UTC)", ""), ("Ended (UTC)", ""), ("Events", "num"),
                 ("Input tokens", "num"), ("Output tokens", "num"), ("Provider cost", "num"), ("Priced", "")]  # fmt: skip
 
 
 def tasks(customer: str, month: str, rows: Sequence[dict[str, str]], *, page: int, more: bool, currency: str,
           tenant: str, csrf: str, version: str) -> str:  # fmt: skip
     body_rows = [
-        [e(r["task"]), e(r["task_type"]) or '<span class="muted">—</span>', badge(r["status"], r["status"]),
-         e(r["started_at"].replace("T", " ").removesuffix("Z")), e(r["ended_at"].replace("T", " ").removesuffix("Z")),
+        [(f'<span title="{e(r["task"])}">{e(r["task"])}</span>', "task"), e(r["task_type"]) or '<span class="muted">—</span>',
+         badge(r["status"], r["status"]), (_when(r["started_at"]), "time"), (_when(r["ended_at"]), "time"),
          num(count(int(r["usage_events"])), r["usage_events"]), num(count(int(r["input_tokens"])), r["input_tokens"]),
-         num(count(int(r["output_tokens"])), r["output_tokens"]), num(money_text(r["provider_cost"], currency), r["provider_cost"]),
+         num(count(int(r["output_tokens"])), r["output_tokens"]), num(task_cost(r["provider_cost"], currency), r["provider_cost"]),
          "yes" if r["priced"] == "true" else badge("unpriced", "warn")]
         for r in rows
     ]  # fmt: skip
@@ -110,7 +111,12 @@ def tasks(customer: str, month: str, rows: Sequence[dict[str, str]], *, page: in
         pager.append(f'<a href="{e(url(_tasks_path(customer), month=month, page=page - 1))}">← previous</a>')
     if more:
         pager.append(f'<a href="{e(url(_tasks_path(customer), month=month, page=page + 1))}">next →</a>')
-    content = (table(TASK_HEADERS, body_rows, css="tasks", caption=f"page {page}") if body_rows
+    first = (page - 1) * TASKS_PER_PAGE + 1
+    if page == 1 and not more:
+        caption = f"{count(len(body_rows))} {'task' if len(body_rows) == 1 else 'tasks'}"
+    else:
+        caption = f"tasks {count(first)}–{count(first + len(body_rows) - 1)}" + (", more on the next page" if more else "")
+    content = (table(TASK_HEADERS, body_rows, css="tasks", caption=caption) if body_rows
                else '<p class="muted">No task of this customer has an event in this month.</p>')  # fmt: skip
     back = url("", month=month, customer=customer)
     body = f"""<section class="status"><h1>Tasks · {e(customer)}</h1><span class="muted">{e(month_long(month))}</span>
@@ -118,6 +124,10 @@ def tasks(customer: str, month: str, rows: Sequence[dict[str, str]], *, page: in
 <section class="card"><p class="muted small">Every task with an event in the month, with the month's share of its usage (as in the tasks CSV).
 Times are UTC.</p>{content}<nav class="pager">{" ".join(pager)}</nav></section>"""
     return frame(f"Tasks of {customer}", body, version=version, header=topbar(tenant, csrf))
+
+
+def _when(text: str) -> str:
+    return e(instant(text)) if text else '<span class="muted">—</span>'
 
 
 def _tasks_path(customer: str) -> str:

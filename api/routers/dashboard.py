@@ -48,7 +48,7 @@ router = APIRouter(prefix="/dashboard", include_in_schema=False, lifespan=_lifes
 router.include_router(dashboard_auth.router)
 
 WAIT_SECONDS = 0.8  # how long a page waits for its month to be computed before showing a loading state
-TASKS_PER_PAGE = 100
+TASKS_PER_PAGE = pages.TASKS_PER_PAGE
 MONTHS_LISTED = 36
 
 

@@ -1,7 +1,9 @@
 """The dashboard in headless Chromium (Debian's `chromium` and `chromium-driver`, driven by
 Selenium): sign in, pick a month and a customer, the charts render without console errors, the
 numbers are the CSV's, the download works; unauthenticated visits go to the sign-in page and
-another tenant's customer is not found. Screenshots go to artifacts/dashboard/."""
+another tenant's customer is not found; the pages fit a 1280 px window; the API reference renders
+with no network. Every host but 127.0.0.1 is unresolvable for the browser (no network), and
+screenshots go to artifacts/dashboard/."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import pytest
 
 from metering.tenants import Tenant
 from tests.conftest import LiveServer
-from tests.reports.conftest import Books
+from tests.reports.conftest import Books, usage
 
 CHROMIUM, DRIVER = (
     shutil.which("chromium") or "/usr/bin/chromium",
@@ -38,7 +40,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard"
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage")  # fmt: skip
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+         # No network: any host but the loopback server fails to resolve.
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")  # fmt: skip
 
 
 @pytest.fixture
@@ -221,4 +225,76 @@ def test_unauthenticated_goes_to_sign_in_and_other_tenants_are_not_found(
     driver.get(live_server.url + "/dashboard?month=2026-10")
     assert "No usage in October 2026 yet" in driver.find_element(By.CSS_SELECTOR, "section.empty").text
     shot(driver, "new-tenant-empty")
+    assert console_errors(driver) == []
+
+
+def resources(driver: Any) -> list[str]:
+    """The URLs of every resource the page loaded (scripts, styles, images, fetches)."""
+    return driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_the_api_reference_renders_its_operations_with_no_network(
+    live_server: LiveServer, open_browser: Callable[..., Any]
+) -> None:
+    driver = open_browser(1280, 900)
+    driver.get(live_server.url + "/docs")
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 10)
+    paths = {p.text for p in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/events", "/v1/usage", "/v1/plans"} <= paths
+    driver.find_element(By.CSS_SELECTOR, "#operations-events-post_events_v1_events_post .opblock-summary").click()
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock.is-open .opblock-body"))
+    loaded = resources(driver)
+    assert any(u.endswith("/openapi.json") for u in loaded)
+    assert all(u.startswith(live_server.url + "/") for u in loaded), loaded
+    shot(driver, "api-docs")
+    assert console_errors(driver) == []
+
+    driver.get(live_server.url + "/redoc")
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-section-id]")) >= 10)
+    assert "/v1/events" in driver.find_element(By.TAG_NAME, "body").text
+    # ReDoc's footer asks cdn.redoc.ly for its logo, unconditionally: the policy blocks it.
+    logo = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+    loaded = [u for u in resources(driver) if u != logo]
+    assert all(u.startswith(live_server.url + "/") for u in loaded), loaded
+    assert any(u.endswith("/openapi.json") for u in loaded)
+    shot(driver, "api-redoc")
+    assert [e["message"] for e in console_errors(driver)] == [
+        f"{live_server.url}/redoc - Loading the image 'https://cdn.redoc.ly/redoc/logo-mini.svg' violates the "
+        "following Content Security Policy directive: \"img-src 'self' data:\". The action has been blocked."
+    ]
+
+
+@pytest.mark.slow
+def test_every_page_fits_a_1280_pixel_window(
+    live_server: LiveServer, october_books: Books, make_key: Callable[..., str], open_browser: Callable[..., Any]
+) -> None:
+    # A task id as long as an agent runtime may make one: it ends in an ellipsis, the row stays one line.
+    long_task = "run-2026-11-04T08:00:00Z/" + "d3adb33f" * 10
+    october_books.send(usage(long_task, "2026-11-04T08:00:00Z", input_tokens=123_456_789, output_tokens=9_876_543))
+    october_books.rollup()
+    driver = open_browser(1280, 900)
+    assert driver.execute_script("return window.innerWidth") == 1280
+    sign_in(driver, live_server, make_key(october_books.tenant, "read"), "/dashboard?month=2026-10")
+    pages = {
+        "month": "/dashboard?month=2026-10",
+        "open-month": "/dashboard?month=2026-11",
+        "customer": "/dashboard?month=2026-10&customer=acme",
+        "tasks": "/dashboard/customers/acme/tasks?month=2026-11",
+        "draft-invoice": "/dashboard/customers/globex/invoice?month=2026-11",
+    }
+    for name, path in pages.items():
+        driver.get(live_server.url + path)
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "main table"))
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= 1280, name
+        # Not even a table scrolls inside its card at this width.
+        overflowing = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.table-wrap')).filter(w => w.scrollWidth > w.clientWidth + 1).length"
+        )
+        assert overflowing == 0, name
+        shot(driver, f"fit-1280-{name}")
+    driver.get(live_server.url + pages["tasks"])
+    cell = driver.find_element(By.XPATH, f"//table[contains(@class,'tasks')]//span[@title='{long_task}']/..")
+    assert cell.size["height"] < 40  # one line, cut with an ellipsis; the full id on hover
+    assert driver.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", cell)
     assert console_errors(driver) == []

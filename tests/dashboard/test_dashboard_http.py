@@ -9,6 +9,7 @@ import re
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from html import unescape
 
 import httpx
@@ -22,9 +23,11 @@ from metering.tenants import Tenant, revoke_api_key
 from pricing.stripe_sync import sync_tenant
 from pricing.tables import invoices
 from reports import snapshots
+from reports.format import money
 from tests.conftest import LiveServer
 from tests.dashboard.conftest import CLOSE, csrf_of, sign_in
-from tests.reports.conftest import Books
+from tests.reports.conftest import Books, send_october, usage
+from tests.reports.conftest import ended as ended_event
 from tests.support.stripe_fakes import FaultyGateway, gateway, localstripe_server, ls, stripe_client
 
 __all__ = ["gateway", "localstripe_server", "ls", "stripe_client"]  # fixtures
@@ -321,3 +324,87 @@ class TestStripeFailures:
         assert bad.stripe_error.startswith("InvalidRequestError 404") and "cus_gone" in bad.stripe_error
         synced_page = dashboard.get(f"/dashboard/invoices/{good.id}").text
         assert "in Stripe" in synced_page and "data-stripe-error" not in synced_page
+
+
+def text_of(html: str) -> str:
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+def without_histograms(html: str) -> str:
+    """The page without the cost-per-task histograms (their axes are per-task costs: $0.001)."""
+    return re.sub(r'<svg class="chart histogram".*?</svg>', "", html, flags=re.S)
+
+
+def between(html: str, start: str, end: str) -> str:
+    found = html[html.index(start) :]
+    return found[: found.index(end)]
+
+
+class TestHowPeopleReadIt:
+    def test_money_is_shown_in_the_minor_unit_six_decimals_only_for_a_tasks_cost(self, dashboard: httpx.Client) -> None:
+        page = dashboard.get("/dashboard?month=2026-10").text
+        cells = re.findall(r'data-value="(-?[0-9.]+)">([^<]*)<', between(page, '<table class="compare"', "</table>"))
+        cells += re.findall(r'data-value="(-?[0-9.]+)">([^<]*\$[^<]*)<', between(page, '<table class="customers"', "</table>"))
+        # The CSV's six-decimal costs and break-even prices, rounded half up once to cents on the page.
+        assert ("11.700000", "$11.70") in cells and ("5.850000", "$5.85") in cells and ("2.280000", "$2.28") in cells
+        for value, text in cells:
+            assert text == money(Decimal(value), "USD") and re.fullmatch(r"−?\$[\d,]+\.\d\d", text), (value, text)
+        text = text_of(without_histograms(page))
+        assert re.findall(r"average cost per task (\S+)", text) == ["$1.200000", "$1.980000", "$4.500000"]
+        assert not re.findall(r"\$[\d,]*\.\d{3,}", re.sub(r"average cost per task \S+", "", text))
+        tasks = text_of(dashboard.get("/dashboard/customers/acme/tasks?month=2026-10").text)
+        assert re.findall(r"\$\S+", tasks) == ["$4.500000", "$0.600000", "$0.750000"]  # per task: six decimals
+
+    def test_times_to_the_second(self, dashboard: httpx.Client) -> None:
+        page = dashboard.get("/dashboard?month=2026-10").text
+        assert re.search(r"figures as of \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d UTC", page)
+        tasks = text_of(dashboard.get("/dashboard/customers/acme/tasks?month=2026-10").text)
+        assert re.findall(r"\d{4}-\d\d-\d\d[ T][\d:.]+", tasks) == [
+            "2026-10-10 09:00:00", "2026-10-10 10:00:00", "2026-10-20 12:05:00"  # a2 ended at 12:05:00.250
+        ]  # fmt: skip
+
+    def test_invoice_lines_have_grouped_quantities_and_priced_units(self, dashboard: httpx.Client) -> None:
+        lines = text_of(between(dashboard.get("/dashboard/customers/globex/invoice?month=2026-11").text, "<table", "</table>"))
+        assert lines.split() == "Line Description Quantity Unit price Amount 1 Input tokens, price per 1M tokens 100,000 $6.00 $0.60".split()
+
+    def test_the_months_chart_shows_the_twelve_months_it_names(self, dashboard: httpx.Client) -> None:
+        chart = between(dashboard.get("/dashboard?month=2026-10").text, "the 12 months to October 2026", "</section>")
+        months = re.findall(r'<text class="axis[^"]*"[^>]*>([A-Z][a-z]{2}(?: \d\d)?)</text>', chart)
+        assert months == ["Nov 25", "Dec", "Jan 26", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct"]
+        assert "No usage before September 2026." in chart  # globex's g2 began on Sep 30
+
+    def test_empty_panels_say_why(self, live_server: LiveServer, make_books: Callable[..., Books],
+                                  make_key: Callable[..., str]) -> None:  # fmt: skip
+        # Usage of a model without a price, and no plans: nothing billed, no provider cost.
+        books = make_books("blank-co", configured=False)
+        books.send(usage("x1", "2026-10-05T08:00:00Z", input_tokens=1000), ended_event("x1", "2026-10-05T08:01:00Z"))
+        books.rollup()
+        with sign_in(live_server, make_key(books.tenant, "read")) as client:
+            page = client.get("/dashboard?month=2026-10").text
+        empty = [text_of(p) for p in re.findall(r"<p class=\"muted[^\"]*\" data-empty-chart>(.*?)</p>", page, re.S)]
+        no_plan = "No customer has a plan yet, so nothing is billed: assign plans with taskmeter config load ."
+        assert empty == [  # the 12 months, top customers by revenue and by margin
+            "No revenue and no provider cost in these months: figures appear once agents report usage.", no_plan, no_plan,
+        ]  # fmt: skip
+        assert "<svg" not in between(page, "the 12 months to October 2026", "</section>")
+        assert "No customer with a plan has usage this month." in page
+        assert "No task failed or was cancelled this month." in page
+        assert "No usage of closed months arrived late." in page
+        assert "acme-ai/acme-large 1 1" in text_of(between(page, "<h2>Unpriced models</h2>", "</section>")).replace(" / ", "/")
+
+    def test_a_currency_without_decimals(self, live_server: LiveServer, make_books: Callable[..., Books],
+                                         make_key: Callable[..., str]) -> None:  # fmt: skip
+        books = make_books("yen-co", currency="JPY")
+        send_october(books)
+        books.rollup()
+        books.close("2026-10", now=CLOSE)
+        with sign_in(live_server, make_key(books.tenant, "read")) as client:
+            page = text_of(without_histograms(client.get("/dashboard?month=2026-10").text))
+        assert "$" not in page
+        # Amounts have no decimals; a task's cost keeps six, a price per job its own (¥0.5 here).
+        assert re.findall(r"· job price (\S+)", page) == ["¥0.5", "¥0.5", "¥1.2"]
+        amounts = re.findall(r"−?¥[\d,.]+", re.sub(r"(average cost per task|· job price) \S+", "", page))
+        assert amounts and [a for a in amounts if not re.fullmatch(r"−?¥\d{1,3}(,\d{3})*", a)] == [], amounts
+        assert re.findall(r"average cost per task (\S+)", page) == ["¥1.200000", "¥1.980000", "¥4.500000"]
+        kpis = re.findall(r"(Revenue|Provider cost|Margin) (−?¥[\d,]+)", page)[:3]
+        assert kpis == [("Revenue", "¥6"), ("Provider cost", "¥8"), ("Margin", "−¥2")]
