@@ -4,7 +4,7 @@ signed-in principal, CSRF tokens, the not-found page."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -71,16 +71,40 @@ def to_sign_in(request: Request) -> RedirectResponse:
     return redirect(request, "/dashboard/sign-in?" + urlencode({"next": target}))
 
 
+HOME = "/dashboard"
+
+
 def safe_next(value: str) -> str:
-    """Only a dashboard path of this site (no scheme, no `//host`)."""
-    if (
-        value.startswith("/dashboard")
-        and not value.startswith("//")
-        and "\\" not in value
-        and "\n" not in value
-    ):
-        return value
-    return "/dashboard"
+    """Where sign-in may send the browser: `value` as a path of this site's dashboard, with its
+    dot segments resolved (percent-encoded ones too, as browsers resolve them) and its empty
+    segments dropped, else `/dashboard`. No scheme or host, backslash, control character or
+    encoded slash passes; the query is kept, a fragment is not."""
+    if not value or "\\" in value or not value.isprintable():
+        return HOME
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return HOME
+    segments: list[str] = []
+    for raw in parts.path.split("/"):
+        plain = _unquoted(raw)
+        if "/" in plain or "\\" in plain or not plain.isprintable():
+            return HOME
+        if plain == "..":
+            if segments:
+                segments.pop()
+        elif plain not in ("", "."):
+            segments.append(raw)
+    path = "/" + "/".join(segments)
+    if path != HOME and not path.startswith(HOME + "/"):
+        return HOME
+    return f"{path}?{parts.query}" if parts.query else path
+
+
+def _unquoted(text: str) -> str:
+    """`text` percent-decoded until nothing is left to decode (`%252e` is `.` too)."""
+    while "%" in text and (decoded := unquote(text)) != text:
+        text = decoded
+    return text
 
 
 def csrf(request: Request) -> tuple[tuple[str, bool], str]:
