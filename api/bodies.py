@@ -55,27 +55,24 @@ def decoded(body: bytes, encoding: str, *, limit: int, accepted: tuple[str, ...]
             f"Content-Encoding {encoding!r} is not supported; send the body as it is or with {' or '.join(accepted)}",
             detail={"accepted_encodings": list(accepted)},
         )
-    out, rest = bytearray(), body
-    while True:  # gzip members may follow one another (RFC 1952); each is inflated in turn
-        inflater = zlib.decompressobj(wbits=_WBITS[encoding])
-        try:
-            out += inflater.decompress(rest, limit + 1 - len(out))
-        except zlib.error as exc:
-            raise MalformedBody(f"the body is not valid {encoding}: {exc}") from None
-        if len(out) > limit:
-            raise PayloadTooLarge(
-                f"the decompressed body passes the limit of {limit:,} bytes; send smaller batches",
-                detail={"max_body_bytes": limit},
-            )
-        if not inflater.eof:
-            raise MalformedBody(f"the body is not valid {encoding}: it ends before its compressed stream does")
-        rest = inflater.unused_data
-        if encoding == "gzip":
-            rest = rest.lstrip(b"\0")  # zero padding after the last member, as gzip(1) allows
-        if not rest:
-            return bytes(out)
-        if encoding != "gzip":
-            raise MalformedBody(f"the body is not valid {encoding}: {len(rest):,} bytes follow its compressed stream")
+    inflater = zlib.decompressobj(wbits=_WBITS[encoding])
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise MalformedBody(f"the body is not valid {encoding}: {exc}") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(
+            f"the decompressed body passes the limit of {limit:,} bytes; send smaller batches",
+            detail={"max_body_bytes": limit},
+        )
+    if not inflater.eof:
+        raise MalformedBody(f"the body is not valid {encoding}: it ends before its compressed stream does")
+    if inflater.unused_data.strip(b"\0"):  # zero padding is allowed, as gzip(1) allows it
+        raise MalformedBody(
+            f"the body is not valid {encoding}: {len(inflater.unused_data):,} bytes follow its compressed stream "
+            "(send one gzip stream, not several concatenated)"
+        )
+    return out
 
 
 def media_type(request: Request) -> str:

@@ -74,9 +74,8 @@ class TestGzip:
         assert response.status_code == 200, response.text
         assert response.json()["accepted"] == 50 and stored(engine) == 50
 
-    def test_gzip_cloudevents_and_concatenated_members(self, api: httpx.Client, engine: Engine) -> None:
-        text = orjson.dumps([cloudevent(1), cloudevent(2)])
-        body = gzip.compress(text[:40]) + gzip.compress(text[40:])  # two gzip members, as `cat a.gz b.gz`
+    def test_gzip_cloudevents(self, api: httpx.Client, engine: Engine) -> None:
+        body = gzip.compress(orjson.dumps([cloudevent(1), cloudevent(2)]))
         headers = {"Content-Type": "application/cloudevents-batch+json", "Content-Encoding": "gzip"}
         assert api.post("/v1/events", content=body, headers=headers).json()["accepted"] == 2
         assert stored(engine) == 2
@@ -93,9 +92,10 @@ class TestGzip:
         [
             (b"[]", "not valid gzip"),
             (gzip.compress(b"[]" * 100)[:-12], "ends before its compressed stream does"),
-            (gzip.compress(b"[]") + b"trailing", "not valid gzip"),
+            (gzip.compress(b"[]") + b"trailing", "8 bytes follow its compressed stream"),
+            (gzip.compress(b"[") + gzip.compress(b"]"), "not several concatenated"),  # `cat a.gz b.gz`: not half of it
         ],
-        ids=["not-gzip", "truncated", "trailing-garbage"],
+        ids=["not-gzip", "truncated", "trailing-garbage", "two-members"],
     )
     def test_a_broken_gzip_body_is_400_and_stores_nothing(self, api: httpx.Client, engine: Engine, body: bytes, message: str) -> None:
         response = api.post("/v1/events", content=body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
