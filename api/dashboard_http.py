@@ -1,17 +1,21 @@
 """What the dashboard's routes share: security headers, HTML responses and redirects, the
-signed-in principal, CSRF tokens, the not-found page."""
+signed-in principal and its key's rate limit, CSRF tokens, the not-found and 429 pages."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from urllib.parse import urlencode
+from typing import Any
+from urllib.parse import unquote, urlencode, urlsplit
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 
 from api import dashboard_session as auth
 from api.settings import Settings
+from metering.errors import RateLimited
 from metering.tenants import Principal, Tenant
 from reports import pages
 from reports.html import static_version
@@ -57,13 +61,46 @@ def redirect(request: Request, to: str) -> RedirectResponse:
 
 
 def signed_in(request: Request) -> Principal | None:
+    """The principal of the request's session, None when signed out; its key's rate limit applies
+    (`RateLimited`, rendered by `DashboardRoute`)."""
     session = auth.verify(
         request.cookies.get(auth.SESSION_COOKIE), secret=secret(request), now=datetime.now(UTC)
     )
     if session is None:
         return None
     with engine(request).connect() as connection:
-        return auth.principal_of(connection, session)
+        principal = auth.principal_of(connection, session)
+    if principal is not None:
+        take_token(request, principal)
+    return principal
+
+
+def take_token(request: Request, principal: Principal) -> None:
+    """The API's per-key limiter (`api.ratelimit`): one bucket per key for the API and the dashboard."""
+    request.app.state.rate_limiter.check(principal.key_id)
+
+
+class DashboardRoute(APIRoute):
+    """A dashboard route: a key past its rate limit gets a 429 page with `Retry-After`, as the API
+    gets its JSON 429."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def limited(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except RateLimited as exc:
+                return too_many_requests(request, exc)
+
+        return limited
+
+
+def too_many_requests(request: Request, error: RateLimited) -> HTMLResponse:
+    seconds = int(error.headers["Retry-After"])
+    response = html(request, pages.too_many_requests(seconds, version=VERSION), 429)
+    response.headers.update(error.headers)
+    return response
 
 
 def to_sign_in(request: Request) -> RedirectResponse:
@@ -71,16 +108,40 @@ def to_sign_in(request: Request) -> RedirectResponse:
     return redirect(request, "/dashboard/sign-in?" + urlencode({"next": target}))
 
 
+HOME = "/dashboard"
+
+
 def safe_next(value: str) -> str:
-    """Only a dashboard path of this site (no scheme, no `//host`)."""
-    if (
-        value.startswith("/dashboard")
-        and not value.startswith("//")
-        and "\\" not in value
-        and "\n" not in value
-    ):
-        return value
-    return "/dashboard"
+    """Where sign-in may send the browser: `value` as a path of this site's dashboard, with its
+    dot segments resolved (percent-encoded ones too, as browsers resolve them) and its empty
+    segments dropped, else `/dashboard`. No scheme or host, backslash, control character or
+    encoded slash passes; the query is kept, a fragment is not."""
+    if not value or "\\" in value or not value.isprintable():
+        return HOME
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return HOME
+    segments: list[str] = []
+    for raw in parts.path.split("/"):
+        plain = _unquoted(raw)
+        if "/" in plain or "\\" in plain or not plain.isprintable():
+            return HOME
+        if plain == "..":
+            if segments:
+                segments.pop()
+        elif plain not in ("", "."):
+            segments.append(raw)
+    path = "/" + "/".join(segments)
+    if path != HOME and not path.startswith(HOME + "/"):
+        return HOME
+    return f"{path}?{parts.query}" if parts.query else path
+
+
+def _unquoted(text: str) -> str:
+    """`text` percent-decoded until nothing is left to decode (`%252e` is `.` too)."""
+    while "%" in text and (decoded := unquote(text)) != text:
+        text = decoded
+    return text
 
 
 def csrf(request: Request) -> tuple[tuple[str, bool], str]:

@@ -7,10 +7,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from metering.db import UNAVAILABLE
 from metering.errors import TaskmeterError
@@ -47,6 +48,13 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), None, dict(exc.headers or {}))
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _: ClientDisconnect) -> Response:
+        # The client's trouble, not the server's: one line, no traceback, and no 500 (nobody is
+        # left to answer; the status only names the case, as nginx's 499 does).
+        log.warning("%s %s: the client disconnected before sending the whole body", request.method, request.url.path)
+        return Response(status_code=499)
+
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
         # Lost connections, a restarting server, locked databases, a saturated pool: the server's
         # trouble, and passing: retry.
@@ -75,6 +83,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid API key"},
     403: {"model": ErrorBody, "description": "The key lacks the scope"},
     413: {"model": ErrorBody, "description": "Request body too large (the limit is in `detail`)"},
+    415: {"model": ErrorBody, "description": "Content-Type or Content-Encoding not accepted (the accepted ones are named)"},
     422: {"model": ErrorBody, "description": "Invalid input, with the field and the reason"},
     429: {"model": ErrorBody, "description": "Rate limit of the API key exceeded; retry after Retry-After seconds"},
     503: {"model": ErrorBody, "description": "Database unavailable; retry after Retry-After seconds"},

@@ -17,6 +17,12 @@ class TaskmeterError(Exception):
         self.headers = headers or {}
 
 
+class MalformedBody(TaskmeterError):
+    """A request body that cannot be read at all (a broken compressed stream)."""
+
+    error = "malformed_body"
+
+
 class Unauthorized(TaskmeterError):
     status_code = 401
     error = "unauthorized"
@@ -40,6 +46,11 @@ class Conflict(TaskmeterError):
 class PayloadTooLarge(TaskmeterError):
     status_code = 413
     error = "payload_too_large"
+
+
+class UnsupportedMediaType(TaskmeterError):
+    status_code = 415
+    error = "unsupported_media_type"
 
 
 class InvalidInput(TaskmeterError):

@@ -20,6 +20,7 @@ TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model")
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 MAX_TOKENS = 10**12
 DEFAULT_FUTURE_TOLERANCE = timedelta(days=7)
+NUL = "\x00"  # PostgreSQL cannot store it in text
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -59,8 +60,9 @@ def event_rule_errors(event: dict[str, Any], time_us: int, latest_us: int, toler
     get = event.get
     for field in TEXT_FIELDS:
         value = get(field)
-        if value is not None and "\x00" in value:  # PostgreSQL cannot store it; refused on SQLite alike
+        if value is not None and NUL in value:  # PostgreSQL cannot store it; refused on SQLite alike
             errors.append((field, "must not contain NUL characters"))
+    errors += _metadata_nul_errors(get("metadata"))
     input_tokens, output_tokens = get("input_tokens", 0), get("output_tokens", 0)
     cache_read, cache_write = get("cache_read_tokens", 0), get("cache_write_tokens", 0)
     reasoning = get("reasoning_tokens", 0)
@@ -83,6 +85,20 @@ def event_rule_errors(event: dict[str, Any], time_us: int, latest_us: int, toler
     if reasoning > output_tokens:
         errors.append(("reasoning_tokens", "reasoning_tokens must not exceed output_tokens (output_tokens includes reasoning)"))
     return errors
+
+
+def _metadata_nul_errors(metadata: dict[str, str] | None) -> list[tuple[str, str]]:
+    """`metadata.<key>` for each key or value with a NUL; in a key the NUL is named as JSON
+    writes it (`\\u0000`), so the field names no character the client cannot see."""
+    if not metadata:
+        return []
+    found: list[tuple[str, str]] = []
+    for key, value in metadata.items():
+        if NUL in key:
+            found.append(("metadata." + key.replace(NUL, "\\u0000"), "the key must not contain NUL characters"))
+        elif NUL in value:
+            found.append((f"metadata.{key}", "must not contain NUL characters"))
+    return found
 
 
 class StoredEvent(BaseModel):

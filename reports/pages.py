@@ -1,4 +1,5 @@
-"""The dashboard's other pages: sign-in, loading, not found, an invoice, a customer's tasks."""
+"""The dashboard's other pages: sign-in, loading, not found, too many requests, an invoice, a
+customer's tasks."""
 
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ def not_found(message: str, *, version: str, tenant: str = "", csrf: str = "") -
     body = f"""<section class="card empty"><h1>Not found</h1><p>{e(message)}</p>
 <p><a class="button" href="{url("")}">Back to the dashboard</a></p></section>"""
     return frame("Not found", body, version=version, header=header)
+
+
+def too_many_requests(seconds: int, *, version: str) -> str:
+    body = f"""<section class="card empty"><h1>Too many requests</h1>
+<p>This API key has made more requests than its rate limit allows. Try again in {count(seconds)} s.</p>
+<p><a class="button" href="{url("")}">Back to the dashboard</a></p></section>"""
+    return frame("Too many requests", body, version=version)
 
 
 def loading(month: str, *, tenant: str, csrf: str, version: str, seconds: int = 3) -> str:

@@ -44,7 +44,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(refresher.shutdown)
 
 
-router = APIRouter(prefix="/dashboard", include_in_schema=False, lifespan=_lifespan)
+router = APIRouter(prefix="/dashboard", include_in_schema=False, lifespan=_lifespan, route_class=web.DashboardRoute)
 router.include_router(dashboard_auth.router)
 
 WAIT_SECONDS = 0.8  # how long a page waits for its month to be computed before showing a loading state

@@ -17,7 +17,7 @@ from metering.tenants import Principal, authenticate
 from reports import pages
 from reports.html import STATIC
 
-router = APIRouter(include_in_schema=False)  # included by api.routers.dashboard, under /dashboard
+router = APIRouter(include_in_schema=False, route_class=web.DashboardRoute)  # under /dashboard (api.routers.dashboard)
 
 STATIC_TYPES = {
     ".css": "text/css; charset=utf-8",
@@ -59,6 +59,7 @@ async def sign_in(request: Request) -> Response:
         principal = await run_in_threadpool(_authenticate, request, form.get("key", "").strip())
     except Unauthorized:
         return again("This API key is not valid.", 401)
+    web.take_token(request, principal)  # as the API does, before the scope is checked
     if not principal.allows("read"):
         return again("This API key lacks the read scope.", 403)
     response = web.redirect(request, next_url)
@@ -82,6 +83,7 @@ async def _form(request: Request) -> dict[str, str]:
 @router.post("/sign-out")
 async def sign_out(request: Request) -> Response:
     form = await _form(request)
+    await run_in_threadpool(web.signed_in, request)  # a signed-in key's rate limit applies
     if not auth.csrf_valid(request, form.get("csrf", ""), secret=web.secret(request)):
         return web.html(
             request, pages.not_found("This form has expired; reload the page.", version=web.VERSION), 400

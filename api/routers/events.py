@@ -1,82 +1,30 @@
-"""POST /v1/events: a JSON array of task events, or CloudEvents (structured or batch mode)."""
+"""POST /v1/events: a JSON array of task events, or CloudEvents (structured or batch mode),
+as they are or gzip-compressed."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import TypeAdapter
 
+from api.bodies import RawBody, decoded, media_type, parse_json
 from api.deps import IngestScope, NowDep, ReadScope, SessionDep, SettingsDep
 from api.errors import responses
 from api.settings import Settings
 from metering import cloudevents
-from metering.errors import InvalidInput, NotFound, PayloadTooLarge
-from metering.ingest import (
-    UTF8_BOM,
-    Batch,
-    MalformedJSON,
-    encoding_problem,
-    find_event,
-    store_events,
-    validate_body,
-    validate_items,
-)
+from metering.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from metering.ingest import Batch, find_event, store_events, validate_body, validate_items
 from metering.schemas import EventIn, FieldError, IngestResult, RejectedEvent, StoredEvent
 
 _EVENT_SCHEMA = TypeAdapter(EventIn).json_schema()
 
 router = APIRouter(tags=["events"])
 
-
-async def read_body(request: Request) -> bytes:
-    """The request body, refused with 413 as soon as it passes the configured size."""
-    limit = request.app.state.settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(_too_large(request))
-    size = 0
-    chunks = []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(_too_large(request))
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(request: Request) -> str:
-    settings = request.app.state.settings
-    return (
-        f"a batch may hold at most {settings.max_batch_events:,} events and "
-        f"{settings.max_body_bytes:,} bytes; split it into smaller batches"
-    )
-
-
-RawBody = Annotated[bytes, Depends(read_body)]
-
-
-def parse_json(body: bytes) -> Any:
-    """A JSON body (UTF-8; a byte order mark is ignored), or 400 naming where it breaks."""
-    body = body.removeprefix(UTF8_BOM)
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        if (problem := encoding_problem(body)) is not None:
-            raise MalformedJSON(problem) from None
-        raise MalformedJSON(
-            f"malformed JSON at line {exc.lineno}, column {exc.colno} (byte {exc.pos}): {exc.msg}",
-            detail={"line": exc.lineno, "column": exc.colno, "position": exc.pos},
-        ) from None
-
-
-def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
+JSON = "application/json"
 _CLOUDEVENTS_TYPES = (cloudevents.STRUCTURED_MEDIA_TYPE, cloudevents.BATCH_MEDIA_TYPE)
+MEDIA_TYPES = (JSON, *_CLOUDEVENTS_TYPES)
 _CLOUDEVENT_SCHEMA = {
     "type": "object",
     "description": "A CloudEvent 1.0: `subject` is the customer, `data` holds the task and its usage.",
@@ -87,12 +35,12 @@ _CLOUDEVENT_SCHEMA = {
 @router.post(
     "/v1/events",
     response_model=IngestResult,
-    responses=responses(400, 413),
+    responses=responses(400, 413, 415),
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {"type": "array", "items": _EVENT_SCHEMA, "maxItems": 10000}},
+                JSON: {"schema": {"type": "array", "items": _EVENT_SCHEMA, "maxItems": 10000}},
                 cloudevents.STRUCTURED_MEDIA_TYPE: {"schema": _CLOUDEVENT_SCHEMA},
                 cloudevents.BATCH_MEDIA_TYPE: {"schema": {"type": "array", "items": _CLOUDEVENT_SCHEMA}},
             },
@@ -115,10 +63,21 @@ def post_events(
 
     With `Content-Type: application/cloudevents+json` (one CloudEvent) or
     `application/cloudevents-batch+json` (an array), the body is CloudEvents as OpenMeter reads
-    them (`metering.cloudevents`); `rejected` indices are positions in that body.
+    them (`metering.cloudevents`); `rejected` indices are positions in that body. Without a
+    `Content-Type` the body is a JSON array of events; any other type is 415.
+
+    With `Content-Encoding: gzip` the body is inflated first, within the same size limit.
     """
-    if media_type(request) in _CLOUDEVENTS_TYPES:
-        batch = cloudevents_batch(body, media_type(request), settings, now)
+    kind = media_type(request) or JSON
+    if kind not in MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"send events as {JSON} (an array of events), {cloudevents.STRUCTURED_MEDIA_TYPE} or "
+            f"{cloudevents.BATCH_MEDIA_TYPE}, not {kind!r}",
+            detail={"accepted": list(MEDIA_TYPES)},
+        )
+    body = decoded(body, request.headers.get("content-encoding", ""), limit=settings.max_body_bytes, accepted=("gzip",))
+    if kind in _CLOUDEVENTS_TYPES:
+        batch = cloudevents_batch(body, kind, settings, now)
     else:
         try:
             batch = validate_body(body, max_events=settings.max_batch_events)

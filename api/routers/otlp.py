@@ -12,7 +12,6 @@ GenAI usage are accepted and ignored. taskmeter's own counts are in `X-Taskmeter
 
 from __future__ import annotations
 
-import zlib
 from datetime import timedelta
 from typing import Any
 
@@ -20,11 +19,11 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from api.bodies import RawBody, decoded, media_type, parse_json
 from api.deps import IngestScope, NowDep, SessionDep, SettingsDep
 from api.errors import responses
-from api.routers.events import RawBody, media_type, parse_json
 from api.settings import Settings
-from metering.errors import InvalidInput, PayloadTooLarge, TaskmeterError
+from metering.errors import InvalidInput, TaskmeterError, UnsupportedMediaType
 from metering.ingest import store_events, validate_items
 from metering.otlp import SpanMapping, spans_to_events
 from metering.otlp_protobuf import decode_export
@@ -34,11 +33,6 @@ router = APIRouter(tags=["opentelemetry"])
 JSON = "application/json"
 PROTOBUF = "application/x-protobuf"
 _MAX_REASONS = 5  # spans named in partialSuccess.errorMessage
-
-
-class UnsupportedMediaType(TaskmeterError):
-    status_code = 415
-    error = "unsupported_media_type"
 
 
 @router.post(
@@ -73,11 +67,11 @@ def export_traces(
 ) -> Response:
     """Ingest the GenAI usage of exported spans (`gen_ai.usage.*`); the customer and task come
     from `taskmeter.customer` and `taskmeter.task` on the span or its resource (the task
-    defaults to the trace id). Accepts `Content-Encoding: gzip`."""
+    defaults to the trace id). Accepts `Content-Encoding: gzip` or `deflate`."""
     kind = media_type(request)
     if kind not in (JSON, PROTOBUF):
         raise UnsupportedMediaType(f"send OTLP as {JSON} or {PROTOBUF}, not {kind or 'no content type'!r}")
-    body = _decoded(body, request.headers.get("content-encoding", ""), settings.max_body_bytes)
+    body = decoded(body, request.headers.get("content-encoding", ""), limit=settings.max_body_bytes, accepted=("gzip", "deflate"))
     if kind == JSON:
         export = parse_json(body)
     else:
@@ -135,23 +129,6 @@ def span_mapping(settings: Settings) -> SpanMapping:
         exclusive_input_providers=frozenset(getattr(settings, "otlp_exclusive_input_providers", ())),
         exclusive_output_providers=frozenset(getattr(settings, "otlp_exclusive_output_providers", ())),
     )
-
-
-def _decoded(body: bytes, encoding: str, limit: int) -> bytes:
-    """The body without its Content-Encoding (gzip or deflate), never inflated past `limit`."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip or none")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"the body is not valid {encoding}: {exc}") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"the decompressed body passes {limit:,} bytes; send smaller batches")
-    return out
 
 
 def _join(errors: Any) -> str:

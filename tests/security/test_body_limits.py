@@ -4,6 +4,7 @@ naming the limit, before authentication; a body at the limit goes through."""
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import Callable, Iterator
 
@@ -75,3 +76,14 @@ def test_a_chunked_body_within_the_limit_is_handed_on_whole(server: LiveServer, 
     with server.client(make_key(tenant)) as client:
         response = client.post("/v1/events", content=iter([events[:20], events[20:]]), headers={"content-type": "application/json"})
     assert response.status_code == 200 and response.json()["accepted"] == 1
+
+
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/otlp/v1/traces"])
+def test_the_limit_holds_after_inflating_a_gzip_body(server: LiveServer, tenant, make_key, path: str) -> None:  # type: ignore[no-untyped-def]
+    bomb = gzip.compress(b" " * (LIMIT * 200))
+    assert len(bomb) < LIMIT
+    with server.client(make_key(tenant)) as client:
+        response = client.post(path, content=bomb, headers={"content-type": "application/json", "content-encoding": "gzip"})
+        other = client.post(path, content=b"{}", headers={"content-type": "application/json", "content-encoding": "br"})
+    assert response.status_code == 413 and response.json()["detail"] == {"max_body_bytes": LIMIT}
+    assert other.status_code == 415 and other.json()["error"] == "unsupported_media_type"

@@ -11,8 +11,27 @@ from http.cookies import SimpleCookie
 import httpx
 import pytest
 
+from api.dashboard_http import safe_next
 from tests.conftest import LiveServer
 from tests.security.conftest import CLOSED_MONTH, World, sign_in
+
+# `next` values that leave the dashboard, however written: each must fall back to /dashboard.
+LEAVING = (
+    "https://evil.example/", "//evil.example/dashboard", "///evil.example/dashboard", "http:/dashboard",
+    "javascript:alert(1)", "dashboard", " //evil.example", "/dashboard/../../v1/usage", "/dashboard/..",
+    "/dashboard/%2e%2e/%2E%2e/v1/usage", "/dashboard/.%2e/v1/usage", "/dashboard/%252e%252e/v1/usage",
+    "/dashboard/..%2f..%2fv1/usage", "/dashboard%2f..%2fv1", "/%2fevil.example/dashboard", "/dashboard\\..\\v1",
+    "/dashboard/%5c../v1", "\\\\evil.example\\dashboard", "/dashboard\r\nLocation: //evil.example",
+    "/dashboard/%0d%0aSet-Cookie:x=1", "/dashboardevil", "/v1/events", "/", "",
+)  # fmt: skip
+# `next` values under the dashboard, and where sign-in sends the browser.
+STAYING = (
+    ("/dashboard", "/dashboard"),
+    ("/dashboard/invoices/7?month=2026-10&customer=a%20b", "/dashboard/invoices/7?month=2026-10&customer=a%20b"),
+    ("/dashboard/./customers/../invoices/7", "/dashboard/invoices/7"),
+    ("/dashboard//invoices/7/#top", "/dashboard/invoices/7"),
+    ("/dashboard/customers/%2e%2e/reports/2026-10/customers.csv", "/dashboard/reports/2026-10/customers.csv"),
+)
 
 
 @pytest.fixture
@@ -124,9 +143,22 @@ class TestCsrf:
 
     def test_next_never_leaves_the_dashboard(self, alpha: World, browser: httpx.Client) -> None:
         token = csrf_of(browser.get("/dashboard/sign-in"))
-        for target in ("https://evil.example/", "//evil.example/dashboard", "/dashboard\\@evil.example"):
+        for target in (*LEAVING, "/dashboard\\@evil.example"):
             response = browser.post("/dashboard/sign-in", data={"key": alpha.key, "csrf": token, "next": target})
             assert response.status_code == 303 and response.headers["location"] == "/dashboard", target
+        for target, normalized in STAYING:
+            response = browser.post("/dashboard/sign-in", data={"key": alpha.key, "csrf": token, "next": target})
+            assert response.headers["location"] == normalized, target
+        signed_in = browser.get("/dashboard/sign-in", params={"next": "/dashboard/../../v1/usage"})
+        assert signed_in.status_code == 303 and signed_in.headers["location"] == "/dashboard"
+
+    @pytest.mark.parametrize("target", LEAVING)
+    def test_next_is_normalized_before_it_is_confined(self, target: str) -> None:
+        assert safe_next(target) == "/dashboard"
+
+    @pytest.mark.parametrize(("target", "normalized"), STAYING)
+    def test_dashboard_paths_are_kept_normalized(self, target: str, normalized: str) -> None:
+        assert safe_next(target) == normalized
 
 
 class InlineCode(HTMLParser):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -11,7 +12,7 @@ from api.settings import Settings
 from metering.errors import RateLimited
 from metering.tenants import Tenant
 from tests.conftest import LiveServer
-from tests.security.conftest import flat_routes, throwaway_app
+from tests.security.conftest import CLOSED_MONTH, World, flat_routes, sign_in, throwaway_app
 
 
 class Clock:
@@ -97,3 +98,59 @@ def test_the_rate_limit_applies_wherever_a_key_is_checked() -> None:
     for route in flat_routes(app):
         if route.path.startswith("/v1/") and route.path != "/v1/stripe/webhook":
             assert uses(route.dependant), route.path
+
+
+class TestDashboard:
+    """The dashboard's pages, CSV downloads and forms take tokens from the key's bucket, the one
+    the API uses; past it, a 429 page with Retry-After."""
+
+    @staticmethod
+    def requests(world: World) -> list[tuple[str, str]]:
+        """Every dashboard route of the route table (static files aside) as a request to make."""
+        values = {"invoice_id": str(world.invoice_id), "customer": world.customer, "month": CLOSED_MONTH, "name": "customers"}
+        found = []
+        for route in flat_routes(throwaway_app()):
+            if not route.path.startswith("/dashboard") or route.path.startswith("/dashboard/static/"):
+                continue
+            unknown = set(re.findall(r"{(\w+)}", route.path)) - set(values)
+            assert not unknown, f"{route.path}: teach this test a value for {unknown}"
+            path = re.sub(r"{(\w+)}", lambda m: values[m.group(1)], route.path)
+            found += [(method, f"{path}?month={CLOSED_MONTH}") for method in sorted(route.methods - {"HEAD"})]
+        return found
+
+    def test_pages_downloads_and_forms_share_the_api_bucket(
+        self, server_for: Callable[[Settings], LiveServer], settings: Settings, alpha: World, make_key: Callable[..., str]
+    ) -> None:
+        server = server_for(settings.model_copy(update={"rate_limit_per_minute": 1, "rate_limit_burst": 4}))
+        with server.client() as browser, server.client(alpha.key) as api:
+            token = re.search(r'name="csrf" value="([^"]+)"', browser.get("/dashboard/sign-in").text).group(1)  # type: ignore[union-attr]
+            assert sign_in(browser, alpha.key).status_code == 303  # 1 token: the key signs in
+            assert browser.get(f"/dashboard/invoices/{alpha.invoice_id}").status_code == 200  # 2
+            assert browser.get(f"/dashboard/reports/{CLOSED_MONTH}/customers.csv").status_code == 200  # 3
+            assert api.get("/v1/plans").status_code == 200  # 4: the same bucket
+            assert api.get("/v1/plans").status_code == 429
+            answers = {}
+            for method, path in self.requests(alpha):
+                form = {"csrf": token, "key": alpha.key, "next": "/dashboard"} if method == "POST" else None
+                answers[f"{method} {path}"] = browser.request(method, path, data=form)
+        assert {"GET /dashboard", "GET /dashboard/sign-in", "POST /dashboard/sign-in", "POST /dashboard/sign-out",
+                f"GET /dashboard/reports/{CLOSED_MONTH}/customers.csv"} <= {r.split("?")[0] for r in answers}  # fmt: skip
+        for request, response in answers.items():
+            assert response.status_code == 429, (request, response.status_code)
+            assert 1 <= int(response.headers["retry-after"]) <= 60, request
+            assert response.headers["content-type"].startswith("text/html"), request
+            assert "Too many requests" in response.text and "Try again in" in response.text, request
+            assert "frame-ancestors 'none'" in response.headers["content-security-policy"], request
+        with server.client() as other:  # another key of the same tenant has its own bucket
+            assert sign_in(other, make_key(alpha.tenant)).status_code == 303
+            assert other.get(f"/dashboard/invoices/{alpha.invoice_id}").status_code == 200
+
+    def test_signed_out_requests_are_not_limited(
+        self, server_for: Callable[[Settings], LiveServer], settings: Settings, alpha: World
+    ) -> None:
+        server = server_for(settings.model_copy(update={"rate_limit_per_minute": 1, "rate_limit_burst": 1}))
+        with server.client() as browser:
+            assert [browser.get("/dashboard/sign-in").status_code for _ in range(5)] == [200] * 5
+            assert browser.get("/dashboard").status_code == 303  # to the sign-in page
+            assert browser.get("/dashboard/static/dashboard.css").status_code == 200
+
