@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 30_000
     rate_limit_burst: int | None = None
 
+    # How long a dashboard page waits for its month's figures before it shows a loading page
+    # that reloads itself (a large open month takes a while the first time).
+    dashboard_wait_seconds: float = 0.8
+
     # Background work started by `serve`.
     scheduler_enabled: bool = True
     rollup_interval_seconds: float = 1.0

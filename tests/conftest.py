@@ -112,6 +112,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         secret_key=TEST_SECRET,
         scheduler_enabled=False,
         reports_dir=tmp_path / "reports",
+        dashboard_wait_seconds=60,  # a busy test machine must not see the loading page by chance
     )
 
 

@@ -47,7 +47,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 router = APIRouter(prefix="/dashboard", include_in_schema=False, lifespan=_lifespan, route_class=web.DashboardRoute)
 router.include_router(dashboard_auth.router)
 
-WAIT_SECONDS = 0.8  # how long a page waits for its month to be computed before showing a loading state
 TASKS_PER_PAGE = pages.TASKS_PER_PAGE
 MONTHS_LISTED = 36
 
@@ -170,7 +169,7 @@ def _tenant_month(
     if state == "aging" and snapshot is not None:
         return snapshot, state
     try:
-        future.result(timeout=WAIT_SECONDS)
+        future.result(timeout=request.app.state.settings.dashboard_wait_seconds)
     except concurrent.futures.TimeoutError:
         return (snapshot, "stale") if snapshot is not None else None
     with Session(engine) as session:

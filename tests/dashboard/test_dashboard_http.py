@@ -17,7 +17,7 @@ import pytest
 import stripe
 from sqlalchemy import select
 
-from api.routers import dashboard as dashboard_router
+from api.settings import Settings
 from metering.db import unit_of_work
 from metering.tenants import Tenant, revoke_api_key
 from pricing.stripe_sync import sync_tenant
@@ -268,7 +268,7 @@ class TestTenantIsolation:
 
 class TestSnapshots:
     def test_a_large_month_shows_a_loading_state_then_its_figures(
-        self, dashboard: httpx.Client, monkeypatch: pytest.MonkeyPatch
+        self, dashboard: httpx.Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         release = threading.Event()
         compute = snapshots.refresh
@@ -278,12 +278,12 @@ class TestSnapshots:
             return compute(*args, **kwargs)
 
         monkeypatch.setattr(snapshots, "refresh", slow)
-        monkeypatch.setattr(dashboard_router, "WAIT_SECONDS", 0.05)
+        monkeypatch.setattr(settings, "dashboard_wait_seconds", 0.05)
         loading = dashboard.get("/dashboard?month=2026-10")
         assert loading.status_code == 200 and "Preparing the figures of October 2026" in loading.text
         assert '<meta http-equiv="refresh" content="3">' in loading.text
         release.set()
-        monkeypatch.setattr(dashboard_router, "WAIT_SECONDS", 10)
+        monkeypatch.setattr(settings, "dashboard_wait_seconds", 10)
         assert "Top customers by revenue" in dashboard.get("/dashboard?month=2026-10").text
 
     def test_figures_are_recomputed_when_what_they_depend_on_changes(
