@@ -180,6 +180,11 @@ class LiveServer:
             self._socket = ServerThread(self.app, lifespan="off" if self._lifespan else "on").__enter__()
         return self._socket.url
 
+    def socket_client(self, key: str | None = None) -> httpx.Client:
+        """A client over a real loopback socket (chunked transfer, connection behaviour)."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
     def client(self, key: str | None = None) -> httpx.Client:
         if self._lifespan is None and self._socket is None:
             self._lifespan = TestClient(self.app)

@@ -47,7 +47,7 @@ class TestHttp:
         books.send(*(usage(f"t{i:05d}", "2026-10-02T00:00:00Z", input_tokens=i) for i in range(3000)))
         books.rollup()
         with (
-            live_server.client(make_key(books.tenant, "read")) as client,
+            live_server.socket_client(make_key(books.tenant, "read")) as client,
             client.stream("GET", "/v1/reports/2026-10/tasks.csv") as response,
         ):
             assert response.headers.get("transfer-encoding") == "chunked"
