@@ -156,12 +156,12 @@ def ingest_file(
     from tqdm import tqdm
 
     totals = {"accepted": 0, "duplicates": 0, "conflicts": 0, "rejected": 0, "lines": 0}
-    tolerance = timedelta(days=settings.future_tolerance_days)
+    window = settings.event_window
     rejected_file = None
 
     def prepare(batch: LineBatch) -> tuple[LineBatch, Prepared]:
         validated = validate_lines(batch.raw)
-        return batch, prepare_rows(validated, tenant_id, now=_now(), future_tolerance=tolerance)
+        return batch, prepare_rows(validated, tenant_id, now=_now(), window=window)
 
     with (
         path.open("rb") as stream,

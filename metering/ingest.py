@@ -27,11 +27,12 @@ from sqlalchemy.orm import Session
 from metering.bulk import write_rows
 from metering.errors import InvalidInput, PayloadTooLarge, TaskmeterError
 from metering.schemas import (
-    DEFAULT_FUTURE_TOLERANCE,
+    DEFAULT_WINDOW,
     EventIn,
     FieldError,
     IngestResult,
     RejectedEvent,
+    TimeWindow,
     event_rule_errors,
 )
 from metering.tables import events
@@ -200,18 +201,17 @@ class Prepared:
     conflicts: int = 0
 
 
-def prepare_rows(
-    batch: Batch, tenant_id: int, *, now: datetime, future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE
-) -> Prepared:
-    """Apply the cross-field rules and build the rows; repeats of an id within the batch are
-    duplicates (same content) or conflicts (other content) of its first occurrence."""
+def prepare_rows(batch: Batch, tenant_id: int, *, now: datetime, window: TimeWindow = DEFAULT_WINDOW) -> Prepared:
+    """Apply the cross-field rules (the time window among them) and build the rows; repeats of an
+    id within the batch are duplicates (same content) or conflicts (other content) of its first
+    occurrence."""
     ingested_us = to_us(now)
-    latest_us = to_us(now + future_tolerance)
+    earliest_us, latest_us = to_us(window.earliest), to_us(window.latest(now))
     out = Prepared(rejected=list(batch.rejected))
     first_in_batch: dict[str, str] = {}
     for event, position in zip(batch.events, batch.positions, strict=True):
         time_us = (event["time"] - EPOCH) // _ONE_US
-        rule_errors = event_rule_errors(event, time_us, latest_us, future_tolerance)
+        rule_errors = event_rule_errors(event, time_us, earliest_us, latest_us, window)
         if rule_errors:
             errors = [FieldError(field=f, message=m) for f, m in rule_errors]
             out.rejected.append(RejectedEvent(index=position, id=event["id"], errors=errors))
@@ -236,11 +236,11 @@ def store_events(
     batch: Batch,
     *,
     now: datetime,
-    future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE,
+    window: TimeWindow = DEFAULT_WINDOW,
     atomic: bool = False,
 ) -> IngestResult:
     """Check the cross-field rules, append the valid events, report the rest. The caller commits."""
-    prepared = prepare_rows(batch, tenant_id, now=now, future_tolerance=future_tolerance)
+    prepared = prepare_rows(batch, tenant_id, now=now, window=window)
     return insert_prepared(session, tenant_id, prepared, atomic=atomic)
 
 
@@ -280,11 +280,11 @@ def ingest_events(
     *,
     now: datetime,
     atomic: bool = False,
-    future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE,
+    window: TimeWindow = DEFAULT_WINDOW,
 ) -> IngestResult:
     """Validate and store a batch of events given as Python objects (adapters, demo, tests)."""
     batch = validate_items(items)
-    return store_events(session, tenant_id, batch, now=now, atomic=atomic, future_tolerance=future_tolerance)
+    return store_events(session, tenant_id, batch, now=now, atomic=atomic, window=window)
 
 
 def _row(event: dict[str, Any], time_us: int, tenant_id: int, ingested_us: int) -> tuple[Any, ...]:

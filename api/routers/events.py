@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -131,7 +131,7 @@ def post_events(
         batch,
         now=now,
         atomic=atomic,
-        future_tolerance=timedelta(days=settings.future_tolerance_days),
+        window=settings.event_window,
     )
 
 
