@@ -18,8 +18,8 @@ from metering.periods import Period
 from metering.pipeline import price_book
 from metering.prices import price_usage, settle_nanos
 from metering.ratecards import RateCardError
-from metering.tenants import Tenant
 from metering.schemas import REPRESENTABLE_FROM, REPRESENTABLE_UNTIL, rfc3339
+from metering.tenants import Tenant
 from pricing import repository
 from pricing.compare import Comparison, ModelTokens, compare_plans, quote_task
 from pricing.plans import CustomerPlan, PlanBook
