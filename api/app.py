@@ -13,7 +13,7 @@ from api.limits import RequestLimitsMiddleware
 from api.ratelimit import RateLimiter
 from api.routers import audit as audit_routes
 from api.routers import dashboard as dashboard_routes
-from api.routers import events, invoices, otlp, pricing, usage
+from api.routers import events, invoices, otlp, pricing, quarantine, usage
 from api.routers import reports as report_routes
 from api.routers import stripe as stripe_routes
 from api.scheduler import start_scheduler
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(report_routes.router)
     app.include_router(dashboard_routes.router)
     app.include_router(audit_routes.router)
+    app.include_router(quarantine.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

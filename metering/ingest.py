@@ -35,7 +35,7 @@ from metering.schemas import (
     TimeWindow,
     event_rule_errors,
 )
-from metering.tables import events
+from metering.tables import events, quarantine
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -63,6 +63,15 @@ def to_us(moment: datetime) -> int:
 
 def from_us(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=int(micros))
+
+
+def from_us_or_none(micros: int) -> datetime | None:
+    """The instant, or None where Python cannot represent it (before year 1, after 9999: only an
+    event stored before event times had bounds)."""
+    try:
+        return from_us(micros)
+    except OverflowError:
+        return None
 
 
 @dataclass
@@ -343,14 +352,24 @@ def _atomic_failure(rejected: list[RejectedEvent]) -> InvalidInput:
 
 
 def find_event(session: Session | Connection, tenant_id: int, event_id: str) -> dict[str, Any] | None:
-    """A stored event as the client sent it (normalized), with its ingest sequence number."""
+    """A stored event as the client sent it (normalized), with its ingest sequence number; one
+    the rollup moved to the quarantine (`metering.quarantine`) comes with its entry and reason."""
     row = session.execute(
         select(events).where(events.c.tenant_id == tenant_id, events.c.event_id == event_id)
     ).one_or_none()
+    note = None
     if row is None:
-        return None
+        row = session.execute(
+            select(quarantine)
+            .where(quarantine.c.tenant_id == tenant_id, quarantine.c.event_id == event_id)
+            .order_by(quarantine.c.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        note = {"id": row.id, "reason": row.reason}
     return {
-        "seq": row.seq, "id": row.event_id, "type": row.type, "time": from_us(row.time_us),
+        "seq": row.seq, "id": row.event_id, "type": row.type, "time": from_us_or_none(row.time_us), "quarantine": note,
         "customer": row.customer, "task": row.task, "task_type": row.task_type, "provider": row.provider,
         "model": row.model, "input_tokens": row.input_tokens, "output_tokens": row.output_tokens,
         "cache_read_tokens": row.cache_read_tokens, "cache_write_tokens": row.cache_write_tokens,

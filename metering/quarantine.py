@@ -25,7 +25,7 @@ from sqlalchemy import Connection, DateTime, delete, func, insert, literal, sele
 from sqlalchemy.orm import Session
 
 from metering.errors import InvalidInput, NotFound
-from metering.ingest import from_us, ingest_events, to_us
+from metering.ingest import from_us, from_us_or_none, ingest_events, to_us
 from metering.schemas import (
     EVENT_TYPES,
     MAX_TOKENS,
@@ -152,14 +152,6 @@ def drop(session: Session, tenant_id: int, quarantine_id: int) -> dict[str, Any]
     row = _row(session, tenant_id, quarantine_id)
     session.execute(delete(quarantine).where(quarantine.c.id == row.id))
     return {"id": row.id, "event_id": row.event_id, "dropped": True, "reason": row.reason}
-
-
-def from_us_or_none(micros: int) -> datetime | None:
-    """The instant, or None where Python cannot represent it (before year 1, after 9999)."""
-    try:
-        return from_us(micros)
-    except OverflowError:
-        return None
 
 
 def _row(session: Session, tenant_id: int, quarantine_id: int) -> Any:

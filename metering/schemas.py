@@ -140,15 +140,24 @@ def event_rule_errors(
     return errors
 
 
+class QuarantineNote(BaseModel):
+    id: int  # the quarantine entry (GET /v1/quarantine)
+    reason: str
+
+
 class StoredEvent(BaseModel):
-    """An event as stored: normalized to UTC, defaults filled in, with its ingest sequence number."""
+    """An event as stored: normalized to UTC, defaults filled in, with its ingest sequence number.
+
+    `time` is null only for an event stored before event times had bounds whose time no calendar
+    can show (before year 1, after 9999); `quarantine` says when the rollup set the event aside.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     seq: int
     id: str
     type: str
-    time: datetime
+    time: datetime | None
     customer: str
     task: str
     task_type: str | None = None
@@ -160,6 +169,7 @@ class StoredEvent(BaseModel):
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     metadata: dict[str, str] | None = None
+    quarantine: QuarantineNote | None = None
 
 
 class FieldError(BaseModel):

@@ -8,7 +8,7 @@ Create Date: 2026-12-06
 Events outside the span every layer can represent (1970-01-02T00:00:00Z to 2262-01-01T00:00:00Z,
 `metering.schemas`) stop a tenant's rollup, close or reports: they are moved to the quarantine
 here, and the rollup of each tenant that had one is rebuilt on its next run (its price version
-is cleared), so that rows they left in the rollup tables go too.
+is cleared, its rollup rows deleted), so that what they left in the rollup tables goes too.
 
 On SQLite, `events.seq` becomes AUTOINCREMENT (the table is copied once): moving the newest events
 aside must not let SQLite hand their seqs to the next events, which would then fall at or below a
@@ -121,6 +121,10 @@ def _sweep() -> None:
     bind.execute(sa.insert(quarantine).from_select([*COLUMNS, "reason", "quarantined_at"], rows))
     bind.execute(sa.delete(events).where(outside))
     bind.execute(sa.update(rollup_state).where(rollup_state.c.tenant_id.in_(tenants)).values(price_version=""))
+    # Rows those events left in the rollup tables would break reads until that rebuild.
+    for name in ("task_usage", "task_usage_detail", "usage_daily"):
+        table = sa.table(name, sa.column("tenant_id"))
+        bind.execute(sa.delete(table).where(table.c.tenant_id.in_(tenants)))
 
 
 def downgrade() -> None:
