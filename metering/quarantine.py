@@ -15,6 +15,7 @@ either in the audit log.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,19 +56,31 @@ _CHUNK = 500
 
 def unprocessable(frame: pd.DataFrame) -> np.ndarray:
     """Per row of a frame of events (the rollup's columns), the code of the first reason it
-    cannot be rolled up (`REASONS`), 0 when it can. Vectorized: a handful of comparisons."""
+    cannot be rolled up (`REASONS`), 0 when it can. Vectorized: a handful of comparisons over
+    integer columns and the codes of the categorical text columns."""
     time_us = frame["time_us"].to_numpy(dtype=np.int64)
     tokens = {name: frame[name].to_numpy(dtype=np.int64) for name in TOKEN_FIELDS}
-    usage = (frame["type"] == "usage").to_numpy()
+    kind = _categorical(frame["type"])
+    usage_code = kind.categories.get_indexer(["usage"])[0]
+    usage = kind.codes == usage_code if usage_code >= 0 else np.zeros(len(frame), dtype=bool)
+    known = np.append(kind.categories.isin(EVENT_TYPES), False)  # code -1 (NULL) looks up the last
+    low, high = functools.reduce(np.minimum, tokens.values()), functools.reduce(np.maximum, tokens.values())
     conditions = [
         (time_us < FROM_US) | (time_us >= UNTIL_US),
-        np.logical_or.reduce([(v < 0) | (v > MAX_TOKENS) for v in tokens.values()]),
+        (low < 0) | (high > MAX_TOKENS),
         (tokens["cache_read_tokens"] + tokens["cache_write_tokens"] > tokens["input_tokens"])
         | (tokens["reasoning_tokens"] > tokens["output_tokens"]),
-        usage & (frame["provider"].isna().to_numpy() | frame["model"].isna().to_numpy()),
-        ~frame["type"].isin(EVENT_TYPES).to_numpy(),
+        usage & ((_categorical(frame["provider"]).codes < 0) | (_categorical(frame["model"]).codes < 0)),
+        ~known[kind.codes],
     ]
+    if not np.logical_or.reduce(conditions).any():
+        return np.zeros(len(frame), dtype=np.int8)
     return np.select(conditions, list(REASONS), default=0).astype(np.int8)
+
+
+def _categorical(column: pd.Series) -> pd.Categorical:
+    """The rollup reads text columns as categoricals; anything else is made one."""
+    return column.array if isinstance(column.dtype, pd.CategoricalDtype) else pd.Categorical(column)
 
 
 def split(frame: pd.DataFrame, found: dict[int, list[int]]) -> pd.DataFrame:
