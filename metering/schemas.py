@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, with_config
 from typing_extensions import TypedDict
 
-EVENT_TYPES = ("usage", "task.started", "task.completed", "task.failed", "task.cancelled")
+EventType = Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the rollup sets aside any other (metering.quarantine)
 TERMINAL_TYPES = ("task.completed", "task.failed", "task.cancelled")
 TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model")
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -52,7 +53,7 @@ class EventIn(TypedDict):
     """
 
     id: Name
-    type: Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
+    type: EventType
     time: AwareDatetime
     customer: Text
     task: Text

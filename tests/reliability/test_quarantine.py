@@ -103,8 +103,11 @@ class TestRollup:
         plant(engine, books.tenant.id, "negative", when, task="a1", input_tokens=-5)
         plant(engine, books.tenant.id, "subsets", when, task="a1", cache_read_tokens=2_000)
         plant(engine, books.tenant.id, "no-model", when, task="a1", model=None)
+        plant(engine, books.tenant.id, "unknown", when, task="a1", type="task.paused", input_tokens=0, output_tokens=0)
         rollup_tenant(engine, books.tenant, now=AFTER_OCTOBER)
-        assert quarantined(engine, books.tenant.id) == {"negative": REASONS[2], "subsets": REASONS[3], "no-model": REASONS[4]}
+        assert quarantined(engine, books.tenant.id) == {
+            "negative": REASONS[2], "subsets": REASONS[3], "no-model": REASONS[4], "unknown": REASONS[5],
+        }  # fmt: skip
 
     def test_newer_events_never_get_the_seqs_of_events_moved_aside(self, make_books: Callable[..., Books], engine: Engine) -> None:  # noqa: F811
         books = make_books()
