@@ -15,7 +15,7 @@ from api.ratelimit import RateLimiter
 from api.routers import audit as audit_routes
 from api.routers import dashboard as dashboard_routes
 from api.routers import docs as docs_routes
-from api.routers import events, invoices, otlp, pricing, usage
+from api.routers import events, invoices, otlp, pricing, quarantine, usage
 from api.routers import reports as report_routes
 from api.routers import stripe as stripe_routes
 from api.scheduler import start_scheduler
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
         return RedirectResponse("/dashboard", status_code=307)
+    app.include_router(quarantine.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

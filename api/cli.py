@@ -180,12 +180,12 @@ def ingest_file(
     from tqdm import tqdm
 
     totals = {"accepted": 0, "duplicates": 0, "conflicts": 0, "rejected": 0, "lines": 0}
-    tolerance = timedelta(days=settings.future_tolerance_days)
+    window = settings.event_window
     rejected_file = None
 
     def prepare(batch: LineBatch) -> tuple[LineBatch, Prepared]:
         validated = validate_lines(batch.raw)
-        return batch, prepare_rows(validated, tenant_id, now=_now(), future_tolerance=tolerance)
+        return batch, prepare_rows(validated, tenant_id, now=_now(), window=window)
 
     with (
         path.open("rb") as stream,
@@ -252,8 +252,11 @@ def cmd_rollup(args: argparse.Namespace, settings: Settings) -> int:
             results.append({
                 "tenant": result.tenant, "events_read": result.events_read, "tasks_updated": result.tasks_updated,
                 "watermark": result.watermark, "rebuilt": result.rebuilt, "unpriced_models": result.unpriced_models,
-                "seconds": round(result.seconds, 3),
+                "quarantined": result.quarantined, "seconds": round(result.seconds, 3),
             })  # fmt: skip
+            if result.quarantined:
+                _err(f"{tenant.name}: {result.quarantined} event(s) could not be rolled up and were moved to the quarantine: "
+                     f"`taskmeter quarantine list --tenant {tenant.name}`")  # fmt: skip
             for model in result.unpriced_models:
                 _err(f"{tenant.name}: {model['events']} event(s) of {model['provider']}/{model['model']} are unpriced: "
                      "add its price with `taskmeter config load`")  # fmt: skip
@@ -440,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     from api.cli_pricing import add_commands as add_pricing_commands  # it imports this module
 
     add_pricing_commands(sub)
+    from api.cli_quarantine import add_commands as add_quarantine_commands  # it imports this module
+
+    add_quarantine_commands(sub)
     return parser
 
 

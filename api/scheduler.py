@@ -137,6 +137,11 @@ def run_rollup(rt: Runtime, *, now: datetime) -> list[RollupResult]:
             log.info(
                 "rollup of %s: %d event(s), %d task(s)", tenant.name, result.events_read, result.tasks_updated
             )
+        if result.quarantined:
+            log.warning(
+                "rollup of %s: %d event(s) could not be rolled up and were moved to the quarantine "
+                "(taskmeter quarantine list --tenant %s)", tenant.name, result.quarantined, tenant.name,
+            )  # fmt: skip
         results.append(result)
     return results
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import AwareDatetime, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from metering.schemas import DEFAULT_EARLIEST_EVENT_TIME, TimeWindow
 
 DEV_SECRET = "dev-insecure-secret-change-me"
 
@@ -22,6 +25,9 @@ class Settings(BaseSettings):
 
     max_batch_events: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024  # every request body, every route (413 past it)
+    # The time window of events (metering.schemas.TimeWindow): none before the earliest time (RFC
+    # 3339, no earlier than 1970-01-02T00:00:00Z), none more than future_tolerance_days ahead.
+    earliest_event_time: AwareDatetime = DEFAULT_EARLIEST_EVENT_TIME
     future_tolerance_days: int = 7
 
     # Per API key and per process (an in-memory token bucket, api.ratelimit): requests per minute,
@@ -61,6 +67,15 @@ class Settings(BaseSettings):
     stripe_collection_method: Literal["charge_automatically", "send_invoice"] = "charge_automatically"
     stripe_days_until_due: int = 30
     stripe_max_retries: int = 3  # retries of a transient Stripe error within one sync run
+
+    @property
+    def event_window(self) -> TimeWindow:
+        return TimeWindow(self.earliest_event_time, timedelta(days=self.future_tolerance_days))
+
+    @model_validator(mode="after")
+    def _event_window_representable(self) -> Settings:
+        self.event_window  # noqa: B018 - raises ValueError, naming the bound, when out of range
+        return self
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> Settings:

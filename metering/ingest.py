@@ -27,14 +27,15 @@ from sqlalchemy.orm import Session
 from metering.bulk import write_rows
 from metering.errors import InvalidInput, PayloadTooLarge, TaskmeterError
 from metering.schemas import (
-    DEFAULT_FUTURE_TOLERANCE,
+    DEFAULT_WINDOW,
     EventIn,
     FieldError,
     IngestResult,
     RejectedEvent,
+    TimeWindow,
     event_rule_errors,
 )
-from metering.tables import events
+from metering.tables import events, quarantine
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -63,6 +64,15 @@ def to_us(moment: datetime) -> int:
 
 def from_us(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=int(micros))
+
+
+def from_us_or_none(micros: int) -> datetime | None:
+    """The instant, or None where Python cannot represent it (before year 1, after 9999: only an
+    event stored before event times had bounds)."""
+    try:
+        return from_us(micros)
+    except OverflowError:
+        return None
 
 
 @dataclass
@@ -201,18 +211,17 @@ class Prepared:
     conflicts: int = 0
 
 
-def prepare_rows(
-    batch: Batch, tenant_id: int, *, now: datetime, future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE
-) -> Prepared:
-    """Apply the cross-field rules and build the rows; repeats of an id within the batch are
-    duplicates (same content) or conflicts (other content) of its first occurrence."""
+def prepare_rows(batch: Batch, tenant_id: int, *, now: datetime, window: TimeWindow = DEFAULT_WINDOW) -> Prepared:
+    """Apply the cross-field rules (the time window among them) and build the rows; repeats of an
+    id within the batch are duplicates (same content) or conflicts (other content) of its first
+    occurrence."""
     ingested_us = to_us(now)
-    latest_us = to_us(now + future_tolerance)
+    earliest_us, latest_us = to_us(window.earliest), to_us(window.latest(now))
     out = Prepared(rejected=list(batch.rejected))
     first_in_batch: dict[str, str] = {}
     for event, position in zip(batch.events, batch.positions, strict=True):
         time_us = (event["time"] - EPOCH) // _ONE_US
-        rule_errors = event_rule_errors(event, time_us, latest_us, future_tolerance)
+        rule_errors = event_rule_errors(event, time_us, earliest_us, latest_us, window)
         if rule_errors:
             errors = [FieldError(field=f, message=m) for f, m in rule_errors]
             out.rejected.append(RejectedEvent(index=position, id=event["id"], errors=errors))
@@ -237,11 +246,11 @@ def store_events(
     batch: Batch,
     *,
     now: datetime,
-    future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE,
+    window: TimeWindow = DEFAULT_WINDOW,
     atomic: bool = False,
 ) -> IngestResult:
     """Check the cross-field rules, append the valid events, report the rest. The caller commits."""
-    prepared = prepare_rows(batch, tenant_id, now=now, future_tolerance=future_tolerance)
+    prepared = prepare_rows(batch, tenant_id, now=now, window=window)
     return insert_prepared(session, tenant_id, prepared, atomic=atomic)
 
 
@@ -281,11 +290,11 @@ def ingest_events(
     *,
     now: datetime,
     atomic: bool = False,
-    future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE,
+    window: TimeWindow = DEFAULT_WINDOW,
 ) -> IngestResult:
     """Validate and store a batch of events given as Python objects (adapters, demo, tests)."""
     batch = validate_items(items)
-    return store_events(session, tenant_id, batch, now=now, atomic=atomic, future_tolerance=future_tolerance)
+    return store_events(session, tenant_id, batch, now=now, atomic=atomic, window=window)
 
 
 def _row(event: dict[str, Any], time_us: int, tenant_id: int, ingested_us: int) -> tuple[Any, ...]:
@@ -344,14 +353,24 @@ def _atomic_failure(rejected: list[RejectedEvent]) -> InvalidInput:
 
 
 def find_event(session: Session | Connection, tenant_id: int, event_id: str) -> dict[str, Any] | None:
-    """A stored event as the client sent it (normalized), with its ingest sequence number."""
+    """A stored event as the client sent it (normalized), with its ingest sequence number; one
+    the rollup moved to the quarantine (`metering.quarantine`) comes with its entry and reason."""
     row = session.execute(
         select(events).where(events.c.tenant_id == tenant_id, events.c.event_id == event_id)
     ).one_or_none()
+    note = None
     if row is None:
-        return None
+        row = session.execute(
+            select(quarantine)
+            .where(quarantine.c.tenant_id == tenant_id, quarantine.c.event_id == event_id)
+            .order_by(quarantine.c.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        note = {"id": row.id, "reason": row.reason}
     return {
-        "seq": row.seq, "id": row.event_id, "type": row.type, "time": from_us(row.time_us),
+        "seq": row.seq, "id": row.event_id, "type": row.type, "time": from_us_or_none(row.time_us), "quarantine": note,
         "customer": row.customer, "task": row.task, "task_type": row.task_type, "provider": row.provider,
         "model": row.model, "input_tokens": row.input_tokens, "output_tokens": row.output_tokens,
         "cache_read_tokens": row.cache_read_tokens, "cache_write_tokens": row.cache_write_tokens,

@@ -6,6 +6,10 @@ watermark in ONE transaction: a run killed mid-way leaves nothing behind, and th
 the same work again. The watermark only moves by compare-and-set, so two concurrent runs never
 both apply the same events. When the tenant's prices change, the next run rebuilds the tenant's
 rollup from the first event, so unpriced events become priced once a price is added.
+
+A stored event that cannot be rolled up (`metering.quarantine`: a time outside what every layer
+can represent, impossible token counts) is left out of the summary and moved to the quarantine
+in the transaction that advances the watermark: one such event never stops a tenant's rollup.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
+from metering import quarantine
 from metering.bulk import write_frame
 from metering.db import make_engine
 from metering.errors import Conflict
@@ -99,6 +104,7 @@ class RollupResult:
     watermark: int = 0
     rebuilt: bool = False
     unpriced_models: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: int = 0  # events moved to the quarantine by this run
     seconds: float = 0.0
 
 
@@ -156,11 +162,13 @@ def rollup_tenant(
 
     scan = _only_tenant_in_events(engine, tenant.id)
     if end - start >= PARALLEL_MIN_EVENTS and after_chunk is None and (os.cpu_count() or 1) > 1:
-        summary, unpriced, result.events_read = _summarize_in_workers(engine, tenant, overrides, start, end, chunk_size, scan=scan)
+        summary, unpriced, result.events_read, unprocessable = _summarize_in_workers(
+            engine, tenant, overrides, start, end, chunk_size, scan=scan
+        )
         if progress is not None:
             progress(end - start, end - start)
     else:
-        summary, unpriced, result.events_read = _summarize_range(
+        summary, unpriced, result.events_read, unprocessable = _summarize_range(
             engine, tenant.id, tenant.timezone, book, start, end, chunk_size, progress, after_chunk, scan=scan
         )
 
@@ -177,6 +185,8 @@ def rollup_tenant(
         ).rowcount
         if moved != 1:
             raise RollupConflict(f"another rollup of tenant {tenant.name!r} ran at the same time; nothing was written")
+        if unprocessable:
+            result.quarantined = quarantine.move(connection, tenant.id, unprocessable, now=now)
         if connection.dialect.name == "sqlite":
             # A larger page cache keeps the B-tree pages of large deletes and inserts in memory.
             connection.exec_driver_sql("PRAGMA cache_size = -262144")
@@ -218,25 +228,30 @@ def _summarize_range(
     *,
     sqlite_arrow: bool = False,
     scan: bool = False,
-) -> tuple[Summary | None, dict[tuple[str, str], int], int]:
-    """Read, price and summarize the events with start < seq <= end, chunk by chunk."""
+) -> tuple[Summary | None, dict[tuple[str, str], int], int, dict[int, list[int]]]:
+    """Read, price and summarize the events with start < seq <= end, chunk by chunk; the seqs of
+    those that cannot be rolled up come back by reason (`metering.quarantine`), left out."""
     summary: Summary | None = None
     unpriced: dict[tuple[str, str], int] = {}
+    unprocessable: dict[int, list[int]] = {}
     read = 0
     for number, frame in enumerate(_read_events(engine, tenant_id, start, end, chunk_size, sqlite_arrow=sqlite_arrow, scan=scan)):
-        part = summarize(_price(frame, book, unpriced), timezone)
-        summary = part if summary is None else _combine(summary, part)
+        last_seq = int(frame["seq"].iloc[-1])
         read += len(frame)
+        frame = quarantine.split(frame, unprocessable)
+        if not frame.empty:
+            part = summarize(_price(frame, book, unpriced), timezone)
+            summary = part if summary is None else _combine(summary, part)
         if progress is not None:
-            progress(int(frame["seq"].iloc[-1]) - start, end - start)
+            progress(last_seq - start, end - start)
         if after_chunk is not None:
             after_chunk(number)
-    return summary, unpriced, read
+    return summary, unpriced, read, unprocessable
 
 
 def _worker_range(
     url: str, tenant_id: int, timezone: str, overrides: list[dict[str, str]], start: int, end: int, chunk_size: int, scan: bool
-) -> tuple[Summary | None, dict[tuple[str, str], int], int]:
+) -> tuple[Summary | None, dict[tuple[str, str], int], int, dict[int, list[int]]]:
     """A worker process's share of a large rollup: its own engine, the same prices. The process
     touches the database only through ADBC, so it may read SQLite with ADBC's SQLite."""
     engine = make_engine(url)
@@ -267,7 +282,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's malloc.h
 
 def _summarize_in_workers(
     engine: Engine, tenant: Tenant, overrides: list[dict[str, str]], start: int, end: int, chunk_size: int, *, scan: bool
-) -> tuple[Summary | None, dict[tuple[str, str], int], int]:
+) -> tuple[Summary | None, dict[tuple[str, str], int], int, dict[int, list[int]]]:
     """Split a large range of seqs between processes (reading and pricing use one core each)."""
     workers = min(os.cpu_count() or 1, 4)
     bounds = [start + (end - start) * i // workers for i in range(workers + 1)]
@@ -281,12 +296,15 @@ def _summarize_in_workers(
         parts = [future.result() for future in futures]
     summary: Summary | None = None
     unpriced: dict[tuple[str, str], int] = {}
-    for part, missing, _ in parts:
+    unprocessable: dict[int, list[int]] = {}
+    for part, missing, _, set_aside in parts:
         if part is not None:
             summary = part if summary is None else _combine(summary, part)
         for key, count in missing.items():
             unpriced[key] = unpriced.get(key, 0) + count
-    return summary, unpriced, sum(read for _, _, read in parts)
+        for code, seqs in set_aside.items():
+            unprocessable.setdefault(code, []).extend(seqs)
+    return summary, unpriced, sum(read for _, _, read, _ in parts), unprocessable
 
 
 @contextmanager

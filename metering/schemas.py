@@ -2,25 +2,42 @@
 
 The shape of an event (types, lengths, required fields, no unknown keys) is checked by pydantic
 in one pass over a whole batch; the rules that relate fields to each other (token subsets, the
-provider and model of usage events, the future limit) are `event_rule_errors`, applied by
-ingestion in the same loop that builds the rows.
+provider and model of usage events, the time window) are `event_rule_errors`, applied by
+ingestion in the same loop that builds the rows, whichever way the events came (HTTP batch,
+CloudEvents, OTLP, JSONL).
+
+Times. Every layer (Python's datetime, pandas' nanosecond timestamps, PostgreSQL's dates, the
+tenant-local days and months of every IANA zone) can represent any instant in
+[`REPRESENTABLE_FROM`, `REPRESENTABLE_UNTIL`); an event is accepted only inside the narrower
+`TimeWindow`: not before its `earliest` (a setting, default 2000-01-01T00:00:00Z) and not more
+than `future_tolerance` after now. The rollup sets aside (`metering.quarantine`) a stored event
+outside the representable span, which only an event stored before these bounds existed can be.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, NotRequired
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, NotRequired, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, with_config
 from typing_extensions import TypedDict
 
-EVENT_TYPES = ("usage", "task.started", "task.completed", "task.failed", "task.cancelled")
+EventType = Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the rollup sets aside any other (metering.quarantine)
 TERMINAL_TYPES = ("task.completed", "task.failed", "task.cancelled")
 TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model")
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 MAX_TOKENS = 10**12
 DEFAULT_FUTURE_TOLERANCE = timedelta(days=7)
 NUL = "\x00"  # PostgreSQL cannot store it in text
+DEFAULT_EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+# A day after the epoch: in every time zone (offsets -12:00 to +14:00) the local day is 1970 or
+# later, which every month and day query accepts. Before 2262-04-11 pandas' nanosecond
+# timestamps end; 2262-01-01 leaves the tenant-local months of that year representable too.
+REPRESENTABLE_FROM = datetime(1970, 1, 2, tzinfo=UTC)
+REPRESENTABLE_UNTIL = datetime(2262, 1, 1, tzinfo=UTC)  # exclusive
+MAX_FUTURE_TOLERANCE = timedelta(days=3650)
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -37,7 +54,7 @@ class EventIn(TypedDict):
     """
 
     id: Name
-    type: Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
+    type: EventType
     time: AwareDatetime
     customer: Text
     task: Text
@@ -52,11 +69,50 @@ class EventIn(TypedDict):
     metadata: NotRequired[Annotated[dict[MetaKey, MetaValue], Field(max_length=64)] | None]
 
 
-def event_rule_errors(event: dict[str, Any], time_us: int, latest_us: int, tolerance: timedelta) -> list[tuple[str, str]]:
-    """The cross-field rules of DESIGN.md, as (field, message) pairs; empty when the event is valid."""
+def rfc3339(moment: datetime) -> str:
+    """An instant as RFC 3339 in UTC, `Z` for the offset."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """The event times ingestion accepts: from `earliest` to `future_tolerance` after now."""
+
+    earliest: datetime = DEFAULT_EARLIEST_EVENT_TIME
+    future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if self.earliest.tzinfo is None or not REPRESENTABLE_FROM <= self.earliest < REPRESENTABLE_UNTIL:
+            raise ValueError(f"the earliest event time must be an aware instant from {rfc3339(REPRESENTABLE_FROM)}")
+        if not timedelta(0) <= self.future_tolerance <= MAX_FUTURE_TOLERANCE:
+            raise ValueError(f"the future tolerance must be between 0 and {MAX_FUTURE_TOLERANCE.days} days")
+
+    def latest(self, now: datetime) -> datetime:
+        return min(now + self.future_tolerance, REPRESENTABLE_UNTIL - timedelta(microseconds=1))
+
+    def describe(self) -> str:
+        return f"events are accepted from {rfc3339(self.earliest)} to {_days(self.future_tolerance)} after now"
+
+
+DEFAULT_WINDOW = TimeWindow()
+
+
+def _days(span: timedelta) -> str:
+    days = span / timedelta(days=1)
+    text = f"{days:g}"
+    return f"{text} day" if text == "1" else f"{text} days"
+
+
+def event_rule_errors(
+    event: dict[str, Any], time_us: int, earliest_us: int, latest_us: int, window: TimeWindow
+) -> list[tuple[str, str]]:
+    """The cross-field rules of DESIGN.md, as (field, message) pairs; empty when the event is valid.
+    `earliest_us` and `latest_us` are the window's bounds (inclusive) at the time of ingestion."""
     errors: list[tuple[str, str]] = []
     if time_us > latest_us:
-        errors.append(("time", f"is more than {tolerance.days} days in the future"))
+        errors.append(("time", f"is more than {_days(window.future_tolerance)} in the future: {window.describe()}"))
+    elif time_us < earliest_us:
+        errors.append(("time", f"is before {rfc3339(window.earliest)}: {window.describe()}"))
     get = event.get
     for field in TEXT_FIELDS:
         value = get(field)
@@ -99,17 +155,24 @@ def _metadata_nul_errors(metadata: dict[str, str] | None) -> list[tuple[str, str
         elif NUL in value:
             found.append((f"metadata.{key}", "must not contain NUL characters"))
     return found
+class QuarantineNote(BaseModel):
+    id: int  # the quarantine entry (GET /v1/quarantine)
+    reason: str
 
 
 class StoredEvent(BaseModel):
-    """An event as stored: normalized to UTC, defaults filled in, with its ingest sequence number."""
+    """An event as stored: normalized to UTC, defaults filled in, with its ingest sequence number.
+
+    `time` is null only for an event stored before event times had bounds whose time no calendar
+    can show (before year 1, after 9999); `quarantine` says when the rollup set the event aside.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     seq: int
     id: str
     type: str
-    time: datetime
+    time: datetime | None
     customer: str
     task: str
     task_type: str | None = None
@@ -121,6 +184,7 @@ class StoredEvent(BaseModel):
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     metadata: dict[str, str] | None = None
+    quarantine: QuarantineNote | None = None
 
 
 class FieldError(BaseModel):

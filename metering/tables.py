@@ -87,6 +87,9 @@ events = Table(
     UniqueConstraint("tenant_id", "event_id"),
     Index("ix_events_tenant_task", "tenant_id", "task"),
     Index("ix_events_tenant_seq", "tenant_id", "seq"),  # a tenant's events past its watermark
+    # SQLite: a seq is never handed out twice, even after the newest events were moved to the
+    # quarantine (otherwise the next events could get seqs at or below a watermark).
+    sqlite_autoincrement=True,
 )
 
 
@@ -194,4 +197,37 @@ tenant_prices = Table(
     Column("cache_read", String(40)),
     Column("cache_write", String(40)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+# --- the quarantine: stored events that the rollup cannot process (metering.quarantine) ----------
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    # The event as it was stored in `events` (the same columns), with its seq there.
+    Column("seq", BigInteger, nullable=False),
+    Column("event_id", String(128), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("time_us", BigInteger, nullable=False),
+    Column("customer", String(256), nullable=False),
+    Column("task", String(256), nullable=False),
+    Column("task_type", String(128)),
+    Column("provider", String(64)),
+    Column("model", String(128)),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False),
+    Column("reasoning_tokens", BigInteger, nullable=False),
+    Column("metadata", Text),
+    Column("content_hash", String(32), nullable=False),
+    Column("ingested_us", BigInteger, nullable=False),
+    Column("reason", String(300), nullable=False),
+    Column("quarantined_at", DateTime(timezone=True), nullable=False),
+    # Not unique: a row that cannot be moved aside would stop the tenant's rollup again.
+    Index("ix_quarantine_tenant_id_id", "tenant_id", "id"),
+    Index("ix_quarantine_tenant_id_event_id", "tenant_id", "event_id"),
 )

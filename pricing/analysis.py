@@ -18,6 +18,7 @@ from metering.periods import Period
 from metering.pipeline import price_book
 from metering.prices import price_usage, settle_nanos
 from metering.ratecards import RateCardError
+from metering.schemas import REPRESENTABLE_FROM, REPRESENTABLE_UNTIL, rfc3339
 from metering.tenants import Tenant
 from pricing import repository
 from pricing.compare import Comparison, ModelTokens, compare_plans, quote_task
@@ -121,8 +122,9 @@ def quote(
 ) -> dict[str, Any]:
     """What one more task would cost under each plan in force at `at`, with its provider cost
     from the tenant's prices. Stores nothing."""
-    if at.tzinfo is None or not 1970 <= at.year <= 9998:
-        raise invalid("invalid quote", [("body.at", "needs a UTC offset and a year from 1970 to 9998")])
+    if at.tzinfo is None or not REPRESENTABLE_FROM <= at < REPRESENTABLE_UNTIL:
+        window = f"{rfc3339(REPRESENTABLE_FROM)} to {rfc3339(REPRESENTABLE_UNTIL)}"
+        raise invalid("invalid quote", [("body.at", f"needs a UTC offset and a time from {window}")])
     for index, item in enumerate(usage):
         if item.cache_read_tokens + item.cache_write_tokens > item.input_tokens:
             raise invalid("invalid usage", [(f"body.usage[{index}]", "cache tokens exceed input_tokens")])

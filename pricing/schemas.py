@@ -10,14 +10,32 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictInt,
+    StrictStr,
+)
 
 from metering.prices import MAX_TOKENS
 
 Exact = Annotated[Decimal, PlainSerializer(lambda d: f"{d:f}", return_type=str, when_used="json")]
 Utc = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
+Instant = Annotated[
+    datetime,
+    BeforeValidator(lambda v: v if isinstance(v, str) else _not_a_time()),
+    Field(examples=["2026-10-05T12:00:00Z"]),
+]  # RFC 3339 text only: a bare number is not read as a timestamp
 Month = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", examples=["2026-10"])]
 DecimalText = Annotated[StrictStr | StrictInt, Field(examples=["0.6"])]
+
+
+def _not_a_time() -> datetime:
+    raise ValueError("must be an RFC 3339 time with an offset, like 2026-10-05T12:00:00Z")
 
 
 class _In(BaseModel):
@@ -175,7 +193,7 @@ class QuoteIn(_In):
     outcome: Literal["completed", "failed", "cancelled"] = "completed"
     plans: list[str] | None = Field(None, description="default: every plan")
     units_before: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS, description="the month's usage so far in the plan's unit")] = 0
-    at: datetime | None = Field(None, description="price at this instant (default: now)")
+    at: Instant | None = Field(None, description="price at this instant, RFC 3339 with offset (default: now)")
 
 
 class PlanQuote(BaseModel):

@@ -38,11 +38,9 @@ def local_today(now: datetime, timezone: str) -> date:
 
 
 def billing_month(text: str, timezone: str, *, field: str = "month") -> Period:
-    """A tenant-local month from `YYYY-MM`, between 1970 and 9998 (so that its end exists)."""
-    period = parse_month(text, timezone, field=field)
-    if not 1970 <= period.first_day.year <= 9998:
-        raise invalid("invalid month", [(field, f"{text!r} is not between 1970-01 and 9998-12")])
-    return period
+    """A tenant-local month from `YYYY-MM`, within the months every layer can represent
+    (`metering.periods.parse_month`)."""
+    return parse_month(text, timezone, field=field)
 
 
 def invalid(message: str, problems: Problems) -> InvalidInput:

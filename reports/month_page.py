@@ -32,6 +32,7 @@ class MonthPage:
     freshness: str = "fresh"  # fresh, aging, stale (being recomputed), live (computed for this page)
     page: int = 1
     stripe_failures: tuple[dict[str, Any], ...] = ()  # the tenant's invoices Stripe refused, any month
+    quarantined: int = 0  # the tenant's events set aside by the rollup (metering.quarantine)
 
 
 def render(p: MonthPage) -> str:
@@ -89,6 +90,9 @@ def _status(p: MonthPage) -> str:
         notes.append(f'<p class="notice warn" data-stripe-failures>{len(p.stripe_failures)} invoice(s) could not be '
                      f"pushed to Stripe: {links}. Each page says why; after fixing the cause run "
                      "<code>taskmeter stripe sync --retry-failed</code>.</p>")  # fmt: skip
+    if p.quarantined:
+        notes.append(f'<p class="notice warn" data-quarantine>{p.quarantined} event(s) could not be processed and are '
+                     f'in quarantine: they are not billed. <a href="{url("/quarantine")}">What this means</a></p>')  # fmt: skip
     if v.other_currencies:
         notes.append(
             f'<p class="notice">Invoices in {e(", ".join(v.other_currencies))} are listed in the table but not in the totals '

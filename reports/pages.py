@@ -142,3 +142,29 @@ def _tasks_path(customer: str) -> str:
     from reports.html import part
 
     return f"/customers/{part(customer)}/tasks"
+
+
+def quarantine(rows: Sequence[dict[str, object]], total: int, *, tenant: str, csrf: str, version: str) -> str:
+    """What the quarantine is, what to do about it, and the newest entries."""
+    body_rows = [
+        [num(str(r["id"])), e(str(r["event_id"])), e(str(r["time"] or r["time_us"])), e(str(r["customer"])),
+         e(str(r["task"])), e(str(r["reason"]))]
+        for r in rows
+    ]  # fmt: skip
+    listed = (table([("Entry", "num"), ("Event", ""), ("Time (UTC)", ""), ("Customer", ""), ("Task", ""), ("Reason", "")],
+                    body_rows, css="quarantine", caption=f"the newest {len(rows)} of {total}")
+              if body_rows else '<p class="ok-text">No event is in quarantine.</p>')  # fmt: skip
+    body = f"""<section class="status"><h1>Quarantine</h1>{badge(f"{total} event(s)", "warn" if total else "ok")}
+<a class="back" href="{url("")}">← Back to the dashboard</a></section>
+<section class="card"><p>An event lands here when it was stored but billing cannot process it: a time outside what
+every part of taskmeter can represent (1970-01-02 to 2262-01-01 UTC), or token counts that cannot be (cache tokens
+above the input tokens, negative counts). Only events stored before taskmeter checked these at the door, or written
+into the database by hand, can be. They are set aside so that the tenant's other events are rolled up, invoiced and
+reported as usual; an event in quarantine is <strong>not billed</strong> and not lost.</p>
+<p>An admin decides for each: ask the sender to send it again corrected (its id is free again) and drop this one with
+<code>taskmeter quarantine drop ID</code>, or, when the cause is fixed on taskmeter's side, send it back through
+validation with <code>taskmeter quarantine release ID</code> (it stays here if still invalid). The API has the same:
+<code>GET /v1/quarantine</code>, <code>POST /v1/quarantine/ID/release</code>, <code>POST /v1/quarantine/ID/drop</code>.
+Both are recorded in the audit log.</p>
+{listed}</section>"""
+    return frame("Quarantine", body, version=version, header=topbar(tenant, csrf))

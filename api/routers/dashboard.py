@@ -25,6 +25,7 @@ from api import dashboard_http as web
 from api.dashboard_refresh import SnapshotRefresher
 from api.routers import dashboard_auth
 from api.routers.reports import csv_response
+from metering import quarantine
 from metering.errors import InvalidInput, NotFound
 from metering.periods import Period, parse_month, period_of
 from metering.tenants import Tenant
@@ -91,6 +92,7 @@ def month(
         stripe_failures = tuple(
             f for f in repository.stripe_failures(session, tenant.id) if customer in (None, "", f["customer"])
         )
+        quarantined = quarantine.count(session, tenant.id)
     if customer:
         view, series = _customer_month(engine, tenant, period, customer, closed)
         as_of, freshness = None, "live"
@@ -113,7 +115,7 @@ def month(
     body = month_page.render(
         month_page.MonthPage(
             tenant.name, view, series, months, names, token, web.VERSION, as_of, freshness, page,
-            stripe_failures,
+            stripe_failures, quarantined,
         )
     )
     return web.html(request, body, seed=seed)
@@ -178,6 +180,20 @@ def _tenant_month(
 
 
 # --- invoices, tasks, CSVs -----------------------------------------------------------------------------------
+
+
+@router.get("/quarantine")
+def quarantine_page(request: Request) -> Response:
+    principal = web.signed_in(request)
+    if principal is None:
+        return web.to_sign_in(request)
+    tenant = principal.tenant
+    seed, token = web.csrf(request)
+    with Session(web.engine(request)) as session:
+        rows = quarantine.listing(session, tenant.id, limit=100)
+        total = quarantine.count(session, tenant.id)
+    return web.html(request, pages.quarantine(rows, total, tenant=tenant.name, csrf=token, version=web.VERSION), seed=seed)
+
 
 
 @router.get("/invoices/{invoice_id}")

@@ -3,7 +3,7 @@ as they are or gzip-compressed."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -90,7 +90,7 @@ def post_events(
         batch,
         now=now,
         atomic=atomic,
-        future_tolerance=timedelta(days=settings.future_tolerance_days),
+        window=settings.event_window,
     )
 
 

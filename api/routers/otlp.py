@@ -12,7 +12,6 @@ GenAI usage are accepted and ignored. taskmeter's own counts are in `X-Taskmeter
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -86,7 +85,7 @@ def export_traces(
 
     batch = validate_items(converted.events)
     result = store_events(
-        session, principal.tenant.id, batch, now=now, future_tolerance=timedelta(days=settings.future_tolerance_days)
+        session, principal.tenant.id, batch, now=now, window=settings.event_window
     )
     reasons = [f"{r['path']} (span {r['span_id']}): {_join(r['errors'])}" for r in converted.rejected]
     spans_with_bad_events: dict[str, str] = {}

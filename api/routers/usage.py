@@ -17,7 +17,7 @@ from api.deps import NowDep, ReadScope, SessionDep
 from api.errors import responses
 from metering import repository
 from metering.errors import InvalidInput, NotFound
-from metering.periods import period_of
+from metering.periods import parse_day, parse_instant, period_of
 
 router = APIRouter(tags=["usage"])
 
@@ -117,13 +117,14 @@ def get_usage(
     session: SessionDep,
     now: NowDep,
     customer: str | None = None,
-    from_: Annotated[date | None, Query(alias="from", description="first tenant-local day (default: 1st of this month)")] = None,
-    to: Annotated[date | None, Query(description="day after the last (exclusive; default: 1st of next month)")] = None,
+    from_: Annotated[str | None, Query(alias="from", description="first tenant-local day, YYYY-MM-DD (default: 1st of this month)")] = None,
+    to: Annotated[str | None, Query(description="day after the last, YYYY-MM-DD (exclusive; default: 1st of next month)")] = None,
     group_by: Literal["model", "task_type", "day", "customer"] = "model",
 ) -> UsageReport:
     """Usage and provider cost over tenant-local days [from, to), grouped."""
     period = period_of(now, principal.tenant.timezone)
-    first_day, end_day = from_ or period.first_day, to or period.next_first_day
+    first_day = parse_day(from_, field="query.from") if from_ is not None else period.first_day
+    end_day = parse_day(to, field="query.to") if to is not None else period.next_first_day
     if end_day <= first_day:
         raise InvalidInput("empty range", detail=[{"field": "query.to", "message": "must be after from"}])
     if customer is not None and not repository.customer_known(session, principal.tenant.id, customer):
@@ -140,13 +141,11 @@ def get_current_usage(
     principal: ReadScope,
     session: SessionDep,
     now: NowDep,
-    at: Annotated[datetime | None, Query(description="as of this instant instead of now (RFC 3339)")] = None,
+    at: Annotated[str | None, Query(description="as of this instant instead of now (RFC 3339 with offset)")] = None,
 ) -> CurrentUsage:
     """The customer's running month (tenant time zone): usage, cost, and task outcomes so far."""
     tenant = principal.tenant
-    as_of = at or now
-    if as_of.tzinfo is None:
-        raise InvalidInput("invalid time", detail=[{"field": "query.at", "message": "needs a UTC offset"}])
+    as_of = parse_instant(at, field="query.at") if at is not None else now
     period = period_of(as_of, tenant.timezone)
     rows, total = repository.usage(
         session, tenant.id, first_day=period.first_day, end_day=period.next_first_day, group_by="model", customer=customer

@@ -19,14 +19,16 @@ import httpx
 import pytest
 import yaml
 from fastapi import FastAPI
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 
 from api import cli
 from api.app import create_app
 from api.settings import Settings, get_settings
 from metering.db import unit_of_work
-from metering.ingest import ingest_events
+from metering.ingest import ingest_events, to_us
 from metering.periods import parse_month
+from metering.tables import events as event_table
+from metering.tables import quarantine
 from metering.tenants import Tenant, create_api_key, parse_scopes
 from pricing import credit_notes, invoices, service
 from pricing.tables import invoices as invoice_table
@@ -51,6 +53,7 @@ class World:
     plan: str
     invoice_id: int
     invoice_number: str
+    quarantine_id: int = 0  # an event of 1600, stored by hand, that the rollup set aside
 
     @property
     def name(self) -> str:
@@ -86,6 +89,13 @@ def build_world(engine: Engine, tenant: Tenant, *, now: datetime) -> World:
     with unit_of_work(engine) as session:
         result = ingest_events(session, tenant.id, events, now=now)
     assert not result.rejected, result.rejected
+    with engine.begin() as connection:  # refused at the door: written by hand, for the quarantine
+        connection.execute(insert(event_table).values(
+            tenant_id=tenant.id, event_id=f"{p}-evt-old", type="usage", time_us=to_us(datetime(1600, 1, 1, tzinfo=UTC)),
+            customer=f"{p}-cust", task=f"{p}-task-1", provider="acme-ai", model="acme-large", input_tokens=1,
+            output_tokens=1, cache_read_tokens=0, cache_write_tokens=0, reasoning_tokens=0, content_hash="0" * 32,
+            ingested_us=0,
+        ))  # fmt: skip
     with unit_of_work(engine) as session:  # the close rolls every event up first
         invoices.close_period(session, tenant, parse_month(CLOSED_MONTH, tenant.timezone), now=now)
     with unit_of_work(engine) as session:
@@ -93,7 +103,8 @@ def build_world(engine: Engine, tenant: Tenant, *, now: datetime) -> World:
             select(invoice_table.c.id, invoice_table.c.number).where(invoice_table.c.tenant_id == tenant.id)
         ).one()
         credit_notes.create_credit_note(session, tenant, invoice_id, amount="0.10", reason=f"{p} goodwill", now=now)
-    return World(tenant, key, key_id, f"{p}-cust", f"{p}-task-1", f"{p}-evt-1", f"{p}-jobs", invoice_id, number)
+        quarantine_id = session.execute(select(quarantine.c.id).where(quarantine.c.tenant_id == tenant.id)).scalar_one()
+    return World(tenant, key, key_id, f"{p}-cust", f"{p}-task-1", f"{p}-evt-1", f"{p}-jobs", invoice_id, number, quarantine_id)
 
 
 @pytest.fixture

@@ -35,9 +35,10 @@ OWNED = {
     "event_id": lambda w: w.event_id,
     "plan_id": lambda w: w.plan,
     "invoice_id": lambda w: str(w.invoice_id),
+    "quarantine_id": lambda w: str(w.quarantine_id),
 }
 NOBODYS = {"customer": "nobody-cust", "task": "nobody-task", "event_id": "nobody-evt", "plan_id": "nobody-plan",
-           "invoice_id": "987654"}  # fmt: skip
+           "invoice_id": "987654", "quarantine_id": "987654"}  # fmt: skip
 # Parameters no tenant owns (the answer is then the caller's own data), per route or everywhere.
 NOT_OWNED: dict[str, str] = {"month": CLOSED_MONTH, "name": "customers"}
 NOT_OWNED_BY_ROUTE = {("/dashboard/static/{name}", "name"): "dashboard.css"}
@@ -56,6 +57,8 @@ BODIES: dict[tuple[str, str], dict[str, Any] | None] = {
     ("POST", "/v1/stripe/webhook"): {"json": {"id": "evt_1", "type": "invoice.paid"}},
     ("POST", "/dashboard/sign-in"): {"data": {"key": "tm_000000000000_xxxxxxxxxxxxxxxxxxxxxxxx", "csrf": "x"}},
     ("POST", "/dashboard/sign-out"): {"data": {"csrf": "x"}},
+    ("POST", "/v1/quarantine/{quarantine_id}/release"): None,
+    ("POST", "/v1/quarantine/{quarantine_id}/drop"): None,
 }
 # What a route answers for B's id when it is not 404.
 EXPECTED = {("PUT", "/v1/customers/{customer}"): 422}  # the body names B's plan, unknown to A
