@@ -47,7 +47,7 @@ from sqlalchemy import Engine, select
 from api.app import create_app
 from api.settings import Settings
 from metering.db import unit_of_work
-from metering.money import minor_unit
+from metering.money import minor_unit, quantize
 from metering.periods import Period, period_of
 from metering.pipeline import rollup_tenant
 from metering.schemas import MAX_TOKENS
@@ -98,7 +98,7 @@ def unique_texts(n: int, max_size: int) -> st.SearchStrategy[list[str]]:
     )
 
 
-TOKENS = st.one_of(st.sampled_from([0, 1, MAX_TOKENS - 1, MAX_TOKENS]), st.integers(0, MAX_TOKENS))
+TOKENS = st.one_of(st.sampled_from([0, 1, MAX_TOKENS - 1, MAX_TOKENS, MAX_TOKENS]), st.integers(0, MAX_TOKENS))
 MODELS = (
     ("acme-ai", "acme-max"),  # the tenant's price at the cap of 2000 per million tokens
     ("acme-ai", "acme-large"),
@@ -295,7 +295,20 @@ def wire(event: dict[str, Any]) -> dict[str, Any]:
 class Reference:
     tokens: dict[tuple[str, str], Counter[str]]  # (month, customer) → token sums
     outcomes: dict[tuple[str, str], Counter[str]]  # (month, customer) → completed/failed/cancelled
+    costs: dict[tuple[str, str, str], Decimal]  # (month, provider, model) → exact provider cost
     months: set[str]
+
+
+# The tenant's own prices (PRICES) per token: input (cache excluded), cache read, cache write, output.
+RATES = {(p["provider"], p["model"]): {k: Decimal(p[k]) / 10**6 for k in ("input", "output", "cache_read", "cache_write")}
+         for p in PRICES}  # fmt: skip
+
+
+def exact_cost(event: dict[str, Any]) -> Decimal:
+    rate = RATES[event["provider"], event["model"]]
+    read, write = event.get("cache_read_tokens", 0), event.get("cache_write_tokens", 0)
+    return (rate["input"] * (event["input_tokens"] - read - write) + rate["cache_read"] * read
+            + rate["cache_write"] * write + rate["output"] * event["output_tokens"])  # fmt: skip
 
 
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -306,6 +319,7 @@ def reference(events: list[dict[str, Any]], zone: str) -> Reference:
     its last terminal event (by time, then by ingestion order); a task's customer is its events'."""
     tokens: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     outcomes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    costs: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
     months = set()
     last_terminal: dict[str, tuple[datetime, int, dict[str, Any]]] = {}
     for order, event in enumerate(events):
@@ -314,13 +328,15 @@ def reference(events: list[dict[str, Any]], zone: str) -> Reference:
         if event["type"] == "usage":
             tokens[label, event["customer"]].update({f: event.get(f, 0) for f in TOKEN_FIELDS})
             tokens[label, event["customer"]]["usage_events"] += 1
+            if (event["provider"], event["model"]) in RATES:
+                costs[label, event["provider"], event["model"]] += exact_cost(event)
         elif event["type"] != "task.started":
             key = (event["time"], order)
             if event["task"] not in last_terminal or key > last_terminal[event["task"]][:2]:
                 last_terminal[event["task"]] = (*key, event)
     for event in (e for _, _, e in last_terminal.values()):
         outcomes[period_of(event["time"], zone).label, event["customer"]][event["type"].removeprefix("task.")] += 1
-    return Reference(tokens, outcomes, months)
+    return Reference(tokens, outcomes, costs, months)
 
 
 # --- running the path ---------------------------------------------------------------------------
@@ -407,6 +423,11 @@ def check_rollup(api: Caller, ref: Reference, tenant: Tenant, reports_dir: Path,
         usage = api.get("/v1/usage", params={"from": str(period.first_day), "to": str(period.next_first_day), "group_by": "customer"})
         assert usage.status_code == 200, usage.text
         by_customer = {r["customer"]: r for r in usage.json()["rows"]}
+        by_model = api.get("/v1/usage", params={"from": str(period.first_day), "to": str(period.next_first_day)})
+        costs = {(r["provider"], r["model"]): Decimal(r["provider_cost"]) for r in by_model.json()["rows"]}
+        for (month, provider, model), cost in ref.costs.items():
+            if month == label:
+                assert costs[provider, model] == quantize(cost, 6), (label, provider, model)
         for (month, customer), tokens in ref.tokens.items():
             if month == label:
                 assert {f: by_customer[customer][f] for f in (*TOKEN_FIELDS, "usage_events")} == {
