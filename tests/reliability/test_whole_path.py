@@ -15,7 +15,7 @@ tenant-local month, and its completed and failed tasks, equal an exact reference
 generated events (in the customers CSV and in `GET /v1/usage`); every finalized invoice's total is
 the sum of its rounded lines; no amount is written in scientific notation.
 
-`TASKMETER_PROPERTY_EXAMPLES` (default 6) sets how many generated histories run.
+`TASKMETER_PROPERTY_EXAMPLES` (default 4: about 30 s per database) sets how many generated histories run.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from tests.conftest import TEST_SECRET
 from tests.security.conftest import flat_routes, sign_in
 from tests.support.integrity import event_count, invoice_problems
 
-EXAMPLES = int(os.environ.get("TASKMETER_PROPERTY_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("TASKMETER_PROPERTY_EXAMPLES", "4"))
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 FUTURE = timedelta(days=7)
 US = timedelta(microseconds=1)
@@ -459,25 +459,24 @@ def check_invoices(api: Caller, engine: Engine, tenant: Tenant, closed: set[str]
 
 
 def every_get(api: Caller, app: Any, values: dict[str, list[Any]], queries: dict[str, list[Any]], *, prefix: str) -> int:
-    """Every GET route under `prefix`, with each combination of existing ids for its path
-    parameters, without and with each known value of its query parameters."""
+    """Every GET route under `prefix`: each existing id in its path parameters, each known value
+    of its query parameters (rotated over the ids), once without the optional ones."""
     asked = 0
     for route in flat_routes(app):
         if "GET" not in route.methods or not route.path.startswith(prefix) or route.dependant is None:
             continue
         names = [p.name for p in route.dependant.path_params]
-        choices = [values["static" if route.path.endswith("/static/{name}") else n] for n in names]
-        for combo in itertools.product(*choices):
+        combos = list(itertools.product(*[values["static" if route.path.endswith("/static/{name}") else n] for n in names]))
+        params = [p for p in route.dependant.query_params if p.alias in queries or p.field_info.is_required()]
+        for i in range(max(len(combos), *(len(queries[p.alias]) for p in params), 1)):
             url = route.path
-            for name, value in zip(names, combo, strict=True):
+            for name, value in zip(names, combos[i % len(combos)], strict=True):
                 url = url.replace(f"{{{name}}}", quote(str(value), safe=""))
-            required = {p.alias: queries[p.alias][0] for p in route.dependant.query_params if p.field_info.is_required()}
-            api.get(url, params=required)
-            asked += 1
-            for param in route.dependant.query_params:
-                for value in queries.get(param.alias, []):
-                    api.get(url, params={**required, param.alias: value})
-                    asked += 1
+            chosen = {p.alias: queries[p.alias][i % len(queries[p.alias])] for p in params}
+            required = {p.alias: chosen[p.alias] for p in params if p.field_info.is_required()}
+            api.get(url, params=required if i < len(combos) else chosen)
+            api.get(url, params=chosen)
+            asked += 2
     return asked
 
 
@@ -515,8 +514,8 @@ def test_the_whole_path_never_fails_and_loses_nothing(history: History, engine: 
             without_url = []
             for customer, plan in history.customers.items():
                 response = client.put(f"/v1/customers/{quote(customer, safe='')}", json={"plan": plan}, headers=api.headers)
-                assert response.status_code in (200, 404), response.text
-                if response.status_code == 404:  # a name with "/" (or only dots) has no URL
+                assert response.status_code in (200, 307, 404), response.text
+                if response.status_code != 200:  # a name with "/" has no URL (307: it ends with one)
                     without_url.append({"id": customer, "plan": plan})
             if without_url:
                 with unit_of_work(engine) as session:
