@@ -551,3 +551,45 @@ def test_the_whole_path_never_fails_and_loses_nothing(history: History, engine: 
             assert every_get(api, app, values, queries, prefix="/v1") > 0
             assert sign_in(client, key).status_code == 303
             assert every_get(api, app, values, queries, prefix="/dashboard") > 0
+
+
+# --- regressions found by the property test, each on its own --------------------------------------
+
+
+class TestCostsPastInt64:
+    """Three events of 10**12 input and output tokens at the rate cap cost 12e18 nano-units, more
+    than int64 holds: the markup line and the comparison wrapped around to a negative cost
+    (-6,446,744,073.71), and SQLite's `sum()` overflow answered 503 "retry later"."""
+
+    CONFIG = {"prices": [{"provider": "acme-ai", "model": "acme-max", "input": "2000", "output": "2000"}],
+              "plans": [{"id": "markup", "type": "per_token", "markup": "0.40"}],
+              "customers": [{"id": "acme", "plan": "markup"}]}  # fmt: skip
+
+    @pytest.fixture
+    def heavy(self, api: Any, engine: Engine, tenant: Tenant) -> Any:
+        with unit_of_work(engine) as session:
+            service.load_config(session, tenant, yaml.safe_dump(self.CONFIG), now=datetime(2020, 1, 1, tzinfo=UTC))
+        events = [{"id": f"e{i}", "type": "usage", "time": f"2026-11-0{i + 1}T10:00:00Z", "customer": "acme", "task": f"t{i}",
+                   "provider": "acme-ai", "model": "acme-max", "input_tokens": MAX_TOKENS, "output_tokens": MAX_TOKENS}
+                  for i in range(3)]  # fmt: skip
+        assert api.post("/v1/events", json=events).json()["accepted"] == 3
+        rollup_tenant(engine, tenant, now=datetime(2026, 11, 20, tzinfo=UTC))
+        return api
+
+    def test_invoices_and_comparisons_stay_exact(self, heavy: Any) -> None:
+        draft = heavy.get("/v1/customers/acme/invoices/upcoming", params={"month": "2026-11"}).json()
+        assert [(line["quantity"], line["amount"]) for line in draft["lines"]] == [("12000000000.000000000", "16800000000.00")]
+        assert draft["total"] == "16800000000.00"
+        [row] = heavy.get("/v1/customers/acme/compare", params={"month": "2026-11"}).json()["customers"]
+        assert (row["provider_cost"], row["revenue"], row["margin"]) == ("12000000000.000000", "16800000000.00", "4800000000.000000")
+
+    def test_a_sum_the_database_cannot_make_is_a_409_not_a_503(self, heavy: Any, engine: Engine) -> None:
+        usage = heavy.get("/v1/usage", params={"from": "2026-11-01", "to": "2026-12-01"})
+        report = heavy.get("/v1/reports/2026-11/customers.csv")
+        if engine.dialect.name == "postgresql":  # sum(bigint) is numeric there: exact
+            assert (usage.status_code, usage.json()["total"]["provider_cost"]) == (200, "12000000000.000000")
+            assert report.status_code == 200 and ",12000000000.000000," in report.text
+        else:  # SQLite sums in int64 and refuses past it
+            for response in (usage, report):
+                assert (response.status_code, response.json()["error"]) == (409, "usage_too_large")
+                assert "Retry-After" not in response.headers
