@@ -413,6 +413,11 @@ def check_rollup(api: Caller, ref: Reference, tenant: Tenant, reports_dir: Path,
         written = write_month(engine, tenant, period, reports_dir, now=now)
         files = {f["name"]: Path(f["path"]) for f in written["files"]}
         rows = {row["customer"]: row for row in read_csv(files["customers"])}
+        by_tasks: dict[str, Counter[str]] = defaultdict(Counter)  # the tasks file sums to the customers file
+        for task in read_csv(files["tasks"]):
+            by_tasks[task["customer"]].update({f: int(task[f]) for f in TOKEN_FIELDS})
+        want = {c: +Counter({f: tokens[f] for f in TOKEN_FIELDS}) for (m, c), tokens in ref.tokens.items() if m == label}
+        assert {c: +t for c, t in by_tasks.items() if +t} == {c: t for c, t in want.items() if t}, label
         served = api.get(f"/v1/reports/{label}/customers.csv")
         assert served.status_code == 200
         assert {r["customer"]: r for r in csv.DictReader(io.StringIO(served.text))} == rows
