@@ -12,10 +12,13 @@ accepted instant (2000-01-01T00:00:00Z) and the latest (now + 7 days); events ou
 
 Checked: no answer is a 5xx; every accepted event is stored; the rollup's tokens per customer and
 tenant-local month, and its completed and failed tasks, equal an exact reference computed from the
-generated events (in the customers CSV and in `GET /v1/usage`); every finalized invoice's total is
-the sum of its rounded lines; no amount is written in scientific notation.
+generated events (in the customers and tasks CSVs and in `GET /v1/usage`), and so does the provider
+cost of the tenant-priced models; every finalized invoice's total is the sum of its rounded lines;
+no amount is written in scientific notation. Names with "/" have no URL: their GETs may answer
+404 (or 307), never 5xx.
 
-`TASKMETER_PROPERTY_EXAMPLES` (default 4: about 30 s per database) sets how many generated histories run.
+`TASKMETER_PROPERTY_EXAMPLES` (default 4: about 15 s on SQLite, 30 s on PostgreSQL) sets how many
+generated histories run.
 """
 
 from __future__ import annotations
