@@ -107,7 +107,7 @@ MODELS = (
     ("acme-ai", "acme-max"),  # the tenant's price at the cap of 2000 per million tokens
     ("acme-ai", "acme-large"),
     ("openai", "gpt-4o"),  # genai-prices
-    ("p" * 64, "unpriced-🙂" + "m" * 117),  # unknown: counted, never priced at zero
+    ("p" * 64, "unpriced-🙂" + "m" * 118),  # unknown (128 characters): counted, never priced at zero
 )
 PRICES = [
     {"provider": "acme-ai", "model": "acme-max", "input": "2000", "output": "2000", "cache_read": "2000", "cache_write": "2000"},
