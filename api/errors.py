@@ -13,8 +13,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from metering.db import UNAVAILABLE
-from metering.errors import TaskmeterError
+from metering.db import UNAVAILABLE, is_overflow
+from metering.errors import TaskmeterError, UsageTooLarge
 
 log = logging.getLogger("taskmeter.api")
 
@@ -28,6 +28,14 @@ class ErrorBody(BaseModel):
 def error_response(status: int, error: str, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": error, "message": message, "detail": detail}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def usage_too_large() -> UsageTooLarge:
+    """A sum the database could not make (past 2**63 - 1): an answer, not a 503 to retry."""
+    return UsageTooLarge(
+        "a sum of usage exceeds 9,223,372,036,854,775,807, the most the database sums exactly "
+        "(tokens, or provider cost in 1e-9 of the currency)"
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -55,7 +63,9 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("%s %s: the client disconnected before sending the whole body", request.method, request.url.path)
         return Response(status_code=499)
 
-    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        if is_overflow(exc):
+            return await _taskmeter(request, usage_too_large())
         # Lost connections, a restarting server, locked databases, a saturated pool: the server's
         # trouble, and passing: retry.
         log.warning("database unavailable: %s", (getattr(exc, "orig", None) or exc).__class__.__name__)
@@ -66,6 +76,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if is_overflow(exc):
+            return await _taskmeter(request, usage_too_large())
         if exc.connection_invalidated:  # SQLAlchemy saw the connection drop, whatever the error class
             return await _database_down(request, exc)
         log.error("database error", exc_info=exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,9 +25,21 @@ UNAVAILABLE = (OperationalError, PoolTimeout, psycopg.OperationalError)
 
 def is_unavailable(exc: BaseException) -> bool:
     """Whether `exc` says the database is away for now (retry later), not that a query is wrong."""
+    if is_overflow(exc):
+        return False
     if isinstance(exc, UNAVAILABLE):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def is_overflow(exc: BaseException) -> bool:
+    """Whether `exc` is a sum past 2**63 - 1 in SQL: SQLite's `sum()` raises "integer overflow"
+    (an OperationalError, not a passing trouble); PostgreSQL's bigint arithmetic "out of range"."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause)
+    if isinstance(cause, sqlite3.OperationalError):
+        return "integer overflow" in text
+    return isinstance(cause, psycopg.errors.NumericValueOutOfRange)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

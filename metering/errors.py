@@ -43,6 +43,13 @@ class Conflict(TaskmeterError):
     error = "conflict"
 
 
+class UsageTooLarge(Conflict):
+    """A sum of usage (tokens, or provider cost in nano-units) past 2**63 - 1, the most the
+    rollup tables hold exactly: refused rather than wrapped around into a wrong amount."""
+
+    error = "usage_too_large"
+
+
 class PayloadTooLarge(TaskmeterError):
     status_code = 413
     error = "payload_too_large"

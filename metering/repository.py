@@ -72,11 +72,6 @@ def task(connection: Connection | Session, tenant_id: int, name: str) -> dict[st
     }
 
 
-def customer_known(connection: Connection | Session, tenant_id: int, customer: str) -> bool:
-    query = select(task_usage.c.task).where(task_usage.c.tenant_id == tenant_id, task_usage.c.customer == customer).limit(1)
-    return connection.execute(query).first() is not None
-
-
 def usage(
     connection: Connection | Session,
     tenant_id: int,

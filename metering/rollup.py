@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metering.errors import UsageTooLarge
+
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 USAGE_COLUMNS = ("usage_events", *TOKEN_COLUMNS, "cost_nanos", "cost_rem", "unpriced_events")
 TERMINAL = ("task.completed", "task.failed", "task.cancelled")
@@ -35,6 +37,7 @@ DAILY_KEYS = ("customer", "day", "provider", "model")
 DAILY_KEYS_CODED = ("customer", "day", "pair")  # (provider, model) as one code while grouping
 _MIN = np.iinfo(np.int64).min
 _MAX = np.iinfo(np.int64).max
+_LIMIT = 2**63 - 1  # the same, as a Python int
 
 
 @dataclass
@@ -297,13 +300,32 @@ def _usage_measures(events: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def _sum_by(groups: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
-    """Per-group sums of int64 `values`, or per-group counts of the rows where bool `values` holds."""
+    """Per-group sums of int64 `values`, or per-group counts of the rows where bool `values` holds.
+
+    int64 addition wraps around silently; sums that could pass 2**63 - 1 are checked and refused
+    (`UsageTooLarge`) instead. The measures are never negative."""
     if values.dtype == bool:
         return np.bincount(groups if values.all() else groups[values], minlength=n)
     out = np.zeros(n, dtype=np.int64)
     if values.any():  # a column that is zero throughout (a token class nobody reports) sums to zeros
         np.add.at(out, groups, values)
+        if int(values.max()) * len(values) > _LIMIT:
+            _check_no_overflow(groups, n, values)
     return out
+
+
+def _check_no_overflow(groups: np.ndarray, n: int, values: np.ndarray) -> None:
+    # A float64 sum of non-negative numbers is within a relative 1e-9 of the exact one here, so
+    # only groups near the limit need an exact (Python int) sum.
+    approximate = np.bincount(groups, weights=values.astype(np.float64), minlength=n)
+    for group in np.flatnonzero(approximate >= _LIMIT * (1 - 1e-6)).tolist():
+        exact = sum(values[groups == group].tolist())
+        if exact > _LIMIT:
+            raise UsageTooLarge(
+                f"a sum of usage ({exact:,}) exceeds {_LIMIT:,}, the most the rollup holds exactly "
+                "(tokens, or provider cost in 1e-9 of the currency)",
+                detail={"sum": str(exact), "limit": str(_LIMIT)},
+            )
 
 
 def _group_sum(keys: dict[str, np.ndarray], measures: dict[str, np.ndarray], *, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -46,7 +46,7 @@ from metering.money import (
 from pricing.plans import TOKEN_CLASSES, CustomerPlan, PerJobPlan, Plan, PlanBook
 from pricing.rating import RatedMonth, rate_plan, refuse_orphans
 from pricing.tiers import EXACT, ZERO, exact_amount, tier_total
-from pricing.usage import STATUSES, TOKEN_COLUMNS, MonthUsage, prepare_month
+from pricing.usage import STATUSES, TOKEN_COLUMNS, MonthUsage, prepare_month, summable
 
 CUSTOMER_COLUMNS = (
     "customer", "plan", "billed", "currency", "revenue", "provider_cost", "margin", "margin_pct",
@@ -97,8 +97,9 @@ def _figures(
 
 
 def _sums(keys: np.ndarray, values: np.ndarray, size: int) -> list[int]:
-    """Exact int64 sums by integer key in [0, size) (np.bincount would go through float64)."""
-    sums = pd.Series(values, dtype=np.int64).groupby(keys).sum()
+    """Exact sums by integer key in [0, size) (np.bincount would go through float64; int64 past
+    2**63 - 1 would wrap around)."""
+    sums = summable(pd.Series(values, dtype=np.int64)).groupby(keys).sum()
     out = [0] * size
     for key, value in zip(sums.index.tolist(), sums.tolist(), strict=True):
         out[key] = value

@@ -83,6 +83,8 @@ def _no_nul(text: str) -> str:
 
 
 Name = Annotated[str, Field(strict=True, min_length=1, max_length=200), AfterValidator(_no_nul)]
+# A customer is named by events, which allow 256 characters (metering.schemas): so do plans.
+CustomerName = Annotated[str, Field(strict=True, min_length=1, max_length=256), AfterValidator(_no_nul)]
 Currency = Annotated[str, Field(strict=True, pattern=r"^[A-Z]{3}$")]
 
 
@@ -240,7 +242,7 @@ PLAN_TYPES: dict[str, type[PerTokenPlan] | type[PerJobPlan]] = {
 class CustomerPlan(_Terms):
     """A `customers:` entry: the plan a customer is billed on, and plans to compare it with."""
 
-    id: Name
+    id: CustomerName
     plan: Name
     compare_with: tuple[Name, ...] = ()
 

@@ -38,7 +38,15 @@ from metering.errors import InvalidInput
 from metering.money import TOKENS_PER_MILLION, nanos_to_decimal, round_money
 from pricing.plans import TOKEN_CLASSES, PerJobPlan, PerTokenPlan, Plan, PlanBook, Rates
 from pricing.tiers import EXACT, ZERO, exact_amount, price_tiers
-from pricing.usage import TOKEN_COLUMNS, MonthUsage, day_number, instant, month_bounds, prepare_month
+from pricing.usage import (
+    TOKEN_COLUMNS,
+    MonthUsage,
+    day_number,
+    instant,
+    month_bounds,
+    prepare_month,
+    summable,
+)
 
 _CLASS_LABELS = ("Input", "Output", "Cache read", "Cache write")
 
@@ -181,7 +189,8 @@ def _rate_tokens(
             lines.tiers(c, max(0, total - end.included), end, v_end, TOKENS_PER_MILLION)
     elif end.markup is not None:
         n_v = len(lines.history)
-        sums = tok[["provider_cost_nanos", "unpriced_events"]].groupby(cust * n_v + v).sum()
+        costs = tok[["provider_cost_nanos", "unpriced_events"]].assign(provider_cost_nanos=summable(tok["provider_cost_nanos"]))
+        sums = costs.groupby(cust * n_v + v).sum()
         for key, (cost, unpriced) in zip(sums.index.tolist(), sums.to_numpy().tolist(), strict=True):
             c, vv = divmod(key, n_v)
             factor = EXACT.add(Decimal(1), lines.token_plan(vv).markup or ZERO)

@@ -35,6 +35,16 @@ TASK_COLUMNS: Mapping[str, str] = {
     "provider_cost_nanos": "int",
 }  # fmt: skip
 STATUSES = ("completed", "failed", "cancelled")
+INT64_MAX = 2**63 - 1
+
+
+def summable(values: pd.Series | np.ndarray) -> pd.Series:
+    """Non-negative integers ready for an exact (grouped) sum: int64 when no sum of them can pass
+    2**63 - 1, else Python ints (object), which do not wrap around into a negative amount."""
+    series = pd.Series(values, copy=False)
+    if len(series) and int(series.max()) * len(series) > INT64_MAX:
+        return series.astype(object)
+    return series
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from metering.tenants import Tenant
 from pricing.adjustments import to_minor
 from pricing.plans import PerJobPlan
 from pricing.repository import last_day
+from pricing.usage import summable
 from reports import repository
 from reports.cells import cost_decimal, cost_text, micro_units, minor_decimal, minor_text
 from reports.columns import COMPARISON, CUSTOMERS
@@ -201,8 +202,8 @@ def task_type_costs(month: RatingInput, period: Period) -> list[TaskTypeCosts]:
                 losing_buckets=np.bincount(bucket[completed & losing], minlength=size).tolist(),
                 priced=int((completed & (price >= 0)).sum()), losing=int((completed & losing).sum()),
                 job_prices_micros=sorted({p // 1000 for p in np.unique(price[completed & (price >= 0)]).tolist()}),
-                cost_micros=micro_units(int(cost[completed].sum())), failed=int(failed.sum()),
-                failed_cost_micros=micro_units(int(cost[failed].sum())),
+                cost_micros=micro_units(int(summable(cost[completed]).sum())), failed=int(failed.sum()),
+                failed_cost_micros=micro_units(int(summable(cost[failed]).sum())),
             )
         )  # fmt: skip
     return out
@@ -212,7 +213,7 @@ def _failed_by_customer(tasks: pd.DataFrame, top: int = 5) -> list[dict[str, Any
     failed = tasks[tasks["status"] != "completed"]
     if failed.empty:
         return []
-    sums = failed.groupby("customer")["provider_cost_nanos"].agg(["sum", "count"])
+    sums = failed.assign(provider_cost_nanos=summable(failed["provider_cost_nanos"])).groupby("customer")["provider_cost_nanos"].agg(["sum", "count"])
     rows = [
         (micro_units(int(s)), str(c), int(n))
         for c, s, n in zip(sums.index, sums["sum"], sums["count"], strict=True)

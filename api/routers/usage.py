@@ -18,6 +18,7 @@ from api.errors import responses
 from metering import repository
 from metering.errors import InvalidInput, NotFound
 from metering.periods import parse_day, parse_instant, period_of
+from pricing.service import require_customer
 
 router = APIRouter(tags=["usage"])
 
@@ -127,8 +128,8 @@ def get_usage(
     end_day = parse_day(to, field="query.to") if to is not None else period.next_first_day
     if end_day <= first_day:
         raise InvalidInput("empty range", detail=[{"field": "query.to", "message": "must be after from"}])
-    if customer is not None and not repository.customer_known(session, principal.tenant.id, customer):
-        raise NotFound(f"no customer {customer!r}")
+    if customer is not None:
+        require_customer(session, principal.tenant, customer)
     rows, total = repository.usage(
         session, principal.tenant.id, first_day=first_day, end_day=end_day, group_by=group_by, customer=customer
     )
@@ -152,8 +153,8 @@ def get_current_usage(
     )
     outcomes = repository.task_outcomes(session, tenant.id, period, customer)
     # A customer with usage or tasks this month is known; only a quiet month needs the lookup.
-    if not rows and not any(outcomes.values()) and not repository.customer_known(session, tenant.id, customer):
-        raise NotFound(f"no customer {customer!r}")
+    if not rows and not any(outcomes.values()):
+        require_customer(session, tenant, customer)
     return CurrentUsage(
         customer=customer,
         month=period.label,

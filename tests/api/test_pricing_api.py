@@ -102,6 +102,22 @@ class TestCustomers:
         assert configured.put("/v1/customers/acme", json={"plan": "jobs", "extra": 1}).status_code == 422
         assert configured.get("/v1/customers/nobody").status_code == 404
 
+    def test_any_customer_events_can_name_gets_a_plan_and_an_invoice(self, configured: httpx.Client, engine: Engine, tenant: Tenant) -> None:
+        """Events allow 256 characters for a customer; plans allowed 200, so such a customer
+        could never be billed and its month could not close."""
+        longest, too_long = "🙂" + "é" * 255, "🙂" + "é" * 256
+        assert configured.post("/v1/events", json=job("long", "2026-10-08T10:00:00Z", customer=longest)).json()["accepted"] == 2
+        response = configured.put(f"/v1/customers/{longest}", json={"plan": "jobs"})
+        assert (response.status_code, response.json()["id"]) == (200, longest)
+        with unit_of_work(engine) as session:  # the config file takes the same names
+            service.load_config(session, tenant, yaml.safe_dump({"customers": [{"id": longest, "plan": "tokens"}]}), now=NOW)
+        response = configured.put(f"/v1/customers/{too_long}", json={"plan": "jobs"})
+        assert (response.status_code, response.json()["detail"][0]["field"]) == (422, "body.id")
+        with unit_of_work(engine) as session:
+            invoices.close_period(session, tenant, parse_month("2026-10", tenant.timezone), now=NOW)
+        [summary] = configured.get(f"/v1/customers/{longest}/invoices").json()
+        assert configured.get(f"/v1/invoices/{summary['id']}").json()["customer"] == longest
+
     def test_another_tenant_sees_nothing(self, configured: httpx.Client, live_server: LiveServer, other_key: str) -> None:
         with live_server.client(other_key) as other:
             assert other.get("/v1/customers/acme").status_code == 404

@@ -7,10 +7,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import httpx
+import yaml
 from sqlalchemy import Engine
 
+from metering.db import unit_of_work
 from metering.pipeline import rollup_tenant
 from metering.tenants import Tenant
+from pricing.service import load_config
 from tests.conftest import LiveServer
 from tests.factories import make_event
 
@@ -105,6 +108,18 @@ class TestCurrentMonth:
         assert october_body["tasks"]["completed"] == 1 and october_body["total"]["provider_cost"] == "0.002600"  # 1000×2.50 + 10×10
         response = api.get("/v1/customers/nobody/usage/current", params={"at": "2026-12-10T00:00:00Z"})
         assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+    def test_a_customer_with_a_plan_and_no_usage_yet_is_known(self, api: httpx.Client, engine: Engine, tenant: Tenant) -> None:
+        """GET /v1/customers/{c} answered 200 while its usage answered 404 "no customer"."""
+        with unit_of_work(engine) as session:
+            load_config(session, tenant, yaml.safe_dump({"plans": [{"id": "jobs", "type": "per_job", "prices": {"default": "1"}}],
+                                                         "customers": [{"id": "newco", "plan": "jobs"}]}), now=NOW)  # fmt: skip
+        assert api.get("/v1/customers/newco").status_code == 200
+        current = api.get("/v1/customers/newco/usage/current", params={"at": "2026-11-10T00:00:00Z"})
+        assert (current.status_code, current.json()["total"]["usage_events"]) == (200, 0)
+        usage = api.get("/v1/usage", params={"customer": "newco"})
+        assert (usage.status_code, usage.json()["rows"]) == (200, [])
+        assert api.get("/v1/usage", params={"customer": "nobody"}).status_code == 404
 
     def test_total_is_the_sum_of_the_rows_in_every_grouping(self, api: httpx.Client, engine: Engine, tenant: Tenant) -> None:
         load(api, engine, tenant, SCENARIO)

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metering.errors import UsageTooLarge
 from metering.rollup import (
     DAILY_KEYS,
     DETAIL_KEYS,
@@ -151,3 +152,37 @@ def test_no_usage_events() -> None:
     summary = summarize(events, "UTC")
     assert summary.detail.empty and summary.daily.empty
     assert int(summary.tasks["events"].sum()) == 30 and int(summary.tasks["input_tokens"].sum()) == 0
+
+
+class TestSumsNeverWrapAround:
+    """A usage event may cost up to 4e18 nano-units (10**12 tokens of input and of output at the
+    rate cap of 2000 per million): three of them in one task used to sum to a negative cost."""
+
+    MOST = 4 * 10**18
+
+    def heavy(self, n: int, task: str = "t1") -> pd.DataFrame:
+        events = random_events(np.random.default_rng(9), n, 1).assign(type="usage", task=task, customer="c0", provider="acme-ai", model="acme-max")
+        return events.assign(time_us=1_790_000_000 * 10**6, cost_nanos=self.MOST, input_tokens=10**12)
+
+    def test_two_sum_exactly(self) -> None:
+        summary = summarize(self.heavy(2), "UTC")
+        assert int(summary.tasks["cost_nanos"].iloc[0]) == 2 * self.MOST
+        assert int(summary.daily["cost_nanos"].iloc[0]) == 2 * self.MOST
+
+    def test_three_are_refused_not_wrapped(self) -> None:
+        with pytest.raises(UsageTooLarge, match="exceeds 9,223,372,036,854,775,807") as raised:
+            summarize(self.heavy(3), "UTC")
+        assert raised.value.detail == {"sum": str(3 * self.MOST), "limit": str(2**63 - 1)}
+
+    def test_a_merge_past_the_limit_is_refused(self) -> None:
+        old, new = summarize(self.heavy(2), "UTC"), summarize(self.heavy(1), "UTC")
+        with pytest.raises(UsageTooLarge):
+            merge_tasks(old.tasks, new.tasks)
+        with pytest.raises(UsageTooLarge):
+            merge_additive(old.daily, new.daily, DAILY_KEYS)
+
+    def test_many_small_sums_near_the_limit_pass(self) -> None:
+        """The check looks at exact sums, not at the bound count x largest."""
+        events = self.heavy(4).assign(task=["t1", "t2", "t3", "t4"], customer=["c0", "c1", "c2", "c3"])
+        summary = summarize(events, "UTC")
+        assert summary.tasks["cost_nanos"].tolist() == [self.MOST] * 4

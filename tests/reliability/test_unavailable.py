@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy.exc
 
 from metering import ingest
+from metering.db import is_unavailable
 from tests.factories import make_event
 
 
@@ -65,3 +66,24 @@ def test_a_programming_error_is_still_a_500(api: httpx.Client, monkeypatch: pyte
 
     monkeypatch.setattr(ingest, "_insert_ignoring_conflicts", fail)
     assert api.post("/v1/events", json=[make_event()]).status_code == 500
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        lambda: sqlalchemy.exc.OperationalError("SELECT sum(...)", {}, sqlite3.OperationalError("integer overflow")),
+        lambda: sqlalchemy.exc.DataError("SELECT a + b", {}, psycopg.errors.NumericValueOutOfRange("bigint out of range")),
+    ],
+    ids=["sqlite", "postgresql"],
+)
+def test_a_sum_past_int64_is_a_409_not_a_retry(api: httpx.Client, monkeypatch: pytest.MonkeyPatch, failure: Callable[[], Exception]) -> None:
+    """Retrying never makes such a sum: SQLite's overflow is an OperationalError, not trouble."""
+
+    def fail(*args: object, **kwargs: object) -> int:
+        raise failure()
+
+    monkeypatch.setattr(ingest, "_insert_ignoring_conflicts", fail)
+    answer = api.post("/v1/events", json=[make_event()])
+    assert (answer.status_code, answer.json()["error"]) == (409, "usage_too_large")
+    assert "retry-after" not in answer.headers
+    assert not is_unavailable(failure())
