@@ -14,11 +14,12 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, with_config
 from typing_extensions import TypedDict
 
+from taskmeter_client.extract import MAX_TOKENS
+
 EVENT_TYPES = ("usage", "task.started", "task.completed", "task.failed", "task.cancelled")
 TERMINAL_TYPES = ("task.completed", "task.failed", "task.cancelled")
 TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model")
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
-MAX_TOKENS = 10**12
 DEFAULT_FUTURE_TOLERANCE = timedelta(days=7)
 NUL = "\x00"  # PostgreSQL cannot store it in text
 

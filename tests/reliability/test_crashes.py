@@ -24,7 +24,6 @@ from sqlalchemy import Engine, func, select
 
 from bench.load_clients import EventPool
 from bench.load_faults import setup_tenant
-from metering.client import TaskmeterClient
 from metering.db import is_sqlite, make_engine, unit_of_work, upgrade_schema
 from metering.ingest import ingest_events
 from metering.jobstate import hold
@@ -34,6 +33,7 @@ from metering.tables import events, task_usage
 from metering.tenants import Tenant, create_api_key, create_tenant
 from pricing.stripe_sync import metadata_of
 from pricing.tables import invoice_lines, invoices
+from taskmeter_client import TaskmeterClient
 from tests.conftest import BACKEND, TEST_SECRET
 from tests.support import integrity
 from tests.support.billing import Line, make_invoice
