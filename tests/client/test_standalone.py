@@ -4,6 +4,7 @@ alone, and importing it loads nothing of the server or the server's dependencies
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,8 +35,10 @@ print(usage.provider, usage.input_tokens, usage.output_tokens)
 """
 
 
-def run(*args: str | Path, cwd: Path | None = None) -> str:
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300, cwd=cwd)
+def run(*args: str | Path, cwd: Path | None = None, alone: bool = False) -> str:
+    """`alone`: without this environment's PYTHONPATH (a clock-shifted run puts tests/ there)."""
+    env = {k: v for k, v in os.environ.items() if not (alone and k in ("PYTHONPATH", "TEST_CLOCK_OFFSET_S"))}
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
     assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -62,10 +65,11 @@ def test_the_sdk_installs_alone_with_httpx_and_orjson(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv)
     python = venv / "bin" / "python"
-    run(python, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-index", "--find-links", wheels, "taskmeter-client")
+    pip = (python, "-m", "pip", "--disable-pip-version-check", "-q")
+    run(*pip, "install", "--no-index", "--find-links", wheels, "taskmeter-client", alone=True)
 
-    listed = json.loads(run(python, "-m", "pip", "list", "--format", "json"))
+    listed = json.loads(run(python, "-m", "pip", "list", "--format", "json", alone=True))
     installed = {d["name"].lower().replace("_", "-") for d in listed}
     assert {"taskmeter-client", "httpx", "orjson"} <= installed
     assert installed & SERVER_DISTRIBUTIONS == set()
-    assert run(python, "-c", CHECK_IMPORT, cwd=tmp_path).split() == ["openai", "12", "3"]
+    assert run(python, "-c", CHECK_IMPORT, cwd=tmp_path, alone=True).split() == ["openai", "12", "3"]
