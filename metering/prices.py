@@ -17,9 +17,9 @@ from typing import TypeVar
 
 import numpy as np
 import pandas as pd
+from taskmeter_client.extract import MAX_TOKENS
 
 from metering.ratecards import TOKEN_CLASSES, PriceBook, RateCard
-from taskmeter_client.extract import MAX_TOKENS
 
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 EVENT_COLUMNS = ("provider", "model", "time_us", *TOKEN_COLUMNS)

@@ -12,9 +12,8 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, with_config
-from typing_extensions import TypedDict
-
 from taskmeter_client.extract import MAX_TOKENS
+from typing_extensions import TypedDict
 
 EVENT_TYPES = ("usage", "task.started", "task.completed", "task.failed", "task.cancelled")
 TERMINAL_TYPES = ("task.completed", "task.failed", "task.cancelled")

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
+from taskmeter_client import AsyncTaskmeterClient, TaskmeterClient
+from taskmeter_client.sender import dead_letter_path
 
 from api.app import create_app
 from api.settings import Settings
 from metering.tables import events
 from metering.tenants import Tenant
-from taskmeter_client import AsyncTaskmeterClient, TaskmeterClient
-from taskmeter_client.sender import dead_letter_path
 from tests.conftest import LiveServer
 from tests.support.servers import Fault, FaultInjector, ServerThread, free_port
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from genai_prices import data_snapshot
 from pydantic import BaseModel
-
 from taskmeter_client.extract import TokenUsage, UsageFieldError, extract_usage, provider_from_model
 
 PROVIDERS = Path(__file__).parents[1] / "fixtures" / "providers"

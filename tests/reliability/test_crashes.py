@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, func, select
+from taskmeter_client import TaskmeterClient
 
 from bench.load_clients import EventPool
 from bench.load_faults import setup_tenant
@@ -33,7 +34,6 @@ from metering.tables import events, task_usage
 from metering.tenants import Tenant, create_api_key, create_tenant
 from pricing.stripe_sync import metadata_of
 from pricing.tables import invoice_lines, invoices
-from taskmeter_client import TaskmeterClient
 from tests.conftest import BACKEND, TEST_SECRET
 from tests.support import integrity
 from tests.support.billing import Line, make_invoice
