@@ -14,20 +14,23 @@ export TASKMETER_DATABASE_URL ?= sqlite:///./taskmeter.db
 
 .PHONY: install lock run test test-all lint typecheck bench clean
 
-$(STAMP): requirements.lock pyproject.toml
+# The SDK (client/, distribution taskmeter-client) is not in the lock: it installs from its folder.
+$(STAMP): requirements.lock pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e ./client -e .
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # Upgrade the pinned versions on purpose: re-resolve pyproject.toml's ranges, then run `make test-all`.
+# uv finds taskmeter-client in client/ ([tool.uv.sources]) and resolves its dependencies; the SDK itself
+# is left out of the lock (a local folder has no hash for --require-hashes) and installed by `install`.
 lock:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra bench --generate-hashes --universal \
-	  --python-version 3.11 --upgrade -o requirements.lock
+	  --python-version 3.11 --no-emit-package taskmeter-client --upgrade -o requirements.lock
 
 run: install
 	$(BIN)/taskmeter demo
@@ -43,6 +46,7 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

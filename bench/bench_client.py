@@ -24,10 +24,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import func, select  # noqa: E402
+from taskmeter_client import TaskmeterClient  # noqa: E402
 
 from bench.common import machine  # noqa: E402
 from bench.server import free_port, serve_sqlite  # noqa: E402
-from metering.client import TaskmeterClient  # noqa: E402
 from metering.db import make_engine  # noqa: E402
 from metering.tables import events  # noqa: E402
 

@@ -19,7 +19,7 @@ import os
 import random
 from typing import Any
 
-from metering.client import TaskmeterClient
+from taskmeter_client import TaskmeterClient
 
 TICKETS = [
     ("acme", "The invoice for October shows the wrong VAT number."),

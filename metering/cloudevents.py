@@ -16,7 +16,7 @@ Structured mode (`application/cloudevents+json`, one object) and batch mode
 | `data.output_tokens` or `data.completion_tokens` | `output_tokens`, reasoning included |
 | `data.cache_read_tokens`, `data.cache_write_tokens`, `data.reasoning_tokens` | the same |
 | `data.tokens` with `data.type` `input`/`prompt`/`system` or `output`/`completion` | OpenMeter's one-count-per-event form |
-| `data.usage` / `data.usage_metadata` / `data.usageMetadata` | a provider's raw usage object, normalized by `metering.extract` (`data.provider` and `data.model` then label it) |
+| `data.usage` / `data.usage_metadata` / `data.usageMetadata` | a provider's raw usage object, normalized by `taskmeter_client.extract` (`data.provider` and `data.model` then label it) |
 | `data.metadata` | `metadata` (an object of strings) |
 
 Token counts are JSON integers or decimal strings (OpenMeter's examples send `"123456"`). Other
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
-from metering.extract import FieldError, TokenUsage, UsageFieldError, check_count, extract_usage
+from taskmeter_client.extract import FieldError, TokenUsage, UsageFieldError, check_count, extract_usage
 
 __all__ = [
     "BATCH_MEDIA_TYPE",

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
-from metering.extract import FieldError, TokenUsage, UsageFieldError, check_count, provider_from_model
+from taskmeter_client.extract import FieldError, TokenUsage, UsageFieldError, check_count, provider_from_model
 
 __all__ = ["OtlpResult", "RejectedSpan", "SpanMapping", "decode_protobuf", "spans_to_events"]
 

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 import pandas as pd
+from taskmeter_client.extract import MAX_TOKENS
 
 from metering.ratecards import TOKEN_CLASSES, PriceBook, RateCard
 
@@ -25,9 +26,8 @@ EVENT_COLUMNS = ("provider", "model", "time_us", *TOKEN_COLUMNS)
 RESULT_COLUMNS = ("priced", "price_version", "cost_nanos", "cost_rem")
 REM_PER_NANO = 10**6
 """`cost_rem` units (1e-15 of the currency) per nano-unit; also tokens per million."""
-MAX_TOKENS = 10**12
-"""Most tokens of one class in one event. With rates capped (`ratecards.MAX_TOKEN_RATE`) every
-intermediate product stays below 2**63."""
+# MAX_TOKENS (the event contract's limit, from the SDK) bounds each token count: with rates capped
+# (`ratecards.MAX_TOKEN_RATE`) every intermediate product stays below 2**63.
 
 Amount = TypeVar("Amount", int, np.ndarray, pd.Series)
 

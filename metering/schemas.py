@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, NotRequired, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, with_config
+from taskmeter_client.extract import MAX_TOKENS
 from typing_extensions import TypedDict
 
 EventType = Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
@@ -28,7 +29,6 @@ EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the rollup sets aside any 
 TERMINAL_TYPES = ("task.completed", "task.failed", "task.cancelled")
 TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model")
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
-MAX_TOKENS = 10**12
 DEFAULT_FUTURE_TOLERANCE = timedelta(days=7)
 NUL = "\x00"  # PostgreSQL cannot store it in text
 DEFAULT_EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)

@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, func, select
+from taskmeter_client import TaskmeterClient
 
 from bench.load_clients import EventPool
 from bench.load_faults import setup_tenant
-from metering.client import TaskmeterClient
 from metering.db import is_sqlite, make_engine, unit_of_work, upgrade_schema
 from metering.ingest import ingest_events
 from metering.jobstate import hold

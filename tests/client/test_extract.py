@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from genai_prices import data_snapshot
 from pydantic import BaseModel
-
-from metering.extract import TokenUsage, UsageFieldError, extract_usage, provider_from_model
+from taskmeter_client.extract import TokenUsage, UsageFieldError, extract_usage, provider_from_model
 
 PROVIDERS = Path(__file__).parents[1] / "fixtures" / "providers"
 

@@ -8,8 +8,8 @@
 
 Recording is a few microseconds on the agent's thread: the event gets its id (stable across
 retries, so the server stores it once) and joins an in-memory queue; a background thread sends
-batches (see `metering.client_sender`) and keeps what it cannot send in a local spool
-(`metering.client_spool`) until it can. When the queue is full the event waits at most
+batches (see `taskmeter_client.sender`) and keeps what it cannot send in a local spool
+(`taskmeter_client.spool`) until it can. When the queue is full the event waits at most
 `max_block_seconds` for room
 (default 0: not at all), then goes to the spool: recording never blocks for longer and
 never drops an event. Nothing raises into the agent's code but misuse (a negative token count,
@@ -33,16 +33,15 @@ from typing import Any, Self
 
 import httpx
 
-from metering.client_sender import Sender, SenderStats
-from metering.client_spool import Spool, default_spool_dir, spool_folder
-from metering.extract import TokenUsage, UsageFieldError, extract_usage
-from metering.schemas import MAX_TOKENS
+from taskmeter_client.extract import MAX_TOKENS, TokenUsage, UsageFieldError, extract_usage
+from taskmeter_client.sender import Sender, SenderStats
+from taskmeter_client.spool import Spool, default_spool_dir, spool_folder
 
 __all__ = ["AsyncTaskmeterClient", "Task", "TaskmeterClient"]
 
 log = logging.getLogger("taskmeter.client")
 
-# The event schema's limits (metering.schemas), checked here so misuse fails in the agent's code.
+# The event schema's limits (the server's metering.schemas), checked here so misuse fails in the agent's code.
 _TEXT_MAX = {"customer": 256, "task": 256, "task_type": 128, "provider": 64, "model": 128}
 _META_KEY_MAX, _META_VALUE_MAX, _META_ITEMS_MAX = 128, 1024, 64
 

@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import Any, TypedDict
 
 __all__ = [
+    "MAX_TOKENS",
     "FieldError",
     "Shape",
     "TokenUsage",
@@ -44,6 +45,10 @@ __all__ = [
     "extract_usage",
     "provider_from_model",
 ]
+
+MAX_TOKENS = 10**12
+"""The most tokens of one class in one event: the event contract's limit, which the server's
+schema (`metering.schemas`) and cost arithmetic (`metering.prices`) take from here."""
 
 
 class FieldError(TypedDict):

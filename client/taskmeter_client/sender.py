@@ -34,7 +34,7 @@ from typing import Any, TypedDict
 import httpx
 import orjson
 
-from metering.client_spool import Spool
+from taskmeter_client.spool import Spool
 
 log = logging.getLogger("taskmeter.client")
 

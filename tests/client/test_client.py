@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
+from taskmeter_client import AsyncTaskmeterClient, TaskmeterClient
+from taskmeter_client.sender import dead_letter_path
 
 from api.app import create_app
 from api.settings import Settings
-from metering.client import AsyncTaskmeterClient, TaskmeterClient
-from metering.client_sender import dead_letter_path
 from metering.tables import events
 from metering.tenants import Tenant
 from tests.conftest import LiveServer
@@ -365,7 +365,7 @@ class TestDelivery:
 EXIT_SCRIPT = textwrap.dedent(
     """
     import sys
-    from metering.client import TaskmeterClient
+    from taskmeter_client import TaskmeterClient
 
     client = TaskmeterClient(sys.argv[1], sys.argv[2], spool_dir=sys.argv[3], flush_interval=600)
     with client.task(customer="acme", task="exiting") as task:
@@ -410,7 +410,7 @@ class TestProcessExit:
         script = textwrap.dedent(
             """
             import os, sys
-            from metering.client import TaskmeterClient
+            from taskmeter_client import TaskmeterClient
 
             client = TaskmeterClient(sys.argv[1], sys.argv[2], spool_dir=sys.argv[3], flush_interval=600)
             with client.task(customer="acme", task="parent") as task:
