@@ -33,7 +33,7 @@ from pricing.service import require_customer
 from reports import dashboard, month_page, pages, repository, snapshots
 from reports.billed import month_invoices
 from reports.columns import TASKS
-from reports.monthly import begin_snapshot
+from reports.month_data import begin_snapshot
 from reports.tasks import task_batches
 
 
