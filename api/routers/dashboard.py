@@ -22,9 +22,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api import dashboard_http as web
+from api.csv_http import csv_response
 from api.dashboard_refresh import SnapshotRefresher
 from api.routers import dashboard_auth
-from api.routers.reports import csv_response
 from metering import quarantine
 from metering.errors import InvalidInput, NotFound
 from metering.periods import Period, parse_month, period_of
