@@ -185,7 +185,8 @@ def _quote_body(args: argparse.Namespace) -> QuoteIn:
         if args.plans is not None:
             raw["plans"] = [p.strip() for p in args.plans.split(",") if p.strip()]
         if args.at is not None:
-            raw["at"] = _instant(args.at)
+            _instant(args.at)  # a clear --at error for text without an offset
+            raw["at"] = args.at  # QuoteIn takes RFC 3339 text, as the HTTP body gives it
     try:
         return QuoteIn.model_validate(raw)
     except ValidationError as error:
