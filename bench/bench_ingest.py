@@ -24,7 +24,7 @@ from sqlalchemy import Engine, insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api.cli import ingest_file  # noqa: E402
+from api.cli.ingest import ingest_file  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from bench.common import fresh_postgres, fresh_sqlite, machine, timed  # noqa: E402
 from metering.db import unit_of_work  # noqa: E402

@@ -1,5 +1,5 @@
 """The finance dashboard's figures for a tenant's month, all customers or one: the same rows as
-the monthly CSVs (`reports.monthly`, formatted by `reports.cells`, so the page shows the files'
+the monthly CSVs (`reports.month_data`, formatted by `reports.cells`, so the page shows the files'
 numbers), plus what only the page shows: provider cost per task against the job price by task
 type, cost of failed tasks, unpriced models, late-usage adjustments and the 12-month series.
 
@@ -25,9 +25,10 @@ from pricing.plans import PerJobPlan
 from pricing.repository import last_day
 from pricing.usage import summable
 from reports import repository
+from reports.billed import month_invoices
 from reports.cells import cost_decimal, cost_text, micro_units, minor_decimal, minor_text
 from reports.columns import COMPARISON, CUSTOMERS
-from reports.monthly import (
+from reports.month_data import (
     ComparisonRow,
     MonthSummary,
     RatingInput,
@@ -97,7 +98,7 @@ class MonthView:
 
 
 def month_view(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None) -> MonthView:
-    """The month's figures (call inside one snapshot of the database: `monthly.begin_snapshot`)."""
+    """The month's figures (call inside one snapshot of the database: `month_data.begin_snapshot`)."""
     closed = repository.closed_months(session, tenant.id)
     scan = scan_tasks(session, tenant, period, customer=customer)
     summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=scan.counts)
@@ -263,8 +264,6 @@ def customer_series(
     session: Session, tenant: Tenant, period: Period, customer: str, *, closed: set[str]
 ) -> list[SeriesPoint]:
     """Amount due and provider cost of one customer for the 12 months ending with `period`."""
-    from reports.billed import month_invoices  # a month's invoices, drafted when open
-
     months = window(period)
     costs = repository.monthly_cost(session, tenant.id, months[0].first_day, period.next_first_day, customer)
     first = repository.first_day(session, tenant.id, customer)

@@ -1,26 +1,6 @@
-"""The monthly CSVs of a tenant (DESIGN.md, "The monthly CSVs"): one generator per file, and
-`write_month` writing the four of them.
-
-What the files hold:
-- `customers`: per customer with usage, tasks or an invoice in the month. Token columns and
-  `provider_cost` are the month's usage (its tenant-local days); `tasks_completed`, `_failed`,
-  `_cancelled` count the tasks whose terminal event lies in the month (what per-job plans bill);
-  `tasks_open` the tasks with an event in the month that had not ended by its end. `amount_due`
-  is the customer's invoice total (finalized for a closed month, the draft for an open one; empty
-  when the customer has usage but no plan) and `margin` is amount_due − provider_cost, rounded
-  to the currency's minor unit (empty when the invoice is in another currency than the tenant's
-  provider costs).
-- `invoice-lines`: the lines of those invoices, by invoice number and line (drafts have no number
-  yet); `period` is the month a line bills: the month itself, or for a late-usage adjustment the
-  closed month it corrects.
-- `tasks`: every task with an event in the month (usage, or its first or last event, start or end
-  in it), by task, with the month's share of its usage. Each task's cost is rounded cumulatively
-  within its customer (the customer's rounded running total minus the previous one), so that the
-  column adds up to the customers file to the micro-unit; each differs from its own rounding by
-  less than one micro-unit. `status` is the task's status when the report is made.
-- `comparison`: per customer and plan (its own, then the plans it is compared with), the month
-  rated by `pricing.compare`; `provider_cost` is the customers file's, `margin` is rounded to the
-  minor unit, `margin_pct` is a fraction with 4 decimals (0.4235 is 42.35 %).
+"""The monthly CSVs of a tenant (DESIGN.md, "The monthly CSVs"): one file as a stream of bytes
+(`report_chunks`), and `write_month` writing the four of them. What each file holds is described
+in `reports.month_data`, which reads the month for both the files and the dashboard.
 
 Every file is read from one snapshot of the database and comes out byte-identical for the same
 data. The tasks file is streamed from a server-side cursor; the others hold one row per customer.
@@ -28,264 +8,32 @@ data. The tasks file is streamed from a server-side cursor; the others hold one 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from metering.db import unit_of_work
-from metering.money import quantize, round_money
 from metering.periods import Period, parse_month
 from metering.tenants import Tenant
-from pricing import repository as pricing_repository
-from pricing.adjustments import to_minor
-from pricing.compare import compare_plans
-from pricing.plans import PlanBook
-from pricing.repository import Assignment, last_day
-from reports import repository
-from reports.billed import MonthInvoices, month_invoices
-from reports.cells import (
-    bool_text,
-    cost_decimal,
-    cost_text,
-    decimal_text,
-    micro_units,
-    minor_decimal,
-    minor_text,
-)
+from reports import dashboard, repository, snapshots
+from reports.billed import month_invoices
 from reports.columns import COMPARISON, CUSTOMERS, INVOICE_LINES, REPORTS, TASKS, Report
 from reports.csvwriter import Batch, encode, write_file
-from reports.repository import InvoiceRecord, TaskCounts, Usage
+from reports.month_data import (
+    begin_snapshot,
+    comparison_batches,
+    costs_of,
+    customer_batches,
+    invoice_line_batches,
+    month_comparison,
+    month_summary,
+    rating_input,
+)
 from reports.tasks import TaskScan, scan_tasks, task_batches
-
-
-@dataclass(frozen=True)
-class CustomerMonth:
-    """One row of the customers file."""
-
-    customer: str
-    plan: str
-    currency: str
-    counts: TaskCounts
-    usage: Usage
-    amount_due_minor: int | None  # None: usage but no plan, nothing rated
-    margin_minor: int | None
-    invoice: InvoiceRecord | None
-
-    @property
-    def provider_cost_micros(self) -> int:
-        return micro_units(self.usage.cost_nanos, self.usage.cost_rem)
-
-
-@dataclass(frozen=True)
-class ComparisonRow:
-    customer: str
-    plan: str
-    billed: bool
-    currency: str
-    revenue_minor: int
-    provider_cost_micros: int
-    margin_minor: int
-    margin_pct: Decimal | None
-    tasks_completed: int
-    revenue_per_completed_task: Decimal | None
-    break_even_job_price: Decimal | None
-    plan_type: str  # per_token, per_job
-
-
-@dataclass(frozen=True)
-class MonthSummary:
-    """The per-customer part of a month: customers and their invoices."""
-
-    tenant: Tenant
-    period: Period
-    invoices: MonthInvoices
-    customers: tuple[CustomerMonth, ...]
-    customer: str | None = None  # the one customer asked for, if any
-
-    @property
-    def closed(self) -> bool:
-        return self.invoices.closed
-
-
-def month_summary(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None,
-                  closed: set[str] | None = None, counts: dict[str, TaskCounts] | None = None) -> MonthSummary:  # fmt: skip
-    """The customers file's rows. `counts`: the task counts of the tasks file (`TaskScan`),
-    counted here by reading the month's tasks when not given."""
-    invoices = month_invoices(session, tenant, period, closed=closed, customer=customer)
-    usage = repository.customer_usage(session, tenant.id, period, customer)
-    if counts is None:
-        counts = scan_tasks(session, tenant, period, customer=customer).counts
-    billed = invoices.by_customer()
-    unrated = set(invoices.unrated)
-    names = sorted(set(usage) | set(counts) | set(billed))
-    assigned = pricing_repository.assignments_on(session, tenant.id, last_day(period), customers_=names)
-    book = pricing_repository.stored_plans(session, tenant.id).book if assigned else None
-    rows = []
-    for name in names:
-        invoice = billed.get(name)
-        plan = invoice.plan if invoice else (assigned[name].plan if name in assigned else "")
-        if invoice is not None:
-            currency = invoice.currency
-        elif book is not None and plan in book.versions:
-            currency = book.history(plan)[-1].currency or tenant.currency
-        else:
-            currency = tenant.currency
-        amount = invoice.total_minor if invoice else (None if name in unrated or not plan else 0)
-        month_usage = usage.get(name, Usage())
-        margin = None
-        if amount is not None and currency == tenant.currency:
-            cost = cost_decimal(micro_units(month_usage.cost_nanos, month_usage.cost_rem))
-            margin = to_minor(round_money(minor_decimal(amount, currency) - cost, currency), currency)
-        rows.append(
-            CustomerMonth(
-                name, plan, currency, counts.get(name, TaskCounts()), month_usage, amount, margin, invoice
-            )
-        )
-    return MonthSummary(tenant, period, invoices, tuple(rows), customer)
-
-
-@dataclass(frozen=True)
-class RatingInput:
-    """The month as `pricing.compare` reads it: token usage, ended tasks, and the customers with
-    a plan (usage of customers without one is left out: nothing to rate it under)."""
-
-    tokens: pd.DataFrame
-    tasks: pd.DataFrame
-    assigned: dict[str, Assignment]
-    book: PlanBook | None
-    ended: pd.DataFrame  # every task that ended in the month, with or without a plan
-
-
-def rating_input(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None,
-                 ended: pd.DataFrame | None = None) -> RatingInput:  # fmt: skip
-    """`ended`: the month's ended tasks when already read (`TaskScan.ended`)."""
-    tokens = pricing_repository.token_usage(session, tenant.id, period, customer)
-    tasks = (
-        ended if ended is not None else pricing_repository.ended_tasks(session, tenant.id, period, customer)
-    )
-    names = set(tokens["customer"]) | set(tasks["customer"])
-    assigned = pricing_repository.assignments_on(session, tenant.id, last_day(period), customers_=names)
-    ended = tasks
-    if names - set(assigned):
-        tokens = tokens[tokens["customer"].isin(list(assigned))].reset_index(drop=True)
-        tasks = tasks[tasks["customer"].isin(list(assigned))].reset_index(drop=True)
-    book = pricing_repository.stored_plans(session, tenant.id).book if assigned else None
-    return RatingInput(tokens, tasks, assigned, book, ended)
-
-
-def month_comparison(
-    tenant: Tenant, period: Period, month: RatingInput, costs: dict[str, int]
-) -> list[ComparisonRow]:
-    """Each customer with a plan and usage, under its plan and the plans it is compared with.
-    `costs`: provider cost per customer in micro-units (the customers file's)."""
-    if not month.assigned or month.book is None:
-        return []
-    book, assigned = month.book, month.assigned
-    result = compare_plans(
-        month=period.first_day, customers=[assigned[c].as_customer_plan() for c in sorted(assigned)], plans=book,
-        token_usage=month.tokens, tasks=month.tasks, currency=tenant.currency, tz=tenant.timezone,
-    )  # fmt: skip
-    rows = []
-    for record in result.by_customer.to_dict("records"):
-        currency = record["currency"]
-        revenue = Decimal(record["revenue"])
-        cost = costs.get(record["customer"], 0)
-        margin = revenue - cost_decimal(cost)
-        rows.append(ComparisonRow(
-            customer=record["customer"], plan=record["plan"], billed=bool(record["billed"]), currency=currency,
-            revenue_minor=to_minor(revenue, currency), provider_cost_micros=cost,
-            margin_minor=to_minor(round_money(margin, currency), currency),
-            margin_pct=quantize(margin / revenue, 4) if revenue else None,
-            tasks_completed=int(record["tasks_completed"]),
-            revenue_per_completed_task=_decimal_or_none(record["revenue_per_completed_task"]),
-            break_even_job_price=_decimal_or_none(record["break_even_job_price"]),
-            plan_type=book.history(record["plan"])[0].type,
-        ))  # fmt: skip
-    lineup = {c: [assigned[c].plan, *assigned[c].compare_with] for c in assigned}
-    rows.sort(
-        key=lambda r: (
-            r.customer,
-            lineup[r.customer].index(r.plan) if r.plan in lineup[r.customer] else 99,
-            r.plan,
-        )
-    )
-    return rows
-
-
-def _decimal_or_none(value: Any) -> Decimal | None:
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    return Decimal(value)
-
-
-# --- the files, as batches of text ----------------------------------------------------------------
-
-
-def customer_batches(summary: MonthSummary) -> Iterator[Batch]:
-    rows = summary.customers
-    yield {
-        "customer": [r.customer for r in rows],
-        "plan": [r.plan for r in rows],
-        "currency": [r.currency for r in rows],
-        "tasks_completed": [str(r.counts.completed) for r in rows],
-        "tasks_failed": [str(r.counts.failed) for r in rows],
-        "tasks_cancelled": [str(r.counts.cancelled) for r in rows],
-        "tasks_open": [str(r.counts.open) for r in rows],
-        "input_tokens": [str(r.usage.input_tokens) for r in rows],
-        "output_tokens": [str(r.usage.output_tokens) for r in rows],
-        "cache_read_tokens": [str(r.usage.cache_read_tokens) for r in rows],
-        "cache_write_tokens": [str(r.usage.cache_write_tokens) for r in rows],
-        "reasoning_tokens": [str(r.usage.reasoning_tokens) for r in rows],
-        "provider_cost": [cost_text(r.provider_cost_micros) for r in rows],
-        "amount_due": [
-            "" if r.amount_due_minor is None else minor_text(r.amount_due_minor, r.currency) for r in rows
-        ],
-        "margin": ["" if r.margin_minor is None else minor_text(r.margin_minor, r.currency) for r in rows],
-    }
-
-
-def invoice_line_batches(invoices: MonthInvoices) -> Iterator[Batch]:
-    lines = [(invoice, line) for invoice in invoices.invoices for line in invoice.lines]
-    yield {
-        "invoice": [invoice.number or "" for invoice, _ in lines],
-        "customer": [invoice.customer for invoice, _ in lines],
-        "period": [line.adjusts_period or invoice.period for invoice, line in lines],
-        "line": [str(line.line_no) for _, line in lines],
-        "description": [line.description for _, line in lines],
-        "quantity": [line.quantity for _, line in lines],
-        "unit_price": [line.unit_price for _, line in lines],
-        "amount": [minor_text(line.amount_minor, invoice.currency) for invoice, line in lines],
-        "currency": [invoice.currency for invoice, _ in lines],
-    }
-
-
-def comparison_batches(rows: Sequence[ComparisonRow]) -> Iterator[Batch]:
-    yield {
-        "customer": [r.customer for r in rows],
-        "plan": [r.plan for r in rows],
-        "billed": [bool_text(r.billed) for r in rows],
-        "revenue": [minor_text(r.revenue_minor, r.currency) for r in rows],
-        "provider_cost": [cost_text(r.provider_cost_micros) for r in rows],
-        "margin": [minor_text(r.margin_minor, r.currency) for r in rows],
-        "margin_pct": [decimal_text(r.margin_pct) for r in rows],
-        "tasks_completed": [str(r.tasks_completed) for r in rows],
-        "revenue_per_completed_task": [decimal_text(r.revenue_per_completed_task) for r in rows],
-        "break_even_job_price": [decimal_text(r.break_even_job_price) for r in rows],
-    }
-
-
-def costs_of(summary: MonthSummary) -> dict[str, int]:
-    return {row.customer: row.provider_cost_micros for row in summary.customers}
-
-
-# --- one file, or the four ------------------------------------------------------------------------
 
 
 def report_batches(session: Session, tenant: Tenant, period: Period, report: Report) -> Iterator[Batch]:
@@ -309,23 +57,6 @@ def report_chunks(session: Session, tenant: Tenant, period: Period, name: str) -
     yield from encode(report, report_batches(session, tenant, period, report))
 
 
-def begin_snapshot(session: Session) -> None:
-    """Make the session's reads one snapshot: PostgreSQL REPEATABLE READ; on SQLite, a read
-    transaction (the driver would otherwise run each SELECT in its own)."""
-    if session.in_transaction():
-        connection = session.connection()
-    elif session.get_bind().dialect.name == "postgresql":
-        connection = session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-    else:
-        connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        dbapi = connection.connection.dbapi_connection
-        if dbapi is not None and not dbapi.in_transaction:
-            connection.exec_driver_sql("BEGIN")
-    else:  # sorts and hashes of a large month in memory rather than on disk, for this transaction only
-        connection.exec_driver_sql("SET LOCAL work_mem = '128MB'")
-
-
 def write_month(source: Session | Engine, tenant: Tenant, period: Period | str, out_dir: Path | str,
                 *, now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
     """Write the four CSVs of a tenant-local month into `out_dir` (each file replaced
@@ -337,8 +68,6 @@ def write_month(source: Session | Engine, tenant: Tenant, period: Period | str, 
     two never hold memory at once. With `now`, the month's dashboard snapshot
     (`reports.snapshots`) is kept too, computed from the same reads: given an engine, this commits
     it; given a session, the caller's unit of work does."""
-    from reports import dashboard, snapshots  # they build on this module
-
     engine = source if isinstance(source, Engine) else source.get_bind()
     month = parse_month(period, tenant.timezone) if isinstance(period, str) else period
     out = Path(out_dir)

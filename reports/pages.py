@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from reports.cells import minor_decimal
 from reports.format import count, instant, money, month_long, quantity, task_cost, unit_price
-from reports.html import badge, e, frame, num, table, topbar, url
+from reports.html import badge, e, frame, num, part, table, topbar, url
 from reports.repository import InvoiceRecord
 
 
@@ -139,8 +139,6 @@ def _when(text: str) -> str:
 
 
 def _tasks_path(customer: str) -> str:
-    from reports.html import part
-
     return f"/customers/{part(customer)}/tasks"
 
 

@@ -26,7 +26,7 @@ from metering.tenants import Tenant
 from pricing.tables import customer_plans, invoices, plan_versions
 from reports import repository
 from reports.dashboard import FORMAT, MonthView, SeriesPoint, month_view, window
-from reports.monthly import begin_snapshot
+from reports.month_data import begin_snapshot
 from reports.tables import report_snapshots
 
 MAX_AGE = {False: timedelta(seconds=60), True: timedelta(minutes=15)}  # by closed

@@ -22,9 +22,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api import dashboard_http as web
+from api.csv_http import csv_response
 from api.dashboard_refresh import SnapshotRefresher
 from api.routers import dashboard_auth
-from api.routers.reports import csv_response
 from metering import quarantine
 from metering.errors import InvalidInput, NotFound
 from metering.periods import Period, parse_month, period_of
@@ -33,7 +33,7 @@ from pricing.service import require_customer
 from reports import dashboard, month_page, pages, repository, snapshots
 from reports.billed import month_invoices
 from reports.columns import TASKS
-from reports.monthly import begin_snapshot
+from reports.month_data import begin_snapshot
 from reports.tasks import task_batches
 
 

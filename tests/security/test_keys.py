@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
-from api.cli import parse_duration
+from api.cli.tenants import parse_duration
 from api.deps import get_now
 from metering import tenants as tenant_keys
 from metering.audit import audit_log

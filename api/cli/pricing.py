@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from api.cli import _now, _out, audit_cli, find_tenant, open_engine
+from api.cli.common import audit_cli, find_tenant, now, open_engine, out
 from api.settings import Settings
 from metering.db import unit_of_work
 from metering.errors import InvalidInput, TaskmeterError
@@ -31,10 +31,10 @@ def cmd_config_load(args: argparse.Namespace, settings: Settings) -> int:
         raise TaskmeterError(f"no such file: {path}")
     with open_engine(settings) as engine, unit_of_work(engine) as session:
         tenant = find_tenant(session, args.tenant)
-        summary = service.load_config(session, tenant, decode_config(path.read_bytes(), str(path)), now=_now())
+        summary = service.load_config(session, tenant, decode_config(path.read_bytes(), str(path)), now=now())
         audit_cli(session, tenant, "config.load", f"config:{path.name}", plans=len(summary["plans"]),
                   customers=len(summary["customers"]), prices=summary.get("prices"))  # fmt: skip
-        _out(summary)
+        out(summary)
     return 0
 
 
@@ -44,14 +44,14 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
             tenant = find_tenant(session, args.tenant)
         period = service.billing_month(args.month, tenant.timezone, field="--month")
         try:
-            rollup_tenant(engine, tenant, now=_now())
+            rollup_tenant(engine, tenant, now=now())
         except RollupConflict:
             pass  # another rollup is committing the same events
         plans = [p.strip() for p in args.plans.split(",") if p.strip()] if args.plans else None
         with unit_of_work(engine) as session:
             result = analysis.compare_month(session, tenant, period, plans=plans, target_margin=args.target_margin)
     if args.format == "json":
-        _out(analysis.comparison_view(result))
+        out(analysis.comparison_view(result))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(CUSTOMER_COLUMNS)
@@ -116,7 +116,7 @@ def cmd_close(args: argparse.Namespace, settings: Settings) -> int:
             tenant = find_tenant(session, args.tenant)
         period = service.billing_month(args.month, tenant.timezone, field="--month")
         with unit_of_work(engine) as session:
-            _out(invoices.close_period(session, tenant, period, now=_now()))
+            out(invoices.close_period(session, tenant, period, now=now()))
     return 0
 
 
@@ -130,11 +130,11 @@ def cmd_invoices(args: argparse.Namespace, settings: Settings) -> int:
     with open_engine(settings) as engine, unit_of_work(engine) as session:
         tenant = find_tenant(session, args.tenant)
         if args.action == "show":
-            _out(Invoice.model_validate(invoices.invoice_view(session, tenant, args.id)).model_dump(mode="json"))
+            out(Invoice.model_validate(invoices.invoice_view(session, tenant, args.id)).model_dump(mode="json"))
             return 0
         period = service.billing_month(args.month, tenant.timezone, field="--month") if args.month else None
         rows = invoices.tenant_invoices(session, tenant, period=period, customer=args.customer)
-    _out(_LISTED.dump_python(_LISTED.validate_python(rows), mode="json"))
+    out(_LISTED.dump_python(_LISTED.validate_python(rows), mode="json"))
     return 0
 
 
@@ -155,10 +155,10 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
     with open_engine(settings) as engine, unit_of_work(engine) as session:
         tenant = find_tenant(session, args.tenant)
         try:
-            result = analysis.quote_request(session, tenant, body, now=_now())
+            result = analysis.quote_request(session, tenant, body, now=now())
         except InvalidInput as error:
             raise _flag_fields(error, args) from None
-    _out(QuoteOut.model_validate(result).model_dump(mode="json"))
+    out(QuoteOut.model_validate(result).model_dump(mode="json"))
     return 0
 
 
@@ -185,8 +185,8 @@ def _quote_body(args: argparse.Namespace) -> QuoteIn:
         if args.plans is not None:
             raw["plans"] = [p.strip() for p in args.plans.split(",") if p.strip()]
         if args.at is not None:
-            _instant(args.at)  # the flag named in the error; the request takes the text, as over HTTP
-            raw["at"] = args.at
+            _instant(args.at)  # a clear --at error for text without an offset
+            raw["at"] = args.at  # QuoteIn takes RFC 3339 text, as the HTTP body gives it
     try:
         return QuoteIn.model_validate(raw)
     except ValidationError as error:

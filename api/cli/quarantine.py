@@ -1,4 +1,4 @@
-"""The quarantine commands of `taskmeter` (see api.cli, metering.quarantine): list the events the
+"""The quarantine commands of `taskmeter` (see metering.quarantine): list the events the
 rollup set aside, release one (back through validation and ingestion) or drop it; both audited."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from api.cli import _now, _out, audit_cli, open_engine
+from api.cli.common import audit_cli, now, open_engine, out
 from api.settings import Settings
 from metering import quarantine
 from metering.db import unit_of_work
@@ -17,16 +17,16 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     with open_engine(settings) as engine, unit_of_work(engine) as session:
         tenant = get_tenant(session, args.tenant)
         rows = quarantine.listing(session, tenant.id, limit=args.limit)
-        _out({"tenant": tenant.name, "count": quarantine.count(session, tenant.id), "events": rows})
+        out({"tenant": tenant.name, "count": quarantine.count(session, tenant.id), "events": rows})
     return 0
 
 
 def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     with open_engine(settings) as engine, unit_of_work(engine) as session:
         tenant = _tenant_of(session, args.id)
-        released = quarantine.release(session, tenant.id, args.id, now=_now(), window=settings.event_window)
+        released = quarantine.release(session, tenant.id, args.id, now=now(), window=settings.event_window)
         audit_cli(session, tenant, "quarantine.release", f"event:{released['event_id']}", quarantine_id=args.id)
-        _out({"tenant": tenant.name, **released})
+        out({"tenant": tenant.name, **released})
     return 0
 
 
@@ -35,7 +35,7 @@ def cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
         tenant = _tenant_of(session, args.id)
         dropped = quarantine.drop(session, tenant.id, args.id)
         audit_cli(session, tenant, "quarantine.drop", f"event:{dropped['event_id']}", quarantine_id=args.id, reason=dropped["reason"])
-        _out({"tenant": tenant.name, **dropped})
+        out({"tenant": tenant.name, **dropped})
     return 0
 
 
