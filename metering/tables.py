@@ -61,29 +61,36 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True)),
 )
 
+def _stored_event_columns() -> list[Column[Any]]:
+    """An event as stored, after its seq and tenant: in `events`, and in `quarantine` as it was there."""
+    return [
+        Column("event_id", String(128), nullable=False),
+        Column("type", String(16), nullable=False),
+        Column("time_us", BigInteger, nullable=False),
+        Column("customer", String(256), nullable=False),
+        Column("task", String(256), nullable=False),
+        Column("task_type", String(128)),
+        Column("provider", String(64)),
+        Column("model", String(128)),
+        Column("input_tokens", BigInteger, nullable=False),
+        Column("output_tokens", BigInteger, nullable=False),
+        Column("cache_read_tokens", BigInteger, nullable=False),
+        Column("cache_write_tokens", BigInteger, nullable=False),
+        Column("reasoning_tokens", BigInteger, nullable=False),
+        Column("metadata", Text),
+        # Digest of the normalized event: a replay with other content is a conflict, not a duplicate.
+        Column("content_hash", String(32), nullable=False),
+        Column("ingested_us", BigInteger, nullable=False),
+    ]
+
+
 events = Table(
     "events",
     metadata,
     # The ingest sequence number: the rollup's watermark.
     Column("seq", BigId, primary_key=True, autoincrement=True),
     Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
-    Column("event_id", String(128), nullable=False),
-    Column("type", String(16), nullable=False),
-    Column("time_us", BigInteger, nullable=False),
-    Column("customer", String(256), nullable=False),
-    Column("task", String(256), nullable=False),
-    Column("task_type", String(128)),
-    Column("provider", String(64)),
-    Column("model", String(128)),
-    Column("input_tokens", BigInteger, nullable=False),
-    Column("output_tokens", BigInteger, nullable=False),
-    Column("cache_read_tokens", BigInteger, nullable=False),
-    Column("cache_write_tokens", BigInteger, nullable=False),
-    Column("reasoning_tokens", BigInteger, nullable=False),
-    Column("metadata", Text),
-    # Digest of the normalized event: a replay with other content is a conflict, not a duplicate.
-    Column("content_hash", String(32), nullable=False),
-    Column("ingested_us", BigInteger, nullable=False),
+    *_stored_event_columns(),
     UniqueConstraint("tenant_id", "event_id"),
     Index("ix_events_tenant_task", "tenant_id", "task"),
     Index("ix_events_tenant_seq", "tenant_id", "seq"),  # a tenant's events past its watermark
@@ -209,22 +216,7 @@ quarantine = Table(
     Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
     # The event as it was stored in `events` (the same columns), with its seq there.
     Column("seq", BigInteger, nullable=False),
-    Column("event_id", String(128), nullable=False),
-    Column("type", String(16), nullable=False),
-    Column("time_us", BigInteger, nullable=False),
-    Column("customer", String(256), nullable=False),
-    Column("task", String(256), nullable=False),
-    Column("task_type", String(128)),
-    Column("provider", String(64)),
-    Column("model", String(128)),
-    Column("input_tokens", BigInteger, nullable=False),
-    Column("output_tokens", BigInteger, nullable=False),
-    Column("cache_read_tokens", BigInteger, nullable=False),
-    Column("cache_write_tokens", BigInteger, nullable=False),
-    Column("reasoning_tokens", BigInteger, nullable=False),
-    Column("metadata", Text),
-    Column("content_hash", String(32), nullable=False),
-    Column("ingested_us", BigInteger, nullable=False),
+    *_stored_event_columns(),
     Column("reason", String(300), nullable=False),
     Column("quarantined_at", DateTime(timezone=True), nullable=False),
     # Not unique: a row that cannot be moved aside would stop the tenant's rollup again.

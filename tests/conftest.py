@@ -8,11 +8,13 @@ PostgreSQL is asked for but unreachable, every database test is skipped, saying 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,8 +24,9 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy import Engine, make_url, text
 from starlette.testclient import TestClient
 
+from api import cli
 from api.app import create_app
-from api.settings import Settings
+from api.settings import Settings, get_settings
 from metering.db import make_engine, unit_of_work, upgrade_schema
 from metering.tables import metadata
 from metering.tenants import Tenant, create_api_key, create_tenant, parse_scopes
@@ -205,3 +208,19 @@ def api(live_server: LiveServer, tenant: Tenant, make_key: Callable[..., str]) -
     """An in-process HTTP client of the app with an all-scopes key of the default tenant."""
     with live_server.client(make_key(tenant)) as client:
         yield client
+
+
+@pytest.fixture
+def run_cli(database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., tuple[int, Any, str]]]:
+    """`taskmeter ARGS...` in this process: (exit code, JSON stdout or None, stderr)."""
+    monkeypatch.setenv("TASKMETER_DATABASE_URL", database_url)
+    monkeypatch.setenv("TASKMETER_SECRET_KEY", TEST_SECRET)
+    get_settings.cache_clear()
+
+    def invoke(*argv: str) -> tuple[int, Any, str]:
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return code, json.loads(captured.out) if captured.out.strip() else None, captured.err
+
+    yield invoke
+    get_settings.cache_clear()

@@ -101,25 +101,6 @@ class TestIngestion:
         assert rejected["errors"][0]["field"] == "time" and "2000-01-01T00:00:00Z" in rejected["errors"][0]["message"]
 
 
-@pytest.fixture
-def run_cli(database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
-    from api import cli
-    from api.settings import get_settings
-    from tests.conftest import TEST_SECRET
-
-    monkeypatch.setenv("TASKMETER_DATABASE_URL", database_url)
-    monkeypatch.setenv("TASKMETER_SECRET_KEY", TEST_SECRET)
-    get_settings.cache_clear()
-
-    def invoke(*argv: str) -> tuple[int, Any, str]:
-        code = cli.main(list(argv))
-        captured = capsys.readouterr()
-        return code, json.loads(captured.out) if captured.out.strip() else None, captured.err
-
-    yield invoke
-    get_settings.cache_clear()
-
-
 class TestQueryParameters:
     @pytest.mark.parametrize(
         ("at", "message"),

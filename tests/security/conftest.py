@@ -7,7 +7,6 @@ numbers `INV-bravo-...`), so a response of another tenant that mentions the name
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,9 +20,8 @@ import yaml
 from fastapi import FastAPI
 from sqlalchemy import Engine, insert, select
 
-from api import cli
 from api.app import create_app
-from api.settings import Settings, get_settings
+from api.settings import Settings
 from metering.db import unit_of_work
 from metering.ingest import ingest_events, to_us
 from metering.periods import parse_month
@@ -179,22 +177,6 @@ def flat_routes(app: FastAPI) -> list[RouteInfo]:
 def throwaway_app() -> FastAPI:
     """The app's routes, without a database (engines connect lazily)."""
     return create_app(Settings(env="test", database_url="sqlite://", scheduler_enabled=False))
-
-
-@pytest.fixture
-def run_cli(database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., tuple[int, Any, str]]]:
-    """`taskmeter ARGS...` in this process: (exit code, JSON stdout or None, stderr)."""
-    monkeypatch.setenv("TASKMETER_DATABASE_URL", database_url)
-    monkeypatch.setenv("TASKMETER_SECRET_KEY", TEST_SECRET)
-    get_settings.cache_clear()
-
-    def invoke(*argv: str) -> tuple[int, Any, str]:
-        code = cli.main(list(argv))
-        captured = capsys.readouterr()
-        return code, json.loads(captured.out) if captured.out.strip() else None, captured.err
-
-    yield invoke
-    get_settings.cache_clear()
 
 
 def sign_in(browser: httpx.Client, key: str) -> httpx.Response:
