@@ -125,17 +125,6 @@ def listing(session: Session | Connection, tenant_id: int, *, limit: int, before
     return [_view(row) for row in session.execute(query.order_by(quarantine.c.id.desc()).limit(limit))]
 
 
-def find(session: Session | Connection, tenant_id: int, event_id: str) -> dict[str, Any] | None:
-    """The newest quarantine entry of an event id, if any."""
-    row = session.execute(
-        select(quarantine)
-        .where(quarantine.c.tenant_id == tenant_id, quarantine.c.event_id == event_id)
-        .order_by(quarantine.c.id.desc())
-        .limit(1)
-    ).first()
-    return None if row is None else _view(row)
-
-
 def tenant_of(session: Session, quarantine_id: int) -> int:
     """The tenant of a quarantine entry (for the command line, which names entries by id)."""
     found = session.execute(select(quarantine.c.tenant_id).where(quarantine.c.id == quarantine_id)).scalar()
