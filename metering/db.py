@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Column, Connection, Engine, Result, Table, create_engine, event, make_url
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -96,6 +97,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def upsert(
+    executor: Session | Connection,
+    table: Table,
+    values: Mapping[str, Any],
+    *,
+    key: Sequence[str],
+    update: Mapping[str, Any] | None = None,
+    returning: Sequence[Column[Any]] = (),
+) -> Result[Any]:
+    """Insert one row of `table`; on a conflict over the unique `key` columns, set `update`
+    (column -> value) on the stored row, or leave it as it is when `update` is None. With
+    `returning`, the result holds those columns of the row written (none when nothing was)."""
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    dialect_insert = postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
+    statement = dialect_insert(table).values(**values)
+    if update is None:
+        statement = statement.on_conflict_do_nothing(index_elements=list(key))
+    else:
+        statement = statement.on_conflict_do_update(index_elements=list(key), set_=dict(update))
+    return executor.execute(statement.returning(*returning) if returning else statement)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
