@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from sqlalchemy import Column, Connection, Engine, Result, Table, create_engine, event, make_url
@@ -15,6 +15,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -119,6 +121,40 @@ def upsert(
     else:
         statement = statement.on_conflict_do_update(index_elements=list(key), set_=dict(update))
     return executor.execute(statement.returning(*returning) if returning else statement)
+
+
+def driver_rows(
+    connection: Connection, query: ClauseElement, *, batch_size: int | None = None
+) -> Iterator[Sequence[Any]]:
+    """The rows of `query` as the driver's plain tuples, from a cursor of `connection` (its
+    transaction): in batches of `batch_size`, or all in one; server-side on PostgreSQL. A million
+    SQLAlchemy rows would cost seconds. Each parameter goes through its type's bind processor, as
+    SQLAlchemy's own execution would: dates and datetimes reach SQLite as the ISO text it stores
+    (never through sqlite3's default adapters, deprecated since Python 3.12). Sums may come as
+    Decimal (PostgreSQL's numeric)."""
+    dialect = connection.dialect
+    compiled = cast(SQLCompiler, query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
+    values = compiled.construct_params()
+    for name, bind in compiled.binds.items():
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None and name in values:
+            values[name] = processor(values[name])
+    params: Any = (
+        tuple(values[name] for name in compiled.positiontup or ()) if compiled.positional else values
+    )
+    driver = connection.connection.dbapi_connection
+    assert driver is not None
+    postgres = dialect.name == "postgresql"
+    cursor = driver.cursor(name="taskmeter_rows") if postgres else driver.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        if batch_size is None:
+            yield cursor.fetchall()
+            return
+        while rows := cursor.fetchmany(batch_size):
+            yield rows
+    finally:
+        cursor.close()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
