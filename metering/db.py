@@ -97,8 +97,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
+def is_sqlite(bind: Engine | Connection | Session) -> bool:
+    return _dialect_name(bind) == "sqlite"
+
+
+def is_postgresql(bind: Engine | Connection | Session) -> bool:
+    return _dialect_name(bind) == "postgresql"
+
+
+def _dialect_name(bind: Engine | Connection | Session) -> str:
+    return (bind.get_bind() if isinstance(bind, Session) else bind).dialect.name
 
 
 def upsert(
@@ -113,8 +121,7 @@ def upsert(
     """Insert one row of `table`; on a conflict over the unique `key` columns, set `update`
     (column -> value) on the stored row, or leave it as it is when `update` is None. With
     `returning`, the result holds those columns of the row written (none when nothing was)."""
-    bind = executor.get_bind() if isinstance(executor, Session) else executor
-    dialect_insert = postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
+    dialect_insert = postgresql.insert if is_postgresql(executor) else sqlite.insert
     statement = dialect_insert(table).values(**values)
     if update is None:
         statement = statement.on_conflict_do_nothing(index_elements=list(key))
@@ -144,8 +151,7 @@ def driver_rows(
     )
     driver = connection.connection.dbapi_connection
     assert driver is not None
-    postgres = dialect.name == "postgresql"
-    cursor = driver.cursor(name="taskmeter_rows") if postgres else driver.cursor()
+    cursor = driver.cursor(name="taskmeter_rows") if is_postgresql(connection) else driver.cursor()
     try:
         cursor.execute(str(compiled), params)
         if batch_size is None:

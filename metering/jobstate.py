@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from metering.db import upsert
+from metering.db import is_postgresql, upsert
 from metering.tables import metadata
 
 DEFAULT_LEASE_SECONDS = 900.0
@@ -118,7 +118,7 @@ def hold(
 ) -> Iterator[Guard | None]:
     """Try to take the guard of (job, tenant) without waiting: yields a `Guard`, or None when
     another worker holds it. The work done inside must commit before the block ends."""
-    if engine.dialect.name == "postgresql":
+    if is_postgresql(engine):
         with _advisory(engine, job, tenant_id) as guard:
             yield guard
     else:

@@ -25,7 +25,7 @@ from sqlalchemy import BigInteger, ColumnElement, Connection, Select, cast, func
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from metering.db import driver_rows
+from metering.db import driver_rows, is_postgresql
 from metering.ingest import to_us
 from metering.periods import Period
 from metering.prices import settle_nanos
@@ -70,7 +70,7 @@ def _fetch(session: Session, query: Select[Any], names: Sequence[str], *, texts:
     cannot commit, so it sees what the session sees. SQLite reads through the session's own
     DB-API cursor."""
     connection = session.connection()
-    if connection.dialect.name == "postgresql":
+    if is_postgresql(connection):
         frame = _fetch_arrow(connection, query)
         frame.columns = list(names)
     else:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from metering.db import driver_rows
+from metering.db import driver_rows, is_postgresql
 from metering.ingest import to_us
 from metering.periods import Period
 from metering.tables import rollup_state, task_usage, task_usage_detail, usage_daily
@@ -34,7 +34,7 @@ def byte_order(session: Session, column: Any) -> Any:
     """`column` sorted by bytes. PostgreSQL sorts by the database's collation: unless that is
     already byte order (C, POSIX, C.UTF-8), ask for "C" (which costs PostgreSQL a sort of its own)."""
     connection = session.connection()
-    if connection.dialect.name != "postgresql":
+    if not is_postgresql(connection):
         return column
     if "byte_order" not in connection.info:
         collation = connection.exec_driver_sql(
