@@ -35,7 +35,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from api.settings import Settings
-from metering.db import is_unavailable, make_engine, unit_of_work
+from metering.db import is_sqlite, is_unavailable, make_engine, unit_of_work
 from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
 from metering.periods import parse_month
 from metering.pipeline import RollupConflict, RollupResult, rollup_tenant
@@ -303,7 +303,7 @@ class TaskmeterScheduler:
         self.settings = settings
         self.engine = engine
         # A small engine of its own: the job store disposes it on shutdown.
-        pool = {} if engine.dialect.name == "sqlite" else {"pool_size": 2, "max_overflow": 2}
+        pool = {} if is_sqlite(engine) else {"pool_size": 2, "max_overflow": 2}
         store = SQLAlchemyJobStore(
             engine=make_engine(settings.database_url, **pool), tablename=scheduler_jobs.name
         )

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import POSTGRES_URL, cpu_check, machine  # noqa: E402
 from metering.bulk import write_rows  # noqa: E402
-from metering.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
+from metering.db import is_postgresql, is_sqlite, make_engine, unit_of_work, upgrade_schema  # noqa: E402
 from metering.ingest import INSERT_COLUMNS  # noqa: E402
 from metering.tables import events, tenants  # noqa: E402
 
@@ -127,7 +127,7 @@ def child(what: str, url: str) -> None:
     if what == "full":
         with unit_of_work(engine) as session:  # force a rebuild
             session.execute(text("UPDATE rollup_state SET price_version = 'stale'"))
-        if engine.dialect.name == "postgresql":
+        if is_postgresql(engine):
             # The dead rows of the previous run's rebuild, as autovacuum would have removed them
             # (it is off on the bench server): 5 runs' worth made the rebuild 100 s → 128 s.
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
@@ -158,7 +158,7 @@ def warm_cache(url: str) -> str:
     rollup took 24-77 s to read its events, depending on how long the store sat unused."""
     started = time.perf_counter()
     engine = make_engine(url)
-    if engine.dialect.name == "sqlite":
+    if is_sqlite(engine):
         size = 0
         with open(engine.url.database, "rb") as file:  # type: ignore[arg-type]
             while block := file.read(1 << 24):
@@ -182,7 +182,7 @@ def settle(url: str) -> str:
     started = time.perf_counter()
     engine = make_engine(url)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        if engine.dialect.name == "postgresql":
+        if is_postgresql(engine):
             connection.execute(text("CHECKPOINT"))
         else:
             connection.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))

@@ -19,6 +19,8 @@ from sqlalchemy import Column, Connection, MetaData, Table, bindparam, delete, s
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
+from metering.db import is_postgresql
+
 OnConflict = Literal["error", "ignore", "replace", "add"]
 _SLICE = 250_000
 """Rows of a frame converted and sent at a time."""
@@ -42,7 +44,7 @@ def write_rows(
     if not rows:
         return 0
     columns = tuple(columns)
-    if connection.dialect.name == "postgresql":
+    if is_postgresql(connection):
         return _postgres_write(connection, table, columns, rows, on_conflict, tuple(keys), tuple(add))
     statement = _sqlite_statement(table, columns, on_conflict, tuple(keys), tuple(add))
     result = connection.execution_options(preserve_rowcount=True).exec_driver_sql(statement, list(rows))
@@ -62,7 +64,7 @@ def write_frame(
     """`write_rows` for a frame's `columns`. A plain insert (`error`) on PostgreSQL is one COPY
     of CSV that Arrow encodes in C++: no Python object per value, which left the database
     server the 2 cores' only work while writing a rebuild's millions of rows."""
-    if connection.dialect.name != "postgresql" or on_conflict != "error":
+    if not is_postgresql(connection) or on_conflict != "error":
         # In slices: Python rows of the whole frame took ~1 GB for 2.8 M rows.
         return sum(
             write_rows(connection, table, columns, frame_rows(frame.iloc[start : start + _SLICE], columns), on_conflict=on_conflict, keys=keys, add=add)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Column, Connection, Engine, Result, Table, create_engine, event, make_url
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -94,8 +97,70 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
+def is_sqlite(bind: Engine | Connection | Session) -> bool:
+    return _dialect_name(bind) == "sqlite"
+
+
+def is_postgresql(bind: Engine | Connection | Session) -> bool:
+    return _dialect_name(bind) == "postgresql"
+
+
+def _dialect_name(bind: Engine | Connection | Session) -> str:
+    return (bind.get_bind() if isinstance(bind, Session) else bind).dialect.name
+
+
+def upsert(
+    executor: Session | Connection,
+    table: Table,
+    values: Mapping[str, Any],
+    *,
+    key: Sequence[str],
+    update: Mapping[str, Any] | None = None,
+    returning: Sequence[Column[Any]] = (),
+) -> Result[Any]:
+    """Insert one row of `table`; on a conflict over the unique `key` columns, set `update`
+    (column -> value) on the stored row, or leave it as it is when `update` is None. With
+    `returning`, the result holds those columns of the row written (none when nothing was)."""
+    dialect_insert = postgresql.insert if is_postgresql(executor) else sqlite.insert
+    statement = dialect_insert(table).values(**values)
+    if update is None:
+        statement = statement.on_conflict_do_nothing(index_elements=list(key))
+    else:
+        statement = statement.on_conflict_do_update(index_elements=list(key), set_=dict(update))
+    return executor.execute(statement.returning(*returning) if returning else statement)
+
+
+def driver_rows(
+    connection: Connection, query: ClauseElement, *, batch_size: int | None = None
+) -> Iterator[Sequence[Any]]:
+    """The rows of `query` as the driver's plain tuples, from a cursor of `connection` (its
+    transaction): in batches of `batch_size`, or all in one; server-side on PostgreSQL. A million
+    SQLAlchemy rows would cost seconds. Each parameter goes through its type's bind processor, as
+    SQLAlchemy's own execution would: dates and datetimes reach SQLite as the ISO text it stores
+    (never through sqlite3's default adapters, deprecated since Python 3.12). Sums may come as
+    Decimal (PostgreSQL's numeric)."""
+    dialect = connection.dialect
+    compiled = cast(SQLCompiler, query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
+    values = compiled.construct_params()
+    for name, bind in compiled.binds.items():
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None and name in values:
+            values[name] = processor(values[name])
+    params: Any = (
+        tuple(values[name] for name in compiled.positiontup or ()) if compiled.positional else values
+    )
+    driver = connection.connection.dbapi_connection
+    assert driver is not None
+    cursor = driver.cursor(name="taskmeter_rows") if is_postgresql(connection) else driver.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        if batch_size is None:
+            yield cursor.fetchall()
+            return
+        while rows := cursor.fetchmany(batch_size):
+            yield rows
+    finally:
+        cursor.close()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from metering.bulk import write_rows
+from metering.db import is_postgresql
 from metering.errors import InvalidInput, PayloadTooLarge, TaskmeterError
 from metering.schemas import (
     DEFAULT_WINDOW,
@@ -316,7 +317,7 @@ def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[A
     if not rows:
         return 0
     connection = session.connection() if isinstance(session, Session) else session
-    if connection.dialect.name == "postgresql":
+    if is_postgresql(connection):
         # Shared with other ingesters, exclusive for the rollup's read of the newest seq: a
         # sequence number the rollup sees is never overtaken by an earlier one committing later.
         connection.execute(select(func.pg_advisory_xact_lock_shared(ingest_lock_key(rows[0][0]))))

@@ -44,9 +44,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
+from metering.db import is_postgresql, upsert
 from metering.tables import metadata
 
 DEFAULT_LEASE_SECONDS = 900.0
@@ -117,7 +118,7 @@ def hold(
 ) -> Iterator[Guard | None]:
     """Try to take the guard of (job, tenant) without waiting: yields a `Guard`, or None when
     another worker holds it. The work done inside must commit before the block ends."""
-    if engine.dialect.name == "postgresql":
+    if is_postgresql(engine):
         with _advisory(engine, job, tenant_id) as guard:
             yield guard
     else:
@@ -225,13 +226,10 @@ def get_bookmark(session: Session | Connection, job: str, tenant_id: int) -> str
 def set_bookmark(
     session: Session | Connection, job: str, tenant_id: int, value: str, *, now: datetime
 ) -> None:
-    dialect = session.get_bind().dialect if isinstance(session, Session) else session.dialect
-    dialect_insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
-    statement = dialect_insert(job_bookmarks).values(
-        job=job, tenant_id=tenant_id, value=value, updated_at=now
-    )
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["job", "tenant_id"], set_={"value": statement.excluded.value, "updated_at": now}
-        )
+    upsert(
+        session,
+        job_bookmarks,
+        {"job": job, "tenant_id": tenant_id, "value": value, "updated_at": now},
+        key=["job", "tenant_id"],
+        update={"value": value, "updated_at": now},
     )

@@ -27,9 +27,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from metering.db import is_sqlite, upsert
 from metering.errors import Conflict, InvalidInput, NotFound
 from metering.periods import Period, period_of
 from metering.pipeline import RollupConflict, rollup_tenant
@@ -214,16 +214,16 @@ def close_period(session: Session, tenant: Tenant, period: Period, *, now: datet
 def lock_billing(session: Session, tenant_id: int, *, now: datetime) -> RollupState:
     """Take the tenant's billing lock for the rest of the session's transaction."""
     connection = session.connection()
-    if connection.dialect.name == "sqlite":
+    if is_sqlite(connection):
         dbapi = connection.connection.dbapi_connection
         if not dbapi.in_transaction:  # type: ignore[union-attr]
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         # else: the transaction has written already, so it holds the write lock
-    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    session.execute(
-        dialect_insert(rollup_state)
-        .values(tenant_id=tenant_id, watermark_seq=0, price_version="", updated_at=now)
-        .on_conflict_do_nothing(index_elements=["tenant_id"])
+    upsert(
+        session,
+        rollup_state,
+        {"tenant_id": tenant_id, "watermark_seq": 0, "price_version": "", "updated_at": now},
+        key=["tenant_id"],
     )
     row = session.execute(select(rollup_state).where(rollup_state.c.tenant_id == tenant_id).with_for_update()).one()
     return RollupState(int(row.watermark_seq), row.price_version)

@@ -25,6 +25,7 @@ from sqlalchemy import BigInteger, ColumnElement, Connection, Select, cast, func
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from metering.db import driver_rows, is_postgresql
 from metering.ingest import to_us
 from metering.periods import Period
 from metering.prices import settle_nanos
@@ -69,7 +70,7 @@ def _fetch(session: Session, query: Select[Any], names: Sequence[str], *, texts:
     cannot commit, so it sees what the session sees. SQLite reads through the session's own
     DB-API cursor."""
     connection = session.connection()
-    if connection.dialect.name == "postgresql":
+    if is_postgresql(connection):
         frame = _fetch_arrow(connection, query)
         frame.columns = list(names)
     else:
@@ -83,26 +84,19 @@ def _fetch(session: Session, query: Select[Any], names: Sequence[str], *, texts:
 
 
 def _fetch_rows(connection: Connection, query: Select[Any], names: Sequence[str], texts: Sequence[str]) -> pd.DataFrame:
-    compiled = query.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
-    params = tuple(compiled.params[name] for name in compiled.positiontup or ())
-    cursor = connection.connection.cursor()
-    try:
-        with _no_cyclic_gc():
-            cursor.execute(str(compiled), params)
-            rows = cursor.fetchall()
-            columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
-            del rows
-            data: dict[str, Any] = {}
-            for name, values in zip(names, columns, strict=True):
-                if name in texts:  # object, not pandas' str: converting costs more than it saves
-                    data[name] = pd.Series(np.array(values, dtype=object), dtype=object)
-                elif name == "day":
-                    data[name] = np.array(values, dtype="datetime64[D]")
-                else:
-                    data[name] = np.fromiter(values, dtype=np.int64, count=len(values))
-            return pd.DataFrame(data)
-    finally:
-        cursor.close()
+    with _no_cyclic_gc():
+        (rows,) = driver_rows(connection, query)  # one batch; exhausting it closes the cursor
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+        del rows
+        data: dict[str, Any] = {}
+        for name, values in zip(names, columns, strict=True):
+            if name in texts:  # object, not pandas' str: converting costs more than it saves
+                data[name] = pd.Series(np.array(values, dtype=object), dtype=object)
+            elif name == "day":
+                data[name] = np.array(values, dtype="datetime64[D]")
+            else:
+                data[name] = np.fromiter(values, dtype=np.int64, count=len(values))
+        return pd.DataFrame(data)
 
 
 def _fetch_arrow(connection: Connection, query: Select[Any]) -> pd.DataFrame:

@@ -31,10 +31,9 @@ from typing import Any
 
 import stripe
 from sqlalchemy import Engine, Row, and_, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from metering.db import unit_of_work
+from metering.db import unit_of_work, upsert
 from metering.jobstate import DEFAULT_LEASE_SECONDS, hold
 from metering.tenants import Tenant
 from pricing.stripe_gateway import StripeGateway, describe, is_account_error, is_transient
@@ -336,11 +335,7 @@ def _record_failure(
             "last_error": message,
             "updated_at": now,
         }
-        dialect_insert = (
-            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        )
-        statement = dialect_insert(stripe_sync_state).values(invoice_id=invoice_id, **values)
-        session.execute(statement.on_conflict_do_update(index_elements=["invoice_id"], set_=values))
+        upsert(session, stripe_sync_state, {"invoice_id": invoice_id, **values}, key=["invoice_id"], update=values)
         _set_invoice(
             session, invoice_id, stripe_status=RETRYING if transient else FAILED, stripe_error=message
         )

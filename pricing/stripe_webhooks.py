@@ -12,9 +12,9 @@ from datetime import datetime
 
 import stripe
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from metering.db import upsert
 from metering.errors import TaskmeterError
 from pricing.stripe_tables import stripe_events
 from pricing.tables import invoices
@@ -75,20 +75,20 @@ def record_event(session: Session, event: stripe.Event, *, now: datetime) -> Web
     obj = getattr(data, "object", None)
     stripe_invoice_id = getattr(obj, "id", None) if getattr(obj, "object", None) == "invoice" else None
     status = PAYMENT_STATUS.get(event.type) if stripe_invoice_id else None
-    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    inserted = session.execute(
-        dialect_insert(stripe_events)
-        .values(
-            id=event.id,
-            type=event.type,
-            created=int(event.created),
-            stripe_invoice_id=stripe_invoice_id,
-            payment_status=status,
-            outcome="ignored",
-            received_at=now,
-        )  # fmt: skip
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(stripe_events.c.id)
+    inserted = upsert(
+        session,
+        stripe_events,
+        {
+            "id": event.id,
+            "type": event.type,
+            "created": int(event.created),
+            "stripe_invoice_id": stripe_invoice_id,
+            "payment_status": status,
+            "outcome": "ignored",
+            "received_at": now,
+        },
+        key=["id"],
+        returning=[stripe_events.c.id],
     ).scalar_one_or_none()
     if inserted is None:
         return WebhookOutcome(event.id, event.type, "duplicate")

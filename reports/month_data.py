@@ -37,6 +37,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.orm import Session
 
+from metering.db import is_postgresql, is_sqlite
 from metering.money import quantize, round_money
 from metering.periods import Period
 from metering.tenants import Tenant
@@ -286,11 +287,11 @@ def begin_snapshot(session: Session) -> None:
     transaction (the driver would otherwise run each SELECT in its own)."""
     if session.in_transaction():
         connection = session.connection()
-    elif session.get_bind().dialect.name == "postgresql":
+    elif is_postgresql(session):
         connection = session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     else:
         connection = session.connection()
-    if connection.dialect.name == "sqlite":
+    if is_sqlite(connection):
         dbapi = connection.connection.dbapi_connection
         if dbapi is not None and not dbapi.in_transaction:
             connection.exec_driver_sql("BEGIN")

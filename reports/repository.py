@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
+from metering.db import driver_rows, is_postgresql
 from metering.ingest import to_us
 from metering.periods import Period
 from metering.tables import rollup_state, task_usage, task_usage_detail, usage_daily
@@ -33,7 +34,7 @@ def byte_order(session: Session, column: Any) -> Any:
     """`column` sorted by bytes. PostgreSQL sorts by the database's collation: unless that is
     already byte order (C, POSIX, C.UTF-8), ask for "C" (which costs PostgreSQL a sort of its own)."""
     connection = session.connection()
-    if connection.dialect.name != "postgresql":
+    if not is_postgresql(connection):
         return column
     if "byte_order" not in connection.info:
         collation = connection.exec_driver_sql(
@@ -166,29 +167,7 @@ def stream_tasks(
 
 
 def _driver_rows(session: Session, query: Any, batch_size: int) -> Iterator[Sequence[Any]]:
-    """The rows of `query` as the driver's plain tuples, in batches, from a cursor of the
-    session's connection (its transaction); server-side on PostgreSQL. A million SQLAlchemy rows
-    would cost seconds. Sums may come as Decimal (PostgreSQL's numeric)."""
-    connection = session.connection()
-    dialect = connection.dialect
-    compiled = query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    values = compiled.construct_params()
-    for name, bind in compiled.binds.items():
-        processor = bind.type.bind_processor(dialect)
-        if processor is not None and name in values:
-            values[name] = processor(values[name])  # e.g. dates as ISO text on SQLite
-    params: Any = (
-        tuple(values[name] for name in compiled.positiontup or ()) if compiled.positional else values
-    )
-    driver = connection.connection.dbapi_connection
-    assert driver is not None
-    cursor = driver.cursor(name="taskmeter_report") if dialect.name == "postgresql" else driver.cursor()  # type: ignore[call-arg]
-    try:
-        cursor.execute(str(compiled), params)
-        while rows := cursor.fetchmany(batch_size):
-            yield rows
-    finally:
-        cursor.close()
+    return driver_rows(session.connection(), query, batch_size=batch_size)
 
 
 # --- invoices -------------------------------------------------------------------------------------
