@@ -58,14 +58,14 @@ class TestRollupJob:
         now = utc(2026, 10, 20)
         bad, good = tenant_at("bad", created=now), tenant_at("good", created=now)
         send(engine, good, make_task_events("t1"), now=now)
-        real = scheduler.rollup_tenant
+        real = scheduler.bring_up_to_date
 
         def flaky(engine: Engine, tenant: Tenant, **kwargs: object):  # type: ignore[no-untyped-def]
             if tenant.name == "bad":
                 raise RuntimeError("boom")
             return real(engine, tenant, **kwargs)
 
-        monkeypatch.setattr(scheduler, "rollup_tenant", flaky)
+        monkeypatch.setattr(scheduler, "bring_up_to_date", flaky)
         assert [r.tenant for r in run_rollup(runtime, now=now)] == ["good"]
         assert bad.name == "bad"
 
