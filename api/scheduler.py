@@ -161,13 +161,16 @@ def run_close(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
             if guard is None:
                 continue
             try:
-                # A close sees every event committed so far; a backfilled one may add an older month.
-                bring_up_to_date(rt.engine, tenant, now=now)
+                with unit_of_work(rt.engine) as session:
+                    last_closed = get_bookmark(session, CLOSE, tenant.id)
+                if last_closed is None:
+                    # The first month may be that of a backfilled event, which only rolled-up usage
+                    # shows. Afterwards the bookmark decides and each close brings usage up to date.
+                    bring_up_to_date(rt.engine, tenant, now=now)
                 with unit_of_work(rt.engine) as session:
                     due = months_to_close(
-                        get_bookmark(session, CLOSE, tenant.id), first_month(session, tenant),
-                        closable_through(now, tenant.timezone, grace),
-                    )  # fmt: skip
+                        last_closed, first_month(session, tenant), closable_through(now, tenant.timezone, grace)
+                    )
                 for period in due:
                     with unit_of_work(rt.engine) as session:
                         close_period(session, tenant, period, now=now)
