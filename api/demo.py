@@ -40,7 +40,7 @@ from metering.db import unit_of_work
 from metering.errors import NotFound
 from metering.ingest import ingest_events
 from metering.periods import Period, period_of
-from metering.pipeline import RollupConflict, rollup_tenant
+from metering.pipeline import bring_up_to_date
 from metering.tenants import Tenant, create_api_key, create_tenant, get_tenant
 from pricing import invoices, service
 
@@ -186,10 +186,7 @@ def load_demo(engine: Engine, settings: Settings, *, now: datetime) -> dict[str,
             "month": period.label, "newly_closed": summary["closed"], "invoices": len(summary["invoices"]),
             "adjustment_lines": sum(i["adjustment_lines"] for i in summary["invoices"]),
         })  # fmt: skip
-    try:
-        rollup_tenant(engine, tenant, now=now)  # the late tasks too: usage and drafts are current at once
-    except RollupConflict:
-        pass  # a running server's rollup is committing the same events
+    bring_up_to_date(engine, tenant, now=now)  # the late tasks too: usage and drafts are current at once
     with unit_of_work(engine) as session:
         key, _ = create_api_key(
             session, tenant, frozenset({"ingest", "read", "admin"}),

@@ -38,7 +38,7 @@ from api.settings import Settings
 from metering.db import is_sqlite, is_unavailable, make_engine, unit_of_work
 from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
 from metering.periods import parse_month
-from metering.pipeline import RollupConflict, RollupResult, rollup_tenant
+from metering.pipeline import RollupConflict, RollupResult, bring_up_to_date
 from metering.tenants import Tenant, list_tenants
 from pricing.close_schedule import closable_through, first_month, months_to_close
 
@@ -126,9 +126,9 @@ def run_rollup(rt: Runtime, *, now: datetime) -> list[RollupResult]:
             if guard is None:
                 continue
             try:
-                result = rollup_tenant(rt.engine, tenant, now=now)
+                result = bring_up_to_date(rt.engine, tenant, now=now)
             except RollupConflict:
-                log.info("rollup of %s: another run was first", tenant.name)
+                log.info("rollup of %s: other runs kept moving the watermark first; the next run retries", tenant.name)
                 continue
             except Exception as exc:
                 _log_failure(f"rollup of {tenant.name} failed", exc)
@@ -161,13 +161,16 @@ def run_close(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
             if guard is None:
                 continue
             try:
-                # A close sees every event committed so far; a backfilled one may add an older month.
-                _rollup_until_current(rt, tenant, now=now)
+                with unit_of_work(rt.engine) as session:
+                    last_closed = get_bookmark(session, CLOSE, tenant.id)
+                if last_closed is None:
+                    # The first month may be that of a backfilled event, which only rolled-up usage
+                    # shows. Afterwards the bookmark decides and each close brings usage up to date.
+                    bring_up_to_date(rt.engine, tenant, now=now)
                 with unit_of_work(rt.engine) as session:
                     due = months_to_close(
-                        get_bookmark(session, CLOSE, tenant.id), first_month(session, tenant),
-                        closable_through(now, tenant.timezone, grace),
-                    )  # fmt: skip
+                        last_closed, first_month(session, tenant), closable_through(now, tenant.timezone, grace)
+                    )
                 for period in due:
                     with unit_of_work(rt.engine) as session:
                         close_period(session, tenant, period, now=now)
@@ -240,17 +243,6 @@ def run_stripe_sync(rt: Runtime, *, now: datetime) -> list[Any]:
 def _tenants(rt: Runtime) -> list[Tenant]:
     with unit_of_work(rt.engine) as session:
         return list_tenants(session)
-
-
-def _rollup_until_current(rt: Runtime, tenant: Tenant, *, now: datetime, attempts: int = 3) -> None:
-    """A close must see every event committed so far: roll up, again if another run raced us."""
-    for attempt in range(attempts):
-        try:
-            rollup_tenant(rt.engine, tenant, now=now)
-            return
-        except RollupConflict:
-            if attempt == attempts - 1:
-                raise
 
 
 def _optional_module(name: str) -> ModuleType | None:

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from metering.db import is_sqlite, upsert
 from metering.errors import Conflict, InvalidInput, NotFound
 from metering.periods import Period, period_of
-from metering.pipeline import RollupConflict, rollup_tenant
+from metering.pipeline import bring_up_to_date
 from metering.tables import rollup_state
 from metering.tenants import Tenant
 from pricing import repository
@@ -174,19 +174,18 @@ def _draft_view(draft: Draft) -> dict[str, Any]:
 # --- close --------------------------------------------------------------------------------------
 
 
-def close_period(session: Session, tenant: Tenant, period: Period, *, now: datetime, rollup: bool = True) -> dict[str, Any]:
+def close_period(session: Session, tenant: Tenant, period: Period, *, now: datetime) -> dict[str, Any]:
     """Finalize every invoice of a tenant-local month that has ended; a no-op when it is closed.
 
-    Call it first in its unit of work: it rolls up the tenant's events with connections of its
-    own before taking the lock (on SQLite, a write already made by the session would block them).
+    It brings the tenant's usage up to date itself (`metering.pipeline.bring_up_to_date`, once)
+    with connections of its own before taking the lock, so the session must not have begun a
+    transaction (on SQLite, a write already made by it would block them): it refuses otherwise.
     """
     if now < period.end:
         raise InvalidInput(f"{period.label} has not ended yet (it ends {period.end.isoformat()})", detail={"month": period.label})
-    if rollup:
-        try:
-            rollup_tenant(session.get_bind(), tenant, now=now)  # type: ignore[arg-type]
-        except RollupConflict:
-            pass  # another rollup was committing: the lock below waits for it
+    if session.in_transaction():
+        raise RuntimeError("close_period brings usage up to date before its transaction: call it first in its unit of work")
+    bring_up_to_date(session.get_bind(), tenant, now=now)  # type: ignore[arg-type]
     state = lock_billing(session, tenant.id, now=now)
     if (closed := _closed(session, tenant.id, period.label)) is not None:
         closed_at = closed.closed_at if closed.closed_at.tzinfo else closed.closed_at.replace(tzinfo=UTC)  # SQLite: naive UTC

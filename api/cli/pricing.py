@@ -18,7 +18,7 @@ from api.cli.common import audit_cli, find_tenant, now, open_engine, out
 from api.settings import Settings
 from metering.db import unit_of_work
 from metering.errors import InvalidInput, TaskmeterError
-from metering.pipeline import RollupConflict, rollup_tenant
+from metering.pipeline import bring_up_to_date
 from pricing import analysis, invoices, service
 from pricing.compare import CUSTOMER_COLUMNS
 from pricing.config import decode_config
@@ -43,10 +43,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
         with unit_of_work(engine) as session:
             tenant = find_tenant(session, args.tenant)
         period = service.billing_month(args.month, tenant.timezone, field="--month")
-        try:
-            rollup_tenant(engine, tenant, now=now())
-        except RollupConflict:
-            pass  # another rollup is committing the same events
+        bring_up_to_date(engine, tenant, now=now())
         plans = [p.strip() for p in args.plans.split(",") if p.strip()] if args.plans else None
         with unit_of_work(engine) as session:
             result = analysis.compare_month(session, tenant, period, plans=plans, target_margin=args.target_margin)

@@ -13,17 +13,14 @@ from metering.db import unit_of_work
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from metering.periods import parse_month
-    from metering.pipeline import RollupConflict, rollup_tenant
+    from metering.pipeline import bring_up_to_date
     from reports.monthly import write_month
 
     with open_engine(settings) as engine:
         with unit_of_work(engine) as session:
             tenant = find_tenant(session, args.tenant)
         period = parse_month(args.month, tenant.timezone, field="--month")
-        try:
-            rollup_tenant(engine, tenant, now=now())
-        except RollupConflict:
-            pass  # another rollup is committing the same events
+        bring_up_to_date(engine, tenant, now=now())
         result = write_month(engine, tenant, period, Path(args.out), now=now())
     for customer in result["unrated_customers"]:
         err(f"{tenant.name}: {customer!r} has usage in {period.label} but no plan: its amounts are empty")

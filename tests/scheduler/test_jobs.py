@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 from api import scheduler
 from api.scheduler import Runtime, close_job, run_close, run_reports, run_rollup
 from metering.db import unit_of_work
-from metering.jobstate import get_bookmark
+from metering.jobstate import get_bookmark, set_bookmark
 from metering.tables import task_usage
 from metering.tenants import Tenant
 from tests.factories import make_event, make_task_events
@@ -58,14 +58,14 @@ class TestRollupJob:
         now = utc(2026, 10, 20)
         bad, good = tenant_at("bad", created=now), tenant_at("good", created=now)
         send(engine, good, make_task_events("t1"), now=now)
-        real = scheduler.rollup_tenant
+        real = scheduler.bring_up_to_date
 
         def flaky(engine: Engine, tenant: Tenant, **kwargs: object):  # type: ignore[no-untyped-def]
             if tenant.name == "bad":
                 raise RuntimeError("boom")
             return real(engine, tenant, **kwargs)
 
-        monkeypatch.setattr(scheduler, "rollup_tenant", flaky)
+        monkeypatch.setattr(scheduler, "bring_up_to_date", flaky)
         assert [r.tenant for r in run_rollup(runtime, now=now)] == ["good"]
         assert bad.name == "bad"
 
@@ -98,6 +98,29 @@ class TestCloseJob:
             "2026-10",
             "2026-11",
         ]
+
+    def test_each_month_is_brought_up_to_date_once_by_its_close(
+        self, runtime: Runtime, tenant_at: Callable[..., Tenant], engine: Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from pricing import invoices
+
+        tenant = tenant_at(created=utc(2026, 8, 15))
+        calls: list[str] = []
+        real = scheduler.bring_up_to_date
+
+        def counted(where: str) -> Callable[..., object]:
+            def call(engine: Engine, tenant: Tenant, **kwargs: object) -> object:
+                calls.append(where)
+                return real(engine, tenant, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(scheduler, "bring_up_to_date", counted("scheduler"))
+        monkeypatch.setattr(invoices, "bring_up_to_date", counted("close"))
+        with unit_of_work(engine) as session:
+            set_bookmark(session, "close", tenant.id, "2026-08", now=utc(2026, 9, 1, 1))
+        assert [m for _, m in run_close(runtime, now=utc(2026, 11, 1, 1))] == ["2026-09", "2026-10"]
+        assert calls == ["close", "close"]  # one per month, by the close itself
 
     @pytest.mark.parametrize(
         ("timezone", "grace", "last_open", "first_closed"),
