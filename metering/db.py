@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+import adbc_driver_manager
 import psycopg
 from sqlalchemy import Column, Connection, Engine, Result, Table, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,8 +23,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 # Lost connections, a restarting server, a locked SQLite file, a saturated pool: the server's
 # trouble, and passing. The driver's own errors arrive unwrapped where it is used directly
-# (PostgreSQL COPY).
-UNAVAILABLE = (OperationalError, PoolTimeout, psycopg.OperationalError)
+# (PostgreSQL COPY, ADBC's columnar reads: a server that went away mid-connect is ADBC's
+# OperationalError, status IO).
+UNAVAILABLE = (OperationalError, PoolTimeout, psycopg.OperationalError, adbc_driver_manager.OperationalError)
 
 
 def is_unavailable(exc: BaseException) -> bool:
