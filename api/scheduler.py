@@ -35,7 +35,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from api.settings import Settings
-from metering.db import is_sqlite, is_unavailable, make_engine, unit_of_work
+from metering.db import is_unavailable, make_engine, unit_of_work
 from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
 from metering.periods import parse_month
 from metering.pipeline import RollupConflict, RollupResult, bring_up_to_date
@@ -295,9 +295,8 @@ class TaskmeterScheduler:
         self.settings = settings
         self.engine = engine
         # A small engine of its own: the job store disposes it on shutdown.
-        pool = {} if is_sqlite(engine) else {"pool_size": 2, "max_overflow": 2}
         store = SQLAlchemyJobStore(
-            engine=make_engine(settings.database_url, **pool), tablename=scheduler_jobs.name
+            engine=make_engine(settings.database_url, small_pool=True), tablename=scheduler_jobs.name
         )
         self.scheduler = _BackgroundScheduler(
             jobstores={"default": store},

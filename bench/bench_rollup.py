@@ -31,7 +31,7 @@ from sqlalchemy import Engine, func, select, text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import POSTGRES_URL, cpu_check, machine  # noqa: E402
-from metering.bulk import write_rows  # noqa: E402
+from metering.db import write_rows  # noqa: E402
 from metering.db import is_postgresql, is_sqlite, make_engine, unit_of_work, upgrade_schema  # noqa: E402
 from metering.ingest import INSERT_COLUMNS  # noqa: E402
 from metering.tables import events, tenants  # noqa: E402

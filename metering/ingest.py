@@ -21,11 +21,11 @@ from typing import Any, cast
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from metering.bulk import write_rows
-from metering.db import is_postgresql
+from metering.db import write_rows
+from metering.db import tenant_lock
 from metering.errors import InvalidInput, PayloadTooLarge, TaskmeterError
 from metering.schemas import (
     DEFAULT_WINDOW,
@@ -317,10 +317,9 @@ def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[A
     if not rows:
         return 0
     connection = session.connection() if isinstance(session, Session) else session
-    if is_postgresql(connection):
-        # Shared with other ingesters, exclusive for the rollup's read of the newest seq: a
-        # sequence number the rollup sees is never overtaken by an earlier one committing later.
-        connection.execute(select(func.pg_advisory_xact_lock_shared(ingest_lock_key(rows[0][0]))))
+    # Shared with other ingesters, exclusive for the rollup's read of the newest seq: a sequence
+    # number the rollup sees is never overtaken by an earlier one committing later.
+    tenant_lock(connection, ingest_lock_key(rows[0][0]), shared=True)
     keys = ("tenant_id", "event_id")
     return write_rows(connection, events, INSERT_COLUMNS, rows, on_conflict="ignore", keys=keys)
 

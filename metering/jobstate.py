@@ -39,15 +39,13 @@ from sqlalchemy import (
     String,
     Table,
     Unicode,
-    func,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from metering.db import is_postgresql, upsert
+from metering.db import try_advisory_lock, upsert
 from metering.tables import metadata
 
 DEFAULT_LEASE_SECONDS = 900.0
@@ -118,21 +116,13 @@ def hold(
 ) -> Iterator[Guard | None]:
     """Try to take the guard of (job, tenant) without waiting: yields a `Guard`, or None when
     another worker holds it. The work done inside must commit before the block ends."""
-    if is_postgresql(engine):
-        with _advisory(engine, job, tenant_id) as guard:
-            yield guard
-    else:
-        with _lease(engine, lock_name(job, tenant_id), lease_seconds, clock) as guard:
-            yield guard
-
-
-@contextmanager
-def _advisory(engine: Engine, job: str, tenant_id: int) -> Iterator[Guard | None]:
-    with engine.connect() as connection, connection.begin():
-        taken = connection.execute(
-            select(func.pg_try_advisory_xact_lock(*advisory_key(job, tenant_id)))
-        ).scalar_one()
-        yield Guard(lock_name(job, tenant_id), lambda: True) if taken else None
+    with try_advisory_lock(engine, advisory_key(job, tenant_id)) as taken:
+        if taken is not None:
+            yield Guard(lock_name(job, tenant_id), lambda: True) if taken else None
+            return
+    # No advisory locks (SQLite): a lease in `job_locks`.
+    with _lease(engine, lock_name(job, tenant_id), lease_seconds, clock) as guard:
+        yield guard
 
 
 def _this_host() -> str:
@@ -174,11 +164,7 @@ def _lease(
         return int(clock() * 1_000_000)
 
     with engine.begin() as connection:
-        connection.execute(
-            sqlite.insert(job_locks)
-            .values(name=name, holder="", expires_us=0, acquired_us=0)
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
+        upsert(connection, job_locks, {"name": name, "holder": "", "expires_us": 0, "acquired_us": 0}, key=["name"])
         started = now_us()
         # The insert above holds SQLite's write lock: the holder read here is the one replaced.
         holder = connection.execute(select(job_locks.c.holder).where(job_locks.c.name == name)).scalar_one()

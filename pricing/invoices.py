@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from metering.db import is_sqlite, upsert
+from metering.db import upsert, write_lock
 from metering.errors import Conflict, InvalidInput, NotFound
 from metering.periods import Period, period_of
 from metering.pipeline import bring_up_to_date
@@ -212,12 +212,7 @@ def close_period(session: Session, tenant: Tenant, period: Period, *, now: datet
 
 def lock_billing(session: Session, tenant_id: int, *, now: datetime) -> RollupState:
     """Take the tenant's billing lock for the rest of the session's transaction."""
-    connection = session.connection()
-    if is_sqlite(connection):
-        dbapi = connection.connection.dbapi_connection
-        if not dbapi.in_transaction:  # type: ignore[union-attr]
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        # else: the transaction has written already, so it holds the write lock
+    write_lock(session.connection())
     upsert(
         session,
         rollup_state,

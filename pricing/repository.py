@@ -11,21 +11,17 @@ cursor on SQLite), never as an ORM row per value: a million tasks in a few secon
 
 from __future__ import annotations
 
-import gc
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from sqlalchemy import BigInteger, ColumnElement, Connection, Select, cast, func, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import BigInteger, ColumnElement, Select, cast, func, select
 from sqlalchemy.orm import Session
 
-from metering.db import driver_rows, is_postgresql
+from metering.db import read_frame, without_index
 from metering.ingest import to_us
 from metering.periods import Period
 from metering.prices import settle_nanos
@@ -50,65 +46,11 @@ def last_day(period: Period) -> date:
 # --- the rollup, as rating frames ---------------------------------------------------------------
 
 
-@contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """Millions of row tuples hold no cycles, but their allocation triggers the cyclic collector
-    over and over (reading a million tasks took 3x longer with it)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _fetch(session: Session, query: Select[Any], names: Sequence[str], *, texts: Sequence[str] = ()) -> pd.DataFrame:
-    """The rows of `query` as columns named `names`: int64, except `texts` (strings; null is None
-    or NaN) and `day` (datetime64). PostgreSQL sends Arrow (ADBC): no Python object per value. The
-    read runs on a connection of its own; under the billing lock (`pricing.invoices`) the rollup
-    cannot commit, so it sees what the session sees. SQLite reads through the session's own
-    DB-API cursor."""
-    connection = session.connection()
-    if is_postgresql(connection):
-        frame = _fetch_arrow(connection, query)
-        frame.columns = list(names)
-    else:
-        frame = _fetch_rows(connection, query, names, texts)
-    if "day" in frame:
-        frame["day"] = frame["day"].astype("datetime64[ns]")
-    for name in names:
-        if name not in texts and name != "day":
-            frame[name] = frame[name].astype(np.int64)
-    return frame
-
-
-def _fetch_rows(connection: Connection, query: Select[Any], names: Sequence[str], texts: Sequence[str]) -> pd.DataFrame:
-    with _no_cyclic_gc():
-        (rows,) = driver_rows(connection, query)  # one batch; exhausting it closes the cursor
-        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
-        del rows
-        data: dict[str, Any] = {}
-        for name, values in zip(names, columns, strict=True):
-            if name in texts:  # object, not pandas' str: converting costs more than it saves
-                data[name] = pd.Series(np.array(values, dtype=object), dtype=object)
-            elif name == "day":
-                data[name] = np.array(values, dtype="datetime64[D]")
-            else:
-                data[name] = np.fromiter(values, dtype=np.int64, count=len(values))
-        return pd.DataFrame(data)
-
-
-def _fetch_arrow(connection: Connection, query: Select[Any]) -> pd.DataFrame:
-    import adbc_driver_postgresql.dbapi as adbc
-
-    compiled = query.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"), compile_kwargs={"render_postcompile": True})
-    params = [compiled.params[name] for name in compiled.positiontup or ()]
-    uri = connection.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with adbc.connect(uri) as arrow, arrow.cursor() as cursor:
-        cursor.execute(str(compiled), params)
-        table = cursor.fetch_arrow_table()
-    return table.to_pandas(date_as_object=False)
+    """The rows of `query` as columns (`metering.db.read_frame`): on PostgreSQL through a
+    connection of its own; under the billing lock (`pricing.invoices`) the rollup cannot commit,
+    so it sees what the session sees."""
+    return read_frame(session.connection(), query, names, texts=texts, days=("day",))
 
 
 def token_usage(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> pd.DataFrame:
@@ -130,7 +72,7 @@ def ended_tasks(session: Session, tenant_id: int, period: Period, customer: str 
     if customer is None and _most_of_the_tasks(session, tenant_id, start, end):
         # Reading most of the table through the ended_us index visits its rows in random order:
         # a plain scan is 2.5x faster on SQLite (which keeps no statistics to choose it itself).
-        ended = ended + 0
+        ended = without_index(ended)
     where = [task_usage.c.tenant_id == tenant_id, ended >= start, ended < end, task_usage.c.status != "open"]
     if customer is not None:
         where.append(task_usage.c.customer == customer)

@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.orm import Session
 
-from metering.db import is_postgresql, is_sqlite
+from metering.db import begin_snapshot as begin_snapshot  # where the reports' callers import it
 from metering.money import quantize, round_money
 from metering.periods import Period
 from metering.tenants import Tenant
@@ -280,20 +280,3 @@ def comparison_batches(rows: Sequence[ComparisonRow]) -> Iterator[Batch]:
 
 def costs_of(summary: MonthSummary) -> dict[str, int]:
     return {row.customer: row.provider_cost_micros for row in summary.customers}
-
-
-def begin_snapshot(session: Session) -> None:
-    """Make the session's reads one snapshot: PostgreSQL REPEATABLE READ; on SQLite, a read
-    transaction (the driver would otherwise run each SELECT in its own)."""
-    if session.in_transaction():
-        connection = session.connection()
-    elif is_postgresql(session):
-        connection = session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-    else:
-        connection = session.connection()
-    if is_sqlite(connection):
-        dbapi = connection.connection.dbapi_connection
-        if dbapi is not None and not dbapi.in_transaction:
-            connection.exec_driver_sql("BEGIN")
-    else:  # sorts and hashes of a large month in memory rather than on disk, for this transaction only
-        connection.exec_driver_sql("SET LOCAL work_mem = '128MB'")

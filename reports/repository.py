@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from metering.db import driver_rows, is_postgresql
+from metering.db import byte_order, driver_rows
 from metering.ingest import to_us
 from metering.periods import Period
 from metering.tables import rollup_state, task_usage, task_usage_detail, usage_daily
@@ -28,20 +28,6 @@ USAGE_MEASURES = ("usage_events", "input_tokens", "output_tokens", "cache_read_t
 TASK_FIELDS = ("customer", "task", "task_type", "status", "started_us", "ended_us", *USAGE_MEASURES, "task_cost_nanos",
                "task_cost_rem")  # fmt: skip
 STATUSES = ("completed", "failed", "cancelled", "open")
-
-
-def byte_order(session: Session, column: Any) -> Any:
-    """`column` sorted by bytes. PostgreSQL sorts by the database's collation: unless that is
-    already byte order (C, POSIX, C.UTF-8), ask for "C" (which costs PostgreSQL a sort of its own)."""
-    connection = session.connection()
-    if not is_postgresql(connection):
-        return column
-    if "byte_order" not in connection.info:
-        collation = connection.exec_driver_sql(
-            "SELECT datcollate FROM pg_database WHERE datname = current_database()"
-        ).scalar()
-        connection.info["byte_order"] = str(collation).lower().replace("-", "") in ("c", "posix", "c.utf8")
-    return column if connection.info["byte_order"] else column.collate("C")
 
 
 def _sums(table: Any) -> list[Any]:

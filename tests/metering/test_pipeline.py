@@ -21,12 +21,16 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, insert, inspect, select, update
 from sqlalchemy.exc import OperationalError
 
-from metering import pipeline
 from metering.db import unit_of_work
+from metering.executors import ProcessPool
 from metering.ingest import ingest_events
 from metering.money import display_cost
-from metering.pipeline import ROLLUP_TABLES, RollupConflict, _key_order, rollup_tenant
+from metering.pipeline import RollupConflict, rollup_tenant
 from metering.prices import settle_nanos
+from metering.stores import RollupStore, store_for
+from metering.stores.common import ROLLUP_TABLES, key_order
+from metering.stores.postgresql import PostgresStore
+from metering.stores.sqlite import SqliteStore
 from metering.tables import metadata, rollup_state, task_usage, task_usage_detail, tenant_prices, usage_daily
 from metering.tenants import Tenant
 from tests.factories import make_event
@@ -245,19 +249,18 @@ class TestIncremental:
         rollup(engine, big)
         assert snapshot(engine, small) == snapshot(engine, big)
 
-    def test_worker_processes_equal_one_process(self, engine: Engine, make_tenant, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    def test_worker_processes_equal_one_process(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
         events = random_events(random.Random(9), 80)
         split, single = make_tenant("split"), make_tenant("single")
         send(engine, split, events)
         send(engine, single, events)
         rollup(engine, single)
-        monkeypatch.setattr("metering.pipeline.PARALLEL_MIN_EVENTS", 10)
-        result = rollup(engine, split, chunk_size=15)
+        result = rollup(engine, split, chunk_size=15, executor=ProcessPool(2))
         assert result.events_read == 80
         assert snapshot(engine, split) == snapshot(engine, single)
 
     @pytest.mark.parametrize("parallel", [False, True], ids=["one-process", "workers"])
-    def test_reading_along_the_table_keeps_to_the_tenant(self, parallel: bool, engine: Engine, make_tenant, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    def test_reading_along_the_table_keeps_to_the_tenant(self, parallel: bool, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
         # A tenant alone in the events table is read along seq (no index); here that path is
         # forced with another tenant's events interleaved between its own, which it must skip.
         events = random_events(random.Random(21), 90)
@@ -265,23 +268,24 @@ class TestIncremental:
         for start in range(0, len(events), 10):
             send(engine, scanned, events[start : start + 10])
             send(engine, indexed, events[start : start + 10])
-        assert not pipeline._only_tenant_in_events(engine, scanned.id)
         rollup(engine, indexed)
-        if parallel:
-            monkeypatch.setattr("metering.pipeline.PARALLEL_MIN_EVENTS", 10)
-        monkeypatch.setattr("metering.pipeline._only_tenant_in_events", lambda engine, tenant_id: engine.dialect.name == "sqlite")
-        assert rollup(engine, scanned, chunk_size=13).events_read == 90
+        store = SqliteStore(along_table=True) if engine.dialect.name == "sqlite" else store_for(engine)
+        executor = ProcessPool(2) if parallel else None
+        assert rollup(engine, scanned, chunk_size=13, store=store, executor=executor).events_read == 90
         assert snapshot(engine, scanned) == snapshot(engine, indexed)
 
     def test_a_tenant_alone_in_the_events_is_read_along_the_table(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+        if engine.dialect.name != "sqlite":
+            pytest.skip("SQLite's way of reading (PostgreSQL plans its reads itself)")
+        store = SqliteStore()
         first = make_tenant(fresh_name("first"))
         send(engine, first, random_events(random.Random(22), 5))
-        assert pipeline._only_tenant_in_events(engine, first.id) is (engine.dialect.name == "sqlite")
+        assert store.alone_in_events(engine, first.id)
         second = make_tenant(fresh_name("second"))  # a tenant without events changes nothing
-        assert pipeline._only_tenant_in_events(engine, first.id) is (engine.dialect.name == "sqlite")
+        assert store.alone_in_events(engine, first.id)
         send(engine, second, random_events(random.Random(23), 5))
-        assert not pipeline._only_tenant_in_events(engine, first.id)
-        assert not pipeline._only_tenant_in_events(engine, second.id)
+        assert not store.alone_in_events(engine, first.id)
+        assert not store.alone_in_events(engine, second.id)
 
     def test_crash_between_chunks_then_rerun_equals_a_clean_run(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
         events = random_events(random.Random(5), 50)
@@ -371,7 +375,7 @@ class TestRebuild:
         folder = Path(engine.url.database or ".").parent if engine.dialect.name == "sqlite" else None
         return sorted(p.name for p in folder.glob(".taskmeter-rebuild-*")) if folder else []
 
-    def test_a_staged_rebuild_writes_what_direct_inserts_write(self, engine: Engine, make_tenant, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    def test_a_staged_rebuild_writes_what_direct_inserts_write(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
         # A large SQLite rebuild stages its rows in a file (ADBC) and copies them in one
         # INSERT ... SELECT per table; the rows must be the ones direct inserts write: NULL task
         # types, open tasks, unpriced models, days, non-ASCII names.
@@ -380,77 +384,69 @@ class TestRebuild:
         staged, direct = make_tenant(fresh_name("staged")), make_tenant(fresh_name("direct"))
         for tenant in (staged, direct):
             send(engine, tenant, events)
-        copies = []
-        real = pipeline._insert_staged
+        copies: list[int] = []
 
-        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
-            copies.append(args[1])
-            return real(*args, **kwargs)
+        class CountedCopies(SqliteStore):
+            def copy_staged(self, connection, tenant_id):  # type: ignore[no-untyped-def]
+                copies.append(tenant_id)
+                super().copy_staged(connection, tenant_id)
 
-        monkeypatch.setattr("metering.pipeline._insert_staged", counted)
-        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
-        assert rollup(engine, staged).rebuilt
-        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 10**9)
-        rollup(engine, direct)
+        staging = CountedCopies(stage_min_tasks=1) if engine.dialect.name == "sqlite" else store_for(engine)
+        unstaged = SqliteStore(stage_min_tasks=10**9) if engine.dialect.name == "sqlite" else store_for(engine)
+        assert rollup(engine, staged, store=staging).rebuilt
+        rollup(engine, direct, store=unstaged)
         assert copies == ([staged.id] if engine.dialect.name == "sqlite" else [])
         assert snapshot(engine, staged) == snapshot(engine, direct)
         assert self.staging_files(engine) == []
         # Rebuilt again beside the other tenant, staged, and then incremental runs go on.
-        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
         self.force_rebuild(engine)
-        rollup(engine, staged)
-        rollup(engine, direct)
+        rollup(engine, staged, store=staging)
+        rollup(engine, direct, store=staging)
         assert snapshot(engine, staged) == snapshot(engine, direct)
         more = [make_event(id="late", task="tâche-東京-🚀", customer="müller", input_tokens=1, output_tokens=1)]
         for tenant in (staged, direct):
             send(engine, tenant, more)
-            assert not rollup(engine, tenant).rebuilt
+            assert not rollup(engine, tenant, store=staging).rebuilt
         assert snapshot(engine, staged) == snapshot(engine, direct)
         assert self.staging_files(engine) == []
 
-    def test_a_failed_staged_rebuild_keeps_the_rows_and_leaves_no_file(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_a_failed_staged_rebuild_keeps_the_rows_and_leaves_no_file(self, engine: Engine, tenant: Tenant) -> None:
         send(engine, tenant, random_events(random.Random(16), 60))
         rollup(engine, tenant)
         rows, before = snapshot(engine, tenant), self.indexes(engine)
-        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
         self.force_rebuild(engine)
-
-        def fail_after(real):  # type: ignore[no-untyped-def]
-            def run(*args, **kwargs):  # type: ignore[no-untyped-def]
-                real(*args, **kwargs)
-                raise RuntimeError("disk full")
-
-            return run
-
-        monkeypatch.setattr("metering.pipeline._insert_staged", fail_after(pipeline._insert_staged))
-        monkeypatch.setattr("metering.pipeline._write", fail_after(pipeline._write))  # PostgreSQL's path
+        # SQLite fails once the staged rows are copied; PostgreSQL once the new tables are written.
+        if engine.dialect.name == "sqlite":
+            failing = failing_store(SqliteStore, "copy_staged", stage_min_tasks=1)
+        else:
+            failing = failing_store(PostgresStore, "write")
         with pytest.raises(RuntimeError, match="disk full"):
-            rollup(engine, tenant)
+            rollup(engine, tenant, store=failing)
         assert snapshot(engine, tenant) == rows and self.indexes(engine) == before
         assert self.staging_files(engine) == []
-        monkeypatch.undo()
-        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
-        assert rollup(engine, tenant).rebuilt  # the staging database was detached: it attaches again
+        staging = SqliteStore(stage_min_tasks=1) if engine.dialect.name == "sqlite" else store_for(engine)
+        assert rollup(engine, tenant, store=staging).rebuilt  # the staging database was detached: it attaches again
         assert snapshot(engine, tenant) == rows
 
-    def test_an_attach_that_fails_midway_detaches_the_others(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_an_attach_that_fails_midway_detaches_the_others(self, engine: Engine, tenant: Tenant) -> None:
         if engine.dialect.name != "sqlite":
             pytest.skip("staging files are SQLite's (a PostgreSQL rebuild swaps in new tables)")
         send(engine, tenant, random_events(random.Random(18), 40))
         rollup(engine, tenant)
         rows = snapshot(engine, tenant)
-        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
-        monkeypatch.setitem(pipeline._ATTACH, "usage_daily", "ATTACH DATABASE ? AS main")  # "main" is taken
+
+        class Clashing(SqliteStore):
+            def staging_schema(self, table: str) -> str:
+                return "main" if table == "usage_daily" else super().staging_schema(table)  # "main" is taken
+
         self.force_rebuild(engine)
         with pytest.raises(OperationalError, match="already in use"):
-            rollup(engine, tenant)
+            rollup(engine, tenant, store=Clashing(stage_min_tasks=1))
         assert snapshot(engine, tenant) == rows and self.staging_files(engine) == []
-        monkeypatch.undo()
-        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
-        assert rollup(engine, tenant).rebuilt  # the two attached before were detached: they attach again
+        assert rollup(engine, tenant, store=SqliteStore(stage_min_tasks=1)).rebuilt  # the two attached before were detached
         assert snapshot(engine, tenant) == rows
 
-    def test_a_killed_rollups_staging_file_is_removed_by_the_next_staged_rebuild(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_a_killed_rollups_staging_file_is_removed_by_the_next_staged_rebuild(self, engine: Engine, tenant: Tenant) -> None:
         if engine.dialect.name != "sqlite":
             pytest.skip("staging files are SQLite's (a PostgreSQL rebuild swaps in new tables)")
         folder = Path(str(engine.url.database)).parent
@@ -460,25 +456,31 @@ class TestRebuild:
         dead.write_bytes(b"left by kill -9")
         running.write_bytes(b"in use")
         send(engine, tenant, random_events(random.Random(17), 30))
-        monkeypatch.setattr("metering.pipeline.STAGE_MIN_TASKS", 1)
-        assert rollup(engine, tenant).rebuilt
+        assert rollup(engine, tenant, store=SqliteStore(stage_min_tasks=1)).rebuilt
         assert self.staging_files(engine) == [running.name]
 
-    def test_a_failed_rebuild_keeps_the_indexes_and_the_rows(self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_a_failed_rebuild_keeps_the_indexes_and_the_rows(self, engine: Engine, tenant: Tenant) -> None:
         before = self.indexes(engine)
         send(engine, tenant, random_events(random.Random(12), 40))
         rollup(engine, tenant)
         rows = snapshot(engine, tenant)
         self.force_rebuild(engine)
-
-        def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
-            raise RuntimeError("disk full")
-
-        monkeypatch.setattr("metering.pipeline._write", fail)
         with pytest.raises(RuntimeError, match="disk full"):
-            rollup(engine, tenant)
+            rollup(engine, tenant, store=failing_store(type(store_for(engine)), "write", before=True))
         assert self.indexes(engine) == before
         assert snapshot(engine, tenant) == rows
+
+
+def failing_store(kind: type[SqliteStore] | type[PostgresStore], method: str, *, before: bool = False, **options: int) -> RollupStore:
+    """A store of `kind` whose `method` raises "disk full", after doing its work (or `before`)."""
+
+    def fail(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not before:
+            getattr(super(failing, self), method)(*args, **kwargs)
+        raise RuntimeError("disk full")
+
+    failing = type(f"Failing{kind.__name__}", (kind,), {method: fail})
+    return failing(**options)  # type: ignore[no-any-return]
 
 
 class TestUnpricedModels:
@@ -525,31 +527,5 @@ def test_rebuild_rows_go_in_code_point_order_of_their_keys(keys: list[tuple[str,
     # the order of Python's string comparison, by code point.
     frame = pd.DataFrame(keys, columns=["task", "day", "model"]).astype({"task": object, "model": object})
     frame["day"] = pd.to_datetime(frame["day"], unit="D")
-    ordered = _key_order(frame, ("task", "day", "model"), True)
+    ordered = key_order(frame, ("task", "day", "model"), True)
     assert list(ordered.itertuples(index=False, name=None)) == sorted(frame.itertuples(index=False, name=None))
-
-
-_REUSE_PROBE = """
-import resource, sys
-import numpy as np
-from metering.pipeline import keep_freed_memory
-if sys.argv[1] == "on":
-    keep_freed_memory()
-a = np.ones(8_000_000)  # 64 MB: above glibc's largest mmap threshold
-del a
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-b = np.ones(8_000_000)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc settings")
-def test_rollup_workers_reuse_freed_memory_instead_of_faulting_in_new_pages() -> None:
-    # As a worker process starts (fresh interpreter): with the setting, a large array allocated
-    # after another was freed takes its pages back; without it, every page faults in again.
-    faults = {
-        mode: int(subprocess.run([sys.executable, "-c", _REUSE_PROBE, mode], capture_output=True, text=True, check=True).stdout)
-        for mode in ("on", "off")
-    }
-    assert faults["off"] >= 30  # at least one fault per 2 MB page of the 64 MB
-    assert faults["on"] * 10 < faults["off"]

@@ -1,25 +1,22 @@
-"""Engines, sessions and the unit of work. The only place that knows SQLite from PostgreSQL."""
+"""Engines, sessions and the unit of work; which database a bind is."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import adbc_driver_manager
 import psycopg
-from sqlalchemy import Column, Connection, Engine, Result, Table, create_engine, event, make_url
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql import ClauseElement
-from sqlalchemy.sql.compiler import SQLCompiler
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 # Lost connections, a restarting server, a locked SQLite file, a saturated pool: the server's
 # trouble, and passing. The driver's own errors arrive unwrapped where it is used directly
@@ -47,8 +44,9 @@ def is_overflow(exc: BaseException) -> bool:
     return isinstance(cause, psycopg.errors.NumericValueOutOfRange)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for `url`; SQLite files get WAL, foreign keys and a busy timeout.
+def make_engine(url: str, *, small_pool: bool = False, **kwargs: Any) -> Engine:
+    """An engine for `url`; SQLite files get WAL, foreign keys and a busy timeout. A
+    `small_pool` (a helper's engine beside the server's) holds 2 to 4 PostgreSQL connections.
 
     Bound parameters stay out of SQLAlchemy's logs and error messages (`hide_parameters`): they
     carry key hashes and customer data, and an error is logged with its message."""
@@ -60,8 +58,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
+    kwargs.setdefault("pool_size", 2 if small_pool else 10)
+    kwargs.setdefault("max_overflow", 2 if small_pool else 20)
     return create_engine(url, **kwargs)
 
 
@@ -109,60 +107,6 @@ def is_postgresql(bind: Engine | Connection | Session) -> bool:
 
 def _dialect_name(bind: Engine | Connection | Session) -> str:
     return (bind.get_bind() if isinstance(bind, Session) else bind).dialect.name
-
-
-def upsert(
-    executor: Session | Connection,
-    table: Table,
-    values: Mapping[str, Any],
-    *,
-    key: Sequence[str],
-    update: Mapping[str, Any] | None = None,
-    returning: Sequence[Column[Any]] = (),
-) -> Result[Any]:
-    """Insert one row of `table`; on a conflict over the unique `key` columns, set `update`
-    (column -> value) on the stored row, or leave it as it is when `update` is None. With
-    `returning`, the result holds those columns of the row written (none when nothing was)."""
-    dialect_insert = postgresql.insert if is_postgresql(executor) else sqlite.insert
-    statement = dialect_insert(table).values(**values)
-    if update is None:
-        statement = statement.on_conflict_do_nothing(index_elements=list(key))
-    else:
-        statement = statement.on_conflict_do_update(index_elements=list(key), set_=dict(update))
-    return executor.execute(statement.returning(*returning) if returning else statement)
-
-
-def driver_rows(
-    connection: Connection, query: ClauseElement, *, batch_size: int | None = None
-) -> Iterator[Sequence[Any]]:
-    """The rows of `query` as the driver's plain tuples, from a cursor of `connection` (its
-    transaction): in batches of `batch_size`, or all in one; server-side on PostgreSQL. A million
-    SQLAlchemy rows would cost seconds. Each parameter goes through its type's bind processor, as
-    SQLAlchemy's own execution would: dates and datetimes reach SQLite as the ISO text it stores
-    (never through sqlite3's default adapters, deprecated since Python 3.12). Sums may come as
-    Decimal (PostgreSQL's numeric)."""
-    dialect = connection.dialect
-    compiled = cast(SQLCompiler, query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
-    values = compiled.construct_params()
-    for name, bind in compiled.binds.items():
-        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-        if processor is not None and name in values:
-            values[name] = processor(values[name])
-    params: Any = (
-        tuple(values[name] for name in compiled.positiontup or ()) if compiled.positional else values
-    )
-    driver = connection.connection.dbapi_connection
-    assert driver is not None
-    cursor = driver.cursor(name="taskmeter_rows") if is_postgresql(connection) else driver.cursor()
-    try:
-        cursor.execute(str(compiled), params)
-        if batch_size is None:
-            yield cursor.fetchall()
-            return
-        while rows := cursor.fetchmany(batch_size):
-            yield rows
-    finally:
-        cursor.close()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -1,0 +1,58 @@
+"""Where the rollup reads events and writes its tables: a `RollupStore` per database, each with
+its fast paths. `metering.pipeline` reads the same whichever store it is given."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+import pandas as pd
+from sqlalchemy import Connection, Engine
+
+from metering.rollup import Summary
+
+
+class RollupStore(Protocol):
+    def read_events(
+        self,
+        engine: Engine,
+        tenant_id: int,
+        after: int,
+        upto: int,
+        chunk_size: int,
+        *,
+        own_process: bool = False,
+    ) -> Iterator[pd.DataFrame]:
+        """The tenant's events with after < seq <= upto (`EVENT_COLUMNS`), in seq order, at most
+        `chunk_size` a frame. `own_process`: the caller is a process that opens the database
+        through nothing else."""
+        ...
+
+    def transaction(
+        self, engine: Engine, tenant_id: int, *, replacing: Summary | None
+    ) -> AbstractContextManager[Connection]:
+        """A connection in a transaction that commits when the block ends (rolls back when it
+        raises), ready to write `replacing` in place of the tenant's rows if given."""
+        ...
+
+    def merge(self, connection: Connection, tenant_id: int, summary: Summary) -> int:
+        """Merge the summary into the tenant's stored rows; returns the tasks written."""
+        ...
+
+    def replace_tenant(self, connection: Connection, tenant_id: int, summary: Summary | None) -> int:
+        """Put the summary in place of all the tenant's rows (none: delete them); returns the
+        tasks written."""
+        ...
+
+    def refresh_statistics(self, engine: Engine) -> None:
+        """Fresh planner statistics of the rollup tables after a rebuild; best effort."""
+        ...
+
+
+def store_for(engine: Engine) -> RollupStore:
+    """The store of `engine`'s database, with its default thresholds."""
+    from metering.stores.postgresql import PostgresStore
+    from metering.stores.sqlite import SqliteStore
+
+    return PostgresStore() if engine.dialect.name == "postgresql" else SqliteStore()

@@ -1,0 +1,159 @@
+"""What both stores share: the rollup tables, the events query, Arrow columns as frames, and
+writing a summary with ordinary statements (merged into the stored rows, or in their place)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy import Connection, Select, Table, delete, select
+
+from metering.db import write_frame
+from metering.rollup import DAILY_KEYS, DETAIL_KEYS, TASK_COLUMNS, USAGE_COLUMNS, Summary, merge_tasks
+from metering.tables import events, task_usage, task_usage_detail, usage_daily
+
+ROLLUP_TABLES = (task_usage, task_usage_detail, usage_daily)
+NOT_ROLLED_UP = ("tenant_id", "event_id", "metadata", "content_hash", "ingested_us")
+"""Columns of `events` the rollup does not read: identity, payload, bookkeeping."""
+EVENT_COLUMNS = tuple(column.name for column in events.columns if column.name not in NOT_ROLLED_UP)
+TEXT_COLUMNS = tuple(
+    column.name
+    for column in events.columns
+    if column.name in EVENT_COLUMNS and column.type.python_type is str
+)
+_NULLABLE_TASK_INTEGERS = tuple(
+    column.name
+    for column in task_usage.columns
+    if column.nullable and column.type.python_type is int and column.name in TASK_COLUMNS
+)
+
+
+def events_query(
+    tenant_id: int, after: int, upto: int, chunk_size: int, *, along_table: bool = False
+) -> Select[Any]:
+    """The tenant's next `chunk_size` events with after < seq <= upto, in seq order.
+    `along_table`: `tenant_id + 0`, an expression that no index answers, so that the database
+    walks the table along seq instead of the (tenant_id, seq) index."""
+    tenant = events.c.tenant_id + 0 if along_table else events.c.tenant_id
+    return (
+        select(*[events.c[name] for name in EVENT_COLUMNS])
+        .where(tenant == tenant_id, events.c.seq > after, events.c.seq <= upto)
+        .order_by(events.c.seq)
+        .limit(chunk_size)
+    )
+
+
+def arrow_events(table: pa.Table) -> pd.DataFrame:
+    """Arrow event columns as pandas: int64 numbers, categorical texts (dictionary-encoded by
+    Arrow: one code per row and one string per distinct value, no Python string per row)."""
+    columns = {}
+    for name in EVENT_COLUMNS:
+        column = table[name]
+        if name in TEXT_COLUMNS:
+            # A text column that is NULL in every row of a SQLite chunk comes back as int64.
+            columns[name] = (
+                column if pa.types.is_string(column.type) else column.cast(pa.string())
+            ).dictionary_encode()
+        else:
+            columns[name] = column.cast(pa.int64())
+    return pa.table(columns).to_pandas()
+
+
+def other_tenants_in(connection: Connection, tables: Sequence[Table], tenant_id: int) -> bool:
+    """Whether any of `tables` holds another tenant's rows: two probes of each table's index
+    that leads with tenant_id, one below the tenant and one above."""
+    return any(
+        connection.execute(select(table.c.tenant_id).where(other).limit(1)).first() is not None
+        for table in tables
+        for other in (table.c.tenant_id < tenant_id, table.c.tenant_id > tenant_id)
+    )
+
+
+def rebuild_frames(summary: Summary) -> tuple[tuple[Table, pd.DataFrame, tuple[str, ...]], ...]:
+    """Each rollup table with the summary's rows for it and its key (after tenant_id)."""
+    return (
+        (task_usage, summary.tasks, ("task",)),
+        (task_usage_detail, summary.detail, DETAIL_KEYS),
+        (usage_daily, summary.daily, DAILY_KEYS),
+    )
+
+
+class TableStore:
+    """Writing with ordinary statements, which both databases run alike."""
+
+    def merge(self, connection: Connection, tenant_id: int, summary: Summary) -> int:
+        return self.write(connection, tenant_id, summary, replace_all=False)
+
+    def delete_tenant(self, connection: Connection, tenant_id: int, *, whole_tables: bool = False) -> None:
+        """Delete the tenant's rollup rows; `whole_tables` when it is alone in them (a DELETE
+        without WHERE, which SQLite runs by dropping the tables' pages as they are)."""
+        for table in ROLLUP_TABLES:
+            connection.execute(
+                delete(table) if whole_tables else delete(table).where(table.c.tenant_id == tenant_id)
+            )
+
+    def write(
+        self,
+        connection: Connection,
+        tenant_id: int,
+        summary: Summary,
+        *,
+        replace_all: bool,
+        into: dict[Table, Table] | None = None,
+    ) -> int:
+        """Write the summary's rows: merged into the stored ones, or (`replace_all`) as they are,
+        into the rollup tables or the tables `into` puts in their place. Returns the tasks."""
+        target = into or {}
+        tasks = summary.tasks
+        if not replace_all and not tasks.empty:
+            stored = _stored_tasks(connection, tenant_id, tasks["task"].tolist())
+            if not stored.empty:
+                tasks = merge_tasks(stored, tasks)
+        for table, frame, keys in rebuild_frames(
+            Summary(tasks=tasks, detail=summary.detail, daily=summary.daily)
+        ):
+            columns = [column.name for column in table.columns]
+            if table is task_usage:
+                conflict, add = "error" if replace_all else "replace", ()
+            else:
+                conflict, add = "error" if replace_all else "add", USAGE_COLUMNS
+            write_frame(
+                connection, target.get(table, table), key_order(frame, keys, replace_all).assign(tenant_id=tenant_id), columns,
+                on_conflict=conflict, keys=("tenant_id", *keys), add=add,
+            )  # fmt: skip
+        return len(tasks)
+
+
+def key_order(frame: pd.DataFrame, keys: tuple[str, ...], replace_all: bool) -> pd.DataFrame:
+    """On a rebuild (the tenant's rows were just deleted), rows in primary-key order: each insert
+    appends to the end of the key's B-tree instead of landing on a random page of it. Strings
+    sort by code point, which is SQLite's BINARY order and PostgreSQL's under a C collation
+    (Arrow compares UTF-8 bytes, the same order). Arrow's sort, not pandas': pandas sorts each
+    text column's distinct values with Python comparisons."""
+    if not replace_all:
+        return frame
+    columns = pa.table({name: frame[name] for name in keys})
+    order = pc.sort_indices(columns, sort_keys=[(name, "ascending") for name in keys])
+    return frame.take(order.to_numpy()).reset_index(drop=True)
+
+
+def _stored_tasks(connection: Connection, tenant_id: int, names: list[str]) -> pd.DataFrame:
+    frames = []
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        rows = connection.execute(
+            select(*[task_usage.c[name] for name in TASK_COLUMNS]).where(
+                task_usage.c.tenant_id == tenant_id, task_usage.c.task.in_(chunk)
+            )
+        ).all()
+        if rows:
+            frames.append(pd.DataFrame(rows, columns=list(TASK_COLUMNS)))
+    if not frames:
+        return pd.DataFrame(columns=list(TASK_COLUMNS))
+    stored = pd.concat(frames, ignore_index=True)
+    for name in _NULLABLE_TASK_INTEGERS:
+        stored[name] = stored[name].astype("Int64")
+    return stored
