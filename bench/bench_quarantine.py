@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_rollup import build_store  # noqa: E402
 from bench.common import cpu_check, machine  # noqa: E402
+from metering.costs import price_book, price_events  # noqa: E402
 from metering.db import make_engine  # noqa: E402
-from metering.pipeline import _price, _read_events, price_book  # noqa: E402
 from metering.quarantine import unprocessable  # noqa: E402
 from metering.rollup import summarize  # noqa: E402
+from metering.stores import store_for  # noqa: E402
 from metering.tables import events  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def main() -> None:
         book, _ = price_book(connection, 1)
         upto = connection.execute(select(func.max(events.c.seq))).scalar_one()
     engine.dispose()
-    frame = pd.concat(list(_read_events(engine, 1, 0, upto, 20_000_000, sqlite_arrow=True)), ignore_index=True)
+    frame = pd.concat(list(store_for(engine).read_events(engine, 1, 0, upto, 20_000_000, own_process=True)), ignore_index=True)
     print(machine(), "|", cpu_check())
     checks = []
     for _ in range(5):
@@ -54,7 +55,7 @@ def main() -> None:
     rollups = []
     for _ in range(3):
         t0 = time.perf_counter()
-        summarize(_price(frame.copy(), book, {}), "UTC")
+        summarize(price_events(frame.copy(), book, {}), "UTC")
         rollups.append(time.perf_counter() - t0)
     check, rollup = min(checks), min(rollups)
     print(f"{len(frame):,} events: quarantine check {check * 1000:.0f} ms, price + summarize {rollup:.2f} s; "

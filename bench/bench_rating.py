@@ -202,8 +202,7 @@ def run_pandas(
 
 def write_rollup(engine: Any, token_usage: pd.DataFrame, tasks: pd.DataFrame) -> Any:
     """The synthetic month as the rollup would have stored it, for one tenant."""
-    from metering.db import frame_rows, write_rows
-    from metering.db import unit_of_work
+    from metering.db import frame_rows, unit_of_work, write_rows
     from metering.tables import task_usage, usage_daily
     from metering.tenants import create_tenant
 

@@ -31,8 +31,7 @@ from sqlalchemy import Engine, func, select, text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import POSTGRES_URL, cpu_check, machine  # noqa: E402
-from metering.db import write_rows  # noqa: E402
-from metering.db import is_postgresql, is_sqlite, make_engine, unit_of_work, upgrade_schema  # noqa: E402
+from metering.db import is_postgresql, is_sqlite, make_engine, unit_of_work, upgrade_schema, write_rows  # noqa: E402
 from metering.ingest import INSERT_COLUMNS  # noqa: E402
 from metering.tables import events, tenants  # noqa: E402
 
@@ -207,19 +206,21 @@ def in_memory(url: str) -> dict:
     """Price + summarize a 10M-row frame vs DuckDB's per-task aggregation over the same frame."""
     import duckdb
 
-    from metering.pipeline import _price, _read_events, keep_freed_memory, price_book
+    from metering.costs import price_book, price_events
+    from metering.executors import keep_freed_memory
     from metering.rollup import summarize
+    from metering.stores import store_for
 
     keep_freed_memory()  # as the rollup's worker processes do (DuckDB, in this process too, gets it as well)
     engine = make_engine(url)
     with engine.connect() as connection:
         book, _ = price_book(connection, 1)
         upto = connection.execute(select(func.max(events.c.seq))).scalar_one()
-    engine.dispose()  # closed before ADBC's SQLite opens the file (see `_read_events`)
+    engine.dispose()  # closed before ADBC's SQLite opens the file (see `SqliteStore.read_events`)
     t0 = time.perf_counter()
     # The frame a 10M-event backlog is summarized from: read as the worker processes read it
     # (Arrow; on SQLite through ADBC's SQLite), so text columns are categorical with Arrow names.
-    frame = pd.concat(list(_read_events(engine, 1, 0, upto, 20_000_000, sqlite_arrow=True)), ignore_index=True)
+    frame = pd.concat(list(store_for(engine).read_events(engine, 1, 0, upto, 20_000_000, own_process=True)), ignore_index=True)
     read_s = time.perf_counter() - t0
     con = duckdb.connect()
     con.execute("SET threads TO 2")
@@ -228,7 +229,7 @@ def in_memory(url: str) -> dict:
     # same pricing took 4.9 s, then 2.1 s on the same frame), which would measure the machine.
     for _ in range(3):
         t0 = time.perf_counter()
-        priced = _price(frame.copy(), book, {})
+        priced = price_events(frame.copy(), book, {})
         price_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         summary = summarize(priced, "UTC")

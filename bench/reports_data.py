@@ -17,8 +17,7 @@ import pandas as pd
 import yaml
 from sqlalchemy import Engine, delete, insert
 
-from metering.db import write_rows
-from metering.db import unit_of_work
+from metering.db import unit_of_work, write_rows
 from metering.pipeline import price_version, tenant_overrides
 from metering.tables import rollup_state, task_usage, task_usage_detail, usage_daily
 from metering.tenants import Tenant

@@ -24,8 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from metering.db import write_rows
-from metering.db import tenant_lock
+from metering.db import tenant_lock, write_rows
 from metering.errors import InvalidInput, PayloadTooLarge, TaskmeterError
 from metering.schemas import (
     DEFAULT_WINDOW,

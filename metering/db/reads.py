@@ -117,9 +117,8 @@ def _cursor_frame(
 def _arrow_frame(connection: Connection, query: ClauseElement) -> pd.DataFrame:
     import adbc_driver_postgresql.dbapi as adbc
 
-    compiled = query.compile(
-        dialect=postgresql.dialect(paramstyle="numeric_dollar"), compile_kwargs={"render_postcompile": True}
-    )
+    dialect = postgresql.dialect(paramstyle="numeric_dollar")
+    compiled = cast(SQLCompiler, query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
     params = [compiled.params[name] for name in compiled.positiontup or ()]
     with adbc.connect(adbc_uri(connection)) as arrow, arrow.cursor() as cursor:
         cursor.execute(str(compiled), params)

@@ -84,21 +84,13 @@ def write_frame(
     add: Sequence[str] = (),
     slice_rows: int = _SLICE,
 ) -> int:
-    """`write_rows` for a frame's `columns`, `slice_rows` rows converted and sent at a time. A plain insert (`error`) on PostgreSQL is one COPY
+    """`write_rows` for a frame's `columns`, `slice_rows` rows at a time. A plain insert (`error`) on PostgreSQL is one COPY
     of CSV that Arrow encodes in C++: no Python object per value, which left the database
     server the 2 cores' only work while writing a rebuild's millions of rows."""
     if not is_postgresql(connection) or on_conflict != "error":
         # In slices: Python rows of the whole frame took ~1 GB for 2.8 M rows.
         return sum(
-            write_rows(
-                connection,
-                table,
-                columns,
-                frame_rows(frame.iloc[start : start + slice_rows], columns),
-                on_conflict=on_conflict,
-                keys=keys,
-                add=add,
-            )
+            write_rows(connection, table, columns, frame_rows(frame.iloc[start : start + slice_rows], columns), on_conflict=on_conflict, keys=keys, add=add)
             for start in range(0, len(frame), slice_rows)
         )
     if frame.empty:
@@ -122,11 +114,7 @@ def write_frame(
     # the server reads it: client and server work side by side instead of taking turns. One
     # slice ahead, no more (memory).
     starts = list(range(0, arrow.num_rows, slice_rows))
-    with (
-        ThreadPoolExecutor(1) as encoder,
-        connection.connection.driver_connection.cursor() as cursor,
-        cursor.copy(copy) as stream,
-    ):  # type: ignore[union-attr]
+    with ThreadPoolExecutor(1) as encoder, connection.connection.driver_connection.cursor() as cursor, cursor.copy(copy) as stream:  # type: ignore[union-attr]
         ahead = encoder.submit(csv, starts[0])
         for start in starts[1:] + [None]:
             buffer = ahead.result()
@@ -136,14 +124,7 @@ def write_frame(
     return len(frame)
 
 
-def _conflict_clause(
-    insert: Any,
-    table: Table,
-    columns: tuple[str, ...],
-    on_conflict: OnConflict,
-    keys: tuple[str, ...],
-    add: tuple[str, ...],
-) -> Any:
+def _conflict_clause(insert: Any, table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...]) -> Any:
     if on_conflict == "error":
         return insert
     if on_conflict == "ignore":
@@ -157,17 +138,9 @@ def _conflict_clause(
 
 
 @lru_cache(maxsize=64)
-def _sqlite_statement(
-    table: Table,
-    columns: tuple[str, ...],
-    on_conflict: OnConflict,
-    keys: tuple[str, ...],
-    add: tuple[str, ...],
-) -> str:
+def _sqlite_statement(table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...]) -> str:
     insert = sqlite.insert(table).values({name: bindparam(name) for name in columns})
-    compiled = _conflict_clause(insert, table, columns, on_conflict, keys, add).compile(
-        dialect=sqlite.dialect()
-    )
+    compiled = _conflict_clause(insert, table, columns, on_conflict, keys, add).compile(dialect=sqlite.dialect())
     if tuple(compiled.positiontup or ()) != columns:
         raise AssertionError(f"bind order {compiled.positiontup} differs from {columns}")
     return str(compiled)

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 from sqlalchemy import Connection, Select, Table, delete, select
 
 from metering.db import write_frame
+from metering.db.writes import OnConflict
 from metering.rollup import DAILY_KEYS, DETAIL_KEYS, TASK_COLUMNS, USAGE_COLUMNS, Summary, merge_tasks
 from metering.tables import events, task_usage, task_usage_detail, usage_daily
 
@@ -116,13 +117,12 @@ class TableStore:
             Summary(tasks=tasks, detail=summary.detail, daily=summary.daily)
         ):
             columns = [column.name for column in table.columns]
-            if table is task_usage:
-                conflict, add = "error" if replace_all else "replace", ()
-            else:
-                conflict, add = "error" if replace_all else "add", USAGE_COLUMNS
+            # A task's row is replaced by its merged row; usage rows add up.
+            merged: OnConflict = "replace" if table is task_usage else "add"
+            add = () if table is task_usage else USAGE_COLUMNS
             write_frame(
                 connection, target.get(table, table), key_order(frame, keys, replace_all).assign(tenant_id=tenant_id), columns,
-                on_conflict=conflict, keys=("tenant_id", *keys), add=add,
+                on_conflict="error" if replace_all else merged, keys=("tenant_id", *keys), add=add,
             )  # fmt: skip
         return len(tasks)
 
