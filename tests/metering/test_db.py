@@ -1,4 +1,4 @@
-"""The database adapter's driver reader (metering.db.driver_rows)."""
+"""The database adapter's readers (metering.db.driver_rows, read_frame)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import warnings
 from datetime import UTC, date, datetime
 from typing import Any
 
+import pandas as pd
 import pytest
 from sqlalchemy import Date, DateTime, Engine, Integer, literal, select
 
-from metering.db import driver_rows
+from metering.db import driver_rows, read_frame
 
 
 def _refuse(value: Any) -> Any:
@@ -44,3 +45,24 @@ def test_driver_rows_in_batches(engine: Engine) -> None:
         batches = [list(batch) for batch in driver_rows(connection, query, batch_size=2)]
     assert [len(batch) for batch in batches] == [2, 1]
     assert sorted(row[0] for batch in batches for row in batch) == [1, 2, 3]
+
+
+def test_read_frame_converts_date_parameters_itself_on_sqlite(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("sqlite3's adapters (PostgreSQL's columns come through ADBC)")
+    monkeypatch.setitem(sqlite3.adapters, (date, sqlite3.PrepareProtocol), _refuse)
+    query = select(
+        literal(date(2026, 2, 28), Date).label("day"),
+        literal("acme").label("customer"),
+        literal(7, Integer).label("n"),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with engine.connect() as connection:
+            frame = read_frame(
+                connection, query, ["day", "customer", "n"], texts=("customer",), days=("day",)
+            )
+    assert frame.to_dict("records") == [{"day": pd.Timestamp("2026-02-28"), "customer": "acme", "n": 7}]
+    assert str(frame["n"].dtype) == "int64"
