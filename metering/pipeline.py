@@ -124,9 +124,7 @@ def rollup_tenant(
             .execution_options(preserve_rowcount=True)
         ).rowcount
         if moved != 1:
-            raise RollupConflict(
-                f"another rollup of tenant {tenant.name!r} ran at the same time; nothing was written"
-            )
+            raise RollupConflict(f"another rollup of tenant {tenant.name!r} ran at the same time; nothing was written")  # fmt: skip
         if unprocessable:
             result.quarantined = quarantine.move(connection, tenant.id, unprocessable, now=now)
         if rebuild:
@@ -136,9 +134,7 @@ def rollup_tenant(
     if rebuild:
         store.refresh_statistics(engine)
     result.watermark = max(end, start)
-    result.unpriced_models = [
-        {"provider": p, "model": m, "events": n} for (p, m), n in sorted(unpriced.items())
-    ]
+    result.unpriced_models = [{"provider": p, "model": m, "events": n} for (p, m), n in sorted(unpriced.items())]  # fmt: skip
     result.seconds = time.perf_counter() - started
     return result
 
@@ -190,21 +186,12 @@ def _summarize_range(
 
 
 def _summarize_apart(
-    url: str,
-    store: RollupStore,
-    tenant_id: int,
-    timezone: str,
-    overrides: list[dict[str, str]],
-    chunk_size: int,
-    bounds: tuple[int, int],
-) -> Parts:
+    url: str, store: RollupStore, tenant_id: int, timezone: str, overrides: list[dict[str, str]], chunk_size: int, bounds: tuple[int, int]
+) -> Parts:  # fmt: skip
     """A range summarized in a process of its own: its own engine, the same prices."""
     engine = make_engine(url)
     try:
-        book = PriceBook(overrides)
-        return _summarize_range(
-            engine, store, tenant_id, timezone, book, chunk_size, bounds, own_process=True
-        )
+        return _summarize_range(engine, store, tenant_id, timezone, PriceBook(overrides), chunk_size, bounds, own_process=True)  # fmt: skip
     finally:
         engine.dispose()
 
