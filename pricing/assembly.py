@@ -35,7 +35,7 @@ from metering.errors import InvalidInput
 from metering.money import from_minor, to_minor
 from metering.periods import Period
 from metering.tenants import Tenant
-from pricing.rating import LineKind, rate_month
+from pricing.rating import LineKind, RatedMonth, rate_month
 
 if TYPE_CHECKING:
     from pricing.repository import Assignment, StoredPlans
@@ -179,6 +179,16 @@ def _in_force(plans: StoredPlans, plan: str, period: Period) -> bool:
     return True
 
 
+def _rate(
+    tenant: Tenant, period: Period, plans: dict[str, str], stored: StoredPlans, usage: Usage
+) -> RatedMonth:
+    """The month's usage rated under each customer's plan (customer → plan id)."""
+    return rate_month(
+        month=period.first_day, customers=plans, plans=stored.book, token_usage=usage.tokens, tasks=usage.tasks,
+        currency=tenant.currency, tz=tenant.timezone,
+    )  # fmt: skip
+
+
 def _without_plan(names: Iterable[str], label: str, message: str) -> Refusal:
     orphans = tuple(sorted(names))
     detail = [{"field": "customer", "message": f"{c!r} has usage in {label} but no plan"} for c in orphans]
@@ -201,10 +211,7 @@ def month_lines(
         for name, a in month.assigned.items()
         if name in users or _in_force(month.plans, a.plan, period)
     }
-    rated = rate_month(
-        month=period.first_day, customers=plans, plans=month.plans.book, token_usage=month.usage.without(orphans).tokens,
-        tasks=month.usage.without(orphans).tasks, currency=tenant.currency, tz=tenant.timezone,
-    )  # fmt: skip
+    rated = _rate(tenant, period, plans, month.plans, month.usage.without(orphans))
     currency = {
         name: month.plans.book.history(plan)[-1].currency or tenant.currency for name, plan in plans.items()
     }
@@ -212,17 +219,9 @@ def month_lines(
     for line in rated.lines:
         version = month.plans.version_number(line.plan, line.version)
         lines[line.customer].append(
-            Line(
-                str(line.kind),
-                line.description,
-                line.quantity,
-                line.unit_price,
-                line.amount_exact,
-                line.amount,
-                line.plan,
-                version,
-            )
-        )
+            Line(str(line.kind), line.description, line.quantity, line.unit_price, line.amount_exact, line.amount,
+                 line.plan, version)
+        )  # fmt: skip
     return plans, currency, lines, refusals
 
 
@@ -259,11 +258,7 @@ def _adjust_month(tenant: Tenant, month: ClosedMonth, out: Adjustments, refused:
         new_refusals |= orphans
     if not plans:
         return new_refusals
-    rated = rate_month(
-        month=month.period.first_day, customers=plans, plans=month.plans.book,
-        token_usage=month.usage.without(refused | orphans).tokens, tasks=month.usage.without(refused | orphans).tasks,
-        currency=tenant.currency, tz=tenant.timezone,
-    )  # fmt: skip
+    rated = _rate(tenant, month.period, plans, month.plans, month.usage.without(refused | orphans))
     now_billed: dict[tuple[str, str], int] = defaultdict(int)
     currency = {
         name: (month.invoices[name].currency if name in month.invoices else tenant.currency) for name in plans
