@@ -1,7 +1,7 @@
 """Credit notes: manual corrections of a finalized invoice, which itself never changes.
 
 The credits of an invoice never exceed its total. They are not usage: late usage adjustments
-(`pricing.adjustments`) compare a month's rating with the lines billed for it, credits aside.
+(`pricing.assembly`) compare a month's rating with the lines billed for it, credits aside.
 """
 
 from __future__ import annotations
