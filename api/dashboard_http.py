@@ -1,14 +1,16 @@
 """What the dashboard's routes share: security headers, HTML responses and redirects, the
-signed-in principal and its key's rate limit, CSRF tokens, the not-found and 429 pages."""
+signed-in principal and its key's rate limit (`SignedInPage`, the pages' dependency), CSRF
+tokens, the not-found and 429 pages."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote, urlencode, urlsplit
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
@@ -80,20 +82,63 @@ def take_token(request: Request, principal: Principal) -> None:
     request.app.state.rate_limiter.check(principal.key_id)
 
 
+class SignInFirst(Exception):
+    """A page was asked for without a valid session: `DashboardRoute` sends the browser to sign in."""
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A page request of a signed-in browser: its principal (whose key's rate limit was taken)
+    and the CSRF token of the page's forms."""
+
+    request: Request
+    principal: Principal
+    seed: tuple[str, bool]
+    csrf: str
+
+    @property
+    def tenant(self) -> Tenant:
+        return self.principal.tenant
+
+    @property
+    def chrome(self) -> dict[str, str]:
+        """What every signed-in page shows around its content."""
+        return {"tenant": self.tenant.name, "csrf": self.csrf, "version": VERSION}
+
+    def html(self, body: str, status: int = 200) -> HTMLResponse:
+        return html(self.request, body, status, seed=self.seed)
+
+    def not_found(self, message: str) -> HTMLResponse:
+        return not_found(self.request, message, self.tenant)
+
+
+def signed_in_page(request: Request) -> SignedIn:
+    principal = signed_in(request)
+    if principal is None:
+        raise SignInFirst
+    seed, token = csrf(request)
+    return SignedIn(request, principal, seed, token)
+
+
+SignedInPage = Annotated[SignedIn, Depends(signed_in_page)]
+
+
 class DashboardRoute(APIRoute):
-    """A dashboard route: a key past its rate limit gets a 429 page with `Retry-After`, as the API
-    gets its JSON 429."""
+    """A dashboard route: a signed-out browser is sent to sign in, and a key past its rate limit
+    gets a 429 page with `Retry-After`, as the API gets its JSON 429."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
 
-        async def limited(request: Request) -> Response:
+        async def guarded(request: Request) -> Response:
             try:
                 return await handle(request)
+            except SignInFirst:
+                return to_sign_in(request)
             except RateLimited as exc:
                 return too_many_requests(request, exc)
 
-        return limited
+        return guarded
 
 
 def too_many_requests(request: Request, error: RateLimited) -> HTMLResponse:

@@ -16,14 +16,12 @@ functions do the work for a given `now`, and tests call them directly.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -41,6 +39,8 @@ from metering.periods import parse_month
 from metering.pipeline import RollupConflict, RollupResult, bring_up_to_date
 from metering.tenants import Tenant, list_tenants
 from pricing.close_schedule import closable_through, first_month, months_to_close
+from pricing.invoices import close_period
+from reports.monthly import write_month
 
 log = logging.getLogger("taskmeter.scheduler")
 
@@ -149,11 +149,6 @@ def run_rollup(rt: Runtime, *, now: datetime) -> list[RollupResult]:
 def run_close(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
     """Close every month that has ended (tenant-local) more than the grace period ago, oldest
     first, resuming after the tenant's `close` bookmark. Returns (tenant, month) closed."""
-    invoices = _optional_module("pricing.invoices")
-    close_period: Callable[..., Any] | None = getattr(invoices, "close_period", None)
-    if close_period is None:
-        log.info("period close skipped: pricing.invoices.close_period is not available")
-        return []
     grace = timedelta(seconds=rt.settings.close_grace_seconds)
     closed = []
     for tenant in _tenants(rt):
@@ -185,11 +180,6 @@ def run_close(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
 
 def run_reports(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
     """Write the monthly CSVs of each closed month not yet written (`reports` bookmark)."""
-    monthly = _optional_module("reports.monthly")
-    write_month: Callable[..., Any] | None = getattr(monthly, "write_month", None)
-    if write_month is None:
-        log.info("monthly reports skipped: reports.monthly.write_month is not available")
-        return []
     written = []
     for tenant in _tenants(rt):
         with hold(rt.engine, REPORTS, tenant.id, lease_seconds=rt.settings.job_lease_seconds) as guard:
@@ -243,16 +233,6 @@ def run_stripe_sync(rt: Runtime, *, now: datetime) -> list[Any]:
 def _tenants(rt: Runtime) -> list[Tenant]:
     with unit_of_work(rt.engine) as session:
         return list_tenants(session)
-
-
-def _optional_module(name: str) -> ModuleType | None:
-    """The module, or None while it is not written yet (a missing dependency inside it is an error)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
-            return None
-        raise
 
 
 # --- the scheduler ------------------------------------------------------------------------------

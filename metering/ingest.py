@@ -36,6 +36,7 @@ from metering.schemas import (
     event_rule_errors,
 )
 from metering.tables import events, quarantine
+from metering.vocabulary import TOKEN_FIELDS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -47,8 +48,7 @@ _LOOKUP_CHUNK = 500
 
 INSERT_COLUMNS = (
     "tenant_id", "event_id", "type", "time_us", "customer", "task", "task_type", "provider", "model",
-    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-    "metadata", "content_hash", "ingested_us",
+    *TOKEN_FIELDS, "metadata", "content_hash", "ingested_us",
 )  # fmt: skip
 
 

@@ -65,6 +65,20 @@ def money_str(amount: Decimal, places: int) -> str:
     return f"{quantize(amount, places):.{places}f}"
 
 
+def to_minor(amount: Decimal, currency: str) -> int:
+    """A rounded amount in the currency's minor unit (exact: raises if it is not rounded)."""
+    scaled = amount.scaleb(minor_unit(currency))
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{amount} is not rounded to {currency}'s minor unit")
+    return int(scaled)
+
+
+def from_minor(minor: int, currency: str) -> Decimal:
+    """An amount stored in the currency's minor unit, with exactly its decimals."""
+    places = minor_unit(currency)
+    return Decimal(money_str(Decimal(int(minor)).scaleb(-places), places))
+
+
 def parse_decimal(text: object, *, allow_negative: bool = False) -> Decimal:
     """A Decimal from config or API text. Rejects floats, bools, NaN, infinities and negatives."""
     if isinstance(text, bool) or isinstance(text, float):

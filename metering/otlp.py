@@ -58,9 +58,9 @@ from typing import Any, TypedDict
 
 from taskmeter_client.extract import FieldError, TokenUsage, UsageFieldError, check_count, provider_from_model
 
-__all__ = ["OtlpResult", "RejectedSpan", "SpanMapping", "decode_protobuf", "spans_to_events"]
+from metering.vocabulary import OUTCOMES
 
-OUTCOMES = ("completed", "failed", "cancelled")
+__all__ = ["OtlpResult", "RejectedSpan", "SpanMapping", "decode_protobuf", "spans_to_events"]
 
 _USAGE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "input_tokens": ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"),

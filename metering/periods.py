@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from metering.errors import InvalidInput
@@ -34,6 +34,10 @@ class Period:
     def next_first_day(self) -> date:
         y, m = self.first_day.year, self.first_day.month
         return date(y + (m == 12), 1 if m == 12 else m + 1, 1)
+
+    @property
+    def last_day(self) -> date:
+        return self.next_first_day - timedelta(days=1)
 
     @property
     def start(self) -> datetime:

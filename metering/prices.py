@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 from taskmeter_client.extract import MAX_TOKENS
 
-from metering.ratecards import TOKEN_CLASSES, PriceBook, RateCard
+from metering.ratecards import PriceBook, RateCard
+from metering.vocabulary import PRICED_TOKEN_FIELDS, TOKEN_CLASSES
 
-TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-EVENT_COLUMNS = ("provider", "model", "time_us", *TOKEN_COLUMNS)
+EVENT_COLUMNS = ("provider", "model", "time_us", *PRICED_TOKEN_FIELDS)
 RESULT_COLUMNS = ("priced", "price_version", "cost_nanos", "cost_rem")
 REM_PER_NANO = 10**6
 """`cost_rem` units (1e-15 of the currency) per nano-unit; also tokens per million."""
@@ -39,7 +39,7 @@ def price_usage(events: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
     the epoch, UTC) and int64 token counts where input includes cache reads and writes. Unpriced
     events (unknown model) have `priced` False, cost 0 and no price version.
     """
-    counts = {name: _int64(events, name) for name in TOKEN_COLUMNS}
+    counts = {name: _int64(events, name) for name in PRICED_TOKEN_FIELDS}
     _check_counts(counts)
     card_of_row, cards = _card_per_row(events, _int64(events, "time_us"), book)
     table = _RateTable(cards)

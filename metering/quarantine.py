@@ -32,11 +32,11 @@ from metering.schemas import (
     MAX_TOKENS,
     REPRESENTABLE_FROM,
     REPRESENTABLE_UNTIL,
-    TOKEN_FIELDS,
     TimeWindow,
     rfc3339,
 )
 from metering.tables import events, quarantine
+from metering.vocabulary import TOKEN_FIELDS
 
 FROM_US, UNTIL_US = to_us(REPRESENTABLE_FROM), to_us(REPRESENTABLE_UNTIL)
 # Why a row is set aside, by code (0: it is fine). The first that applies is given.

@@ -54,6 +54,7 @@ from genai_prices.types import (
 )
 
 from metering.money import parse_decimal
+from metering.vocabulary import TOKEN_CLASSES
 
 US_PER_DAY = 86_400 * 10**6
 MAX_TOKEN_RATE = Decimal(2000)
@@ -91,7 +92,6 @@ class Rate:
 
 
 ZERO = Rate(Decimal(0))
-TOKEN_CLASSES = ("input", "cache_read", "cache_write", "output")
 
 
 @dataclass(frozen=True)
@@ -276,7 +276,7 @@ class TenantPrice:
         if not isinstance(provider, str) or not isinstance(model, str) or not provider or not model:
             raise RateCardError("a price needs a provider and a model")
         rates = {}
-        for key in ("input", "output", "cache_read", "cache_write"):
+        for key in TOKEN_CLASSES:
             if raw.get(key) is not None:
                 try:
                     rates[key] = parse_decimal(raw[key])

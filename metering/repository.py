@@ -13,15 +13,15 @@ from metering.ingest import from_us, to_us
 from metering.money import display_cost
 from metering.periods import Period
 from metering.tables import task_usage, task_usage_detail, usage_daily
+from metering.vocabulary import TASK_STATUSES, USAGE_MEASURES
 
 GroupBy = Literal["model", "task_type", "day", "customer"]
-_MEASURES = ("usage_events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_nanos", "cost_rem", "unpriced_events")
 
 
 def usage_figures(row: Any) -> dict[str, Any]:
     """Measures of a usage row as the API shows them: tokens, billable classes, exact cost."""
     get = row._mapping.get if hasattr(row, "_mapping") else row.get
-    values = {name: int(get(name) or 0) for name in _MEASURES}
+    values = {name: int(get(name) or 0) for name in USAGE_MEASURES}
     return {
         "usage_events": values["usage_events"],
         "input_tokens": values["input_tokens"],
@@ -42,7 +42,7 @@ def usage_figures(row: Any) -> dict[str, Any]:
 
 
 def _sums(table: Any) -> list[Any]:
-    return [func.coalesce(func.sum(table.c[name]), 0).label(name) for name in _MEASURES]
+    return [func.coalesce(func.sum(table.c[name]), 0).label(name) for name in USAGE_MEASURES]
 
 
 def task(connection: Connection | Session, tenant_id: int, name: str) -> dict[str, Any] | None:
@@ -104,7 +104,7 @@ def usage(
     rows = connection.execute(select(*keys, *_sums(table)).select_from(source).where(*where).group_by(*keys).order_by(*keys)).all()
     # The total is the rows' sum (whole numbers: exact), not a second query: one round trip
     # fewer for every read of a customer's month.
-    total = {name: sum(int(row._mapping[name]) for row in rows) for name in _MEASURES}
+    total = {name: sum(int(row._mapping[name]) for row in rows) for name in USAGE_MEASURES}
     out = []
     for row in rows:
         key = {k.name: row._mapping[k.name] for k in keys}
@@ -127,7 +127,7 @@ def task_outcomes(connection: Connection | Session, tenant_id: int, period: Peri
         .group_by(task_usage.c.status)
     )
     still_open = select(literal("open"), func.count()).where(*where, task_usage.c.ended_us.is_(None))
-    counts = {"completed": 0, "failed": 0, "cancelled": 0, "open": 0}
+    counts: dict[str, int] = dict.fromkeys(TASK_STATUSES, 0)
     # One statement, one round trip; each part keeps its own index plan.
     counts.update({status: int(n) for status, n in connection.execute(union_all(ended, still_open)).all()})
     return counts

@@ -24,11 +24,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from taskmeter_client.extract import MAX_TOKENS
 from typing_extensions import TypedDict
 
+from metering.vocabulary import TOKEN_FIELDS
+
 EventType = Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the rollup sets aside any other (metering.quarantine)
-TERMINAL_TYPES = ("task.completed", "task.failed", "task.cancelled")
 TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model")
-TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 DEFAULT_FUTURE_TOLERANCE = timedelta(days=7)
 NUL = "\x00"  # PostgreSQL cannot store it in text
 DEFAULT_EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)

@@ -99,7 +99,8 @@ def comparison_view(result: MonthComparison) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TaskUsage:
-    """A hypothetical task's usage of one model; `input_tokens` includes cache tokens, as in events."""
+    """A hypothetical task's usage of one model, as events report it: `input_tokens` includes
+    cache reads and writes (`billable()` takes them out)."""
 
     provider: str
     model: str
@@ -107,6 +108,10 @@ class TaskUsage:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+
+    def billable(self) -> ModelTokens:
+        uncached = self.input_tokens - self.cache_read_tokens - self.cache_write_tokens
+        return ModelTokens(self.provider, self.model, uncached, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens)
 
 
 def quote(
@@ -137,12 +142,7 @@ def quote(
         raise invalid("unknown plans", problems)
     versions = [book.at(p, day) for p in ids]
     cost, unpriced = _provider_cost(session, tenant, usage, at)
-    tokens = [
-        ModelTokens(u.provider, u.model, u.input_tokens - u.cache_read_tokens - u.cache_write_tokens,
-                    u.output_tokens, u.cache_read_tokens, u.cache_write_tokens)
-        for u in usage
-    ]  # fmt: skip
-    quotes = quote_task(versions, tokens=tokens, task_type=task_type, outcome=outcome, provider_cost_nanos=cost,
+    quotes = quote_task(versions, tokens=[u.billable() for u in usage], task_type=task_type, outcome=outcome, provider_cost_nanos=cost,
                         currency=tenant.currency, units_before=units_before)  # fmt: skip
     return {
         "at": at,

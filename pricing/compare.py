@@ -43,10 +43,11 @@ from metering.money import (
     quantize,
     round_money,
 )
-from pricing.plans import TOKEN_CLASSES, CustomerPlan, PerJobPlan, Plan, PlanBook
+from metering.vocabulary import OUTCOMES
+from pricing.plans import CustomerPlan, PerJobPlan, Plan, PlanBook
 from pricing.rating import RatedMonth, rate_plan, refuse_orphans
 from pricing.tiers import EXACT, ZERO, exact_amount, tier_total
-from pricing.usage import STATUSES, TOKEN_COLUMNS, MonthUsage, prepare_month, summable
+from pricing.usage import TOKEN_COLUMNS, MonthUsage, prepare_month, summable
 
 CUSTOMER_COLUMNS = (
     "customer", "plan", "billed", "currency", "revenue", "provider_cost", "margin", "margin_pct",
@@ -264,14 +265,20 @@ def _by_model(
 
 @dataclass(frozen=True)
 class ModelTokens:
-    """One model's share of a hypothetical task; `input_tokens` is billable input (no cache)."""
+    """One model's billable tokens in a hypothetical task. `uncached_input_tokens` excludes cache
+    reads and writes (an event's `input_tokens`, and `pricing.analysis.TaskUsage`'s, include them)."""
 
     provider: str
     model: str
-    input_tokens: int = 0
+    uncached_input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+
+    def by_class(self) -> dict[str, int]:
+        """Tokens per billable class, in `metering.vocabulary.TOKEN_CLASSES` order."""
+        return {"input": self.uncached_input_tokens, "output": self.output_tokens,
+                "cache_read": self.cache_read_tokens, "cache_write": self.cache_write_tokens}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -300,8 +307,8 @@ def quote_task(
     or billable tokens), which places the task in the included allowance and the tiers; volume
     tiers can make the margin negative. Monthly lines (minimum, platform fee) are not per task.
     """
-    if outcome not in STATUSES:
-        raise ValueError(f"outcome must be one of {STATUSES}")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}")
     if (
         not isinstance(provider_cost_nanos, int)
         or isinstance(provider_cost_nanos, bool)
@@ -309,7 +316,7 @@ def quote_task(
     ):
         raise TypeError("provider_cost_nanos must be a non-negative integer")
     for usage in tokens:
-        if any(not isinstance(getattr(usage, c), int) or getattr(usage, c) < 0 for c in TOKEN_COLUMNS):
+        if any(not isinstance(n, int) or n < 0 for n in usage.by_class().values()):
             raise ValueError("token counts must be non-negative integers")
     quotes = []
     for plan in plans:
@@ -333,13 +340,12 @@ def _marginal(
     if plan.markup is not None:
         return EXACT.multiply(nanos_to_decimal(cost), EXACT.add(Decimal(1), plan.markup))
     if plan.tiers:
-        total = sum(getattr(t, c) for t in tokens for c in TOKEN_COLUMNS)
+        total = sum(n for t in tokens for n in t.by_class().values())
         return _tier_step(plan, before, total, TOKENS_PER_MILLION)
     allowance, amount = max(0, plan.included - before), ZERO
     for usage in sorted(tokens, key=lambda t: (t.provider, t.model)):
         _, rates = plan.rates_for(usage.provider, usage.model)
-        for token_class, column in zip(TOKEN_CLASSES, TOKEN_COLUMNS, strict=True):
-            count = getattr(usage, column)
+        for token_class, count in usage.by_class().items():
             free = min(allowance, count)
             allowance -= free
             amount = EXACT.add(amount, exact_amount(count - free, rates.of(token_class), TOKENS_PER_MILLION))

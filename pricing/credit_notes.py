@@ -1,7 +1,7 @@
 """Credit notes: manual corrections of a finalized invoice, which itself never changes.
 
 The credits of an invoice never exceed its total. They are not usage: late usage adjustments
-(`pricing.adjustments`) compare a month's rating with the lines billed for it, credits aside.
+(`pricing.assembly`) compare a month's rating with the lines billed for it, credits aside.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from metering.errors import Conflict, InvalidInput
-from metering.money import parse_decimal, round_money
+from metering.money import from_minor, parse_decimal, round_money, to_minor
 from metering.tenants import Tenant
-from pricing.adjustments import from_minor, to_minor
 from pricing.invoices import credit_note_view, invoice_row
 from pricing.plans import MAX_AMOUNT
 from pricing.tables import credit_notes

@@ -1,146 +1,79 @@
 """Invoices: one per customer and tenant-local month, a draft while the month is open, finalized
 for good when it closes.
 
-- The draft (`upcoming_invoice`) is recomputed from current usage on every read: the month rated
-  under the customer's plan (`pricing.rating`), plus adjustment lines for late usage of closed
-  months (`pricing.adjustments`) when the month before it is closed (else they belong to the
-  invoice of that month).
-- `close_period` finalizes a month for every customer: it rolls the tenant's events up, takes
-  the tenant's billing lock, rates the month and the late usage of closed months, and writes
-  numbered invoices (`INV-<tenant>-<yyyymm>-<seq>`) with their lines, the plan versions and the
-  provider price version used. The month is then closed: closing again returns what was closed.
-- A finalized invoice never changes. This module only writes lines while an invoice is a draft
-  in the same transaction, and database triggers (migration 0003) refuse any other change.
+- The draft (`upcoming_invoice`) is recomputed from current usage on every read: the month
+  assembled (`pricing.assembly`: rated under the customer's plan, plus adjustment lines for late
+  usage of closed months when the month before it is closed, else they belong to the invoice of
+  that month).
+- `close_period` finalizes a month for every customer: it rolls the tenant's events up (once),
+  takes the tenant's billing lock, assembles the month and the late usage of closed months, and
+  writes numbered invoices (`INV-<tenant>-<yyyymm>-<seq>`) with their lines, the plan versions
+  and the provider price version used. The month is then closed: closing again returns what was
+  closed.
+- A finalized invoice never changes: lines are only written while an invoice is a draft in the
+  same transaction, and database triggers (migration 0003) refuse any other change.
 
-The lock is the tenant's `rollup_state` row: `SELECT ... FOR UPDATE` on PostgreSQL, the write
-lock (`BEGIN IMMEDIATE`) on SQLite. Holding it also keeps a concurrent rollup from committing
-while the month is read, so every read of the close sees one state of the rollup.
+Assembly is pure; the reads, the lock and the writes are `pricing.invoices_repository`'s.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from metering.db import upsert, write_lock
 from metering.errors import Conflict, InvalidInput, NotFound
+from metering.money import from_minor
 from metering.periods import Period, period_of
 from metering.pipeline import bring_up_to_date
-from metering.tables import rollup_state
 from metering.tenants import Tenant
+from pricing import invoices_repository as store
 from pricing import repository
-from pricing.adjustments import Line, from_minor, late_adjustments, to_minor
-from pricing.rating import rate_month
-from pricing.repository import RollupState, StoredPlans, last_day
+from pricing.assembly import Assembly, Draft, assemble
+from pricing.assembly import invoice_number as invoice_number  # numbers are part of what closing writes
+from pricing.repository import RollupState
 from pricing.service import billing_month, require_customer
-from pricing.tables import billing_periods, credit_notes, invoice_lines, invoices
-
-NUMBER_LENGTH = 64
-
-
-@dataclass(frozen=True)
-class Draft:
-    customer: str
-    period: str
-    currency: str
-    plan: str
-    lines: tuple[Line, ...]
-
-    @property
-    def total(self) -> Decimal:
-        return sum((line.amount for line in self.lines), from_minor(0, self.currency))
-
-    def plan_versions(self) -> dict[str, list[int]]:
-        used: dict[str, set[int]] = defaultdict(set)
-        for line in self.lines:
-            if line.plan is not None and line.plan_version is not None:
-                used[line.plan].add(line.plan_version)
-        return {plan: sorted(versions) for plan, versions in sorted(used.items())}
-
+from pricing.tables import credit_notes, invoice_lines, invoices
 
 # --- drafts -------------------------------------------------------------------------------------
 
 
-def _month_lines(
-    session: Session, tenant: Tenant, period: Period, stored: StoredPlans, *, customer: str | None
-) -> tuple[dict[str, str], dict[str, str], dict[str, list[Line]]]:
-    """The month rated: plan, currency and lines per customer billed for it (customers with
-    usage, and customers that had a plan before the month ended)."""
-    tokens = repository.token_usage(session, tenant.id, period, customer)
-    tasks = repository.ended_tasks(session, tenant.id, period, customer)
-    users = set(tokens["customer"]) | set(tasks["customer"])
-    known = repository.customers_created_before(session, tenant.id, period.end, customer)
-    assigned = repository.assignments_on(session, tenant.id, last_day(period), customers_=users | known)
-    if orphans := sorted(users - set(assigned)):
-        detail = [{"field": "customer", "message": f"{c!r} has usage in {period.label} but no plan"} for c in orphans]
-        raise InvalidInput(f"usage of customers without a plan in {period.label}", detail=detail)
-    # A customer without usage is billed (platform fee, minimum) only once its plan is in force.
-    plans = {name: a.plan for name, a in assigned.items() if name in users or _in_force(stored, a.plan, period)}
-    rated = rate_month(
-        month=period.first_day, customers=plans, plans=stored.book, token_usage=tokens, tasks=tasks,
-        currency=tenant.currency, tz=tenant.timezone,
-    )  # fmt: skip
-    currency = {name: stored.book.history(plan)[-1].currency or tenant.currency for name, plan in plans.items()}
-    lines: dict[str, list[Line]] = defaultdict(list)
-    for line in rated.lines:
-        version = stored.version_number(line.plan, line.version)
-        lines[line.customer].append(
-            Line(str(line.kind), line.description, line.quantity, line.unit_price, line.amount_exact, line.amount, line.plan, version)
-        )
-    return plans, currency, lines
-
-
-def _in_force(stored: StoredPlans, plan: str, period: Period) -> bool:
-    try:
-        stored.book.at(plan, last_day(period))
-    except InvalidInput:
-        return False
-    return True
+def month_assembly(
+    session: Session, tenant: Tenant, period: Period, state: RollupState, *, customer: str | None = None, adjust: bool = True
+) -> tuple[Assembly, list[str]]:
+    """The invoices of a month as they stand, and the closed months checked for late usage
+    (`adjust`: whether this month's invoices carry it). Customers that cannot be billed are
+    listed in the assembly's refusals, not drafted."""
+    month = store.open_month(session, tenant, period, customer=customer)
+    late, checked = store.late_months(session, tenant, period, state, customer=customer) if adjust else ([], [])
+    return assemble(tenant, month, late), checked
 
 
 def month_drafts(
     session: Session, tenant: Tenant, period: Period, state: RollupState, *, customer: str | None = None, adjust: bool = True
 ) -> tuple[list[Draft], list[str]]:
-    """The invoices of a month as they stand, by customer, and the closed months checked for
-    late usage. A customer with nothing to bill gets no invoice."""
-    stored = repository.stored_plans(session, tenant.id)
-    plans, currency, lines = _month_lines(session, tenant, period, stored, customer=customer)
-    checked: list[str] = []
-    if adjust:
-        late = late_adjustments(session, tenant, period, state, customer=customer)
-        checked = late.checked
-        for name, extra in late.lines.items():
-            if name in currency and currency[name] != late.currency[name]:
-                raise InvalidInput(
-                    f"{name!r}: late usage billed in {late.currency[name]} cannot go on a {currency[name]} invoice"
-                )
-            currency.setdefault(name, late.currency[name])
-            plans.setdefault(name, extra[0].plan or "")
-            lines[name].extend(extra)
-    drafts = [
-        Draft(name, period.label, currency[name], plans[name], tuple(lines[name])) for name in sorted(lines) if lines[name]
-    ]
-    return drafts, checked
+    """`month_assembly`, refusing the month (InvalidInput) when a customer cannot be billed."""
+    assembly, checked = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust)
+    if assembly.refusals:
+        raise assembly.refusals[0].error()
+    return assembly.drafts, checked
 
 
 def upcoming_invoice(session: Session, tenant: Tenant, customer: str, *, now: datetime, month: str | None = None) -> dict[str, Any]:
     """The draft of a customer's invoice for an open month (default: the month of `now`)."""
     period = billing_month(month, tenant.timezone, field="query.month") if month else period_of(now, tenant.timezone)
-    if _closed(session, tenant.id, period.label) is not None:
+    if store.closed(session, tenant.id, period.label) is not None:
         raise Conflict(f"{period.label} is closed: its invoices are final", detail={"month": period.label})
     require_customer(session, tenant, customer)
     state = repository.rollup_position(session, tenant.id)
     # Late usage goes on the next invoice closed: this one only if the month before is closed.
-    adjust = _closed(session, tenant.id, period.previous().label) is not None
+    adjust = store.closed(session, tenant.id, period.previous().label) is not None
     drafts, _ = month_drafts(session, tenant, period, state, customer=customer, adjust=adjust)
-    assignment = repository.assignments_on(session, tenant.id, last_day(period), customers_=[customer]).get(customer)
+    assignment = repository.assignments_on(session, tenant.id, period.last_day, customers_=[customer]).get(customer)
     draft = drafts[0] if drafts else Draft(customer, period.label, tenant.currency, assignment.plan if assignment else "", ())
     return {
         **_draft_view(draft),
@@ -177,127 +110,28 @@ def _draft_view(draft: Draft) -> dict[str, Any]:
 def close_period(session: Session, tenant: Tenant, period: Period, *, now: datetime) -> dict[str, Any]:
     """Finalize every invoice of a tenant-local month that has ended; a no-op when it is closed.
 
-    It brings the tenant's usage up to date itself (`metering.pipeline.bring_up_to_date`, once)
-    with connections of its own before taking the lock, so the session must not have begun a
-    transaction (on SQLite, a write already made by it would block them): it refuses otherwise.
+    It brings the tenant's usage up to date itself (`metering.pipeline.bring_up_to_date`, once:
+    callers do not roll up before it) with connections of its own before taking the lock, so the
+    session must not have begun a transaction (on SQLite, a write already made by it would block
+    them): it refuses otherwise.
     """
     if now < period.end:
         raise InvalidInput(f"{period.label} has not ended yet (it ends {period.end.isoformat()})", detail={"month": period.label})
     if session.in_transaction():
         raise RuntimeError("close_period brings usage up to date before its transaction: call it first in its unit of work")
     bring_up_to_date(session.get_bind(), tenant, now=now)  # type: ignore[arg-type]
-    state = lock_billing(session, tenant.id, now=now)
-    if (closed := _closed(session, tenant.id, period.label)) is not None:
+    state = store.lock_billing(session, tenant.id, now=now)
+    if (closed := store.closed(session, tenant.id, period.label)) is not None:
         closed_at = closed.closed_at if closed.closed_at.tzinfo else closed.closed_at.replace(tzinfo=UTC)  # SQLite: naive UTC
         return _close_summary(session, tenant, period, closed_at, closed=False)
-    stored = repository.stored_plans(session, tenant.id)
     drafts, checked = month_drafts(session, tenant, period, state)
-    _write_invoices(session, tenant, period, drafts, state, now=now)
-    session.execute(
-        insert(billing_periods).values(
-            tenant_id=tenant.id, period=period.label, closed_at=now, watermark_seq=state.watermark_seq,
-            price_version=state.price_version, plans_as_of=stored.newest_id,
-            assignments_as_of=repository.newest_assignment_id(session, tenant.id),
-            reconciled_seq=state.watermark_seq, reconciled_price_version=state.price_version,
-        )
-    )  # fmt: skip
-    if checked:
-        session.execute(
-            update(billing_periods)
-            .where(billing_periods.c.tenant_id == tenant.id, billing_periods.c.period.in_(checked))
-            .values(reconciled_seq=state.watermark_seq, reconciled_price_version=state.price_version)
-        )
+    store.write_invoices(session, tenant, period, drafts, state, now=now)
+    store.record_close(session, tenant.id, period, state, checked=checked, now=now)
     return _close_summary(session, tenant, period, now, closed=True)
 
 
-def lock_billing(session: Session, tenant_id: int, *, now: datetime) -> RollupState:
-    """Take the tenant's billing lock for the rest of the session's transaction."""
-    write_lock(session.connection())
-    upsert(
-        session,
-        rollup_state,
-        {"tenant_id": tenant_id, "watermark_seq": 0, "price_version": "", "updated_at": now},
-        key=["tenant_id"],
-    )
-    row = session.execute(select(rollup_state).where(rollup_state.c.tenant_id == tenant_id).with_for_update()).one()
-    return RollupState(int(row.watermark_seq), row.price_version)
-
-
-def _closed(session: Session, tenant_id: int, label: str) -> Any:
-    return session.execute(
-        select(billing_periods).where(billing_periods.c.tenant_id == tenant_id, billing_periods.c.period == label)
-    ).one_or_none()
-
-
-def invoice_number(tenant: Tenant, period: Period, seq: int) -> str:
-    """`INV-<tenant>-<yyyymm>-<seq>`; a tenant name too long for 64 characters is shortened and
-    suffixed with `.<tenant id>` (names have no dots, so numbers stay unique)."""
-    tail = f"-{period.first_day:%Y%m}-{seq:04d}"
-    name = tenant.name
-    if len("INV-") + len(name) + len(tail) > NUMBER_LENGTH:
-        suffix = f".{tenant.id}"
-        name = name[: NUMBER_LENGTH - len("INV-") - len(tail) - len(suffix)] + suffix
-    return f"INV-{name}{tail}"
-
-
-def _write_invoices(session: Session, tenant: Tenant, period: Period, drafts: list[Draft], state: RollupState, *, now: datetime) -> None:
-    if not drafts:
-        return
-    rows = [
-        {"tenant_id": tenant.id, "customer": d.customer, "period": d.period, "number": None, "status": "draft",
-         "currency": d.currency, "total_minor": 0, "plan": d.plan, "plan_versions": json.dumps(d.plan_versions()),
-         "price_version": state.price_version, "created_at": now}
-        for d in drafts
-    ]  # fmt: skip
-    ids = session.execute(insert(invoices).returning(invoices.c.id, sort_by_parameter_order=True), rows).scalars().all()
-    lines = [
-        {"invoice_id": invoice_id, "line_no": n, "kind": line.kind, "description": line.description,
-         "quantity": _text(line.quantity), "unit_price": _text(line.unit_price), "amount_exact": _text(line.amount_exact),
-         "amount_minor": to_minor(line.amount, draft.currency), "plan": line.plan, "plan_version": line.plan_version,
-         "adjusts_period": line.adjusts_period}
-        for invoice_id, draft in zip(ids, drafts, strict=True)
-        for n, line in enumerate(draft.lines, start=1)
-    ]  # fmt: skip
-    session.execute(insert(invoice_lines), lines)
-    finalize = (
-        update(invoices)
-        .where(invoices.c.id == bindparam("invoice_id"), invoices.c.status == "draft")
-        .values(status="finalized", number=bindparam("invoice_number"), total_minor=bindparam("total"), finalized_at=now)
-    )
-    session.connection().execute(
-        finalize,
-        [
-            {"invoice_id": invoice_id, "invoice_number": invoice_number(tenant, period, seq),
-             "total": sum(to_minor(line.amount, draft.currency) for line in draft.lines)}
-            for seq, (invoice_id, draft) in enumerate(zip(ids, drafts, strict=True), start=1)
-        ],
-    )  # fmt: skip
-
-
-def _text(value: Decimal) -> str:
-    return f"{value:f}"
-
-
-def _with_line_counts(session: Session, tenant: Tenant, *, period: str | None = None, customer: str | None = None) -> list[Any]:
-    """The tenant's invoices (of a month, of a customer) with their numbers of lines and of
-    adjustment lines, by month and number."""
-    where = [invoices.c.tenant_id == tenant.id]
-    if period is not None:
-        where.append(invoices.c.period == period)
-    if customer is not None:
-        where.append(invoices.c.customer == customer)
-    return list(session.execute(
-        select(invoices, func.count(invoice_lines.c.id).label("lines"),
-               func.count(invoice_lines.c.adjusts_period).label("adjustments"))
-        .select_from(invoices.outerjoin(invoice_lines, invoice_lines.c.invoice_id == invoices.c.id))
-        .where(*where)
-        .group_by(invoices.c.id)
-        .order_by(invoices.c.period, invoices.c.number)
-    ).all())  # fmt: skip
-
-
 def _close_summary(session: Session, tenant: Tenant, period: Period, closed_at: datetime, *, closed: bool) -> dict[str, Any]:
-    rows = _with_line_counts(session, tenant, period=period.label)
+    rows = store.with_line_counts(session, tenant, period=period.label)
     totals: dict[str, Decimal] = {}
     for row in rows:
         totals[row.currency] = totals.get(row.currency, from_minor(0, row.currency)) + from_minor(row.total_minor, row.currency)
@@ -369,7 +203,7 @@ def customer_invoices(session: Session, tenant: Tenant, customer: str) -> list[d
 def tenant_invoices(session: Session, tenant: Tenant, *, period: Period | None = None, customer: str | None = None) -> list[dict[str, Any]]:
     """The tenant's invoices, of one month and of one customer when given, by month and number,
     with their numbers of lines and of adjustment lines (`taskmeter invoices`)."""
-    rows = _with_line_counts(session, tenant, period=period.label if period else None, customer=customer)
+    rows = store.with_line_counts(session, tenant, period=period.label if period else None, customer=customer)
     if not rows and customer is not None:
         require_customer(session, tenant, customer)
     return [

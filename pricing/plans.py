@@ -52,7 +52,6 @@ from pricing.tiers import step_problems
 
 MAX_DECIMALS = 12
 MAX_AMOUNT = Decimal(10) ** 15
-TOKEN_CLASSES = ("input", "output", "cache_read", "cache_write")
 DEFER_CHECKS = "defer_checks"  # validation context flag: validate_config reports them with paths
 
 

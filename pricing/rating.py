@@ -36,7 +36,8 @@ import pandas as pd
 
 from metering.errors import InvalidInput
 from metering.money import TOKENS_PER_MILLION, nanos_to_decimal, round_money
-from pricing.plans import TOKEN_CLASSES, PerJobPlan, PerTokenPlan, Plan, PlanBook, Rates
+from metering.vocabulary import TOKEN_CLASSES
+from pricing.plans import PerJobPlan, PerTokenPlan, Plan, PlanBook, Rates
 from pricing.tiers import EXACT, ZERO, exact_amount, price_tiers
 from pricing.usage import (
     TOKEN_COLUMNS,

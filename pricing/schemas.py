@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from metering.prices import MAX_TOKENS
+from metering.vocabulary import Outcome
 
 Exact = Annotated[Decimal, PlainSerializer(lambda d: f"{d:f}", return_type=str, when_used="json")]
 Utc = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]
@@ -190,7 +191,7 @@ class ModelUsageIn(_In):
 class QuoteIn(_In):
     usage: list[ModelUsageIn] = []
     task_type: str | None = None
-    outcome: Literal["completed", "failed", "cancelled"] = "completed"
+    outcome: Outcome = "completed"
     plans: list[str] | None = Field(None, description="default: every plan")
     units_before: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS, description="the month's usage so far in the plan's unit")] = 0
     at: Instant | None = Field(None, description="price at this instant, RFC 3339 with offset (default: now)")

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from pricing.plans import TOKEN_CLASSES
+from metering.vocabulary import OUTCOMES, TOKEN_CLASSES
 
 TOKEN_COLUMNS = tuple(f"{c}_tokens" for c in TOKEN_CLASSES)
 TOKEN_USAGE_COLUMNS: Mapping[str, str] = {
@@ -34,7 +34,6 @@ TASK_COLUMNS: Mapping[str, str] = {
     "customer": "key", "task": "key", "task_type": "str?", "status": "key", "ended_at": "instant",
     "provider_cost_nanos": "int",
 }  # fmt: skip
-STATUSES = ("completed", "failed", "cancelled")
 INT64_MAX = 2**63 - 1
 
 
@@ -57,7 +56,7 @@ class MonthUsage:
     names: list[str]  # the same, for fast scalar access
     tokens: pd.DataFrame  # token usage with `cust` (code) and `day` (int64 days since the epoch)
     task_customer: np.ndarray
-    task_status: np.ndarray  # index into STATUSES
+    task_status: np.ndarray  # index into OUTCOMES
     task_type: np.ndarray  # index into task_types, -1 when null
     task_types: pd.Index
     task_ended: np.ndarray  # int64 nanoseconds since the epoch, UTC
@@ -128,8 +127,8 @@ def prepare_month(
     ].assign(cust=names.get_indexer(tok_names)[tok_codes], day=days)
 
     status_codes, status_names = pd.factorize(tasks["status"])
-    if (status_codes < 0).any() or not set(status_names) <= set(STATUSES):
-        raise ValueError(f"tasks.status has values other than {STATUSES}: {sorted(set(status_names))}")
+    if (status_codes < 0).any() or not set(status_names) <= set(OUTCOMES):
+        raise ValueError(f"tasks.status has values other than {OUTCOMES}: {sorted(set(status_names))}")
     ended = pd.DatetimeIndex(tasks["ended_at"]).as_unit("ns").asi8  # nanoseconds since the epoch
     start, end = instant(first, zone), instant(last + timedelta(days=1), zone)
     if len(ended) and (ended.min() < start or ended.max() >= end):
@@ -142,7 +141,7 @@ def prepare_month(
         names=names.tolist(),
         tokens=tokens,
         task_customer=names.get_indexer(task_names)[task_codes],
-        task_status=pd.Index(STATUSES).get_indexer(status_names)[status_codes].astype(np.int8),
+        task_status=pd.Index(OUTCOMES).get_indexer(status_names)[status_codes].astype(np.int8),
         task_type=type_codes,
         task_types=type_names,
         task_ended=ended,

@@ -1,9 +1,9 @@
 """What a month billed: its finalized invoices once it is closed, else the drafts as they stand
-(`pricing.invoices.month_drafts`, with late usage of closed months when the month before is
+(`pricing.invoices.month_assembly`, with late usage of closed months when the month before is
 closed, exactly as `upcoming_invoice` shows them).
 
-Customers with usage but no plan cannot be rated: the drafts of the others are made one by one
-and those customers are listed as `unrated` (their reports show no amount).
+Customers that cannot be billed (usage but no plan, late usage in another currency) are listed
+as `unrated` (their reports show no amount); the others are drafted as usual.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from metering.errors import InvalidInput
+from metering.money import to_minor
 from metering.periods import Period
 from metering.tenants import Tenant
 from pricing import repository as pricing_repository
-from pricing.adjustments import to_minor
-from pricing.invoices import Draft, month_drafts
+from pricing.assembly import Draft
+from pricing.invoices import month_assembly
 from reports import repository
 from reports.repository import InvoiceRecord, LineRecord
 
@@ -43,26 +43,8 @@ def month_invoices(session: Session, tenant: Tenant, period: Period, *, closed: 
         )
     state = pricing_repository.rollup_position(session, tenant.id)
     adjust = period.previous().label in closed
-    try:
-        drafts, _ = month_drafts(session, tenant, period, state, customer=customer, adjust=adjust)
-        return MonthInvoices(period, False, tuple(_record(d) for d in drafts))
-    except InvalidInput:
-        if customer is not None:
-            return MonthInvoices(period, False, (), (customer,))
-    # Some customers have usage but no plan: draft the others one by one.
-    users = set(repository.customer_usage(session, tenant.id, period)) | repository.ended_customers(
-        session, tenant.id, period
-    )
-    planned = pricing_repository.assignments_on(session, tenant.id, pricing_repository.last_day(period))
-    records, unrated = [], users - set(planned)
-    for name in sorted(planned):
-        try:
-            drafts, _ = month_drafts(session, tenant, period, state, customer=name, adjust=adjust)
-        except InvalidInput:
-            unrated.add(name)
-            continue
-        records.extend(_record(d) for d in drafts)
-    return MonthInvoices(period, False, tuple(records), tuple(sorted(unrated)))
+    assembly, _ = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust)
+    return MonthInvoices(period, False, tuple(_record(d) for d in assembly.drafts), tuple(sorted(assembly.unrated)))
 
 
 def _record(draft: Draft) -> InvoiceRecord:

@@ -17,10 +17,10 @@ import pandas as pd
 from sqlalchemy.orm import Session
 
 from metering.errors import InvalidInput
-from metering.money import decimal_to_nanos, round_money
+from metering.money import decimal_to_nanos, round_money, to_minor
 from metering.periods import Period
 from metering.tenants import Tenant
-from pricing.adjustments import to_minor
+from metering.vocabulary import TASK_STATUSES
 from pricing.plans import PerJobPlan
 from pricing.repository import last_day
 from pricing.usage import summable
@@ -146,7 +146,7 @@ def _rows(columns: tuple[str, ...], batches: Any) -> list[dict[str, Any]]:
 
 
 def _counts(summary: MonthSummary) -> dict[str, int]:
-    counts = {"completed": 0, "failed": 0, "cancelled": 0, "open": 0}
+    counts: dict[str, int] = dict.fromkeys(TASK_STATUSES, 0)
     for row in summary.customers:
         for status in counts:
             counts[status] += getattr(row.counts, status)

@@ -38,11 +38,10 @@ import pandas as pd
 from sqlalchemy.orm import Session
 
 from metering.db import begin_snapshot as begin_snapshot  # where the reports' callers import it
-from metering.money import quantize, round_money
+from metering.money import quantize, round_money, to_minor
 from metering.periods import Period
 from metering.tenants import Tenant
 from pricing import repository as pricing_repository
-from pricing.adjustments import to_minor
 from pricing.compare import compare_plans
 from pricing.plans import PlanBook
 from pricing.repository import Assignment, last_day

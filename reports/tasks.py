@@ -25,13 +25,12 @@ from metering.ingest import to_us
 from metering.periods import Period
 from metering.prices import settle_nanos
 from metering.tenants import Tenant
+from metering.vocabulary import OUTCOMES
 from pricing.usage import TASK_COLUMNS
 from reports import repository
 from reports.cells import instants_array_text, instants_text
 from reports.csvwriter import Batch
 from reports.repository import TaskCounts
-
-_STATUSES = ("completed", "failed", "cancelled")
 
 
 class RunningCost:
@@ -127,7 +126,7 @@ class TaskScan:
         ended, missing = columns["ended_us"], columns["ended_missing"]
         code, names = pd.factorize(customer)
         in_month = ~missing & (ended >= self.start) & (ended < self.end) & (status != "open")
-        masks = {"open": missing | (ended >= self.end)} | {s: in_month & (status == s) for s in _STATUSES}
+        masks = {"open": missing | (ended >= self.end)} | {s: in_month & (status == s) for s in OUTCOMES}
         tallies = {s: np.bincount(code[mask], minlength=len(names)).tolist() for s, mask in masks.items()}
         for i, name in enumerate(names.tolist()):
             counts = self.counts.get(name)
@@ -139,7 +138,7 @@ class TaskScan:
             counts.open += tallies["open"][i]
         if in_month.any():
             rows = np.flatnonzero(in_month)
-            state = np.select([masks[s][rows] for s in _STATUSES], [0, 1, 2]).astype(np.int8)
+            state = np.select([masks[s][rows] for s in OUTCOMES], [0, 1, 2]).astype(np.int8)
             cost = settle_nanos(
                 _ints(columns["task_cost_nanos"])[rows], _ints(columns["task_cost_rem"])[rows]
             )
@@ -159,7 +158,7 @@ class TaskScan:
             "customer": self._customers.names()[customer] if len(customer) else np.zeros(0, object),
             "task": task,
             "task_type": self._types.names()[kind] if len(kind) else np.zeros(0, object),
-            "status": np.array(_STATUSES, dtype=object)[state],
+            "status": np.array(OUTCOMES, dtype=object)[state],
             "ended_at": pd.to_datetime(ended, unit="us", utc=True).as_unit("ns"),
             "provider_cost_nanos": cost.astype(np.int64),
         })  # fmt: skip

@@ -19,6 +19,7 @@ from api.settings import Settings
 from metering.db import unit_of_work
 from metering.errors import InvalidInput, TaskmeterError
 from metering.pipeline import bring_up_to_date
+from metering.vocabulary import OUTCOMES
 from pricing import analysis, invoices, service
 from pricing.compare import CUSTOMER_COLUMNS
 from pricing.config import decode_config
@@ -258,7 +259,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--cache-read-tokens", type=int)
     p.add_argument("--cache-write-tokens", type=int)
     p.add_argument("--task-type")
-    p.add_argument("--outcome", choices=("completed", "failed", "cancelled"), help="default: completed")
+    p.add_argument("--outcome", choices=OUTCOMES, help="default: completed")
     p.add_argument("--plans", help="comma-separated plan ids (default: every plan in force)")
     p.add_argument("--units-before", type=int, help="the month's usage so far in the plan's unit (tiers, allowances)")
     p.add_argument("--at", help="price at this instant, e.g. 2026-10-15T12:00:00Z (default: now)")

@@ -65,15 +65,12 @@ def _refresher(request: Request) -> SnapshotRefresher:
 @router.get("")
 def month(
     request: Request,
+    signed: web.SignedInPage,
     month: Annotated[str | None, Query()] = None,
     customer: Annotated[str | None, Query()] = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> Response:
-    principal = web.signed_in(request)
-    if principal is None:
-        return web.to_sign_in(request)
-    tenant = principal.tenant
-    seed, token = web.csrf(request)
+    tenant = signed.tenant
     now = datetime.now(UTC)
     engine = web.engine(request)
     with Session(engine) as session:
@@ -81,12 +78,12 @@ def month(
         try:
             period = _chosen_month(month, tenant, closed, now)
         except InvalidInput:
-            return web.not_found(request, f"There is no month {month!r}: months look like 2026-10.", tenant)
+            return signed.not_found(f"There is no month {month!r}: months look like 2026-10.")
         if customer:
             try:
                 require_customer(session, tenant, customer)
             except NotFound:
-                return web.not_found(request, f"There is no customer {customer!r}.", tenant)
+                return signed.not_found(f"There is no customer {customer!r}.")
         months = _months(session, tenant, period, now)
         choices = sorted(set(repository.known_customers(session, tenant.id)))
         stripe_failures = tuple(
@@ -99,11 +96,7 @@ def month(
     else:
         found = _tenant_month(request, tenant, period, closed, now)
         if found is None:
-            return web.html(
-                request,
-                pages.loading(period.label, tenant=tenant.name, csrf=token, version=web.VERSION),
-                seed=seed,
-            )
+            return signed.html(pages.loading(period.label, **signed.chrome))
         snapshot, freshness = found
         view = snapshot.view()
         as_of = snapshot.computed_at
@@ -114,11 +107,11 @@ def month(
     names = sorted(set(choices) | {row["customer"] for row in view.customers})
     body = month_page.render(
         month_page.MonthPage(
-            tenant.name, view, series, months, names, token, web.VERSION, as_of, freshness, page,
+            tenant.name, view, series, months, names, signed.csrf, web.VERSION, as_of, freshness, page,
             stripe_failures, quarantined,
         )
     )
-    return web.html(request, body, seed=seed)
+    return signed.html(body)
 
 
 def _chosen_month(text: str | None, tenant: Tenant, closed: set[str], now: datetime) -> Period:
@@ -183,96 +176,67 @@ def _tenant_month(
 
 
 @router.get("/quarantine")
-def quarantine_page(request: Request) -> Response:
-    principal = web.signed_in(request)
-    if principal is None:
-        return web.to_sign_in(request)
-    tenant = principal.tenant
-    seed, token = web.csrf(request)
+def quarantine_page(request: Request, signed: web.SignedInPage) -> Response:
     with Session(web.engine(request)) as session:
-        rows = quarantine.listing(session, tenant.id, limit=100)
-        total = quarantine.count(session, tenant.id)
-    return web.html(request, pages.quarantine(rows, total, tenant=tenant.name, csrf=token, version=web.VERSION), seed=seed)
+        rows = quarantine.listing(session, signed.tenant.id, limit=100)
+        total = quarantine.count(session, signed.tenant.id)
+    return signed.html(pages.quarantine(rows, total, **signed.chrome))
 
 
 
 @router.get("/invoices/{invoice_id}")
-def invoice_page(request: Request, invoice_id: int) -> Response:
-    principal = web.signed_in(request)
-    if principal is None:
-        return web.to_sign_in(request)
-    tenant = principal.tenant
-    seed, token = web.csrf(request)
+def invoice_page(request: Request, signed: web.SignedInPage, invoice_id: int) -> Response:
     with Session(web.engine(request)) as session:
-        found = repository.finalized_invoices(session, tenant.id, None, invoice_id=invoice_id)
+        found = repository.finalized_invoices(session, signed.tenant.id, None, invoice_id=invoice_id)
     if not found:
-        return web.not_found(request, f"There is no invoice {invoice_id}.", tenant)
-    return web.html(
-        request, pages.invoice(found[0], tenant=tenant.name, csrf=token, version=web.VERSION), seed=seed
-    )
+        return signed.not_found(f"There is no invoice {invoice_id}.")
+    return signed.html(pages.invoice(found[0], **signed.chrome))
 
 
 @router.get("/customers/{customer}/invoice")
-def draft_invoice_page(request: Request, customer: str, month: Annotated[str, Query()]) -> Response:
-    principal = web.signed_in(request)
-    if principal is None:
-        return web.to_sign_in(request)
-    tenant = principal.tenant
-    seed, token = web.csrf(request)
+def draft_invoice_page(
+    request: Request, signed: web.SignedInPage, customer: str, month: Annotated[str, Query()]
+) -> Response:
     with Session(web.engine(request)) as session:
-        period = _customer_period(request, session, tenant, customer, month)
+        period = _customer_period(signed, session, customer, month)
         if isinstance(period, Response):
             return period
-        invoices = month_invoices(session, tenant, period, customer=customer).invoices
+        invoices = month_invoices(session, signed.tenant, period, customer=customer).invoices
     if not invoices:
-        return web.not_found(request, f"{customer} has nothing to bill in {period.label}.", tenant)
+        return signed.not_found(f"{customer} has nothing to bill in {period.label}.")
     if invoices[0].id is not None:
         return web.redirect(request, f"/dashboard/invoices/{invoices[0].id}")
-    return web.html(
-        request, pages.invoice(invoices[0], tenant=tenant.name, csrf=token, version=web.VERSION), seed=seed
-    )
+    return signed.html(pages.invoice(invoices[0], **signed.chrome))
 
 
 @router.get("/customers/{customer}/tasks")
 def tasks_page(
     request: Request,
+    signed: web.SignedInPage,
     customer: str,
     month: Annotated[str, Query()],
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
 ) -> Response:
-    principal = web.signed_in(request)
-    if principal is None:
-        return web.to_sign_in(request)
-    tenant = principal.tenant
-    seed, token = web.csrf(request)
     with Session(web.engine(request)) as session:
-        period = _customer_period(request, session, tenant, customer, month)
+        period = _customer_period(signed, session, customer, month)
         if isinstance(period, Response):
             return period
         begin_snapshot(session)
-        rows, more = _task_rows(session, tenant, period, customer, page)
+        rows, more = _task_rows(session, signed.tenant, period, customer, page)
         session.rollback()
     body = pages.tasks(
-        customer,
-        period.label,
-        rows,
-        page=page,
-        more=more,
-        currency=tenant.currency,
-        tenant=tenant.name,
-        csrf=token,
-        version=web.VERSION,
+        customer, period.label, rows, page=page, more=more, currency=signed.tenant.currency, **signed.chrome
     )
-    return web.html(request, body, seed=seed)
+    return signed.html(body)
 
 
-def _customer_period(request: Request, session: Session, tenant: Tenant, customer: str, month: str) -> Period | Response:
+def _customer_period(signed: web.SignedIn, session: Session, customer: str, month: str) -> Period | Response:
     """The month of one of the tenant's customers, or the page saying what is not found."""
     try:
-        require_customer(session, tenant, customer)
-        return parse_month(month, tenant.timezone)
+        require_customer(session, signed.tenant, customer)
+        return parse_month(month, signed.tenant.timezone)
     except (NotFound, InvalidInput) as error:
-        return web.not_found(request, error.message, tenant)
+        return signed.not_found(error.message)
 
 
 def _task_rows(
@@ -293,13 +257,10 @@ def _task_rows(
 
 
 @router.get("/reports/{month}/{name}.csv")
-def download(request: Request, month: str, name: str) -> Response:
-    principal = web.signed_in(request)
-    if principal is None:
-        return web.to_sign_in(request)
+def download(request: Request, signed: web.SignedInPage, month: str, name: str) -> Response:
     try:
-        response = csv_response(web.engine(request), principal.tenant, month, name)
+        response = csv_response(web.engine(request), signed.tenant, month, name)
     except (NotFound, InvalidInput) as error:
-        return web.not_found(request, error.message, principal.tenant)
+        return signed.not_found(error.message)
     response.headers.update({**web.SECURITY_HEADERS, "Cache-Control": "no-store"})
     return response

@@ -19,13 +19,6 @@ from reports.html import STATIC
 
 router = APIRouter(include_in_schema=False, route_class=web.DashboardRoute)  # under /dashboard (api.routers.dashboard)
 
-STATIC_TYPES = {
-    ".css": "text/css; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".svg": "image/svg+xml",
-}
-
-
 # --- sign-in -------------------------------------------------------------------------------------------
 
 
@@ -100,7 +93,7 @@ async def sign_out(request: Request) -> Response:
 def static_file(name: str) -> Response:
     suffix = name[name.rfind(".") :] if "." in name else ""
     resource = STATIC / name
-    if "/" in name or suffix not in STATIC_TYPES or not resource.is_file():
+    if "/" in name or suffix not in web.STATIC_TYPES or not resource.is_file():
         return Response("not found", status_code=404, media_type="text/plain")
     headers = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
-    return Response(resource.read_bytes(), media_type=STATIC_TYPES[suffix], headers=headers)
+    return Response(resource.read_bytes(), media_type=web.STATIC_TYPES[suffix], headers=headers)

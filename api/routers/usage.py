@@ -18,6 +18,7 @@ from api.errors import responses
 from metering import repository
 from metering.errors import InvalidInput, NotFound
 from metering.periods import parse_day, parse_instant, period_of
+from metering.vocabulary import TaskStatus
 from pricing.service import require_customer
 
 router = APIRouter(tags=["usage"])
@@ -52,7 +53,7 @@ class TaskUsage(UsageFigures):
     task: str
     customer: str
     task_type: str | None
-    status: Literal["open", "completed", "failed", "cancelled"]
+    status: TaskStatus
     started_at: datetime | None
     ended_at: datetime | None
     first_event_at: datetime

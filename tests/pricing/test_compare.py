@@ -189,7 +189,7 @@ class TestQuotes:
         {"id": "volume", "type": "per_job", "tiers": {"mode": "volume", "steps": [
             {"up_to": 5, "price": "5"}, {"up_to": None, "price": "4"}]}},
     ]}).plans  # fmt: skip
-    TOKENS = [ModelTokens("openai", "gpt-4o", input_tokens=1000, output_tokens=500)]
+    TOKENS = [ModelTokens("openai", "gpt-4o", uncached_input_tokens=1000, output_tokens=500)]
 
     def quote(self, plan_id: str, **options: Any) -> tuple[Decimal, Decimal]:
         fields: dict[str, Any] = {"tokens": self.TOKENS, "task_type": "support", "outcome": "completed", "provider_cost_nanos": 0,
@@ -229,7 +229,7 @@ class TestQuotes:
 
     @pytest.mark.parametrize("options", [
         {"provider_cost_nanos": 0.5}, {"outcome": "open"},
-        {"tokens": [ModelTokens("openai", "gpt-4o", input_tokens=-1)]},
+        {"tokens": [ModelTokens("openai", "gpt-4o", uncached_input_tokens=-1)]},
     ])  # fmt: skip
     def test_bad_inputs(self, options: dict[str, Any]) -> None:
         with pytest.raises((TypeError, ValueError)):

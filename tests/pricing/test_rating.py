@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from metering.errors import InvalidInput
 from metering.money import round_money
+from metering.vocabulary import TOKEN_CLASSES
 from pricing.config import validate_config
-from pricing.plans import TOKEN_CLASSES, PerJobPlan, PerTokenPlan, Plan, PlanBook
+from pricing.plans import PerJobPlan, PerTokenPlan, Plan, PlanBook
 from pricing.rating import LineKind, RatedMonth, rate_month
 from pricing.usage import TASK_COLUMNS, TOKEN_USAGE_COLUMNS
 

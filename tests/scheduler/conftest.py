@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -72,33 +71,15 @@ class Recorder:
 @pytest.fixture
 def fake_close(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     """`pricing.invoices.close_period` replaced by a recorder, as the scheduler sees it."""
-    return _install(monkeypatch, "pricing.invoices", "close_period")
+    return _install(monkeypatch, "close_period")
 
 
 @pytest.fixture
 def fake_reports(monkeypatch: pytest.MonkeyPatch) -> Recorder:
-    return _install(monkeypatch, "reports.monthly", "write_month")
+    return _install(monkeypatch, "write_month")
 
 
-def _install(monkeypatch: pytest.MonkeyPatch, module: str, attribute: str) -> Recorder:
+def _install(monkeypatch: pytest.MonkeyPatch, attribute: str) -> Recorder:
     recorder = Recorder()
-    previous = scheduler._optional_module
-
-    def optional_module(name: str) -> ModuleType | None:
-        if name == module:
-            return SimpleNamespace(**{attribute: recorder})  # type: ignore[return-value]
-        return previous(name)
-
-    monkeypatch.setattr(scheduler, "_optional_module", optional_module)
+    monkeypatch.setattr(scheduler, attribute, recorder)
     return recorder
-
-
-@pytest.fixture
-def missing(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
-    """Make an optional module look not written yet."""
-    absent: set[str] = set()
-    previous = scheduler._optional_module
-    monkeypatch.setattr(
-        scheduler, "_optional_module", lambda name: None if name in absent else previous(name)
-    )
-    return absent.add

@@ -4,7 +4,6 @@ two workers run them at once."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -209,28 +208,11 @@ class TestCloseJob:
                 raise failures.pop()
             fake_close(session, tenant, period, **kwargs)
 
-        monkeypatch.setattr(
-            scheduler,
-            "_optional_module",
-            lambda name: type("M", (), {"close_period": staticmethod(close_period)}),
-        )
+        monkeypatch.setattr(scheduler, "close_period", close_period)
         now = utc(2026, 11, 2)
         assert run_close(runtime, now=now) == [("fine", "2026-10")]
         assert run_close(runtime, now=now) == [("flaky", "2026-10")]
         assert run_close(runtime, now=now) == []
-
-    def test_skipped_with_a_log_line_while_close_period_is_missing(
-        self,
-        runtime: Runtime,
-        tenant_at: Callable[..., Tenant],
-        missing: Callable[[str], None],
-        caplog: pytest.LogCaptureFixture,
-    ) -> None:
-        tenant_at(created=utc(2026, 8, 15))
-        missing("pricing.invoices")
-        with caplog.at_level(logging.INFO, logger="taskmeter.scheduler"):
-            assert run_close(runtime, now=utc(2026, 11, 2)) == []
-        assert "period close skipped" in caplog.text
 
     def test_two_workers_racing_close_each_month_once(
         self, runtime: Runtime, tenant_at: Callable[..., Tenant], fake_close: Recorder
@@ -267,18 +249,3 @@ class TestReportsJob:
         run_close(runtime, now=utc(2026, 12, 2))
         assert run_reports(runtime, now=utc(2026, 12, 2)) == [("acme-ai", "2026-11")]
         assert fake_reports.calls == [("acme-ai", m) for m in ("2026-09", "2026-10", "2026-11")]
-
-    def test_skipped_with_a_log_line_while_write_month_is_missing(
-        self,
-        runtime: Runtime,
-        tenant_at: Callable[..., Tenant],
-        fake_close: Recorder,
-        missing: Callable[[str], None],
-        caplog: pytest.LogCaptureFixture,
-    ) -> None:
-        tenant_at(created=utc(2026, 9, 10))
-        run_close(runtime, now=utc(2026, 11, 2))
-        missing("reports.monthly")
-        with caplog.at_level(logging.INFO, logger="taskmeter.scheduler"):
-            assert run_reports(runtime, now=utc(2026, 11, 2)) == []
-        assert "monthly reports skipped" in caplog.text

@@ -12,12 +12,12 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from metering.db import unit_of_work
+from metering.money import to_minor
 from metering.periods import Period
 from metering.pipeline import RollupResult, rollup_tenant
 from metering.tables import events, rollup_state, task_usage, task_usage_detail, usage_daily
 from metering.tenants import Tenant
 from pricing import repository
-from pricing.adjustments import to_minor
 from pricing.invoices import month_drafts
 from pricing.tables import billing_periods, invoice_lines, invoices
 
