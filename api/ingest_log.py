@@ -25,6 +25,7 @@ def log_config(settings: Settings) -> LogConfig:
         duplicate_window=settings.ingest_log_duplicate_window_seconds,
         publish_timeout=settings.ingest_log_publish_timeout_seconds,
         max_deliver=settings.ingest_log_max_deliver,
+        ack_wait=settings.ingest_log_ack_wait_seconds,
     )
 
 

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     ingest_log_duplicate_window_seconds: float = 300.0  # a retry within it is absorbed by the log
     ingest_log_publish_timeout_seconds: float = 10.0  # the whole batch's acknowledgements, else 503
     ingest_log_max_deliver: int = 10  # deliveries of one message before the loader quarantines it
+    ingest_log_ack_wait_seconds: float = 30.0  # a killed loader's messages go to another after this
     # While the database is away, a key seen working within this many seconds still authenticates
     # ingestion (its last known scopes): the log takes events through a database outage.
     ingest_log_auth_grace_seconds: float = 900.0

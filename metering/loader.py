@@ -32,7 +32,6 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-import nats.errors
 import orjson
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -232,7 +231,7 @@ async def run(
     idle_exit: float | None = None,
 ) -> LoaderStats:
     """Load the log into the database until `stop` is set (or, with `idle_exit`, until the log
-    has had nothing for that many seconds)."""
+    has had nothing for that many seconds and no message awaits an acknowledgement)."""
     stop = stop or asyncio.Event()
     stats = LoaderStats()
     client, stream = await connect(config)
@@ -244,9 +243,13 @@ async def run(
         while not stop.is_set():
             try:
                 fetched = await subscription.fetch(batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError too: nothing came
                 if idle_exit is not None and asyncio.get_running_loop().time() - idle_since >= idle_exit:
-                    break
+                    # Done only when nothing is left, nor held by another (or a killed) loader:
+                    # those come back once their acknowledgement is overdue.
+                    info = await subscription.consumer_info()
+                    if info.num_pending == 0 and info.num_ack_pending == 0:
+                        break
                 continue
             idle_since = asyncio.get_running_loop().time()
             stats.add(await _handle(config, engine, fetched, clock=clock, window=window))
@@ -273,7 +276,9 @@ async def _handle(
     if last:
         reason = f"delivered {config.max_deliver} times without being stored: every loader that took it stopped first"
         await _until_stored(
-            fetched, lambda: _quarantine_each(engine, [messages[i] for i in last], reason, clock())
+            config.ack_wait,
+            fetched,
+            lambda: _quarantine_each(engine, [messages[i] for i in last], reason, clock()),
         )
         for i in last:
             outcomes[i] = Outcome.QUARANTINED
@@ -281,7 +286,7 @@ async def _handle(
     first = [i for i, m in enumerate(messages) if outcomes[i] is None and m.delivered == 1]
     alone = [[i] for i, m in enumerate(messages) if outcomes[i] is None and m.delivered > 1]
     for indices in ([first] if first else []) + alone:
-        stored = await _store(engine, fetched, [messages[i] for i in indices], clock, window)
+        stored = await _store(config, engine, fetched, [messages[i] for i in indices], clock, window)
         for i, outcome in zip(indices, stored, strict=True):
             outcomes[i] = outcome
     done = [outcome or Outcome.STORED for outcome in outcomes]
@@ -291,6 +296,7 @@ async def _handle(
 
 
 async def _store(
+    config: LogConfig,
     engine: Engine,
     fetched: list[Any],
     messages: list[LogMessage],
@@ -302,19 +308,20 @@ async def _store(
             return load(session, messages, now=clock(), window=window)
 
     try:
-        return await _until_stored(fetched, together)
+        return await _until_stored(config.ack_wait, fetched, together)
     except Exception as exc:  # the batch failed for a reason of its own: find the message
         if len(messages) == 1:
-            reason = f"refused by the database: {type(getattr(exc, 'orig', None) or exc).__name__}: {exc}"[
-                :1000
-            ]
+            cause = getattr(exc, "orig", None) or exc
+            reason = f"refused by the database: {type(cause).__name__}: {cause}"[:1000]
             log.warning("message %s quarantined: %s", messages[0].stream_seq, reason.splitlines()[0])
-            await _until_stored(fetched, lambda: _quarantine_each(engine, messages, reason, clock()))
+            await _until_stored(
+                config.ack_wait, fetched, lambda: _quarantine_each(engine, messages, reason, clock())
+            )
             return [Outcome.QUARANTINED]
         return [
             outcome
             for message in messages
-            for outcome in await _store(engine, fetched, [message], clock, window)
+            for outcome in await _store(config, engine, fetched, [message], clock, window)
         ]
 
 
@@ -325,9 +332,12 @@ def _quarantine_each(engine: Engine, messages: list[LogMessage], reason: str, no
     return [Outcome.QUARANTINED] * len(messages)
 
 
-async def _until_stored(fetched: list[Any], work: Callable[[], list[Outcome]]) -> list[Outcome]:
+async def _until_stored(
+    ack_wait: float, fetched: list[Any], work: Callable[[], list[Outcome]]
+) -> list[Outcome]:
     """Run `work` in a thread; while the database is away, keep the messages (in progress, which
-    is no new delivery) and try again, waiting longer each time up to 5 s."""
+    is no new delivery; often enough that JetStream never thinks the loader gone) and try again,
+    waiting longer each time up to 5 s."""
     delay, said = 0.25, False
     while True:
         try:
@@ -345,7 +355,7 @@ async def _until_stored(fetched: list[Any], work: Callable[[], list[Outcome]]) -
         for msg in fetched:
             await msg.in_progress()
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
+        delay = min(delay * 2, 5.0, ack_wait / 3)
 
 
 def _message(msg: Any) -> LogMessage:
