@@ -12,9 +12,12 @@ import logging
 import signal
 from typing import Any
 
+from sqlalchemy import Engine
+
 from api.cli.common import err, now, open_engine, out
 from api.ingest_log import log_config
 from api.settings import Settings
+from metering.db import is_unavailable, upgrade_schema
 from metering.errors import TaskmeterError
 
 
@@ -31,7 +34,8 @@ def cmd_loader(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)  # finish the batch in hand, then stop
-        with open_engine(settings) as engine:
+        with open_engine(settings, migrate=False) as engine:
+            await _schema_when_up(engine, stop)
             return await run(
                 config, engine, clock=now, window=settings.event_window, batch=args.batch, stop=stop,
                 idle_exit=args.exit_when_idle,
@@ -44,6 +48,23 @@ def cmd_loader(args: argparse.Namespace, settings: Settings) -> int:
         "quarantined": stats.quarantined, "batches": stats.batches,
     })  # fmt: skip
     return 0
+
+
+async def _schema_when_up(engine: Engine, stop: asyncio.Event) -> None:
+    """Migrate the database, waiting for it while it is away: a loader started during an outage
+    waits, as it does when the outage comes later."""
+    said = False
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(upgrade_schema, engine)
+            return
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            if not said:
+                err(f"the database is unavailable ({type(exc).__name__}); waiting for it")
+                said = True
+        await asyncio.sleep(1)
 
 
 def add_commands(sub: Any) -> None:

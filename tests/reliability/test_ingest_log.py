@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,11 +66,22 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_loader_outlives_its_test() -> Iterator[None]:
+    yield
+    while _STARTED:
+        kill9(_STARTED.pop())
+
+
 def loaders(env: dict[str, str], count: int, tmp_path: Path, *extra: str) -> list[subprocess.Popen[bytes]]:
     started = []
     for n in range(count):
         with (tmp_path / f"loader-{time.monotonic_ns()}-{n}.log").open("ab") as log:
             started.append(start_cli(["loader", "--batch", "200", *extra], env, log))
+    _STARTED.extend(started)
     return started
 
 
@@ -164,7 +175,7 @@ class TestPostgresStoppedUnderTheLog:
             threads = [threading.Thread(target=ingester, args=(n, server.url)) for n in range(3)]
             for thread in threads:
                 thread.start()
-            time.sleep(1.5)
+            wait_for(lambda: bool(stored_ids(engine, tenant.id)), 60, "the loaders stored nothing")
             private_postgres.stop("immediate")  # the database crashes under load
             before = len(sent)
             time.sleep(5)
