@@ -32,6 +32,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+import nats.errors
 import orjson
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -105,7 +106,7 @@ def load(
         for item in group:
             if outcomes[item.index] in (Outcome.DUPLICATE, Outcome.CONFLICT):
                 verdict = outcomes[item.index].value  # type: ignore[union-attr]
-                verdicts.append((tenant_id, item.event["id"], verdict, _digest(item, tenant_id), now))
+                verdicts.append((tenant_id, item.event["id"], verdict, _digest(item, tenant_id, window), now))
     columns = ("tenant_id", "event_id", "verdict", "content_hash", "decided_at")
     write_rows(
         session.connection(),
@@ -173,8 +174,10 @@ def _stored(session: Session, tenant_id: int, event_ids: list[str]) -> dict[str,
     return found
 
 
-def _digest(item: _Decoded, tenant_id: int) -> str:
-    prepared = prepare_rows(validate_items([item.event]), tenant_id, now=from_us(item.accepted_us))
+def _digest(item: _Decoded, tenant_id: int, window: TimeWindow) -> str:
+    prepared = prepare_rows(
+        validate_items([item.event]), tenant_id, now=from_us(item.accepted_us), window=window
+    )
     return str(prepared.rows[0][-2]) if prepared.rows else ""
 
 
@@ -251,9 +254,19 @@ async def run(
                     if info.num_pending == 0 and info.num_ack_pending == 0:
                         break
                 continue
+            except nats.errors.Error as exc:  # disconnected: the client reconnects by itself
+                log.warning("the log is unavailable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(1)
+                continue
             idle_since = asyncio.get_running_loop().time()
-            stats.add(await _handle(config, engine, fetched, clock=clock, window=window))
-            await client.flush()
+            try:
+                stats.add(await _handle(config, engine, fetched, clock=clock, window=window))
+                await client.flush()
+            except nats.errors.Error as exc:
+                # NATS went away mid-batch (the client reconnects by itself): what was not
+                # acknowledged comes back after ack_wait, and storing it again is a no-op.
+                log.warning("the log is unavailable (%s); carrying on once it is back", type(exc).__name__)
+                await asyncio.sleep(1)
     finally:
         await client.close()
     return stats
