@@ -196,3 +196,30 @@ class TestPoison:
             kept = connection.execute(select(log_quarantine)).one()
         assert (kept.tenant_id, kept.event_id) == (987_654, "orphan")
         assert kept.reason.startswith("refused by the database: ")
+
+
+class TestLogUnavailable:
+    def test_a_batch_the_log_does_not_acknowledge_in_time_is_a_503_to_retry(
+        self,
+        log_settings: Settings,
+        engine: Engine,
+        tenant: Tenant,
+        make_key: Callable[..., str],
+        load: Callable[[], LoaderStats],
+    ) -> None:
+        hurried = log_settings.model_copy(update={"ingest_log_publish_timeout_seconds": 1e-9})
+        batch = [make_event(id=f"t{i}") for i in range(200)]
+        with LiveServer(hurried, engine) as live, live.socket_client(make_key(tenant)) as http:
+            answer = http.post("/v1/events", json=batch)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "2"
+        assert "retry the batch" in answer.json()["message"]
+        with LiveServer(log_settings, engine) as live, live.socket_client(make_key(tenant)) as http:
+            assert http.post("/v1/events", json=batch).status_code == 202  # the retry
+        load()
+        assert stored(engine, tenant) == sorted(e["id"] for e in batch)  # once each, whatever the log held
+
+
+def test_the_setting_must_be_a_nats_url() -> None:
+    with pytest.raises(ValueError, match="nats://"):
+        Settings(ingest_log="http://localhost:4222")
+    assert Settings(ingest_log="").ingest_log is None
