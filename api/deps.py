@@ -75,7 +75,9 @@ def get_principal(request: Request, now: NowDep) -> Principal:
     except Exception as exc:
         # Through the ingest log, ingestion outlives the database: a key seen working lately
         # still authenticates (api.ingest_log.KnownKeys).
-        recalled = known.recall(hash_key(key.strip(), secret)) if known is not None and is_unavailable(exc) else None
+        recalled = None
+        if known is not None and is_unavailable(exc):
+            recalled = known.recall(hash_key(key.strip(), secret))
         if recalled is None:
             raise
         principal = recalled

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     def _ingest_log_is_nats(self) -> Settings:
         self.ingest_log = self.ingest_log or None  # set but empty: unset
         if self.ingest_log is not None and not self.ingest_log.startswith(("nats://", "tls://")):
-            raise ValueError(f"TASKMETER_INGEST_LOG must be a nats:// (or tls://) URL, not {self.ingest_log!r}")
+            raise ValueError(f"TASKMETER_INGEST_LOG must be a nats:// or tls:// URL, not {self.ingest_log!r}")
         return self
 
     @model_validator(mode="after")
