@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import Engine
 
 from api.errors import install_error_handlers
+from api.ingest_log import KnownKeys, LogLink
 from api.limits import RequestLimitsMiddleware
 from api.ratelimit import RateLimiter
 from api.routers import audit as audit_routes
@@ -30,12 +31,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # On the server's event loop, where the requests run: the log's connection is bound to it.
+        app.state.ingest_log = await LogLink.open(settings) if settings.ingest_log else None
         app.state.scheduler = start_scheduler(settings, engine) if settings.scheduler_enabled else None
         try:
             yield
         finally:
             if app.state.scheduler is not None:
                 app.state.scheduler.shutdown()
+            if app.state.ingest_log is not None:
+                await app.state.ingest_log.close()
         if app.state.owns_engine:
             engine.dispose()
 
@@ -50,12 +55,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings = settings
     app.state.engine = engine
     app.state.owns_engine = False
+    app.state.ingest_log = None
+    app.state.known_keys = KnownKeys(settings.ingest_log_auth_grace_seconds) if settings.ingest_log else None
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     install_error_handlers(app)
     # The last added runs first: security headers go on every answer, 413s included.
     app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
-    app.include_router(events.router)
+    # Through the ingest log (TASKMETER_INGEST_LOG), or straight to the database.
+    app.include_router(events.log_router if settings.ingest_log else events.router)
     app.include_router(otlp.router)
     app.include_router(usage.router)
     app.include_router(pricing.router)

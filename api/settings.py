@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     scheduler_misfire_grace_seconds: int = 300  # a run later than this is skipped (the next one comes)
     job_lease_seconds: float = 900.0  # SQLite job guards: how long a crashed worker blocks the others
 
+    # Ingestion through a NATS JetStream log (metering.ingest_log; docs/INGEST_LOG.md): set to
+    # nats://host:4222 and `POST /v1/events` answers 202 once the log holds the batch; `taskmeter
+    # loader` processes write it into the database. Unset: events go straight to the database.
+    ingest_log: str | None = None
+    ingest_log_stream: str = "TASKMETER_EVENTS"
+    ingest_log_subject: str = "taskmeter.events"  # messages go to <subject>.<tenant id>.<event digest>
+    ingest_log_duplicate_window_seconds: float = 300.0  # a retry within it is absorbed by the log
+    ingest_log_publish_timeout_seconds: float = 10.0  # the whole batch's acknowledgements, else 503
+    ingest_log_max_deliver: int = 10  # deliveries of one message before the loader quarantines it
+    ingest_log_ack_wait_seconds: float = 30.0  # a killed loader's messages go to another after this
+    # While the database is away, a key seen working within this many seconds still authenticates
+    # ingestion (its last known scopes): the log takes events through a database outage.
+    ingest_log_auth_grace_seconds: float = 900.0
+
     # genai-prices: the bundled snapshot only, unless this is turned on.
     prices_auto_update: bool = False
 
@@ -75,6 +89,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _event_window_representable(self) -> Settings:
         self.event_window  # noqa: B018 - raises ValueError, naming the bound, when out of range
+        return self
+
+    @model_validator(mode="after")
+    def _ingest_log_is_nats(self) -> Settings:
+        self.ingest_log = self.ingest_log or None  # set but empty: unset
+        if self.ingest_log is not None and not self.ingest_log.startswith(("nats://", "tls://")):
+            raise ValueError(f"TASKMETER_INGEST_LOG must be a nats:// or tls:// URL, not {self.ingest_log!r}")
         return self
 
     @model_validator(mode="after")

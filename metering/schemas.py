@@ -203,3 +203,33 @@ class IngestResult(BaseModel):
     duplicates: int = 0
     conflicts: int = 0
     rejected: list[RejectedEvent] = []
+
+
+LOG_NOTE = (
+    "accepted into the ingest log; loaders store the events shortly. Duplicates and conflicts with "
+    "events stored before are decided then: GET /v1/events/{id} shows each event's state"
+)
+
+
+class LogIngestResult(IngestResult):
+    """The answer of `POST /v1/events` through the ingest log (202): `accepted` events are held
+    by the log; `duplicates` counts repeats within the batch and copies of events the log held
+    already (a retry); `conflicts` and `rejected` are the batch's own, as without the log."""
+
+    note: str = LOG_NOTE
+
+
+EventStateName = Literal["pending", "stored", "duplicate", "conflict", "quarantined"]
+
+
+class EventState(BaseModel):
+    """Where an event is, through the ingest log: `pending` (the log holds it, the database not
+    yet), `stored`, `duplicate` (stored; the id's latest message repeated it), `conflict` (stored
+    with other content; the id's latest message was dropped), `quarantined` (the loader could not
+    store it: `detail` says why). `event` is the stored event when there is one."""
+
+    id: str
+    state: EventStateName
+    detail: str | None = None
+    decided_at: datetime | None = None
+    event: StoredEvent | None = None

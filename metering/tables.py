@@ -61,6 +61,7 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True)),
 )
 
+
 def _stored_event_columns() -> list[Column[Any]]:
     """An event as stored, after its seq and tenant: in `events`, and in `quarantine` as it was there."""
     return [
@@ -222,4 +223,39 @@ quarantine = Table(
     # Not unique: a row that cannot be moved aside would stop the tenant's rollup again.
     Index("ix_quarantine_tenant_id_id", "tenant_id", "id"),
     Index("ix_quarantine_tenant_id_event_id", "tenant_id", "event_id"),
+)
+
+
+# --- the ingest log (metering.ingest_log, metering.loader) -------------------------------------
+
+# The loader's verdict on an event id whose latest message from the log was not stored: a
+# duplicate of the stored event, or a conflict (other content under a stored id). One row per
+# id (the latest verdict): what `GET /v1/events/{id}` reports beside the stored event.
+load_verdicts = Table(
+    "load_verdicts",
+    metadata,
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
+    Column("verdict", String(16), nullable=False),  # duplicate | conflict
+    Column("content_hash", String(32), nullable=False),  # of the message that was not stored
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+)
+
+# Messages of the log that the loader could not store (undecodable, invalid at load, or an error
+# of the database specific to that message): kept whole, with the reason, and acknowledged so that
+# they do not come round again.
+log_quarantine = Table(
+    "log_quarantine",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    # Both as far as the message could be read (an undecodable one names neither); no foreign
+    # key: a message naming no known tenant is kept too.
+    Column("tenant_id", BigInteger),
+    Column("event_id", String(128)),
+    Column("subject", String(256), nullable=False),
+    Column("stream_seq", BigInteger, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("reason", String(1000), nullable=False),
+    Column("quarantined_at", DateTime(timezone=True), nullable=False),
+    Index("ix_log_quarantine_tenant_id_event_id", "tenant_id", "event_id"),
 )

@@ -35,7 +35,7 @@ def err(message: str) -> None:
 
 
 @contextmanager
-def open_engine(settings: Settings, *, create: bool = False) -> Iterator[Engine]:
+def open_engine(settings: Settings, *, create: bool = False, migrate: bool = True) -> Iterator[Engine]:
     """The configured database, migrated to the newest schema; disposed when the command ends.
 
     Only the commands that start a database from nothing (`create`: `tenants create`, `demo`,
@@ -49,7 +49,8 @@ def open_engine(settings: Settings, *, create: bool = False) -> Iterator[Engine]
         )
     engine = make_engine(settings.database_url)
     try:
-        upgrade_schema(engine)
+        if migrate:  # else the command migrates when it can (`loader` waits for the database)
+            upgrade_schema(engine)
         yield engine
     finally:
         engine.dispose()

@@ -4,19 +4,32 @@ as they are or gzip-compressed."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import TypeAdapter
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.bodies import RawBody, decoded, media_type, parse_json
 from api.deps import IngestScope, NowDep, ReadScope, SessionDep, SettingsDep
 from api.errors import responses
+from api.ingest_log import LogLink
 from api.settings import Settings
-from metering import cloudevents
+from metering import cloudevents, ingest_log
+from metering.db import is_unavailable
 from metering.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
-from metering.ingest import Batch, find_event, store_events, validate_body, validate_items
-from metering.schemas import EventIn, FieldError, IngestResult, RejectedEvent, StoredEvent
+from metering.ingest import Batch, Prepared, find_event, store_events, to_us, validate_body, validate_items
+from metering.loader import state_of
+from metering.schemas import (
+    EventIn,
+    EventState,
+    FieldError,
+    IngestResult,
+    LogIngestResult,
+    RejectedEvent,
+    StoredEvent,
+)
 
 _EVENT_SCHEMA = TypeAdapter(EventIn).json_schema()
 
@@ -32,20 +45,20 @@ _CLOUDEVENT_SCHEMA = {
 }
 
 
+_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {"schema": {"type": "array", "items": _EVENT_SCHEMA, "maxItems": 10000}},
+            cloudevents.STRUCTURED_MEDIA_TYPE: {"schema": _CLOUDEVENT_SCHEMA},
+            cloudevents.BATCH_MEDIA_TYPE: {"schema": {"type": "array", "items": _CLOUDEVENT_SCHEMA}},
+        },
+    }
+}
+
+
 @router.post(
-    "/v1/events",
-    response_model=IngestResult,
-    responses=responses(400, 413, 415),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                JSON: {"schema": {"type": "array", "items": _EVENT_SCHEMA, "maxItems": 10000}},
-                cloudevents.STRUCTURED_MEDIA_TYPE: {"schema": _CLOUDEVENT_SCHEMA},
-                cloudevents.BATCH_MEDIA_TYPE: {"schema": {"type": "array", "items": _CLOUDEVENT_SCHEMA}},
-            },
-        }
-    },
+    "/v1/events", response_model=IngestResult, responses=responses(400, 413, 415), openapi_extra=_BODY_SCHEMA
 )
 def post_events(
     request: Request,
@@ -68,6 +81,19 @@ def post_events(
 
     With `Content-Encoding: gzip` the body is inflated first, within the same size limit.
     """
+    batch = read_batch(request, body, settings, now)
+    return store_events(
+        session,
+        principal.tenant.id,
+        batch,
+        now=now,
+        atomic=atomic,
+        window=settings.event_window,
+    )
+
+
+def read_batch(request: Request, body: bytes, settings: Settings, now: datetime) -> Batch:
+    """The body's events, validated (the same whether or not the ingest log is on)."""
     kind = media_type(request) or JSON
     if kind not in MEDIA_TYPES:
         raise UnsupportedMediaType(
@@ -84,14 +110,7 @@ def post_events(
         except PayloadTooLarge as exc:
             exc.message += f" and {settings.max_body_bytes:,} bytes"
             raise
-    return store_events(
-        session,
-        principal.tenant.id,
-        batch,
-        now=now,
-        atomic=atomic,
-        window=settings.event_window,
-    )
+    return batch
 
 
 def cloudevents_batch(body: bytes, content_type: str, settings: Settings, now: datetime) -> Batch:
@@ -123,3 +142,80 @@ def get_event(event_id: str, principal: ReadScope, session: SessionDep) -> Store
     if row is None:
         raise NotFound(f"no event {event_id!r}")
     return StoredEvent(**row)
+
+
+# --- through the ingest log (TASKMETER_INGEST_LOG; metering.ingest_log) ------------------------
+# The app includes `log_router` instead of `router` when the setting is on.
+
+log_router = APIRouter(tags=["events"])
+
+
+@log_router.post(
+    "/v1/events",
+    status_code=202,
+    response_model=LogIngestResult,
+    responses=responses(400, 413, 415),
+    openapi_extra=_BODY_SCHEMA,
+)
+async def post_events_to_log(
+    request: Request,
+    body: RawBody,
+    principal: IngestScope,
+    settings: SettingsDep,
+    now: NowDep,
+    atomic: Annotated[bool, Query(description="publish nothing unless every event is valid")] = False,
+) -> LogIngestResult:
+    """Ingest a batch through the ingest log: 202 once the log holds every valid event.
+
+    Validation is the same as without the log (and `atomic` refuses the whole batch on any
+    invalid event). The events are stored by the loaders shortly after; an event whose id is
+    stored already is a duplicate or a conflict then, shown by `GET /v1/events/{id}`.
+
+    503 with `Retry-After` when the log did not acknowledge the whole batch in time: retry the
+    batch; what the log did hold is stored once, whatever the retries.
+    """
+    tenant_id = principal.tenant.id
+
+    def accept() -> tuple[list[tuple[dict[str, Any], str]], Prepared]:
+        batch = read_batch(request, body, settings, now)
+        return ingest_log.prepare(batch, tenant_id, now=now, window=settings.event_window, atomic=atomic)
+
+    items, prepared = await run_in_threadpool(accept)
+    link: LogLink = request.app.state.ingest_log
+    published = await ingest_log.publish(link.stream, link.config, tenant_id, to_us(now), items)
+    return LogIngestResult(
+        accepted=published.appended,
+        duplicates=prepared.duplicates + published.duplicates,
+        conflicts=prepared.conflicts,
+        rejected=sorted(prepared.rejected, key=lambda r: r.index),
+    )
+
+
+@log_router.get("/v1/events/{event_id}", response_model=EventState, responses=responses(404))
+async def get_event_state(event_id: str, principal: ReadScope, request: Request) -> EventState:
+    """One event of the caller's tenant and its state: pending (the log holds it, not yet stored),
+    stored, duplicate, conflict or quarantined (see the `state` field). 404: neither the log nor
+    the database has it (never sent, or rejected when sent)."""
+    tenant_id, engine = principal.tenant.id, request.app.state.engine
+    link: LogLink = request.app.state.ingest_log
+
+    def lookup() -> EventState | None:
+        with Session(engine) as session:
+            return state_of(session, tenant_id, event_id)
+
+    # The database first, then the log, then the database again: an event loaded between the
+    # first two looks is found by the third.
+    try:
+        found = await run_in_threadpool(lookup)
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        if await ingest_log.holds(link.stream, link.config, tenant_id, event_id):
+            return EventState(id=event_id, state="pending")
+        raise
+    if found is None and await ingest_log.holds(link.stream, link.config, tenant_id, event_id):
+        return EventState(id=event_id, state="pending")
+    found = found or await run_in_threadpool(lookup)
+    if found is None:
+        raise NotFound(f"no event {event_id!r}")
+    return found
