@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     scheduler_misfire_grace_seconds: int = 300  # a run later than this is skipped (the next one comes)
     job_lease_seconds: float = 900.0  # SQLite job guards: how long a crashed worker blocks the others
 
+    # A Dask distributed scheduler (`tcp://host:8786`) for partition work (metering.dask_executor);
+    # unset, the work runs in process.
+    dask_scheduler: str | None = None
+
     # genai-prices: the bundled snapshot only, unless this is turned on.
     prices_auto_update: bool = False
 
