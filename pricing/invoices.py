@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from metering.archive import check_rebuild
 from metering.db import is_sqlite, upsert
 from metering.errors import Conflict, InvalidInput, NotFound
 from metering.periods import Period, period_of
@@ -185,6 +186,7 @@ def close_period(session: Session, tenant: Tenant, period: Period, *, now: datet
         raise InvalidInput(f"{period.label} has not ended yet (it ends {period.end.isoformat()})", detail={"month": period.label})
     if session.in_transaction():
         raise RuntimeError("close_period brings usage up to date before its transaction: call it first in its unit of work")
+    check_rebuild(session.get_bind(), tenant)  # type: ignore[arg-type]
     bring_up_to_date(session.get_bind(), tenant, now=now)  # type: ignore[arg-type]
     state = lock_billing(session, tenant.id, now=now)
     if (closed := _closed(session, tenant.id, period.label)) is not None:
