@@ -187,7 +187,9 @@ class Archive:
         back = self._read_part(folder, name)
         if len(back) != part.rows or checksum(back) != part.checksum:
             raise ArchiveMismatch(f"{folder}/{name} does not read back as written", detail={"part": name})
-        everything = self.read(tenant_id, month, [*manifest.parts, part])
+        everything = (
+            pd.concat([self.read(tenant_id, month, manifest.parts), back]) if manifest.parts else back
+        )
         manifest.parts.append(part)
         manifest.rows, manifest.checksum = len(everything), checksum(everything)
         manifest.max_seq, manifest.snapshot_at = part.max_seq, now.isoformat()
