@@ -308,3 +308,26 @@ class TestCommand:
         )
         assert code == 1 and payload is None
         assert "2026-11 of tenant 'acme-ai' not closed" in stderr
+
+    def test_a_rollup_that_must_rebuild_over_dropped_months_is_refused(
+        self, engine: Engine, billed: Tenant, tmp_path: Path, run_cli: Callable[..., Any]
+    ) -> None:
+        assert (
+            run_cli(
+                "archive", "--tenant", billed.name, "--before", "2026-11", "--to", str(tmp_path), "--drop"
+            )[0]
+            == 0
+        )
+        assert run_cli("rollup", "--tenant", billed.name)[0] == 0  # incremental: goes on
+        with engine.begin() as connection:
+            connection.execute(
+                update(rollup_state)
+                .where(rollup_state.c.tenant_id == billed.id)
+                .values(price_version="older")
+            )
+        code, _, stderr = run_cli("rollup", "--tenant", billed.name)
+        assert code == 1 and "restore them first" in stderr
+        code, payload, _ = run_cli("archive", "--tenant", billed.name, "--restore")
+        assert code == 0 and [m["restored"] for m in payload["restored"]] == [12, 15]
+        code, payload, _ = run_cli("rollup", "--tenant", billed.name)
+        assert code == 0 and payload["rebuilt"] is True
