@@ -29,6 +29,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 from sqlalchemy import Connection, Engine, select
@@ -187,11 +188,12 @@ class Archive:
         back = self._read_part(folder, name)
         if len(back) != part.rows or checksum(back) != part.checksum:
             raise ArchiveMismatch(f"{folder}/{name} does not read back as written", detail={"part": name})
-        everything = (
-            pd.concat([self.read(tenant_id, month, manifest.parts), back]) if manifest.parts else back
-        )
+        if manifest.parts:
+            everything = pd.concat([self.read(tenant_id, month, manifest.parts), back])
+            manifest.rows, manifest.checksum = len(everything), checksum(everything)
+        else:
+            manifest.rows, manifest.checksum = part.rows, part.checksum
         manifest.parts.append(part)
-        manifest.rows, manifest.checksum = len(everything), checksum(everything)
         manifest.max_seq, manifest.snapshot_at = part.max_seq, now.isoformat()
         with self.fs.open(f"{folder}/{MANIFEST}", "w") as handle:
             handle.write(manifest.to_json())
@@ -231,22 +233,23 @@ class Archive:
 def read_archived_events(url: str, tenant_id: int, months: Iterable[str]) -> pd.DataFrame:
     """The archived events of the tenant's `months` with the columns and types of the rollup's
     event reader (`metering.pipeline.EVENT_COLUMNS`: int64 numbers, categorical texts), in seq
-    order: what re-rating or a rebuild reads instead of the database for archived months."""
+    order: what re-rating or a rebuild reads instead of the database for archived months. Only
+    those columns are read, straight from Parquet into Arrow (no Python object per value)."""
     archive = Archive(url)
-    frames = [archive.read(tenant_id, month) for month in sorted(set(months))]
-    frames = [frame for frame in frames if not frame.empty]
-    events = (
-        pd.concat(frames, ignore_index=True).sort_values("seq", kind="stable")
-        if frames
-        else normalized(pd.DataFrame(columns=list(ARCHIVE_COLUMNS)))
-    )
-    columns: dict[str, Any] = {}
-    for name in EVENT_COLUMNS:
-        if name in TEXT_COLUMNS:
-            columns[name] = pd.Categorical(events[name].to_numpy(dtype=object))
-        else:
-            columns[name] = events[name].to_numpy(dtype=np.int64)
-    return pd.DataFrame(columns)
+    tables = []
+    for month in sorted(set(months)):
+        manifest = archive.manifest(tenant_id, month)
+        for part in manifest.parts if manifest is not None else []:
+            with archive.fs.open(f"{archive.folder(tenant_id, month)}/{part.file}", "rb") as handle:
+                tables.append(pq.read_table(handle, columns=list(EVENT_COLUMNS), schema=archive_schema()))
+    schema = pa.schema([archive_schema().field(name) for name in EVENT_COLUMNS])
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    table = table.take(pc.sort_indices(table, sort_keys=[("seq", "ascending")]))
+    columns = {
+        name: table[name].dictionary_encode() if name in TEXT_COLUMNS else table[name]
+        for name in EVENT_COLUMNS
+    }
+    return pa.table(columns).to_pandas()
 
 
 def dropped_months(connection: Connection, tenant_id: int) -> list[str]:
