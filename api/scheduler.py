@@ -33,6 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from api.settings import Settings
+from metering.archive import ArchivedHistory, check_rebuild
 from metering.db import is_unavailable, make_engine, unit_of_work
 from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
 from metering.periods import parse_month
@@ -126,7 +127,11 @@ def run_rollup(rt: Runtime, *, now: datetime) -> list[RollupResult]:
             if guard is None:
                 continue
             try:
+                check_rebuild(rt.engine, tenant)
                 result = bring_up_to_date(rt.engine, tenant, now=now)
+            except ArchivedHistory as exc:
+                log.warning("rollup of %s refused: %s", tenant.name, exc.message)
+                continue
             except RollupConflict:
                 log.info("rollup of %s: other runs kept moving the watermark first; the next run retries", tenant.name)
                 continue

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # While the database is away, a key seen working within this many seconds still authenticates
     # ingestion (its last known scopes): the log takes events through a database outage.
     ingest_log_auth_grace_seconds: float = 900.0
+    # A Dask distributed scheduler (`tcp://host:8786`) for partition work (metering.dask_executor);
+    # unset, the work runs in process.
+    dask_scheduler: str | None = None
 
     # genai-prices: the bundled snapshot only, unless this is turned on.
     prices_auto_update: bool = False

@@ -259,3 +259,18 @@ log_quarantine = Table(
     Column("quarantined_at", DateTime(timezone=True), nullable=False),
     Index("ix_log_quarantine_tenant_id_event_id", "tenant_id", "event_id"),
 )
+
+# --- the archive: months whose events left the database for a verified Parquet copy ------------
+
+archived_months = Table(
+    "archived_months",
+    metadata,
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
+    Column("month", String(7), primary_key=True),  # YYYY-MM, tenant-local
+    Column("url", Text, nullable=False),  # the archive's root (metering.archive)
+    # Events of the month with seq <= max_seq were deleted; the archive holds them (rows, checksum).
+    Column("max_seq", BigInteger, nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("checksum", String(64), nullable=False),
+    Column("dropped_at", DateTime(timezone=True), nullable=False),
+)

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from metering.archive import check_rebuild
 from metering.errors import Conflict, InvalidInput, NotFound
 from metering.money import from_minor
 from metering.periods import Period, period_of
@@ -119,6 +120,7 @@ def close_period(session: Session, tenant: Tenant, period: Period, *, now: datet
         raise InvalidInput(f"{period.label} has not ended yet (it ends {period.end.isoformat()})", detail={"month": period.label})
     if session.in_transaction():
         raise RuntimeError("close_period brings usage up to date before its transaction: call it first in its unit of work")
+    check_rebuild(session.get_bind(), tenant)  # type: ignore[arg-type]
     bring_up_to_date(session.get_bind(), tenant, now=now)  # type: ignore[arg-type]
     state = store.lock_billing(session, tenant.id, now=now)
     if (closed := store.closed(session, tenant.id, period.label)) is not None:

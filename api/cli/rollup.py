@@ -15,6 +15,7 @@ from metering.tenants import list_tenants
 def cmd_rollup(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
+    from metering.archive import check_rebuild
     from metering.pipeline import rollup_tenant
 
     with open_engine(settings) as engine:
@@ -28,6 +29,7 @@ def cmd_rollup(args: argparse.Namespace, settings: Settings) -> int:
                     bar.total = total
                     bar.update(done - bar.n)
 
+                check_rebuild(engine, tenant)  # a rebuild would miss months dropped to the archive
                 result = rollup_tenant(engine, tenant, now=now(), progress=progress)
             results.append({
                 "tenant": result.tenant, "events_read": result.events_read, "tasks_updated": result.tasks_updated,
