@@ -48,6 +48,7 @@ JOB_ROLLUP = "taskmeter.rollup"
 JOB_CLOSE = "taskmeter.close"
 JOB_REPORTS = "taskmeter.reports"
 JOB_STRIPE = "taskmeter.stripe_sync"
+JOB_WEBHOOKS = "taskmeter.webhooks"
 
 # Guard and bookmark names.
 ROLLUP, CLOSE, REPORTS = "rollup", "close", "reports"
@@ -97,6 +98,10 @@ def reports_job() -> None:
 
 def stripe_sync_job() -> None:
     _run_job("Stripe sync", run_stripe_sync)
+
+
+def webhooks_job() -> None:
+    _run_job("webhook delivery", run_webhooks)
 
 
 def _run_job(name: str, job: Callable[..., Any]) -> None:
@@ -240,6 +245,14 @@ def run_stripe_sync(rt: Runtime, *, now: datetime) -> list[Any]:
     return reports
 
 
+def run_webhooks(rt: Runtime, *, now: datetime) -> dict[str, int]:
+    """Send the budget alerts' due webhook deliveries (claimed row by row: any number of
+    processes may run this at once)."""
+    from api.webhooks import deliver_due
+
+    return deliver_due(rt.engine, now=now)
+
+
 def _tenants(rt: Runtime) -> list[Tenant]:
     with unit_of_work(rt.engine) as session:
         return list_tenants(session)
@@ -277,7 +290,7 @@ class _OverrunRollupIsRoutine(logging.Filter):
     so the warning is demoted to a debug line for the rollup job only."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if JOB_ROLLUP in record.getMessage() and "maximum number of running instances" in record.getMessage():
+        if (JOB_ROLLUP in record.getMessage() or JOB_WEBHOOKS in record.getMessage()) and "maximum number of running instances" in record.getMessage():
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
@@ -316,6 +329,7 @@ class TaskmeterScheduler:
             JOB_ROLLUP: (rollup_job, IntervalTrigger(seconds=s.rollup_interval_seconds, timezone="UTC")),
             JOB_CLOSE: (close_job, IntervalTrigger(seconds=s.close_check_seconds, timezone="UTC")),
             JOB_REPORTS: (reports_job, IntervalTrigger(seconds=s.close_check_seconds, timezone="UTC")),
+            JOB_WEBHOOKS: (webhooks_job, IntervalTrigger(seconds=s.webhook_interval_seconds, timezone="UTC")),
         }
         if s.stripe_api_key is not None:
             jobs[JOB_STRIPE] = (
@@ -372,6 +386,7 @@ def run_once(settings: Settings, engine: Engine, *, now: datetime) -> dict[str, 
         "closed": [{"tenant": t, "month": m} for t, m in run_close(rt, now=now)],
         "reports": [{"tenant": t, "month": m} for t, m in run_reports(rt, now=now)],
         "stripe": [r.summary() for r in run_stripe_sync(rt, now=now)],
+        "webhooks": run_webhooks(rt, now=now),
     }
 
 

@@ -27,7 +27,7 @@ from typing_extensions import TypedDict
 EventType = Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the rollup sets aside any other (metering.quarantine)
 TERMINAL_TYPES = ("task.completed", "task.failed", "task.cancelled")
-TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model")
+TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model", "actor", "agent")
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 DEFAULT_FUTURE_TOLERANCE = timedelta(days=7)
 NUL = "\x00"  # PostgreSQL cannot store it in text
@@ -58,6 +58,8 @@ class EventIn(TypedDict):
     time: AwareDatetime
     customer: Text
     task: Text
+    actor: NotRequired[Text | None]
+    agent: NotRequired[Text | None]
     task_type: NotRequired[Name | None]
     provider: NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=64)] | None]
     model: NotRequired[Name | None]

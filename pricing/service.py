@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from metering import budget_repository, spend
 from metering.errors import InvalidInput, NotFound
 from metering.periods import Period, parse_month
 from metering.ratecards import RateCardError, TenantPrice
@@ -249,6 +250,10 @@ def load_config(session: Session, tenant: Tenant, text: str, *, now: datetime) -
         {"id": c.id, "plan": c.plan, "status": _assign(session, tenant, c, config.effective_from, now=now)}
         for c in config.customers
     ]
+    if "budgets" in config.sections:
+        summary["budgets"] = budget_repository.replace_all(session, tenant.id, config.budgets, now=now)
+    else:
+        spend.bump_generation(session.connection(), tenant.id)  # prices may have changed what usage costs
     return summary
 
 

@@ -7,13 +7,13 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 
-from api.cli import ingest, pricing, quarantine, reports, rollup, serve, stripe, tenants
+from api.cli import budgets, ingest, pricing, quarantine, reports, rollup, serve, stripe, tenants
 from api.cli.common import err
 from api.settings import Settings, get_settings
 from metering.errors import TaskmeterError
 
 # The command groups, in the order `taskmeter --help` lists them; each adds its own subcommands.
-GROUPS = (tenants, ingest, rollup, reports, serve, stripe, pricing, quarantine)
+GROUPS = (tenants, ingest, rollup, reports, serve, stripe, pricing, budgets, quarantine)
 
 
 def build_parser() -> argparse.ArgumentParser:
