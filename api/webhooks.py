@@ -52,7 +52,10 @@ def deliver_due(engine: Engine, *, now: datetime, client: httpx.Client | None = 
 
 
 def _post(http: httpx.Client, item: alerts.Claimed, now: datetime) -> str | None:
-    headers = {"content-type": "application/json", SIGNATURE_HEADER: signature(item.secret, item.body, int(now.timestamp()))}
+    headers = {
+        "content-type": "application/json",
+        SIGNATURE_HEADER: signature(item.secret, item.body, int(now.timestamp())),
+    }
     try:
         response = http.post(item.url, content=item.body, headers=headers)
     except httpx.HTTPError as exc:

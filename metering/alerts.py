@@ -42,7 +42,9 @@ def backoff(attempts: int) -> timedelta:
 
 
 def alert_id(tenant_id: int, budget_id: str, period_start_us: int, kind: str, threshold: str) -> str:
-    digest = hashlib.sha256(f"{tenant_id}\x00{budget_id}\x00{period_start_us}\x00{kind}\x00{threshold}".encode())
+    digest = hashlib.sha256(
+        f"{tenant_id}\x00{budget_id}\x00{period_start_us}\x00{kind}\x00{threshold}".encode()
+    )
     return "alrt_" + digest.hexdigest()[:32]
 
 
@@ -78,14 +80,20 @@ def check(
         before = (used - delta[0], rem - delta[1])
         for fraction in budget.alerts:
             if reached(budget, used, rem, fraction) and not reached(budget, *before, fraction):
-                raised += _raise(connection, tenant_id, budget, key[1], "threshold", fraction, used, rem, now=now)
+                raised += _raise(
+                    connection, tenant_id, budget, key[1], "threshold", fraction, used, rem, now=now
+                )
         if budget.forecast:
-            period = period_of_day(budget.period, _instant(key[1]).astimezone(_zone(timezone)).date(), timezone)
+            period = period_of_day(
+                budget.period, _instant(key[1]).astimezone(_zone(timezone)).date(), timezone
+            )
             exact_after = used * _US + rem if budget.money else used
             exact_before = before[0] * _US + before[1] if budget.money else before[0]
             limit = budget.limit_units() * (_US if budget.money else 1)
             if forecast_units(exact_after, period, now) >= limit > forecast_units(exact_before, period, now):
-                raised += _raise(connection, tenant_id, budget, key[1], "forecast", Decimal(1), used, rem, now=now)
+                raised += _raise(
+                    connection, tenant_id, budget, key[1], "forecast", Decimal(1), used, rem, now=now
+                )
     return raised
 
 
@@ -138,22 +146,39 @@ def payload(row: Any) -> bytes:
 def add_webhook(session: Session, tenant_id: int, url: str, *, now: datetime) -> tuple[int, str]:
     """Register a webhook; returns its id and its signing secret (shown once by the caller)."""
     if not url.startswith(("http://", "https://")) or len(url) > 2048:
-        raise InvalidInput("invalid webhook", detail=[{"field": "url", "message": "must be an http:// or https:// URL of at most 2048 characters"}])
+        raise InvalidInput(
+            "invalid webhook",
+            detail=[
+                {"field": "url", "message": "must be an http:// or https:// URL of at most 2048 characters"}
+            ],
+        )
     secret = "whsec_" + secrets.token_urlsafe(32)
     hook = session.execute(
-        insert(webhooks).values(tenant_id=tenant_id, url=url, secret=secret, created_at=now).returning(webhooks.c.id)
+        insert(webhooks)
+        .values(tenant_id=tenant_id, url=url, secret=secret, created_at=now)
+        .returning(webhooks.c.id)
     ).scalar_one()
     return int(hook), secret
 
 
 def list_webhooks(session: Session, tenant_id: int) -> list[dict[str, Any]]:
-    rows = session.execute(select(webhooks.c.id, webhooks.c.url, webhooks.c.created_at).where(webhooks.c.tenant_id == tenant_id).order_by(webhooks.c.id))
+    rows = session.execute(
+        select(webhooks.c.id, webhooks.c.url, webhooks.c.created_at)
+        .where(webhooks.c.tenant_id == tenant_id)
+        .order_by(webhooks.c.id)
+    )
     return [{"id": r.id, "url": r.url, "created_at": r.created_at} for r in rows]
 
 
 def remove_webhook(session: Session, tenant_id: int, hook: int) -> None:
-    session.execute(delete(webhook_deliveries).where(webhook_deliveries.c.tenant_id == tenant_id, webhook_deliveries.c.webhook == hook))
-    gone = session.execute(delete(webhooks).where(webhooks.c.tenant_id == tenant_id, webhooks.c.id == hook)).rowcount  # type: ignore[attr-defined]
+    session.execute(
+        delete(webhook_deliveries).where(
+            webhook_deliveries.c.tenant_id == tenant_id, webhook_deliveries.c.webhook == hook
+        )
+    )
+    gone = session.execute(
+        delete(webhooks).where(webhooks.c.tenant_id == tenant_id, webhooks.c.id == hook)
+    ).rowcount  # type: ignore[attr-defined]
     if not gone:
         raise NotFound(f"no webhook {hook}")
 
@@ -201,27 +226,46 @@ def claim_due(connection: Connection, *, now: datetime, limit: int = 50) -> list
     return [Claimed(r[0], r[1], r.url, r.secret, payload(r)) for r in rows]
 
 
-def record_attempt(connection: Connection, delivery: int, attempts: int, error: str | None, *, now: datetime) -> None:
+def record_attempt(
+    connection: Connection, delivery: int, attempts: int, error: str | None, *, now: datetime
+) -> None:
     """The outcome of one attempt: delivered, or the error and the next attempt's time."""
     d = webhook_deliveries
     done = attempts + 1
     if error is None:
-        values: dict[str, Any] = {"status": "delivered", "attempts": done, "delivered_at": now, "last_error": None}
+        values: dict[str, Any] = {
+            "status": "delivered",
+            "attempts": done,
+            "delivered_at": now,
+            "last_error": None,
+        }
     else:
         status = "failed" if done >= MAX_ATTEMPTS else "pending"
-        values = {"status": status, "attempts": done, "last_error": error[:300], "next_attempt_us": _us(now + backoff(done))}
+        values = {
+            "status": status,
+            "attempts": done,
+            "last_error": error[:300],
+            "next_attempt_us": _us(now + backoff(done)),
+        }
     connection.execute(update(d).where(d.c.id == delivery).values(claimed_until_us=0, **values))
 
 
-def list_alerts(connection: Connection | Session, tenant_id: int, *, limit: int = 200) -> list[dict[str, Any]]:
+def list_alerts(
+    connection: Connection | Session, tenant_id: int, *, limit: int = 200
+) -> list[dict[str, Any]]:
     """The tenant's alerts, newest first, each with its deliveries."""
     a, d, w = budget_alerts, webhook_deliveries, webhooks
-    rows = connection.execute(select(a).where(a.c.tenant_id == tenant_id).order_by(a.c.id.desc()).limit(limit)).all()
+    rows = connection.execute(
+        select(a).where(a.c.tenant_id == tenant_id).order_by(a.c.id.desc()).limit(limit)
+    ).all()
     ids = [r.id for r in rows]
     deliveries: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
     if ids:
         query = (
-            select(d, w.c.url).join(w, w.c.id == d.c.webhook).where(d.c.tenant_id == tenant_id, d.c.alert.in_(ids)).order_by(d.c.id)
+            select(d, w.c.url)
+            .join(w, w.c.id == d.c.webhook)
+            .where(d.c.tenant_id == tenant_id, d.c.alert.in_(ids))
+            .order_by(d.c.id)
         )
         for r in connection.execute(query):
             state = r.status if r.status != "pending" or r.attempts == 0 else "failing"
@@ -230,13 +274,9 @@ def list_alerts(connection: Connection | Session, tenant_id: int, *, limit: int 
                 "next_attempt_at": _instant(r.next_attempt_us) if r.status == "pending" else None,
                 "delivered_at": r.delivered_at,
             })  # fmt: skip
-    return [
-        {**orjson.loads(payload(r)), "deliveries": deliveries[r.id]}
-        for r in rows
-    ]
+    return [{**orjson.loads(payload(r)), "deliveries": deliveries[r.id]} for r in rows]
 
 
 def pending_count(connection: Connection) -> int:
     d = webhook_deliveries
     return len(connection.execute(select(d.c.id).where(d.c.status == "pending").limit(1000)).all())
-

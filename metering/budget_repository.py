@@ -36,10 +36,16 @@ def _counts_alike(a: Budget, b: Budget) -> bool:
     return (a.scope, a.measure, a.period) == (b.scope, b.measure, b.period)
 
 
-def _write(connection: Connection, tenant_id: int, budget: Budget, old: Budget | None, *, now: datetime) -> str:
+def _write(
+    connection: Connection, tenant_id: int, budget: Budget, old: Budget | None, *, now: datetime
+) -> str:
     definition = orjson.dumps(budget.definition()).decode()
     if old is None:
-        connection.execute(insert(budgets).values(tenant_id=tenant_id, budget_id=budget.id, definition=definition, updated_at=now))
+        connection.execute(
+            insert(budgets).values(
+                tenant_id=tenant_id, budget_id=budget.id, definition=definition, updated_at=now
+            )
+        )
         return "added"
     if old == budget:
         return "unchanged"
@@ -52,11 +58,15 @@ def _write(connection: Connection, tenant_id: int, budget: Budget, old: Budget |
 
 def _drop_counters(connection: Connection, tenant_id: int, budget_id: str) -> None:
     connection.execute(
-        delete(budget_counters).where(budget_counters.c.tenant_id == tenant_id, budget_counters.c.budget_id == budget_id)
+        delete(budget_counters).where(
+            budget_counters.c.tenant_id == tenant_id, budget_counters.c.budget_id == budget_id
+        )
     )
 
 
-def replace_all(session: Session | Connection, tenant_id: int, entries: Sequence[Budget], *, now: datetime) -> dict[str, int]:
+def replace_all(
+    session: Session | Connection, tenant_id: int, entries: Sequence[Budget], *, now: datetime
+) -> dict[str, int]:
     """Make the tenant's budgets these (the config file's `budgets:` section)."""
     connection = _connection(session)
     have = stored(connection, tenant_id)
@@ -70,7 +80,9 @@ def replace_all(session: Session | Connection, tenant_id: int, entries: Sequence
     return counts
 
 
-def put(session: Session | Connection, tenant_id: int, budget_id: str, raw: Any, *, now: datetime) -> tuple[Budget, str]:
+def put(
+    session: Session | Connection, tenant_id: int, budget_id: str, raw: Any, *, now: datetime
+) -> tuple[Budget, str]:
     """Create or replace one budget from an API body; the body's id, when given, must match."""
     if isinstance(raw, dict) and "id" not in raw:
         raw = {**raw, "id": budget_id}
@@ -89,7 +101,9 @@ def put(session: Session | Connection, tenant_id: int, budget_id: str, raw: Any,
 def _delete(connection: Connection, tenant_id: int, budget_id: str) -> int:
     _drop_counters(connection, tenant_id, budget_id)
     result = connection.execute(
-        delete(budgets).where(budgets.c.tenant_id == tenant_id, budgets.c.budget_id == budget_id).execution_options(preserve_rowcount=True)
+        delete(budgets)
+        .where(budgets.c.tenant_id == tenant_id, budgets.c.budget_id == budget_id)
+        .execution_options(preserve_rowcount=True)
     )
     return int(result.rowcount)
 

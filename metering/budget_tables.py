@@ -83,7 +83,9 @@ budget_alerts = Table(
     Column("used", String(48), nullable=False),
     Column("limit", String(48), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("tenant_id", "budget_id", "period_start_us", "threshold", "kind", name="uq_budget_alerts_key"),
+    UniqueConstraint(
+        "tenant_id", "budget_id", "period_start_us", "threshold", "kind", name="uq_budget_alerts_key"
+    ),
     Index("ix_budget_alerts_tenant_id_id", "tenant_id", "id"),
 )
 

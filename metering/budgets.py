@@ -30,8 +30,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from metering.money import NANOS, parse_decimal
@@ -51,8 +51,14 @@ def _no_nul(text: str) -> str:
     return text
 
 
-ScopeValue = Annotated[str, StringConstraints(min_length=1, max_length=256), BeforeValidator(lambda v: _no_nul(v) if isinstance(v, str) else v)]
-BudgetId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+ScopeValue = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=256),
+    BeforeValidator(lambda v: _no_nul(v) if isinstance(v, str) else v),
+]
+BudgetId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
 
 
 class Scope(BaseModel):
@@ -85,9 +91,9 @@ class Budget(BaseModel):
 
     @field_validator("limit", mode="before")
     @classmethod
-    def _limit(cls, value: object) -> Decimal:
+    def _limit(cls, value: object, info: ValidationInfo) -> Decimal:
         if isinstance(value, bool) or isinstance(value, float):
-            raise ValueError("must be a decimal string such as \"500.00\" (or an integer), not a float")
+            raise ValueError('must be a decimal string such as "500.00" (or an integer), not a float')
         amount = parse_decimal(value)
         if amount <= 0:
             raise ValueError("must be greater than 0")
@@ -95,6 +101,8 @@ class Budget(BaseModel):
             raise ValueError("is too large")
         if amount.scaleb(9) != amount.scaleb(9).to_integral_value():
             raise ValueError("must have at most 9 decimal places")
+        if info.data.get("measure") in ("tokens", "jobs") and amount != amount.to_integral_value():
+            raise ValueError("must be a whole number for tokens and jobs")
         return amount
 
     @field_validator("alerts", mode="after")
@@ -103,12 +111,6 @@ class Budget(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError("must not repeat a threshold")
         return tuple(sorted(value))
-
-    @model_validator(mode="after")
-    def _whole_counts(self) -> Budget:
-        if self.measure in ("tokens", "jobs") and self.limit != self.limit.to_integral_value():
-            raise ValueError("limit: must be a whole number for tokens and jobs")
-        return self
 
     @property
     def money(self) -> bool:
@@ -251,7 +253,9 @@ class BudgetIndex:
         return found
 
 
-def parse_budgets(entries: Sequence[object], prefix: str = "budgets") -> tuple[list[Budget], list[tuple[str, str]]]:
+def parse_budgets(
+    entries: Sequence[object], prefix: str = "budgets"
+) -> tuple[list[Budget], list[tuple[str, str]]]:
     """Validate `budgets:` entries; every problem with its path (`budgets[1].limit`)."""
     from pydantic import ValidationError
 
@@ -266,8 +270,6 @@ def parse_budgets(entries: Sequence[object], prefix: str = "budgets") -> tuple[l
             for item in error.errors(include_url=False):
                 loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"])
                 message = str(item["msg"]).removeprefix("Value error, ")
-                if not item["loc"] and message.startswith("limit: "):
-                    loc, message = ".limit", message.removeprefix("limit: ")
                 if item["type"] == "extra_forbidden":
                     message = "unknown key"
                 problems.append((path + loc, message))

@@ -82,7 +82,9 @@ _lock = threading.Lock()
 
 
 def generation(connection: Connection, tenant_id: int) -> int:
-    found = connection.execute(select(budget_state.c.generation).where(budget_state.c.tenant_id == tenant_id)).scalar()
+    found = connection.execute(
+        select(budget_state.c.generation).where(budget_state.c.tenant_id == tenant_id)
+    ).scalar()
     return int(found or 0)
 
 
@@ -104,7 +106,9 @@ def tenant_budgets(connection: Connection, tenant_id: int) -> TenantBudgets:
         return cached
     rows = connection.execute(select(budgets.c.definition).where(budgets.c.tenant_id == tenant_id)).scalars()
     index = BudgetIndex.of(Budget.model_validate(orjson.loads(row)) for row in rows)
-    timezone = connection.execute(select(tenants.c.timezone).where(tenants.c.id == tenant_id)).scalar() or "UTC"
+    timezone = (
+        connection.execute(select(tenants.c.timezone).where(tenants.c.id == tenant_id)).scalar() or "UTC"
+    )
     overrides = _overrides(connection, tenant_id) if "provider_cost" in index.measures() else []
     loaded = TenantBudgets(current, timezone, index, _overrides=overrides)
     with _lock:
@@ -252,7 +256,9 @@ def _count_jobs(
     for i, row in enumerate(rows):
         if row[_TYPE] not in TERMINAL:
             continue
-        outcome = _Outcome(row[_TYPE].removeprefix("task."), row[_TIME], row[_CUSTOMER], *attribution[i], row[_TASK_TYPE])
+        outcome = _Outcome(
+            row[_TYPE].removeprefix("task."), row[_TIME], row[_CUSTOMER], *attribution[i], row[_TASK_TYPE]
+        )
         known = deciding.get(row[_TASK])
         if known is None or outcome.ended_us >= known.ended_us:  # a tie: the one stored later
             deciding[row[_TASK]] = outcome
@@ -275,7 +281,12 @@ def _count_jobs(
 
 
 def _add_job(state: TenantBudgets, periods: _Periods, outcome: _Outcome, sign: int, deltas: Deltas) -> None:
-    attributes = {"customer": outcome.customer, "actor": outcome.actor, "agent": outcome.agent, "task_type": outcome.task_type}
+    attributes = {
+        "customer": outcome.customer,
+        "actor": outcome.actor,
+        "agent": outcome.agent,
+        "task_type": outcome.task_type,
+    }
     day = periods.day(outcome.ended_us)
     for budget in state.index.matching(attributes):
         if budget.measure == "jobs":
@@ -287,7 +298,9 @@ def _stored_outcomes(connection: Connection, tenant_id: int, tasks: list[str]) -
     transaction-level advisory lock per task, taken in a fixed order, so concurrent batches
     with terminal events of one task decide it one after the other; SQLite: the write lock)."""
     if is_postgresql(connection):
-        names = func.unnest(literal([f"{tenant_id}:{task}" for task in tasks], ARRAY(Text))).column_valued("name")
+        names = func.unnest(literal([f"{tenant_id}:{task}" for task in tasks], ARRAY(Text))).column_valued(
+            "name"
+        )
         connection.execute(select(func.count(func.pg_advisory_xact_lock(_TASK_LOCKS, func.hashtext(names)))))
     found: dict[str, _Outcome] = {}
     table = budget_tasks
@@ -295,7 +308,9 @@ def _stored_outcomes(connection: Connection, tenant_id: int, tasks: list[str]) -
         chunk = tasks[start : start + _CHUNK]
         query = select(table).where(table.c.tenant_id == tenant_id, table.c.task.in_(chunk))
         for row in connection.execute(query):
-            found[row.task] = _Outcome(row.status, row.ended_us, row.customer, row.actor, row.agent, row.task_type)
+            found[row.task] = _Outcome(
+                row.status, row.ended_us, row.customer, row.actor, row.agent, row.task_type
+            )
     return found
 
 
@@ -352,7 +367,9 @@ class Standing:
     unpriced_events: int
 
 
-def standings(connection: Connection, tenant_id: int, chosen: Sequence[Budget], timezone: str, *, now: datetime) -> list[Standing]:
+def standings(
+    connection: Connection, tenant_id: int, chosen: Sequence[Budget], timezone: str, *, now: datetime
+) -> list[Standing]:
     """The budgets' counters in the periods holding `now` (one indexed read, no event scan)."""
     if not chosen:
         return []
@@ -361,7 +378,13 @@ def standings(connection: Connection, tenant_id: int, chosen: Sequence[Budget], 
     table = budget_counters
     found: dict[tuple[str, int], tuple[int, int, int]] = {}
     for start in range(0, len(keys), _CHUNK):
-        query = select(table.c.budget_id, table.c.period_start_us, table.c.used, table.c.used_rem, table.c.unpriced_events).where(
+        query = select(
+            table.c.budget_id,
+            table.c.period_start_us,
+            table.c.used,
+            table.c.used_rem,
+            table.c.unpriced_events,
+        ).where(
             table.c.tenant_id == tenant_id,
             tuple_(table.c.budget_id, table.c.period_start_us).in_(keys[start : start + _CHUNK]),
         )
@@ -374,7 +397,9 @@ def standings(connection: Connection, tenant_id: int, chosen: Sequence[Budget], 
     return out
 
 
-def counter_history(connection: Connection, tenant_id: int, budget_id: str) -> list[tuple[int, int, int, int]]:
+def counter_history(
+    connection: Connection, tenant_id: int, budget_id: str
+) -> list[tuple[int, int, int, int]]:
     """(period start us, used, rem, unpriced) of a budget's counters, newest first."""
     table = budget_counters
     query = (
@@ -394,8 +419,6 @@ def reset_counters(connection: Connection, tenant_id: int, budget_id: str) -> No
     )
 
 
-
-
 def describe(standing: Standing, *, now: datetime) -> dict[str, Any]:
     """A budget with its current period's figures (decimal strings)."""
     budget, period = standing.budget, standing.period
@@ -410,7 +433,9 @@ def describe(standing: Standing, *, now: datetime) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def authorize(connection: Connection, tenant_id: int, attributes: dict[str, str | None], *, now: datetime) -> dict[str, Any]:
+def authorize(
+    connection: Connection, tenant_id: int, attributes: dict[str, str | None], *, now: datetime
+) -> dict[str, Any]:
     """`POST /v1/authorize`: every budget whose scope the request falls under, from the
     counters; denied by the first enforced budget (by id) whose usage reached its limit."""
     state = tenant_budgets(connection, tenant_id)

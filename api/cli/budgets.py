@@ -60,7 +60,9 @@ def cmd_webhook_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    commands = sub.add_parser("budgets", help="a tenant's budgets and their usage this period").add_subparsers(dest="action", required=True)
+    commands = sub.add_parser(
+        "budgets", help="a tenant's budgets and their usage this period"
+    ).add_subparsers(dest="action", required=True)
     p = commands.add_parser("list", help="every budget with used, remaining and forecast")
     p.add_argument("--tenant", required=True)
     p.set_defaults(func=cmd_list)
@@ -68,7 +70,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("id")
     p.add_argument("--tenant", required=True)
     p.set_defaults(func=cmd_show)
-    hooks = sub.add_parser("webhooks", help="where budget alerts are sent").add_subparsers(dest="action", required=True)
+    hooks = sub.add_parser("webhooks", help="where budget alerts are sent").add_subparsers(
+        dest="action", required=True
+    )
     p = hooks.add_parser("add", help="add a webhook; prints its signing secret once")
     p.add_argument("url")
     p.add_argument("--tenant", required=True)

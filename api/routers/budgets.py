@@ -91,27 +91,38 @@ class AlertOut(BaseModel):
 
 
 @router.post("/v1/authorize", response_model=AuthorizeOut, responses=responses(*BODY_ERRORS))
-def post_authorize(body: AuthorizeIn, principal: IngestScope, session: SessionDep, now: NowDep) -> dict[str, Any]:
+def post_authorize(
+    body: AuthorizeIn, principal: IngestScope, session: SessionDep, now: NowDep
+) -> dict[str, Any]:
     """May this work start? Lists every budget whose scope the request falls under; `allowed`
     is false once an enforced one's usage reached its limit (a denial is an answer: 200)."""
     return spend.authorize(session.connection(), principal.tenant.id, body.model_dump(), now=now)
 
 
-def _described(session: Any, tenant_id: int, timezone: str, chosen: list[Any], now: datetime) -> list[dict[str, Any]]:
-    return [spend.describe(s, now=now) for s in spend.standings(session.connection(), tenant_id, chosen, timezone, now=now)]
+def _described(
+    session: Any, tenant_id: int, timezone: str, chosen: list[Any], now: datetime
+) -> list[dict[str, Any]]:
+    return [
+        spend.describe(s, now=now)
+        for s in spend.standings(session.connection(), tenant_id, chosen, timezone, now=now)
+    ]
 
 
 @router.get("/v1/budgets", response_model=list[BudgetOut], responses=responses())
 def get_budgets(principal: AdminScope, session: SessionDep, now: NowDep) -> list[dict[str, Any]]:
     """Every budget with its current period's usage, remaining and forecast."""
     tenant = principal.tenant
-    return _described(session, tenant.id, tenant.timezone, list(budget_repository.stored(session, tenant.id).values()), now)
+    return _described(
+        session, tenant.id, tenant.timezone, list(budget_repository.stored(session, tenant.id).values()), now
+    )
 
 
 @router.get("/v1/budgets/{budget_id}", response_model=BudgetOut, responses=responses(404))
 def get_budget(budget_id: str, principal: AdminScope, session: SessionDep, now: NowDep) -> dict[str, Any]:
     tenant = principal.tenant
-    return _described(session, tenant.id, tenant.timezone, [budget_repository.get(session, tenant.id, budget_id)], now)[0]
+    return _described(
+        session, tenant.id, tenant.timezone, [budget_repository.get(session, tenant.id, budget_id)], now
+    )[0]
 
 
 @router.put("/v1/budgets/{budget_id}", response_model=BudgetOut, responses=responses(*BODY_ERRORS))
@@ -121,7 +132,9 @@ def put_budget(
     audit: AuditDep,
     session: SessionDep,
     now: NowDep,
-    budget: Annotated[dict[str, Any], Body(description="a budget as in the config file's `budgets:`", examples=[_EXAMPLE])],
+    budget: Annotated[
+        dict[str, Any], Body(description="a budget as in the config file's `budgets:`", examples=[_EXAMPLE])
+    ],
 ) -> dict[str, Any]:
     """Create or replace a budget. A changed scope, measure or period starts its counters anew."""
     tenant = principal.tenant

@@ -21,7 +21,12 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def upgrade() -> None:
     op.create_table(
         "budgets",
-        sa.Column("tenant_id", sa.Integer(), sa.ForeignKey("tenants.id", name="fk_budgets_tenant_id_tenants"), nullable=False),
+        sa.Column(
+            "tenant_id",
+            sa.Integer(),
+            sa.ForeignKey("tenants.id", name="fk_budgets_tenant_id_tenants"),
+            nullable=False,
+        ),
         sa.Column("budget_id", sa.String(128), nullable=False),
         sa.Column("definition", sa.Text(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -29,7 +34,12 @@ def upgrade() -> None:
     )
     op.create_table(
         "budget_state",
-        sa.Column("tenant_id", sa.Integer(), sa.ForeignKey("tenants.id", name="fk_budget_state_tenant_id_tenants"), nullable=False),
+        sa.Column(
+            "tenant_id",
+            sa.Integer(),
+            sa.ForeignKey("tenants.id", name="fk_budget_state_tenant_id_tenants"),
+            nullable=False,
+        ),
         sa.Column("generation", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", name="pk_budget_state"),
     )
@@ -79,7 +89,12 @@ def upgrade() -> None:
     op.create_table(
         "webhooks",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("tenant_id", sa.Integer(), sa.ForeignKey("tenants.id", name="fk_webhooks_tenant_id_tenants"), nullable=False),
+        sa.Column(
+            "tenant_id",
+            sa.Integer(),
+            sa.ForeignKey("tenants.id", name="fk_webhooks_tenant_id_tenants"),
+            nullable=False,
+        ),
         sa.Column("url", sa.String(2048), nullable=False),
         sa.Column("secret", sa.String(128), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -104,10 +119,20 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_webhook_deliveries"),
         sa.UniqueConstraint("alert", "webhook", name="uq_webhook_deliveries_alert_webhook"),
     )  # fmt: skip
-    op.create_index("ix_webhook_deliveries_status_next_attempt_us", "webhook_deliveries", ["status", "next_attempt_us"])
+    op.create_index(
+        "ix_webhook_deliveries_status_next_attempt_us", "webhook_deliveries", ["status", "next_attempt_us"]
+    )
     op.create_index("ix_webhook_deliveries_tenant_id_id", "webhook_deliveries", ["tenant_id", "id"])
 
 
 def downgrade() -> None:
-    for name in ("webhook_deliveries", "webhooks", "budget_alerts", "budget_tasks", "budget_counters", "budget_state", "budgets"):
+    for name in (
+        "webhook_deliveries",
+        "webhooks",
+        "budget_alerts",
+        "budget_tasks",
+        "budget_counters",
+        "budget_state",
+        "budgets",
+    ):
         op.drop_table(name)

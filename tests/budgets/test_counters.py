@@ -53,12 +53,25 @@ class TestConfigValidation:
         entries = [
             {"id": "ok", "measure": "tokens", "limit": 10, "period": "day"},
             {"id": "bad", "measure": "jobs", "limit": "1.5", "period": "day"},
-            {"id": "ok", "measure": "cost", "limit": "-1", "period": "year", "alerts": [0], "scope": {"team": "x"}},
+            {
+                "id": "ok",
+                "measure": "cost",
+                "limit": "-1",
+                "period": "year",
+                "alerts": [0],
+                "scope": {"team": "x"},
+            },
         ]
         _, problems = parse_budgets(entries)
         paths = {path for path, _ in problems}
         assert "budgets[1].limit" in paths
-        assert {"budgets[2].measure", "budgets[2].limit", "budgets[2].period", "budgets[2].alerts[0]", "budgets[2].scope.team"} <= paths
+        assert {
+            "budgets[2].measure",
+            "budgets[2].limit",
+            "budgets[2].period",
+            "budgets[2].alerts[0]",
+            "budgets[2].scope.team",
+        } <= paths
 
     def test_a_float_limit_is_refused(self) -> None:
         _, problems = parse_budgets([{"id": "x", "measure": "provider_cost", "limit": 1.5, "period": "day"}])
@@ -90,7 +103,10 @@ class TestPeriods:
         assert before.first_day == date(2026, 11, 1) and after.first_day == date(2026, 12, 1)
         assert after.start == datetime(2026, 11, 30, 18, 30, tzinfo=UTC)
         day = period_at("day", datetime(2026, 11, 30, 18, 30, tzinfo=UTC), "Asia/Kolkata")
-        assert (day.start, day.end) == (datetime(2026, 11, 30, 18, 30, tzinfo=UTC), datetime(2026, 12, 1, 18, 30, tzinfo=UTC))
+        assert (day.start, day.end) == (
+            datetime(2026, 11, 30, 18, 30, tzinfo=UTC),
+            datetime(2026, 12, 1, 18, 30, tzinfo=UTC),
+        )
 
     def test_a_day_across_the_dst_change_has_25_hours(self) -> None:
         day = period_at("day", datetime(2026, 10, 25, 12, tzinfo=UTC), "Europe/Berlin")
@@ -98,7 +114,9 @@ class TestPeriods:
         week = period_at("week", datetime(2026, 10, 25, 12, tzinfo=UTC), "Europe/Berlin")
         assert week.first_day == date(2026, 10, 19) and week.end - week.start == timedelta(days=7, hours=1)
 
-    def test_counters_split_at_local_midnight_in_india(self, engine: Engine, make_tenant: Callable[..., Tenant]) -> None:
+    def test_counters_split_at_local_midnight_in_india(
+        self, engine: Engine, make_tenant: Callable[..., Tenant]
+    ) -> None:
         tenant = make_tenant("kolkata", timezone="Asia/Kolkata")
         put(engine, tenant, budget(id="daily", measure="tokens", limit="1000000", period="day"))
         ingest(engine, tenant, [
@@ -121,7 +139,12 @@ class TestPeriods:
 
 
 def _random_events(rng: random.Random, count: int, start: int) -> list[dict[str, Any]]:
-    models = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-3-5-sonnet-latest"), ("nobody", "unknown-model")]
+    models = [
+        ("openai", "gpt-4o"),
+        ("openai", "gpt-4o-mini"),
+        ("anthropic", "claude-3-5-sonnet-latest"),
+        ("nobody", "unknown-model"),
+    ]
     out = []
     for n in range(start, start + count):
         task = f"t{rng.randrange(40)}"
@@ -183,7 +206,9 @@ class TestCountersEqualTheRollup:
                 tokens_c2[key] = tokens_c2.get(key, 0) + row.input_tokens + row.output_tokens
         assert exact(history["cost-all"]) == {k: v for k, v in cost_all.items() if v}
         assert exact(history["cost-c1"]) == {k: v for k, v in cost_c1.items() if v}
-        assert {p: u for p, (u, _) in history["tokens-c2"].items() if u} == {k: v for k, v in tokens_c2.items() if v}
+        assert {p: u for p, (u, _) in history["tokens-c2"].items() if u} == {
+            k: v for k, v in tokens_c2.items() if v
+        }
 
         jobs_all: dict[int, int] = {}
         jobs_c0: dict[int, int] = {}
@@ -197,7 +222,11 @@ class TestCountersEqualTheRollup:
 
     def test_unpriced_usage_counts_zero_and_is_reported(self, engine: Engine, tenant: Tenant) -> None:
         put(engine, tenant, budget(id="cost"))
-        ingest(engine, tenant, [make_event(id="u", time="2026-11-10T00:00:00Z", provider="nobody", model="nothing")])
+        ingest(
+            engine,
+            tenant,
+            [make_event(id="u", time="2026-11-10T00:00:00Z", provider="nobody", model="nothing")],
+        )
         found = standing(engine, tenant, "cost", NOW)
         assert (found.used, found.rem, found.unpriced_events) == (0, 0, 1)
 
@@ -210,14 +239,28 @@ class TestCountersEqualTheRollup:
         assert spend.describe(found, now=NOW)["used"] == "0.03"
         assert Decimal(found.used).scaleb(-9) == Decimal("0.030000000")
 
-    def test_a_task_completed_twice_counts_once_in_the_later_period(self, engine: Engine, tenant: Tenant) -> None:
+    def test_a_task_completed_twice_counts_once_in_the_later_period(
+        self, engine: Engine, tenant: Tenant
+    ) -> None:
         put(engine, tenant, budget(id="jobs", measure="jobs", limit="10", period="day"))
-        ingest(engine, tenant, [make_event(id="c1", type="task.completed", task="t", time="2026-11-10T10:00:00Z")])
-        ingest(engine, tenant, [make_event(id="c2", type="task.completed", task="t", time="2026-11-11T10:00:00Z")])
-        ingest(engine, tenant, [make_event(id="f0", type="task.failed", task="t", time="2026-11-09T10:00:00Z")])  # late, earlier
+        ingest(
+            engine,
+            tenant,
+            [make_event(id="c1", type="task.completed", task="t", time="2026-11-10T10:00:00Z")],
+        )
+        ingest(
+            engine,
+            tenant,
+            [make_event(id="c2", type="task.completed", task="t", time="2026-11-11T10:00:00Z")],
+        )
+        ingest(
+            engine, tenant, [make_event(id="f0", type="task.failed", task="t", time="2026-11-09T10:00:00Z")]
+        )  # late, earlier
         assert standing(engine, tenant, "jobs", datetime(2026, 11, 10, 12, tzinfo=UTC)).used == 0
         assert standing(engine, tenant, "jobs", datetime(2026, 11, 11, 12, tzinfo=UTC)).used == 1
-        ingest(engine, tenant, [make_event(id="f1", type="task.failed", task="t", time="2026-11-12T10:00:00Z")])
+        ingest(
+            engine, tenant, [make_event(id="f1", type="task.failed", task="t", time="2026-11-12T10:00:00Z")]
+        )
         assert standing(engine, tenant, "jobs", datetime(2026, 11, 11, 12, tzinfo=UTC)).used == 0
 
     def test_no_counter_moves_without_budgets(self, engine: Engine, tenant: Tenant) -> None:
