@@ -40,6 +40,16 @@ budget_state = Table(
     Column("generation", BigInteger, nullable=False),
 )
 
+# How each customer's plan bills, reduced for the `billed` measure (metering.budgets.BilledRule),
+# written by pricing whenever plans or customers' plans change.
+budget_billing = Table(
+    "budget_billing",
+    metadata,
+    Column("tenant_id", Integer, primary_key=True),
+    Column("customer", String(256), primary_key=True),
+    Column("rule", Text, nullable=False),
+)
+
 budget_counters = Table(
     "budget_counters",
     metadata,

@@ -284,3 +284,67 @@ def parse_budgets(
 def budget_at(moment: datetime) -> int:
     """Microseconds since the epoch (UTC) of an instant."""
     return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+# --- the billed measure -------------------------------------------------------------------------
+
+FEMTOS = 10**15
+TOKEN_CLASSES = ("input", "cache_read", "cache_write", "output")
+
+
+@dataclass(frozen=True)
+class BilledRule:
+    """How a customer's plan bills, reduced to what can be added event by event (pricing writes
+    these for each customer, `pricing.budget_billing`). `kind`:
+    - `rates`: per million billable tokens of each class, `model_rates` first ((provider, model
+      or None for every model of the provider, rates));
+    - `markup`: provider cost x (1 + markup);
+    - `jobs`: a completed task's price by task_type (`default` for the others), `failed` for a
+      failed or cancelled one."""
+
+    kind: str
+    rates: Mapping[str, Decimal] = field(default_factory=dict)
+    model_rates: tuple[tuple[str, str | None, Mapping[str, Decimal]], ...] = ()
+    markup: Decimal = Decimal(0)
+    prices: Mapping[str, Decimal] = field(default_factory=dict)
+    failed: Decimal = Decimal(0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "rates": {k: str(v) for k, v in self.rates.items()},
+            "model_rates": [[p, m, {k: str(v) for k, v in r.items()}] for p, m, r in self.model_rates],
+            "markup": str(self.markup), "prices": {k: str(v) for k, v in self.prices.items()}, "failed": str(self.failed),
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> BilledRule:
+        def decimals(values: Mapping[str, str]) -> dict[str, Decimal]:
+            return {k: Decimal(v) for k, v in values.items()}
+
+        return cls(
+            raw["kind"], decimals(raw["rates"]), tuple((p, m, decimals(r)) for p, m, r in raw["model_rates"]),
+            Decimal(raw["markup"]), decimals(raw["prices"]), Decimal(raw["failed"]),
+        )  # fmt: skip
+
+    def usage_femtos(self, provider: str, model: str, billable: Mapping[str, int], cost_femtos: int) -> int:
+        """What one usage event bills, in 1e-15 of the currency (rounded down to a femto-unit)."""
+        if self.kind == "markup":
+            return int(cost_femtos * (1 + self.markup))
+        if self.kind != "rates":
+            return 0
+        rates = self.rates
+        for card_provider, card_model, card in self.model_rates:
+            if card_provider == provider and card_model in (model, None):
+                rates = card
+                if card_model == model:
+                    break
+        # A rate per million tokens is (rate x 10**9) femto-units per token.
+        return int(sum(Decimal(billable[c]) * rates.get(c, Decimal(0)) for c in TOKEN_CLASSES) * 10**9)
+
+    def job_femtos(self, status: str, task_type: str | None) -> int:
+        if self.kind != "jobs":
+            return 0
+        if status != "completed":
+            return int(self.failed * FEMTOS)
+        price = self.prices.get(task_type or "default") if task_type != "default" else None
+        return int((price if price is not None else self.prices.get("default", Decimal(0))) * FEMTOS)

@@ -33,9 +33,10 @@ from sqlalchemy import ARRAY, Connection, Text, func, literal, select, tuple_, u
 from sqlalchemy.dialects import postgresql, sqlite
 
 from metering import alerts
-from metering.budget_tables import budget_counters, budget_state, budget_tasks, budgets
+from metering.budget_tables import budget_billing, budget_counters, budget_state, budget_tasks, budgets
 from metering.budgets import (
     REM_PER_NANO,
+    BilledRule,
     Budget,
     BudgetIndex,
     BudgetPeriod,
@@ -68,6 +69,7 @@ class TenantBudgets:
     generation: int
     timezone: str
     index: BudgetIndex
+    billing: dict[str, BilledRule] = field(default_factory=dict)  # by customer, for `billed`
     _book: PriceBook | None = None
     _overrides: list[dict[str, str]] = field(default_factory=list)
 
@@ -109,11 +111,22 @@ def tenant_budgets(connection: Connection, tenant_id: int) -> TenantBudgets:
     timezone = (
         connection.execute(select(tenants.c.timezone).where(tenants.c.id == tenant_id)).scalar() or "UTC"
     )
-    overrides = _overrides(connection, tenant_id) if "provider_cost" in index.measures() else []
-    loaded = TenantBudgets(current, timezone, index, _overrides=overrides)
+    measures = index.measures()
+    overrides = _overrides(connection, tenant_id) if measures & {"provider_cost", "billed"} else []
+    billing = _billing(connection, tenant_id) if "billed" in measures else {}
+    loaded = TenantBudgets(current, timezone, index, billing, _overrides=overrides)
     with _lock:
         _cache[tenant_id] = loaded
     return loaded
+
+
+def _billing(connection: Connection, tenant_id: int) -> dict[str, BilledRule]:
+    rows = connection.execute(
+        select(budget_billing.c.customer, budget_billing.c.rule).where(
+            budget_billing.c.tenant_id == tenant_id
+        )
+    )
+    return {row.customer: BilledRule.from_json(orjson.loads(row.rule)) for row in rows}
 
 
 def _overrides(connection: Connection, tenant_id: int) -> list[dict[str, str]]:
@@ -180,9 +193,11 @@ def count_stored(
     measures = state.index.measures()
     periods = _Periods(state.timezone)
     deltas = Deltas()
-    if measures & {"provider_cost", "tokens"}:
-        _count_usage(state, periods, rows, attribution, deltas, cost="provider_cost" in measures)
-    if "jobs" in measures:
+    if measures & {"provider_cost", "tokens", "billed"}:
+        _count_usage(
+            state, periods, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"})
+        )
+    if measures & {"jobs", "billed"}:
         _count_jobs(connection, tenant_id, state, periods, rows, attribution, deltas)
     if not deltas.amounts:
         return 0
@@ -213,7 +228,8 @@ def _count_usage(
         nanos, rems = prices["cost_nanos"].tolist(), prices["cost_rem"].tolist()
         priced = prices["priced"].tolist()
     # Sum per (attributes, local day) first: matching and period starts once per group.
-    groups: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    groups: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    billing = state.billing
     for position, i in enumerate(usage):
         row = rows[i]
         actor, agent = attribution[i]
@@ -223,7 +239,21 @@ def _count_usage(
             cell[1] += nanos[position]
             cell[2] += rems[position]
             cell[3] += not priced[position]
-    for (customer, actor, agent, task_type, day), (tokens, cost_nanos, cost_rem, unpriced) in groups.items():
+            rule = billing.get(row[_CUSTOMER])
+            if rule is not None:
+                billable = {
+                    "input": row[_INPUT] - row[_CACHE_READ] - row[_CACHE_WRITE], "cache_read": row[_CACHE_READ],
+                    "cache_write": row[_CACHE_WRITE], "output": row[_OUTPUT],
+                }  # fmt: skip
+                cost_femtos = nanos[position] * REM_PER_NANO + rems[position]
+                cell[4] += rule.usage_femtos(row[_PROVIDER], row[_MODEL], billable, cost_femtos)
+    for (customer, actor, agent, task_type, day), (
+        tokens,
+        cost_nanos,
+        cost_rem,
+        unpriced,
+        billed,
+    ) in groups.items():
         attributes = {"customer": customer, "actor": actor, "agent": agent, "task_type": task_type}
         for budget in state.index.matching(attributes):
             key = (budget.id, periods.start_us(budget.period, day))
@@ -231,6 +261,8 @@ def _count_usage(
                 deltas.add(key, tokens)
             elif budget.measure == "provider_cost":
                 deltas.add(key, cost_nanos, cost_rem, unpriced)
+            elif budget.measure == "billed" and billed:
+                deltas.add(key, *divmod(billed, REM_PER_NANO))
 
 
 @dataclass(frozen=True)
@@ -271,10 +303,9 @@ def _count_jobs(
         new, old = deciding[task], stored.get(task)
         if old is not None and new.ended_us < old.ended_us:
             continue  # an earlier terminal event: the stored one still decides
-        if old is not None and old.status == "completed":
+        if old is not None:
             _add_job(state, periods, old, -1, deltas)
-        if new.status == "completed":
-            _add_job(state, periods, new, 1, deltas)
+        _add_job(state, periods, new, 1, deltas)
         changed.append({"tenant_id": tenant_id, "task": task, **new.__dict__})
     if changed:
         _write_outcomes(connection, changed)
@@ -288,9 +319,14 @@ def _add_job(state: TenantBudgets, periods: _Periods, outcome: _Outcome, sign: i
         "task_type": outcome.task_type,
     }
     day = periods.day(outcome.ended_us)
+    rule = state.billing.get(outcome.customer)
     for budget in state.index.matching(attributes):
-        if budget.measure == "jobs":
+        if budget.measure == "jobs" and outcome.status == "completed":
             deltas.add((budget.id, periods.start_us(budget.period, day)), sign)
+        elif budget.measure == "billed" and rule is not None:
+            femtos = sign * rule.job_femtos(outcome.status, outcome.task_type)
+            if femtos:
+                deltas.add((budget.id, periods.start_us(budget.period, day)), *divmod(femtos, REM_PER_NANO))
 
 
 def _stored_outcomes(connection: Connection, tenant_id: int, tasks: list[str]) -> dict[str, _Outcome]:

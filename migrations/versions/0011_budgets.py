@@ -44,6 +44,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", name="pk_budget_state"),
     )
     op.create_table(
+        "budget_billing",
+        sa.Column("tenant_id", sa.Integer(), nullable=False),
+        sa.Column("customer", sa.String(256), nullable=False),
+        sa.Column("rule", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", "customer", name="pk_budget_billing"),
+    )
+    op.create_table(
         "budget_counters",
         sa.Column("tenant_id", sa.Integer(), nullable=False),
         sa.Column("budget_id", sa.String(128), nullable=False),

@@ -269,3 +269,53 @@ class TestCountersEqualTheRollup:
             from metering.budget_tables import budget_counters
 
             assert connection.execute(select(func.count()).select_from(budget_counters)).scalar() == 0
+
+
+class TestBilled:
+    CONFIG = """
+plans:
+  - {id: jobs, type: per_job, prices: {default: "0.50", support_ticket: "1.20"}, failed: "0.10"}
+  - {id: tokens, type: per_token, rates: {input: "6.00", output: "30.00", cache_read: "0.60", cache_write: "7.50"}}
+  - {id: plus, type: per_token, markup: "0.40"}
+customers:
+  - {id: acme, plan: jobs}
+  - {id: globex, plan: tokens}
+  - {id: initech, plan: plus}
+budgets:
+  - {id: acme, scope: {customer: acme}, measure: billed, limit: "100", period: month}
+  - {id: globex, scope: {customer: globex}, measure: billed, limit: "100", period: month}
+  - {id: initech, scope: {customer: initech}, measure: billed, limit: "100", period: month}
+"""
+
+    def used(self, engine: Engine, tenant: Tenant, budget_id: str) -> Decimal:
+        found = standing(engine, tenant, budget_id, NOW)
+        return Decimal(found.used * 10**6 + found.rem).scaleb(-15)
+
+    def test_each_plan_kind_against_an_exact_reference(self, engine: Engine, tenant: Tenant) -> None:
+        with unit_of_work(engine) as session:
+            load_config(session, tenant, self.CONFIG, now=NOW)
+        at = "2026-11-10T00:00:00Z"
+        ingest(engine, tenant, [
+            make_event(id="j1", type="task.completed", customer="acme", task="a1", task_type="support_ticket", time=at),
+            make_event(id="j2", type="task.completed", customer="acme", task="a2", time=at),
+            make_event(id="j3", type="task.failed", customer="acme", task="a3", time=at),
+            make_event(id="u1", customer="globex", task="g1", model="gpt-4o", input_tokens=10_000, cache_read_tokens=4_000,
+                       output_tokens=1_000, time=at),
+            make_event(id="u2", customer="initech", task="i1", model="gpt-4o", input_tokens=10_000, cache_read_tokens=4_000,
+                       output_tokens=1_000, time=at),
+        ])  # fmt: skip
+        assert self.used(engine, tenant, "acme") == Decimal("1.20") + Decimal("0.50") + Decimal("0.10")
+        # 6,000 input x 6.00 + 4,000 cache reads x 0.60 + 1,000 output x 30.00, per million
+        assert self.used(engine, tenant, "globex") == Decimal("0.036") + Decimal("0.0024") + Decimal("0.030")
+        assert self.used(engine, tenant, "initech") == Decimal("0.030000") * Decimal("1.40")
+        # a2 fails later: its job price leaves, the failed price comes in
+        ingest(
+            engine,
+            tenant,
+            [
+                make_event(
+                    id="j4", type="task.failed", customer="acme", task="a2", time="2026-11-11T00:00:00Z"
+                )
+            ],
+        )
+        assert self.used(engine, tenant, "acme") == Decimal("1.20") + Decimal("0.10") + Decimal("0.10")
