@@ -18,13 +18,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from metering.budget_tables import budget_alerts, webhook_deliveries, webhooks
-from metering.budgets import Budget, BudgetIndex, forecast_units, period_of_day, reached, text, used_decimal
+from metering.budgets import (
+    Budget,
+    BudgetIndex,
+    BudgetPeriod,
+    forecast_units,
+    period_of_day,
+    reached,
+    text,
+    used_decimal,
+)
 from metering.db import upsert
 from metering.errors import InvalidInput, NotFound
 from metering.schemas import rfc3339
@@ -68,8 +78,10 @@ def check(
 ) -> int:
     """Raise the alerts that the counters' move from (total - delta) to total crosses; returns
     how many new alerts were recorded."""
-    by_id = {b.id: b for b in index.budgets}
+    by_id = index.by_id()
     raised = 0
+    zone = ZoneInfo(timezone)
+    periods: dict[tuple[str, int], BudgetPeriod] = {}
     for key, (used, rem) in totals.items():
         budget = by_id.get(key[0])
         if budget is None or (not budget.alerts and not budget.forecast):
@@ -80,27 +92,18 @@ def check(
         before = (used - delta[0], rem - delta[1])
         for fraction in budget.alerts:
             if reached(budget, used, rem, fraction) and not reached(budget, *before, fraction):
-                raised += _raise(
-                    connection, tenant_id, budget, key[1], "threshold", fraction, used, rem, now=now
-                )
+                raised += _raise(connection, tenant_id, budget, key[1], "threshold", fraction, used, rem, now=now)
         if budget.forecast:
-            period = period_of_day(
-                budget.period, _instant(key[1]).astimezone(_zone(timezone)).date(), timezone
-            )
-            exact_after = used * _US + rem if budget.money else used
-            exact_before = before[0] * _US + before[1] if budget.money else before[0]
-            limit = budget.limit_units() * (_US if budget.money else 1)
-            if forecast_units(exact_after, period, now) >= limit > forecast_units(exact_before, period, now):
-                raised += _raise(
-                    connection, tenant_id, budget, key[1], "forecast", Decimal(1), used, rem, now=now
-                )
+            period_key = (budget.period, key[1])
+            period = periods.get(period_key)
+            if period is None:
+                period = periods[period_key] = period_of_day(budget.period, _instant(key[1]).astimezone(zone).date(), timezone)
+            scale = _US if budget.money else 1
+            limit = budget.limit_units() * scale
+            after = forecast_units(used * scale + (rem if budget.money else 0), period, now)
+            if after >= limit > forecast_units(before[0] * scale + (before[1] if budget.money else 0), period, now):
+                raised += _raise(connection, tenant_id, budget, key[1], "forecast", Decimal(1), used, rem, now=now)
     return raised
-
-
-def _zone(timezone: str) -> Any:
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo(timezone)
 
 
 def _raise(

@@ -154,8 +154,10 @@ def used_decimal(budget: Budget, used: int, rem: int) -> Decimal:
 
 
 def reached(budget: Budget, used: int, rem: int, fraction: Decimal = Decimal(1)) -> bool:
-    """Whether the counter is at or past `fraction` of the limit (exact comparison)."""
-    return used_decimal(budget, used, rem) >= budget.limit * fraction
+    """Whether the counter is at or past `fraction` of the limit (exact: an int against a Decimal)."""
+    if budget.money:
+        return used * REM_PER_NANO + rem >= budget.limit * fraction * 10**15
+    return used >= budget.limit * fraction
 
 
 # --- periods ------------------------------------------------------------------------------------
@@ -239,6 +241,9 @@ class BudgetIndex:
 
     def __bool__(self) -> bool:
         return bool(self.budgets)
+
+    def by_id(self) -> dict[str, Budget]:
+        return {b.id: b for b in self.budgets}
 
     def measures(self) -> set[str]:
         return {b.measure for b in self.budgets}

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,6 +47,7 @@ from metering.budgets import (
     text,
     used_decimal,
 )
+from metering.bulk import write_rows
 from metering.db import is_postgresql, upsert
 from metering.periods import local_midnight
 from metering.prices import price_usage
@@ -57,6 +59,8 @@ _TYPE, _TIME, _CUSTOMER, _TASK, _TASK_TYPE, _PROVIDER, _MODEL, _INPUT, _OUTPUT, 
     2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
 )  # fmt: skip
 _CHUNK = 400
+_COUNTER_COLUMNS = ("tenant_id", "budget_id", "period_start_us", "used", "used_rem", "unpriced_events")
+_COUNTER_KEYS = ("tenant_id", "budget_id", "period_start_us")
 _TASK_LOCKS = 0x746D_6274  # the advisory lock space of tasks' outcomes (PostgreSQL)
 _US = 1_000_000
 TERMINAL = ("task.completed", "task.failed", "task.cancelled")
@@ -70,6 +74,7 @@ class TenantBudgets:
     timezone: str
     index: BudgetIndex
     billing: dict[str, BilledRule] = field(default_factory=dict)  # by customer, for `billed`
+    watched: set[str] = field(default_factory=set)  # budgets with alerts or a forecast
     _book: PriceBook | None = None
     _overrides: list[dict[str, str]] = field(default_factory=list)
 
@@ -114,7 +119,8 @@ def tenant_budgets(connection: Connection, tenant_id: int) -> TenantBudgets:
     measures = index.measures()
     overrides = _overrides(connection, tenant_id) if measures & {"provider_cost", "billed"} else []
     billing = _billing(connection, tenant_id) if "billed" in measures else {}
-    loaded = TenantBudgets(current, timezone, index, billing, _overrides=overrides)
+    watched = {b.id for b in index.budgets if b.alerts or b.forecast}
+    loaded = TenantBudgets(current, timezone, index, billing, watched, _overrides=overrides)
     with _lock:
         _cache[tenant_id] = loaded
     return loaded
@@ -201,7 +207,7 @@ def count_stored(
         _count_jobs(connection, tenant_id, state, periods, rows, attribution, deltas)
     if not deltas.amounts:
         return 0
-    totals = _write(connection, tenant_id, deltas)
+    totals = _write(connection, tenant_id, deltas, state.watched)
     return alerts.check(connection, tenant_id, state.index, state.timezone, deltas.amounts, totals, now=now)
 
 
@@ -351,41 +357,32 @@ def _stored_outcomes(connection: Connection, tenant_id: int, tasks: list[str]) -
 
 
 def _write_outcomes(connection: Connection, changed: list[dict[str, Any]]) -> None:
-    insert = postgresql.insert if is_postgresql(connection) else sqlite.insert
-    for start in range(0, len(changed), _CHUNK):
-        statement = insert(budget_tasks).values(changed[start : start + _CHUNK])
-        columns = ("status", "ended_us", "customer", "actor", "agent", "task_type")
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["tenant_id", "task"], set_={c: statement.excluded[c] for c in columns}
-            )
-        )
+    connection.execute(_outcome_upsert(is_postgresql(connection)), changed)
 
 
-def _write(connection: Connection, tenant_id: int, deltas: Deltas) -> dict[tuple[str, int], tuple[int, int]]:
-    """Add the deltas to the counters (one multi-row upsert per chunk); the totals after."""
-    insert = postgresql.insert if is_postgresql(connection) else sqlite.insert
+@lru_cache(maxsize=2)
+def _outcome_upsert(postgres: bool) -> Any:
+    base = (postgresql.insert if postgres else sqlite.insert)(budget_tasks)
+    columns = ("status", "ended_us", "customer", "actor", "agent", "task_type")
+    return base.on_conflict_do_update(index_elements=["tenant_id", "task"], set_={c: base.excluded[c] for c in columns})
+
+
+def _write(connection: Connection, tenant_id: int, deltas: Deltas, watched: set[str]) -> dict[tuple[str, int], tuple[int, int]]:
+    """Add the deltas to the counters with one upsert (`metering.bulk.write_rows`: an
+    executemany of one compiled statement on SQLite, COPY and one INSERT ... SELECT on
+    PostgreSQL); then the totals after of the `watched` budgets' counters (those with
+    alerts), read back in one query per chunk."""
     items = sorted(deltas.amounts.items())  # a fixed order: concurrent batches lock rows alike
-    totals: dict[tuple[str, int], tuple[int, int]] = {}
+    rows = [(tenant_id, budget_id, period_us, units, rem, unpriced) for (budget_id, period_us), (units, rem, unpriced) in items]
+    write_rows(connection, budget_counters, _COUNTER_COLUMNS, rows, on_conflict="add", keys=_COUNTER_KEYS, add=_COUNTER_COLUMNS[3:])
+    keys = [key for key, _ in items if key[0] in watched]
     table = budget_counters
-    for start in range(0, len(items), _CHUNK):
-        values = [
-            {"tenant_id": tenant_id, "budget_id": budget_id, "period_start_us": period_us,
-             "used": units, "used_rem": rem, "unpriced_events": unpriced}
-            for (budget_id, period_us), (units, rem, unpriced) in items[start : start + _CHUNK]
-        ]  # fmt: skip
-        base = insert(table).values(values)
-        excluded = base.excluded
-        statement = base.on_conflict_do_update(
-            index_elements=["tenant_id", "budget_id", "period_start_us"],
-            set_={
-                "used": table.c.used + excluded.used,
-                "used_rem": table.c.used_rem + excluded.used_rem,
-                "unpriced_events": table.c.unpriced_events + excluded.unpriced_events,
-            },
-        ).returning(table.c.budget_id, table.c.period_start_us, table.c.used, table.c.used_rem)
-        for row in connection.execute(statement):
-            totals[(row.budget_id, row.period_start_us)] = (row.used, row.used_rem)
+    totals: dict[tuple[str, int], tuple[int, int]] = {}
+    for start in range(0, len(keys), _CHUNK):
+        query = select(table.c.budget_id, table.c.period_start_us, table.c.used, table.c.used_rem).where(
+            table.c.tenant_id == tenant_id, tuple_(table.c.budget_id, table.c.period_start_us).in_(keys[start : start + _CHUNK])
+        )
+        totals.update({(r[0], r[1]): (r[2], r[3]) for r in connection.execute(query)})
     return totals
 
 
