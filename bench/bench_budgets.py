@@ -80,7 +80,9 @@ def ingest_rate(engine: Engine, budgets: list[Budget], payload: list[dict[str, A
 def throughput(events: int) -> list[str]:
     payload = synthetic_events(events, seed=11, models=3)
     for event in payload:
-        event["model"] = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet-latest")[int(event["model"].rsplit("-", 1)[1]) % 3]
+        event["model"] = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet-latest")[
+            int(event["model"].rsplit("-", 1)[1]) % 3
+        ]
         event["provider"] = "anthropic" if event["model"].startswith("claude") else "openai"
     lines = []
     with tempfile.TemporaryDirectory() as folder:
@@ -130,7 +132,9 @@ def _setup(path: Path, budgets: list[Budget]) -> tuple[Engine, Tenant, str]:
     engine = fresh_sqlite(str(path))
     tenant = _tenant(engine, budgets)
     with unit_of_work(engine) as session:
-        key, _ = create_api_key(session, tenant, frozenset({"ingest", "read", "admin"}), secret=SECRET.encode(), now=NOW)
+        key, _ = create_api_key(
+            session, tenant, frozenset({"ingest", "read", "admin"}), secret=SECRET.encode(), now=NOW
+        )
     return engine, tenant, key
 
 
@@ -147,7 +151,11 @@ def authorize_latency(stored: int) -> str:
                     batch = synthetic_events(min(10_000, stored - start), seed=1000 + start, models=1)
                     for event in batch:
                         event["model"] = "gpt-4o"
-                    client.post("/v1/events", content=orjson.dumps(batch), headers={"content-type": "application/json"})
+                    client.post(
+                        "/v1/events",
+                        content=orjson.dumps(batch),
+                        headers={"content-type": "application/json"},
+                    )
             stop = threading.Event()
             during = synthetic_events(200_000, seed=5, models=1)
             for event in during:
@@ -158,14 +166,22 @@ def authorize_latency(stored: int) -> str:
                     for i in range(0, len(during), BATCH):
                         if stop.is_set():
                             return
-                        client.post("/v1/events", content=orjson.dumps(during[i : i + BATCH]), headers={"content-type": "application/json"})
+                        client.post(
+                            "/v1/events",
+                            content=orjson.dumps(during[i : i + BATCH]),
+                            headers={"content-type": "application/json"},
+                        )
 
             loader = threading.Thread(target=load)
             loader.start()
             times = []
             with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
                 for i in range(2000):
-                    body = {"customer": f"cust-{i % 1000}", "actor": "ben@acme.com", "task_type": "support_ticket"}
+                    body = {
+                        "customer": f"cust-{i % 1000}",
+                        "actor": "ben@acme.com",
+                        "task_type": "support_ticket",
+                    }
                     start = time.perf_counter()
                     answer = client.post("/v1/authorize", json=body)
                     times.append(time.perf_counter() - start)
