@@ -31,7 +31,7 @@ from sqlalchemy import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import fresh_postgres, fresh_sqlite, machine, synthetic_events  # noqa: E402
+from bench.common import cpu_check, fresh_postgres, fresh_sqlite, machine, synthetic_events  # noqa: E402
 from bench.server import SECRET, free_port  # noqa: E402
 from metering import budget_repository  # noqa: E402
 from metering.alerts import add_webhook  # noqa: E402
@@ -279,6 +279,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("throughput", "authorize", "webhooks"))
     args = parser.parse_args()
     print(machine(), flush=True)
+    print(cpu_check(), flush=True)
     if args.only in (None, "throughput"):
         throughput(args.events)
     if args.only in (None, "authorize"):

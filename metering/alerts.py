@@ -81,6 +81,7 @@ def check(
     by_id = index.by_id()
     raised = 0
     zone = ZoneInfo(timezone)
+    today = now.astimezone(zone).date()
     periods: dict[tuple[str, int], BudgetPeriod] = {}
     for key, (used, rem) in totals.items():
         budget = by_id.get(key[0])
@@ -92,17 +93,26 @@ def check(
         before = (used - delta[0], rem - delta[1])
         for fraction in budget.alerts:
             if reached(budget, used, rem, fraction) and not reached(budget, *before, fraction):
-                raised += _raise(connection, tenant_id, budget, key[1], "threshold", fraction, used, rem, now=now)
+                raised += _raise(
+                    connection, tenant_id, budget, key[1], "threshold", fraction, used, rem, now=now
+                )
         if budget.forecast:
             period_key = (budget.period, key[1])
             period = periods.get(period_key)
             if period is None:
-                period = periods[period_key] = period_of_day(budget.period, _instant(key[1]).astimezone(zone).date(), timezone)
+                period = periods[period_key] = period_of_day(
+                    budget.period, _instant(key[1]).astimezone(zone).date(), timezone
+                )
             scale = _US if budget.money else 1
             limit = budget.limit_units() * scale
-            after = forecast_units(used * scale + (rem if budget.money else 0), period, now)
-            if after >= limit > forecast_units(before[0] * scale + (before[1] if budget.money else 0), period, now):
-                raised += _raise(connection, tenant_id, budget, key[1], "forecast", Decimal(1), used, rem, now=now)
+            after = forecast_units(used * scale + (rem if budget.money else 0), period, now, today=today)
+            before_forecast = forecast_units(
+                before[0] * scale + (before[1] if budget.money else 0), period, now, today=today
+            )
+            if after >= limit > before_forecast:
+                raised += _raise(
+                    connection, tenant_id, budget, key[1], "forecast", Decimal(1), used, rem, now=now
+                )
     return raised
 
 

@@ -210,11 +210,12 @@ def period_of_day(kind: str, day: date, timezone: str) -> BudgetPeriod:
     return BudgetPeriod(first, next_first_day(kind, first), timezone)
 
 
-def forecast_units(used: int, period: BudgetPeriod, now: datetime) -> int:
+def forecast_units(used: int, period: BudgetPeriod, now: datetime, *, today: date | None = None) -> int:
     """The period-end forecast by run-rate: the mean daily spend of the days so far (today
     counted as a whole day) times the days in the period; `used` itself once the period ended.
-    Integer division rounds the forecast down (it only decides whether a limit is passed)."""
-    today = now.astimezone(ZoneInfo(period.timezone)).date()
+    Integer division rounds the forecast down (it only decides whether a limit is passed).
+    `today` (the tenant-local day of `now`) spares the conversion when the caller has it."""
+    today = today or now.astimezone(ZoneInfo(period.timezone)).date()
     days_so_far = min(max((today - period.first_day).days + 1, 1), period.days)
     return used * period.days // days_so_far
 
