@@ -1,4 +1,5 @@
-"""The scheduler: rollup, period close, monthly reports and Stripe sync, on a clock.
+"""The scheduler: rollup, period close, monthly reports and Stripe sync, on a clock; and the
+sender of budget-alert webhooks (`api.webhooks.WebhookSender`), a thread polling the outbox.
 
 APScheduler 3 (`BackgroundScheduler`) keeps its jobs in the project's database
 (`apscheduler_jobs`, created by the migrations), so they survive a restart: a run missed while no
@@ -35,6 +36,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from api.settings import Settings
+from api.webhooks import WebhookSender, deliver_due
 from metering.db import is_sqlite, is_unavailable, make_engine, unit_of_work
 from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
 from metering.periods import parse_month
@@ -48,7 +50,6 @@ JOB_ROLLUP = "taskmeter.rollup"
 JOB_CLOSE = "taskmeter.close"
 JOB_REPORTS = "taskmeter.reports"
 JOB_STRIPE = "taskmeter.stripe_sync"
-JOB_WEBHOOKS = "taskmeter.webhooks"
 
 # Guard and bookmark names.
 ROLLUP, CLOSE, REPORTS = "rollup", "close", "reports"
@@ -98,10 +99,6 @@ def reports_job() -> None:
 
 def stripe_sync_job() -> None:
     _run_job("Stripe sync", run_stripe_sync)
-
-
-def webhooks_job() -> None:
-    _run_job("webhook delivery", run_webhooks)
 
 
 def _run_job(name: str, job: Callable[..., Any]) -> None:
@@ -248,8 +245,6 @@ def run_stripe_sync(rt: Runtime, *, now: datetime) -> list[Any]:
 def run_webhooks(rt: Runtime, *, now: datetime) -> dict[str, int]:
     """Send the budget alerts' due webhook deliveries (claimed row by row: any number of
     processes may run this at once)."""
-    from api.webhooks import deliver_due
-
     return deliver_due(rt.engine, now=now)
 
 
@@ -290,7 +285,7 @@ class _OverrunRollupIsRoutine(logging.Filter):
     so the warning is demoted to a debug line for the rollup job only."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if (JOB_ROLLUP in record.getMessage() or JOB_WEBHOOKS in record.getMessage()) and "maximum number of running instances" in record.getMessage():
+        if JOB_ROLLUP in record.getMessage() and "maximum number of running instances" in record.getMessage():
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
@@ -307,6 +302,9 @@ class TaskmeterScheduler:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
+        # Budget-alert webhooks: a thread of its own polling the outbox, not an APScheduler job
+        # (whose job store would write the database every fraction of a second).
+        self.webhooks = WebhookSender(engine, interval=settings.webhook_interval_seconds)
         # A small engine of its own: the job store disposes it on shutdown.
         pool = {} if is_sqlite(engine) else {"pool_size": 2, "max_overflow": 2}
         store = SQLAlchemyJobStore(
@@ -329,7 +327,6 @@ class TaskmeterScheduler:
             JOB_ROLLUP: (rollup_job, IntervalTrigger(seconds=s.rollup_interval_seconds, timezone="UTC")),
             JOB_CLOSE: (close_job, IntervalTrigger(seconds=s.close_check_seconds, timezone="UTC")),
             JOB_REPORTS: (reports_job, IntervalTrigger(seconds=s.close_check_seconds, timezone="UTC")),
-            JOB_WEBHOOKS: (webhooks_job, IntervalTrigger(seconds=s.webhook_interval_seconds, timezone="UTC")),
         }
         if s.stripe_api_key is not None:
             jobs[JOB_STRIPE] = (
@@ -343,6 +340,8 @@ class TaskmeterScheduler:
         self.scheduler.start(paused=paused)
         if add_jobs:
             self.ensure_jobs()
+        if not paused:
+            self.webhooks.start()
         return self
 
     def ensure_jobs(self) -> None:
@@ -368,6 +367,7 @@ class TaskmeterScheduler:
         return self.scheduler.get_jobs()
 
     def shutdown(self, *, wait: bool = True) -> None:
+        self.webhooks.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=wait)
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from datetime import datetime
+import threading
+from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy import Engine
 
 from metering import alerts
-from metering.db import unit_of_work
+from metering.db import is_unavailable, unit_of_work
 
 log = logging.getLogger("taskmeter.webhooks")
 TIMEOUT_SECONDS = 5.0
@@ -65,3 +66,39 @@ def _post(http: httpx.Client, item: alerts.Claimed, now: datetime) -> str | None
         return None
     log.warning("webhook delivery %s to %s answered %s", item.delivery, item.url, response.status_code)
     return f"HTTP {response.status_code}"
+
+
+class WebhookSender:
+    """Polls the outbox every `interval` seconds in a daemon thread and sends what is due (each
+    server and worker process runs one; claims keep them from sending one attempt twice)."""
+
+    def __init__(self, engine: Engine, *, interval: float) -> None:
+        self.engine, self.interval = engine, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="taskmeter-webhooks", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(TIMEOUT_SECONDS * 2)
+            self._thread = None
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=TIMEOUT_SECONDS) as client:
+            while not self._stop.wait(self.interval):
+                try:
+                    while (
+                        deliver_due(self.engine, now=datetime.now(UTC), client=client)["delivered"]
+                        and not self._stop.is_set()
+                    ):
+                        pass  # a full claim was sent: look again at once
+                except Exception as exc:  # noqa: BLE001 - logged; the next round retries
+                    if is_unavailable(exc):
+                        log.warning("webhook delivery: database unavailable; the next round retries")
+                    else:
+                        log.error("webhook delivery failed", exc_info=exc)

@@ -94,7 +94,7 @@ class TestWorker:
                 process.communicate()
         assert process.returncode == 0, err
         assert out == ""
-        assert "scheduler started: taskmeter.close, taskmeter.reports, taskmeter.rollup, taskmeter.webhooks" in err
+        assert "scheduler started: taskmeter.close, taskmeter.reports, taskmeter.rollup" in err
 
     def test_once_runs_every_job_and_prints_what_it_did(self, run, engine: Engine, tenant: Tenant) -> None:  # type: ignore[no-untyped-def]
         send(engine, tenant, "task-1")

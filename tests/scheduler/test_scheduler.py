@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 
 from api import scheduler
 from api.app import create_app
-from api.scheduler import JOB_CLOSE, JOB_REPORTS, JOB_ROLLUP, JOB_STRIPE, JOB_WEBHOOKS, TaskmeterScheduler
+from api.scheduler import JOB_CLOSE, JOB_REPORTS, JOB_ROLLUP, JOB_STRIPE, TaskmeterScheduler
 from api.settings import Settings
 from metering.jobstate import scheduler_jobs
 from metering.tenants import Tenant
@@ -22,7 +22,7 @@ from tests.factories import make_task_events
 from tests.scheduler.conftest import Recorder
 from tests.support.servers import ServerThread
 
-EVERY_JOB = {JOB_ROLLUP, JOB_CLOSE, JOB_REPORTS, JOB_WEBHOOKS}
+EVERY_JOB = {JOB_ROLLUP, JOB_CLOSE, JOB_REPORTS}
 
 
 @pytest.fixture
@@ -93,7 +93,6 @@ class TestJobStore:
             JOB_ROLLUP: "api.scheduler:rollup_job",
             JOB_CLOSE: "api.scheduler:close_job",
             JOB_REPORTS: "api.scheduler:reports_job",
-            JOB_WEBHOOKS: "api.scheduler:webhooks_job",
         }
 
     def test_runs_missed_while_down_fire_once_on_restart(
