@@ -364,23 +364,39 @@ def _write_outcomes(connection: Connection, changed: list[dict[str, Any]]) -> No
 def _outcome_upsert(postgres: bool) -> Any:
     base = (postgresql.insert if postgres else sqlite.insert)(budget_tasks)
     columns = ("status", "ended_us", "customer", "actor", "agent", "task_type")
-    return base.on_conflict_do_update(index_elements=["tenant_id", "task"], set_={c: base.excluded[c] for c in columns})
+    return base.on_conflict_do_update(
+        index_elements=["tenant_id", "task"], set_={c: base.excluded[c] for c in columns}
+    )
 
 
-def _write(connection: Connection, tenant_id: int, deltas: Deltas, watched: set[str]) -> dict[tuple[str, int], tuple[int, int]]:
+def _write(
+    connection: Connection, tenant_id: int, deltas: Deltas, watched: set[str]
+) -> dict[tuple[str, int], tuple[int, int]]:
     """Add the deltas to the counters with one upsert (`metering.bulk.write_rows`: an
     executemany of one compiled statement on SQLite, COPY and one INSERT ... SELECT on
     PostgreSQL); then the totals after of the `watched` budgets' counters (those with
     alerts), read back in one query per chunk."""
     items = sorted(deltas.amounts.items())  # a fixed order: concurrent batches lock rows alike
-    rows = [(tenant_id, budget_id, period_us, units, rem, unpriced) for (budget_id, period_us), (units, rem, unpriced) in items]
-    write_rows(connection, budget_counters, _COUNTER_COLUMNS, rows, on_conflict="add", keys=_COUNTER_KEYS, add=_COUNTER_COLUMNS[3:])
+    rows = [
+        (tenant_id, budget_id, period_us, units, rem, unpriced)
+        for (budget_id, period_us), (units, rem, unpriced) in items
+    ]
+    write_rows(
+        connection,
+        budget_counters,
+        _COUNTER_COLUMNS,
+        rows,
+        on_conflict="add",
+        keys=_COUNTER_KEYS,
+        add=_COUNTER_COLUMNS[3:],
+    )
     keys = [key for key, _ in items if key[0] in watched]
     table = budget_counters
     totals: dict[tuple[str, int], tuple[int, int]] = {}
     for start in range(0, len(keys), _CHUNK):
         query = select(table.c.budget_id, table.c.period_start_us, table.c.used, table.c.used_rem).where(
-            table.c.tenant_id == tenant_id, tuple_(table.c.budget_id, table.c.period_start_us).in_(keys[start : start + _CHUNK])
+            table.c.tenant_id == tenant_id,
+            tuple_(table.c.budget_id, table.c.period_start_us).in_(keys[start : start + _CHUNK]),
         )
         totals.update({(r[0], r[1]): (r[2], r[3]) for r in connection.execute(query)})
     return totals
