@@ -14,9 +14,9 @@ from api.ingest_log import KnownKeys, LogLink
 from api.limits import RequestLimitsMiddleware
 from api.ratelimit import RateLimiter
 from api.routers import audit as audit_routes
+from api.routers import budgets, events, invoices, otlp, pricing, quarantine, usage
 from api.routers import dashboard as dashboard_routes
 from api.routers import docs as docs_routes
-from api.routers import events, invoices, otlp, pricing, quarantine, usage
 from api.routers import reports as report_routes
 from api.routers import stripe as stripe_routes
 from api.scheduler import start_scheduler
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(events.log_router if settings.ingest_log else events.router)
     app.include_router(otlp.router)
     app.include_router(usage.router)
+    app.include_router(budgets.router)
     app.include_router(pricing.router)
     app.include_router(invoices.router)
     app.include_router(stripe_routes.router)

@@ -1,4 +1,5 @@
-"""The scheduler: rollup, period close, monthly reports and Stripe sync, on a clock.
+"""The scheduler: rollup, period close, monthly reports and Stripe sync, on a clock; and the
+sender of budget-alert webhooks (`api.webhooks.WebhookSender`), a thread polling the outbox.
 
 APScheduler 3 (`BackgroundScheduler`) keeps its jobs in the project's database
 (`apscheduler_jobs`, created by the migrations), so they survive a restart: a run missed while no
@@ -33,6 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from api.settings import Settings
+from api.webhooks import WebhookSender, deliver_due
 from metering.archive import ArchivedHistory, check_rebuild
 from metering.db import is_unavailable, make_engine, unit_of_work
 from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
@@ -235,6 +237,12 @@ def run_stripe_sync(rt: Runtime, *, now: datetime) -> list[Any]:
     return reports
 
 
+def run_webhooks(rt: Runtime, *, now: datetime) -> dict[str, int]:
+    """Send the budget alerts' due webhook deliveries (claimed row by row: any number of
+    processes may run this at once)."""
+    return deliver_due(rt.engine, now=now)
+
+
 def _tenants(rt: Runtime) -> list[Tenant]:
     with unit_of_work(rt.engine) as session:
         return list_tenants(session)
@@ -279,6 +287,9 @@ class TaskmeterScheduler:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
+        # Budget-alert webhooks: a thread of its own polling the outbox, not an APScheduler job
+        # (whose job store would write the database every fraction of a second).
+        self.webhooks = WebhookSender(engine, interval=settings.webhook_interval_seconds)
         # A small engine of its own: the job store disposes it on shutdown.
         store = SQLAlchemyJobStore(
             engine=make_engine(settings.database_url, small_pool=True), tablename=scheduler_jobs.name
@@ -313,6 +324,8 @@ class TaskmeterScheduler:
         self.scheduler.start(paused=paused)
         if add_jobs:
             self.ensure_jobs()
+        if not paused:
+            self.webhooks.start()
         return self
 
     def ensure_jobs(self) -> None:
@@ -338,6 +351,7 @@ class TaskmeterScheduler:
         return self.scheduler.get_jobs()
 
     def shutdown(self, *, wait: bool = True) -> None:
+        self.webhooks.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=wait)
 
@@ -356,6 +370,7 @@ def run_once(settings: Settings, engine: Engine, *, now: datetime) -> dict[str, 
         "closed": [{"tenant": t, "month": m} for t, m in run_close(rt, now=now)],
         "reports": [{"tenant": t, "month": m} for t, m in run_reports(rt, now=now)],
         "stripe": [r.summary() for r in run_stripe_sync(rt, now=now)],
+        "webhooks": run_webhooks(rt, now=now),
     }
 
 

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     reports_dir: Path = Path("./reports-out")
     close_check_seconds: float = 60.0  # how often the close and reports jobs look for due months
     stripe_sync_interval_seconds: float = 60.0
+    webhook_interval_seconds: float = 0.2  # how often the outbox of budget-alert webhooks is polled
     scheduler_misfire_grace_seconds: int = 300  # a run later than this is skipped (the next one comes)
     job_lease_seconds: float = 900.0  # SQLite job guards: how long a crashed worker blocks the others
 

@@ -24,7 +24,8 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from metering.db import tenant_lock, write_rows
+from metering import spend
+from metering.db import inserted_by_this_transaction, tenant_lock, write_rows
 from metering.errors import InvalidInput, PayloadTooLarge, TaskmeterError
 from metering.schemas import (
     DEFAULT_WINDOW,
@@ -206,6 +207,7 @@ class Prepared:
 
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
+    attribution: list[tuple[str | None, str | None]] = field(default_factory=list)  # (actor, agent) per row
     rejected: list[RejectedEvent] = field(default_factory=list)
     duplicates: int = 0
     conflicts: int = 0
@@ -232,6 +234,7 @@ def prepare_rows(batch: Batch, tenant_id: int, *, now: datetime, window: TimeWin
             first_in_batch[event["id"]] = row[-2]
             out.rows.append(row)
             out.positions.append(position)
+            out.attribution.append((event.get("actor"), event.get("agent")))
         elif earlier == row[-2]:
             out.duplicates += 1
         else:
@@ -266,6 +269,7 @@ def insert_prepared(
     if atomic and rejected:
         raise _atomic_failure(sorted(rejected, key=lambda r: r.index))
     inserted = _insert_ignoring_conflicts(session, rows)
+    _count_spend(session, tenant_id, prepared, inserted)
     duplicates, conflicts = prepared.duplicates, prepared.conflicts
     if inserted < len(rows):
         # Every row not inserted is stored already: with our digest (a duplicate) or another.
@@ -321,6 +325,36 @@ def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[A
     tenant_lock(connection, ingest_lock_key(rows[0][0]), shared=True)
     keys = ("tenant_id", "event_id")
     return write_rows(connection, events, INSERT_COLUMNS, rows, on_conflict="ignore", keys=keys)
+
+
+def _count_spend(session: Session | Connection, tenant_id: int, prepared: Prepared, inserted: int) -> None:
+    """Count the rows this insert stored (not the duplicates) into the budget counters, in its
+    transaction (`metering.spend`)."""
+    if not inserted:
+        return
+    connection = session.connection() if isinstance(session, Session) else session
+    rows, attribution = prepared.rows, prepared.attribution
+    if inserted < len(rows):
+        ours = _stored_now(connection, tenant_id, [row[1] for row in rows], inserted)
+        chosen = [i for i, row in enumerate(rows) if row[1] in ours]
+        rows, attribution = [rows[i] for i in chosen], [attribution[i] for i in chosen]
+    spend.count_stored(connection, tenant_id, rows, attribution, now=from_us(rows[0][-1]))
+
+
+def _stored_now(connection: Connection, tenant_id: int, event_ids: list[str], inserted: int) -> set[str]:
+    """Which of the ids this transaction's insert stored. PostgreSQL: the rows whose xmin is this
+    transaction. SQLite: the one writer's insert took the newest `inserted` seqs (AUTOINCREMENT
+    never hands a seq out twice), so they are the ids' highest seqs."""
+    ours: list[tuple[int, str]] = []
+    for start in range(0, len(event_ids), _LOOKUP_CHUNK):
+        chunk = event_ids[start : start + _LOOKUP_CHUNK]
+        query = select(events.c.seq, events.c.event_id).where(events.c.tenant_id == tenant_id, events.c.event_id.in_(chunk))
+        mine = inserted_by_this_transaction(connection, events)
+        if mine is not None:
+            query = query.where(mine)
+        ours.extend((seq, event_id) for seq, event_id in connection.execute(query))
+    ours.sort(reverse=True)
+    return {event_id for _, event_id in ours[:inserted]}
 
 
 def ingest_lock_key(tenant_id: int) -> int:

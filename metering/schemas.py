@@ -28,7 +28,7 @@ from metering.vocabulary import TOKEN_FIELDS
 
 EventType = Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the rollup sets aside any other (metering.quarantine)
-TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model")
+TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model", "actor", "agent")
 DEFAULT_FUTURE_TOLERANCE = timedelta(days=7)
 NUL = "\x00"  # PostgreSQL cannot store it in text
 DEFAULT_EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
@@ -58,6 +58,8 @@ class EventIn(TypedDict):
     time: AwareDatetime
     customer: Text
     task: Text
+    actor: NotRequired[Text | None]
+    agent: NotRequired[Text | None]
     task_type: NotRequired[Name | None]
     provider: NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=64)] | None]
     model: NotRequired[Name | None]

@@ -7,7 +7,7 @@ import os
 
 from alembic import context
 
-from metering.tables import metadata
+from metering.budget_tables import metadata  # every table: metering, budgets (it imports metering.tables)
 
 config = context.config
 

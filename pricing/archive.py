@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from metering.archive import ARCHIVE_COLUMNS, Archive, ArchiveMismatch, Manifest, normalized, row_hashes
-from metering.db import driver_rows, is_postgresql, upsert
+from metering.db import dialect_insert, driver_rows, upsert
 from metering.errors import Conflict
 from metering.ingest import to_us
 from metering.periods import Period, parse_month
@@ -192,7 +191,7 @@ def restore_tenant(engine: Engine, tenant: Tenant, *, url: str | None = None) ->
         copy = copy[copy["seq"].to_numpy(dtype=np.int64) <= row.max_seq].assign(tenant_id=tenant.id)
         records = copy.astype(object).where(copy.notna(), None).to_dict("records")
         with engine.begin() as connection:
-            insert = postgresql.insert(events) if is_postgresql(connection) else sqlite.insert(events)
+            insert = dialect_insert(connection, events)
             count = select(func.count()).select_from(events).where(events.c.tenant_id == tenant.id)
             present = connection.execute(count).scalar_one()
             for start in range(0, len(records), RESTORE_BATCH):

@@ -1,4 +1,4 @@
-"""The tenant config file (DESIGN.md): `prices`, `plans`, `customers`, validated all at once.
+"""The tenant config file (DESIGN.md): `prices`, `plans`, `customers`, `budgets`, validated all at once.
 
 Every problem is reported with its path in the file (`plans[2].tiers.steps[1].up_to`), so a file
 is fixed in one round trip. A top-level `effective_from` (a tenant-local date) dates every plan
@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from metering.budgets import Budget, parse_budgets
 from metering.errors import InvalidInput
 from pricing.plans import (
     DEFER_CHECKS,
@@ -31,7 +32,7 @@ from pricing.plans import (
     version_problems,
 )
 
-SECTIONS = ("prices", "plans", "customers")
+SECTIONS = ("prices", "plans", "customers", "budgets")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class TenantConfig:
     prices: tuple[PriceOverride, ...]
     plans: PlanBook
     customers: tuple[CustomerPlan, ...]
+    budgets: tuple[Budget, ...] = ()
     plan_entries: tuple[Plan, ...] = ()  # the file's plan entries, in file order
     sections: frozenset[str] = field(default_factory=frozenset)  # the sections the file has
     effective_from: date | None = None  # the file's top-level date
@@ -128,6 +130,8 @@ def validate_config(raw: object, *, known_plans: Iterable[str] = ()) -> TenantCo
         ]
 
     _duplicates([c and c.id for c in entries], "customers[{}].id", problems)
+    budgets, budget_problems = parse_budgets(_section(raw, "budgets", problems))
+    problems += budget_problems
     if problems:
         detail = [{"field": path, "message": message} for path, message in problems]
         raise InvalidInput(f"invalid tenant config: {len(problems)} problem(s)", detail=detail)
@@ -135,6 +139,7 @@ def validate_config(raw: object, *, known_plans: Iterable[str] = ()) -> TenantCo
         prices=tuple(prices),
         plans=PlanBook.of(plans),
         customers=tuple(c for c in entries if c),
+        budgets=tuple(budgets),
         plan_entries=tuple(plans),
         sections=frozenset(name for name in SECTIONS if name in raw),
         effective_from=effective_from,

@@ -22,12 +22,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from metering import budget_repository
 from metering.errors import InvalidInput, NotFound
 from metering.periods import Period, parse_month
 from metering.ratecards import RateCardError, TenantPrice
 from metering.tables import tenant_prices
 from metering.tenants import Tenant
-from pricing import repository
+from pricing import budget_billing, repository
 from pricing.config import parse_config, validate_entry, validate_plan
 from pricing.plans import CustomerPlan, Plan, Problems, plan_definition, same_terms
 from pricing.repository import StoredPlans
@@ -131,6 +132,7 @@ def save_plan(session: Session, tenant: Tenant, raw: object, *, now: datetime) -
     if problems:
         raise invalid("invalid plan", problems)
     [saved] = _store_changes(session, tenant, changes, now=now)
+    budget_billing.refresh(session, tenant, now=now)
     return {**saved, "plan": describe_plan(session, tenant, plan.id)}
 
 
@@ -177,6 +179,7 @@ def assign_plan(
     if entry is None or problems:
         raise invalid("invalid customer plan", problems)
     _assign(session, tenant, entry, effective_from, now=now)
+    budget_billing.refresh(session, tenant, now=now)
     return describe_customer(session, tenant, customer)
 
 
@@ -249,6 +252,9 @@ def load_config(session: Session, tenant: Tenant, text: str, *, now: datetime) -
         {"id": c.id, "plan": c.plan, "status": _assign(session, tenant, c, config.effective_from, now=now)}
         for c in config.customers
     ]
+    if "budgets" in config.sections:
+        summary["budgets"] = budget_repository.replace_all(session, tenant.id, config.budgets, now=now)
+    budget_billing.refresh(session, tenant, now=now)  # and a new budget generation: prices may have changed
     return summary
 
 

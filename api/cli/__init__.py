@@ -7,13 +7,25 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 
-from api.cli import archive, ingest, loader, pricing, quarantine, reports, rollup, serve, stripe, tenants
+from api.cli import (
+    archive,
+    budgets,
+    ingest,
+    loader,
+    pricing,
+    quarantine,
+    reports,
+    rollup,
+    serve,
+    stripe,
+    tenants,
+)
 from api.cli.common import err
 from api.settings import Settings, get_settings
 from metering.errors import TaskmeterError
 
 # The command groups, in the order `taskmeter --help` lists them; each adds its own subcommands.
-GROUPS = (tenants, ingest, rollup, reports, serve, stripe, pricing, quarantine, loader, archive)
+GROUPS = (tenants, ingest, rollup, reports, serve, stripe, pricing, budgets, quarantine, loader, archive)
 
 
 def build_parser() -> argparse.ArgumentParser:

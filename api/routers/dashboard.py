@@ -25,12 +25,12 @@ from api import dashboard_http as web
 from api.csv_http import csv_response
 from api.dashboard_refresh import SnapshotRefresher
 from api.routers import dashboard_auth
-from metering import quarantine
+from metering import alerts, budget_repository, quarantine, spend
 from metering.errors import InvalidInput, NotFound
 from metering.periods import Period, parse_month, period_of
 from metering.tenants import Tenant
 from pricing.service import require_customer
-from reports import dashboard, month_page, pages, repository, snapshots
+from reports import budget_page, dashboard, month_page, pages, repository, snapshots
 from reports.billed import month_invoices
 from reports.columns import TASKS
 from reports.month_data import begin_snapshot
@@ -182,6 +182,20 @@ def quarantine_page(request: Request, signed: web.SignedInPage) -> Response:
         total = quarantine.count(session, signed.tenant.id)
     return signed.html(pages.quarantine(rows, total, **signed.chrome))
 
+
+@router.get("/budgets")
+def budgets_page(request: Request) -> Response:
+    principal = web.signed_in(request)
+    if principal is None:
+        return web.to_sign_in(request)
+    tenant = principal.tenant
+    seed, token = web.csrf(request)
+    now = datetime.now(UTC)
+    with Session(web.engine(request)) as session:
+        chosen = list(budget_repository.stored(session, tenant.id).values())
+        described = [spend.describe(s, now=now) for s in spend.standings(session.connection(), tenant.id, chosen, tenant.timezone, now=now)]
+        raised = alerts.list_alerts(session, tenant.id, limit=100)
+    return web.html(request, budget_page.render(described, raised, tenant=tenant.name, csrf=token, version=web.VERSION), seed=seed)
 
 
 @router.get("/invoices/{invoice_id}")

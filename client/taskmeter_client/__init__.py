@@ -9,13 +9,14 @@
 It needs only httpx and orjson, and imports nothing of the taskmeter server.
 """
 
-from taskmeter_client.client import AsyncTaskmeterClient, Task, TaskmeterClient
+from taskmeter_client.client import AsyncTaskmeterClient, BudgetExceeded, Task, TaskmeterClient
 from taskmeter_client.extract import MAX_TOKENS, TokenUsage, UsageFieldError, extract_usage
 from taskmeter_client.sender import SenderStats
 
 __all__ = [
     "MAX_TOKENS",
     "AsyncTaskmeterClient",
+    "BudgetExceeded",
     "SenderStats",
     "Task",
     "TaskmeterClient",

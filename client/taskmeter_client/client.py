@@ -37,7 +37,19 @@ from taskmeter_client.extract import MAX_TOKENS, TokenUsage, UsageFieldError, ex
 from taskmeter_client.sender import Sender, SenderStats
 from taskmeter_client.spool import Spool, default_spool_dir, spool_folder
 
-__all__ = ["AsyncTaskmeterClient", "Task", "TaskmeterClient"]
+__all__ = ["AsyncTaskmeterClient", "BudgetExceeded", "Task", "TaskmeterClient"]
+
+BUDGET_CHECKS = ("off", "warn", "enforce")
+
+
+class BudgetExceeded(RuntimeError):
+    """`task(budget_check="enforce")` was denied by the server: an enforced budget whose scope
+    the task falls under has reached its limit. `answer` is the server's `/v1/authorize` body."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__(f"budget {answer.get('denied_by')!r} has reached its limit")
+        self.answer = answer
+        self.budget = answer.get("denied_by")
 
 log = logging.getLogger("taskmeter.client")
 
@@ -94,6 +106,8 @@ class TaskmeterClient:
             max_block_seconds=max_block_seconds, max_retries=max_retries, backoff_base=backoff_base,
             backoff_max=backoff_max, timeout=timeout, transport=transport,
         )  # fmt: skip
+        self._url, self._api_key, self._timeout, self._transport = url, api_key.strip(), timeout, transport
+        self._auth_http: httpx.Client | None = None
         atexit.register(self.close)
 
     def task(
@@ -103,10 +117,44 @@ class TaskmeterClient:
         task_type: str | None = None,
         task: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        budget_check: str = "off",
     ) -> Task:
         """A task of `customer`; `with` it to emit task.started and its outcome. `task` names an
-        existing task (default: a new uuid4)."""
-        return Task(self, customer=customer, task_type=task_type, task=task, metadata=metadata)
+        existing task (default: a new uuid4).
+
+        `budget_check` asks the server first (`POST /v1/authorize`, one round trip): `"warn"`
+        logs a denial and goes on, `"enforce"` raises `BudgetExceeded` before the block runs
+        (no event is recorded). A server that cannot be asked does not stop the work (logged)."""
+        if budget_check not in BUDGET_CHECKS:
+            raise ValueError(f"budget_check must be one of {', '.join(BUDGET_CHECKS)}, got {budget_check!r}")
+        new = Task(self, customer=customer, task_type=task_type, task=task, metadata=metadata)
+        if budget_check != "off":
+            answer = self.authorize(customer=customer, task_type=task_type)
+            if answer is not None and not answer.get("allowed", True):
+                if budget_check == "enforce":
+                    raise BudgetExceeded(answer)
+                log.warning("taskmeter: budget %r has reached its limit (task %s of %s goes on)", answer.get("denied_by"), new.id, customer)
+        return new
+
+    def authorize(
+        self, *, customer: str, actor: str | None = None, agent: str | None = None, task_type: str | None = None
+    ) -> dict[str, Any] | None:
+        """The server's answer to `POST /v1/authorize` for this scope, or None when it could not
+        be asked (logged): `{"allowed", "denied_by", "budgets": [...]}`."""
+        body = {k: v for k, v in (("customer", customer), ("actor", actor), ("agent", agent), ("task_type", task_type)) if v is not None}
+        if self._auth_http is None:
+            self._auth_http = httpx.Client(
+                base_url=self._url, headers={"Authorization": f"Bearer {self._api_key}"}, timeout=self._timeout,
+                transport=self._transport,
+            )  # fmt: skip
+        try:
+            response = self._auth_http.post("/v1/authorize", json=body)
+            response.raise_for_status()
+            answer: dict[str, Any] = response.json()
+            return answer
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("taskmeter: could not check budgets for %s: %s", customer, exc)
+            return None
 
     @property
     def stats(self) -> SenderStats:
@@ -121,6 +169,8 @@ class TaskmeterClient:
         """Send what is queued (at most `timeout` seconds, default `close_timeout`), spool the rest.
         Events recorded after close go straight to the spool."""
         atexit.unregister(self.close)
+        if self._auth_http is not None:
+            self._auth_http.close()
         if not self._sender.closed:
             self._sender.close(self._close_timeout if timeout is None else timeout)
 

@@ -16,20 +16,21 @@ from metering.db.engine import (
     unit_of_work,
     upgrade_schema,
 )
-from metering.db.locks import tenant_lock, try_advisory_lock, write_lock
+from metering.db.locks import name_locks, tenant_lock, try_advisory_lock, write_lock
 from metering.db.reads import (
     adbc_uri,
     begin_snapshot,
     byte_order,
     driver_rows,
+    inserted_by_this_transaction,
     no_cyclic_gc,
     read_frame,
     without_index,
 )
-from metering.db.writes import frame_rows, upsert, write_frame, write_rows
+from metering.db.writes import dialect_insert, frame_rows, upsert, write_frame, write_rows
 
 __all__ = [
-    "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "begin_snapshot", "byte_order", "driver_rows", "frame_rows",
+    "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "begin_snapshot", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
     "is_overflow", "is_postgresql", "is_sqlite", "is_unavailable", "make_engine", "no_cyclic_gc", "read_frame",
     "session_factory", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",
     "upsert", "without_index", "write_frame", "write_lock", "write_rows",

@@ -5,10 +5,10 @@ locks order on PostgreSQL, and no try-lock (a job falls back to a lease in a tab
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import ARRAY, Connection, Engine, Text, func, literal, select
 
 from metering.db.engine import is_postgresql, is_sqlite
 
@@ -41,3 +41,12 @@ def try_advisory_lock(engine: Engine, key: tuple[int, int]) -> Iterator[bool | N
         return
     with engine.connect() as connection, connection.begin():
         yield bool(connection.execute(select(func.pg_try_advisory_xact_lock(*key))).scalar_one())
+
+
+def name_locks(connection: Connection, space: int, names: Sequence[str]) -> None:
+    """Hold an advisory lock per name in lock space `space` until the transaction ends, taken in
+    one statement in the names' order (callers pass them sorted, so two transactions never wait
+    on each other in a cycle). On SQLite nothing happens: a writer holds the whole database."""
+    if is_postgresql(connection) and names:
+        hashed = func.unnest(literal(list(names), ARRAY(Text))).column_valued("name")
+        connection.execute(select(func.count(func.pg_advisory_xact_lock(space, func.hashtext(hashed)))))

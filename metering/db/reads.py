@@ -11,7 +11,8 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import ColumnElement, Connection
+from sqlalchemy import BigInteger, ColumnElement, Connection, func, literal_column
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
@@ -174,3 +175,13 @@ def without_index(column: ColumnElement[Any]) -> ColumnElement[Any]:
     table instead. For a read of most of a table, where walking an index visits its rows in
     random order (SQLite keeps no statistics to choose the scan itself)."""
     return column + 0
+
+
+def inserted_by_this_transaction(connection: Connection, table: Any) -> ColumnElement[bool] | None:
+    """A condition true of the rows of `table` that the connection's open transaction inserted:
+    PostgreSQL's `xmin` is this transaction's id (modulo 2**32, as `xmin` is stored). SQLite has
+    no such column: None (its one writer at a time lets the caller tell them by seq instead)."""
+    if not is_postgresql(connection):
+        return None
+    xmin = sql_cast(literal_column(f"{table.name}.xmin::text"), BigInteger)
+    return xmin == func.txid_current() % 4294967296

@@ -27,6 +27,12 @@ _SLICE = 250_000
 """Rows of a frame converted and sent at a time."""
 
 
+def dialect_insert(bind: Session | Connection, table: Table) -> Any:
+    """The database's own INSERT of `table` (PostgreSQL's or SQLite's), which has
+    `on_conflict_do_nothing` / `on_conflict_do_update`."""
+    return (postgresql.insert if is_postgresql(bind) else sqlite.insert)(table)
+
+
 def upsert(
     executor: Session | Connection,
     table: Table,
@@ -39,8 +45,7 @@ def upsert(
     """Insert one row of `table`; on a conflict over the unique `key` columns, set `update`
     (column -> value) on the stored row, or leave it as it is when `update` is None. With
     `returning`, the result holds those columns of the row written (none when nothing was)."""
-    dialect_insert = postgresql.insert if is_postgresql(executor) else sqlite.insert
-    statement = dialect_insert(table).values(**values)
+    statement = dialect_insert(executor, table).values(**values)
     if update is None:
         statement = statement.on_conflict_do_nothing(index_elements=list(key))
     else:

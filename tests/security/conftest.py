@@ -52,6 +52,7 @@ class World:
     invoice_id: int
     invoice_number: str
     quarantine_id: int = 0  # an event of 1600, stored by hand, that the rollup set aside
+    budget: str = ""
 
     @property
     def name(self) -> str:
@@ -72,6 +73,8 @@ def build_world(engine: Engine, tenant: Tenant, *, now: datetime) -> World:
              "rates": {"input": "6.00", "output": "30.00", "cache_read": "0.60", "cache_write": "7.50"}},
         ],
         "customers": [{"id": f"{p}-cust", "plan": f"{p}-jobs", "compare_with": [f"{p}-tokens"]}],
+        "budgets": [{"id": f"{p}-budget", "scope": {"customer": f"{p}-cust"}, "measure": "billed", "limit": "1",
+                     "period": "month", "alerts": ["0.1"], "enforce": True}],
     }
     with unit_of_work(engine) as session:
         service.load_config(session, tenant, yaml.safe_dump(config), now=datetime(2020, 1, 1, tzinfo=UTC))
@@ -102,7 +105,7 @@ def build_world(engine: Engine, tenant: Tenant, *, now: datetime) -> World:
         ).one()
         credit_notes.create_credit_note(session, tenant, invoice_id, amount="0.10", reason=f"{p} goodwill", now=now)
         quarantine_id = session.execute(select(quarantine.c.id).where(quarantine.c.tenant_id == tenant.id)).scalar_one()
-    return World(tenant, key, key_id, f"{p}-cust", f"{p}-task-1", f"{p}-evt-1", f"{p}-jobs", invoice_id, number, quarantine_id)
+    return World(tenant, key, key_id, f"{p}-cust", f"{p}-task-1", f"{p}-evt-1", f"{p}-jobs", invoice_id, number, quarantine_id, f"{p}-budget")
 
 
 @pytest.fixture

@@ -36,9 +36,10 @@ OWNED = {
     "plan_id": lambda w: w.plan,
     "invoice_id": lambda w: str(w.invoice_id),
     "quarantine_id": lambda w: str(w.quarantine_id),
+    "budget_id": lambda w: w.budget,
 }
 NOBODYS = {"customer": "nobody-cust", "task": "nobody-task", "event_id": "nobody-evt", "plan_id": "nobody-plan",
-           "invoice_id": "987654", "quarantine_id": "987654"}  # fmt: skip
+           "invoice_id": "987654", "quarantine_id": "987654", "budget_id": "nobody-budget"}  # fmt: skip
 # Parameters no tenant owns (the answer is then the caller's own data), per route or everywhere.
 NOT_OWNED: dict[str, str] = {"month": CLOSED_MONTH, "name": "customers"}
 NOT_OWNED_BY_ROUTE = {("/dashboard/static/{name}", "name"): "dashboard.css"}
@@ -59,9 +60,16 @@ BODIES: dict[tuple[str, str], dict[str, Any] | None] = {
     ("POST", "/dashboard/sign-out"): {"data": {"csrf": "x"}},
     ("POST", "/v1/quarantine/{quarantine_id}/release"): None,
     ("POST", "/v1/quarantine/{quarantine_id}/drop"): None,
+    ("POST", "/v1/authorize"): {"json": {"customer": "alpha-cust"}},
+    # A's PUT under B's budget id makes A a budget of that name (ids are per tenant): 200 like any new id.
+    ("PUT", "/v1/budgets/{budget_id}"): {"json": {"measure": "tokens", "limit": "10", "period": "day"}},
+    ("DELETE", "/v1/budgets/{budget_id}"): None,
 }
 # What a route answers for B's id when it is not 404.
-EXPECTED = {("PUT", "/v1/customers/{customer}"): 422}  # the body names B's plan, unknown to A
+EXPECTED = {
+    ("PUT", "/v1/customers/{customer}"): 422,  # the body names B's plan, unknown to A
+    ("PUT", "/v1/budgets/{budget_id}"): 200,  # A's own new budget (B's is untouched: tenant_rows checks)
+}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,156 @@
+"""Budgets (admin), the question a runtime asks before it spends (`POST /v1/authorize`, ingest
+scope) and the alerts raised (`GET /v1/alerts`). Every answer comes from the counters that
+ingestion keeps (`metering.spend`): no route here reads events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from api.deps import AdminScope, AuditDep, IngestScope, NowDep, ReadScope, SessionDep
+from api.errors import BODY_ERRORS, responses
+from metering import alerts, budget_repository, spend
+
+router = APIRouter(tags=["budgets"])
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+_EXAMPLE = {
+    "scope": {"customer": "acme"}, "measure": "provider_cost", "limit": "500.00", "period": "month",
+    "alerts": ["0.5", "0.8", "1"], "forecast": True, "enforce": True,
+}  # fmt: skip
+
+
+class AuthorizeIn(BaseModel):
+    """Who is about to spend: the customer, and the actor, agent and task type when known."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    customer: Text
+    actor: Text | None = None
+    agent: Text | None = None
+    task_type: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+
+
+class BudgetStanding(BaseModel):
+    id: str
+    measure: str
+    limit: str
+    used: str
+    remaining: str
+    period_end: datetime
+    enforced: bool
+
+
+class AuthorizeOut(BaseModel):
+    allowed: bool
+    denied_by: str | None
+    budgets: list[BudgetStanding]
+
+
+class BudgetOut(BaseModel):
+    id: str
+    scope: dict[str, str]
+    measure: str
+    limit: str
+    period: str
+    alerts: list[str]
+    forecast: bool
+    enforce: bool
+    used: str
+    remaining: str
+    period_start: datetime
+    period_end: datetime
+    forecast_value: str
+    unpriced_events: int
+    exceeded: bool
+
+
+class DeliveryOut(BaseModel):
+    webhook: int
+    url: str
+    status: str  # pending | failing (retrying) | delivered | failed (gave up)
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
+class AlertOut(BaseModel):
+    id: str
+    type: str
+    budget: str
+    threshold: str
+    used: str
+    limit: str
+    period_start: str
+    at: str
+    deliveries: list[DeliveryOut]
+
+
+@router.post("/v1/authorize", response_model=AuthorizeOut, responses=responses(*BODY_ERRORS))
+def post_authorize(
+    body: AuthorizeIn, principal: IngestScope, session: SessionDep, now: NowDep
+) -> dict[str, Any]:
+    """May this work start? Lists every budget whose scope the request falls under; `allowed`
+    is false once an enforced one's usage reached its limit (a denial is an answer: 200)."""
+    return spend.authorize(session.connection(), principal.tenant.id, body.model_dump(), now=now)
+
+
+def _described(
+    session: Any, tenant_id: int, timezone: str, chosen: list[Any], now: datetime
+) -> list[dict[str, Any]]:
+    return [
+        spend.describe(s, now=now)
+        for s in spend.standings(session.connection(), tenant_id, chosen, timezone, now=now)
+    ]
+
+
+@router.get("/v1/budgets", response_model=list[BudgetOut], responses=responses())
+def get_budgets(principal: AdminScope, session: SessionDep, now: NowDep) -> list[dict[str, Any]]:
+    """Every budget with its current period's usage, remaining and forecast."""
+    tenant = principal.tenant
+    return _described(
+        session, tenant.id, tenant.timezone, list(budget_repository.stored(session, tenant.id).values()), now
+    )
+
+
+@router.get("/v1/budgets/{budget_id}", response_model=BudgetOut, responses=responses(404))
+def get_budget(budget_id: str, principal: AdminScope, session: SessionDep, now: NowDep) -> dict[str, Any]:
+    tenant = principal.tenant
+    return _described(
+        session, tenant.id, tenant.timezone, [budget_repository.get(session, tenant.id, budget_id)], now
+    )[0]
+
+
+@router.put("/v1/budgets/{budget_id}", response_model=BudgetOut, responses=responses(*BODY_ERRORS))
+def put_budget(
+    budget_id: str,
+    principal: AdminScope,
+    audit: AuditDep,
+    session: SessionDep,
+    now: NowDep,
+    budget: Annotated[
+        dict[str, Any], Body(description="a budget as in the config file's `budgets:`", examples=[_EXAMPLE])
+    ],
+) -> dict[str, Any]:
+    """Create or replace a budget. A changed scope, measure or period starts its counters anew."""
+    tenant = principal.tenant
+    saved, status = budget_repository.put(session, tenant.id, budget_id, budget, now=now)
+    audit.record("budget.put", f"budget:{budget_id}", status=status)
+    return _described(session, tenant.id, tenant.timezone, [saved], now)[0]
+
+
+@router.delete("/v1/budgets/{budget_id}", status_code=204, responses=responses(404))
+def delete_budget(budget_id: str, principal: AdminScope, audit: AuditDep, session: SessionDep) -> None:
+    budget_repository.remove(session, principal.tenant.id, budget_id)
+    audit.record("budget.delete", f"budget:{budget_id}")
+
+
+@router.get("/v1/alerts", response_model=list[AlertOut], responses=responses())
+def get_alerts(principal: ReadScope, session: SessionDep) -> list[dict[str, Any]]:
+    """Budget alerts, newest first, with each webhook delivery: `failing` ones are being
+    retried with backoff, `failed` ones were given up after many attempts."""
+    return alerts.list_alerts(session, principal.tenant.id)

@@ -1,0 +1,104 @@
+"""Webhook delivery: posts the outbox's due alerts (`metering.alerts`), signed.
+
+`Taskmeter-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" under the webhook's
+secret>`. A 2xx answer acknowledges; anything else (or no answer within the timeout) is retried
+with backoff (`metering.alerts.backoff`). Rows are claimed one by one with a conditional update,
+so two server processes never send one attempt twice; a receiver deduplicates by the body's
+stable `id` should an acknowledgement be lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+from datetime import UTC, datetime
+
+import httpx
+from sqlalchemy import Engine
+
+from metering import alerts
+from metering.db import is_unavailable, unit_of_work
+
+log = logging.getLogger("taskmeter.webhooks")
+TIMEOUT_SECONDS = 5.0
+SIGNATURE_HEADER = "Taskmeter-Signature"
+
+
+def signature(secret: str, body: bytes, timestamp: int) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def deliver_due(engine: Engine, *, now: datetime, client: httpx.Client | None = None) -> dict[str, int]:
+    """Send every due delivery once; returns how many were delivered and how many failed."""
+    with unit_of_work(engine) as session:
+        claimed = alerts.claim_due(session.connection(), now=now)
+    counts = {"delivered": 0, "failed": 0}
+    if not claimed:
+        return counts
+    own = client is None
+    http = client or httpx.Client(timeout=TIMEOUT_SECONDS)
+    try:
+        for item in claimed:
+            error = _post(http, item, now)
+            counts["delivered" if error is None else "failed"] += 1
+            with unit_of_work(engine) as session:
+                alerts.record_attempt(session.connection(), item.delivery, item.attempts, error, now=now)
+    finally:
+        if own:
+            http.close()
+    return counts
+
+
+def _post(http: httpx.Client, item: alerts.Claimed, now: datetime) -> str | None:
+    headers = {
+        "content-type": "application/json",
+        SIGNATURE_HEADER: signature(item.secret, item.body, int(now.timestamp())),
+    }
+    try:
+        response = http.post(item.url, content=item.body, headers=headers)
+    except httpx.HTTPError as exc:
+        log.warning("webhook delivery %s to %s failed: %s", item.delivery, item.url, type(exc).__name__)
+        return f"{type(exc).__name__}: {exc}"[:300]
+    if 200 <= response.status_code < 300:
+        return None
+    log.warning("webhook delivery %s to %s answered %s", item.delivery, item.url, response.status_code)
+    return f"HTTP {response.status_code}"
+
+
+class WebhookSender:
+    """Polls the outbox every `interval` seconds in a daemon thread and sends what is due (each
+    server and worker process runs one; claims keep them from sending one attempt twice)."""
+
+    def __init__(self, engine: Engine, *, interval: float) -> None:
+        self.engine, self.interval = engine, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="taskmeter-webhooks", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(TIMEOUT_SECONDS * 2)
+            self._thread = None
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=TIMEOUT_SECONDS) as client:
+            while not self._stop.wait(self.interval):
+                try:
+                    while (
+                        deliver_due(self.engine, now=datetime.now(UTC), client=client)["delivered"]
+                        and not self._stop.is_set()
+                    ):
+                        pass  # a full claim was sent: look again at once
+                except Exception as exc:  # noqa: BLE001 - logged; the next round retries
+                    if is_unavailable(exc):
+                        log.warning("webhook delivery: database unavailable; the next round retries")
+                    else:
+                        log.error("webhook delivery failed", exc_info=exc)

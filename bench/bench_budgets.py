@@ -1,0 +1,292 @@
+"""Spend control: ingestion throughput with 1,000 budgets against none (same run, same events),
+`POST /v1/authorize` latency with 1,000 budgets while ingestion runs, and event stored ->
+threshold webhook received.
+
+    .venv/bin/python bench/bench_budgets.py [--events 200000] [--stored 1000000]
+
+Ingestion is measured in process (validate + store in one transaction per 1,000-event batch, the
+path of every ingest route) on SQLite and PostgreSQL. Authorization and webhooks go through a
+real `taskmeter serve` (one uvicorn worker, SQLite) over loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import Engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import cpu_check, fresh_postgres, fresh_sqlite, machine, synthetic_events  # noqa: E402
+from bench.server import SECRET, free_port  # noqa: E402
+from metering import budget_repository  # noqa: E402
+from metering.alerts import add_webhook  # noqa: E402
+from metering.budgets import Budget  # noqa: E402
+from metering.db import unit_of_work  # noqa: E402
+from metering.ingest import store_events, validate_items  # noqa: E402
+from metering.tenants import Tenant, create_api_key, create_tenant  # noqa: E402
+
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+BATCH = 1000
+
+
+def thousand_budgets(customers: int = 1000) -> list[Budget]:
+    """One budget per customer (cost, tokens, jobs in turn), each alerting at 50/80/100%, plus
+    nothing else: 1,000 budgets that every event of the synthetic load touches one of."""
+    measures = ("provider_cost", "tokens", "provider_cost", "jobs")
+    out = []
+    for i in range(customers):
+        measure = measures[i % len(measures)]
+        limit = "1000" if measure == "provider_cost" else "1000000000"
+        out.append(Budget.model_validate({
+            "id": f"b{i}", "scope": {"customer": f"cust-{i}"}, "measure": measure, "limit": limit,
+            "period": ("day", "week", "month")[i % 3], "alerts": ["0.5", "0.8", "1"], "forecast": True, "enforce": True,
+        }))  # fmt: skip
+    return out
+
+
+def _tenant(engine: Engine, budgets: list[Budget]) -> Tenant:
+    with unit_of_work(engine) as session:
+        tenant = create_tenant(session, "bench", now=NOW)
+        if budgets:
+            budget_repository.replace_all(session, tenant.id, budgets, now=NOW)
+    return tenant
+
+
+def ingest_rate(engine: Engine, budgets: list[Budget], payload: list[dict[str, Any]]) -> float:
+    """Events per second stored, one transaction per batch."""
+    tenant = _tenant(engine, budgets)
+    start = time.perf_counter()
+    for i in range(0, len(payload), BATCH):
+        with unit_of_work(engine) as session:
+            store_events(session, tenant.id, validate_items(payload[i : i + BATCH]), now=NOW)
+    return len(payload) / (time.perf_counter() - start)
+
+
+def throughput(events: int) -> list[str]:
+    payload = synthetic_events(events, seed=11, models=3)
+    for event in payload:
+        event["model"] = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet-latest")[
+            int(event["model"].rsplit("-", 1)[1]) % 3
+        ]
+        event["provider"] = "anthropic" if event["model"].startswith("claude") else "openai"
+    lines = []
+    with tempfile.TemporaryDirectory() as folder:
+        makers: list[tuple[str, Callable[[], Engine | None]]] = [
+            ("SQLite", lambda: fresh_sqlite(os.path.join(folder, "b.db"))),
+            ("PostgreSQL", fresh_postgres),
+        ]
+        for label, make in makers:
+            rates = {}
+            for name, budgets in (("none", []), ("1,000 budgets", thousand_budgets()), ("none again", [])):
+                engine = make()
+                if engine is None:
+                    break
+                rates[name] = ingest_rate(engine, budgets, payload)
+                engine.dispose()
+            if len(rates) == 3:
+                base = (rates["none"] + rates["none again"]) / 2
+                lines.append(
+                    f"{label}: {events:,} events in batches of {BATCH:,}: none {rates['none']:,.0f} and {rates['none again']:,.0f} "
+                    f"events/s, 1,000 budgets {rates['1,000 budgets']:,.0f} events/s = {rates['1,000 budgets'] / base:.1%} of none"
+                )
+                print(lines[-1], flush=True)
+    return lines
+
+
+# --- through a real server ----------------------------------------------------------------------
+
+
+def serve(path: Path, *, scheduler: bool) -> tuple[subprocess.Popen[bytes], str]:
+    env = {**os.environ, "TASKMETER_DATABASE_URL": f"sqlite:///{path}", "TASKMETER_SECRET_KEY": SECRET,
+           "TASKMETER_SCHEDULER_ENABLED": str(scheduler).lower(), "TASKMETER_WEBHOOK_INTERVAL_SECONDS": "0.2",
+           "TASKMETER_ROLLUP_INTERVAL_SECONDS": "3600", "TASKMETER_RATE_LIMIT_PER_MINUTE": "10000000"}  # fmt: skip
+    port = free_port()
+    exe = Path(sys.executable).with_name("taskmeter")
+    server = subprocess.Popen([str(exe), "serve", "--port", str(port), "--log-level", "warning"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(400):
+        try:
+            httpx.get(url + "/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    return server, url
+
+
+def _setup(path: Path, budgets: list[Budget]) -> tuple[Engine, Tenant, str]:
+    engine = fresh_sqlite(str(path))
+    tenant = _tenant(engine, budgets)
+    with unit_of_work(engine) as session:
+        key, _ = create_api_key(
+            session, tenant, frozenset({"ingest", "read", "admin"}), secret=SECRET.encode(), now=NOW
+        )
+    return engine, tenant, key
+
+
+def authorize_latency(stored: int) -> str:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "a.db"
+        engine, _tenant_, key = _setup(path, thousand_budgets())
+        engine.dispose()
+        server, url = serve(path, scheduler=False)
+        headers = {"Authorization": f"Bearer {key}"}
+        try:
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+                for start in range(0, stored, 10_000):
+                    batch = synthetic_events(min(10_000, stored - start), seed=1000 + start, models=1)
+                    for event in batch:
+                        event["model"] = "gpt-4o"
+                    client.post(
+                        "/v1/events",
+                        content=orjson.dumps(batch),
+                        headers={"content-type": "application/json"},
+                    )
+            stop = threading.Event()
+            during = synthetic_events(200_000, seed=5, models=1)
+            for event in during:
+                event["model"] = "gpt-4o"
+
+            def load() -> None:
+                with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+                    for i in range(0, len(during), BATCH):
+                        if stop.is_set():
+                            return
+                        client.post(
+                            "/v1/events",
+                            content=orjson.dumps(during[i : i + BATCH]),
+                            headers={"content-type": "application/json"},
+                        )
+
+            loader = threading.Thread(target=load)
+            loader.start()
+            times = []
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+                for i in range(2000):
+                    body = {
+                        "customer": f"cust-{i % 1000}",
+                        "actor": "ben@acme.com",
+                        "task_type": "support_ticket",
+                    }
+                    start = time.perf_counter()
+                    answer = client.post("/v1/authorize", json=body)
+                    times.append(time.perf_counter() - start)
+                    assert answer.status_code == 200 and len(answer.json()["budgets"]) == 1, answer.text
+            stop.set()
+            loader.join()
+        finally:
+            server.terminate()
+            server.wait(10)
+    times.sort()
+    p50, p99 = times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
+    line = (f"SQLite, {stored:,} events stored, 1,000 budgets, HTTP ingestion of 1,000-event batches running: "
+            f"POST /v1/authorize p50 {p50:.2f} ms, p99 {p99:.2f} ms (2,000 requests, one client, keep-alive)")  # fmt: skip
+    print(line, flush=True)
+    return line
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        body = self.rfile.read(int(self.headers["content-length"]))
+        server: Any = self.server
+        server.arrivals[orjson.loads(body)["budget"]] = time.perf_counter()
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def webhook_latency(alerts: int = 200) -> str:
+    receiver: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    receiver.arrivals = {}
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    budgets = [
+        Budget.model_validate({"id": f"w{i}", "scope": {"customer": f"hook-{i}"}, "measure": "tokens", "limit": "1000",
+                               "period": "month", "alerts": ["1"]})
+        for i in range(alerts)
+    ] + thousand_budgets()  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "w.db"
+        engine, tenant, key = _setup(path, budgets)
+        with unit_of_work(engine) as session:
+            add_webhook(session, tenant.id, f"http://127.0.0.1:{receiver.server_port}/hook", now=NOW)
+        engine.dispose()
+        server, url = serve(path, scheduler=True)
+        headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+        stop = threading.Event()
+        load_events = synthetic_events(500_000, seed=9, models=1)
+        for event in load_events:
+            event["model"] = "gpt-4o"
+
+        def load() -> None:
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+                for i in range(0, len(load_events), BATCH):
+                    if stop.is_set():
+                        return
+                    client.post("/v1/events", content=orjson.dumps(load_events[i : i + BATCH]))
+
+        loader = threading.Thread(target=load)
+        stored: dict[str, float] = {}
+        try:
+            time.sleep(1)
+            loader.start()
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+                for i in range(alerts):
+                    event = {"id": f"hook-{i}", "type": "usage", "time": (NOW - timedelta(hours=1)).isoformat(),
+                             "customer": f"hook-{i}", "task": f"hook-{i}", "provider": "openai", "model": "gpt-4o",
+                             "input_tokens": 900, "output_tokens": 100}  # fmt: skip
+                    answer = client.post("/v1/events", content=orjson.dumps([event]))
+                    stored[f"w{i}"] = time.perf_counter()  # the answer comes after the commit
+                    assert answer.json()["accepted"] == 1, answer.text
+                    time.sleep(0.02)
+            deadline = time.monotonic() + 60
+            while len(receiver.arrivals) < alerts and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            loader.join()
+            server.terminate()
+            server.wait(10)
+            receiver.shutdown()
+    delays = sorted(receiver.arrivals[b] - stored[b] for b in stored if b in receiver.arrivals)
+    p50, p99 = statistics.median(delays), delays[int(len(delays) * 0.99) - 1 if len(delays) >= 100 else -1]
+    line = (f"SQLite, 1,200 budgets, HTTP ingestion of 1,000-event batches running: event stored -> threshold webhook "
+            f"received p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms ({len(delays)} of {alerts} alerts received; "
+            f"sender polls every 0.2 s)")  # fmt: skip
+    print(line, flush=True)
+    return line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--stored", type=int, default=1_000_000)
+    parser.add_argument("--only", choices=("throughput", "authorize", "webhooks"))
+    args = parser.parse_args()
+    print(machine(), flush=True)
+    print(cpu_check(), flush=True)
+    if args.only in (None, "throughput"):
+        throughput(args.events)
+    if args.only in (None, "authorize"):
+        authorize_latency(args.stored)
+    if args.only in (None, "webhooks"):
+        webhook_latency()
+
+
+if __name__ == "__main__":
+    main()
