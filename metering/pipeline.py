@@ -84,7 +84,7 @@ from metering.tenants import Tenant
 
 EVENT_COLUMNS = (
     "seq", "time_us", "type", "customer", "task", "task_type", "provider", "model",
-    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "actor", "agent",
 )  # fmt: skip
 DEFAULT_CHUNK = 2_000_000
 PARALLEL_MIN_EVENTS = 2_000_000
@@ -673,7 +673,7 @@ def _fetch_sqlite(engine: Engine, query: Any) -> pd.DataFrame:
     return _columns_frame(table)
 
 
-_TEXT_COLUMNS = ("type", "customer", "task", "task_type", "provider", "model")
+_TEXT_COLUMNS = ("type", "customer", "task", "task_type", "provider", "model", "actor", "agent")
 
 
 def _columns_frame(table: np.ndarray) -> pd.DataFrame:

@@ -14,7 +14,8 @@ from metering.money import display_cost
 from metering.periods import Period
 from metering.tables import task_usage, task_usage_detail, usage_daily
 
-GroupBy = Literal["model", "task_type", "day", "customer"]
+GroupBy = Literal["model", "task_type", "day", "customer", "actor", "agent"]
+ATTRIBUTION = ("actor", "agent")  # '' in the rollup tables where the events gave none; None in answers
 _MEASURES = ("usage_events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_nanos", "cost_rem", "unpriced_events")
 
 
@@ -97,6 +98,8 @@ def usage(
             "model": [usage_daily.c.provider, usage_daily.c.model],
             "day": [usage_daily.c.day],
             "customer": [usage_daily.c.customer],
+            "actor": [usage_daily.c.actor],
+            "agent": [usage_daily.c.actor, usage_daily.c.agent],  # an agent acts for its actor
         }[group_by]
     where = [table.c.tenant_id == tenant_id, table.c.day >= first_day, table.c.day < end_day]
     if customer is not None:
@@ -112,6 +115,9 @@ def usage(
             key["task_type"] = key["task_type"] or None
         if group_by == "day":
             key["day"] = date.fromisoformat(str(key["day"]))
+        for name in ATTRIBUTION:
+            if name in key:
+                key[name] = key[name] or None
         out.append({**key, **usage_figures(row)})
     return out, usage_figures(total)
 
