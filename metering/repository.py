@@ -122,6 +122,26 @@ def usage(
     return out, usage_figures(total)
 
 
+def spend(
+    connection: Connection | Session, tenant_id: int, *, first_day: date, end_day: date, customer: str | None = None
+) -> list[dict[str, Any]]:
+    """Usage of days [first_day, end_day) per customer, actor and agent (None where the usage
+    events named none), by those three: usage events, input and output tokens, provider cost."""
+    u = usage_daily.c
+    where = [u.tenant_id == tenant_id, u.day >= first_day, u.day < end_day]
+    if customer is not None:
+        where.append(u.customer == customer)
+    keys = (u.customer, u.actor, u.agent)
+    rows = connection.execute(select(*keys, *_sums(usage_daily)).where(*where).group_by(*keys)).all()
+    out = [
+        {"customer": r.customer, "actor": r.actor or None, "agent": r.agent or None, "usage_events": int(r.usage_events),
+         "input_tokens": int(r.input_tokens), "output_tokens": int(r.output_tokens),
+         "provider_cost": display_cost(int(r.cost_nanos), int(r.cost_rem))}
+        for r in rows
+    ]  # fmt: skip
+    return sorted(out, key=lambda r: (r["customer"].encode(), (r["actor"] or "").encode(), (r["agent"] or "").encode()))
+
+
 def task_outcomes(connection: Connection | Session, tenant_id: int, period: Period, customer: str | None = None) -> dict[str, int]:
     """Tasks that ended in the period, by status, and tasks still open (whenever they began)."""
     where = [task_usage.c.tenant_id == tenant_id]

@@ -48,6 +48,41 @@ def _sums(table: Any) -> list[Any]:
     return [func.coalesce(func.sum(table.c[name]), 0).label(name) for name in USAGE_MEASURES]
 
 
+# --- spend by actor and agent ---------------------------------------------------------------------
+
+SPEND_FIELDS = ("customer", "actor", "agent", "tasks", "usage_events", "input_tokens", "output_tokens", "cost_nanos", "cost_rem")
+
+
+def spend(session: Session, tenant_id: int, period: Period) -> list[Any]:
+    """The month's usage per customer, actor and agent (`SPEND_FIELDS`; '' where the usage events
+    named none), by those three in byte order. `tasks` counts the distinct tasks with a usage
+    event of that customer, actor and agent in the month: a task two agents worked on counts
+    for each."""
+    d = task_usage_detail.c
+    keys = (d.customer, d.actor, d.agent)
+    sums = [func.sum(d[name]).label(name) for name in SPEND_FIELDS[4:]]
+    query = (
+        select(*keys, func.count(func.distinct(d.task)).label("tasks"), *sums)
+        .where(d.tenant_id == tenant_id, d.day >= period.first_day, d.day < period.next_first_day)
+        .group_by(*keys)
+        .order_by(*(byte_order(session, key) for key in keys))
+    )
+    return list(session.execute(query).all())
+
+
+def spend_by_person(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> list[Any]:
+    """The month's usage per actor and agent (of all customers, or one), from `usage_daily`:
+    actor, agent ('' where none was given), usage_events, input_tokens, output_tokens, cost_nanos,
+    cost_rem."""
+    u = usage_daily.c
+    where = [u.tenant_id == tenant_id, u.day >= period.first_day, u.day < period.next_first_day]
+    if customer is not None:
+        where.append(u.customer == customer)
+    sums = [func.sum(u[name]).label(name) for name in SPEND_FIELDS[4:]]
+    query = select(u.actor, u.agent, *sums).where(*where).group_by(u.actor, u.agent)
+    return list(session.execute(query).all())
+
+
 # --- billing periods ------------------------------------------------------------------------------
 
 
