@@ -106,10 +106,21 @@ def _recreate_on_sqlite(name: str, *, with_attribution: bool) -> None:
 
 
 def _merge_attribution_away(name: str) -> None:
+    """PostgreSQL: each key's rows with an actor or agent are added into its '' row, then deleted."""
+    from sqlalchemy.dialects import postgresql
+
     keys = ["tenant_id", *(key for key, _ in KEYS[name])]
-    listed = ", ".join(keys)
-    sums = ", ".join(f"SUM({m})" for m in USAGE)
-    op.execute(f"CREATE TEMPORARY TABLE merged_0010 AS SELECT {listed}, {sums} FROM {name} GROUP BY {listed}")  # noqa: S608
-    op.execute(f"DELETE FROM {name}")  # noqa: S608
-    op.execute(f"INSERT INTO {name} ({listed}, {', '.join(USAGE)}) SELECT * FROM merged_0010")  # noqa: S608
-    op.execute("DROP TABLE merged_0010")
+    table = sa.table(name, *(sa.column(column) for column in (*keys, *ATTRIBUTION, *USAGE)))
+    attributed = sa.or_(table.c.actor != "", table.c.agent != "")
+    rows = (
+        sa.select(*(table.c[key] for key in keys), sa.literal(""), sa.literal(""), *(sa.func.sum(table.c[m]) for m in USAGE))
+        .where(attributed)
+        .group_by(*(table.c[key] for key in keys))
+    )
+    merge = postgresql.insert(table).from_select([*keys, *ATTRIBUTION, *USAGE], rows)
+    merge = merge.on_conflict_do_update(
+        index_elements=[*keys, *ATTRIBUTION], set_={m: table.c[m] + merge.excluded[m] for m in USAGE}
+    )
+    bind = op.get_bind()
+    bind.execute(merge)
+    bind.execute(sa.delete(table).where(attributed))
