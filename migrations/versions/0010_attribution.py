@@ -51,7 +51,9 @@ def upgrade() -> None:
             for name in ATTRIBUTION:
                 op.add_column(table, sa.Column(name, sa.String(256), nullable=False, server_default=""))
             op.drop_constraint(f"pk_{table}", table, type_="primary")
-            op.create_primary_key(f"pk_{table}", table, ["tenant_id", *(name for name, _ in KEYS[table]), *ATTRIBUTION])
+            op.create_primary_key(
+                f"pk_{table}", table, ["tenant_id", *(name for name, _ in KEYS[table]), *ATTRIBUTION]
+            )
 
 
 def downgrade() -> None:
@@ -94,7 +96,9 @@ def _recreate_on_sqlite(name: str, *, with_attribution: bool) -> None:
     keys = ["tenant_id", *(key for key, _ in KEYS[name])]
     source = sa.table(name, *(sa.column(column) for column in (*keys, *ATTRIBUTION, *USAGE)))
     if with_attribution:
-        rows = sa.select(*(source.c[key] for key in keys), sa.literal(""), sa.literal(""), *(source.c[m] for m in USAGE))
+        rows = sa.select(
+            *(source.c[key] for key in keys), sa.literal(""), sa.literal(""), *(source.c[m] for m in USAGE)
+        )
         bind.execute(sa.insert(new).from_select([*keys, *ATTRIBUTION, *USAGE], rows))
     else:
         sums = [sa.func.sum(source.c[m]) for m in USAGE]
@@ -113,7 +117,12 @@ def _merge_attribution_away(name: str) -> None:
     table = sa.table(name, *(sa.column(column) for column in (*keys, *ATTRIBUTION, *USAGE)))
     attributed = sa.or_(table.c.actor != "", table.c.agent != "")
     rows = (
-        sa.select(*(table.c[key] for key in keys), sa.literal(""), sa.literal(""), *(sa.func.sum(table.c[m]) for m in USAGE))
+        sa.select(
+            *(table.c[key] for key in keys),
+            sa.literal(""),
+            sa.literal(""),
+            *(sa.func.sum(table.c[m]) for m in USAGE),
+        )
         .where(attributed)
         .group_by(*(table.c[key] for key in keys))
     )

@@ -29,7 +29,13 @@ from tests.factories import make_event
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 # The tenant's own price, per million tokens: exact Decimal references without genai-prices.
-PRICE = {"provider": "acme-ai", "model": "acme-large", "input": "3.00", "output": "15.00", "cache_read": "0.30"}
+PRICE = {
+    "provider": "acme-ai",
+    "model": "acme-large",
+    "input": "3.00",
+    "output": "15.00",
+    "cache_read": "0.30",
+}
 
 
 def ingest(engine: Engine, tenant: Tenant, batch: list[dict[str, Any]], *, now: datetime = NOW):  # type: ignore[no-untyped-def]
@@ -57,7 +63,9 @@ class TestValidation:
             (42, "valid string"),
         ],
     )
-    def test_a_bad_value_is_rejected_naming_the_field(self, engine: Engine, tenant: Tenant, field: str, value: Any, message: str) -> None:
+    def test_a_bad_value_is_rejected_naming_the_field(
+        self, engine: Engine, tenant: Tenant, field: str, value: Any, message: str
+    ) -> None:
         result = ingest(engine, tenant, [make_event(**{field: value})])
         assert result.accepted == 0
         [rejected] = result.rejected
@@ -71,13 +79,23 @@ class TestValidation:
         assert (found["actor"], found["agent"]) == ("a" * 256, "bén/コーデックス-3")
 
     def test_null_is_absent(self, engine: Engine, tenant: Tenant) -> None:
-        assert ingest(engine, tenant, [make_event(id="n", actor=None, agent=None) | {"actor": None, "agent": None}]).accepted == 1
+        assert (
+            ingest(
+                engine, tenant, [make_event(id="n", actor=None, agent=None) | {"actor": None, "agent": None}]
+            ).accepted
+            == 1
+        )
         found = stored(engine, tenant, "n")
         assert found["actor"] is None and found["agent"] is None
 
     def test_the_scope_of_an_event(self) -> None:
         event = make_event(actor="ben@acme.com", task_type="support_ticket")
-        assert event_scope(event) == {"customer": "acme", "actor": "ben@acme.com", "agent": None, "task_type": "support_ticket"}
+        assert event_scope(event) == {
+            "customer": "acme",
+            "actor": "ben@acme.com",
+            "agent": None,
+            "task_type": "support_ticket",
+        }
 
 
 class TestReplays:
@@ -86,7 +104,22 @@ class TestReplays:
         digest is computed as it was."""
         event = make_event(id="old", time="2026-10-15T12:00:00Z")
         ingest(engine, tenant, [event])
-        values = ("old", "usage", to_us(datetime(2026, 10, 15, 12, tzinfo=UTC)), "acme", "task-1", None, "openai", "gpt-4o", 1200, 300, 0, 0, 0, None)
+        values = (
+            "old",
+            "usage",
+            to_us(datetime(2026, 10, 15, 12, tzinfo=UTC)),
+            "acme",
+            "task-1",
+            None,
+            "openai",
+            "gpt-4o",
+            1200,
+            300,
+            0,
+            0,
+            0,
+            None,
+        )
         legacy = hashlib.blake2b(orjson.dumps(values), digest_size=16).hexdigest()
         with engine.connect() as connection:
             assert connection.execute(select(events.c.content_hash)).scalar_one() == legacy
@@ -95,14 +128,21 @@ class TestReplays:
     def test_the_same_id_with_another_actor_is_a_conflict(self, engine: Engine, tenant: Tenant) -> None:
         ingest(engine, tenant, [make_event(id="e", actor="ben@acme.com")])
         assert ingest(engine, tenant, [make_event(id="e", actor="ben@acme.com")]).duplicates == 1
-        for changed in (make_event(id="e", actor="ann@acme.com"), make_event(id="e"), make_event(id="e", actor="ben@acme.com", agent="x")):
+        for changed in (
+            make_event(id="e", actor="ann@acme.com"),
+            make_event(id="e"),
+            make_event(id="e", actor="ben@acme.com", agent="x"),
+        ):
             result = ingest(engine, tenant, [changed])
             assert result.conflicts == 1 and result.accepted == 0
 
 
 class TestWaysIn:
     def test_http_batch(self, api: Any, engine: Engine, tenant: Tenant) -> None:
-        response = api.post("/v1/events", json=[make_event(id="h1", actor="ben@acme.com", agent="ben/codex-3"), make_event(id="h2")])
+        response = api.post(
+            "/v1/events",
+            json=[make_event(id="h1", actor="ben@acme.com", agent="ben/codex-3"), make_event(id="h2")],
+        )
         assert response.status_code == 200 and response.json()["accepted"] == 2
         first = api.get("/v1/events/h1").json()
         assert (first["actor"], first["agent"]) == ("ben@acme.com", "ben/codex-3")
@@ -123,15 +163,23 @@ class TestWaysIn:
         _, out, _ = run_cli("ingest", str(path), "--tenant", "files")
         assert (out["accepted"], out["rejected"]) == (2, 1)
         with engine.connect() as connection:
-            rows = connection.execute(select(events.c.event_id, events.c.actor, events.c.agent).order_by(events.c.event_id)).all()
-        assert [tuple(r) for r in rows] == [("j1", "ben@acme.com", "ben/codex-3"), ("j2", "ben@acme.com", None)]
+            rows = connection.execute(
+                select(events.c.event_id, events.c.actor, events.c.agent).order_by(events.c.event_id)
+            ).all()
+        assert [tuple(r) for r in rows] == [
+            ("j1", "ben@acme.com", "ben/codex-3"),
+            ("j2", "ben@acme.com", None),
+        ]
 
     def test_otlp_span_and_resource_attributes(self) -> None:
         result = spans_to_events(json.loads((FIXTURES / "otlp" / "attribution.json").read_text()))
         assert result.rejected == []
         who = {e["task"]: (e.get("actor"), e.get("agent")) for e in result.events}
         assert who == {
-            "t-resource": ("ben@acme.com", "ben/codex-3"),  # the resource's taskmeter.actor and gen_ai.agent.name
+            "t-resource": (
+                "ben@acme.com",
+                "ben/codex-3",
+            ),  # the resource's taskmeter.actor and gen_ai.agent.name
             "t-span": ("ben@acme.com", "ben/reviewer"),  # the span's taskmeter.agent wins
             "t-id": ("ben@acme.com", "asst_42"),  # gen_ai.agent.id before gen_ai.agent.name
             "t-enduser": ("ann@acme.com", "ben/codex-3"),  # the span's enduser.id wins over the resource
@@ -141,22 +189,40 @@ class TestWaysIn:
 
     def test_otlp_over_http(self, api: Any) -> None:
         body = (FIXTURES / "otlp" / "attribution.json").read_bytes()
-        assert api.post("/v1/otlp/v1/traces", content=body, headers={"content-type": "application/json"}).status_code == 200
+        assert (
+            api.post(
+                "/v1/otlp/v1/traces", content=body, headers={"content-type": "application/json"}
+            ).status_code
+            == 200
+        )
         found = api.get("/v1/events/otel:7a3f0c1d2e4b5a69788796a5b4c3d2e1:1000000000000004").json()
         assert (found["actor"], found["agent"]) == ("ann@acme.com", "ben/codex-3")
 
     def test_cloudevents_extension_attributes(self, api: Any) -> None:
         body = (FIXTURES / "cloudevents" / "attribution.json").read_bytes()
         converted = from_batch(json.loads(body))
-        assert [(e.get("actor"), e.get("agent")) for e in converted.events] == [("ben@acme.com", "ben/codex-3"), ("ben@acme.com", None)]
-        assert converted.rejected == [{"index": 2, "id": "ce-attr-3", "errors": [{"field": "actor", "message": "must be a non-empty string"}]}]
-        response = api.post("/v1/events", content=body, headers={"content-type": "application/cloudevents-batch+json"})
+        assert [(e.get("actor"), e.get("agent")) for e in converted.events] == [
+            ("ben@acme.com", "ben/codex-3"),
+            ("ben@acme.com", None),
+        ]
+        assert converted.rejected == [
+            {
+                "index": 2,
+                "id": "ce-attr-3",
+                "errors": [{"field": "actor", "message": "must be a non-empty string"}],
+            }
+        ]
+        response = api.post(
+            "/v1/events", content=body, headers={"content-type": "application/cloudevents-batch+json"}
+        )
         assert response.json()["accepted"] == 2
         found = api.get("/v1/events/ce-attr-1").json()
         assert (found["actor"], found["agent"]) == ("ben@acme.com", "ben/codex-3")
 
 
-def _reference(batches: list[list[dict[str, Any]]]) -> dict[tuple[str, str, str], tuple[int, int, int, Decimal]]:
+def _reference(
+    batches: list[list[dict[str, Any]]],
+) -> dict[tuple[str, str, str], tuple[int, int, int, Decimal]]:
     """Per (customer, actor, agent): usage events, input and output tokens and the exact cost, each
     distinct event id counted once (its first version), from the events alone."""
     seen: set[str] = set()
@@ -212,7 +278,9 @@ class TestRollupByActorAndAgent:
         return batch
 
     @pytest.mark.parametrize("seed", [1, 2, 3])
-    def test_usage_per_actor_and_agent_equals_the_reference(self, engine: Engine, make_tenant: Any, seed: int) -> None:
+    def test_usage_per_actor_and_agent_equals_the_reference(
+        self, engine: Engine, make_tenant: Any, seed: int
+    ) -> None:
         """Random batches, some replayed, some late (times before events already rolled up), rolled
         up between batches: the figures per (customer, actor, agent) are the reference's."""
         from pricing import service
@@ -223,7 +291,9 @@ class TestRollupByActorAndAgent:
         rng = random.Random(seed)
         batches: list[list[dict[str, Any]]] = []
         for round_ in range(5):
-            base = datetime(2026, 9, 1, tzinfo=UTC) + timedelta(days=20 * round_ if round_ % 2 else 0)  # odd rounds: later
+            base = datetime(2026, 9, 1, tzinfo=UTC) + timedelta(
+                days=20 * round_ if round_ % 2 else 0
+            )  # odd rounds: later
             batch = self.random_batch(rng, 1000 * round_, rng.randrange(20, 80), base)
             if batches and rng.random() < 0.7:  # replays of earlier events, in the same batch as new ones
                 batch += rng.sample(batches[-1], min(10, len(batches[-1])))
@@ -232,4 +302,6 @@ class TestRollupByActorAndAgent:
             batches.append(batch)
             rollup_tenant(engine, tenant, now=NOW)
             assert _stored(engine, tenant) == _reference(batches)
-        assert any(actor == "" for _, actor, _ in _stored(engine, tenant))  # usage that named nobody is kept apart
+        assert any(
+            actor == "" for _, actor, _ in _stored(engine, tenant)
+        )  # usage that named nobody is kept apart

@@ -36,8 +36,24 @@ def send_spend(books: Books) -> None:
         ended("b1", "2026-10-04T11:00:00Z"),
         usage("b2", "2026-10-05T10:00:00Z", input_tokens=200_000, actor=BEN, agent=CODEX),
         usage("b2", "2026-10-06T10:00:00Z", input_tokens=1, actor=BEN, agent=CODEX),
-        usage("b3", "2026-10-31T23:59:59Z", input_tokens=333, cache_read_tokens=1, output_tokens=7, actor=BEN, agent=CODEX),
-        usage("g1", "2026-10-07T10:00:00Z", customer="globex", input_tokens=1, output_tokens=1, actor=BEN, agent=CODEX),
+        usage(
+            "b3",
+            "2026-10-31T23:59:59Z",
+            input_tokens=333,
+            cache_read_tokens=1,
+            output_tokens=7,
+            actor=BEN,
+            agent=CODEX,
+        ),
+        usage(
+            "g1",
+            "2026-10-07T10:00:00Z",
+            customer="globex",
+            input_tokens=1,
+            output_tokens=1,
+            actor=BEN,
+            agent=CODEX,
+        ),
         usage("n1", "2026-11-02T10:00:00Z", input_tokens=5_000_000, actor=BEN),
     )
     books.rollup()
@@ -50,7 +66,9 @@ def spend_books(books: Books) -> Books:
 
 
 class TestSpendFile:
-    def test_one_row_per_customer_actor_and_agent_with_exact_costs(self, spend_books: Books, tmp_path: Path) -> None:
+    def test_one_row_per_customer_actor_and_agent_with_exact_costs(
+        self, spend_books: Books, tmp_path: Path
+    ) -> None:
         files = spend_books.write("2026-10", tmp_path)
         assert files["spend"].split("\r\n") == [
             "customer,actor,agent,tasks,usage_events,input_tokens,output_tokens,provider_cost",
@@ -76,7 +94,9 @@ class TestSpendFile:
         assert files["customers"].startswith("customer,plan,currency,tasks_completed,")
         assert files["tasks"].startswith("task,customer,task_type,status,started_at,ended_at,usage_events,")
 
-    def test_served_over_http(self, spend_books: Books, live_server: LiveServer, make_key: Callable[..., str], tmp_path: Path) -> None:
+    def test_served_over_http(
+        self, spend_books: Books, live_server: LiveServer, make_key: Callable[..., str], tmp_path: Path
+    ) -> None:
         with live_server.client(make_key(spend_books.tenant, "read")) as api:
             response = api.get("/v1/reports/2026-10/spend.csv")
         assert response.status_code == 200
@@ -88,7 +108,9 @@ class TestUsageApi:
         with live_server.client(make_key(books.tenant, "read")) as api:
             return api.get("/v1/usage", params={"from": "2026-10-01", "to": "2026-11-01"} | params)
 
-    def test_group_by_actor(self, spend_books: Books, live_server: LiveServer, make_key: Callable[..., str]) -> None:
+    def test_group_by_actor(
+        self, spend_books: Books, live_server: LiveServer, make_key: Callable[..., str]
+    ) -> None:
         body = self.get(live_server, make_key, spend_books, group_by="actor").json()
         assert [(r["actor"], Decimal(r["provider_cost"]), r["usage_events"]) for r in body["rows"]] == [
             (None, Decimal("0.000030"), 1),
@@ -97,7 +119,9 @@ class TestUsageApi:
         ]
         assert body["group_by"] == "actor" and Decimal(body["total"]["provider_cost"]) == Decimal("5.101452")
 
-    def test_group_by_agent_keeps_the_actor(self, spend_books: Books, live_server: LiveServer, make_key: Callable[..., str]) -> None:
+    def test_group_by_agent_keeps_the_actor(
+        self, spend_books: Books, live_server: LiveServer, make_key: Callable[..., str]
+    ) -> None:
         body = self.get(live_server, make_key, spend_books, group_by="agent", customer="acme").json()
         assert [(r["actor"], r["agent"], Decimal(r["provider_cost"])) for r in body["rows"]] == [
             (None, None, Decimal("0.000030")),
@@ -106,14 +130,18 @@ class TestUsageApi:
             (BEN, CODEX, Decimal("0.601104")),
         ]
 
-    def test_an_unknown_grouping_is_a_422_naming_the_field(self, books: Books, live_server: LiveServer, make_key: Callable[..., str]) -> None:
+    def test_an_unknown_grouping_is_a_422_naming_the_field(
+        self, books: Books, live_server: LiveServer, make_key: Callable[..., str]
+    ) -> None:
         response = self.get(live_server, make_key, books, group_by="person")
         assert response.status_code == 422
         assert response.json()["detail"][0]["field"] == "query.group_by"
 
 
 class TestCompare:
-    def test_the_api_answers_a_spend_section(self, spend_books: Books, live_server: LiveServer, make_key: Callable[..., str]) -> None:
+    def test_the_api_answers_a_spend_section(
+        self, spend_books: Books, live_server: LiveServer, make_key: Callable[..., str]
+    ) -> None:
         with live_server.client(make_key(spend_books.tenant, "read")) as api:
             body = api.post("/v1/compare", json={"month": "2026-10"}).json()
         assert [(r["customer"], r["actor"], r["agent"], r["provider_cost"]) for r in body["spend"]] == [
@@ -125,7 +153,9 @@ class TestCompare:
         ]
         assert {"customers", "task_types", "models", "tenant"} <= set(body)
 
-    def test_the_command_line_prints_it_on_request(self, spend_books: Books, run_cli: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_the_command_line_prints_it_on_request(
+        self, spend_books: Books, run_cli: Any, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         from api import cli
 
         assert cli.main(["compare", "--tenant", "acme-ai", "--month", "2026-10"]) == 0
@@ -135,13 +165,25 @@ class TestCompare:
         table = capsys.readouterr().out
         assert table.startswith(plain.rstrip("\n"))  # the plans' tables unchanged, the section after them
         assert "Usage by person and agent" in table and "ben/codex-1" in table and "4.500000" in table
-        assert cli.main(["compare", "--tenant", "acme-ai", "--month", "2026-10", "--by-person", "--format", "csv"]) == 0
+        assert (
+            cli.main(
+                ["compare", "--tenant", "acme-ai", "--month", "2026-10", "--by-person", "--format", "csv"]
+            )
+            == 0
+        )
         rows = read_csv(capsys.readouterr().out)
-        assert [(r["customer"], r["actor"], r["agent"], r["provider_cost"]) for r in rows][1] == ("acme", ANN, "'=cmd", "0.000300")
+        assert [(r["customer"], r["actor"], r["agent"], r["provider_cost"]) for r in rows][1] == (
+            "acme",
+            ANN,
+            "'=cmd",
+            "0.000300",
+        )
 
 
 class TestDashboard:
-    def test_each_person_with_their_agents_beneath(self, spend_books: Books, live_server: LiveServer, make_key: Callable[..., str]) -> None:
+    def test_each_person_with_their_agents_beneath(
+        self, spend_books: Books, live_server: LiveServer, make_key: Callable[..., str]
+    ) -> None:
         with sign_in(live_server, make_key(spend_books.tenant, "read")) as client:
             page = client.get("/dashboard", params={"month": "2026-10"})
         assert page.status_code == 200
@@ -151,10 +193,17 @@ class TestDashboard:
         cells = [unescape(c) for c in _data_values(section)]
         # ben (all customers): 5.101122, own 4.500000, codex-1 0.601122; then ann; then nobody.
         assert cells == ["5.101122", "4.500000", "0.601122", "0.000300", "0.000300", "0.000030"]
-        assert section.index(BEN) < section.index("directly, no agent") < section.index(CODEX) < section.index(ANN)
+        assert (
+            section.index(BEN)
+            < section.index("directly, no agent")
+            < section.index(CODEX)
+            < section.index(ANN)
+        )
         assert 'class="agent indent"' in section and "no person given" in section
 
-    def test_a_month_that_named_nobody_says_so(self, books: Books, live_server: LiveServer, make_key: Callable[..., str]) -> None:
+    def test_a_month_that_named_nobody_says_so(
+        self, books: Books, live_server: LiveServer, make_key: Callable[..., str]
+    ) -> None:
         books.send(usage("x", "2026-10-02T10:00:00Z", input_tokens=10))
         books.rollup()
         with sign_in(live_server, make_key(books.tenant, "read")) as client:
