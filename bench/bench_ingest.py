@@ -33,7 +33,7 @@ from api.cli.ingest import ingest_file  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from bench.common import fresh_postgres, fresh_sqlite, machine, timed  # noqa: E402
 from metering.db import unit_of_work  # noqa: E402
-from metering.ingest import INSERT_COLUMNS, prepare_rows, validate_items  # noqa: E402
+from metering.ingest import INSERT_COLUMNS, prepare_rows, validate_body, validate_items  # noqa: E402
 from metering.tables import events  # noqa: E402
 from metering.tenants import create_api_key, create_tenant  # noqa: E402
 
@@ -132,12 +132,29 @@ def with_attribution(payload: list[dict]) -> list[dict]:
     return out
 
 
+def attribution_cpu(payload: dict[str, list[dict]], rounds: int = 5) -> None:
+    """Validation and row building alone (no database: what the two fields cost in the CPU-bound
+    part of every way in), best of `rounds` alternating runs."""
+    eps: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(rounds):
+        for name in ("without", "with"):
+            body = orjson.dumps(payload[name])
+            with timed() as t:
+                prepared = prepare_rows(validate_body(body), 1, now=NOW)
+            assert len(prepared.rows) == len(payload[name])
+            eps[name].append(len(payload[name]) / t[0])
+    best = {name: max(values) for name, values in eps.items()}
+    print(f"\nvalidate + build rows (no database), events/s: without {best['without']:,.0f}/s  with {best['with']:,.0f}/s  "
+          f"ratio {best['with'] / best['without']:.3f}")
+
+
 def attribution_main(args: argparse.Namespace) -> None:
     from bench.common import synthetic_events
 
     print(f"machine: {machine()}; date {datetime.now(UTC):%Y-%m-%d}")
-    tmp = Path(tempfile.mkdtemp(prefix="tm-bench-attr-"))
     plain = synthetic_events(args.events)
+    attribution_cpu({"without": plain, "with": with_attribution(plain)})
+    tmp = Path(tempfile.mkdtemp(prefix="tm-bench-attr-"))
     payloads = {"without": plain, "with": with_attribution(plain)}
     paths = {}
     for name, payload in payloads.items():
