@@ -46,6 +46,25 @@ def _sums(table: Any) -> list[Any]:
     return [func.coalesce(func.sum(table.c[name]), 0).label(name) for name in _MEASURES]
 
 
+_GIGA = 1_000_000_000
+
+
+def cost_sums(table: Any) -> list[Any]:
+    """The exact sum of a table's cost as three sums no database can overflow: whole units
+    (`cost_units`), nanos below a unit (`cost_subunit_nanos`) and the remainder (`cost_rem`);
+    a month of costs near the int64 limit would overflow one SQL sum of `cost_nanos`.
+    `summed_nanos` puts the first two back together."""
+    return [
+        func.coalesce(func.sum(table.c.cost_nanos // _GIGA), 0).label("cost_units"),
+        func.coalesce(func.sum(table.c.cost_nanos % _GIGA), 0).label("cost_subunit_nanos"),
+        func.coalesce(func.sum(table.c.cost_rem), 0).label("cost_rem"),
+    ]
+
+
+def summed_nanos(row: Any) -> int:
+    return int(row.cost_units) * _GIGA + int(row.cost_subunit_nanos)
+
+
 def task(connection: Connection | Session, tenant_id: int, name: str) -> dict[str, Any] | None:
     row = connection.execute(
         select(task_usage).where(task_usage.c.tenant_id == tenant_id, task_usage.c.task == name)
@@ -132,11 +151,12 @@ def spend(
     if customer is not None:
         where.append(u.customer == customer)
     keys = (u.customer, u.actor, u.agent)
-    rows = connection.execute(select(*keys, *_sums(usage_daily)).where(*where).group_by(*keys)).all()
+    sums = [func.sum(u[name]).label(name) for name in ("usage_events", "input_tokens", "output_tokens")]
+    rows = connection.execute(select(*keys, *sums, *cost_sums(usage_daily)).where(*where).group_by(*keys)).all()
     out = [
         {"customer": r.customer, "actor": r.actor or None, "agent": r.agent or None, "usage_events": int(r.usage_events),
          "input_tokens": int(r.input_tokens), "output_tokens": int(r.output_tokens),
-         "provider_cost": display_cost(int(r.cost_nanos), int(r.cost_rem))}
+         "provider_cost": display_cost(summed_nanos(r), int(r.cost_rem))}
         for r in rows
     ]  # fmt: skip
     return sorted(out, key=lambda r: (r["customer"].encode(), (r["actor"] or "").encode(), (r["agent"] or "").encode()))

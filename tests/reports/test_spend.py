@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
+from metering.periods import parse_month
+from reports.monthly import report_chunks
 from tests.conftest import LiveServer
 from tests.dashboard.conftest import sign_in
 from tests.reports.conftest import Books, ended, read_csv, usage
@@ -215,3 +218,33 @@ def _data_values(html: str) -> list[str]:
     import re
 
     return [m for m in re.findall(r'data-value="([^"]*)"', html)]
+
+
+def test_costs_past_int64_stay_exact(make_books: Callable[..., Books], tmp_path: Path) -> None:
+    """Three events of 4e18 nano-units each: one SQL sum of cost_nanos would overflow int64."""
+    books = make_books(configured=False)
+    books.config(
+        {"prices": [{"provider": "acme-ai", "model": "acme-max", "input": "2000", "output": "2000"}]}
+    )
+    most = 10**12
+    books.send(
+        *(
+            usage(
+                f"t{i}",
+                f"2026-10-0{i + 1}T10:00:00Z",
+                model="acme-max",
+                input_tokens=most,
+                output_tokens=most,
+                actor=BEN,
+            )
+            for i in range(3)
+        )
+    )
+    books.rollup()
+    with Session(
+        books.engine
+    ) as session:  # the spend file alone (the customers file's one SQL sum would overflow)
+        text = b"".join(report_chunks(session, books.tenant, parse_month("2026-10", "UTC"), "spend")).decode()
+    assert [(r["actor"], r["usage_events"], r["provider_cost"]) for r in read_csv(text)] == [
+        (BEN, "3", "12000000000.000000")
+    ]
