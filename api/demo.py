@@ -82,15 +82,13 @@ PROFILES = (
 
 
 def attribution(actor: str, agent: str | None) -> dict[str, Any]:
-    """The fields saying whose account a task runs under (`actor`) and which of that person's
-    agents does the work (`agent`; None: the person acted directly).
+    """The event fields saying whose account a task runs under (`actor`) and which of that
+    person's agents does the work (`agent`; None: the person acted directly).
 
-    The hook for DESIGN.md's `actor` and `agent` event fields: events do not take them yet, so
-    they ride in `metadata`. Once they do, return `{"actor": actor, "agent": agent}` (without a
-    None agent) here; demo databases made before then report the changed events as conflicts
-    (the first version stands), so recreate them.
+    Demo databases made before events had these fields carried them in `metadata`: their events
+    are now conflicts on replay (the first version stands), so recreate such a database.
     """
-    return {"metadata": {"actor": actor} | ({"agent": agent} if agent else {})}
+    return {"actor": actor} | ({"agent": agent} if agent else {})
 
 
 def _task(profile: Profile, rng: random.Random, task: str, start: datetime) -> list[dict[str, Any]]:

@@ -3,6 +3,11 @@ bulk insert of the same rows into the same database in the same run; and HTTP ba
 events into one uvicorn worker.
 
     .venv/bin/python bench/bench_ingest.py [--events 200000] [--http-events 100000]
+    .venv/bin/python bench/bench_ingest.py --attribution [--events 100000] [--http-events 50000]
+
+`--attribution`: the same events with and without `actor` and `agent` (on every event, 2,000
+people with 5 agents each), each way in run twice in alternation in the same run; the ratio is
+the throughput with the two fields over the one without.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from api.cli.ingest import ingest_file  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from bench.common import fresh_postgres, fresh_sqlite, machine, timed  # noqa: E402
 from metering.db import unit_of_work  # noqa: E402
-from metering.ingest import INSERT_COLUMNS, prepare_rows, validate_items  # noqa: E402
+from metering.ingest import INSERT_COLUMNS, prepare_rows, validate_body, validate_items  # noqa: E402
 from metering.tables import events  # noqa: E402
 from metering.tenants import create_api_key, create_tenant  # noqa: E402
 
@@ -118,11 +123,85 @@ def http_run(label: str, database_url: str, payload: list[dict], clients: int) -
         server.wait(10)
 
 
+def with_attribution(payload: list[dict]) -> list[dict]:
+    """The same events, each naming one of 2,000 people and one of their 5 agents."""
+    out = []
+    for n, event in enumerate(payload):
+        person = n * 7919 % 2000
+        out.append(event | {"actor": f"person-{person}@example.com", "agent": f"person-{person}/agent-{n % 5}"})
+    return out
+
+
+def attribution_cpu(payload: dict[str, list[dict]], rounds: int = 5) -> None:
+    """Validation and row building alone (no database: what the two fields cost in the CPU-bound
+    part of every way in), best of `rounds` alternating runs."""
+    eps: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(rounds):
+        for name in ("without", "with"):
+            body = orjson.dumps(payload[name])
+            with timed() as t:
+                prepared = prepare_rows(validate_body(body), 1, now=NOW)
+            assert len(prepared.rows) == len(payload[name])
+            eps[name].append(len(payload[name]) / t[0])
+    best = {name: max(values) for name, values in eps.items()}
+    print(f"\nvalidate + build rows (no database), events/s: without {best['without']:,.0f}/s  with {best['with']:,.0f}/s  "
+          f"ratio {best['with'] / best['without']:.3f}")
+
+
+def attribution_main(args: argparse.Namespace) -> None:
+    from bench.common import synthetic_events
+
+    print(f"machine: {machine()}; date {datetime.now(UTC):%Y-%m-%d}")
+    plain = synthetic_events(args.events)
+    attribution_cpu({"without": plain, "with": with_attribution(plain)})
+    tmp = Path(tempfile.mkdtemp(prefix="tm-bench-attr-"))
+    payloads = {"without": plain, "with": with_attribution(plain)}
+    paths = {}
+    for name, payload in payloads.items():
+        paths[name] = tmp / f"{name}.jsonl"
+        paths[name].write_bytes(b"\n".join(orjson.dumps(e) for e in payload) + b"\n")
+    databases = [("sqlite", lambda: fresh_sqlite(str(tmp / "jsonl.db")))]
+    if fresh_postgres() is not None:
+        databases.append(("postgresql", fresh_postgres))
+    print("\nJSONL ingest, events/s (two alternating runs each):")
+    for label, make in databases:
+        eps: dict[str, list[float]] = {"without": [], "with": []}
+        for _ in range(2):
+            for name in ("without", "with"):
+                eps[name].append(jsonl_run(label, make, payloads[name], paths[name])["ingest_eps"])
+        best = {name: max(values) for name, values in eps.items()}
+        print(f"  {label:<10} without {best['without']:>9,.0f}/s  with {best['with']:>9,.0f}/s  "
+              f"ratio {best['with'] / best['without']:.3f}  (runs: {eps})")
+    print("\nHTTP ingest, 1,000-event batches, one uvicorn worker, 1 client:")
+    http_plain = synthetic_events(args.http_events, seed=11)
+    http_payloads = {"without": http_plain, "with": with_attribution(http_plain)}
+    for label in [name for name, _ in databases]:
+        eps = {"without": [], "with": []}
+        for round_ in range(2):
+            for name in ("without", "with"):
+                if label == "sqlite":
+                    db = tmp / f"http-{name}-{round_}.db"
+                    fresh_sqlite(str(db)).dispose()
+                    url = f"sqlite:///{db}"
+                else:
+                    engine = fresh_postgres()
+                    url = engine.url.render_as_string(hide_password=False)
+                    engine.dispose()
+                eps[name].append(http_run(label, url, http_payloads[name], 1)["eps"])
+        best = {name: max(values) for name, values in eps.items()}
+        print(f"  {label:<10} without {best['without']:>9,.0f}/s  with {best['with']:>9,.0f}/s  "
+              f"ratio {best['with'] / best['without']:.3f}  (runs: {eps})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--http-events", type=int, default=100_000)
+    parser.add_argument("--attribution", action="store_true", help="throughput with actor and agent vs without")
     args = parser.parse_args()
+    if args.attribution:
+        attribution_main(args)
+        return
     from bench.common import synthetic_events
 
     print(f"machine: {machine()}; date {datetime.now(UTC):%Y-%m-%d}")

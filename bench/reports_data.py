@@ -131,4 +131,4 @@ def _chunk(engine: Engine, tenant: Tenant, rng: np.random.Generator, first: int,
         write_rows(connection, task_usage, task_columns, tasks_rows)
         write_rows(connection, task_usage_detail, detail_columns, detail_rows)
         write_rows(connection, usage_daily, daily_columns, daily_rows, on_conflict="add",
-                   keys=("tenant_id", "customer", "day", "provider", "model"), add=MEASURES)  # fmt: skip
+                   keys=("tenant_id", "customer", "day", "provider", "model", "actor", "agent"), add=MEASURES)  # fmt: skip

@@ -18,6 +18,7 @@ Structured mode (`application/cloudevents+json`, one object) and batch mode
 | `data.tokens` with `data.type` `input`/`prompt`/`system` or `output`/`completion` | OpenMeter's one-count-per-event form |
 | `data.usage` / `data.usage_metadata` / `data.usageMetadata` | a provider's raw usage object, normalized by `taskmeter_client.extract` (`data.provider` and `data.model` then label it) |
 | `data.metadata` | `metadata` (an object of strings) |
+| extension attributes `actor`, `agent` | `actor`, `agent` (CloudEvents extension names are lowercase letters and digits) |
 
 Token counts are JSON integers or decimal strings (OpenMeter's examples send `"123456"`). Other
 `data` keys are ignored. A CloudEvent that breaks the CloudEvents spec (missing or wrong
@@ -140,6 +141,7 @@ def _convert(item: Any, fallback_time: str | None, errors: list[FieldError]) -> 
     source = _required_text(item, "source", errors)
     ce_type = _required_text(item, "type", errors)
     customer = _required_text(item, "subject", errors, "is required: the customer billed for this event")
+    attribution = {name: value for name in ("actor", "agent") if (value := _extension_text(item, name, errors)) is not None}
 
     time = item.get("time")
     if time is None:
@@ -186,6 +188,7 @@ def _convert(item: Any, fallback_time: str | None, errors: list[FieldError]) -> 
         event["task_type"] = task_type
     if usage is not None:
         event.update(usage.event_fields())
+    event |= attribution
     event["metadata"] = metadata | {"source": "cloudevents", "ce.source": source, "ce.type": ce_type}
     return event
 
@@ -298,6 +301,13 @@ def _required_text(
         errors.append({"field": f"{prefix}{key}", "message": "must be a non-empty string"})
         return None
     return value
+
+
+def _extension_text(item: Mapping[str, Any], key: str, errors: list[FieldError]) -> str | None:
+    """An optional extension attribute that must be a string when given (JSON null: absent)."""
+    if item.get(key) is None:
+        return None
+    return _required_text(item, key, errors)
 
 
 def _optional_text(data: Mapping[str, Any], key: str, errors: list[FieldError]) -> str | None:

@@ -49,7 +49,7 @@ _LOOKUP_CHUNK = 500
 
 INSERT_COLUMNS = (
     "tenant_id", "event_id", "type", "time_us", "customer", "task", "task_type", "provider", "model",
-    *TOKEN_FIELDS, "metadata", "content_hash", "ingested_us",
+    *TOKEN_FIELDS, "actor", "agent", "metadata", "content_hash", "ingested_us",
 )  # fmt: skip
 
 
@@ -302,17 +302,22 @@ def ingest_events(
 
 
 def _row(event: dict[str, Any], time_us: int, tenant_id: int, ingested_us: int) -> tuple[Any, ...]:
-    """The `events` row (in INSERT_COLUMNS order), with the digest of the normalized content."""
+    """The `events` row (in INSERT_COLUMNS order), with the digest of the normalized content.
+
+    The digest covers actor and agent only when the event gives one: an event without them has
+    the digest it had before events had them, so its replay is still a duplicate."""
     get = event.get
     metadata = get("metadata")
+    actor, agent = get("actor"), get("agent")
     values = (
         event["id"], event["type"], time_us, event["customer"], event["task"], get("task_type"),
         get("provider"), get("model"), get("input_tokens", 0), get("output_tokens", 0),
         get("cache_read_tokens", 0), get("cache_write_tokens", 0), get("reasoning_tokens", 0),
         orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode() if metadata else None,
     )  # fmt: skip
-    digest = hashlib.blake2b(orjson.dumps(values), digest_size=16).hexdigest()
-    return (tenant_id, *values, digest, ingested_us)
+    hashed = values if actor is None and agent is None else (*values, actor, agent)
+    digest = hashlib.blake2b(orjson.dumps(hashed), digest_size=16).hexdigest()
+    return (tenant_id, *values[:-1], actor, agent, values[-1], digest, ingested_us)
 
 
 def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[Any, ...]]) -> int:
@@ -407,6 +412,6 @@ def find_event(session: Session | Connection, tenant_id: int, event_id: str) -> 
         "customer": row.customer, "task": row.task, "task_type": row.task_type, "provider": row.provider,
         "model": row.model, "input_tokens": row.input_tokens, "output_tokens": row.output_tokens,
         "cache_read_tokens": row.cache_read_tokens, "cache_write_tokens": row.cache_write_tokens,
-        "reasoning_tokens": row.reasoning_tokens,
+        "reasoning_tokens": row.reasoning_tokens, "actor": row.actor, "agent": row.agent,
         "metadata": orjson.loads(row.metadata) if row.metadata else None,
     }  # fmt: skip

@@ -37,6 +37,11 @@ defaults to the trace id. A span with usage but no customer is rejected. Attribu
 inherit from parent spans; set them on every span (an OTel baggage span processor does that) or on
 the resource.
 
+Attribution (optional). The actor (whose account the work ran under) is `taskmeter.actor`, else
+the semconv's `enduser.id`; the agent is `taskmeter.agent`, else `gen_ai.agent.id`, else
+`gen_ai.agent.name`. The span's attributes are looked at first (each name in that order), then the
+resource's: a span's own actor or agent wins over its resource's.
+
 Outcomes (optional). A span whose `taskmeter.outcome` is `completed`, `failed` or `cancelled` also
 yields a `task.<outcome>` event, id `otel:<traceId>:<spanId>:outcome`, even on an aggregate span.
 
@@ -107,6 +112,8 @@ class SpanMapping:
     customer_key: str = "taskmeter.customer"
     task_key: str = "taskmeter.task"
     task_type_key: str = "taskmeter.task_type"
+    actor_keys: tuple[str, ...] = ("taskmeter.actor", "enduser.id")
+    agent_keys: tuple[str, ...] = ("taskmeter.agent", "gen_ai.agent.id", "gen_ai.agent.name")
     outcome_key: str = "taskmeter.outcome"
     aggregate_operations: frozenset[str] = frozenset(
         {"invoke_agent", "create_agent", "invoke_workflow", "execute_tool"}
@@ -205,6 +212,7 @@ def _convert(
         errors.append({"field": mapping.customer_key, "message": _NO_CUSTOMER})
     task = text(mapping.task_key) or trace_id
     task_type = text(mapping.task_type_key)
+    actor, agent = (attempt(_attribution, keys, attributes, resource_attributes) for keys in (mapping.actor_keys, mapping.agent_keys))
     usage = attempt(_usage, attributes, mapping) if has_usage else None
     outcome = attempt(_outcome, attributes[mapping.outcome_key], mapping.outcome_key) if has_outcome else None
     if errors:
@@ -214,12 +222,25 @@ def _convert(
     base: dict[str, Any] = {"time": time, "customer": customer, "task": task}
     if task_type is not None:
         base["task_type"] = task_type
+    if actor is not None:
+        base["actor"] = actor
+    if agent is not None:
+        base["agent"] = agent
     base["metadata"] = _metadata(span, trace_id, span_id, attributes, resource_attributes)
     event_id = f"otel:{trace_id}:{span_id}"
     if usage is not None:
         result.events.append({"id": event_id, "type": "usage", **base, **usage.event_fields()})
     if outcome is not None:
         result.events.append({"id": f"{event_id}:outcome", "type": f"task.{outcome}", **base})
+
+
+def _attribution(keys: tuple[str, ...], attributes: dict[str, Any], resource_attributes: dict[str, Any]) -> str | None:
+    """The first of `keys` on the span, else the first on the resource; None if none is there."""
+    for found in (attributes, resource_attributes):
+        key = next((k for k in keys if k in found), None)
+        if key is not None:
+            return _text(found[key], key)
+    return None
 
 
 def _usage(attributes: dict[str, Any], mapping: SpanMapping) -> TokenUsage:

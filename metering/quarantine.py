@@ -49,7 +49,7 @@ REASONS = {
 }
 COPIED = (
     "tenant_id", "seq", "event_id", "type", "time_us", "customer", "task", "task_type", "provider", "model",
-    *TOKEN_FIELDS, "metadata", "content_hash", "ingested_us",
+    *TOKEN_FIELDS, "actor", "agent", "metadata", "content_hash", "ingested_us",
 )  # fmt: skip
 _CHUNK = 500
 

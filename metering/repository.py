@@ -15,7 +15,8 @@ from metering.periods import Period
 from metering.tables import task_usage, task_usage_detail, usage_daily
 from metering.vocabulary import TASK_STATUSES, USAGE_MEASURES
 
-GroupBy = Literal["model", "task_type", "day", "customer"]
+GroupBy = Literal["model", "task_type", "day", "customer", "actor", "agent"]
+ATTRIBUTION = ("actor", "agent")  # '' in the rollup tables where the events gave none; None in answers
 
 
 def usage_figures(row: Any) -> dict[str, Any]:
@@ -43,6 +44,25 @@ def usage_figures(row: Any) -> dict[str, Any]:
 
 def _sums(table: Any) -> list[Any]:
     return [func.coalesce(func.sum(table.c[name]), 0).label(name) for name in USAGE_MEASURES]
+
+
+_GIGA = 1_000_000_000
+
+
+def cost_sums(table: Any) -> list[Any]:
+    """The exact sum of a table's cost as three sums no database can overflow: whole units
+    (`cost_units`), nanos below a unit (`cost_subunit_nanos`) and the remainder (`cost_rem`);
+    a month of costs near the int64 limit would overflow one SQL sum of `cost_nanos`.
+    `summed_nanos` puts the first two back together."""
+    return [
+        func.coalesce(func.sum(table.c.cost_nanos // _GIGA), 0).label("cost_units"),
+        func.coalesce(func.sum(table.c.cost_nanos % _GIGA), 0).label("cost_subunit_nanos"),
+        func.coalesce(func.sum(table.c.cost_rem), 0).label("cost_rem"),
+    ]
+
+
+def summed_nanos(row: Any) -> int:
+    return int(row.cost_units) * _GIGA + int(row.cost_subunit_nanos)
 
 
 def task(connection: Connection | Session, tenant_id: int, name: str) -> dict[str, Any] | None:
@@ -97,6 +117,8 @@ def usage(
             "model": [usage_daily.c.provider, usage_daily.c.model],
             "day": [usage_daily.c.day],
             "customer": [usage_daily.c.customer],
+            "actor": [usage_daily.c.actor],
+            "agent": [usage_daily.c.actor, usage_daily.c.agent],  # an agent acts for its actor
         }[group_by]
     where = [table.c.tenant_id == tenant_id, table.c.day >= first_day, table.c.day < end_day]
     if customer is not None:
@@ -112,8 +134,32 @@ def usage(
             key["task_type"] = key["task_type"] or None
         if group_by == "day":
             key["day"] = date.fromisoformat(str(key["day"]))
+        for name in ATTRIBUTION:
+            if name in key:
+                key[name] = key[name] or None
         out.append({**key, **usage_figures(row)})
     return out, usage_figures(total)
+
+
+def spend(
+    connection: Connection | Session, tenant_id: int, *, first_day: date, end_day: date, customer: str | None = None
+) -> list[dict[str, Any]]:
+    """Usage of days [first_day, end_day) per customer, actor and agent (None where the usage
+    events named none), by those three: usage events, input and output tokens, provider cost."""
+    u = usage_daily.c
+    where = [u.tenant_id == tenant_id, u.day >= first_day, u.day < end_day]
+    if customer is not None:
+        where.append(u.customer == customer)
+    keys = (u.customer, u.actor, u.agent)
+    sums = [func.sum(u[name]).label(name) for name in ("usage_events", "input_tokens", "output_tokens")]
+    rows = connection.execute(select(*keys, *sums, *cost_sums(usage_daily)).where(*where).group_by(*keys)).all()
+    out = [
+        {"customer": r.customer, "actor": r.actor or None, "agent": r.agent or None, "usage_events": int(r.usage_events),
+         "input_tokens": int(r.input_tokens), "output_tokens": int(r.output_tokens),
+         "provider_cost": display_cost(summed_nanos(r), int(r.cost_rem))}
+        for r in rows
+    ]  # fmt: skip
+    return sorted(out, key=lambda r: (r["customer"].encode(), (r["actor"] or "").encode(), (r["agent"] or "").encode()))
 
 
 def task_outcomes(connection: Connection | Session, tenant_id: int, period: Period, customer: str | None = None) -> dict[str, int]:

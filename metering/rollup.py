@@ -32,9 +32,10 @@ TASK_COLUMNS = (
     "status", "ended_us", "status_seq", "started_us", "first_event_us", "last_event_us", "events",
     *USAGE_COLUMNS, "last_seq",
 )  # fmt: skip
-DETAIL_KEYS = ("task", "day", "provider", "model", "customer")
-DAILY_KEYS = ("customer", "day", "provider", "model")
-DAILY_KEYS_CODED = ("customer", "day", "pair")  # (provider, model) as one code while grouping
+ATTRIBUTION_KEYS = ("actor", "agent")  # '' where the usage events gave none
+DETAIL_KEYS = ("task", "day", "provider", "model", "customer", *ATTRIBUTION_KEYS)
+DAILY_KEYS = ("customer", "day", "provider", "model", *ATTRIBUTION_KEYS)
+DAILY_KEYS_CODED = ("customer", "day", "pair", *ATTRIBUTION_KEYS)  # (provider, model) as one code while grouping
 _MIN = np.iinfo(np.int64).min
 _MAX = np.iinfo(np.int64).max
 _LIMIT = 2**63 - 1  # the same, as a Python int
@@ -69,7 +70,9 @@ def summarize(events: pd.DataFrame, timezone: str) -> Summary:
     """Summarize priced events.
 
     `events` has: seq, time_us, type, customer, task, task_type, provider, model, the five token
-    counts, and for usage events the exact cost (`cost_nanos`, `cost_rem`) and `priced`.
+    counts, and for usage events the exact cost (`cost_nanos`, `cost_rem`) and `priced`; `actor`
+    and `agent` are optional (absent or missing: ''). A usage event's measures count for its own
+    actor and agent, in the detail and daily rows.
     """
     time_us = events["time_us"].to_numpy(dtype=np.int64)
     seq = events["seq"].to_numpy(dtype=np.int64)
@@ -105,6 +108,10 @@ def summarize(events: pd.DataFrame, timezone: str) -> Summary:
     pair = provider.codes * span + model.codes
     names = {"task": task.names, "customer": customer.names, "provider": provider.names, "model": model.names}
     keys = {"task": task.codes, "day": local_days(time_us, timezone), "pair": pair, "customer": customer.codes}
+    for name in ATTRIBUTION_KEYS:
+        given = _Texts.of(events[name]) if name in events else _Texts(np.full(len(events), -1, dtype=np.int64), np.array([], dtype=object))
+        # Code -1 (not given) looks up the last name: ''.
+        names[name], keys[name] = np.append(given.names, ""), given.codes
     detail = _group_sum(keys, measures, rows=usage)
     # A customer's day sums its tasks' days: grouped from the (fewer) detail rows.
     daily = _group_sum({name: detail[name] for name in DAILY_KEYS_CODED}, {name: detail[name] for name in USAGE_COLUMNS})
@@ -387,7 +394,7 @@ def _factorize_first(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _decode(grouped: dict[str, np.ndarray], names: dict[str, np.ndarray], model_span: int, keys: tuple[str, ...]) -> pd.DataFrame:
     """Integer group keys back to names and dates."""
     pair = grouped["pair"]
-    codes = {name: grouped[name] for name in keys if name in ("task", "customer")}
+    codes = {name: grouped[name] for name in keys if name in ("task", "customer", *ATTRIBUTION_KEYS)}
     codes |= {"provider": pair // model_span, "model": pair % model_span}
     out = {name: names[name][codes[name]] if name != "day" else grouped["day"].astype("datetime64[D]") for name in keys}
     return _frame(out | {name: grouped[name] for name in USAGE_COLUMNS})

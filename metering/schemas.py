@@ -16,6 +16,8 @@ outside the representable span, which only an event stored before these bounds e
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, NotRequired, get_args
@@ -29,6 +31,8 @@ from metering.vocabulary import TOKEN_FIELDS
 EventType = Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the rollup sets aside any other (metering.quarantine)
 TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model", "actor", "agent")
+ATTRIBUTION_FIELDS = ("actor", "agent")  # who the work ran for, and which of their agents did it
+SCOPE_FIELDS = ("customer", "actor", "agent", "task_type")  # what a budget's scope may name
 DEFAULT_FUTURE_TOLERANCE = timedelta(days=7)
 NUL = "\x00"  # PostgreSQL cannot store it in text
 DEFAULT_EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
@@ -58,8 +62,6 @@ class EventIn(TypedDict):
     time: AwareDatetime
     customer: Text
     task: Text
-    actor: NotRequired[Text | None]
-    agent: NotRequired[Text | None]
     task_type: NotRequired[Name | None]
     provider: NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=64)] | None]
     model: NotRequired[Name | None]
@@ -68,6 +70,8 @@ class EventIn(TypedDict):
     cache_read_tokens: NotRequired[Tokens]
     cache_write_tokens: NotRequired[Tokens]
     reasoning_tokens: NotRequired[Tokens]
+    actor: NotRequired[Text | None]
+    agent: NotRequired[Text | None]
     metadata: NotRequired[Annotated[dict[MetaKey, MetaValue], Field(max_length=64)] | None]
 
 
@@ -120,6 +124,10 @@ def event_rule_errors(
         value = get(field)
         if value is not None and NUL in value:  # PostgreSQL cannot store it; refused on SQLite alike
             errors.append((field, "must not contain NUL characters"))
+    for field in ATTRIBUTION_FIELDS:
+        value = get(field)
+        if value is not None and NUL not in value and _CONTROL.search(value):
+            errors.append((field, "must not contain control characters (tabs, line breaks, U+0001-U+001F, U+007F)"))
     errors += _metadata_nul_errors(get("metadata"))
     input_tokens, output_tokens = get("input_tokens", 0), get("output_tokens", 0)
     cache_read, cache_write = get("cache_read_tokens", 0), get("cache_write_tokens", 0)
@@ -143,6 +151,16 @@ def event_rule_errors(
     if reasoning > output_tokens:
         errors.append(("reasoning_tokens", "reasoning_tokens must not exceed output_tokens (output_tokens includes reasoning)"))
     return errors
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def event_scope(event: Mapping[str, Any]) -> dict[str, str | None]:
+    """What a budget's scope can match an event on (`SCOPE_FIELDS`): its customer, actor, agent
+    and task type, None where the event gives none. An event counts for its own actor and agent
+    (a usage event's spend belongs to whoever it names, not to the task's other events)."""
+    return {field: event.get(field) for field in SCOPE_FIELDS}
 
 
 def _metadata_nul_errors(metadata: dict[str, str] | None) -> list[tuple[str, str]]:
@@ -185,6 +203,8 @@ class StoredEvent(BaseModel):
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    actor: str | None = None
+    agent: str | None = None
     metadata: dict[str, str] | None = None
     quarantine: QuarantineNote | None = None
 

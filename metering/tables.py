@@ -78,6 +78,8 @@ def _stored_event_columns() -> list[Column[Any]]:
         Column("cache_read_tokens", BigInteger, nullable=False),
         Column("cache_write_tokens", BigInteger, nullable=False),
         Column("reasoning_tokens", BigInteger, nullable=False),
+        Column("actor", String(256)),  # whose account the work ran under; NULL: not given
+        Column("agent", String(256)),  # which of the actor's agents; NULL: not given
         Column("metadata", Text),
         # Digest of the normalized event: a replay with other content is a conflict, not a duplicate.
         Column("content_hash", String(32), nullable=False),
@@ -135,6 +137,15 @@ def _usage_columns() -> list[Column[Any]]:
     ]
 
 
+def _attribution_keys() -> list[Column[Any]]:
+    """The actor and agent of the usage events a row sums, as keys: '' where the events gave
+    none (a key cannot be NULL), which is every row of usage from before events had them."""
+    return [
+        Column("actor", String(256), primary_key=True, server_default=""),
+        Column("agent", String(256), primary_key=True, server_default=""),
+    ]
+
+
 task_usage = Table(
     "task_usage",
     metadata,
@@ -163,8 +174,8 @@ task_usage = Table(
     sqlite_with_rowid=False,  # one B-tree keyed by (tenant, task), not a rowid table plus an index
 )
 
-# One row per task, tenant-local day, model and customer (of the usage events; normally the
-# task's): a task's usage split by when it happened.
+# One row per task, tenant-local day, model, customer, actor and agent (of the usage events;
+# the customer normally the task's): a task's usage split by when it happened and who spent it.
 task_usage_detail = Table(
     "task_usage_detail",
     metadata,
@@ -174,12 +185,13 @@ task_usage_detail = Table(
     Column("provider", String(64), primary_key=True),
     Column("model", String(128), primary_key=True),
     Column("customer", String(256), primary_key=True),
+    *_attribution_keys(),
     *_usage_columns(),
     Index("ix_task_usage_detail_tenant_day", "tenant_id", "day"),
     sqlite_with_rowid=False,
 )
 
-# One row per customer, tenant-local day and model: what the API and rating read.
+# One row per customer, tenant-local day, model, actor and agent: what the API and rating read.
 usage_daily = Table(
     "usage_daily",
     metadata,
@@ -188,6 +200,7 @@ usage_daily = Table(
     Column("day", Date, primary_key=True),
     Column("provider", String(64), primary_key=True),
     Column("model", String(128), primary_key=True),
+    *_attribution_keys(),
     *_usage_columns(),
     Index("ix_usage_daily_tenant_day", "tenant_id", "day"),
     sqlite_with_rowid=False,

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.orm import Session
 
+from metering import repository as usage_reads
 from metering.errors import InvalidInput
 from metering.ingest import to_us
 from metering.money import parse_decimal
@@ -34,6 +35,7 @@ class MonthComparison:
     currency: str
     target_margin: Decimal
     comparison: Comparison
+    spend: list[dict[str, Any]]  # the month's usage per customer, actor and agent (`metering.repository.spend`)
 
 
 def compare_month(
@@ -73,7 +75,8 @@ def compare_month(
     if orphans:  # compared under the named plans, billed under none
         by_customer = comparison.by_customer
         by_customer.loc[by_customer["customer"].isin(orphans), "billed"] = False
-    return MonthComparison(period, tenant.currency, target, comparison)
+    spend = usage_reads.spend(session, tenant.id, first_day=period.first_day, end_day=period.next_first_day, customer=customer)
+    return MonthComparison(period, tenant.currency, target, comparison, spend)
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -94,6 +97,7 @@ def comparison_view(result: MonthComparison) -> dict[str, Any]:
         "task_types": _records(c.by_task_type),
         "models": _records(c.by_model),
         "tenant": _records(c.tenant),
+        "spend": result.spend,
     }
 
 

@@ -166,6 +166,18 @@ class TenantComparison(BaseModel):
     failed_cost: Exact
 
 
+class SpendRow(BaseModel):
+    """Usage of one customer by one actor and agent (null: the events named none)."""
+
+    customer: str
+    actor: str | None
+    agent: str | None
+    usage_events: int
+    input_tokens: int
+    output_tokens: int
+    provider_cost: Exact
+
+
 class ComparisonOut(BaseModel):
     month: str
     currency: str
@@ -174,6 +186,7 @@ class ComparisonOut(BaseModel):
     task_types: list[TaskTypeComparison]
     models: list[ModelComparison]
     tenant: list[TenantComparison]
+    spend: list[SpendRow] = Field(default_factory=list, description="the month's usage per customer, actor and agent")
 
 
 # --- quotes -------------------------------------------------------------------------------------

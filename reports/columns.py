@@ -1,4 +1,4 @@
-"""The four monthly CSVs of DESIGN.md: file names and columns, declared once, in order.
+"""The five monthly CSVs of DESIGN.md: file names and columns, declared once, in order.
 
 `TEXT` names the columns that carry text a tenant or its agents chose (customer and task names,
 plan ids, descriptions): only those are neutralized against spreadsheet formulas; numeric columns
@@ -14,7 +14,7 @@ from metering.periods import Period
 
 @dataclass(frozen=True)
 class Report:
-    name: str  # customers, invoice-lines, tasks, comparison
+    name: str  # customers, invoice-lines, tasks, comparison, spend
     columns: tuple[str, ...]
     text: frozenset[str]
 
@@ -57,5 +57,11 @@ COMPARISON = Report(
     frozenset({"customer", "plan"}),
 )  # fmt: skip
 
-REPORTS: dict[str, Report] = {r.name: r for r in (CUSTOMERS, INVOICE_LINES, TASKS, COMPARISON)}
+SPEND = Report(
+    "spend",
+    ("customer", "actor", "agent", "tasks", "usage_events", "input_tokens", "output_tokens", "provider_cost"),
+    frozenset({"customer", "actor", "agent"}),
+)
+
+REPORTS: dict[str, Report] = {r.name: r for r in (CUSTOMERS, INVOICE_LINES, TASKS, COMPARISON, SPEND)}
 """By name, in the order `write_month` writes them."""

@@ -41,7 +41,7 @@ from reports.month_data import (
 )
 from reports.tasks import scan_tasks
 
-FORMAT = 1
+FORMAT = 2  # 2: with `spend` (by person and agent)
 # Buckets of provider cost per task, in micro-units: below 0.001, 0.001-0.002, ..., from 10.00.
 COST_EDGES_MICROS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
                      1_000_000, 2_000_000, 5_000_000, 10_000_000)  # fmt: skip
@@ -80,6 +80,7 @@ class MonthView:
     adjustments: list[dict[str, Any]]
     unrated: list[str]
     other_currencies: list[str] = field(default_factory=list)
+    spend: list[dict[str, Any]] = field(default_factory=list)  # per person, with their agents (`spend_by_person`)
 
     @property
     def failed_cost_micros(self) -> int:
@@ -132,7 +133,35 @@ def build_view(session: Session, tenant: Tenant, period: Period, summary: MonthS
         unpriced=repository.unpriced_models(session, tenant.id, period, summary.customer),
         adjustments=_adjustments(summary), unrated=list(summary.invoices.unrated),
         other_currencies=sorted({r.currency for r in summary.customers} - {tenant.currency}),
+        spend=spend_by_person(repository.spend_by_person(session, tenant.id, period, summary.customer)),
     )  # fmt: skip
+
+
+def spend_by_person(rows: list[Any]) -> list[dict[str, Any]]:
+    """Usage per actor ("" for usage that named none), most provider cost first, each with its
+    own usage (the events that named no agent) and its agents', most cost first:
+    `{"actor", "usage_events", "tokens", "cost_micros", "own": {...} | None, "agents": [{"agent", ...}]}`.
+    The actor's cost is rounded once from the exact sum, as each of its parts is."""
+    people: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        person = people.setdefault(row.actor, {"actor": row.actor, "nanos": 0, "rem": 0, "usage_events": 0, "tokens": 0, "own": None, "agents": []})
+        part = {"agent": row.agent, "usage_events": int(row.usage_events), "tokens": int(row.input_tokens) + int(row.output_tokens),
+                "cost_micros": micro_units(int(row.cost_nanos), int(row.cost_rem))}  # fmt: skip
+        person["nanos"] += int(row.cost_nanos)
+        person["rem"] += int(row.cost_rem)
+        person["usage_events"] += part["usage_events"]
+        person["tokens"] += part["tokens"]
+        if row.agent:
+            person["agents"].append(part)
+        else:
+            person["own"] = part
+    out = []
+    for person in people.values():
+        person["cost_micros"] = micro_units(person.pop("nanos"), person.pop("rem"))
+        person["agents"].sort(key=lambda a: (-a["cost_micros"], a["agent"]))
+        out.append(person)
+    # People first, most cost first; usage that named nobody last.
+    return sorted(out, key=lambda p: (p["actor"] == "", -p["cost_micros"], p["actor"]))
 
 
 def _rows(columns: tuple[str, ...], batches: Any) -> list[dict[str, Any]]:

@@ -22,6 +22,11 @@ What the files hold:
 - `comparison`: per customer and plan (its own, then the plans it is compared with), the month
   rated by `pricing.compare`; `provider_cost` is the customers file's, `margin` is rounded to the
   minor unit, `margin_pct` is a fraction with 4 decimals (0.4235 is 42.35 %).
+- `spend`: per customer, actor and agent of the month's usage events (empty actor or agent where
+  the events named none), by those three: `tasks` (distinct tasks with usage of that actor and
+  agent in the month), usage events, input and output tokens and `provider_cost`, rounded
+  cumulatively within the customer as in the tasks file, so that a customer's rows add up to its
+  `provider_cost` in the customers file to the micro-unit.
 
 Read them inside one snapshot of the database (`begin_snapshot`), so that the files and the
 dashboard agree with each other.
@@ -244,6 +249,29 @@ def customer_batches(summary: MonthSummary) -> Iterator[Batch]:
             "" if r.amount_due_minor is None else minor_text(r.amount_due_minor, r.currency) for r in rows
         ],
         "margin": ["" if r.margin_minor is None else minor_text(r.margin_minor, r.currency) for r in rows],
+    }
+
+
+def spend_batches(rows: Sequence[Any]) -> Iterator[Batch]:
+    """The spend file's rows (`reports.repository.spend`, ordered by customer)."""
+    costs: list[str] = []
+    customer, nanos, rem, shown = None, 0, 0, 0
+    for row in rows:
+        if row.customer != customer:
+            customer, nanos, rem, shown = row.customer, 0, 0, 0
+        nanos, rem = nanos + int(row.cost_nanos), rem + int(row.cost_rem)
+        running = micro_units(nanos, rem)
+        costs.append(cost_text(running - shown))
+        shown = running
+    yield {
+        "customer": [r.customer for r in rows],
+        "actor": [r.actor for r in rows],
+        "agent": [r.agent for r in rows],
+        "tasks": [str(r.tasks) for r in rows],
+        "usage_events": [str(r.usage_events) for r in rows],
+        "input_tokens": [str(r.input_tokens) for r in rows],
+        "output_tokens": [str(r.output_tokens) for r in rows],
+        "provider_cost": costs,
     }
 
 

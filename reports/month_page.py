@@ -44,7 +44,7 @@ def render(p: MonthPage) -> str:
         parts += [_kpis(v), _months(p)]
         if v.customer is None:
             parts.append(_top_customers(v))
-        parts += [_comparison(v), _task_types(v), _notes(v), _customers(p)]
+        parts += [_comparison(v), _task_types(v), _notes(v), _spend_by_person(v), _customers(p)]
     parts.append(_downloads(v))
     title = month_long(v.period) + (f" · {v.customer}" if v.customer else "")
     return frame(
@@ -390,6 +390,40 @@ def _customers(p: MonthPage) -> str:
     caption = f"{count(len(rows))} customers, by amount due" if len(rows) > 1 else ""
     return (f'<section class="card" id="customers"><h2>Customers</h2>'
             f'{table(headers, body, css="customers", caption=caption, attrs={"data-month": v.period})}{pager}</section>')  # fmt: skip
+
+
+PEOPLE = 25
+
+
+def _spend_by_person(v: MonthView) -> str:
+    """Each person's spend (their own and their agents'), then each agent indented beneath."""
+    if not any(p["actor"] or p["agents"] for p in v.spend):
+        why = "No usage this month named a person (actor) or an agent: send actor and agent on events."
+        return f'<section class="card" id="spend-by-person"><h2>Spend by person</h2><p class="muted">{e(why)}</p></section>'
+    body: list[list[Cell]] = []
+
+    def row(label: str, css: str, part: dict[str, Any], attrs: str) -> None:
+        cost = f"{part['cost_micros'] // 10**6}.{part['cost_micros'] % 10**6:06d}"
+        body.append([
+            (f"<span{attrs}>{label}</span>", css),
+            num(count(part["usage_events"])), num(count(part["tokens"])),
+            num(task_cost(cost, v.currency), cost, "num cost"),
+        ])  # fmt: skip
+
+    for person in v.spend[:PEOPLE]:
+        name = person["actor"]
+        label = e(name) if name else '<span class="muted">no person given</span>'
+        row(f"<strong>{label}</strong>", "person", person, f' data-actor="{e(name)}"')
+        if person["own"] is not None and person["agents"]:
+            row('<span class="muted">directly, no agent</span>', "agent indent", person["own"], f' data-actor="{e(name)}" data-agent=""')
+        for agent in person["agents"]:
+            row(f"↳ {e(agent['agent'])}", "agent indent", agent, f' data-actor="{e(name)}" data-agent="{e(agent["agent"])}"')
+    headers = [("Person / agent", ""), ("Usage events", "num"), ("Tokens", "num"), ("Provider cost", "num")]
+    more = len(v.spend) - PEOPLE
+    note = f'<p class="muted small">{count(more)} more people in the spend CSV.</p>' if more > 0 else ""
+    caption = "A person's total includes their agents'; each agent is listed beneath its person."
+    return (f'<section class="card" id="spend-by-person"><h2>Spend by person</h2>'
+            f'{table(headers, body, css="spend", caption=caption)}{note}</section>')  # fmt: skip
 
 
 def _downloads(v: MonthView) -> str:

@@ -1,5 +1,5 @@
 """The monthly CSVs of a tenant (DESIGN.md, "The monthly CSVs"): one file as a stream of bytes
-(`report_chunks`), and `write_month` writing the four of them. What each file holds is described
+(`report_chunks`), and `write_month` writing the five of them. What each file holds is described
 in `reports.month_data`, which reads the month for both the files and the dashboard.
 
 Every file is read from one snapshot of the database and comes out byte-identical for the same
@@ -21,7 +21,7 @@ from metering.periods import Period, parse_month
 from metering.tenants import Tenant
 from reports import dashboard, repository, snapshots
 from reports.billed import month_invoices
-from reports.columns import COMPARISON, CUSTOMERS, INVOICE_LINES, REPORTS, TASKS, Report
+from reports.columns import COMPARISON, CUSTOMERS, INVOICE_LINES, REPORTS, SPEND, TASKS, Report
 from reports.csvwriter import Batch, encode, write_file
 from reports.month_data import (
     begin_snapshot,
@@ -32,12 +32,15 @@ from reports.month_data import (
     month_comparison,
     month_summary,
     rating_input,
+    spend_batches,
 )
 from reports.tasks import TaskScan, scan_tasks, task_batches
 
 
 def report_batches(session: Session, tenant: Tenant, period: Period, report: Report) -> Iterator[Batch]:
-    """The batches of one of the four files."""
+    """The batches of one of the five files."""
+    if report is SPEND:
+        return spend_batches(repository.spend(session, tenant.id, period))
     if report is TASKS:
         return task_batches(session, tenant, period)
     if report is INVOICE_LINES:
@@ -59,7 +62,7 @@ def report_chunks(session: Session, tenant: Tenant, period: Period, name: str) -
 
 def write_month(source: Session | Engine, tenant: Tenant, period: Period | str, out_dir: Path | str,
                 *, now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
-    """Write the four CSVs of a tenant-local month into `out_dir` (each file replaced
+    """Write the five CSVs of a tenant-local month into `out_dir` (each file replaced
     atomically); returns what was written. The files depend on the data only.
 
     They are read from one snapshot of the database, on a connection of their own (so that a
@@ -93,6 +96,8 @@ def write_month(source: Session | Engine, tenant: Tenant, period: Period | str, 
             del scan
             comparison = month_comparison(tenant, month, rating, costs_of(summary))
             write(COMPARISON, comparison_batches(comparison))
+            spend = repository.spend(session, tenant.id, month)
+            write(SPEND, spend_batches(spend))
             view = dashboard.build_view(session, tenant, month, summary, rating, comparison) if now else None
             del rating
         finally:

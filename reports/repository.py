@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from metering.db import byte_order, driver_rows
 from metering.ingest import to_us
 from metering.periods import Period
+from metering.repository import cost_sums, summed_nanos
 from metering.tables import rollup_state, task_usage, task_usage_detail, usage_daily
 from pricing.tables import billing_periods, credit_notes, invoice_lines, invoices
 from pricing.tables import customers as pricing_customers
@@ -32,6 +33,66 @@ STATUSES = ("completed", "failed", "cancelled", "open")
 
 def _sums(table: Any) -> list[Any]:
     return [func.coalesce(func.sum(table.c[name]), 0).label(name) for name in USAGE_MEASURES]
+
+
+# --- spend by actor and agent ---------------------------------------------------------------------
+
+SPEND_FIELDS = ("customer", "actor", "agent", "tasks", "usage_events", "input_tokens", "output_tokens", "cost_nanos", "cost_rem")
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    customer: str
+    actor: str  # '' where the events named none
+    agent: str
+    tasks: int
+    usage_events: int
+    input_tokens: int
+    output_tokens: int
+    cost_nanos: int  # exact: nanos + rem in 1e-15
+    cost_rem: int
+
+
+def _spend_rows(session: Session, query: Any) -> list[SpendRow]:
+    rows = []
+    for r in session.execute(query):
+        got = r._mapping
+        rows.append(SpendRow(
+            customer=got.get("customer", ""), actor=r.actor, agent=r.agent, tasks=int(got.get("tasks", 0)),
+            usage_events=int(r.usage_events), input_tokens=int(r.input_tokens), output_tokens=int(r.output_tokens),
+            cost_nanos=summed_nanos(r), cost_rem=int(r.cost_rem),
+        ))  # fmt: skip
+    return rows
+
+
+def spend(session: Session, tenant_id: int, period: Period) -> list[SpendRow]:
+    """The month's usage per customer, actor and agent (`SPEND_FIELDS`; '' where the usage events
+    named none), by those three in byte order. `tasks` counts the distinct tasks with a usage
+    event of that customer, actor and agent in the month: a task two agents worked on counts
+    for each."""
+    d = task_usage_detail.c
+    keys = (d.customer, d.actor, d.agent)
+    sums = [func.sum(d[name]).label(name) for name in SPEND_FIELDS[4:7]]
+    query = (
+        select(*keys, func.count(func.distinct(d.task)).label("tasks"), *sums, *cost_sums(task_usage_detail))
+        .where(d.tenant_id == tenant_id, d.day >= period.first_day, d.day < period.next_first_day)
+        .group_by(*keys)
+        .order_by(*(byte_order(session, key) for key in keys))
+    )
+    return _spend_rows(session, query)
+
+
+def spend_by_person(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> list[SpendRow]:
+    """The month's usage per actor and agent (of all customers, or one), from `usage_daily`:
+    actor, agent ('' where none was given), usage_events, input_tokens, output_tokens, cost_nanos,
+    cost_rem."""
+    u = usage_daily.c
+    where = [u.tenant_id == tenant_id, u.day >= period.first_day, u.day < period.next_first_day]
+    if customer is not None:
+        where.append(u.customer == customer)
+    sums = [func.sum(u[name]).label(name) for name in SPEND_FIELDS[4:7]]
+    query = select(u.actor, u.agent, *sums, *cost_sums(usage_daily)).where(*where).group_by(u.actor, u.agent)
+    return _spend_rows(session, query)
 
 
 # --- billing periods ------------------------------------------------------------------------------

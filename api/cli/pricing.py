@@ -24,6 +24,7 @@ from pricing import analysis, invoices, service
 from pricing.compare import CUSTOMER_COLUMNS
 from pricing.config import decode_config
 from pricing.schemas import Invoice, QuoteIn, QuoteOut, TenantInvoice
+from reports.csvwriter import neutralize
 
 
 def cmd_config_load(args: argparse.Namespace, settings: Settings) -> int:
@@ -50,14 +51,23 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
             result = analysis.compare_month(session, tenant, period, plans=plans, target_margin=args.target_margin)
     if args.format == "json":
         out(analysis.comparison_view(result))
+    elif args.format == "csv" and args.by_person:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(_SPEND_COLUMNS)
+        for row in result.spend:
+            writer.writerow([neutralize(_cell(row[c])) if c in _SPEND_TEXT else _cell(row[c]) for c in _SPEND_COLUMNS])
     elif args.format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(CUSTOMER_COLUMNS)
         for row in analysis.comparison_view(result)["customers"]:
             writer.writerow([_cell(row[c]) for c in CUSTOMER_COLUMNS])
     else:
-        sys.stdout.write(comparison_table(analysis.comparison_view(result)))
+        sys.stdout.write(comparison_table(analysis.comparison_view(result), by_person=args.by_person))
     return 0
+
+
+_SPEND_COLUMNS = ("customer", "actor", "agent", "usage_events", "input_tokens", "output_tokens", "provider_cost")
+_SPEND_TEXT = frozenset({"customer", "actor", "agent"})
 
 
 def _cell(value: Any) -> str:
@@ -78,9 +88,9 @@ _TABLE = (
 )  # fmt: skip
 
 
-def comparison_table(view: dict[str, Any]) -> str:
+def comparison_table(view: dict[str, Any], *, by_person: bool = False) -> str:
     """A readable, aligned table: each customer under each plan (* marks the billed plan), then
-    the tenant's totals per plan."""
+    the tenant's totals per plan; `by_person`: then the month's usage per customer, actor and agent."""
 
     def show(row: dict[str, Any], key: str) -> str:
         value = row.get(key)
@@ -90,12 +100,12 @@ def comparison_table(view: dict[str, Any]) -> str:
             return f"{value} *"
         return _cell(value)
 
-    def render(title: str, rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...]) -> list[str]:
+    def render(title: str, rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...], left: int = 2) -> list[str]:
         cells = [[head for _, head in columns]] + [[show(r, key) for key, _ in columns] for r in rows]
         widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
         text = [title]
         for n, line in enumerate(cells):
-            text.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))))
+            text.append("  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))))
             if n == 0:
                 text.append("  ".join("-" * w for w in widths))
         return text
@@ -105,6 +115,10 @@ def comparison_table(view: dict[str, Any]) -> str:
     )
     tenant_rows = [{**r, "customer": f"all {r['customers']}"} for r in view["tenant"]]
     lines += ["", *render("Tenant-wide, per plan", tenant_rows, _TABLE)]
+    if by_person:
+        people = [{**r, "actor": r["actor"] or "-", "agent": r["agent"] or "-"} for r in view["spend"]]
+        columns = tuple((c, c.replace("_", " ")) for c in _SPEND_COLUMNS)
+        lines += ["", *render("Usage by person and agent (- : none given)", people, columns, left=3)]
     return "\n".join(lines) + "\n"
 
 
@@ -236,6 +250,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--plans", help="comma-separated plan ids (default: each customer's plan and compare_with)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--target-margin", default="0.6", help="for the job price reaching this margin (default 0.6)")
+    p.add_argument("--by-person", action="store_true",
+                   help="also the month's usage per customer, actor and agent (table: a section after the plans; csv: those rows instead)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("close", help="finalize the invoices of a month that has ended")

@@ -68,6 +68,8 @@ class UsageRow(UsageFigures):
     day: date | None = None
     task_type: str | None = None
     customer: str | None = None
+    actor: str | None = None  # group_by actor or agent; null: usage whose events named no actor
+    agent: str | None = None  # group_by agent; null: the actor's own usage (no agent named)
 
 
 class UsageReport(BaseModel):
@@ -121,9 +123,13 @@ def get_usage(
     customer: str | None = None,
     from_: Annotated[str | None, Query(alias="from", description="first tenant-local day, YYYY-MM-DD (default: 1st of this month)")] = None,
     to: Annotated[str | None, Query(description="day after the last, YYYY-MM-DD (exclusive; default: 1st of next month)")] = None,
-    group_by: Literal["model", "task_type", "day", "customer"] = "model",
+    group_by: Annotated[
+        Literal["model", "task_type", "day", "customer", "actor", "agent"],
+        Query(description="actor: one row per actor; agent: one row per actor and agent (an agent acts for its actor)"),
+    ] = "model",
 ) -> UsageReport:
-    """Usage and provider cost over tenant-local days [from, to), grouped."""
+    """Usage and provider cost over tenant-local days [from, to), grouped. Usage counts for the
+    actor and agent of its own events."""
     period = period_of(now, principal.tenant.timezone)
     first_day = parse_day(from_, field="query.from") if from_ is not None else period.first_day
     end_day = parse_day(to, field="query.to") if to is not None else period.next_first_day

@@ -1,7 +1,7 @@
 """The Python client for agent runtimes: record task events without ever losing or doubling one.
 
     client = TaskmeterClient("https://taskmeter.example.com", api_key)
-    with client.task(customer="acme", task_type="support_ticket") as task:
+    with client.task(customer="acme", task_type="support_ticket", actor="ben@acme.com", agent="ben/codex-3") as task:
         response = llm.chat.completions.create(...)
         task.record_response(response)           # or task.usage("openai", "gpt-4o", input_tokens=...)
     # task.started, usage ..., then task.completed, or task.failed if the block raised
@@ -54,7 +54,8 @@ class BudgetExceeded(RuntimeError):
 log = logging.getLogger("taskmeter.client")
 
 # The event schema's limits (the server's metering.schemas), checked here so misuse fails in the agent's code.
-_TEXT_MAX = {"customer": 256, "task": 256, "task_type": 128, "provider": 64, "model": 128}
+_TEXT_MAX = {"customer": 256, "task": 256, "task_type": 128, "provider": 64, "model": 128, "actor": 256, "agent": 256}
+_CONTROL = frozenset(chr(code) for code in (*range(0x20), 0x7F))
 _META_KEY_MAX, _META_VALUE_MAX, _META_ITEMS_MAX = 128, 1024, 64
 
 
@@ -117,19 +118,23 @@ class TaskmeterClient:
         task_type: str | None = None,
         task: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        actor: str | None = None,
+        agent: str | None = None,
         budget_check: str = "off",
     ) -> Task:
         """A task of `customer`; `with` it to emit task.started and its outcome. `task` names an
-        existing task (default: a new uuid4).
+        existing task (default: a new uuid4). `actor` is the person or service account whose
+        account the work runs under, `agent` which of their agents does it; every event of the
+        task carries them.
 
         `budget_check` asks the server first (`POST /v1/authorize`, one round trip): `"warn"`
         logs a denial and goes on, `"enforce"` raises `BudgetExceeded` before the block runs
         (no event is recorded). A server that cannot be asked does not stop the work (logged)."""
         if budget_check not in BUDGET_CHECKS:
             raise ValueError(f"budget_check must be one of {', '.join(BUDGET_CHECKS)}, got {budget_check!r}")
-        new = Task(self, customer=customer, task_type=task_type, task=task, metadata=metadata)
+        new = Task(self, customer=customer, task_type=task_type, task=task, metadata=metadata, actor=actor, agent=agent)
         if budget_check != "off":
-            answer = self.authorize(customer=customer, task_type=task_type)
+            answer = self.authorize(customer=customer, actor=actor, agent=agent, task_type=task_type)
             if answer is not None and not answer.get("allowed", True):
                 if budget_check == "enforce":
                     raise BudgetExceeded(answer)
@@ -191,7 +196,7 @@ class TaskmeterClient:
 class Task:
     """One task (job) of one customer: usage records, then one outcome. Thread-safe to record on."""
 
-    __slots__ = ("_client", "_base", "_metadata", "_ended", "id", "customer", "task_type")
+    __slots__ = ("_client", "_base", "_metadata", "_ended", "id", "customer", "task_type", "actor", "agent")
 
     def __init__(
         self,
@@ -201,8 +206,15 @@ class Task:
         task_type: str | None,
         task: str | None,
         metadata: Mapping[str, str] | None,
+        actor: str | None = None,
+        agent: str | None = None,
     ) -> None:
         _check_text("customer", customer)
+        for name, value in (("actor", actor), ("agent", agent)):
+            if value is not None:
+                _check_text(name, value)
+                if not _CONTROL.isdisjoint(value):
+                    raise ValueError(f"{name} must not contain control characters, got {value!r:.80}")
         if task_type is not None:
             _check_text("task_type", task_type)
         if task is not None:
@@ -212,7 +224,12 @@ class Task:
         self.customer = customer
         self.task_type = task_type
         self._metadata = _checked_metadata(client._metadata | _checked_metadata(metadata))
+        self.actor, self.agent = actor, agent
         self._base = {"customer": customer, "task": self.id}
+        if actor is not None:
+            self._base["actor"] = actor
+        if agent is not None:
+            self._base["agent"] = agent
         self._ended = False
 
     def start(self) -> Self:
@@ -337,8 +354,8 @@ class AsyncTaskmeterClient:
         self.sync = TaskmeterClient(url, api_key, **options)
 
     def task(self, *, customer: str, task_type: str | None = None, task: str | None = None,
-             metadata: Mapping[str, str] | None = None) -> Task:  # fmt: skip
-        return self.sync.task(customer=customer, task_type=task_type, task=task, metadata=metadata)
+             metadata: Mapping[str, str] | None = None, actor: str | None = None, agent: str | None = None) -> Task:  # fmt: skip
+        return self.sync.task(customer=customer, task_type=task_type, task=task, metadata=metadata, actor=actor, agent=agent)
 
     @property
     def stats(self) -> SenderStats:

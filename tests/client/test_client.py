@@ -96,6 +96,42 @@ def segments(spool_dir: Path) -> list[Path]:
     return sorted(spool_dir.glob("*/seg-*.jsonl"))
 
 
+class TestAttribution:
+    def test_every_event_of_the_task_carries_its_actor_and_agent(self, live_server: LiveServer, make_client, engine: Engine) -> None:
+        client = make_client(live_server.url)
+        with client.task(customer="acme", task="ticket-7", actor="ben@acme.com", agent="ben/codex-3") as task:
+            task.usage("openai", "gpt-4o", input_tokens=1000, output_tokens=200)
+        with client.task(customer="acme", task="ticket-8", actor="ben@acme.com") as task:  # ben himself, no agent
+            task.usage("openai", "gpt-4o", input_tokens=10, output_tokens=2)
+        with client.task(customer="acme", task="ticket-9"):
+            pass
+        assert client.flush(timeout=10)
+        who = {(r.task, r.type): (r.actor, r.agent) for r in stored(engine)}
+        assert who == {
+            ("ticket-7", "task.started"): ("ben@acme.com", "ben/codex-3"),
+            ("ticket-7", "usage"): ("ben@acme.com", "ben/codex-3"),
+            ("ticket-7", "task.completed"): ("ben@acme.com", "ben/codex-3"),
+            ("ticket-8", "task.started"): ("ben@acme.com", None),
+            ("ticket-8", "usage"): ("ben@acme.com", None),
+            ("ticket-8", "task.completed"): ("ben@acme.com", None),
+            ("ticket-9", "task.started"): (None, None),
+            ("ticket-9", "task.completed"): (None, None),
+        }
+
+    @pytest.mark.parametrize("bad", ["", "x" * 257, "ben\n", "ben\x00", 42])
+    def test_misuse_raises_at_once(self, make_client, bad: Any) -> None:
+        client = make_client("http://127.0.0.1:9")
+        for field in ("actor", "agent"):
+            with pytest.raises(ValueError, match=field):
+                client.task(customer="acme", **{field: bad})
+
+    def test_the_async_client_takes_them_too(self, spool_dir: Path, key: str) -> None:
+        client = AsyncTaskmeterClient("http://127.0.0.1:9", key, spool_dir=spool_dir)
+        task = client.task(customer="acme", actor="ann@acme.com", agent="triage")
+        assert (task.actor, task.agent) == ("ann@acme.com", "triage")
+        client.sync.close(timeout=0.1)
+
+
 class TestTaskLifecycle:
     def test_a_block_emits_started_usage_and_completed(self, live_server: LiveServer, make_client, engine: Engine) -> None:
         client = make_client(live_server.url, metadata={"agent": "support-bot"})

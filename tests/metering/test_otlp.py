@@ -178,6 +178,7 @@ class TestRecordedTraces:
                 "type": "task.completed",
                 "time": "2026-10-05T09:34:13.252000Z",
                 **chat,
+                "agent": "support-triage",  # gen_ai.agent.name, the agent span's own
                 "metadata": meta(
                     trace,
                     "00f067aa0ba902b7",

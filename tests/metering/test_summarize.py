@@ -22,6 +22,7 @@ from metering.rollup import (
 )
 
 KINDS = ["usage", "usage", "usage", "task.started", "task.completed", "task.failed", "task.cancelled", "task.note"]
+TEXTS = ("type", "customer", "task", "task_type", "provider", "model", "actor", "agent")
 MODELS = [("openai", "gpt-4o"), ("openai", "o3"), ("anthropic", "claude"), ("google", "gemini")]
 
 
@@ -45,6 +46,9 @@ def random_events(rng: np.random.Generator, n: int, tasks: int) -> pd.DataFrame:
             "cost_nanos": rng.integers(0, 10**9, n),
             "cost_rem": rng.integers(0, 10**6, n),
             "priced": rng.random(n) < 0.8,
+            # Who: often nobody; an agent sometimes without its actor (both count as given).
+            "actor": [None if i == 0 else f"person{i}@acme.com" for i in rng.integers(0, 3, n)],
+            "agent": [None if i == 0 else f"agent-{i}" for i in rng.integers(0, 4, n)],
         }
     )
     return frame
@@ -85,6 +89,9 @@ def reference_tasks(events: pd.DataFrame) -> pd.DataFrame:
 def reference_sums(events: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
     usage = events[events["type"] == "usage"].assign(
         day=lambda f: (f["time_us"] // US_PER_DAY).astype("datetime64[D]"),
+        # A usage event counts for its own actor and agent; '' where it names none.
+        actor=lambda f: f["actor"].astype(object).where(f["actor"].notna(), ""),
+        agent=lambda f: f["agent"].astype(object).where(f["agent"].notna(), ""),
         usage_events=1,
         unpriced_events=lambda f: (~f["priced"]).astype(int),
     )
@@ -103,7 +110,7 @@ def normalized(frame: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
 
 
 def as_categories(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.astype({name: "category" for name in ("type", "customer", "task", "task_type", "provider", "model")})
+    return frame.astype({name: "category" for name in TEXTS})
 
 
 @pytest.mark.parametrize("form", ["object", "categorical", "categorical-subset"])
@@ -118,7 +125,7 @@ def test_summary_equals_the_pandas_reference(form: str, seed: int, n: int, tasks
         keep[0] = True
         events = events[keep].reset_index(drop=True)
     summary = summarize(events, "UTC")
-    plain = events.astype({name: object for name in ("type", "customer", "task", "task_type", "provider", "model")})
+    plain = events.astype({name: object for name in TEXTS})
     assert normalized(summary.tasks, ("task",)).equals(reference_tasks(plain))
     assert normalized(summary.detail, DETAIL_KEYS).equals(reference_sums(plain, DETAIL_KEYS))
     assert normalized(summary.daily, DAILY_KEYS).equals(reference_sums(plain, DAILY_KEYS))
@@ -147,6 +154,15 @@ def test_only_usage_events() -> None:
     assert int(summary.tasks["usage_events"].sum()) == 50
 
 
+def test_events_without_actor_or_agent_columns_sum_as_nobody() -> None:
+    """A frame without the columns (an older caller) is usage of no actor and no agent."""
+    events = random_events(np.random.default_rng(11), 60, 5)
+    summary = summarize(events.drop(columns=["actor", "agent"]), "UTC")
+    nobody = events.assign(actor=None, agent=None)
+    assert normalized(summary.daily, DAILY_KEYS).equals(reference_sums(nobody, DAILY_KEYS))
+    assert set(summary.daily["actor"]) == set(summary.daily["agent"]) == {""}
+
+
 def test_no_usage_events() -> None:
     events = random_events(np.random.default_rng(8), 30, 4).assign(type="task.started", provider=None, model=None)
     summary = summarize(events, "UTC")
@@ -161,7 +177,7 @@ class TestSumsNeverWrapAround:
     MOST = 4 * 10**18
 
     def heavy(self, n: int, task: str = "t1") -> pd.DataFrame:
-        events = random_events(np.random.default_rng(9), n, 1).assign(type="usage", task=task, customer="c0", provider="acme-ai", model="acme-max")
+        events = random_events(np.random.default_rng(9), n, 1).assign(type="usage", task=task, customer="c0", provider="acme-ai", model="acme-max", actor="ann", agent=None)
         return events.assign(time_us=1_790_000_000 * 10**6, cost_nanos=self.MOST, input_tokens=10**12)
 
     def test_two_sum_exactly(self) -> None:

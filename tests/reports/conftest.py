@@ -97,11 +97,11 @@ class Books:
             )
 
     def write(self, month: str, out_dir: Path) -> dict[str, str]:
-        """The four files of the month, by report name, as text."""
+        """The five files of the month, by report name, as text."""
         self.rollup()
         write_month(self.engine, self.tenant, month, out_dir)
         return {name: (out_dir / f"{name}-{month}.csv").read_bytes().decode("utf-8")
-                for name in ("customers", "invoice-lines", "tasks", "comparison")}  # fmt: skip
+                for name in ("customers", "invoice-lines", "tasks", "comparison", "spend")}  # fmt: skip
 
     def rows(self, month: str, out_dir: Path) -> dict[str, list[dict[str, str]]]:
         return {name: read_csv(text) for name, text in self.write(month, out_dir).items()}

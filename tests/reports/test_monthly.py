@@ -31,6 +31,9 @@ COMPARISON_HEADER = ("customer,plan,billed,revenue,provider_cost,margin,margin_p
                      "break_even_job_price")  # fmt: skip
 
 
+SPEND_HEADER = "customer,actor,agent,tasks,usage_events,input_tokens,output_tokens,provider_cost"
+
+
 def closed_october(books: Books, tmp_path: Path) -> dict[str, str]:
     send_october(books)
     books.rollup()
@@ -42,11 +45,12 @@ class TestTheFourFiles:
     def test_file_names_and_headers_are_those_of_the_design(self, books: Books, tmp_path: Path) -> None:
         files = closed_october(books, tmp_path)
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-            "comparison-2026-10.csv", "customers-2026-10.csv", "invoice-lines-2026-10.csv", "tasks-2026-10.csv",
+            "comparison-2026-10.csv", "customers-2026-10.csv", "invoice-lines-2026-10.csv", "spend-2026-10.csv",
+            "tasks-2026-10.csv",
         ]  # fmt: skip
         headers = {name: text.split("\r\n", 1)[0] for name, text in files.items()}
         assert headers == {"customers": CUSTOMERS_HEADER, "invoice-lines": LINES_HEADER, "tasks": TASKS_HEADER,
-                           "comparison": COMPARISON_HEADER}  # fmt: skip
+                           "comparison": COMPARISON_HEADER, "spend": SPEND_HEADER}  # fmt: skip
         assert {name: ",".join(r.columns) for name, r in REPORTS.items()} == headers
 
     def test_utf8_rfc4180_lines_and_no_bom(self, books: Books, tmp_path: Path) -> None:

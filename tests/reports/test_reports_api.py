@@ -18,7 +18,7 @@ from tests.conftest import TEST_SECRET, LiveServer
 from tests.reports.conftest import Books, send_october, usage
 from tests.reports.test_monthly import CLOSE
 
-NAMES = ("customers", "invoice-lines", "tasks", "comparison")
+NAMES = ("customers", "invoice-lines", "tasks", "comparison", "spend")
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def run(
 
 
 class TestCommandLine:
-    def test_report_writes_the_four_files_and_says_where(self, run, books: Books, october: dict[str, bytes], tmp_path: Path,
+    def test_report_writes_the_five_files_and_says_where(self, run, books: Books, october: dict[str, bytes], tmp_path: Path,
                                                          engine: Engine) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
         code, out, _ = run(
             "report", "--tenant", "acme-ai", "--month", "2026-10", "--out", str(tmp_path / "cli")
@@ -105,6 +105,7 @@ class TestCommandLine:
             ("invoice-lines", 5),
             ("tasks", 5),
             ("comparison", 4),
+            ("spend", 2),  # acme's and globex's usage, no actor or agent named
         ]
         for name in NAMES:
             assert (tmp_path / "cli" / f"{name}-2026-10.csv").read_bytes() == october[name]

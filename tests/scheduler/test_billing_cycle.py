@@ -154,6 +154,7 @@ class TestReportsAfterClose:
             "comparison-2026-10.csv",
             "customers-2026-10.csv",
             "invoice-lines-2026-10.csv",
+            "spend-2026-10.csv",
             "tasks-2026-10.csv",
         ]
         assert "acme" in (folder / "customers-2026-10.csv").read_text()
