@@ -77,14 +77,14 @@ from metering.tables import (
     rollup_state,
     task_usage,
     task_usage_detail,
-    tenant_prices,
     usage_daily,
 )
+from metering.tenant_prices import stored_price_settings
 from metering.tenants import Tenant
 
 EVENT_COLUMNS = (
     "seq", "time_us", "type", "customer", "task", "task_type", "provider", "model",
-    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cache_write_1h_tokens",
 )  # fmt: skip
 DEFAULT_CHUNK = 2_000_000
 PARALLEL_MIN_EVENTS = 2_000_000
@@ -108,15 +108,9 @@ class RollupResult:
     seconds: float = 0.0
 
 
-def tenant_overrides(connection: Connection, tenant_id: int) -> list[dict[str, str]]:
-    rows = connection.execute(
-        select(tenant_prices).where(tenant_prices.c.tenant_id == tenant_id).order_by(tenant_prices.c.provider, tenant_prices.c.model)
-    ).all()
-    return [
-        {k: v for k, v in (("provider", r.provider), ("model", r.model), ("input", r.input), ("output", r.output),
-                           ("cache_read", r.cache_read), ("cache_write", r.cache_write)) if v is not None}
-        for r in rows
-    ]  # fmt: skip
+def tenant_overrides(connection: Connection, tenant_id: int) -> list[dict[str, Any]]:
+    """The tenant's prices and model aliases (`metering.tenant_prices`), as `PriceBook` takes them."""
+    return stored_price_settings(connection, tenant_id)
 
 
 def price_version(overrides: list[dict[str, str]]) -> str:

@@ -69,7 +69,8 @@ def unprocessable(frame: pd.DataFrame) -> np.ndarray:
         (time_us < FROM_US) | (time_us >= UNTIL_US),
         (low < 0) | (high > MAX_TOKENS),
         (tokens["cache_read_tokens"] + tokens["cache_write_tokens"] > tokens["input_tokens"])
-        | (tokens["reasoning_tokens"] > tokens["output_tokens"]),
+        | (tokens["reasoning_tokens"] > tokens["output_tokens"])
+        | (tokens["cache_write_1h_tokens"] > tokens["cache_write_tokens"]),
         usage & ((_categorical(frame["provider"]).codes < 0) | (_categorical(frame["model"]).codes < 0)),
         ~known[kind.codes],
     ]

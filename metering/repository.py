@@ -15,7 +15,10 @@ from metering.periods import Period
 from metering.tables import task_usage, task_usage_detail, usage_daily
 
 GroupBy = Literal["model", "task_type", "day", "customer"]
-_MEASURES = ("usage_events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_nanos", "cost_rem", "unpriced_events")
+_MEASURES = (
+    "usage_events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "cache_write_1h_tokens", "cost_nanos", "cost_rem", "unpriced_events",
+)  # fmt: skip
 
 
 def usage_figures(row: Any) -> dict[str, Any]:
@@ -29,6 +32,7 @@ def usage_figures(row: Any) -> dict[str, Any]:
         "cache_read_tokens": values["cache_read_tokens"],
         "cache_write_tokens": values["cache_write_tokens"],
         "reasoning_tokens": values["reasoning_tokens"],
+        "cache_write_1h_tokens": values["cache_write_1h_tokens"],
         "billable": {
             "input": values["input_tokens"] - values["cache_read_tokens"] - values["cache_write_tokens"],
             "cache_read": values["cache_read_tokens"],

@@ -28,7 +28,9 @@ EventType = Literal["usage", "task.started", "task.completed", "task.failed", "t
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the rollup sets aside any other (metering.quarantine)
 TERMINAL_TYPES = ("task.completed", "task.failed", "task.cancelled")
 TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model")
-TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+TOKEN_FIELDS = (
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cache_write_1h_tokens",
+)  # fmt: skip
 DEFAULT_FUTURE_TOLERANCE = timedelta(days=7)
 NUL = "\x00"  # PostgreSQL cannot store it in text
 DEFAULT_EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
@@ -65,6 +67,7 @@ class EventIn(TypedDict):
     output_tokens: NotRequired[Tokens]
     cache_read_tokens: NotRequired[Tokens]
     cache_write_tokens: NotRequired[Tokens]
+    cache_write_1h_tokens: NotRequired[Tokens]  # the 1-hour cache writes: a subset of cache_write_tokens
     reasoning_tokens: NotRequired[Tokens]
     metadata: NotRequired[Annotated[dict[MetaKey, MetaValue], Field(max_length=64)] | None]
 
@@ -138,6 +141,11 @@ def event_rule_errors(
             "cache_write_tokens",
             "cache_read_tokens + cache_write_tokens must not exceed input_tokens (input_tokens includes cache reads and writes)",
         ))  # fmt: skip
+    if get("cache_write_1h_tokens", 0) > cache_write:
+        errors.append((
+            "cache_write_1h_tokens",
+            "cache_write_1h_tokens must not exceed cache_write_tokens (cache_write_tokens includes the 1-hour writes)",
+        ))  # fmt: skip
     if reasoning > output_tokens:
         errors.append(("reasoning_tokens", "reasoning_tokens must not exceed output_tokens (output_tokens includes reasoning)"))
     return errors
@@ -182,6 +190,7 @@ class StoredEvent(BaseModel):
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
     metadata: dict[str, str] | None = None
     quarantine: QuarantineNote | None = None
