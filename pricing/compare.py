@@ -42,6 +42,7 @@ from metering.money import (
     parse_decimal,
     quantize,
     round_money,
+    unrounded,
 )
 from pricing.plans import TOKEN_CLASSES, CustomerPlan, PerJobPlan, Plan, PlanBook
 from pricing.rating import RatedMonth, rate_plan, refuse_orphans
@@ -317,7 +318,7 @@ def quote_task(
         plan_currency = plan.currency or currency
         cost = display_cost(provider_cost_nanos)
         amount = round_money(exact, plan_currency)
-        quotes.append(Quote(plan.id, plan_currency, exact, amount, cost, amount - cost))
+        quotes.append(Quote(plan.id, plan_currency, unrounded(exact, plan_currency), amount, cost, amount - cost))
     return quotes
 
 
