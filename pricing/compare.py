@@ -77,8 +77,11 @@ def _figures(
     failed_cost: int,
     reference: Decimal | None,
     target: Decimal,
+    currency: str,
 ) -> dict[str, object]:
-    """The comparison figures of one customer (or tenant) under one plan."""
+    """The comparison figures of one customer (or tenant) under one plan. Revenue is a sum of
+    rounded lines, shown with the currency's minor unit even when there are none ("0.00")."""
+    revenue = round_money(revenue, currency)  # already whole minor units: sets the scale only
     provider_cost = display_cost(cost)
     margin = revenue - provider_cost
     completed = counts[0]
@@ -183,12 +186,12 @@ def compare_plans(
                 candidates = [billed[customer], *lineup[customer]]
                 reference = next((revenue[p][customer] for p in candidates if per_token.get(p)
                                   and customer in revenue[p]), None)  # fmt: skip
-            figures = _figures(amount, cost[i], counts[i], failed_cost[i], reference, target)
+            figures = _figures(amount, cost[i], counts[i], failed_cost[i], reference, target, plan_currency)
             rows.append({"customer": customer, "plan": plan_id, "billed": billed[customer] == plan_id,
                          "currency": plan_currency, **figures, "unpriced_events": unpriced.get(customer, 0)})  # fmt: skip
             tally.add(amount, reference, cost[i], failed_cost[i], counts[i])
         figures = _figures(
-            tally.revenue, tally.cost, tally.counts, tally.failed_cost, tally.reference, target
+            tally.revenue, tally.cost, tally.counts, tally.failed_cost, tally.reference, target, plan_currency
         )
         tenant_rows.append(
             {"plan": plan_id, "currency": plan_currency, "customers": tally.customers, **figures}

@@ -55,8 +55,25 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
         for row in analysis.comparison_view(result)["customers"]:
             writer.writerow([_cell(row[c]) for c in CUSTOMER_COLUMNS])
     else:
-        sys.stdout.write(comparison_table(analysis.comparison_view(result)))
+        view = analysis.comparison_view(result)
+        sys.stdout.write(comparison_table(view))
+        if warning := unpriced_warning(view, tenant.name):
+            print(warning, file=sys.stderr)
     return 0
+
+
+def unpriced_warning(view: dict[str, Any], tenant: str) -> str | None:
+    """The stderr line a comparison table gets when some usage has no price: its provider cost
+    and margins leave that usage out."""
+    by_customer = {row["customer"]: row["unpriced_events"] for row in view["customers"]}
+    events = sum(by_customer.values())
+    if not events:
+        return None
+    customers = ", ".join(sorted(c for c, n in by_customer.items() if n))
+    return (
+        f"warning: {events} usage event(s) of {customers} have no price; provider cost and margin leave "
+        f"them out (see the unpriced column; `taskmeter prices check --tenant {tenant}` names the models)"
+    )
 
 
 def _cell(value: Any) -> str:
@@ -73,7 +90,7 @@ _TABLE = (
     ("customer", "customer"), ("plan", "plan"), ("revenue", "revenue"), ("provider_cost", "provider cost"),
     ("margin", "margin"), ("margin_pct", "margin %"), ("tasks_completed", "done"), ("tasks_failed", "failed"),
     ("revenue_per_completed_task", "per done task"), ("break_even_job_price", "break-even job"),
-    ("target_margin_job_price", "job @ target"),
+    ("target_margin_job_price", "job @ target"), ("unpriced_events", "unpriced"),
 )  # fmt: skip
 
 
@@ -102,7 +119,10 @@ def comparison_table(view: dict[str, Any]) -> str:
     lines = render(
         f"{view['month']} ({view['currency']}), target margin {view['target_margin']}; * = billed plan", view["customers"], _TABLE
     )
-    tenant_rows = [{**r, "customer": f"all {r['customers']}"} for r in view["tenant"]]
+    unpriced: dict[str, int] = {}
+    for row in view["customers"]:
+        unpriced[row["plan"]] = unpriced.get(row["plan"], 0) + row["unpriced_events"]
+    tenant_rows = [{**r, "customer": f"all {r['customers']}", "unpriced_events": unpriced.get(r["plan"], 0)} for r in view["tenant"]]
     lines += ["", *render("Tenant-wide, per plan", tenant_rows, _TABLE)]
     return "\n".join(lines) + "\n"
 

@@ -97,6 +97,27 @@ class TestCompare:
         code, out, _ = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10", "--format", "json")
         assert json.loads(out)["tenant"][0]["revenue"] == "1.20"
 
+    def test_unpriced_usage_gets_a_column_and_a_warning(self, tenant_with_usage: str, run: Any, engine: Engine) -> None:
+        code, out, err = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10")
+        assert code == 0 and err == "" and out.splitlines()[1].split()[-1] == "unpriced"
+        with unit_of_work(engine) as session:
+            tenant = get_tenant(session, tenant_with_usage)
+            unknown = {"id": "u-unknown", "type": "usage", "time": "2026-10-05T10:00:00Z", "customer": "acme", "task": "a",
+                       "provider": "nobody", "model": "secret", "input_tokens": 5}  # fmt: skip
+            ingest_events(session, tenant.id, [unknown], now=at("2026-11-01T00:00:00Z"))
+        code, out, err = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10")
+        assert code == 0 and out.splitlines()[3].split()[-1] == "1"
+        assert err.startswith("warning: 1 usage event(s) of acme have no price")
+
+    def test_revenue_has_the_minor_unit_even_without_lines(self, tenant_with_usage: str, run: Any, engine: Engine) -> None:
+        with unit_of_work(engine) as session:  # usage in September, no task completed: no job billed
+            tenant = get_tenant(session, tenant_with_usage)
+            used = {"id": "u-sep", "type": "usage", "time": "2026-09-05T10:00:00Z", "customer": "acme", "task": "s",
+                    "provider": "acme-ai", "model": "acme-large", "input_tokens": 5}  # fmt: skip
+            ingest_events(session, tenant.id, [used], now=at("2026-11-01T00:00:00Z"))
+        code, out, _ = run("compare", "--tenant", tenant_with_usage, "--month", "2026-09", "--plans", "jobs", "--format", "json")
+        assert code == 0 and [row["revenue"] for row in json.loads(out)["customers"]] == ["0.00"]
+
     def test_bad_month_and_unknown_plan(self, tenant_with_usage: str, run: Any) -> None:
         assert "not a month" in run("compare", "--tenant", tenant_with_usage, "--month", "2026-13")[2]
         code, _, err = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10", "--plans", "nope")
@@ -112,6 +133,7 @@ class TestClose:
             code, out, _ = run("close", "--tenant", tenant_with_usage, "--month", "2026-10")
         summary = json.loads(out)
         assert code == 0 and summary["closed"] is True
+        assert summary["closed_at"] == "2026-11-01T00:00:00Z"  # RFC 3339 UTC, as the API writes it
         assert [(i["number"], i["total"], i["lines"]) for i in summary["invoices"]] == [("INV-acme-ai-202610-0001", "1.20", 1)]
         with freeze_time("2026-11-02T00:00:00Z"):
             code, out, _ = run("close", "--tenant", tenant_with_usage, "--month", "2026-10")
