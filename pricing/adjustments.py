@@ -14,8 +14,10 @@ billed for a month here (or late usage would bill a credited amount again).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -29,6 +31,32 @@ from pricing import repository
 from pricing.rating import LineKind, rate_month
 from pricing.repository import RollupState, last_day
 from pricing.tables import billing_periods, invoice_lines, invoices
+
+class AdjustmentReason(StrEnum):
+    """Why an adjustment line was made; stored with the line (`invoice_lines.adjustment_reason`)."""
+
+    LATE_USAGE = "late_usage"  # usage of the month arrived after it closed
+    REPRICING = "repricing"  # the provider prices changed (tenant prices, aliases, the snapshot)
+    OUTCOME_CHANGE = "outcome_change"  # reserved: a task's outcome changed after the close
+    DISPUTE = "dispute"  # reserved: an accepted dispute
+
+
+REASON_TEXT: dict[str, str] = {
+    AdjustmentReason.LATE_USAGE: "usage reported after the month closed",
+    AdjustmentReason.REPRICING: "provider prices changed after the month closed",
+    AdjustmentReason.OUTCOME_CHANGE: "task outcomes changed after the month closed",
+    AdjustmentReason.DISPUTE: "disputed tasks",
+}
+
+
+def reason_code(reasons: Sequence[AdjustmentReason]) -> str:
+    """One code for a line's reasons, joined with `+` in declaration order (`late_usage+repricing`)."""
+    return "+".join(r.value for r in AdjustmentReason if r in reasons)
+
+
+def reason_text(reasons: Sequence[AdjustmentReason]) -> str:
+    return " and ".join(REASON_TEXT[r] for r in AdjustmentReason if r in reasons)
+
 
 KIND_LABELS: dict[str, str] = {  # a StrEnum member is its text
     LineKind.TOKENS: "token usage",
@@ -68,6 +96,7 @@ class Line:
     plan: str | None
     plan_version: int | None
     adjusts_period: str | None = None
+    reason: str | None = None  # adjustment lines: `reason_code` of their reasons
 
 
 @dataclass(frozen=True)
@@ -93,11 +122,13 @@ def late_adjustments(
     for row in closed_periods(session, tenant.id, before.label):
         result.checked.append(row.period)
         month = parse_month(row.period, tenant.timezone)
-        changed = row.reconciled_price_version != state.price_version or repository.touched_since(
-            session, tenant.id, row.reconciled_seq, month.start, month.end
-        )
-        if changed:
-            _adjust_month(session, tenant, month, row, result, customer=customer)
+        reasons = []
+        if repository.touched_since(session, tenant.id, row.reconciled_seq, month.start, month.end):
+            reasons.append(AdjustmentReason.LATE_USAGE)
+        if row.reconciled_price_version != state.price_version:
+            reasons.append(AdjustmentReason.REPRICING)
+        if reasons:
+            _adjust_month(session, tenant, month, row, result, reasons, customer=customer)
     return result
 
 
@@ -119,7 +150,9 @@ def _billed(session: Session, tenant_id: int, period: str, customer: str | None)
     return {(c, k): int(n) for c, k, n in rows}, {r.customer: r for r in own}
 
 
-def _adjust_month(session: Session, tenant: Tenant, month: Period, row: Any, out: Adjustments, *, customer: str | None) -> None:
+def _adjust_month(
+    session: Session, tenant: Tenant, month: Period, row: Any, out: Adjustments, reasons: Sequence[AdjustmentReason], *, customer: str | None
+) -> None:
     billed, billed_invoices = _billed(session, tenant.id, month.label, customer)
     stored = repository.stored_plans(session, tenant.id, as_of=row.plans_as_of)
     tokens = repository.token_usage(session, tenant.id, month, customer)
@@ -156,9 +189,9 @@ def _adjust_month(session: Session, tenant: Tenant, month: Period, row: Any, out
         delta = from_minor(after - before, money)
         label = KIND_LABELS.get(kind, kind)
         text = (
-            f"Adjustment for {month.label}, usage reported after the month closed: {label} "
+            f"Adjustment for {month.label}, {reason_text(reasons)}: {label} "
             f"(billed {from_minor(before, money)}, now {from_minor(after, money)})"
         )
-        out.lines[name].append(Line(kind, text, Decimal(1), delta, delta, delta, plans[name], None, month.label))
+        out.lines[name].append(Line(kind, text, Decimal(1), delta, delta, delta, plans[name], None, month.label, reason_code(reasons)))
         if out.currency.setdefault(name, money) != money:
             raise InvalidInput(f"late usage of {name!r} is billed in both {out.currency[name]} and {money}")

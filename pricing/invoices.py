@@ -165,7 +165,8 @@ def _draft_view(draft: Draft) -> dict[str, Any]:
         "lines": [
             {"line_no": n, "kind": line.kind, "description": line.description, "quantity": line.quantity,
              "unit_price": line.unit_price, "amount": line.amount, "amount_exact": line.amount_exact,
-             "plan": line.plan, "plan_version": line.plan_version, "adjusts_period": line.adjusts_period}
+             "plan": line.plan, "plan_version": line.plan_version, "adjusts_period": line.adjusts_period,
+             "adjustment_reason": line.reason}
             for n, line in enumerate(draft.lines, start=1)
         ],
     }  # fmt: skip
@@ -259,7 +260,7 @@ def _write_invoices(session: Session, tenant: Tenant, period: Period, drafts: li
         {"invoice_id": invoice_id, "line_no": n, "kind": line.kind, "description": line.description,
          "quantity": _text(line.quantity), "unit_price": _text(line.unit_price), "amount_exact": _text(line.amount_exact),
          "amount_minor": to_minor(line.amount, draft.currency), "plan": line.plan, "plan_version": line.plan_version,
-         "adjusts_period": line.adjusts_period}
+         "adjusts_period": line.adjusts_period, "adjustment_reason": line.reason}
         for invoice_id, draft in zip(ids, drafts, strict=True)
         for n, line in enumerate(draft.lines, start=1)
     ]  # fmt: skip
@@ -351,7 +352,7 @@ def invoice_view(session: Session, tenant: Tenant, invoice_id: int) -> dict[str,
             {"line_no": line.line_no, "kind": line.kind, "description": line.description, "quantity": Decimal(line.quantity),
              "unit_price": Decimal(line.unit_price), "amount": from_minor(line.amount_minor, money),
              "amount_exact": Decimal(line.amount_exact), "plan": line.plan, "plan_version": line.plan_version,
-             "adjusts_period": line.adjusts_period}
+             "adjusts_period": line.adjusts_period, "adjustment_reason": line.adjustment_reason}
             for line in lines
         ],
         "credit_notes": [credit_note_view(n, money) for n in notes],

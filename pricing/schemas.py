@@ -242,6 +242,9 @@ class InvoiceLine(BaseModel):
     plan: str | None
     plan_version: int | None
     adjusts_period: str | None = Field(description="late usage: the closed month this line corrects")
+    adjustment_reason: str | None = Field(
+        None, description="why an adjustment line: late_usage, repricing, late_usage+repricing (outcome_change and dispute reserved)"
+    )
 
 
 class CreditNoteIn(_In):

@@ -6,7 +6,8 @@ Create Date: 2026-12-06
 
 `cache_write_1h_tokens` (a subset of `cache_write_tokens`, 0 for events stored before) is added
 last to `events`, `quarantine` and the three rollup tables. `tenant_prices.spec` holds a price's
-versions, context tiers and 1-hour rate as JSON; `tenant_model_aliases` the config's `models:`.
+versions, context tiers and 1-hour rate as JSON; `tenant_model_aliases` the config's `models:`;
+`invoice_lines.adjustment_reason` why an adjustment line was made (`late_usage`, `repricing`, ...).
 Every tenant's rollup is rebuilt on its next run: the rollup's price version now digests the
 spec and the aliases, so it differs from the stored one.
 """
@@ -28,6 +29,7 @@ def upgrade() -> None:
     for table in TOKEN_TABLES:
         op.add_column(table, sa.Column("cache_write_1h_tokens", sa.BigInteger(), nullable=False, server_default="0"))
     op.add_column("tenant_prices", sa.Column("spec", sa.Text(), nullable=True))
+    op.add_column("invoice_lines", sa.Column("adjustment_reason", sa.String(32), nullable=True))
     op.create_table(
         "tenant_model_aliases",
         sa.Column("tenant_id", sa.Integer(), nullable=False),
@@ -43,6 +45,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("tenant_model_aliases")
+    with op.batch_alter_table("invoice_lines") as batch:
+        batch.drop_column("adjustment_reason")
     with op.batch_alter_table("tenant_prices") as batch:
         batch.drop_column("spec")
     for table in reversed(TOKEN_TABLES):
