@@ -18,7 +18,8 @@ from api.cli.common import audit_cli, find_tenant, now, open_engine, out
 from api.settings import Settings
 from metering.db import unit_of_work
 from metering.errors import InvalidInput, TaskmeterError
-from metering.pipeline import bring_up_to_date
+from metering.pipeline import bring_up_to_date, price_version, tenant_overrides
+from metering.price_check import check_prices
 from pricing import analysis, invoices, service
 from pricing.compare import CUSTOMER_COLUMNS
 from pricing.config import decode_config
@@ -125,6 +126,41 @@ def comparison_table(view: dict[str, Any]) -> str:
     tenant_rows = [{**r, "customer": f"all {r['customers']}", "unpriced_events": unpriced.get(r["plan"], 0)} for r in view["tenant"]]
     lines += ["", *render("Tenant-wide, per plan", tenant_rows, _TABLE)]
     return "\n".join(lines) + "\n"
+
+
+def cmd_prices_check(args: argparse.Namespace, settings: Settings) -> int:
+    """`prices check`: the tenant's models and where each price comes from (`metering.price_check`)."""
+    with open_engine(settings) as engine, engine.connect() as connection:
+        with unit_of_work(engine) as session:
+            tenant = find_tenant(session, args.tenant)
+        report = check_prices(connection, tenant.id, price_version(tenant_overrides(connection, tenant.id)))
+    report = {"tenant": tenant.name, **report}
+    if args.format == "json":
+        out(report)
+    else:
+        sys.stdout.write(prices_table(report))
+    return 0
+
+
+_PRICE_COLUMNS = (
+    ("provider", "provider"), ("model", "model"), ("source", "source"), ("priced_as", "priced as"),
+    ("usage_events", "events"), ("unpriced_events", "unpriced"), ("provider_cost", "cost"),
+    ("provider_cost_now", "cost now"), ("change", "change"),
+)  # fmt: skip
+
+
+def prices_table(report: dict[str, Any]) -> str:
+    snapshot = report["snapshot"]
+    head = [
+        f"{report['tenant']}: rolled up with {report['rolled_up_with'] or 'nothing yet'}; prices now {report['prices_now']}"
+        + ("" if report["up_to_date"] else " (the next rollup re-prices)"),
+        f"snapshot: rolled up with {snapshot['rolled_up_with']}, installed {snapshot['installed']}"
+        + (" (changed)" if snapshot["changed"] else ""),
+    ]
+    rows = [[head_ for _, head_ in _PRICE_COLUMNS]] + [[_cell(m[key]) for key, _ in _PRICE_COLUMNS] for m in report["models"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_PRICE_COLUMNS))]
+    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+    return "\n".join([*head, "", lines[0], "  ".join("-" * w for w in widths), *lines[1:]]) + "\n"
 
 
 def cmd_close(args: argparse.Namespace, settings: Settings) -> int:
@@ -256,6 +292,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--target-margin", default="0.6", help="for the job price reaching this margin (default 0.6)")
     p.set_defaults(func=cmd_compare)
+
+    prices = sub.add_parser("prices", help="provider prices").add_subparsers(dest="action", required=True)
+    p = prices.add_parser("check", help="the models in the tenant's usage and where each price comes from; unpriced first")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--format", choices=("json", "table"), default="json")
+    p.set_defaults(func=cmd_prices_check)
 
     p = sub.add_parser("close", help="finalize the invoices of a month that has ended")
     p.add_argument("--tenant", required=True)

@@ -124,6 +124,38 @@ class TestCompare:
         assert code == 1 and "unknown plan 'nope'" in err
 
 
+class TestPricesCheck:
+    def test_models_with_their_price_source_unpriced_first(self, tenant_with_usage: str, run: Any, engine: Engine, tmp_path: Path) -> None:
+        with unit_of_work(engine) as session:
+            tenant = get_tenant(session, tenant_with_usage)
+            extra = [
+                {"id": "u-x", "type": "usage", "time": "2026-10-05T10:00:00Z", "customer": "acme", "task": "a",
+                 "provider": "nobody", "model": "secret", "input_tokens": 5},
+                {"id": "u-g", "type": "usage", "time": "2026-10-05T10:00:00Z", "customer": "acme", "task": "a",
+                 "provider": "google", "model": "models/gemini-2.5-pro", "input_tokens": 1_000},
+            ]  # fmt: skip
+            ingest_events(session, tenant.id, extra, now=at("2026-11-01T00:00:00Z"))
+        assert run("rollup", "--tenant", tenant_with_usage)[0] == 0
+        code, out, _ = run("prices", "check", "--tenant", tenant_with_usage)
+        report = json.loads(out)
+        assert code == 0 and report["up_to_date"] is True and report["unpriced_models"] == 1
+        sources = [(m["provider"], m["model"], m["source"], m["priced_as"]) for m in report["models"]]
+        assert sources == [("nobody", "secret", "unpriced", None), ("acme-ai", "acme-large", "tenant", "acme-ai/acme-large"),
+                           ("google", "models/gemini-2.5-pro", "snapshot", "google/gemini-2.5-pro")]  # fmt: skip
+        acme = report["models"][1]
+        assert (acme["provider_cost"], acme["provider_cost_now"], acme["change"]) == ("6.000000", "6.000000", "0.000000")
+        assert report["models"][2]["normalized"] is True
+
+        cheaper = tmp_path / "cheaper.yaml"
+        cheaper.write_text(yaml.safe_dump({"prices": [PRICES[0] | {"input": "2.00"}]}))
+        assert run("config", "load", str(cheaper), "--tenant", tenant_with_usage)[0] == 0
+        report = json.loads(run("prices", "check", "--tenant", tenant_with_usage)[1])
+        assert report["up_to_date"] is False
+        assert (report["models"][1]["provider_cost_now"], report["models"][1]["change"]) == ("4.000000", "-2.000000")
+        code, out, _ = run("prices", "check", "--tenant", tenant_with_usage, "--format", "table")
+        assert code == 0 and "the next rollup re-prices" in out and out.splitlines()[3].split()[:3] == ["provider", "model", "source"]
+
+
 class TestClose:
     def test_at_the_last_millisecond_and_at_midnight(self, tenant_with_usage: str, run: Any, engine: Engine) -> None:
         with freeze_time("2026-10-31T23:59:59.999Z"):
