@@ -28,21 +28,33 @@ def check_prices(connection: Connection, tenant_id: int, current_version: str) -
     force now (`metering.pipeline.price_version`)."""
     settings = stored_price_settings(connection, tenant_id)
     book = PriceBook(settings)
-    rolled = connection.execute(select(rollup_state.c.price_version).where(rollup_state.c.tenant_id == tenant_id)).scalar()
+    rolled = connection.execute(
+        select(rollup_state.c.price_version).where(rollup_state.c.tenant_id == tenant_id)
+    ).scalar()
     rows = connection.execute(
-        select(usage_daily.c.provider, usage_daily.c.model, *[func.sum(usage_daily.c[name]).label(name) for name in _SUMS])
+        select(
+            usage_daily.c.provider,
+            usage_daily.c.model,
+            *[func.sum(usage_daily.c[name]).label(name) for name in _SUMS],
+        )
         .where(usage_daily.c.tenant_id == tenant_id)
         .group_by(usage_daily.c.provider, usage_daily.c.model)
     ).all()
     models = [_model(row, book.resolve(row.provider, row.model)) for row in rows]
-    models.sort(key=lambda m: (m["source"] != "unpriced", m["unpriced_events"] == 0, m["provider"], m["model"]))
+    models.sort(
+        key=lambda m: (m["source"] != "unpriced", m["unpriced_events"] == 0, m["provider"], m["model"])
+    )
     rolled_snapshot = rolled.split("+", 1)[0] if rolled else None
     installed = f"genai-prices@{GENAI_PRICES_VERSION}"
     return {
         "rolled_up_with": rolled or None,
         "prices_now": current_version,
         "up_to_date": rolled == current_version,
-        "snapshot": {"rolled_up_with": rolled_snapshot, "installed": installed, "changed": rolled_snapshot not in (None, installed)},
+        "snapshot": {
+            "rolled_up_with": rolled_snapshot,
+            "installed": installed,
+            "changed": rolled_snapshot not in (None, installed),
+        },
         "aliases": [s for s in settings if "match" in s],
         "unpriced_models": sum(1 for m in models if m["source"] == "unpriced"),
         "models": models,
@@ -74,7 +86,10 @@ def _model(row: Any, found: Resolution) -> dict[str, Any]:
 
 
 def _tiered(card: RateCard) -> bool:
-    return any(getattr(card, name).tiers for name in ("input", "cache_read", "cache_write", "cache_write_1h", "output", "request"))
+    return any(
+        getattr(card, name).tiers
+        for name in ("input", "cache_read", "cache_write", "cache_write_1h", "output", "request")
+    )
 
 
 def _linear_cost(card: RateCard, sums: dict[str, int]) -> Decimal:

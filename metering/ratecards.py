@@ -307,8 +307,11 @@ class TenantRates:
         rates = {key: _decimal(raw[key], f"{what} {key}") for key in RATE_KEYS if raw.get(key) is not None}
         if "input" not in rates or "output" not in rates:
             raise RateCardError(f"{what}: input and output rates are required")
-        tiers = []
-        for index, tier in enumerate(raw.get("tiers") or ()):  # type: ignore[attr-defined]
+        tiers: list[TenantTier] = []
+        raw_tiers = raw.get("tiers") or ()
+        if not isinstance(raw_tiers, list | tuple):
+            raise RateCardError(f"{what} tiers: must be a list")
+        for index, tier in enumerate(raw_tiers):
             where = f"{what} tiers[{index}]"
             if not isinstance(tier, Mapping) or set(tier) - {"above", *TIER_KEYS}:
                 raise RateCardError(f"{where}: a tier has `above` and rates among {', '.join(TIER_KEYS)}")
@@ -317,12 +320,16 @@ class TenantRates:
                 raise RateCardError(f"{where}.above: must be a whole number of input tokens >= 0")
             if tiers and above <= tiers[-1].above:
                 raise RateCardError(f"{where}.above: tiers must be in increasing order of `above`")
-            given = tuple((k, _decimal(tier[k], f"{where}.{k}")) for k in TIER_KEYS if tier.get(k) is not None)
+            given = tuple(
+                (k, _decimal(tier[k], f"{where}.{k}")) for k in TIER_KEYS if tier.get(k) is not None
+            )
             if not given:
                 raise RateCardError(f"{where}: a tier needs at least one rate")
             for key, _ in given:
                 if key in ("cache_read", "cache_write") and key not in rates:
-                    raise RateCardError(f"{where}.{key}: set {key} on the price to tier it (it costs as input)")
+                    raise RateCardError(
+                        f"{where}.{key}: set {key} on the price to tier it (it costs as input)"
+                    )
             tiers.append(TenantTier(above, given))
         start = raw.get("start_date")
         if isinstance(start, str):
@@ -411,14 +418,21 @@ class TenantPrice:
         return cls(provider=provider, model=model, versions=tuple(versions))
 
     def as_mapping(self) -> dict[str, object]:
-        return {"provider": self.provider, "model": self.model, "versions": [v.as_mapping() for v in self.versions]}
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "versions": [v.as_mapping() for v in self.versions],
+        }
 
     def pricing(self) -> ModelPricing:
         cards = tuple(version.card() for version in self.versions)
         constraints: tuple[Constraint, ...] = tuple(
-            None if v.start_date is None else StartDateConstraint(start_date=v.start_date) for v in self.versions
+            None if v.start_date is None else StartDateConstraint(start_date=v.start_date)
+            for v in self.versions
         )
-        return ModelPricing(provider_id=_norm(self.provider), model_id=_norm(self.model), cards=cards, constraints=constraints)
+        return ModelPricing(
+            provider_id=_norm(self.provider), model_id=_norm(self.model), cards=cards, constraints=constraints
+        )
 
 
 @dataclass(frozen=True)
@@ -436,7 +450,9 @@ class ModelAlias:
 
 # Names as providers' APIs and clouds send them, and the name genai-prices knows them by.
 _GEMINI_PATH = re.compile(r"^(?:projects/[^/]+/locations/[^/]+/publishers/google/)?models/")
-_BEDROCK = re.compile(r"^(?:(?:us|eu|apac|ap|global|jp|au|ca|us-gov)\.)?(?P<vendor>anthropic|meta|mistral|amazon|cohere|deepseek|openai)\.(?P<model>.+?)(?:-v\d+(?::\d+)?)?$")
+_BEDROCK = re.compile(
+    r"^(?:(?:us|eu|apac|ap|global|jp|au|ca|us-gov)\.)?(?P<vendor>anthropic|meta|mistral|amazon|cohere|deepseek|openai)\.(?P<model>.+?)(?:-v\d+(?::\d+)?)?$"
+)
 _BEDROCK_PROVIDER = {"anthropic": "anthropic", "meta": "meta", "mistral": "mistral", "amazon": "aws",
                      "cohere": "cohere", "deepseek": "deepseek", "openai": "openai"}  # fmt: skip
 
@@ -500,7 +516,7 @@ class PriceBook:
             if isinstance(raw, ModelAlias) or (isinstance(raw, Mapping) and "match" in raw):
                 self.aliases.append(raw if isinstance(raw, ModelAlias) else _alias(raw))
                 continue
-            price = raw if isinstance(raw, TenantPrice) else TenantPrice.from_mapping(raw)  # type: ignore[arg-type]
+            price = raw if isinstance(raw, TenantPrice) else TenantPrice.from_mapping(raw)
             key = (_norm(price.provider), _norm(price.model))
             if key in self._exact:
                 raise RateCardError(f"duplicate price for {price.provider}/{price.model}")

@@ -20,7 +20,9 @@ from metering.tables import tenant_model_aliases, tenant_prices
 
 def stored_price_settings(connection: Connection | Session, tenant_id: int) -> list[dict[str, Any]]:
     prices = connection.execute(
-        select(tenant_prices).where(tenant_prices.c.tenant_id == tenant_id).order_by(tenant_prices.c.provider, tenant_prices.c.model)
+        select(tenant_prices)
+        .where(tenant_prices.c.tenant_id == tenant_id)
+        .order_by(tenant_prices.c.provider, tenant_prices.c.model)
     ).all()
     out: list[dict[str, Any]] = []
     for r in prices:
@@ -31,7 +33,9 @@ def stored_price_settings(connection: Connection | Session, tenant_id: int) -> l
                     ("cache_read", r.cache_read), ("cache_write", r.cache_write))  # fmt: skip
             out.append({k: v for k, v in flat if v is not None})
     aliases = connection.execute(
-        select(tenant_model_aliases).where(tenant_model_aliases.c.tenant_id == tenant_id).order_by(tenant_model_aliases.c.position)
+        select(tenant_model_aliases)
+        .where(tenant_model_aliases.c.tenant_id == tenant_id)
+        .order_by(tenant_model_aliases.c.position)
     ).all()
     out += [{"match": a.match, "provider": a.provider, "model": a.model} for a in aliases]
     return out

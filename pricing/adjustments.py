@@ -32,6 +32,7 @@ from pricing.rating import LineKind, rate_month
 from pricing.repository import RollupState, last_day
 from pricing.tables import billing_periods, invoice_lines, invoices
 
+
 class AdjustmentReason(StrEnum):
     """Why an adjustment line was made; stored with the line (`invoice_lines.adjustment_reason`)."""
 

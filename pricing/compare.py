@@ -321,7 +321,9 @@ def quote_task(
         plan_currency = plan.currency or currency
         cost = display_cost(provider_cost_nanos)
         amount = round_money(exact, plan_currency)
-        quotes.append(Quote(plan.id, plan_currency, unrounded(exact, plan_currency), amount, cost, amount - cost))
+        quotes.append(
+            Quote(plan.id, plan_currency, unrounded(exact, plan_currency), amount, cost, amount - cost)
+        )
     return quotes
 
 

@@ -196,7 +196,8 @@ class Task:
         inp, out, cache_read, cache_write, reasoning = counts
         one_hour = _count("cache_write_1h_tokens", cache_write_1h_tokens) if cache_write_1h_tokens else 0
         if cache_read + cache_write > inp or reasoning > out or one_hour > cache_write:
-            TokenUsage(provider, model, *counts, cache_write_1h_tokens=one_hour)  # raises the precise UsageFieldError (a ValueError)
+            # raises the precise UsageFieldError (a ValueError)
+            TokenUsage(provider, model, inp, out, cache_read, cache_write, reasoning, cache_write_1h_tokens=one_hour)
         event = {
             "type": "usage", "time": datetime.now(UTC), **self._base, "provider": provider, "model": model,
             "input_tokens": inp, "output_tokens": out, "cache_read_tokens": cache_read,

@@ -27,7 +27,9 @@ TOKEN_TABLES = ("events", "quarantine", "task_usage", "task_usage_detail", "usag
 
 def upgrade() -> None:
     for table in TOKEN_TABLES:
-        op.add_column(table, sa.Column("cache_write_1h_tokens", sa.BigInteger(), nullable=False, server_default="0"))
+        op.add_column(
+            table, sa.Column("cache_write_1h_tokens", sa.BigInteger(), nullable=False, server_default="0")
+        )
     op.add_column("tenant_prices", sa.Column("spec", sa.Text(), nullable=True))
     op.add_column("invoice_lines", sa.Column("adjustment_reason", sa.String(32), nullable=True))
     op.create_table(
@@ -38,7 +40,9 @@ def upgrade() -> None:
         sa.Column("provider", sa.String(64), nullable=False),
         sa.Column("model", sa.String(128), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_tenant_model_aliases_tenant_id_tenants")),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenants.id"], name=op.f("fk_tenant_model_aliases_tenant_id_tenants")
+        ),
         sa.PrimaryKeyConstraint("tenant_id", "position", name=op.f("pk_tenant_model_aliases")),
     )
 

@@ -834,5 +834,10 @@ class TestOneHourCacheWrites:
         assert_ingestible([event])
 
     def test_more_1h_writes_than_writes_are_rejected(self) -> None:
-        attrs = CHAT | {"gen_ai.usage.cache_creation.input_tokens": 1, "taskmeter.usage.cache_write_1h_tokens": 2}
-        assert [e["field"] for e in errors(convert(span(attrs)))] == ["gen_ai.usage.cache_creation.ephemeral_1h_input_tokens"]
+        attrs = CHAT | {
+            "gen_ai.usage.cache_creation.input_tokens": 1,
+            "taskmeter.usage.cache_write_1h_tokens": 2,
+        }
+        assert [e["field"] for e in errors(convert(span(attrs)))] == [
+            "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens"
+        ]

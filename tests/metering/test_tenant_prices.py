@@ -33,7 +33,10 @@ def priced(book: PriceBook, *events: dict[str, object]) -> list[Decimal | None]:
     rows = [{"cache_write_1h_tokens": 0, **e} for e in events]
     df = pd.DataFrame(rows, columns=columns).astype({c: np.int64 for c in columns[3:]})
     out = price_usage(df, book)
-    return [exact_cost(n, r) if p else None for p, n, r in zip(out.priced, out.cost_nanos, out.cost_rem, strict=True)]
+    return [
+        exact_cost(n, r) if p else None
+        for p, n, r in zip(out.priced, out.cost_nanos, out.cost_rem, strict=True)
+    ]
 
 
 class TestContextTiers:
@@ -46,12 +49,25 @@ class TestContextTiers:
 
     def test_cache_tokens_count_toward_the_tier_and_take_its_rates(self) -> None:
         book = PriceBook([SONNET_4])
-        over = with_1h(50_000, provider="anthropic", model="claude-sonnet-4", input=200_001, cache_read=100_000, cache_write=100_000)
+        over = with_1h(
+            50_000,
+            provider="anthropic",
+            model="claude-sonnet-4",
+            input=200_001,
+            cache_read=100_000,
+            cache_write=100_000,
+        )
         # 1 x $6 + 100,000 x $0.60 + 50,000 x $7.50 + 50,000 x $12.00, per million.
         assert priced(book, over) == [Decimal("1.035006")]
 
     def test_a_tier_that_omits_a_class_keeps_its_base_rate(self) -> None:
-        price = {"provider": "x", "model": "y", "input": "1", "output": "2", "tiers": [{"above": 10, "input": "5"}]}
+        price = {
+            "provider": "x",
+            "model": "y",
+            "input": "1",
+            "output": "2",
+            "tiers": [{"above": 10, "input": "5"}],
+        }
         assert costs(PriceBook([price]), event("x", "y", input=11, output=1_000_000)) == [Decimal("2.000055")]
 
     def test_the_snapshot_lacks_the_tier_the_tenant_adds(self) -> None:
@@ -80,11 +96,25 @@ class TestOneHourCacheWrites:
     SAMPLE = {"input": 79_000, "cache_read": 50_000, "cache_write": 9_000, "output": 2_000}
 
     def test_the_sample_costs_the_1h_rate_exactly_as_genai_prices(self) -> None:
-        sample = with_1h(9_000, provider="anthropic", model="claude-sonnet-4-20250514", at=datetime(2025, 10, 1, tzinfo=UTC), **self.SAMPLE)  # type: ignore[arg-type]
+        sample = with_1h(
+            9_000,
+            provider="anthropic",
+            model="claude-sonnet-4-20250514",
+            at=datetime(2025, 10, 1, tzinfo=UTC),
+            **self.SAMPLE,
+        )  # type: ignore[arg-type]
         [cost] = priced(SNAPSHOT, sample)
         assert cost == Decimal("0.159")
-        info = next(m for p in providers if p.id == "anthropic" for m in p.models if m.id == "claude-sonnet-4-0")
-        usage = Usage(input_tokens=79_000, cache_read_tokens=50_000, cache_write_tokens=9_000, cache_write_1h_tokens=9_000, output_tokens=2_000)
+        info = next(
+            m for p in providers if p.id == "anthropic" for m in p.models if m.id == "claude-sonnet-4-0"
+        )
+        usage = Usage(
+            input_tokens=79_000,
+            cache_read_tokens=50_000,
+            cache_write_tokens=9_000,
+            cache_write_1h_tokens=9_000,
+            output_tokens=2_000,
+        )
         assert info.prices.calc_price(usage)["total_price"] == cost  # type: ignore[union-attr]
 
     def test_without_1h_writes_all_writes_cost_the_write_rate(self) -> None:
@@ -93,15 +123,30 @@ class TestOneHourCacheWrites:
 
     def test_a_price_without_a_1h_rate_charges_the_write_rate(self) -> None:
         price = {"provider": "x", "model": "y", "input": "1", "output": "1", "cache_write": "2"}
-        assert priced(PriceBook([price]), with_1h(1_000_000, provider="x", model="y", input=2_000_000, cache_write=2_000_000)) == [Decimal(4)]
+        assert priced(
+            PriceBook([price]),
+            with_1h(1_000_000, provider="x", model="y", input=2_000_000, cache_write=2_000_000),
+        ) == [Decimal(4)]
 
     def test_a_tenant_1h_rate_prices_the_1h_writes(self) -> None:
-        price = {"provider": "x", "model": "y", "input": "1", "output": "1", "cache_write": "2", "cache_write_1h": "3"}
-        assert priced(PriceBook([price]), with_1h(1_000_000, provider="x", model="y", input=2_000_000, cache_write=2_000_000)) == [Decimal(5)]
+        price = {
+            "provider": "x",
+            "model": "y",
+            "input": "1",
+            "output": "1",
+            "cache_write": "2",
+            "cache_write_1h": "3",
+        }
+        assert priced(
+            PriceBook([price]),
+            with_1h(1_000_000, provider="x", model="y", input=2_000_000, cache_write=2_000_000),
+        ) == [Decimal(5)]
 
     def test_more_1h_writes_than_writes_are_refused(self) -> None:
         with pytest.raises(ValueError, match="cache_write_1h_tokens"):
-            priced(SNAPSHOT, with_1h(2, provider="anthropic", model="claude-sonnet-4", input=5, cache_write=1))
+            priced(
+                SNAPSHOT, with_1h(2, provider="anthropic", model="claude-sonnet-4", input=5, cache_write=1)
+            )
 
 
 class TestVersions:
@@ -112,7 +157,9 @@ class TestVersions:
 
     def test_a_version_applies_from_its_utc_start_date(self) -> None:
         book = PriceBook([self.PRICE])
-        before = event("acme-ai", "acme-large", at=datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC), input=10**6)
+        before = event(
+            "acme-ai", "acme-large", at=datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC), input=10**6
+        )
         after = event("acme-ai", "acme-large", at=datetime(2026, 11, 1, tzinfo=UTC), input=10**6)
         assert costs(book, before, after) == [Decimal(2), Decimal(1)]
         versions = price_usage(frame(before, after), book)["price_version"].tolist()
@@ -129,20 +176,30 @@ class TestModelNames:
         ("provider", "model", "expected"),
         [
             ("google", "models/gemini-2.5-pro", ("google", "gemini-2.5-pro")),
-            ("anthropic", "anthropic.claude-sonnet-4-5-20250929-v1:0", ("anthropic", "claude-sonnet-4-5-20250929")),
+            (
+                "anthropic",
+                "anthropic.claude-sonnet-4-5-20250929-v1:0",
+                ("anthropic", "claude-sonnet-4-5-20250929"),
+            ),
             ("aws", "us.anthropic.claude-sonnet-4-20250514-v1:0", ("anthropic", "claude-sonnet-4-20250514")),
             ("azure", "prod-gpt4o-eastus", None),  # a deployment name: only an alias maps it
             ("openai", "gpt-4o", None),
         ],
     )
-    def test_common_provider_prefixes(self, provider: str, model: str, expected: tuple[str, str] | None) -> None:
+    def test_common_provider_prefixes(
+        self, provider: str, model: str, expected: tuple[str, str] | None
+    ) -> None:
         assert normalized_name(provider, model) == expected
 
     def test_prefixed_names_cost_as_the_model(self) -> None:
         plain = costs(SNAPSHOT, event("google", "gemini-2.5-pro", input=10**6))
         assert costs(SNAPSHOT, event("google", "models/gemini-2.5-pro", input=10**6)) == plain
         resolution = SNAPSHOT.resolve("anthropic", "anthropic.claude-sonnet-4-5-20250929-v1:0")
-        assert (resolution.source, resolution.priced_as, resolution.normalized) == ("snapshot", ("anthropic", "claude-sonnet-4-5-20250929"), True)
+        assert (resolution.source, resolution.priced_as, resolution.normalized) == (
+            "snapshot",
+            ("anthropic", "claude-sonnet-4-5-20250929"),
+            True,
+        )
 
     def test_the_first_matching_alias_wins(self) -> None:
         aliases = [
@@ -155,7 +212,11 @@ class TestModelNames:
                   event("aws", "anthropic.claude-sonnet-4-5-v2", input=10**5)]  # fmt: skip
         assert costs(book, *events) == [Decimal("0.25"), Decimal("0.015"), Decimal("0.3")]
         resolution = book.resolve("azure", "prod-gpt4o-eastus")
-        assert (resolution.alias, resolution.priced_as, resolution.source) == ("prod-gpt4o-*", ("openai", "gpt-4o"), "snapshot")
+        assert (resolution.alias, resolution.priced_as, resolution.source) == (
+            "prod-gpt4o-*",
+            ("openai", "gpt-4o"),
+            "snapshot",
+        )
 
     def test_an_alias_to_a_tenant_price(self) -> None:
         book = PriceBook([{"match": "ft:acme-*", "provider": "acme-ai", "model": "acme-large"},

@@ -27,7 +27,9 @@ SONNET_4 = {
 def cost_of(billing: Billing, task: str) -> Decimal:
     with billing.engine.connect() as connection:
         row = connection.execute(
-            select(task_usage.c.cost_nanos, task_usage.c.cost_rem).where(task_usage.c.tenant_id == billing.tenant.id, task_usage.c.task == task)
+            select(task_usage.c.cost_nanos, task_usage.c.cost_rem).where(
+                task_usage.c.tenant_id == billing.tenant.id, task_usage.c.task == task
+            )
         ).one()
     return exact_cost(row.cost_nanos, row.cost_rem)
 
@@ -40,20 +42,41 @@ def problems(billing: Billing, config: dict[str, Any]) -> list[dict[str, str]]:
 
 class TestValidation:
     def test_tier_problems_name_their_path(self, billing: Billing) -> None:
-        bad = SONNET_4 | {"tiers": [{"above": 200_000, "input": "6"}, {"above": 100_000, "input": "-1"}, {"above": 300_000}]}
-        assert problems(billing, {"prices": [bad]}) == [{"field": "prices[0].tiers[1].input", "message": "must not be negative"}]
-        ordered = SONNET_4 | {"tiers": [{"above": 200_000, "input": "6"}, {"above": 100_000, "input": "7"}, {"above": 300_000}]}
-        assert [d["field"] for d in problems(billing, {"prices": [ordered]})] == ["prices[0].tiers[1].above", "prices[0].tiers[2]"]
+        bad = SONNET_4 | {
+            "tiers": [{"above": 200_000, "input": "6"}, {"above": 100_000, "input": "-1"}, {"above": 300_000}]
+        }
+        assert problems(billing, {"prices": [bad]}) == [
+            {"field": "prices[0].tiers[1].input", "message": "must not be negative"}
+        ]
+        ordered = SONNET_4 | {
+            "tiers": [{"above": 200_000, "input": "6"}, {"above": 100_000, "input": "7"}, {"above": 300_000}]
+        }
+        assert [d["field"] for d in problems(billing, {"prices": [ordered]})] == [
+            "prices[0].tiers[1].above",
+            "prices[0].tiers[2]",
+        ]
 
     def test_unknown_keys_and_bad_aliases(self, billing: Billing) -> None:
-        config = {"prices": [SONNET_4 | {"speed": "fast"}], "models": [{"match": "x*", "provider": "openai"}, {"match": "", "provider": "a", "model": "b"}]}
-        assert [d["field"] for d in problems(billing, config)] == ["prices[0].speed", "models[0].model", "models[1].match"]
+        config = {
+            "prices": [SONNET_4 | {"speed": "fast"}],
+            "models": [{"match": "x*", "provider": "openai"}, {"match": "", "provider": "a", "model": "b"}],
+        }
+        assert [d["field"] for d in problems(billing, config)] == [
+            "prices[0].speed",
+            "models[0].model",
+            "models[1].match",
+        ]
 
     def test_the_same_model_twice_needs_different_start_dates(self, billing: Billing) -> None:
         twice = [PRICES[0], PRICES[0] | {"input": "2.00"}]
         assert [d["field"] for d in problems(billing, {"prices": twice})] == ["prices[1]"]
         dated = [PRICES[0], PRICES[0] | {"input": "2.00", "start_date": "2026-11-10"}]
-        assert billing.config({"prices": dated}, now=NOW)["prices"] == {"added": 0, "changed": 1, "removed": 0, "unchanged": 0}
+        assert billing.config({"prices": dated}, now=NOW)["prices"] == {
+            "added": 0,
+            "changed": 1,
+            "removed": 0,
+            "unchanged": 0,
+        }
 
 
 class TestApplied:
@@ -83,15 +106,27 @@ class TestApplied:
         assert [e.field for e in result.rejected[0].errors] == ["cache_write_1h_tokens"]
 
     def test_aliases_price_the_names_providers_send_and_events_keep_them(self, billing: Billing) -> None:
-        aliases = [{"match": "anthropic.claude-sonnet-4*", "provider": "anthropic", "model": "claude-sonnet-4"}]
+        aliases = [
+            {"match": "anthropic.claude-sonnet-4*", "provider": "anthropic", "model": "claude-sonnet-4"}
+        ]
         billing.config({"prices": [*PRICES, SONNET_4], "models": aliases}, now=NOW)
-        bedrock = {"provider": "aws", "model": "anthropic.claude-sonnet-4-20250514-v1:0", "output_tokens": 1_000}
+        bedrock = {
+            "provider": "aws",
+            "model": "anthropic.claude-sonnet-4-20250514-v1:0",
+            "output_tokens": 1_000,
+        }
         billing.send(usage("bedrock", "2026-11-02T10:00:00Z", input_tokens=200_001) | bedrock)
         billing.rollup(now=NOW)
         assert cost_of(billing, "bedrock") == Decimal("1.222506")
         with billing.engine.connect() as connection:
-            assert connection.execute(select(events.c.model)).scalar_one() == "anthropic.claude-sonnet-4-20250514-v1:0"
-            assert connection.execute(select(tenant_model_aliases.c.match)).scalar_one() == "anthropic.claude-sonnet-4*"
+            assert (
+                connection.execute(select(events.c.model)).scalar_one()
+                == "anthropic.claude-sonnet-4-20250514-v1:0"
+            )
+            assert (
+                connection.execute(select(tenant_model_aliases.c.match)).scalar_one()
+                == "anthropic.claude-sonnet-4*"
+            )
         # Removing the alias re-prices: the snapshot's regional Bedrock price has no tier.
         assert billing.config({"models": []}, now=NOW)["models"] == {"aliases": 0, "changed": 1}
         billing.rollup(now=NOW)
