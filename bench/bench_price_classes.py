@@ -70,7 +70,10 @@ def child(events: int) -> None:
     frame["cost_nanos"], frame["cost_rem"], frame["priced"] = priced["cost_nanos"], priced["cost_rem"], priced["priced"]
     summary = summarize(frame, "UTC")
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "tasks": len(summary.tasks), "unpriced": int((~priced["priced"]).sum()), "1h": has_1h}))
+    import metering
+
+    where = metering.__file__
+    print(json.dumps({"seconds": seconds, "tasks": len(summary.tasks), "unpriced": int((~priced["priced"]).sum()), "1h": has_1h, "code": where}))
 
 
 def export(ref: str, into: Path) -> None:
