@@ -85,7 +85,7 @@ def export(ref: str, into: Path) -> None:
 def run(root: Path, events: int) -> dict[str, object]:
     env_path = f"{root}:{root / 'client'}"
     out = subprocess.run(
-        [sys.executable, str(root / "bench" / "bench_price_classes.py"), "--child", "--events", str(events)],
+        [sys.executable, str(Path(__file__).resolve()), "--child", "--events", str(events)],
         check=True, capture_output=True, text=True, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, cwd=root,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -121,5 +121,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if "--child" not in sys.argv:  # a child's codebase is its PYTHONPATH only
+        sys.path.insert(0, str(ROOT))
+    else:
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
     main()
