@@ -56,7 +56,9 @@ def child(events: int) -> None:
     has_1h = "cache_write_1h_tokens" in TOKEN_COLUMNS
     anthropic = frame["model"].str.contains("claude").to_numpy()
     if has_1h:
-        frame["cache_write_1h_tokens"] = np.where(anthropic, frame["cache_write_tokens"] // 3, 0).astype(np.int64)
+        frame["cache_write_1h_tokens"] = np.where(anthropic, frame["cache_write_tokens"] // 3, 0).astype(
+            np.int64
+        )
     n = len(frame)
     frame["seq"] = np.arange(1, n + 1, dtype=np.int64)
     frame["type"] = "usage"
@@ -67,17 +69,35 @@ def child(events: int) -> None:
     book = PriceBook([*OVERRIDES, *ALIASES] if has_1h else OVERRIDES)
     started = time.perf_counter()
     priced = price_usage(frame, book)
-    frame["cost_nanos"], frame["cost_rem"], frame["priced"] = priced["cost_nanos"], priced["cost_rem"], priced["priced"]
+    frame["cost_nanos"], frame["cost_rem"], frame["priced"] = (
+        priced["cost_nanos"],
+        priced["cost_rem"],
+        priced["priced"],
+    )
     summary = summarize(frame, "UTC")
     seconds = time.perf_counter() - started
     import metering
 
     where = metering.__file__
-    print(json.dumps({"seconds": seconds, "tasks": len(summary.tasks), "unpriced": int((~priced["priced"]).sum()), "1h": has_1h, "code": where}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "tasks": len(summary.tasks),
+                "unpriced": int((~priced["priced"]).sum()),
+                "1h": has_1h,
+                "code": where,
+            }
+        )
+    )
 
 
 def export(ref: str, into: Path) -> None:
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "metering", "client", "bench"], check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "metering", "client", "bench"],
+        check=True,
+        capture_output=True,
+    ).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
 
@@ -86,7 +106,11 @@ def run(root: Path, events: int) -> dict[str, object]:
     env_path = f"{root}:{root / 'client'}"
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", "--events", str(events)],
-        check=True, capture_output=True, text=True, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
+        cwd=root,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
