@@ -8,8 +8,9 @@ Create Date: 2026-12-06
 last to `events`, `quarantine` and the three rollup tables. `tenant_prices.spec` holds a price's
 versions, context tiers and 1-hour rate as JSON; `tenant_model_aliases` the config's `models:`;
 `invoice_lines.adjustment_reason` why an adjustment line was made (`late_usage`, `repricing`, ...).
-Every tenant's rollup is rebuilt on its next run: the rollup's price version now digests the
-spec and the aliases, so it differs from the stored one.
+Nothing is re-priced by the upgrade: stored prices read back as before (no spec) and every
+stored count of 1-hour writes is 0, so the rollup's price version stays. Loading a config file
+that changes prices or aliases changes it, and the next rollup rebuilds that tenant.
 """
 
 from __future__ import annotations
