@@ -9,8 +9,9 @@ last to `events`, `quarantine` and the three rollup tables. `tenant_prices.spec`
 versions, context tiers and 1-hour rate as JSON; `tenant_model_aliases` the config's `models:`;
 `invoice_lines.adjustment_reason` why an adjustment line was made (`late_usage`, `repricing`, ...).
 Nothing is re-priced by the upgrade: stored prices read back as before (no spec) and every
-stored count of 1-hour writes is 0, so the rollup's price version stays. Loading a config file
-that changes prices or aliases changes it, and the next rollup rebuilds that tenant.
+stored count of 1-hour writes is 0, so the rollup's price version stays. The first config load
+with a `prices:` section stores each price's spec (the version then changes once, and the next
+rollup rebuilds that tenant), as does any change of prices or aliases.
 """
 
 from __future__ import annotations
