@@ -197,9 +197,13 @@ _LISTED = TypeAdapter(list[TenantInvoice])
 _QUOTE_FLAGS = {
     "body.usage[0].input_tokens": "--input-tokens", "body.usage[0].output_tokens": "--output-tokens",
     "body.usage[0].cache_read_tokens": "--cache-read-tokens", "body.usage[0].cache_write_tokens": "--cache-write-tokens",
+    "body.usage[0].cache_write_1h_tokens": "--cache-write-1h-tokens",
     "body.usage[0]": "--cache-read-tokens, --cache-write-tokens", "body.usage": "--model", "body.plans": "--plans", "body.units_before": "--units-before",
     "body.at": "--at", "body.task_type": "--task-type",
 }  # fmt: skip
+
+
+_QUOTE_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens")
 
 
 def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
@@ -218,7 +222,7 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
 def _quote_body(args: argparse.Namespace) -> QuoteIn:
     """The quote request: the JSON of `--body` (a file, or - for stdin), else the flags."""
     flags = [args.model, args.input_tokens, args.output_tokens, args.cache_read_tokens, args.cache_write_tokens,
-             args.task_type, args.outcome, args.plans, args.units_before, args.at]  # fmt: skip
+             args.cache_write_1h_tokens, args.task_type, args.outcome, args.plans, args.units_before, args.at]  # fmt: skip
     if args.body is not None:
         if any(flag is not None for flag in flags):
             raise InvalidInput("invalid arguments", detail=[{"field": "--body", "message": "give the quote as --body or as flags, not both"}])
@@ -229,9 +233,9 @@ def _quote_body(args: argparse.Namespace) -> QuoteIn:
             provider, _, model = args.model.partition("/")
             if not provider or not model:
                 raise InvalidInput("invalid arguments", detail=[{"field": "--model", "message": f"{args.model!r} is not PROVIDER/MODEL, e.g. openai/gpt-4o"}])
-            tokens = {name: getattr(args, name) or 0 for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")}
+            tokens = {name: getattr(args, name) or 0 for name in _QUOTE_TOKENS}
             raw["usage"] = [{"provider": provider, "model": model, **tokens}]
-        elif any(getattr(args, n) is not None for n in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")):
+        elif any(getattr(args, n) is not None for n in _QUOTE_TOKENS):
             raise InvalidInput("invalid arguments", detail=[{"field": "--model", "message": "token counts need the model that used them"}])
         if args.task_type is not None:
             raw["task_type"] = args.task_type
@@ -319,6 +323,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--output-tokens", type=int)
     p.add_argument("--cache-read-tokens", type=int)
     p.add_argument("--cache-write-tokens", type=int)
+    p.add_argument("--cache-write-1h-tokens", type=int, help="the 1-hour cache writes among --cache-write-tokens")
     p.add_argument("--task-type")
     p.add_argument("--outcome", choices=("completed", "failed", "cancelled"), help="default: completed")
     p.add_argument("--plans", help="comma-separated plan ids (default: every plan in force)")

@@ -246,6 +246,13 @@ class TestQuote:
         with http(live_server, engine, make_key, tenant_with_usage) as client:
             assert quoted == client.post("/v1/quotes", json=self.BODY).json()
 
+    def test_1h_cache_writes_from_a_flag(self, tenant_with_usage: str, run: Any) -> None:
+        flags = ("--model", "acme-ai/acme-large", "--input-tokens", "1000000", "--cache-write-tokens", "1000000", "--plans", "jobs")
+        code, out, _ = run("quote", "--tenant", tenant_with_usage, *flags, "--cache-write-1h-tokens", "1000000")
+        assert code == 0 and json.loads(out)["quotes"][0]["provider_cost"] == "3.750000"  # no 1-hour rate: the write rate
+        code, _, err = run("quote", "--tenant", tenant_with_usage, *flags, "--cache-write-1h-tokens", "1000001")
+        assert code == 1 and '"field": "--cache-write-1h-tokens"' in err
+
     def test_the_body_from_a_file_or_stdin(self, tenant_with_usage: str, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         expected = run("quote", "--tenant", tenant_with_usage, *self.FLAGS)[1]
         path = tmp_path / "quote.json"
