@@ -14,7 +14,7 @@ Structured mode (`application/cloudevents+json`, one object) and batch mode
 | `data.provider`, `data.model` | `provider`, `model` (required on usage) |
 | `data.input_tokens` or `data.prompt_tokens` | `input_tokens`, cache reads and writes included |
 | `data.output_tokens` or `data.completion_tokens` | `output_tokens`, reasoning included |
-| `data.cache_read_tokens`, `data.cache_write_tokens`, `data.reasoning_tokens` | the same |
+| `data.cache_read_tokens`, `data.cache_write_tokens`, `data.cache_write_1h_tokens`, `data.reasoning_tokens` | the same |
 | `data.tokens` with `data.type` `input`/`prompt`/`system` or `output`/`completion` | OpenMeter's one-count-per-event form |
 | `data.usage` / `data.usage_metadata` / `data.usageMetadata` | a provider's raw usage object, normalized by `taskmeter_client.extract` (`data.provider` and `data.model` then label it) |
 | `data.metadata` | `metadata` (an object of strings) |
@@ -58,6 +58,7 @@ _TOKEN_KEYS = {
     "cache_read_tokens": ("cache_read_tokens",),
     "cache_write_tokens": ("cache_write_tokens",),
     "reasoning_tokens": ("reasoning_tokens",),
+    "cache_write_1h_tokens": ("cache_write_1h_tokens",),
 }
 _OPENMETER_DIRECTIONS = {
     "input": "input_tokens",

@@ -5,31 +5,24 @@ from __future__ import annotations
 
 import hashlib
 from importlib.metadata import version as package_version
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from metering.prices import EVENT_COLUMNS as PRICED_COLUMNS
 from metering.prices import price_usage
 from metering.ratecards import PriceBook
-from metering.tables import tenant_prices
+from metering.tenant_prices import stored_price_settings
 
 
-def tenant_overrides(connection: Connection, tenant_id: int) -> list[dict[str, str]]:
-    rows = connection.execute(
-        select(tenant_prices)
-        .where(tenant_prices.c.tenant_id == tenant_id)
-        .order_by(tenant_prices.c.provider, tenant_prices.c.model)
-    ).all()
-    return [
-        {k: v for k, v in (("provider", r.provider), ("model", r.model), ("input", r.input), ("output", r.output),
-                           ("cache_read", r.cache_read), ("cache_write", r.cache_write)) if v is not None}
-        for r in rows
-    ]  # fmt: skip
+def tenant_overrides(connection: Connection, tenant_id: int) -> list[dict[str, Any]]:
+    """The tenant's prices and model aliases (`metering.tenant_prices`), as `PriceBook` takes them."""
+    return stored_price_settings(connection, tenant_id)
 
 
-def price_version(overrides: list[dict[str, str]]) -> str:
+def price_version(overrides: list[dict[str, Any]]) -> str:
     """Names the prices in force: the genai-prices release and a digest of the tenant's prices."""
     digest = hashlib.sha256(repr(overrides).encode()).hexdigest()[:12]
     return f"genai-prices@{package_version('genai-prices')}+tenant:{digest}"

@@ -49,8 +49,9 @@ _LOOKUP_CHUNK = 500
 
 INSERT_COLUMNS = (
     "tenant_id", "event_id", "type", "time_us", "customer", "task", "task_type", "provider", "model",
-    *TOKEN_FIELDS, "actor", "agent", "metadata", "content_hash", "ingested_us",
+    *TOKEN_FIELDS, "cache_write_1h_tokens", "actor", "agent", "metadata", "content_hash", "ingested_us",
 )  # fmt: skip
+_DIGEST = INSERT_COLUMNS.index("content_hash")
 
 
 class MalformedJSON(TaskmeterError):
@@ -231,11 +232,11 @@ def prepare_rows(batch: Batch, tenant_id: int, *, now: datetime, window: TimeWin
         row = _row(event, time_us, tenant_id, ingested_us)
         earlier = first_in_batch.get(event["id"])
         if earlier is None:
-            first_in_batch[event["id"]] = row[-2]
+            first_in_batch[event["id"]] = row[_DIGEST]
             out.rows.append(row)
             out.positions.append(position)
             out.attribution.append((event.get("actor"), event.get("agent")))
-        elif earlier == row[-2]:
+        elif earlier == row[_DIGEST]:
             out.duplicates += 1
         else:
             out.conflicts += 1
@@ -276,7 +277,7 @@ def insert_prepared(
         stored = _stored_digests(session, tenant_id, [row[1] for row in rows])
         stored_conflicts = 0
         for row, position in zip(rows, prepared.positions, strict=True):
-            if stored[row[1]] != row[-2]:
+            if stored[row[1]] != row[_DIGEST]:
                 stored_conflicts += 1
                 rejected.append(_conflict(position, row[1]))
         conflicts += stored_conflicts
@@ -315,9 +316,11 @@ def _row(event: dict[str, Any], time_us: int, tenant_id: int, ingested_us: int) 
         get("cache_read_tokens", 0), get("cache_write_tokens", 0), get("reasoning_tokens", 0),
         orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode() if metadata else None,
     )  # fmt: skip
+    one_hour = get("cache_write_1h_tokens", 0)
     hashed = values if actor is None and agent is None else (*values, actor, agent)
-    digest = hashlib.blake2b(orjson.dumps(hashed), digest_size=16).hexdigest()
-    return (tenant_id, *values[:-1], actor, agent, values[-1], digest, ingested_us)
+    # Hashed only when given, so that events stored before the field existed replay as duplicates.
+    digest = hashlib.blake2b(orjson.dumps((*hashed, one_hour) if one_hour else hashed), digest_size=16).hexdigest()
+    return (tenant_id, *values[:-1], one_hour, actor, agent, values[-1], digest, ingested_us)
 
 
 def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[Any, ...]]) -> int:
@@ -412,6 +415,7 @@ def find_event(session: Session | Connection, tenant_id: int, event_id: str) -> 
         "customer": row.customer, "task": row.task, "task_type": row.task_type, "provider": row.provider,
         "model": row.model, "input_tokens": row.input_tokens, "output_tokens": row.output_tokens,
         "cache_read_tokens": row.cache_read_tokens, "cache_write_tokens": row.cache_write_tokens,
-        "reasoning_tokens": row.reasoning_tokens, "actor": row.actor, "agent": row.agent,
+        "reasoning_tokens": row.reasoning_tokens, "cache_write_1h_tokens": row.cache_write_1h_tokens,
+        "actor": row.actor, "agent": row.agent,
         "metadata": orjson.loads(row.metadata) if row.metadata else None,
     }  # fmt: skip

@@ -47,6 +47,17 @@ def display_cost(nanos: int, rem: int = 0) -> Decimal:
     return quantize(Decimal(int(nanos)).scaleb(-9) + Decimal(int(rem)).scaleb(-15), 6)
 
 
+def unrounded(amount: Decimal, currency: str) -> Decimal:
+    """An unrounded amount for display: exact, without trailing zeros, but with at least the
+    currency's minor unit (`0.08925`, `0.153`, `12.00` in USD). Adding zeros rounds nothing."""
+    places = minor_unit(currency)
+    normalized = amount.normalize()
+    exponent = normalized.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent < places:
+        return quantize(amount, places)
+    return normalized
+
+
 def nanos_to_decimal(nanos: int) -> Decimal:
     """Exact: an integer count of nano-units as a Decimal amount."""
     return Decimal(int(nanos)).scaleb(-9)

@@ -13,8 +13,15 @@ A span becomes a `usage` event when it carries GenAI usage attributes:
 | cache_read_tokens | `gen_ai.usage.cache_read.input_tokens`, `gen_ai.usage.cache_read_input_tokens`, `gen_ai.usage.input_tokens.cached` |
 | cache_write_tokens | `gen_ai.usage.cache_creation.input_tokens`, `gen_ai.usage.cache_creation_input_tokens`, `gen_ai.usage.input_tokens.cache_write` |
 | reasoning_tokens | `gen_ai.usage.reasoning.output_tokens`, `gen_ai.usage.reasoning_tokens`, `gen_ai.usage.output_tokens.reasoning` |
+| cache_write_1h_tokens | `gen_ai.usage.cache_creation.ephemeral_1h_input_tokens`, `taskmeter.usage.cache_write_1h_tokens` |
 | model | `gen_ai.response.model`, else `gen_ai.request.model` |
 | provider | `gen_ai.provider.name`, else legacy `gen_ai.system`, mapped to genai-prices ids (`gcp.gemini` → `google`, `aws.bedrock` → `aws`, ...); else the model's family (`claude-*` → `anthropic`) |
+
+1-hour cache writes. The GenAI semconv (through 1.38) names no attribute for the cache-write
+lifetime, and no Anthropic instrumentation we know of exports one; taskmeter reads Anthropic's own
+field under the semconv's `gen_ai.usage.cache_creation.` prefix (what an instrumentation that
+flattens Anthropic's `usage.cache_creation` writes), or its own `taskmeter.usage.` name. They are
+a subset of the cache writes; without them every cache write is priced at the write rate.
 
 Inclusivity. The GenAI semconv says `gen_ai.usage.input_tokens` SHOULD include cached tokens and
 `gen_ai.usage.output_tokens` SHOULD include reasoning tokens: taskmeter's own convention, so counts
@@ -84,6 +91,10 @@ _USAGE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
         "gen_ai.usage.reasoning.output_tokens",
         "gen_ai.usage.reasoning_tokens",
         "gen_ai.usage.output_tokens.reasoning",
+    ),
+    "cache_write_1h_tokens": (
+        "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens",
+        "taskmeter.usage.cache_write_1h_tokens",
     ),
 }
 _ALL_USAGE_ATTRIBUTES = frozenset(key for keys in _USAGE_ATTRIBUTES.values() for key in keys)

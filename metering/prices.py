@@ -20,9 +20,11 @@ import pandas as pd
 from taskmeter_client.extract import MAX_TOKENS
 
 from metering.ratecards import PriceBook, RateCard
-from metering.vocabulary import PRICED_TOKEN_FIELDS, TOKEN_CLASSES
+from metering.vocabulary import ONE_HOUR_FIELD, PRICED_TOKEN_FIELDS, RATE_CARD_CLASSES
 
 EVENT_COLUMNS = ("provider", "model", "time_us", *PRICED_TOKEN_FIELDS)
+OPTIONAL_COLUMNS = (ONE_HOUR_FIELD,)
+"""Columns an events frame may leave out (zero throughout)."""
 RESULT_COLUMNS = ("priced", "price_version", "cost_nanos", "cost_rem")
 REM_PER_NANO = 10**6
 """`cost_rem` units (1e-15 of the currency) per nano-unit; also tokens per million."""
@@ -36,10 +38,14 @@ def price_usage(events: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
     """Price usage events; returns `RESULT_COLUMNS` on the events' index.
 
     `events` has `EVENT_COLUMNS`: provider and model strings, `time_us` (int64 microseconds since
-    the epoch, UTC) and int64 token counts where input includes cache reads and writes. Unpriced
-    events (unknown model) have `priced` False, cost 0 and no price version.
+    the epoch, UTC) and int64 token counts where input includes cache reads and writes, and cache
+    writes include the 1-hour ones (`cache_write_1h_tokens`, optional). Unpriced events (unknown
+    model) have `priced` False, cost 0 and no price version.
     """
-    counts = {name: _int64(events, name) for name in PRICED_TOKEN_FIELDS}
+    counts = {
+        name: _int64(events, name) if name in events or name not in OPTIONAL_COLUMNS else np.zeros(len(events), dtype=np.int64)
+        for name in PRICED_TOKEN_FIELDS
+    }
     _check_counts(counts)
     card_of_row, cards = _card_per_row(events, _int64(events, "time_us"), book)
     table = _RateTable(cards)
@@ -48,7 +54,8 @@ def price_usage(events: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
     billable = {
         "input": inputs - counts["cache_read_tokens"] - counts["cache_write_tokens"],
         "cache_read": counts["cache_read_tokens"],
-        "cache_write": counts["cache_write_tokens"],
+        "cache_write": counts["cache_write_tokens"] - counts["cache_write_1h_tokens"],
+        "cache_write_1h": counts["cache_write_1h_tokens"],
         "output": counts["output_tokens"],
     }
     rates = table.rates(card_of_row, inputs)
@@ -120,6 +127,8 @@ def _check_counts(counts: dict[str, np.ndarray]) -> None:
     cached = counts["cache_read_tokens"] + counts["cache_write_tokens"]
     if bool(np.any(cached > counts["input_tokens"])):
         raise ValueError("cache_read_tokens + cache_write_tokens exceed input_tokens")
+    if bool(np.any(counts["cache_write_1h_tokens"] > counts["cache_write_tokens"])):
+        raise ValueError("cache_write_1h_tokens exceed cache_write_tokens")
 
 
 def _card_per_row(
@@ -167,7 +176,7 @@ class _RateTable:
         femto = [card.femto_rates() for card in cards]
         self.base: dict[str, np.ndarray] = {}
         self.tiers: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        for name in (*TOKEN_CLASSES, "request"):
+        for name in (*RATE_CARD_CLASSES, "request"):
             rates = [f[name] for f in femto]
             self.base[name] = np.array([base for base, _ in rates] + [0], dtype=np.int64)
             levels = max((len(tiers) for _, tiers in rates), default=0)

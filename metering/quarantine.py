@@ -36,7 +36,7 @@ from metering.schemas import (
     rfc3339,
 )
 from metering.tables import events, quarantine
-from metering.vocabulary import TOKEN_FIELDS
+from metering.vocabulary import EVENT_TOKEN_FIELDS
 
 FROM_US, UNTIL_US = to_us(REPRESENTABLE_FROM), to_us(REPRESENTABLE_UNTIL)
 # Why a row is set aside, by code (0: it is fine). The first that applies is given.
@@ -49,7 +49,7 @@ REASONS = {
 }
 COPIED = (
     "tenant_id", "seq", "event_id", "type", "time_us", "customer", "task", "task_type", "provider", "model",
-    *TOKEN_FIELDS, "actor", "agent", "metadata", "content_hash", "ingested_us",
+    *EVENT_TOKEN_FIELDS, "actor", "agent", "metadata", "content_hash", "ingested_us",
 )  # fmt: skip
 _CHUNK = 500
 
@@ -59,7 +59,7 @@ def unprocessable(frame: pd.DataFrame) -> np.ndarray:
     cannot be rolled up (`REASONS`), 0 when it can. Vectorized: a handful of comparisons over
     integer columns and the codes of the categorical text columns."""
     time_us = frame["time_us"].to_numpy(dtype=np.int64)
-    tokens = {name: frame[name].to_numpy(dtype=np.int64) for name in TOKEN_FIELDS}
+    tokens = {name: frame[name].to_numpy(dtype=np.int64) for name in EVENT_TOKEN_FIELDS}
     kind = _categorical(frame["type"])
     usage_code = kind.categories.get_indexer(["usage"])[0]
     usage = kind.codes == usage_code if usage_code >= 0 else np.zeros(len(frame), dtype=bool)
@@ -69,7 +69,8 @@ def unprocessable(frame: pd.DataFrame) -> np.ndarray:
         (time_us < FROM_US) | (time_us >= UNTIL_US),
         (low < 0) | (high > MAX_TOKENS),
         (tokens["cache_read_tokens"] + tokens["cache_write_tokens"] > tokens["input_tokens"])
-        | (tokens["reasoning_tokens"] > tokens["output_tokens"]),
+        | (tokens["reasoning_tokens"] > tokens["output_tokens"])
+        | (tokens["cache_write_1h_tokens"] > tokens["cache_write_tokens"]),
         usage & ((_categorical(frame["provider"]).codes < 0) | (_categorical(frame["model"]).codes < 0)),
         ~known[kind.codes],
     ]
@@ -171,10 +172,10 @@ def _as_sent(row: Any) -> dict[str, Any]:
         "id": row.event_id, "type": row.type, "time": rfc3339(from_us(row.time_us)),
         "customer": row.customer, "task": row.task,
     }  # fmt: skip
-    for name in ("task_type", "provider", "model"):
+    for name in ("task_type", "provider", "model", "actor", "agent"):
         if row._mapping[name] is not None:
             event[name] = row._mapping[name]
-    for name in TOKEN_FIELDS:
+    for name in EVENT_TOKEN_FIELDS:
         if row._mapping[name]:
             event[name] = row._mapping[name]
     if row.metadata:

@@ -30,6 +30,7 @@ def usage_figures(row: Any) -> dict[str, Any]:
         "cache_read_tokens": values["cache_read_tokens"],
         "cache_write_tokens": values["cache_write_tokens"],
         "reasoning_tokens": values["reasoning_tokens"],
+        "cache_write_1h_tokens": values["cache_write_1h_tokens"],
         "billable": {
             "input": values["input_tokens"] - values["cache_read_tokens"] - values["cache_write_tokens"],
             "cache_read": values["cache_read_tokens"],

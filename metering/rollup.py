@@ -22,7 +22,9 @@ import pandas as pd
 
 from metering.errors import UsageTooLarge
 
-TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+TOKEN_COLUMNS = (
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cache_write_1h_tokens",
+)  # fmt: skip
 USAGE_COLUMNS = ("usage_events", *TOKEN_COLUMNS, "cost_nanos", "cost_rem", "unpriced_events")
 TERMINAL = ("task.completed", "task.failed", "task.cancelled")
 US_PER_DAY = 86_400_000_000

@@ -26,7 +26,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from taskmeter_client.extract import MAX_TOKENS
 from typing_extensions import TypedDict
 
-from metering.vocabulary import TOKEN_FIELDS
+from metering.vocabulary import EVENT_TOKEN_FIELDS
 
 EventType = Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the rollup sets aside any other (metering.quarantine)
@@ -69,6 +69,7 @@ class EventIn(TypedDict):
     output_tokens: NotRequired[Tokens]
     cache_read_tokens: NotRequired[Tokens]
     cache_write_tokens: NotRequired[Tokens]
+    cache_write_1h_tokens: NotRequired[Tokens]  # the 1-hour cache writes: a subset of cache_write_tokens
     reasoning_tokens: NotRequired[Tokens]
     actor: NotRequired[Text | None]
     agent: NotRequired[Text | None]
@@ -138,7 +139,7 @@ def event_rule_errors(
         if get("model") is None:
             errors.append(("model", "is required on usage events"))
     else:
-        for field in TOKEN_FIELDS:
+        for field in EVENT_TOKEN_FIELDS:
             if get(field, 0):
                 errors.append((field, "token counts are only allowed on usage events"))
     if cache_read > input_tokens:
@@ -147,6 +148,11 @@ def event_rule_errors(
         errors.append((
             "cache_write_tokens",
             "cache_read_tokens + cache_write_tokens must not exceed input_tokens (input_tokens includes cache reads and writes)",
+        ))  # fmt: skip
+    if get("cache_write_1h_tokens", 0) > cache_write:
+        errors.append((
+            "cache_write_1h_tokens",
+            "cache_write_1h_tokens must not exceed cache_write_tokens (cache_write_tokens includes the 1-hour writes)",
         ))  # fmt: skip
     if reasoning > output_tokens:
         errors.append(("reasoning_tokens", "reasoning_tokens must not exceed output_tokens (output_tokens includes reasoning)"))
@@ -202,6 +208,7 @@ class StoredEvent(BaseModel):
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
     actor: str | None = None
     agent: str | None = None

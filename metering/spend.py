@@ -56,6 +56,7 @@ from metering.tables import tenants
 _TYPE, _TIME, _CUSTOMER, _TASK, _TASK_TYPE, _PROVIDER, _MODEL, _INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE = (
     2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
 )  # fmt: skip
+_CACHE_WRITE_1H = 14
 _CHUNK = 400
 _COUNTER_COLUMNS = ("tenant_id", "budget_id", "period_start_us", "used", "used_rem", "unpriced_events")
 _COUNTER_KEYS = ("tenant_id", "budget_id", "period_start_us")
@@ -225,8 +226,9 @@ def _count_usage(
     if cost:
         frame = pd.DataFrame(
             [(rows[i][_PROVIDER], rows[i][_MODEL], rows[i][_TIME], rows[i][_INPUT], rows[i][_OUTPUT],
-              rows[i][_CACHE_READ], rows[i][_CACHE_WRITE]) for i in usage],
-            columns=["provider", "model", "time_us", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"],
+              rows[i][_CACHE_READ], rows[i][_CACHE_WRITE], rows[i][_CACHE_WRITE_1H]) for i in usage],
+            columns=["provider", "model", "time_us", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                     "cache_write_1h_tokens"],
         )  # fmt: skip
         prices = price_usage(frame, state.book())
         nanos, rems = prices["cost_nanos"].tolist(), prices["cost_rem"].tolist()

@@ -84,6 +84,8 @@ def _stored_event_columns() -> list[Column[Any]]:
         # Digest of the normalized event: a replay with other content is a conflict, not a duplicate.
         Column("content_hash", String(32), nullable=False),
         Column("ingested_us", BigInteger, nullable=False),
+        # The 1-hour cache writes, a subset of cache_write_tokens (migration 0012: added last).
+        Column("cache_write_1h_tokens", BigInteger, nullable=False, server_default="0"),
     ]
 
 
@@ -131,6 +133,7 @@ def _usage_columns() -> list[Column[Any]]:
         Column("cache_read_tokens", BigInteger, nullable=False),
         Column("cache_write_tokens", BigInteger, nullable=False),
         Column("reasoning_tokens", BigInteger, nullable=False),
+        Column("cache_write_1h_tokens", BigInteger, nullable=False, server_default="0"),  # a subset of cache writes
         Column("cost_nanos", BigInteger, nullable=False),
         Column("cost_rem", BigInteger, nullable=False),
         Column("unpriced_events", BigInteger, nullable=False),
@@ -217,6 +220,21 @@ tenant_prices = Table(
     Column("output", String(40), nullable=False),
     Column("cache_read", String(40)),
     Column("cache_write", String(40)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The whole price as JSON (versions, tiers, 1-hour cache writes; `TenantPrice.as_mapping`);
+    # the columns above keep the first version's flat rates for readers that know only those.
+    Column("spec", Text),
+)
+
+# A tenant's model aliases (the config file's `models:`), in file order: the first match wins.
+tenant_model_aliases = Table(
+    "tenant_model_aliases",
+    metadata,
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("match", String(200), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("model", String(128), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

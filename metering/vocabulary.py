@@ -15,14 +15,25 @@ TOKEN_FIELDS = (
 """Token counts as usage events report them: `input_tokens` INCLUDES cache reads and writes, and
 `reasoning_tokens` are part of `output_tokens` (reported apart, never priced apart)."""
 
-PRICED_TOKEN_FIELDS = TOKEN_FIELDS[:4]
+ONE_HOUR_FIELD = "cache_write_1h_tokens"
+"""Anthropic's 1-hour cache writes: a subset of `cache_write_tokens`, priced at the 1-hour rate
+where the price has one (else as other cache writes). Not a column of the monthly CSVs."""
+
+EVENT_TOKEN_FIELDS = (*TOKEN_FIELDS, ONE_HOUR_FIELD)
+"""Every token count an event carries and the rollup sums."""
+
+PRICED_TOKEN_FIELDS = (*TOKEN_FIELDS[:4], ONE_HOUR_FIELD)
 """The reported counts a rate card prices (`metering.prices`)."""
 
 TOKEN_CLASSES = ("input", "output", "cache_read", "cache_write")
 """Billable token classes, priced by rate cards and plans. Billable `input` EXCLUDES cache reads
 and writes: reported `input_tokens - cache_read_tokens - cache_write_tokens`."""
 
-USAGE_MEASURES = ("usage_events", *TOKEN_FIELDS, "cost_nanos", "cost_rem", "unpriced_events")
+RATE_CARD_CLASSES = ("input", "cache_read", "cache_write", "cache_write_1h", "output")
+"""The classes a provider's rate card prices: `cache_write` the cache writes that are not
+1-hour, `cache_write_1h` the 1-hour ones (at the write rate where the card has no 1-hour rate)."""
+
+USAGE_MEASURES = ("usage_events", *EVENT_TOKEN_FIELDS, "cost_nanos", "cost_rem", "unpriced_events")
 """The measures the rollup sums per task, day and model (`usage_daily`, `task_usage`)."""
 
 Outcome = Literal["completed", "failed", "cancelled"]

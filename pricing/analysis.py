@@ -112,6 +112,7 @@ class TaskUsage:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     def billable(self) -> ModelTokens:
         uncached = self.input_tokens - self.cache_read_tokens - self.cache_write_tokens
@@ -137,6 +138,8 @@ def quote(
     for index, item in enumerate(usage):
         if item.cache_read_tokens + item.cache_write_tokens > item.input_tokens:
             raise invalid("invalid usage", [(f"body.usage[{index}]", "cache tokens exceed input_tokens")])
+        if item.cache_write_1h_tokens > item.cache_write_tokens:
+            raise invalid("invalid usage", [(f"body.usage[{index}].cache_write_1h_tokens", "exceeds cache_write_tokens, which includes it")])
     stored = repository.stored_plans(session, tenant.id)
     book: PlanBook = stored.book
     day = local_today(at, tenant.timezone)
@@ -148,6 +151,8 @@ def quote(
     cost, unpriced = _provider_cost(session, tenant, usage, at)
     quotes = quote_task(versions, tokens=[u.billable() for u in usage], task_type=task_type, outcome=outcome, provider_cost_nanos=cost,
                         currency=tenant.currency, units_before=units_before)  # fmt: skip
+    names = ", ".join(f"{m['provider']}/{m['model']}" for m in unpriced)
+    reason = f"unpriced usage: no price for {names} (add it under prices: or models: in the tenant config)"
     return {
         "at": at,
         "task_type": task_type,
@@ -157,7 +162,8 @@ def quote(
         "quotes": [
             {"plan": q.plan, "version": stored.version_number(v.id, v.effective_from), "effective_from": v.effective_from,
              "type": v.type, "currency": q.currency, "amount": q.amount, "amount_exact": q.amount_exact,
-             "provider_cost": q.provider_cost, "margin": q.margin}
+             **({"provider_cost": q.provider_cost, "margin": q.margin} if not unpriced else
+                {"provider_cost": None, "margin": None, "reason": reason})}
             for q, v in zip(quotes, versions, strict=True)
         ],
     }  # fmt: skip
@@ -184,7 +190,7 @@ def _provider_cost(session: Session, tenant: Tenant, usage: Sequence[TaskUsage],
         "provider": [u.provider for u in usage], "model": [u.model for u in usage],
         "time_us": pd.array([to_us(at)] * len(usage), dtype="int64"),
         **{c: pd.array([getattr(u, c) for u in usage], dtype="int64")
-           for c in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")},
+           for c in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens")},
     })  # fmt: skip
     try:
         priced = price_usage(frame, book)

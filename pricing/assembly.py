@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -66,6 +67,7 @@ class Line:
     plan: str | None
     plan_version: int | None
     adjusts_period: str | None = None
+    reason: str | None = None  # adjustment lines: `reason_code` of their reasons
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,32 @@ class BilledInvoice:
     currency: str
 
 
+class AdjustmentReason(StrEnum):
+    """Why an adjustment line was made; stored with the line (`invoice_lines.adjustment_reason`)."""
+
+    LATE_USAGE = "late_usage"  # usage of the month arrived after it closed
+    REPRICING = "repricing"  # the provider prices changed (tenant prices, aliases, the snapshot)
+    OUTCOME_CHANGE = "outcome_change"  # a task's outcome changed after the close
+    DISPUTE = "dispute"  # an accepted dispute
+
+
+REASON_TEXT: dict[str, str] = {
+    AdjustmentReason.LATE_USAGE: "usage reported after the month closed",
+    AdjustmentReason.REPRICING: "provider prices changed after the month closed",
+    AdjustmentReason.OUTCOME_CHANGE: "task outcomes changed after the month closed",
+    AdjustmentReason.DISPUTE: "disputed tasks",
+}
+
+
+def reason_code(reasons: Sequence[AdjustmentReason]) -> str:
+    """One code for a line's reasons, joined with `+` in declaration order (`late_usage+repricing`)."""
+    return "+".join(r.value for r in AdjustmentReason if r in reasons)
+
+
+def reason_text(reasons: Sequence[AdjustmentReason]) -> str:
+    return " and ".join(REASON_TEXT[r] for r in AdjustmentReason if r in reasons)
+
+
 @dataclass(frozen=True)
 class ClosedMonth:
     """A closed month whose usage changed since it was last reconciled, as read."""
@@ -147,6 +175,7 @@ class ClosedMonth:
     invoices: dict[str, BilledInvoice]  # its finalized invoices, by customer
     assigned_then: dict[str, Assignment]  # in force on its last day, as known at its close
     assigned_now: dict[str, Assignment]  # in force on its last day, as known now
+    reasons: tuple[AdjustmentReason, ...] = (AdjustmentReason.LATE_USAGE,)  # why it is reconciled again
 
 
 @dataclass(frozen=True)
@@ -274,7 +303,7 @@ def _adjust_month(tenant: Tenant, month: ClosedMonth, out: Adjustments, refused:
         money = currency[name]
         delta = from_minor(after - before, money)
         text = (
-            f"Adjustment for {label}, usage reported after the month closed: {KIND_LABELS.get(kind, kind)} "
+            f"Adjustment for {label}, {reason_text(month.reasons)}: {KIND_LABELS.get(kind, kind)} "
             f"(billed {from_minor(before, money)}, now {from_minor(after, money)})"
         )
         if out.currency.setdefault(name, money) != money:
@@ -284,7 +313,9 @@ def _adjust_month(tenant: Tenant, month: ClosedMonth, out: Adjustments, refused:
             new_refusals.add(name)
             out.lines.pop(name, None)
             continue
-        out.lines[name].append(Line(kind, text, Decimal(1), delta, delta, delta, plans[name], None, label))
+        out.lines[name].append(
+            Line(kind, text, Decimal(1), delta, delta, delta, plans[name], None, label, reason_code(month.reasons))
+        )
     return new_refusals
 
 

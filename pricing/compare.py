@@ -42,6 +42,7 @@ from metering.money import (
     parse_decimal,
     quantize,
     round_money,
+    unrounded,
 )
 from metering.vocabulary import OUTCOMES
 from pricing.plans import CustomerPlan, PerJobPlan, Plan, PlanBook
@@ -77,8 +78,11 @@ def _figures(
     failed_cost: int,
     reference: Decimal | None,
     target: Decimal,
+    currency: str,
 ) -> dict[str, object]:
-    """The comparison figures of one customer (or tenant) under one plan."""
+    """The comparison figures of one customer (or tenant) under one plan. Revenue is a sum of
+    rounded lines, shown with the currency's minor unit even when there are none ("0.00")."""
+    revenue = round_money(revenue, currency)  # already whole minor units: sets the scale only
     provider_cost = display_cost(cost)
     margin = revenue - provider_cost
     completed = counts[0]
@@ -183,12 +187,12 @@ def compare_plans(
                 candidates = [billed[customer], *lineup[customer]]
                 reference = next((revenue[p][customer] for p in candidates if per_token.get(p)
                                   and customer in revenue[p]), None)  # fmt: skip
-            figures = _figures(amount, cost[i], counts[i], failed_cost[i], reference, target)
+            figures = _figures(amount, cost[i], counts[i], failed_cost[i], reference, target, plan_currency)
             rows.append({"customer": customer, "plan": plan_id, "billed": billed[customer] == plan_id,
                          "currency": plan_currency, **figures, "unpriced_events": unpriced.get(customer, 0)})  # fmt: skip
             tally.add(amount, reference, cost[i], failed_cost[i], counts[i])
         figures = _figures(
-            tally.revenue, tally.cost, tally.counts, tally.failed_cost, tally.reference, target
+            tally.revenue, tally.cost, tally.counts, tally.failed_cost, tally.reference, target, plan_currency
         )
         tenant_rows.append(
             {"plan": plan_id, "currency": plan_currency, "customers": tally.customers, **figures}
@@ -324,7 +328,9 @@ def quote_task(
         plan_currency = plan.currency or currency
         cost = display_cost(provider_cost_nanos)
         amount = round_money(exact, plan_currency)
-        quotes.append(Quote(plan.id, plan_currency, exact, amount, cost, amount - cost))
+        quotes.append(
+            Quote(plan.id, plan_currency, unrounded(exact, plan_currency), amount, cost, amount - cost)
+        )
     return quotes
 
 

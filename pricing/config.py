@@ -21,6 +21,7 @@ from pricing.plans import (
     DEFER_CHECKS,
     PLAN_TYPES,
     CustomerPlan,
+    ModelAlias,
     PerJobPlan,
     PerTokenPlan,
     Plan,
@@ -32,7 +33,7 @@ from pricing.plans import (
     version_problems,
 )
 
-SECTIONS = ("prices", "plans", "customers", "budgets")
+SECTIONS = ("prices", "models", "plans", "customers", "budgets")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class TenantConfig:
     plan_entries: tuple[Plan, ...] = ()  # the file's plan entries, in file order
     sections: frozenset[str] = field(default_factory=frozenset)  # the sections the file has
     effective_from: date | None = None  # the file's top-level date
+    models: tuple[ModelAlias, ...] = ()  # model aliases, in file order
 
 
 def validate_entry(model: type[BaseModel], entry: object, prefix: str, problems: Problems) -> Any:
@@ -55,7 +57,7 @@ def validate_entry(model: type[BaseModel], entry: object, prefix: str, problems:
             path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"])
             problems.append((join_path(prefix, path.lstrip(".")), item["msg"].removeprefix("Value error, ")))
         return None
-    if isinstance(parsed, PerTokenPlan | PerJobPlan):
+    if isinstance(parsed, PerTokenPlan | PerJobPlan | PriceOverride):
         problems += prefixed(prefix, parsed.problems())
     return parsed
 
@@ -112,7 +114,11 @@ def validate_config(raw: object, *, known_plans: Iterable[str] = ()) -> TenantCo
 
     raw_prices = _section(raw, "prices", problems)
     prices = [validate_entry(PriceOverride, e, f"prices[{i}]", problems) for i, e in enumerate(raw_prices)]
-    _duplicates([p and (p.provider, p.model) for p in prices], "prices[{}]", problems)
+    _duplicates([p and (p.provider.lower(), p.model.lower(), p.start_date) for p in prices], "prices[{}]", problems)
+
+    raw_models = _section(raw, "models", problems)
+    models = [validate_entry(ModelAlias, e, f"models[{i}]", problems) for i, e in enumerate(raw_models)]
+    _duplicates([m and m.match.lower() for m in models], "models[{}].match", problems)
 
     raw_plans = _section(raw, "plans", problems)
     plans = [plan for i, e in enumerate(raw_plans) if (plan := validate_plan(e, f"plans[{i}]", problems))]
@@ -137,6 +143,7 @@ def validate_config(raw: object, *, known_plans: Iterable[str] = ()) -> TenantCo
         raise InvalidInput(f"invalid tenant config: {len(problems)} problem(s)", detail=detail)
     return TenantConfig(
         prices=tuple(prices),
+        models=tuple(m for m in models if m),
         plans=PlanBook.of(plans),
         customers=tuple(c for c in entries if c),
         budgets=tuple(budgets),

@@ -99,7 +99,8 @@ def _draft_view(draft: Draft) -> dict[str, Any]:
         "lines": [
             {"line_no": n, "kind": line.kind, "description": line.description, "quantity": line.quantity,
              "unit_price": line.unit_price, "amount": line.amount, "amount_exact": line.amount_exact,
-             "plan": line.plan, "plan_version": line.plan_version, "adjusts_period": line.adjusts_period}
+             "plan": line.plan, "plan_version": line.plan_version, "adjusts_period": line.adjusts_period,
+             "adjustment_reason": line.reason}
             for n, line in enumerate(draft.lines, start=1)
         ],
     }  # fmt: skip
@@ -182,7 +183,7 @@ def invoice_view(session: Session, tenant: Tenant, invoice_id: int) -> dict[str,
             {"line_no": line.line_no, "kind": line.kind, "description": line.description, "quantity": Decimal(line.quantity),
              "unit_price": Decimal(line.unit_price), "amount": from_minor(line.amount_minor, money),
              "amount_exact": Decimal(line.amount_exact), "plan": line.plan, "plan_version": line.plan_version,
-             "adjusts_period": line.adjusts_period}
+             "adjusts_period": line.adjusts_period, "adjustment_reason": line.adjustment_reason}
             for line in lines
         ],
         "credit_notes": [credit_note_view(n, money) for n in notes],

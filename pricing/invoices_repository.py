@@ -22,7 +22,15 @@ from metering.periods import Period, parse_month
 from metering.tables import rollup_state
 from metering.tenants import Tenant
 from pricing import repository
-from pricing.assembly import BilledInvoice, ClosedMonth, Draft, OpenMonth, Usage, invoice_number
+from pricing.assembly import (
+    AdjustmentReason,
+    BilledInvoice,
+    ClosedMonth,
+    Draft,
+    OpenMonth,
+    Usage,
+    invoice_number,
+)
 from pricing.repository import RollupState
 from pricing.tables import billing_periods, invoice_lines, invoices
 
@@ -65,15 +73,19 @@ def late_months(
     for row in closed_periods(session, tenant.id, before.label):
         checked.append(row.period)
         month = parse_month(row.period, tenant.timezone)
-        if row.reconciled_price_version != state.price_version or repository.touched_since(
-            session, tenant.id, row.reconciled_seq, month.start, month.end
-        ):
-            changed.append(_closed_month(session, tenant, month, row, customer))
+        reasons = []
+        if repository.touched_since(session, tenant.id, row.reconciled_seq, month.start, month.end):
+            reasons.append(AdjustmentReason.LATE_USAGE)
+        if row.reconciled_price_version != state.price_version:
+            reasons.append(AdjustmentReason.REPRICING)
+        if reasons:
+            changed.append(_closed_month(session, tenant, month, row, customer, tuple(reasons)))
     return changed, checked
 
 
 def _closed_month(
-    session: Session, tenant: Tenant, month: Period, row: Any, customer: str | None
+    session: Session, tenant: Tenant, month: Period, row: Any, customer: str | None,
+    reasons: tuple[AdjustmentReason, ...],
 ) -> ClosedMonth:
     billed, own = _billed(session, tenant.id, month.label, customer)
     usage = _usage(session, tenant.id, month, customer)
@@ -81,7 +93,7 @@ def _closed_month(
     return ClosedMonth(
         month, usage, repository.stored_plans(session, tenant.id, as_of=row.plans_as_of), billed, own,
         repository.assignments_on(session, tenant.id, month.last_day, as_of=row.assignments_as_of, customers_=names),
-        repository.assignments_on(session, tenant.id, month.last_day, customers_=names),
+        repository.assignments_on(session, tenant.id, month.last_day, customers_=names), reasons,
     )  # fmt: skip
 
 
@@ -184,7 +196,7 @@ def write_invoices(
         {"invoice_id": invoice_id, "line_no": n, "kind": line.kind, "description": line.description,
          "quantity": _text(line.quantity), "unit_price": _text(line.unit_price), "amount_exact": _text(line.amount_exact),
          "amount_minor": to_minor(line.amount, draft.currency), "plan": line.plan, "plan_version": line.plan_version,
-         "adjusts_period": line.adjusts_period}
+         "adjusts_period": line.adjusts_period, "adjustment_reason": line.reason}
         for invoice_id, draft in zip(ids, drafts, strict=True)
         for n, line in enumerate(draft.lines, start=1)
     ]  # fmt: skip

@@ -91,8 +91,23 @@ class _Terms(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PriceTier(_Terms):
+    """A context tier of a `prices:` entry: above this many input tokens in one request (cache
+    included), the rates given here apply to all of that request's tokens of their class."""
+
+    above: Count
+    input: Amount | None = None
+    output: Amount | None = None
+    cache_read: Amount | None = None
+    cache_write: Amount | None = None
+    cache_write_1h: Amount | None = None
+
+
 class PriceOverride(_Terms):
-    """A `prices:` entry: a provider price per million tokens (used by metering, not billed)."""
+    """A `prices:` entry: a provider price per million tokens (used by metering, not billed).
+
+    Several entries of one model with different `start_date`s are its price versions (as
+    genai-prices' start-date constraints: from that UTC day on)."""
 
     provider: Name
     model: Name
@@ -100,6 +115,30 @@ class PriceOverride(_Terms):
     output: Amount
     cache_read: Amount | None = None
     cache_write: Amount | None = None
+    cache_write_1h: Amount | None = None
+    request: Amount | None = None  # per request (usage event)
+    tiers: tuple[PriceTier, ...] = ()
+    start_date: date | None = None
+
+    def problems(self) -> Problems:
+        found: Problems = []
+        for index, tier in enumerate(self.tiers):
+            if tier.model_dump(exclude={"above"}, exclude_none=True) == {}:
+                found.append((f"tiers[{index}]", "a tier needs at least one rate"))
+            if index and tier.above <= self.tiers[index - 1].above:
+                found.append((f"tiers[{index}].above", "tiers must be in increasing order of `above`"))
+            for name in ("cache_read", "cache_write"):
+                if getattr(tier, name) is not None and getattr(self, name) is None:
+                    found.append((f"tiers[{index}].{name}", f"set {name} on the price to tier it (it costs as input)"))
+        return found
+
+
+class ModelAlias(_Terms):
+    """A `models:` entry: events whose model matches the glob `match` are priced as this model."""
+
+    match: Name
+    provider: Name
+    model: Name
 
 
 class Rates(_Terms):

@@ -192,18 +192,28 @@ class ComparisonOut(BaseModel):
 # --- quotes -------------------------------------------------------------------------------------
 
 
+def _no_nul(text: str) -> str:
+    if "\x00" in text:  # PostgreSQL cannot store it, and no model is named with it
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
+QuoteText = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_no_nul)]
+
+
 class ModelUsageIn(_In):
-    provider: str
-    model: str
+    provider: QuoteText
+    model: QuoteText
     input_tokens: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS, description="all input tokens, cache reads and writes included")] = 0
     output_tokens: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS)] = 0
     cache_read_tokens: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS)] = 0
     cache_write_tokens: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS)] = 0
+    cache_write_1h_tokens: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS, description="1-hour cache writes, of cache_write_tokens")] = 0
 
 
 class QuoteIn(_In):
     usage: list[ModelUsageIn] = []
-    task_type: str | None = None
+    task_type: QuoteText | None = None
     outcome: Outcome = "completed"
     plans: list[str] | None = Field(None, description="default: every plan")
     units_before: Annotated[int, Field(strict=True, ge=0, le=MAX_TOKENS, description="the month's usage so far in the plan's unit")] = 0
@@ -216,10 +226,11 @@ class PlanQuote(BaseModel):
     effective_from: date | None
     type: str
     currency: str
-    amount: Exact
-    amount_exact: Exact
-    provider_cost: Exact
-    margin: Exact
+    amount: Exact = Field(description="rounded once to the currency's minor unit")
+    amount_exact: Exact = Field(description="unrounded: exact, trailing zeros removed, at least the minor unit's decimals")
+    provider_cost: Exact | None = Field(description="6 decimals; null when some usage has no price (see reason)")
+    margin: Exact | None = Field(description="amount - provider_cost; null when the provider cost is unknown")
+    reason: str | None = Field(None, description="why provider_cost and margin are null")
 
 
 class QuoteOut(BaseModel):
@@ -245,6 +256,9 @@ class InvoiceLine(BaseModel):
     plan: str | None
     plan_version: int | None
     adjusts_period: str | None = Field(description="late usage: the closed month this line corrects")
+    adjustment_reason: str | None = Field(
+        None, description="why an adjustment line: late_usage, repricing, late_usage+repricing (outcome_change and dispute reserved)"
+    )
 
 
 class CreditNoteIn(_In):

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -26,11 +27,11 @@ from metering import budget_repository
 from metering.errors import InvalidInput, NotFound
 from metering.periods import Period, parse_month
 from metering.ratecards import RateCardError, TenantPrice
-from metering.tables import tenant_prices
+from metering.tables import tenant_model_aliases, tenant_prices
 from metering.tenants import Tenant
 from pricing import budget_billing, repository
 from pricing.config import parse_config, validate_entry, validate_plan
-from pricing.plans import CustomerPlan, Plan, Problems, plan_definition, same_terms
+from pricing.plans import CustomerPlan, ModelAlias, Plan, Problems, plan_definition, same_terms
 from pricing.repository import StoredPlans
 
 
@@ -231,13 +232,19 @@ def load_config(session: Session, tenant: Tenant, text: str, *, now: datetime) -
     config = parse_config(text, known_plans=stored.book.versions)
     problems: Problems = []
     prices = []
+    # Entries of one model (by its dates) are the versions of one price.
+    by_model: dict[tuple[str, str], list[int]] = {}
     for index, override in enumerate(config.prices):
+        by_model.setdefault((override.provider.lower(), override.model.lower()), []).append(index)
+    for indexes in by_model.values():
+        first = config.prices[indexes[0]]
+        versions = [config.prices[i].model_dump(mode="json", exclude_none=True, exclude={"provider", "model"}) for i in indexes]
         try:
-            price = TenantPrice.from_mapping(override.model_dump(exclude_none=True))
+            price = TenantPrice.from_mapping({"provider": first.provider, "model": first.model, "versions": versions})
             price.pricing()  # the rate card checks: at most 9 decimals, at most 2000 per million
             prices.append(price)
         except RateCardError as error:
-            problems.append((f"prices[{index}]", str(error)))
+            problems.append((f"prices[{indexes[0]}]", str(error)))
     entries = [(f"plans[{i}]", plan) for i, plan in enumerate(config.plan_entries)]
     today = local_today(now, tenant.timezone)
     changes, plan_problems = plan_changes(stored, entries, default_day=config.effective_from, today=today)
@@ -247,6 +254,8 @@ def load_config(session: Session, tenant: Tenant, text: str, *, now: datetime) -
     summary: dict[str, Any] = {"tenant": tenant.name}
     if "prices" in config.sections:
         summary["prices"] = _replace_prices(session, tenant, prices, now=now)
+    if "models" in config.sections:
+        summary["models"] = _replace_aliases(session, tenant, config.models, now=now)
     summary["plans"] = _store_changes(session, tenant, changes, now=now)
     summary["customers"] = [
         {"id": c.id, "plan": c.plan, "status": _assign(session, tenant, c, config.effective_from, now=now)}
@@ -266,13 +275,14 @@ def _replace_prices(session: Session, tenant: Tenant, prices: list[TenantPrice],
         return None if value is None else f"{value:f}"
 
     wanted = {
-        (p.provider, p.model): {"input": text(p.input), "output": text(p.output),
-                                "cache_read": text(p.cache_read), "cache_write": text(p.cache_write)}
+        (p.provider, p.model): {"input": text(p.versions[0].input), "output": text(p.versions[0].output),
+                                "cache_read": text(p.versions[0].cache_read), "cache_write": text(p.versions[0].cache_write),
+                                "spec": orjson.dumps(p.as_mapping(), option=orjson.OPT_SORT_KEYS).decode()}
         for p in prices
     }  # fmt: skip
     table = tenant_prices
     rows = session.execute(select(table).where(table.c.tenant_id == tenant.id)).all()
-    have = {(r.provider, r.model): {k: getattr(r, k) for k in ("input", "output", "cache_read", "cache_write")} for r in rows}
+    have = {(r.provider, r.model): {k: getattr(r, k) for k in ("input", "output", "cache_read", "cache_write", "spec")} for r in rows}
     counts = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0}
     for key in have.keys() - wanted.keys():
         session.execute(delete(table).where(table.c.tenant_id == tenant.id, table.c.provider == key[0], table.c.model == key[1]))
@@ -288,3 +298,17 @@ def _replace_prices(session: Session, tenant: Tenant, prices: list[TenantPrice],
         else:
             counts["unchanged"] += 1
     return counts
+
+
+def _replace_aliases(session: Session, tenant: Tenant, aliases: Sequence[ModelAlias], *, now: datetime) -> dict[str, int]:
+    """Make the tenant's model aliases these, in this order (unchanged: nothing is written, so
+    the rollup's price version stays)."""
+    table = tenant_model_aliases
+    wanted = [(a.match, a.provider, a.model) for a in aliases]
+    rows = session.execute(select(table).where(table.c.tenant_id == tenant.id).order_by(table.c.position)).all()
+    if [(r.match, r.provider, r.model) for r in rows] == wanted:
+        return {"aliases": len(wanted), "changed": 0}
+    session.execute(delete(table).where(table.c.tenant_id == tenant.id))
+    for position, (match, provider, model) in enumerate(wanted):
+        session.execute(insert(table).values(tenant_id=tenant.id, position=position, match=match, provider=provider, model=model, updated_at=now))
+    return {"aliases": len(wanted), "changed": 1}

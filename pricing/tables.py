@@ -141,6 +141,7 @@ invoice_lines = Table(
     Column("plan", String(200)),
     Column("plan_version", Integer),
     Column("adjusts_period", String(7)),  # late usage: the closed month this line corrects
+    Column("adjustment_reason", String(32)),  # why an adjustment line: pricing.assembly.AdjustmentReason
     Column("stripe_item_id", String(64)),
     UniqueConstraint("invoice_id", "line_no"),
 )

@@ -125,6 +125,9 @@ def _kpis(v: MonthView) -> str:
     invoices = sum(1 for c in v.customers if c["invoice_status"])
     c = v.counts
     failed_cost = cost_decimal(v.failed_cost_micros)
+    # A total that leaves unpriced usage out says so where it is shown (details: Unpriced models).
+    unpriced = sum(int(m["events"]) for m in v.unpriced)
+    cost_note = f"leaves out {count(unpriced)} unpriced usage event{'s' if unpriced != 1 else ''}" if unpriced else ""
     cards = [
         (
             "Revenue",
@@ -132,8 +135,8 @@ def _kpis(v: MonthView) -> str:
             f"{count(invoices)} {'invoice' if invoices == 1 else 'invoices'}",
             "revenue",
         ),
-        ("Provider cost", money(cost, v.currency), _plural(len(v.customers), "customer"), "cost"),
-        ("Margin", money(margin, v.currency), share, "loss" if margin < 0 else "gain"),
+        ("Provider cost", money(cost, v.currency), cost_note or _plural(len(v.customers), "customer"), "loss" if unpriced else "cost"),
+        ("Margin", money(margin, v.currency), f"{share}; {cost_note}" if unpriced else share, "loss" if margin < 0 else "gain"),
         (
             "Tasks completed",
             count(c["completed"]),

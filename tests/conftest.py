@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow.acero  # noqa: F401  (imported before any freeze_time: its Cython init checks datetime.date's size, which freezegun's FakeDate fails)
 import pytest
 from freezegun import freeze_time
 from hypothesis import HealthCheck

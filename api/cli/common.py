@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine
@@ -18,6 +19,7 @@ from api.settings import Settings
 from metering import audit
 from metering.db import make_engine, sqlite_file, upgrade_schema
 from metering.errors import NotFound, TaskmeterError
+from metering.schemas import rfc3339
 from metering.tenants import Tenant, get_tenant, list_tenants
 
 
@@ -26,8 +28,18 @@ def now() -> datetime:
 
 
 def out(payload: Any) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
     sys.stdout.flush()
+
+
+def _json_default(value: Any) -> str:
+    """Instants as RFC 3339 UTC (`2026-12-06T03:52:56.751216Z`, as the API writes them; naive
+    ones are UTC, as SQLite returns them), decimals in fixed point, anything else as text."""
+    if isinstance(value, datetime):
+        return rfc3339(value if value.tzinfo else value.replace(tzinfo=UTC))
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    return str(value)
 
 
 def err(message: str) -> None:

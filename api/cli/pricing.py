@@ -18,7 +18,8 @@ from api.cli.common import audit_cli, find_tenant, now, open_engine, out
 from api.settings import Settings
 from metering.db import unit_of_work
 from metering.errors import InvalidInput, TaskmeterError
-from metering.pipeline import bring_up_to_date
+from metering.pipeline import bring_up_to_date, price_version, tenant_overrides
+from metering.price_check import check_prices
 from metering.vocabulary import OUTCOMES
 from pricing import analysis, invoices, service
 from pricing.compare import CUSTOMER_COLUMNS
@@ -62,8 +63,25 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
         for row in analysis.comparison_view(result)["customers"]:
             writer.writerow([_cell(row[c]) for c in CUSTOMER_COLUMNS])
     else:
-        sys.stdout.write(comparison_table(analysis.comparison_view(result), by_person=args.by_person))
+        view = analysis.comparison_view(result)
+        sys.stdout.write(comparison_table(view, by_person=args.by_person))
+        if warning := unpriced_warning(view, tenant.name):
+            print(warning, file=sys.stderr)
     return 0
+
+
+def unpriced_warning(view: dict[str, Any], tenant: str) -> str | None:
+    """The stderr line a comparison table gets when some usage has no price: its provider cost
+    and margins leave that usage out."""
+    by_customer = {row["customer"]: row["unpriced_events"] for row in view["customers"]}
+    events = sum(by_customer.values())
+    if not events:
+        return None
+    customers = ", ".join(sorted(c for c, n in by_customer.items() if n))
+    return (
+        f"warning: {events} usage event(s) of {customers} have no price; provider cost and margin leave "
+        f"them out (see the unpriced column; `taskmeter prices check --tenant {tenant}` names the models)"
+    )
 
 
 _SPEND_COLUMNS = ("customer", "actor", "agent", "usage_events", "input_tokens", "output_tokens", "provider_cost")
@@ -84,7 +102,7 @@ _TABLE = (
     ("customer", "customer"), ("plan", "plan"), ("revenue", "revenue"), ("provider_cost", "provider cost"),
     ("margin", "margin"), ("margin_pct", "margin %"), ("tasks_completed", "done"), ("tasks_failed", "failed"),
     ("revenue_per_completed_task", "per done task"), ("break_even_job_price", "break-even job"),
-    ("target_margin_job_price", "job @ target"),
+    ("target_margin_job_price", "job @ target"), ("unpriced_events", "unpriced"),
 )  # fmt: skip
 
 
@@ -113,13 +131,51 @@ def comparison_table(view: dict[str, Any], *, by_person: bool = False) -> str:
     lines = render(
         f"{view['month']} ({view['currency']}), target margin {view['target_margin']}; * = billed plan", view["customers"], _TABLE
     )
-    tenant_rows = [{**r, "customer": f"all {r['customers']}"} for r in view["tenant"]]
+    unpriced: dict[str, int] = {}
+    for row in view["customers"]:
+        unpriced[row["plan"]] = unpriced.get(row["plan"], 0) + row["unpriced_events"]
+    tenant_rows = [{**r, "customer": f"all {r['customers']}", "unpriced_events": unpriced.get(r["plan"], 0)} for r in view["tenant"]]
     lines += ["", *render("Tenant-wide, per plan", tenant_rows, _TABLE)]
     if by_person:
         people = [{**r, "actor": r["actor"] or "-", "agent": r["agent"] or "-"} for r in view["spend"]]
         columns = tuple((c, c.replace("_", " ")) for c in _SPEND_COLUMNS)
         lines += ["", *render("Usage by person and agent (- : none given)", people, columns, left=3)]
     return "\n".join(lines) + "\n"
+
+
+def cmd_prices_check(args: argparse.Namespace, settings: Settings) -> int:
+    """`prices check`: the tenant's models and where each price comes from (`metering.price_check`)."""
+    with open_engine(settings) as engine, engine.connect() as connection:
+        with unit_of_work(engine) as session:
+            tenant = find_tenant(session, args.tenant)
+        report = check_prices(connection, tenant.id, price_version(tenant_overrides(connection, tenant.id)))
+    report = {"tenant": tenant.name, **report}
+    if args.format == "json":
+        out(report)
+    else:
+        sys.stdout.write(prices_table(report))
+    return 0
+
+
+_PRICE_COLUMNS = (
+    ("provider", "provider"), ("model", "model"), ("source", "source"), ("priced_as", "priced as"),
+    ("usage_events", "events"), ("unpriced_events", "unpriced"), ("provider_cost", "cost"),
+    ("provider_cost_now", "cost now"), ("change", "change"),
+)  # fmt: skip
+
+
+def prices_table(report: dict[str, Any]) -> str:
+    snapshot = report["snapshot"]
+    head = [
+        f"{report['tenant']}: rolled up with {report['rolled_up_with'] or 'nothing yet'}; prices now {report['prices_now']}"
+        + ("" if report["up_to_date"] else " (the next rollup re-prices)"),
+        f"snapshot: rolled up with {snapshot['rolled_up_with']}, installed {snapshot['installed']}"
+        + (" (changed)" if snapshot["changed"] else ""),
+    ]
+    rows = [[head_ for _, head_ in _PRICE_COLUMNS]] + [[_cell(m[key]) for key, _ in _PRICE_COLUMNS] for m in report["models"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_PRICE_COLUMNS))]
+    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+    return "\n".join([*head, "", lines[0], "  ".join("-" * w for w in widths), *lines[1:]]) + "\n"
 
 
 def cmd_close(args: argparse.Namespace, settings: Settings) -> int:
@@ -156,9 +212,13 @@ _LISTED = TypeAdapter(list[TenantInvoice])
 _QUOTE_FLAGS = {
     "body.usage[0].input_tokens": "--input-tokens", "body.usage[0].output_tokens": "--output-tokens",
     "body.usage[0].cache_read_tokens": "--cache-read-tokens", "body.usage[0].cache_write_tokens": "--cache-write-tokens",
+    "body.usage[0].cache_write_1h_tokens": "--cache-write-1h-tokens",
     "body.usage[0]": "--cache-read-tokens, --cache-write-tokens", "body.usage": "--model", "body.plans": "--plans", "body.units_before": "--units-before",
     "body.at": "--at", "body.task_type": "--task-type",
 }  # fmt: skip
+
+
+_QUOTE_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens")
 
 
 def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
@@ -177,7 +237,7 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
 def _quote_body(args: argparse.Namespace) -> QuoteIn:
     """The quote request: the JSON of `--body` (a file, or - for stdin), else the flags."""
     flags = [args.model, args.input_tokens, args.output_tokens, args.cache_read_tokens, args.cache_write_tokens,
-             args.task_type, args.outcome, args.plans, args.units_before, args.at]  # fmt: skip
+             args.cache_write_1h_tokens, args.task_type, args.outcome, args.plans, args.units_before, args.at]  # fmt: skip
     if args.body is not None:
         if any(flag is not None for flag in flags):
             raise InvalidInput("invalid arguments", detail=[{"field": "--body", "message": "give the quote as --body or as flags, not both"}])
@@ -188,9 +248,9 @@ def _quote_body(args: argparse.Namespace) -> QuoteIn:
             provider, _, model = args.model.partition("/")
             if not provider or not model:
                 raise InvalidInput("invalid arguments", detail=[{"field": "--model", "message": f"{args.model!r} is not PROVIDER/MODEL, e.g. openai/gpt-4o"}])
-            tokens = {name: getattr(args, name) or 0 for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")}
+            tokens = {name: getattr(args, name) or 0 for name in _QUOTE_TOKENS}
             raw["usage"] = [{"provider": provider, "model": model, **tokens}]
-        elif any(getattr(args, n) is not None for n in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")):
+        elif any(getattr(args, n) is not None for n in _QUOTE_TOKENS):
             raise InvalidInput("invalid arguments", detail=[{"field": "--model", "message": "token counts need the model that used them"}])
         if args.task_type is not None:
             raw["task_type"] = args.task_type
@@ -254,6 +314,12 @@ def add_commands(sub: Any) -> None:
                    help="also the month's usage per customer, actor and agent (table: a section after the plans; csv: those rows instead)")
     p.set_defaults(func=cmd_compare)
 
+    prices = sub.add_parser("prices", help="provider prices").add_subparsers(dest="action", required=True)
+    p = prices.add_parser("check", help="the models in the tenant's usage and where each price comes from; unpriced first")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--format", choices=("json", "table"), default="json")
+    p.set_defaults(func=cmd_prices_check)
+
     p = sub.add_parser("close", help="finalize the invoices of a month that has ended")
     p.add_argument("--tenant", required=True)
     p.add_argument("--month", required=True, help="tenant-local month, e.g. 2026-10")
@@ -274,6 +340,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--output-tokens", type=int)
     p.add_argument("--cache-read-tokens", type=int)
     p.add_argument("--cache-write-tokens", type=int)
+    p.add_argument("--cache-write-1h-tokens", type=int, help="the 1-hour cache writes among --cache-write-tokens")
     p.add_argument("--task-type")
     p.add_argument("--outcome", choices=OUTCOMES, help="default: completed")
     p.add_argument("--plans", help="comma-separated plan ids (default: every plan in force)")

@@ -247,9 +247,11 @@ class Task:
         cache_write_tokens: int = 0,
         reasoning_tokens: int = 0,
         metadata: Mapping[str, str] | None = None,
+        cache_write_1h_tokens: int = 0,
     ) -> None:
         """Record one model call. `input_tokens` includes cache reads and writes, `output_tokens`
-        includes reasoning (OpenAI's convention; `record_response` converts Anthropic's)."""
+        includes reasoning (OpenAI's convention; `record_response` converts Anthropic's);
+        `cache_write_1h_tokens` are the 1-hour cache writes among `cache_write_tokens`."""
         if self._ended:
             raise RuntimeError(f"task {self.id!r} has ended; usage must be recorded before its outcome")
         if type(provider) is not str or not 0 < len(provider) <= 64 or type(model) is not str or not 0 < len(model) <= 128:
@@ -259,13 +261,17 @@ class Task:
         if any(type(c) is not int or c < 0 or c > MAX_TOKENS for c in counts):
             counts = tuple(_count(name, c) for name, c in zip(_TOKEN_NAMES, counts, strict=True))
         inp, out, cache_read, cache_write, reasoning = counts
-        if cache_read + cache_write > inp or reasoning > out:
-            TokenUsage(provider, model, *counts)  # raises the precise UsageFieldError (a ValueError)
+        one_hour = _count("cache_write_1h_tokens", cache_write_1h_tokens) if cache_write_1h_tokens else 0
+        if cache_read + cache_write > inp or reasoning > out or one_hour > cache_write:
+            # raises the precise UsageFieldError (a ValueError)
+            TokenUsage(provider, model, inp, out, cache_read, cache_write, reasoning, cache_write_1h_tokens=one_hour)
         event = {
             "type": "usage", "time": datetime.now(UTC), **self._base, "provider": provider, "model": model,
             "input_tokens": inp, "output_tokens": out, "cache_read_tokens": cache_read,
             "cache_write_tokens": cache_write, "reasoning_tokens": reasoning,
         }  # fmt: skip
+        if one_hour:
+            event["cache_write_1h_tokens"] = one_hour
         metadata = self._metadata | _checked_metadata(metadata) if metadata else self._metadata
         if metadata:
             event["metadata"] = metadata

@@ -8,7 +8,7 @@ counts are subsets. Each provider's shape, as its API and Python SDK report it:
 |---|---|---|---|---|
 | OpenAI chat completions | `prompt_tokens` (inclusive) | `prompt_tokens_details.cached_tokens` / `.cache_write_tokens` | `completion_tokens` (inclusive) | `completion_tokens_details.reasoning_tokens` |
 | OpenAI Responses | `input_tokens` (inclusive) | `input_tokens_details.cached_tokens` / `.cache_write_tokens` | `output_tokens` (inclusive) | `output_tokens_details.reasoning_tokens` |
-| Anthropic Messages | `input_tokens` **+** `cache_read_input_tokens` **+** `cache_creation_input_tokens` | `cache_read_input_tokens` / `cache_creation_input_tokens` | `output_tokens` (inclusive) | `output_tokens_details.thinking_tokens` |
+| Anthropic Messages | `input_tokens` **+** `cache_read_input_tokens` **+** `cache_creation_input_tokens` | `cache_read_input_tokens` / `cache_creation_input_tokens` (of which 1-hour: `cache_creation.ephemeral_1h_input_tokens`) | `output_tokens` (inclusive) | `output_tokens_details.thinking_tokens` |
 | Google Gemini | `prompt_token_count` (includes cached) **+** `tool_use_prompt_token_count` | `cached_content_token_count` / none | `candidates_token_count` **+** `thoughts_token_count` | `thoughts_token_count` |
 
 Anthropic's `input_tokens` leaves the cache out, so the cache counts are added back. Gemini counts
@@ -90,6 +90,7 @@ class TokenUsage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # the 1-hour cache writes (Anthropic), a subset of cache_write_tokens
 
     def __post_init__(self) -> None:
         for name in ("provider", "model"):
@@ -104,6 +105,11 @@ class TokenUsage:
                 f"cache reads ({self.cache_read_tokens}) and writes ({self.cache_write_tokens}) "
                 f"exceed input_tokens ({self.input_tokens}), which includes them",
             )
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            raise UsageFieldError(
+                "cache_write_1h_tokens",
+                f"{self.cache_write_1h_tokens} exceeds cache_write_tokens ({self.cache_write_tokens}), which includes it",
+            )
         if self.reasoning_tokens > self.output_tokens:
             raise UsageFieldError(
                 "reasoning_tokens",
@@ -114,6 +120,8 @@ class TokenUsage:
         """The provider, model and token fields of a `usage` event."""
         fields: dict[str, Any] = {"provider": self.provider, "model": self.model}
         fields.update((name, getattr(self, name)) for name in _TOKEN_FIELDS)
+        if not fields["cache_write_1h_tokens"]:  # only when there are some: events stay as they were
+            del fields["cache_write_1h_tokens"]
         return fields
 
 
@@ -123,6 +131,7 @@ _TOKEN_FIELDS = (
     "cache_read_tokens",
     "cache_write_tokens",
     "reasoning_tokens",
+    "cache_write_1h_tokens",
 )
 
 
@@ -141,6 +150,7 @@ _PATHS: dict[Shape, dict[str, tuple[str, ...]]] = {
         "cache_read_tokens": ("prompt_tokens_details.cached_tokens",),
         "cache_write_tokens": ("prompt_tokens_details.cache_write_tokens",),
         "reasoning_tokens": ("completion_tokens_details.reasoning_tokens",),
+        "cache_write_1h_tokens": (),
     },
     Shape.OPENAI_RESPONSES: {
         "input_tokens": ("input_tokens",),
@@ -148,6 +158,7 @@ _PATHS: dict[Shape, dict[str, tuple[str, ...]]] = {
         "cache_read_tokens": ("input_tokens_details.cached_tokens",),
         "cache_write_tokens": ("input_tokens_details.cache_write_tokens",),
         "reasoning_tokens": ("output_tokens_details.reasoning_tokens",),
+        "cache_write_1h_tokens": (),
     },
     Shape.ANTHROPIC_MESSAGES: {
         "input_tokens": ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"),
@@ -155,6 +166,7 @@ _PATHS: dict[Shape, dict[str, tuple[str, ...]]] = {
         "cache_read_tokens": ("cache_read_input_tokens",),
         "cache_write_tokens": ("cache_creation_input_tokens",),
         "reasoning_tokens": ("output_tokens_details.thinking_tokens",),
+        "cache_write_1h_tokens": ("cache_creation.ephemeral_1h_input_tokens",),
     },
     Shape.GEMINI: {
         "input_tokens": ("prompt_token_count", "tool_use_prompt_token_count"),
@@ -162,6 +174,7 @@ _PATHS: dict[Shape, dict[str, tuple[str, ...]]] = {
         "cache_read_tokens": ("cached_content_token_count",),
         "cache_write_tokens": (),
         "reasoning_tokens": ("thoughts_token_count",),
+        "cache_write_1h_tokens": (),
     },
 }
 

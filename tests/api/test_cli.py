@@ -135,6 +135,7 @@ class TestMissingDatabase:
         "invoices": ("invoices", "--tenant", "acme-ai"),
         "invoice": ("invoices", "show", "1", "--tenant", "acme-ai"),
         "quote": ("quote", "--tenant", "acme-ai"),
+        "prices": ("prices", "check", "--tenant", "acme-ai"),
         "stripe": ("stripe", "status"),
     }
 

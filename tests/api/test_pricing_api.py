@@ -178,7 +178,7 @@ class TestQuotes:
         quotes = {q["plan"]: q for q in body["quotes"]}
         # cost: 100,000 × 3 + 20,000 × 0.30 + 3,000 × 15 per million = 0.351
         assert quotes["jobs"] == {"plan": "jobs", "version": 1, "effective_from": None, "type": "per_job", "currency": "USD",
-                                       "amount": "1.20", "amount_exact": "1.20", "provider_cost": "0.351000", "margin": "0.849000"}  # fmt: skip
+                                       "amount": "1.20", "amount_exact": "1.20", "provider_cost": "0.351000", "margin": "0.849000", "reason": None}  # fmt: skip
         # tokens: 100,000 × 6 + 20,000 × 0.60 + 3,000 × 30 per million = 0.702
         assert (quotes["tokens"]["amount_exact"], quotes["tokens"]["amount"]) == ("0.702", "0.70")
         assert body["unpriced_models"] == []
@@ -194,6 +194,26 @@ class TestQuotes:
     def test_unknown_models_are_reported_not_priced_at_zero_silently(self, configured: httpx.Client) -> None:
         body = configured.post("/v1/quotes", json={"usage": [{"provider": "nobody", "model": "secret", "input_tokens": 5}], "plans": ["jobs"]}).json()
         assert body["unpriced_models"] == [{"provider": "nobody", "model": "secret"}]
+        [quote] = body["quotes"]
+        assert (quote["amount"], quote["provider_cost"], quote["margin"]) == ("0.50", None, None)
+        assert quote["reason"].startswith("unpriced usage: no price for nobody/secret")
+
+    def test_exact_amounts_drop_trailing_zeros_and_1h_writes_are_priced(self, configured: httpx.Client) -> None:
+        configured_prices = {"provider": "acme-ai", "model": "acme-large", "input_tokens": 1_000_000, "cache_write_tokens": 1_000_000,
+                             "cache_write_1h_tokens": 1_000_000}  # fmt: skip
+        body = configured.post("/v1/quotes", json={"usage": [configured_prices], "plans": ["tokens"]}).json()
+        # acme-large has no 1-hour rate: the writes cost its write rate, 3.75 per million.
+        assert body["quotes"][0]["provider_cost"] == "3.750000"
+        too_many = configured_prices | {"cache_write_1h_tokens": 1_000_001}
+        response = configured.post("/v1/quotes", json={"usage": [too_many]})
+        assert (response.status_code, response.json()["detail"][0]["field"]) == (422, "body.usage[0].cache_write_1h_tokens")
+
+    @pytest.mark.parametrize("field", ["task_type", "model"])
+    def test_nul_in_task_type_or_model_is_a_422(self, configured: httpx.Client, field: str) -> None:
+        body: dict[str, object] = {"task_type": "a\x00b"} if field == "task_type" else {"usage": [{"provider": "a", "model": "b\x00"}]}
+        response = configured.post("/v1/quotes", json=body)
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["field"] == ("body.task_type" if field == "task_type" else "body.usage.0.model")
 
     def test_bad_quotes(self, configured: httpx.Client) -> None:
         assert configured.post("/v1/quotes", json={"usage": [{"provider": "a", "model": "b", "input_tokens": 1.5}]}).status_code == 422

@@ -97,10 +97,63 @@ class TestCompare:
         code, out, _ = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10", "--format", "json")
         assert json.loads(out)["tenant"][0]["revenue"] == "1.20"
 
+    def test_unpriced_usage_gets_a_column_and_a_warning(self, tenant_with_usage: str, run: Any, engine: Engine) -> None:
+        code, out, err = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10")
+        assert code == 0 and err == "" and out.splitlines()[1].split()[-1] == "unpriced"
+        with unit_of_work(engine) as session:
+            tenant = get_tenant(session, tenant_with_usage)
+            unknown = {"id": "u-unknown", "type": "usage", "time": "2026-10-05T10:00:00Z", "customer": "acme", "task": "a",
+                       "provider": "nobody", "model": "secret", "input_tokens": 5}  # fmt: skip
+            ingest_events(session, tenant.id, [unknown], now=at("2026-11-01T00:00:00Z"))
+        code, out, err = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10")
+        assert code == 0 and out.splitlines()[3].split()[-1] == "1"
+        assert err.startswith("warning: 1 usage event(s) of acme have no price")
+
+    def test_revenue_has_the_minor_unit_even_without_lines(self, tenant_with_usage: str, run: Any, engine: Engine) -> None:
+        with unit_of_work(engine) as session:  # usage in September, no task completed: no job billed
+            tenant = get_tenant(session, tenant_with_usage)
+            used = {"id": "u-sep", "type": "usage", "time": "2026-09-05T10:00:00Z", "customer": "acme", "task": "s",
+                    "provider": "acme-ai", "model": "acme-large", "input_tokens": 5}  # fmt: skip
+            ingest_events(session, tenant.id, [used], now=at("2026-11-01T00:00:00Z"))
+        code, out, _ = run("compare", "--tenant", tenant_with_usage, "--month", "2026-09", "--plans", "jobs", "--format", "json")
+        assert code == 0 and [row["revenue"] for row in json.loads(out)["customers"]] == ["0.00"]
+
     def test_bad_month_and_unknown_plan(self, tenant_with_usage: str, run: Any) -> None:
         assert "not a month" in run("compare", "--tenant", tenant_with_usage, "--month", "2026-13")[2]
         code, _, err = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10", "--plans", "nope")
         assert code == 1 and "unknown plan 'nope'" in err
+
+
+class TestPricesCheck:
+    def test_models_with_their_price_source_unpriced_first(self, tenant_with_usage: str, run: Any, engine: Engine, tmp_path: Path) -> None:
+        with unit_of_work(engine) as session:
+            tenant = get_tenant(session, tenant_with_usage)
+            extra = [
+                {"id": "u-x", "type": "usage", "time": "2026-10-05T10:00:00Z", "customer": "acme", "task": "a",
+                 "provider": "nobody", "model": "secret", "input_tokens": 5},
+                {"id": "u-g", "type": "usage", "time": "2026-10-05T10:00:00Z", "customer": "acme", "task": "a",
+                 "provider": "google", "model": "models/gemini-2.5-pro", "input_tokens": 1_000},
+            ]  # fmt: skip
+            ingest_events(session, tenant.id, extra, now=at("2026-11-01T00:00:00Z"))
+        assert run("rollup", "--tenant", tenant_with_usage)[0] == 0
+        code, out, _ = run("prices", "check", "--tenant", tenant_with_usage)
+        report = json.loads(out)
+        assert code == 0 and report["up_to_date"] is True and report["unpriced_models"] == 1
+        sources = [(m["provider"], m["model"], m["source"], m["priced_as"]) for m in report["models"]]
+        assert sources == [("nobody", "secret", "unpriced", None), ("acme-ai", "acme-large", "tenant", "acme-ai/acme-large"),
+                           ("google", "models/gemini-2.5-pro", "snapshot", "google/gemini-2.5-pro")]  # fmt: skip
+        acme = report["models"][1]
+        assert (acme["provider_cost"], acme["provider_cost_now"], acme["change"]) == ("6.000000", "6.000000", "0.000000")
+        assert report["models"][2]["normalized"] is True
+
+        cheaper = tmp_path / "cheaper.yaml"
+        cheaper.write_text(yaml.safe_dump({"prices": [PRICES[0] | {"input": "2.00"}]}))
+        assert run("config", "load", str(cheaper), "--tenant", tenant_with_usage)[0] == 0
+        report = json.loads(run("prices", "check", "--tenant", tenant_with_usage)[1])
+        assert report["up_to_date"] is False
+        assert (report["models"][1]["provider_cost_now"], report["models"][1]["change"]) == ("4.000000", "-2.000000")
+        code, out, _ = run("prices", "check", "--tenant", tenant_with_usage, "--format", "table")
+        assert code == 0 and "the next rollup re-prices" in out and out.splitlines()[3].split()[:3] == ["provider", "model", "source"]
 
 
 class TestClose:
@@ -112,6 +165,7 @@ class TestClose:
             code, out, _ = run("close", "--tenant", tenant_with_usage, "--month", "2026-10")
         summary = json.loads(out)
         assert code == 0 and summary["closed"] is True
+        assert summary["closed_at"] == "2026-11-01T00:00:00Z"  # RFC 3339 UTC, as the API writes it
         assert [(i["number"], i["total"], i["lines"]) for i in summary["invoices"]] == [("INV-acme-ai-202610-0001", "1.20", 1)]
         with freeze_time("2026-11-02T00:00:00Z"):
             code, out, _ = run("close", "--tenant", tenant_with_usage, "--month", "2026-10")
@@ -191,6 +245,13 @@ class TestQuote:
         ]  # fmt: skip
         with http(live_server, engine, make_key, tenant_with_usage) as client:
             assert quoted == client.post("/v1/quotes", json=self.BODY).json()
+
+    def test_1h_cache_writes_from_a_flag(self, tenant_with_usage: str, run: Any) -> None:
+        flags = ("--model", "acme-ai/acme-large", "--input-tokens", "1000000", "--cache-write-tokens", "1000000", "--plans", "jobs")
+        code, out, _ = run("quote", "--tenant", tenant_with_usage, *flags, "--cache-write-1h-tokens", "1000000")
+        assert code == 0 and json.loads(out)["quotes"][0]["provider_cost"] == "3.750000"  # no 1-hour rate: the write rate
+        code, _, err = run("quote", "--tenant", tenant_with_usage, *flags, "--cache-write-1h-tokens", "1000001")
+        assert code == 1 and '"field": "--cache-write-1h-tokens"' in err
 
     def test_the_body_from_a_file_or_stdin(self, tenant_with_usage: str, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         expected = run("quote", "--tenant", tenant_with_usage, *self.FLAGS)[1]

@@ -402,3 +402,40 @@ class TestTokenUsage:
             "field": "data.input_tokens",
             "message": "must be >= 0, got -1",
         }
+
+
+class TestOneHourCacheWrites:
+    MESSAGE = {
+        "type": "message", "model": "claude-sonnet-4-20250514",
+        "usage": {"input_tokens": 20_000, "cache_read_input_tokens": 50_000, "cache_creation_input_tokens": 9_000,
+                  "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 9_000}, "output_tokens": 2_000},
+    }  # fmt: skip
+
+    def test_anthropic_1h_writes_are_a_subset_of_the_writes(self) -> None:
+        found = extract_usage(self.MESSAGE)
+        assert (found.input_tokens, found.cache_write_tokens, found.cache_write_1h_tokens) == (
+            79_000,
+            9_000,
+            9_000,
+        )
+        assert found.event_fields()["cache_write_1h_tokens"] == 9_000
+
+    def test_no_1h_writes_leave_the_event_as_before(self) -> None:
+        five_minutes = copy.deepcopy(self.MESSAGE)
+        five_minutes["usage"]["cache_creation"] = {
+            "ephemeral_5m_input_tokens": 9_000,
+            "ephemeral_1h_input_tokens": 0,
+        }  # type: ignore[index]
+        assert "cache_write_1h_tokens" not in extract_usage(five_minutes).event_fields()
+
+    def test_more_1h_writes_than_writes_is_an_error(self) -> None:
+        with pytest.raises(UsageFieldError) as caught:
+            TokenUsage(
+                "anthropic",
+                "claude-sonnet-4",
+                input_tokens=10,
+                output_tokens=0,
+                cache_write_tokens=1,
+                cache_write_1h_tokens=2,
+            )
+        assert caught.value.field == "cache_write_1h_tokens"

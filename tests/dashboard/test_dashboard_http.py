@@ -391,6 +391,8 @@ class TestHowPeopleReadIt:
         assert "No task failed or was cancelled this month." in page
         assert "No usage of closed months arrived late." in page
         assert "acme-ai/acme-large 1 1" in text_of(between(page, "<h2>Unpriced models</h2>", "</section>")).replace(" / ", "/")
+        # The totals say that they leave the unpriced usage out.
+        assert "leaves out 1 unpriced usage event" in text_of(between(page, 'data-kpi="provider-cost"', "</div></div>"))
 
     def test_a_currency_without_decimals(self, live_server: LiveServer, make_books: Callable[..., Books],
                                          make_key: Callable[..., str]) -> None:  # fmt: skip

@@ -823,3 +823,22 @@ class TestProtobuf:
         pytest.importorskip("opentelemetry.proto")
         with pytest.raises(ValueError, match=r"^not an OTLP ExportTraceServiceRequest"):
             decode_protobuf(b"\xff\xff\xff")
+
+
+class TestOneHourCacheWrites:
+    def test_anthropic_1h_cache_writes_attribute(self) -> None:
+        attrs = CHAT | {"gen_ai.provider.name": "anthropic", "gen_ai.request.model": "claude-sonnet-4",
+                        "gen_ai.usage.input_tokens": 79_000, "gen_ai.usage.cache_creation.input_tokens": 9_000,
+                        "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens": 9_000}  # fmt: skip
+        event = one_event(convert(span(attrs)))
+        assert (event["cache_write_tokens"], event["cache_write_1h_tokens"]) == (9_000, 9_000)
+        assert_ingestible([event])
+
+    def test_more_1h_writes_than_writes_are_rejected(self) -> None:
+        attrs = CHAT | {
+            "gen_ai.usage.cache_creation.input_tokens": 1,
+            "taskmeter.usage.cache_write_1h_tokens": 2,
+        }
+        assert [e["field"] for e in errors(convert(span(attrs)))] == [
+            "gen_ai.usage.cache_creation.ephemeral_1h_input_tokens"
+        ]

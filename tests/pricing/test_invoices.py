@@ -250,6 +250,21 @@ def billing_invoices(billing: Billing, month: str) -> list[dict[str, Any]]:
 
 
 class TestLateUsage:
+    def test_a_price_change_adjusts_a_closed_month_and_says_so(self, make_billing: Any) -> None:
+        plus = {"id": "plus", "type": "per_token", "markup": "0.40"}
+        customers = [{"id": "acme", "plan": "plus"}]
+        billing = make_billing(plans=[plus], customers=customers)
+        billing.send(usage("a", "2026-10-05T10:00:00Z", input_tokens=1_000_000))  # 3.00 of provider cost
+        billing.close("2026-10", now=NOV_1)
+        billing.config({"prices": [{**PRICES[0], "input": "4.00"}], "plans": [plus], "customers": customers}, now=NOV_1)
+        billing.close("2026-11", now=DEC_1)
+        [line] = [line for line in billing.invoice("2026-11")["lines"] if line["adjusts_period"] == "2026-10"]
+        assert line["adjustment_reason"] == "repricing"
+        assert line["description"] == (
+            "Adjustment for 2026-10, provider prices changed after the month closed: provider cost (cost-plus) (billed 4.20, now 5.60)"
+        )
+        assert line["amount"] == Decimal("1.40")
+
     def test_a_late_completed_task_is_billed_on_the_next_invoice(self, billing: Billing) -> None:
         billing.send(job("a", "2026-10-10T00:00:00Z"), job("b", "2026-10-11T00:00:00Z"))
         billing.close("2026-10", now=NOV_1)
@@ -262,6 +277,7 @@ class TestLateUsage:
         assert november["lines"][1]["description"] == (
             "Adjustment for 2026-10, usage reported after the month closed: completed tasks (billed 1.00, now 1.50)"
         )
+        assert november["lines"][1]["adjustment_reason"] == "late_usage"
         assert november["total"] == Decimal("1.00")
         assert billing.invoice("2026-10") == october  # untouched
         billing.close("2026-12", now=at("2027-01-01T00:00:00Z"))  # nothing is billed twice
