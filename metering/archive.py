@@ -36,29 +36,15 @@ from sqlalchemy import Connection, Engine, select
 
 from metering.costs import price_book
 from metering.errors import Conflict, InvalidInput
-from metering.stores.common import EVENT_COLUMNS
-from metering.tables import archived_months, rollup_state
+from metering.stores.common import EVENT_COLUMNS, TEXT_COLUMNS
+from metering.tables import archived_months, events, rollup_state
 from metering.tenants import Tenant
 
-ARCHIVE_COLUMNS = (
-    "seq", "event_id", "type", "time_us", "customer", "task", "task_type", "provider", "model",
-    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-    "metadata", "content_hash", "ingested_us",
-)  # fmt: skip
+ARCHIVE_COLUMNS = tuple(column.name for column in events.columns if column.name != "tenant_id")
 """A stored event as archived: the `events` row without its tenant (the partition names it)."""
 INTEGER_COLUMNS = frozenset(
-    (
-        "seq",
-        "time_us",
-        "input_tokens",
-        "output_tokens",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "reasoning_tokens",
-        "ingested_us",
-    )
+    column.name for column in events.columns if column.name in ARCHIVE_COLUMNS and column.type.python_type is int
 )
-TEXT_COLUMNS = ("type", "customer", "task", "task_type", "provider", "model")
 MANIFEST = "manifest.json"
 FORMAT = 1
 

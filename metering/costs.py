@@ -23,9 +23,24 @@ def tenant_overrides(connection: Connection, tenant_id: int) -> list[dict[str, A
 
 
 def price_version(overrides: list[dict[str, Any]]) -> str:
-    """Names the prices in force: the genai-prices release and a digest of the tenant's prices."""
-    digest = hashlib.sha256(repr(overrides).encode()).hexdigest()[:12]
+    """Names the prices in force: the genai-prices release and a digest of the tenant's prices.
+    A price with one flat version is digested in the flat form prices had before they could have
+    tiers and versions, so the upgrade that brought those rebuilds no tenant's rollup."""
+    digest = hashlib.sha256(repr([_flat(entry) for entry in overrides]).encode()).hexdigest()[:12]
     return f"genai-prices@{package_version('genai-prices')}+tenant:{digest}"
+
+
+_FLAT_RATES = ("input", "output", "cache_read", "cache_write")
+
+
+def _flat(entry: dict[str, Any]) -> dict[str, Any]:
+    versions = entry.get("versions")
+    if not versions or len(versions) != 1 or set(entry) != {"provider", "model", "versions"}:
+        return entry
+    rates = versions[0]
+    if not set(rates) <= set(_FLAT_RATES):
+        return entry
+    return {"provider": entry["provider"], "model": entry["model"], **{k: rates[k] for k in _FLAT_RATES if k in rates}}
 
 
 def price_book(connection: Connection, tenant_id: int) -> tuple[PriceBook, str]:

@@ -49,9 +49,12 @@ _LOOKUP_CHUNK = 500
 
 INSERT_COLUMNS = (
     "tenant_id", "event_id", "type", "time_us", "customer", "task", "task_type", "provider", "model",
-    *TOKEN_FIELDS, "cache_write_1h_tokens", "actor", "agent", "metadata", "content_hash", "ingested_us",
+    *TOKEN_FIELDS, "actor", "agent", "metadata", "content_hash", "ingested_us", "cache_write_1h_tokens",
 )  # fmt: skip
-_DIGEST = INSERT_COLUMNS.index("content_hash")
+"""The `events` columns an insert writes, in the table's order (the bulk writers bind by it)."""
+DIGEST = INSERT_COLUMNS.index("content_hash")
+INGESTED = INSERT_COLUMNS.index("ingested_us")
+_DIGEST = DIGEST
 
 
 class MalformedJSON(TaskmeterError):
@@ -320,7 +323,7 @@ def _row(event: dict[str, Any], time_us: int, tenant_id: int, ingested_us: int) 
     hashed = values if actor is None and agent is None else (*values, actor, agent)
     # Hashed only when given, so that events stored before the field existed replay as duplicates.
     digest = hashlib.blake2b(orjson.dumps((*hashed, one_hour) if one_hour else hashed), digest_size=16).hexdigest()
-    return (tenant_id, *values[:-1], one_hour, actor, agent, values[-1], digest, ingested_us)
+    return (tenant_id, *values[:-1], actor, agent, values[-1], digest, ingested_us, one_hour)
 
 
 def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[Any, ...]]) -> int:
@@ -346,7 +349,7 @@ def _count_spend(session: Session | Connection, tenant_id: int, prepared: Prepar
         ours = _stored_now(connection, tenant_id, [row[1] for row in rows], inserted)
         chosen = [i for i, row in enumerate(rows) if row[1] in ours]
         rows, attribution = [rows[i] for i in chosen], [attribution[i] for i in chosen]
-    spend.count_stored(connection, tenant_id, rows, attribution, now=from_us(rows[0][-1]))
+    spend.count_stored(connection, tenant_id, rows, attribution, now=from_us(rows[0][INGESTED]))
 
 
 def _stored_now(connection: Connection, tenant_id: int, event_ids: list[str], inserted: int) -> set[str]:

@@ -37,7 +37,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from metering.errors import InvalidInput, TaskmeterError
-from metering.ingest import Batch, Prepared, prepare_rows
+from metering.ingest import DIGEST, Batch, Prepared, prepare_rows
 from metering.schemas import TimeWindow
 
 MSG_ID = "Nats-Msg-Id"
@@ -200,7 +200,7 @@ def prepare(
         )
     by_position = dict(zip(batch.positions, batch.events, strict=True))
     return [
-        (by_position[p], row[-2]) for p, row in zip(prepared.positions, prepared.rows, strict=True)
+        (by_position[p], row[DIGEST]) for p, row in zip(prepared.positions, prepared.rows, strict=True)
     ], prepared
 
 

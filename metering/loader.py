@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from metering.bulk import write_rows
 from metering.db import is_unavailable, unit_of_work
-from metering.ingest import Batch, find_event, from_us, prepare_rows, store_events, validate_items
+from metering.ingest import DIGEST, Batch, find_event, from_us, prepare_rows, store_events, validate_items
 from metering.ingest_log import LogConfig, connect, consumer_config
 from metering.schemas import DEFAULT_WINDOW, EventState, StoredEvent, TimeWindow
 from metering.tables import events, load_verdicts, log_quarantine
@@ -178,7 +178,7 @@ def _digest(item: _Decoded, tenant_id: int, window: TimeWindow) -> str:
     prepared = prepare_rows(
         validate_items([item.event]), tenant_id, now=from_us(item.accepted_us), window=window
     )
-    return str(prepared.rows[0][-2]) if prepared.rows else ""
+    return str(prepared.rows[0][DIGEST]) if prepared.rows else ""
 
 
 def _last_per_key(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -36,7 +36,7 @@ from metering.schemas import (
     rfc3339,
 )
 from metering.tables import events, quarantine
-from metering.vocabulary import EVENT_TOKEN_FIELDS
+from metering.vocabulary import EVENT_TOKEN_FIELDS, ONE_HOUR_FIELD, TOKEN_FIELDS
 
 FROM_US, UNTIL_US = to_us(REPRESENTABLE_FROM), to_us(REPRESENTABLE_UNTIL)
 # Why a row is set aside, by code (0: it is fine). The first that applies is given.
@@ -49,7 +49,7 @@ REASONS = {
 }
 COPIED = (
     "tenant_id", "seq", "event_id", "type", "time_us", "customer", "task", "task_type", "provider", "model",
-    *EVENT_TOKEN_FIELDS, "actor", "agent", "metadata", "content_hash", "ingested_us",
+    *TOKEN_FIELDS, "actor", "agent", "metadata", "content_hash", "ingested_us", ONE_HOUR_FIELD,
 )  # fmt: skip
 _CHUNK = 500
 

@@ -56,7 +56,7 @@ from metering.tables import tenants
 _TYPE, _TIME, _CUSTOMER, _TASK, _TASK_TYPE, _PROVIDER, _MODEL, _INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE = (
     2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
 )  # fmt: skip
-_CACHE_WRITE_1H = 14
+_CACHE_WRITE_1H = 19  # metering.ingest.INSERT_COLUMNS: the 1-hour writes came last (migration 0012)
 _CHUNK = 400
 _COUNTER_COLUMNS = ("tenant_id", "budget_id", "period_start_us", "used", "used_rem", "unpriced_events")
 _COUNTER_KEYS = ("tenant_id", "budget_id", "period_start_us")

@@ -139,6 +139,7 @@ def downgrade() -> None:
         "budget_alerts",
         "budget_tasks",
         "budget_counters",
+        "budget_billing",
         "budget_state",
         "budgets",
     ):

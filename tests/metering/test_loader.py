@@ -11,7 +11,7 @@ import orjson
 from sqlalchemy import Engine, func, select
 
 from metering.db import unit_of_work
-from metering.ingest import ingest_events, prepare_rows, to_us, validate_items
+from metering.ingest import DIGEST, ingest_events, prepare_rows, to_us, validate_items
 from metering.ingest_log import envelope
 from metering.loader import LogMessage, Outcome, load, state_of
 from metering.pipeline import rollup_tenant
@@ -112,7 +112,7 @@ class TestVerdicts:
                 validate_items([make_event(id="c", input_tokens=99, output_tokens=1)]),
                 tenant.id,
                 now=ACCEPTED,
-            ).rows[0][-2]
+            ).rows[0][DIGEST]
         )
 
     def test_unknown_ids_have_no_state(self, engine: Engine, tenant: Tenant) -> None:

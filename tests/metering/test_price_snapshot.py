@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from metering.ratecards import GENAI_PRICES_VERSION, PriceBook
-from metering.vocabulary import TOKEN_CLASSES
+from metering.vocabulary import RATE_CARD_CLASSES
 
 RECORD = Path(__file__).parent.parent / "fixtures" / "price_snapshot.json"
 # The models whose prices tests, the demo and the README's examples state.
@@ -41,7 +41,7 @@ def describe(book: PriceBook) -> dict[str, dict[str, dict[str, list[str]] | None
             label = card.price_version.split(":", 1)[1]
             versions[label] = {
                 name: [str(card_rate.base), *(f">{start}:{price}" for start, price in card_rate.tiers)]
-                for name in (*TOKEN_CLASSES, "request")
+                for name in (*RATE_CARD_CLASSES, "request")
                 for card_rate in [getattr(card, name)]
             }
         out[f"{provider}/{model}"] = versions

@@ -549,10 +549,11 @@ def test_the_whole_path_never_fails_and_loses_nothing(history: History, engine: 
             values = {
                 "customer": list(history.customers), "task": sorted({e["task"] for e in history.events}),
                 "event_id": [e["id"] for e in history.events], "plan_id": PLAN_IDS, "invoice_id": invoice_ids or [1],
+                "budget_id": ["no-such-budget"],
                 "month": months, "name": list(REPORTS), "static": ["dashboard.css", "dashboard.js", "favicon.svg"],
             }  # fmt: skip
             queries = {
-                "month": months, "customer": list(history.customers), "group_by": ["model", "task_type", "day", "customer"],
+                "month": months, "customer": list(history.customers), "group_by": ["model", "task_type", "day", "customer", "actor", "agent"],
                 "at": [history.later.isoformat(), EARLIEST.isoformat()], "from": [str(date(1999, 12, 1))],
                 "to": [str(date(2100, 1, 1))], "page": [1, 100_000], "status": ["open", "completed", "failed", "cancelled"],
             }  # fmt: skip
