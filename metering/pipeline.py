@@ -107,8 +107,8 @@ def rollup_tenant(
         book = PriceBook(overrides)
         run = partial(_summarize_range, engine, store, tenant.id, tenant.timezone, book, chunk_size, progress=progress, after_chunk=after_chunk)  # fmt: skip
     bounds = [start + (end - start) * i // executor.workers for i in range(executor.workers + 1)]
-    parts = executor.map(run, list(zip(bounds, bounds[1:], strict=False)))
-    summary, unpriced, result.events_read, unprocessable = _gather(parts)
+    # The ranges' results live only inside `_gather`: not beside the combined summary while it is written.
+    summary, unpriced, result.events_read, unprocessable = _gather(executor.map(run, list(zip(bounds, bounds[1:], strict=False))))  # fmt: skip
     if executor.own_process and progress is not None:
         progress(end - start, end - start)
 
