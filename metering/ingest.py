@@ -249,14 +249,16 @@ def store_events(
     now: datetime,
     window: TimeWindow = DEFAULT_WINDOW,
     atomic: bool = False,
+    key_id: int | None = None,
 ) -> IngestResult:
-    """Check the cross-field rules, append the valid events, report the rest. The caller commits."""
+    """Check the cross-field rules, append the valid events, report the rest. The caller commits.
+    `key_id`: the API key that sent them, kept with each event as evidence."""
     prepared = prepare_rows(batch, tenant_id, now=now, window=window)
-    return insert_prepared(session, tenant_id, prepared, atomic=atomic)
+    return insert_prepared(session, tenant_id, prepared, atomic=atomic, key_id=key_id)
 
 
 def insert_prepared(
-    session: Session | Connection, tenant_id: int, prepared: Prepared, *, atomic: bool = False
+    session: Session | Connection, tenant_id: int, prepared: Prepared, *, atomic: bool = False, key_id: int | None = None
 ) -> IngestResult:
     """Append prepared rows; report duplicates and conflicts. The caller commits.
 
@@ -266,7 +268,7 @@ def insert_prepared(
     rows, rejected = prepared.rows, list(prepared.rejected)
     if atomic and rejected:
         raise _atomic_failure(sorted(rejected, key=lambda r: r.index))
-    inserted = _insert_ignoring_conflicts(session, rows)
+    inserted = _insert_ignoring_conflicts(session, rows, key_id)
     duplicates, conflicts = prepared.duplicates, prepared.conflicts
     if inserted < len(rows):
         # Every row not inserted is stored already: with our digest (a duplicate) or another.
@@ -312,17 +314,20 @@ def _row(event: dict[str, Any], time_us: int, tenant_id: int, ingested_us: int) 
     return (tenant_id, *values, digest, ingested_us)
 
 
-def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[Any, ...]]) -> int:
+def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[Any, ...]], key_id: int | None = None) -> int:
     """Insert the rows, skipping ids already stored; returns how many were inserted."""
     if not rows:
         return 0
+    columns: tuple[str, ...] = INSERT_COLUMNS
+    if key_id is not None:
+        rows, columns = [(*row, key_id) for row in rows], (*INSERT_COLUMNS, "key_id")
     connection = session.connection() if isinstance(session, Session) else session
     if is_postgresql(connection):
         # Shared with other ingesters, exclusive for the rollup's read of the newest seq: a
         # sequence number the rollup sees is never overtaken by an earlier one committing later.
         connection.execute(select(func.pg_advisory_xact_lock_shared(ingest_lock_key(rows[0][0]))))
     keys = ("tenant_id", "event_id")
-    return write_rows(connection, events, INSERT_COLUMNS, rows, on_conflict="ignore", keys=keys)
+    return write_rows(connection, events, columns, rows, on_conflict="ignore", keys=keys)
 
 
 def ingest_lock_key(tenant_id: int) -> int:

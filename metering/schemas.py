@@ -24,7 +24,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from taskmeter_client.extract import MAX_TOKENS
 from typing_extensions import TypedDict
 
-EventType = Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
+EventType = Literal[
+    "usage", "task.started", "task.completed", "task.failed", "task.cancelled",
+    "task.reopened", "task.accepted", "task.rejected",  # outcome truth: DESIGN.md, pricing.outcomes
+]  # fmt: skip
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the rollup sets aside any other (metering.quarantine)
 TERMINAL_TYPES = ("task.completed", "task.failed", "task.cancelled")
 TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model")

@@ -47,6 +47,7 @@ class Principal:
     key_id: int
     scopes: frozenset[str]
     prefix: str = ""  # the key's public part: names the caller in the audit log
+    customer: str | None = None  # a `verdict` key's customer: it acts for that customer only
 
     @property
     def actor(self) -> str:

@@ -25,7 +25,7 @@ from metering.errors import InvalidInput
 from metering.money import minor_unit, money_str
 from metering.periods import Period, parse_month
 from metering.tenants import Tenant
-from pricing import repository
+from pricing import outcomes_repository, repository
 from pricing.rating import LineKind, rate_month
 from pricing.repository import RollupState, last_day
 from pricing.tables import billing_periods, invoice_lines, invoices
@@ -123,7 +123,7 @@ def _adjust_month(session: Session, tenant: Tenant, month: Period, row: Any, out
     billed, billed_invoices = _billed(session, tenant.id, month.label, customer)
     stored = repository.stored_plans(session, tenant.id, as_of=row.plans_as_of)
     tokens = repository.token_usage(session, tenant.id, month, customer)
-    tasks = repository.ended_tasks(session, tenant.id, month, customer)
+    tasks = outcomes_repository.billed_tasks(session, tenant.id, month, customer, timezone=tenant.timezone)
     names = set(billed_invoices) | set(tokens["customer"]) | set(tasks["customer"])
     if not names:
         return

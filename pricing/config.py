@@ -1,4 +1,5 @@
-"""The tenant config file (DESIGN.md): `prices`, `plans`, `customers`, validated all at once.
+"""The tenant config file (DESIGN.md): `prices`, `plans`, `customers`, `outcomes` (rules of
+`pricing.outcomes`), validated all at once.
 
 Every problem is reported with its path in the file (`plans[2].tiers.steps[1].up_to`), so a file
 is fixed in one round trip. A top-level `effective_from` (a tenant-local date) dates every plan
@@ -16,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from metering.errors import InvalidInput
+from pricing.outcomes import OutcomeRule, rules_problems
 from pricing.plans import (
     DEFER_CHECKS,
     PLAN_TYPES,
@@ -31,7 +33,7 @@ from pricing.plans import (
     version_problems,
 )
 
-SECTIONS = ("prices", "plans", "customers")
+SECTIONS = ("prices", "plans", "customers", "outcomes")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class TenantConfig:
     plan_entries: tuple[Plan, ...] = ()  # the file's plan entries, in file order
     sections: frozenset[str] = field(default_factory=frozenset)  # the sections the file has
     effective_from: date | None = None  # the file's top-level date
+    outcomes: tuple[OutcomeRule, ...] = ()  # meaningful when "outcomes" is in sections
 
 
 def validate_entry(model: type[BaseModel], entry: object, prefix: str, problems: Problems) -> Any:
@@ -128,6 +131,10 @@ def validate_config(raw: object, *, known_plans: Iterable[str] = ()) -> TenantCo
         ]
 
     _duplicates([c and c.id for c in entries], "customers[{}].id", problems)
+    raw_outcomes = _section(raw, "outcomes", problems)
+    outcomes = [validate_entry(OutcomeRule, e, f"outcomes[{i}]", problems) for i, e in enumerate(raw_outcomes)]
+    if all(outcomes):
+        problems += prefixed("outcomes", rules_problems(outcomes))
     if problems:
         detail = [{"field": path, "message": message} for path, message in problems]
         raise InvalidInput(f"invalid tenant config: {len(problems)} problem(s)", detail=detail)
@@ -138,6 +145,7 @@ def validate_config(raw: object, *, known_plans: Iterable[str] = ()) -> TenantCo
         plan_entries=tuple(plans),
         sections=frozenset(name for name in SECTIONS if name in raw),
         effective_from=effective_from,
+        outcomes=tuple(outcomes),
     )
 
 

@@ -35,8 +35,9 @@ from metering.periods import Period, period_of
 from metering.pipeline import bring_up_to_date
 from metering.tables import rollup_state
 from metering.tenants import Tenant
-from pricing import repository
+from pricing import outcomes_repository, repository
 from pricing.adjustments import Line, from_minor, late_adjustments, to_minor
+from pricing.pending import pending_jobs
 from pricing.rating import rate_month
 from pricing.repository import RollupState, StoredPlans, last_day
 from pricing.service import billing_month, require_customer
@@ -52,6 +53,7 @@ class Draft:
     currency: str
     plan: str
     lines: tuple[Line, ...]
+    outcome_versions: tuple[int, ...] = ()  # the outcome rule versions that settled its tasks
 
     @property
     def total(self) -> Decimal:
@@ -69,12 +71,13 @@ class Draft:
 
 
 def _month_lines(
-    session: Session, tenant: Tenant, period: Period, stored: StoredPlans, *, customer: str | None
-) -> tuple[dict[str, str], dict[str, str], dict[str, list[Line]]]:
+    session: Session, tenant: Tenant, period: Period, stored: StoredPlans, *, customer: str | None, now: datetime | None = None
+) -> tuple[dict[str, str], dict[str, str], dict[str, list[Line]], dict[str, tuple[int, ...]]]:
     """The month rated: plan, currency and lines per customer billed for it (customers with
-    usage, and customers that had a plan before the month ended)."""
+    usage, and customers that had a plan before the month ended), and the outcome rule versions
+    that settled each customer's tasks. `now` bounds settlement (default: the month's end)."""
     tokens = repository.token_usage(session, tenant.id, period, customer)
-    tasks = repository.ended_tasks(session, tenant.id, period, customer)
+    tasks = outcomes_repository.billed_tasks(session, tenant.id, period, customer, now=now, timezone=tenant.timezone)
     users = set(tokens["customer"]) | set(tasks["customer"])
     known = repository.customers_created_before(session, tenant.id, period.end, customer)
     assigned = repository.assignments_on(session, tenant.id, last_day(period), customers_=users | known)
@@ -94,7 +97,17 @@ def _month_lines(
         lines[line.customer].append(
             Line(str(line.kind), line.description, line.quantity, line.unit_price, line.amount_exact, line.amount, line.plan, version)
         )
-    return plans, currency, lines
+    return plans, currency, lines, _rule_versions(tasks)
+
+
+def _rule_versions(tasks: Any) -> dict[str, tuple[int, ...]]:
+    if "rule_version" not in tasks or tasks.empty:
+        return {}
+    used = tasks.loc[tasks["rule_version"].notna(), ["customer", "rule_version"]].drop_duplicates()
+    out: dict[str, set[int]] = defaultdict(set)
+    for name, version in used.itertuples(index=False):
+        out[name].add(int(version))
+    return {name: tuple(sorted(versions)) for name, versions in out.items()}
 
 
 def _in_force(stored: StoredPlans, plan: str, period: Period) -> bool:
@@ -106,12 +119,19 @@ def _in_force(stored: StoredPlans, plan: str, period: Period) -> bool:
 
 
 def month_drafts(
-    session: Session, tenant: Tenant, period: Period, state: RollupState, *, customer: str | None = None, adjust: bool = True
+    session: Session,
+    tenant: Tenant,
+    period: Period,
+    state: RollupState,
+    *,
+    customer: str | None = None,
+    adjust: bool = True,
+    now: datetime | None = None,
 ) -> tuple[list[Draft], list[str]]:
     """The invoices of a month as they stand, by customer, and the closed months checked for
     late usage. A customer with nothing to bill gets no invoice."""
     stored = repository.stored_plans(session, tenant.id)
-    plans, currency, lines = _month_lines(session, tenant, period, stored, customer=customer)
+    plans, currency, lines, rule_versions = _month_lines(session, tenant, period, stored, customer=customer, now=now)
     checked: list[str] = []
     if adjust:
         late = late_adjustments(session, tenant, period, state, customer=customer)
@@ -125,7 +145,9 @@ def month_drafts(
             plans.setdefault(name, extra[0].plan or "")
             lines[name].extend(extra)
     drafts = [
-        Draft(name, period.label, currency[name], plans[name], tuple(lines[name])) for name in sorted(lines) if lines[name]
+        Draft(name, period.label, currency[name], plans[name], tuple(lines[name]), rule_versions.get(name, ()))
+        for name in sorted(lines)
+        if lines[name]
     ]
     return drafts, checked
 
@@ -139,7 +161,7 @@ def upcoming_invoice(session: Session, tenant: Tenant, customer: str, *, now: da
     state = repository.rollup_position(session, tenant.id)
     # Late usage goes on the next invoice closed: this one only if the month before is closed.
     adjust = _closed(session, tenant.id, period.previous().label) is not None
-    drafts, _ = month_drafts(session, tenant, period, state, customer=customer, adjust=adjust)
+    drafts, _ = month_drafts(session, tenant, period, state, customer=customer, adjust=adjust, now=now)
     assignment = repository.assignments_on(session, tenant.id, last_day(period), customers_=[customer]).get(customer)
     draft = drafts[0] if drafts else Draft(customer, period.label, tenant.currency, assignment.plan if assignment else "", ())
     return {
@@ -151,6 +173,7 @@ def upcoming_invoice(session: Session, tenant: Tenant, customer: str, *, now: da
         "period_end": period.end,
         "as_of": now,
         "price_version": state.price_version,
+        "pending": pending_jobs(session, tenant, period, customer, now=now),
     }
 
 
@@ -161,6 +184,7 @@ def _draft_view(draft: Draft) -> dict[str, Any]:
         "currency": draft.currency,
         "plan": draft.plan,
         "plan_versions": draft.plan_versions(),
+        "outcome_versions": list(draft.outcome_versions),
         "total": draft.total,
         "lines": [
             {"line_no": n, "kind": line.kind, "description": line.description, "quantity": line.quantity,
@@ -251,7 +275,8 @@ def _write_invoices(session: Session, tenant: Tenant, period: Period, drafts: li
     rows = [
         {"tenant_id": tenant.id, "customer": d.customer, "period": d.period, "number": None, "status": "draft",
          "currency": d.currency, "total_minor": 0, "plan": d.plan, "plan_versions": json.dumps(d.plan_versions()),
-         "price_version": state.price_version, "created_at": now}
+         "price_version": state.price_version, "created_at": now,
+         "outcome_versions": json.dumps(list(d.outcome_versions)) if d.outcome_versions else None}
         for d in drafts
     ]  # fmt: skip
     ids = session.execute(insert(invoices).returning(invoices.c.id, sort_by_parameter_order=True), rows).scalars().all()
@@ -342,7 +367,8 @@ def invoice_view(session: Session, tenant: Tenant, invoice_id: int) -> dict[str,
     return {
         "id": row.id, "number": row.number, "status": row.status, "customer": row.customer, "period": row.period,
         "currency": money, "plan": row.plan, "plan_versions": json.loads(row.plan_versions),
-        "price_version": row.price_version, "total": from_minor(row.total_minor, money), "total_minor": row.total_minor,
+        "price_version": row.price_version, "outcome_versions": json.loads(row.outcome_versions or "[]"),
+        "total": from_minor(row.total_minor, money), "total_minor": row.total_minor,
         "credited": from_minor(credited, money), "amount_due": from_minor(row.total_minor - credited, money),
         "created_at": row.created_at, "finalized_at": row.finalized_at,
         "stripe_invoice_id": row.stripe_invoice_id, "stripe_status": row.stripe_status, "stripe_error": row.stripe_error,
@@ -388,4 +414,4 @@ def tenant_invoices(session: Session, tenant: Tenant, *, period: Period | None =
 def credit_note_view(row: Any, currency: str) -> dict[str, Any]:
     return {"id": row.id, "invoice_id": row.invoice_id, "amount": from_minor(row.amount_minor, currency),
             "currency": currency, "reason": row.reason, "created_at": row.created_at,
-            "stripe_credit_note_id": row.stripe_credit_note_id}  # fmt: skip
+            "stripe_credit_note_id": row.stripe_credit_note_id, "task": row.task, "dispute_id": row.dispute_id}  # fmt: skip

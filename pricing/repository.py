@@ -83,6 +83,11 @@ def _fetch(session: Session, query: Select[Any], names: Sequence[str], *, texts:
     return frame
 
 
+def fetch_columns(session: Session, query: Select[Any], names: Sequence[str], *, texts: Sequence[str] = ()) -> pd.DataFrame:
+    """`_fetch` for the other repositories of pricing (`pricing.outcomes_repository`)."""
+    return _fetch(session, query, names, texts=texts)
+
+
 def _fetch_rows(connection: Connection, query: Select[Any], names: Sequence[str], texts: Sequence[str]) -> pd.DataFrame:
     with _no_cyclic_gc():
         (rows,) = driver_rows(connection, query)  # one batch; exhausting it closes the cursor

@@ -91,6 +91,7 @@ def post_events(
         now=now,
         atomic=atomic,
         window=settings.event_window,
+        key_id=principal.key_id,
     )
 
 
