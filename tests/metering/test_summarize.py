@@ -63,7 +63,7 @@ def reference_tasks(events: pd.DataFrame) -> pd.DataFrame:
         status = STATUS_OF.get(terminal["type"].iloc[-1], terminal["type"].iloc[-1].removeprefix("task.")) if len(terminal) else "open"
         started = group[group["type"] == "task.started"]
 
-        def latest(kind: str) -> object:
+        def latest(kind: str, group: pd.DataFrame = group) -> object:
             times = group.loc[group["type"] == kind, "time_us"]
             return times.max() if len(times) else None
 
