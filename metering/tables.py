@@ -59,6 +59,7 @@ api_keys = Table(
     Column("name", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
+    Column("customer", String(256)),  # a verdict key's customer: it acts for that customer only
 )
 
 def _stored_event_columns() -> list[Column[Any]]:

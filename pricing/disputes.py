@@ -151,7 +151,7 @@ def open_dispute(
     if now > closes:
         raise Conflict(
             f"the dispute window of task {task!r} ended {closes.isoformat()}",
-            detail={"task": task, "window_ended": closes},
+            detail={"task": task, "window_ended": closes.isoformat()},
         )
     current = session.execute(
         select(disputes.c.id, disputes.c.status).where(

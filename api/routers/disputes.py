@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Response
 
-from api.deps import AdminScope, AuditDep, NowDep, SessionDep
+from api.deps import AuditDep, NowDep, ReadOrVerdict, SessionDep, VerdictAuditDep
 from api.errors import BODY_ERRORS, responses
 from pricing import disputes
 from pricing.schemas import Dispute, DisputeIn, DisputeResolveIn
@@ -34,7 +34,7 @@ IdempotencyKey = Annotated[
 def post_dispute(
     task: str,
     body: DisputeIn,
-    audit: AuditDep,
+    audit: VerdictAuditDep,
     now: NowDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
@@ -78,6 +78,6 @@ def post_resolve(
 
 
 @router.get("/v1/disputes/{dispute_id}", response_model=Dispute, responses=responses(404))
-def get_dispute(dispute_id: DisputeId, principal: AdminScope, session: SessionDep) -> dict[str, Any]:
+def get_dispute(dispute_id: DisputeId, principal: ReadOrVerdict, session: SessionDep) -> dict[str, Any]:
     """A dispute and how it was resolved."""
     return disputes.get_dispute(session, principal.tenant, dispute_id, customer=principal.customer)

@@ -10,13 +10,14 @@ from fastapi import APIRouter, Query, Request
 from pydantic import TypeAdapter
 
 from api.bodies import RawBody, decoded, media_type, parse_json
-from api.deps import IngestScope, NowDep, ReadScope, SessionDep, SettingsDep
+from api.deps import IngestOrVerdict, NowDep, ReadScope, SessionDep, SettingsDep
 from api.errors import responses
 from api.settings import Settings
 from metering import cloudevents
 from metering.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from metering.ingest import Batch, find_event, store_events, validate_body, validate_items
 from metering.schemas import EventIn, FieldError, IngestResult, RejectedEvent, StoredEvent
+from metering.verdicts import check_verdicts
 
 _EVENT_SCHEMA = TypeAdapter(EventIn).json_schema()
 
@@ -50,7 +51,7 @@ _CLOUDEVENT_SCHEMA = {
 def post_events(
     request: Request,
     body: RawBody,
-    principal: IngestScope,
+    principal: IngestOrVerdict,
     session: SessionDep,
     settings: SettingsDep,
     now: NowDep,
@@ -84,6 +85,8 @@ def post_events(
         except PayloadTooLarge as exc:
             exc.message += f" and {settings.max_body_bytes:,} bytes"
             raise
+    if principal.customer is not None:  # a verdict key: its customer's verdicts only
+        check_verdicts(session, principal.tenant.id, principal.customer, batch)
     return store_events(
         session,
         principal.tenant.id,

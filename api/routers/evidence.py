@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from api.deps import ReadScope, SessionDep
+from api.deps import ReadOrVerdict, SessionDep
 from api.errors import responses
 from metering import repository
 from metering.errors import NotFound
@@ -79,7 +79,7 @@ class LineTasks(BaseModel):
 @router.get("/v1/tasks/{task}/events", response_model=TaskEvents, responses=responses(404))
 def get_task_events(
     task: str,
-    principal: ReadScope,
+    principal: ReadOrVerdict,
     session: SessionDep,
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
@@ -107,7 +107,7 @@ def get_line_tasks(
     invoice_id: InvoiceId,
     line_no: LineNo,
     request: Request,
-    principal: ReadScope,
+    principal: ReadOrVerdict,
     session: SessionDep,
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,

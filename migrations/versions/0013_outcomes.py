@@ -49,6 +49,7 @@ def upgrade() -> None:
     )
     op.add_column("invoices", sa.Column("outcome_versions", sa.Text(), nullable=True))
     op.add_column("events", sa.Column("key_id", sa.Integer(), nullable=True))
+    op.add_column("api_keys", sa.Column("customer", sa.String(256), nullable=True))
     op.add_column("credit_notes", sa.Column("task", sa.String(256), nullable=True))
     op.add_column("credit_notes", sa.Column("dispute_id", sa.BigInteger(), nullable=True))
     op.create_table(
@@ -77,6 +78,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("api_keys") as batch:
+        batch.drop_column("customer")
     with op.batch_alter_table("events") as batch:
         batch.drop_column("key_id")
     op.drop_index("ix_disputes_tenant_id_task", table_name="disputes")

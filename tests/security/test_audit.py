@@ -139,5 +139,5 @@ def test_every_admin_write_route_records_itself() -> None:
             assert get_audit in used, f"{route.path}: an admin write without AuditDep is not in the audit log"
     assert sorted(writes) == [
         "/v1/customers/{customer}", "/v1/disputes/{dispute_id}/resolve", "/v1/invoices/{invoice_id}/credit-notes", "/v1/plans",
-        "/v1/quarantine/{quarantine_id}/drop", "/v1/quarantine/{quarantine_id}/release", "/v1/tasks/{task}/disputes",
+        "/v1/quarantine/{quarantine_id}/drop", "/v1/quarantine/{quarantine_id}/release",
     ]  # fmt: skip

@@ -36,11 +36,12 @@ OWNED = {
     "plan_id": lambda w: w.plan,
     "invoice_id": lambda w: str(w.invoice_id),
     "quarantine_id": lambda w: str(w.quarantine_id),
+    "dispute_id": lambda w: str(w.dispute_id),
 }
 NOBODYS = {"customer": "nobody-cust", "task": "nobody-task", "event_id": "nobody-evt", "plan_id": "nobody-plan",
-           "invoice_id": "987654", "quarantine_id": "987654"}  # fmt: skip
+           "invoice_id": "987654", "quarantine_id": "987654", "dispute_id": "987654"}  # fmt: skip
 # Parameters no tenant owns (the answer is then the caller's own data), per route or everywhere.
-NOT_OWNED: dict[str, str] = {"month": CLOSED_MONTH, "name": "customers"}
+NOT_OWNED: dict[str, str] = {"month": CLOSED_MONTH, "name": "customers", "line_no": "1"}
 NOT_OWNED_BY_ROUTE = {("/dashboard/static/{name}", "name"): "dashboard.css"}
 
 # Request bodies of the routes that take one, as tenant A would send them (`None`: no body).
@@ -59,6 +60,8 @@ BODIES: dict[tuple[str, str], dict[str, Any] | None] = {
     ("POST", "/dashboard/sign-out"): {"data": {"csrf": "x"}},
     ("POST", "/v1/quarantine/{quarantine_id}/release"): None,
     ("POST", "/v1/quarantine/{quarantine_id}/drop"): None,
+    ("POST", "/v1/tasks/{task}/disputes"): {"json": {"reason": "isolation"}},
+    ("POST", "/v1/disputes/{dispute_id}/resolve"): {"json": {"accept": False, "note": "isolation"}},
 }
 # What a route answers for B's id when it is not 404.
 EXPECTED = {("PUT", "/v1/customers/{customer}"): 422}  # the body names B's plan, unknown to A
