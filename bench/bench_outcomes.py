@@ -40,7 +40,12 @@ from metering.ingest import INSERT_COLUMNS  # noqa: E402
 from metering.tables import events  # noqa: E402
 
 FOLDER = Path(os.environ.get("TASKMETER_BENCH_DIR", "/tmp/tm-bench"))
-RULES = {"outcomes": [{"task_type": "default", "settle_after": "72h"}, {"task_type": "code_review", "require_acceptance": True}]}
+RULES = {
+    "outcomes": [
+        {"task_type": "default", "settle_after": "72h"},
+        {"task_type": "code_review", "require_acceptance": True},
+    ]
+}
 OCT = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp() * 1_000_000)
 
 
@@ -49,7 +54,9 @@ def peak_mb() -> float:
 
 
 def run_child(*argv: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *argv], capture_output=True, text=True, check=False
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -71,21 +78,70 @@ def build_evidence(url: str, tasks: int) -> None:
     print(f"building the evidence store ({tasks:,} tasks)...", flush=True)
     with unit_of_work(engine) as session:
         tenant = create_tenant(session, "evidence", now=NOW)
-        config = {"plans": [{"id": "jobs", "type": "per_job", "prices": {"default": "0.50"}}], "customers": [{"id": "acme", "plan": "jobs"}]}
-        service.load_config(session, tenant, yaml.safe_dump(config | RULES), now=datetime(2020, 1, 1, tzinfo=UTC))
+        config = {
+            "plans": [{"id": "jobs", "type": "per_job", "prices": {"default": "0.50"}}],
+            "customers": [{"id": "acme", "plan": "jobs"}],
+        }
+        service.load_config(
+            session, tenant, yaml.safe_dump(config | RULES), now=datetime(2020, 1, 1, tzinfo=UTC)
+        )
     rng = np.random.default_rng(7)
     when = OCT + rng.integers(0, 25 * 86_400, tasks) * 1_000_000
     rows = []
     for i in range(tasks):
-        task = f"=evidence-task-{i:06d}" if i % 1000 == 0 else f"evidence-task-{i:06d}"  # some look like formulas
-        rows.append((tenant.id, f"u-{i}", "usage", int(when[i]), "acme", task, None, "acme-ai", "acme-large", 1000, 100, 0, 0, 0, None, "x", 0))
-        rows.append((tenant.id, f"e-{i}", "task.completed", int(when[i]) + 60_000_000, "acme", task, None, None, None, 0, 0, 0, 0, 0, None, "x", 0))
+        task = (
+            f"=evidence-task-{i:06d}" if i % 1000 == 0 else f"evidence-task-{i:06d}"
+        )  # some look like formulas
+        rows.append(
+            (
+                tenant.id,
+                f"u-{i}",
+                "usage",
+                int(when[i]),
+                "acme",
+                task,
+                None,
+                "acme-ai",
+                "acme-large",
+                1000,
+                100,
+                0,
+                0,
+                0,
+                None,
+                "x",
+                0,
+            )
+        )
+        rows.append(
+            (
+                tenant.id,
+                f"e-{i}",
+                "task.completed",
+                int(when[i]) + 60_000_000,
+                "acme",
+                task,
+                None,
+                None,
+                None,
+                0,
+                0,
+                0,
+                0,
+                0,
+                None,
+                "x",
+                0,
+            )
+        )
     with engine.begin() as connection:
         write_rows(connection, events, INSERT_COLUMNS, rows)
     from metering.periods import parse_month
 
     with unit_of_work(engine) as session:
-        invoices.close_period(session, tenant, parse_month("2026-10", "UTC"), now=datetime(2026, 11, 1, tzinfo=UTC))
+        invoices.close_period(
+            session, tenant, parse_month("2026-10", "UTC"), now=datetime(2026, 11, 1, tzinfo=UTC)
+        )
 
 
 def child_evidence(url: str) -> dict:
@@ -103,7 +159,9 @@ def child_evidence(url: str) -> dict:
     with unit_of_work(engine) as session:
         tenant = get_tenant(session, "evidence")
         key, _ = create_api_key(session, tenant, parse_scopes("read"), secret=secret.encode(), now=NOW)
-        invoice_id = session.execute(select(invoices.c.id).where(invoices.c.tenant_id == tenant.id)).scalar_one()
+        invoice_id = session.execute(
+            select(invoices.c.id).where(invoices.c.tenant_id == tenant.id)
+        ).scalar_one()
     app = create_app(Settings(env="test", database_url=url, secret_key=secret, scheduler_enabled=False))
     with TestClient(app) as client:
         client.get("/healthz")
@@ -111,7 +169,9 @@ def child_evidence(url: str) -> dict:
         started = time.perf_counter()
         size, lines = 0, 0
         with client.stream(
-            "GET", f"/v1/invoices/{invoice_id}/lines/1/tasks", headers={"Authorization": f"Bearer {key}", "Accept": "text/csv"}
+            "GET",
+            f"/v1/invoices/{invoice_id}/lines/1/tasks",
+            headers={"Authorization": f"Bearer {key}", "Accept": "text/csv"},
         ) as response:
             assert response.status_code == 200, response.read()
             for chunk in response.iter_bytes():
@@ -121,7 +181,9 @@ def child_evidence(url: str) -> dict:
     after = peak_mb()
     started = time.perf_counter()
     with unit_of_work(engine) as session:  # the baseline, after: its memory is not the request's
-        baseline = len(outcomes_repository.billed_tasks(session, tenant.id, parse_month("2026-10", "UTC"), "acme"))
+        baseline = len(
+            outcomes_repository.billed_tasks(session, tenant.id, parse_month("2026-10", "UTC"), "acme")
+        )
     baseline_s = time.perf_counter() - started
     return {"seconds": seconds, "baseline_s": baseline_s, "baseline_tasks": baseline, "rows": lines - 1, "bytes": size,
             "peak_mb": after, "before_mb": before}  # fmt: skip
@@ -149,21 +211,52 @@ def child_incremental(url: str, outcomes: bool) -> dict:
         ends = {r[5]: r for r in rows if r[2] in ("task.completed", "task.failed", "task.cancelled")}
         swapped = 0
         for index, row in enumerate(rows):
-            if row[2] == "usage" and row[1].endswith("-u0") and swapped < 1000 and int(row[5].split("-")[1]) % 10 == 0:
+            if (
+                row[2] == "usage"
+                and row[1].endswith("-u0")
+                and swapped < 1000
+                and int(row[5].split("-")[1]) % 10 == 0
+            ):
                 end = ends[row[5]]
-                rows[index] = (*row[:2], verdicts[swapped % 3], end[3] + 60_000_000, *row[4:6], None, None, None, 0, 0, 0, 0, 0, None, "x", 0)
+                rows[index] = (
+                    *row[:2],
+                    verdicts[swapped % 3],
+                    end[3] + 60_000_000,
+                    *row[4:6],
+                    None,
+                    None,
+                    None,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    None,
+                    "x",
+                    0,
+                )
                 swapped += 1
     with engine.begin() as connection:
         write_rows(connection, events, INSERT_COLUMNS, rows)
     started = time.perf_counter()
     result = rollup_tenant(engine, tenant, now=NOW)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "events": result.events_read, "tasks": result.tasks_updated, "peak_mb": peak_mb()}
+    return {
+        "seconds": seconds,
+        "events": result.events_read,
+        "tasks": result.tasks_updated,
+        "peak_mb": peak_mb(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=2_000_000, help="usage events of the rollup store (bench_rollup's generator)")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=2_000_000,
+        help="usage events of the rollup store (bench_rollup's generator)",
+    )
     parser.add_argument("--line-tasks", type=int, default=100_000)
     parser.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql"])
     parser.add_argument("--child", nargs="*")
@@ -183,7 +276,9 @@ def main() -> None:
         admin = make_engine(POSTGRES_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             for name in ("taskmeter_bench_outcomes_rollup", "taskmeter_bench_outcomes_evidence"):
-                if not connection.execute(text(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")).first():  # noqa: S608
+                if not connection.execute(
+                    text(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")
+                ).first():  # noqa: S608
                     connection.execute(text(f"CREATE DATABASE {name}"))
         admin.dispose()
     print(f"machine: {machine()}; date {datetime.now(UTC):%Y-%m-%d}; {args.db}", flush=True)

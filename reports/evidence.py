@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports.cells import cost_text, instants_array_text, micro_units
+from reports.cells import instants_array_text
 from reports.columns import Report
 from reports.csvwriter import Batch, encode
 
@@ -24,17 +24,19 @@ BATCH_ROWS = 10_000
 
 
 def _columns(frame: pd.DataFrame) -> Batch:
-    billed = frame["billed_at"]
+    billed = frame["billed_us"].astype("Int64")
     missing = billed.isna().to_numpy()
-    micros = np.where(missing, 0, pd.DatetimeIndex(billed).as_unit("us").asi8)
+    micros = billed.fillna(0).to_numpy(dtype=np.int64)
     versions = frame["outcome_rule_version"].astype("Int64")
+    nanos = frame["provider_cost_nanos"].to_numpy(dtype=np.int64)
+    whole, fraction = np.divmod((nanos + 500) // 1000, 1_000_000)  # micro-units, half up (costs are >= 0)
     return {
         "task": frame["task"].tolist(),
         "customer": frame["customer"].tolist(),
         "task_type": ["" if t is None or t != t else t for t in frame["task_type"].tolist()],
         "status": frame["status"].tolist(),
         "billed_at": instants_array_text(micros, missing),
-        "provider_cost": [cost_text(micro_units(n)) for n in frame["provider_cost_nanos"].tolist()],
+        "provider_cost": [f"{w}.{f:06d}" for w, f in zip(whole.tolist(), fraction.tolist(), strict=True)],
         "outcome_rule_version": ["" if v is pd.NA else str(v) for v in versions.tolist()],
     }
 
