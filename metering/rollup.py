@@ -225,8 +225,9 @@ def _merge_task_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     reduced["status"] = reduced["status"].fillna("open")
     _open_has_no_end(reduced)
     for name in OUTCOME_TIMES:
-        values = pd.to_numeric(both[name]).astype("Int64")  # stored rows come as objects with None
-        reduced[name] = values.groupby(codes).max().reindex(range(len(tasks))).array
+        values = pd.array(both[name], dtype="Int64")  # stored rows come as objects with None
+        latest = _grouped(np.maximum, codes, values.fillna(_MIN).to_numpy(dtype=np.int64), len(tasks), _MIN)
+        reduced[name] = pd.arrays.IntegerArray(np.where(latest == _MIN, 0, latest), latest == _MIN)
     for name in OUTCOME_COUNTS:
         reduced[name] = _sum_by(codes, len(tasks), both[name].to_numpy(dtype=np.int64))
     return reduced[list(TASK_COLUMNS)]
