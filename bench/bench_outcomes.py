@@ -33,7 +33,7 @@ from sqlalchemy import func, select, text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_rollup import NOW, POSTGRES_URL, build_store, synthetic_chunk  # noqa: E402
-from bench.common import machine  # noqa: E402
+from bench.common import cpu_check, machine  # noqa: E402
 from metering.bulk import write_rows  # noqa: E402
 from metering.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
 from metering.ingest import INSERT_COLUMNS  # noqa: E402
@@ -277,11 +277,11 @@ def main() -> None:
         with admin.connect() as connection:
             for name in ("taskmeter_bench_outcomes_rollup", "taskmeter_bench_outcomes_evidence"):
                 if not connection.execute(
-                    text(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")
-                ).first():  # noqa: S608
+                    text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+                ).first():
                     connection.execute(text(f"CREATE DATABASE {name}"))
         admin.dispose()
-    print(f"machine: {machine()}; date {datetime.now(UTC):%Y-%m-%d}; {args.db}", flush=True)
+    print(f"machine: {machine()}; date {datetime.now(UTC):%Y-%m-%d}; {args.db}; {cpu_check()}", flush=True)
 
     build_evidence(evidence_url, args.line_tasks)
     evidence = run_child("evidence", evidence_url)

@@ -113,7 +113,11 @@ def task_frame(session: Session, tenant_id: int, task: str) -> pd.DataFrame:
 
 def disputed_tasks(session: Session, tenant_id: int, customer: str | None = None) -> set[str]:
     """Tasks whose dispute was accepted while their month was open: no invoice bills them."""
-    where = [disputes.c.tenant_id == tenant_id, disputes.c.status == "accepted", disputes.c.invoice_id.is_(None)]
+    where = [
+        disputes.c.tenant_id == tenant_id,
+        disputes.c.status == "accepted",
+        disputes.c.invoice_id.is_(None),
+    ]
     if customer is not None:
         where.append(disputes.c.customer == customer)
     return set(session.execute(select(disputes.c.task).where(*where)).scalars())
@@ -190,7 +194,9 @@ def pending_tasks(
     ]
     if customer is not None:
         where.append(t.customer == customer)
-    data = settled_frame(_without(_read(session, where), disputed_tasks(session, tenant_id, customer)), book, timezone)
+    data = settled_frame(
+        _without(_read(session, where), disputed_tasks(session, tenant_id, customer)), book, timezone
+    )
     settled = data["settled_us"].to_numpy(dtype=np.int64, na_value=-1)
     waiting = (settled < 0) | (settled > to_us(now))
     return data.loc[waiting & data["rule_version"].notna().to_numpy()].reset_index(drop=True)

@@ -54,7 +54,9 @@ def upgrade() -> None:
     op.add_column("credit_notes", sa.Column("dispute_id", sa.BigInteger(), nullable=True))
     op.create_table(
         "disputes",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
         sa.Column("tenant_id", sa.Integer(), nullable=False),
         sa.Column("customer", sa.String(256), nullable=False),
         sa.Column("task", sa.String(256), nullable=False),
@@ -72,7 +74,9 @@ def upgrade() -> None:
         sa.CheckConstraint("status IN ('open', 'accepted', 'rejected')", name=op.f("ck_disputes_status")),
         sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_disputes_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_disputes")),
-        sa.UniqueConstraint("tenant_id", "idempotency_key", name=op.f("uq_disputes_tenant_id_idempotency_key")),
+        sa.UniqueConstraint(
+            "tenant_id", "idempotency_key", name=op.f("uq_disputes_tenant_id_idempotency_key")
+        ),
     )
     op.create_index("ix_disputes_tenant_id_task", "disputes", ["tenant_id", "task"])
 
