@@ -14,7 +14,7 @@ from api.ingest_log import KnownKeys, LogLink
 from api.limits import RequestLimitsMiddleware
 from api.ratelimit import RateLimiter
 from api.routers import audit as audit_routes
-from api.routers import budgets, events, invoices, otlp, pricing, quarantine, usage
+from api.routers import budgets, disputes, events, evidence, invoices, otlp, pricing, quarantine, usage
 from api.routers import dashboard as dashboard_routes
 from api.routers import docs as docs_routes
 from api.routers import reports as report_routes
@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(budgets.router)
     app.include_router(pricing.router)
     app.include_router(invoices.router)
+    app.include_router(disputes.router)
+    app.include_router(evidence.router)
     app.include_router(stripe_routes.router)
     app.include_router(report_routes.router)
     app.include_router(dashboard_routes.router)

@@ -14,7 +14,7 @@ from api.ingest_log import KnownKeys
 from api.settings import Settings
 from metering import audit
 from metering.db import is_unavailable
-from metering.errors import Forbidden, Unauthorized
+from metering.errors import Forbidden, NotFound, Unauthorized
 from metering.tenants import Principal, authenticate, hash_key
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in its
@@ -97,9 +97,26 @@ def require(scope: str):  # type: ignore[no-untyped-def]
     return check
 
 
+def require_any(*scopes: str):  # type: ignore[no-untyped-def]
+    """Any one of `scopes`; a `verdict` key (bound to one customer) passes only where it is named,
+    and the route then limits it to its customer (`Principal.customer`)."""
+
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not any(principal.allows(scope) for scope in scopes):
+            raise Forbidden(f"this key lacks the {' or '.join(repr(s) for s in scopes)} scope")
+        return principal
+
+    return check
+
+
 IngestScope = Annotated[Principal, Depends(require("ingest"))]
 ReadScope = Annotated[Principal, Depends(require("read"))]
 AdminScope = Annotated[Principal, Depends(require("admin"))]
+# Where a verdict key may act, for its customer only: post task.accepted / task.rejected events,
+# open disputes, read tasks, their events and invoices.
+IngestOrVerdict = Annotated[Principal, Depends(require_any("ingest", "verdict"))]
+ReadOrVerdict = Annotated[Principal, Depends(require_any("read", "verdict"))]
+AdminOrVerdict = Annotated[Principal, Depends(require_any("admin", "verdict"))]
 
 
 class AuditTrail:
@@ -120,3 +137,16 @@ def get_audit(principal: AdminScope, session: SessionDep, now: NowDep) -> AuditT
 
 
 AuditDep = Annotated[AuditTrail, Depends(get_audit)]
+
+
+def get_verdict_audit(principal: AdminOrVerdict, session: SessionDep, now: NowDep) -> AuditTrail:
+    return AuditTrail(session, principal, now)
+
+
+VerdictAuditDep = Annotated[AuditTrail, Depends(get_verdict_audit)]
+
+
+def own_customer(principal: Principal, customer: str) -> None:
+    """NotFound when a verdict key asks for another customer's data (as if it did not exist)."""
+    if principal.customer is not None and principal.customer != customer:
+        raise NotFound(f"no customer {customer!r}")

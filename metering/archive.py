@@ -40,8 +40,9 @@ from metering.stores.common import EVENT_COLUMNS, TEXT_COLUMNS
 from metering.tables import archived_months, events, rollup_state
 from metering.tenants import Tenant
 
-ARCHIVE_COLUMNS = tuple(column.name for column in events.columns if column.name != "tenant_id")
-"""A stored event as archived: the `events` row without its tenant (the partition names it)."""
+ARCHIVE_COLUMNS = tuple(column.name for column in events.columns if column.name not in ("tenant_id", "key_id"))
+"""A stored event as archived: the `events` row without its tenant (the partition names it) and
+without the key that sent it (evidence the database keeps only while the event is there)."""
 INTEGER_COLUMNS = frozenset(
     column.name for column in events.columns if column.name in ARCHIVE_COLUMNS and column.type.python_type is int
 )

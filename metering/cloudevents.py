@@ -49,7 +49,7 @@ __all__ = [
 STRUCTURED_MEDIA_TYPE = "application/cloudevents+json"
 BATCH_MEDIA_TYPE = "application/cloudevents-batch+json"
 SPEC_VERSION = "1.0"
-TASK_TYPES = ("task.started", "task.completed", "task.failed", "task.cancelled")
+TASK_TYPES = ("task.started", "task.completed", "task.failed", "task.cancelled", "task.reopened", "task.accepted", "task.rejected")
 
 # taskmeter field → the `data` keys that may carry it, taskmeter's own name first.
 _TOKEN_KEYS = {

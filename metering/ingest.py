@@ -255,14 +255,16 @@ def store_events(
     now: datetime,
     window: TimeWindow = DEFAULT_WINDOW,
     atomic: bool = False,
+    key_id: int | None = None,
 ) -> IngestResult:
-    """Check the cross-field rules, append the valid events, report the rest. The caller commits."""
+    """Check the cross-field rules, append the valid events, report the rest. The caller commits.
+    `key_id`: the API key that sent them, kept with each event as evidence."""
     prepared = prepare_rows(batch, tenant_id, now=now, window=window)
-    return insert_prepared(session, tenant_id, prepared, atomic=atomic)
+    return insert_prepared(session, tenant_id, prepared, atomic=atomic, key_id=key_id)
 
 
 def insert_prepared(
-    session: Session | Connection, tenant_id: int, prepared: Prepared, *, atomic: bool = False
+    session: Session | Connection, tenant_id: int, prepared: Prepared, *, atomic: bool = False, key_id: int | None = None
 ) -> IngestResult:
     """Append prepared rows; report duplicates and conflicts. The caller commits.
 
@@ -272,7 +274,7 @@ def insert_prepared(
     rows, rejected = prepared.rows, list(prepared.rejected)
     if atomic and rejected:
         raise _atomic_failure(sorted(rejected, key=lambda r: r.index))
-    inserted = _insert_ignoring_conflicts(session, rows)
+    inserted = _insert_ignoring_conflicts(session, rows, key_id)
     _count_spend(session, tenant_id, prepared, inserted)
     duplicates, conflicts = prepared.duplicates, prepared.conflicts
     if inserted < len(rows):
@@ -326,16 +328,19 @@ def _row(event: dict[str, Any], time_us: int, tenant_id: int, ingested_us: int) 
     return (tenant_id, *values[:-1], actor, agent, values[-1], digest, ingested_us, one_hour)
 
 
-def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[Any, ...]]) -> int:
+def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[Any, ...]], key_id: int | None = None) -> int:
     """Insert the rows, skipping ids already stored; returns how many were inserted."""
     if not rows:
         return 0
+    columns: tuple[str, ...] = INSERT_COLUMNS
+    if key_id is not None:
+        rows, columns = [(*row, key_id) for row in rows], (*INSERT_COLUMNS, "key_id")
     connection = session.connection() if isinstance(session, Session) else session
     # Shared with other ingesters, exclusive for the rollup's read of the newest seq: a sequence
     # number the rollup sees is never overtaken by an earlier one committing later.
     tenant_lock(connection, ingest_lock_key(rows[0][0]), shared=True)
     keys = ("tenant_id", "event_id")
-    return write_rows(connection, events, INSERT_COLUMNS, rows, on_conflict="ignore", keys=keys)
+    return write_rows(connection, events, columns, rows, on_conflict="ignore", keys=keys)
 
 
 def _count_spend(session: Session | Connection, tenant_id: int, prepared: Prepared, inserted: int) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from metering.ingest import from_us, to_us
 from metering.money import display_cost
 from metering.periods import Period
-from metering.tables import task_usage, task_usage_detail, usage_daily
+from metering.tables import api_keys, events, task_usage, task_usage_detail, usage_daily
 from metering.vocabulary import TASK_STATUSES, USAGE_MEASURES
 
 GroupBy = Literal["model", "task_type", "day", "customer", "actor", "agent"]
@@ -192,3 +192,29 @@ def unpriced_models(connection: Connection | Session, tenant_id: int, first_day:
         .where(*where).group_by(usage_daily.c.provider, usage_daily.c.model).order_by(usage_daily.c.provider, usage_daily.c.model)
     ).all()  # fmt: skip
     return [{"provider": r.provider, "model": r.model, "events": int(r.events), "tokens": int(r.tokens)} for r in rows]
+
+
+def task_events(
+    connection: Connection | Session, tenant_id: int, task: str, *, offset: int = 0, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """A task's stored events in time order (ties by ingest order), each with the API key that
+    sent it (None: the command line, a bulk load, or before keys were recorded)."""
+    e, k = events, api_keys
+    rows = connection.execute(
+        select(e, k.c.prefix.label("key_prefix"), k.c.name.label("key_name"))
+        .select_from(e.outerjoin(k, (k.c.id == e.c.key_id) & (k.c.tenant_id == e.c.tenant_id)))
+        .where(e.c.tenant_id == tenant_id, e.c.task == task)
+        .order_by(e.c.time_us, e.c.seq)
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return [
+        {
+            "seq": r.seq, "id": r.event_id, "type": r.type, "time": from_us(r.time_us), "customer": r.customer,
+            "task_type": r.task_type, "provider": r.provider, "model": r.model,
+            "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+            "ingested_at": from_us(r.ingested_us),
+            "key": None if r.key_id is None else {"id": r.key_id, "prefix": r.key_prefix, "name": r.key_name},
+        }
+        for r in rows
+    ]  # fmt: skip

@@ -8,7 +8,8 @@ summarizes only new events and merges them into the stored rows. Both go through
 
 A task's attributes are decided by events in (time, seq) order: its customer by the earliest
 event, its task type by the latest event that names one, its status by the latest terminal event
-(`open` while there is none). Usage measures add up. Everything is a grouped min, max or sum over
+(`open` while there is none; `task.reopened` counts as one that makes it open again, and
+`task.rejected` as one that makes it failed). Usage measures add up. Everything is a grouped min, max or sum over
 integer codes (`ufunc.at`), linear in the number of events.
 """
 
@@ -27,12 +28,20 @@ TOKEN_COLUMNS = (
 )  # fmt: skip
 USAGE_COLUMNS = ("usage_events", *TOKEN_COLUMNS, "cost_nanos", "cost_rem", "unpriced_events")
 TERMINAL = ("task.completed", "task.failed", "task.cancelled")
+# Outcome events (DESIGN.md "Outcome truth") that decide the status too: a reopening returns the
+# task to open, a rejection makes it failed. An acceptance does not change the status.
+OUTCOME = (*TERMINAL, "task.reopened", "task.rejected")
+_STATUS_OF = {"task.reopened": "open", "task.rejected": "failed"}
+# What settlement (`pricing.outcomes`) reads: the latest completion, acceptance and reopening
+# (times, NULL when none) and how many reopenings and rejections the task had.
+OUTCOME_TIMES = {"completed_us": "task.completed", "accepted_us": "task.accepted", "reopened_us": "task.reopened"}
+OUTCOME_COUNTS = {"reopened": "task.reopened", "rejected": "task.rejected"}
 US_PER_DAY = 86_400_000_000
 
 TASK_COLUMNS = (
     "task", "customer", "customer_us", "customer_seq", "task_type", "task_type_us", "task_type_seq",
     "status", "ended_us", "status_seq", "started_us", "first_event_us", "last_event_us", "events",
-    *USAGE_COLUMNS, "last_seq",
+    *USAGE_COLUMNS, "last_seq", *OUTCOME_TIMES, *OUTCOME_COUNTS,
 )  # fmt: skip
 ATTRIBUTION_KEYS = ("actor", "agent")  # '' where the usage events gave none
 DETAIL_KEYS = ("task", "day", "provider", "model", "customer", *ATTRIBUTION_KEYS)
@@ -82,8 +91,9 @@ def summarize(events: pd.DataFrame, timezone: str) -> Summary:
     task, customer, task_type = (_Texts.of(events[name]) for name in ("task", "customer", "task_type"))
     provider, model = _Texts.of(events["provider"]), _Texts.of(events["model"])
     kind = _Texts.of(events["type"])
-    usage, started, terminal = kind.rows_of("usage"), kind.rows_of("task.started"), kind.rows_of(*TERMINAL)
-    status = _Texts(kind.codes, np.array([n.removeprefix("task.") for n in kind.names.tolist()], dtype=object))
+    usage, started, terminal = kind.rows_of("usage"), kind.rows_of("task.started"), kind.rows_of(*OUTCOME)
+    status_names = [_STATUS_OF.get(n, n.removeprefix("task.")) for n in kind.names.tolist()]
+    status = _Texts(kind.codes, np.array(status_names, dtype=object))
     measures = _usage_measures(events)
     n = len(task.names)
     # Usage measures add up over usage events only: the other rows go to an extra group, n.
@@ -105,6 +115,13 @@ def summarize(events: pd.DataFrame, timezone: str) -> Summary:
     )
     reduced.insert(0, "task", task.names)
     reduced["status"] = reduced["status"].fillna("open")
+    _open_has_no_end(reduced)
+    for name, kind_name in OUTCOME_TIMES.items():
+        rows = kind.rows_of(kind_name)
+        latest = _grouped(np.maximum, task.codes[rows], time_us[rows], n, _MIN)
+        reduced[name] = pd.arrays.IntegerArray(np.where(latest == _MIN, 0, latest), latest == _MIN)
+    for name, kind_name in OUTCOME_COUNTS.items():
+        reduced[name] = np.bincount(task.codes[kind.rows_of(kind_name)], minlength=n)
 
     span = max(len(model.names), 1)
     pair = provider.codes * span + model.codes
@@ -198,12 +215,15 @@ def _merge_task_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         return _Choice(valid, both[us].fillna(0).to_numpy(dtype=np.int64), both[seq].fillna(0).to_numpy(dtype=np.int64))
 
     started = both["started_us"]
+    # The status's deciding event: a terminal one (ended_us), or a reopening (reopened_us).
+    decided = both["status_seq"].notna()
+    both["_status_us"] = both["ended_us"].where(both["ended_us"].notna(), both["reopened_us"]).where(decided)
     reduced = _reduce_tasks(
         codes,
         len(tasks),
         customer=(_Texts.of(both["customer"]), choice("customer_us", "customer_seq")),
         task_type=(_Texts.of(both["task_type"]), choice("task_type_us", "task_type_seq")),
-        status=(_Texts.of(both["status"].where(both["ended_us"].notna())), choice("ended_us", "status_seq")),
+        status=(_Texts.of(both["status"].where(decided)), choice("_status_us", "status_seq")),
         started=(started.fillna(0).to_numpy(dtype=np.int64), started.notna().to_numpy()),
         first_us=both["first_event_us"].to_numpy(dtype=np.int64),
         last_us=both["last_event_us"].to_numpy(dtype=np.int64),
@@ -212,7 +232,21 @@ def _merge_task_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     )
     reduced.insert(0, "task", np.asarray(tasks, dtype=object))
     reduced["status"] = reduced["status"].fillna("open")
+    _open_has_no_end(reduced)
+    for name in OUTCOME_TIMES:
+        values = pd.array(both[name], dtype="Int64")  # stored rows come as objects with None
+        latest = _grouped(np.maximum, codes, values.fillna(_MIN).to_numpy(dtype=np.int64), len(tasks), _MIN)
+        reduced[name] = pd.arrays.IntegerArray(np.where(latest == _MIN, 0, latest), latest == _MIN)
+    for name in OUTCOME_COUNTS:
+        reduced[name] = _sum_by(codes, len(tasks), both[name].to_numpy(dtype=np.int64))
     return reduced[list(TASK_COLUMNS)]
+
+
+def _open_has_no_end(tasks: pd.DataFrame) -> None:
+    """A task reopened is open: no end time (its reopening's time is `reopened_us`)."""
+    reopened = (tasks["status"] == "open").to_numpy()
+    if reopened.any():
+        tasks["ended_us"] = tasks["ended_us"].mask(reopened)
 
 
 def _reduce_tasks(

@@ -28,7 +28,10 @@ from typing_extensions import TypedDict
 
 from metering.vocabulary import EVENT_TOKEN_FIELDS
 
-EventType = Literal["usage", "task.started", "task.completed", "task.failed", "task.cancelled"]
+EventType = Literal[
+    "usage", "task.started", "task.completed", "task.failed", "task.cancelled",
+    "task.reopened", "task.accepted", "task.rejected",  # outcome truth: DESIGN.md, pricing.outcomes
+]  # fmt: skip
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the rollup sets aside any other (metering.quarantine)
 TEXT_FIELDS = ("id", "customer", "task", "task_type", "provider", "model", "actor", "agent")
 ATTRIBUTION_FIELDS = ("actor", "agent")  # who the work ran for, and which of their agents did it

@@ -59,6 +59,7 @@ api_keys = Table(
     Column("name", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
+    Column("customer", String(256)),  # a verdict key's customer: it acts for that customer only
 )
 
 
@@ -96,6 +97,9 @@ events = Table(
     Column("seq", BigId, primary_key=True, autoincrement=True),
     Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
     *_stored_event_columns(),
+    # The API key that sent the event (evidence: GET /v1/tasks/{task}/events); NULL for events
+    # that came another way (command line, bulk load) or before keys were recorded.
+    Column("key_id", Integer),
     UniqueConstraint("tenant_id", "event_id"),
     Index("ix_events_tenant_task", "tenant_id", "task"),
     Index("ix_events_tenant_seq", "tenant_id", "seq"),  # a tenant's events past its watermark
@@ -171,6 +175,13 @@ task_usage = Table(
     Column("events", BigInteger, nullable=False),
     *_usage_columns(),
     Column("last_seq", BigInteger, nullable=False),
+    # Outcome truth (`pricing.outcomes` settles a task from these): the latest task.completed,
+    # task.accepted and task.reopened, and how many reopenings and rejections the task had.
+    Column("completed_us", BigInteger),
+    Column("accepted_us", BigInteger),
+    Column("reopened_us", BigInteger),
+    Column("reopened", BigInteger, nullable=False, server_default="0"),
+    Column("rejected", BigInteger, nullable=False, server_default="0"),
     # A customer's tasks by end time; open tasks are the ones with no end (ended_us IS NULL).
     Index("ix_task_usage_tenant_customer_ended", "tenant_id", "customer", "ended_us"),
     Index("ix_task_usage_tenant_ended", "tenant_id", "ended_us"),

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from metering.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from metering.tables import api_keys, tenants
 
-SCOPES = ("ingest", "read", "admin")
+SCOPES = ("ingest", "read", "admin", "verdict")  # verdict: bound to one customer (`customer`), alone
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _KEY = re.compile(r"^tm_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 
@@ -47,6 +47,7 @@ class Principal:
     key_id: int
     scopes: frozenset[str]
     prefix: str = ""  # the key's public part: names the caller in the audit log
+    customer: str | None = None  # a `verdict` key's customer: it acts for that customer only
 
     @property
     def actor(self) -> str:
@@ -116,9 +117,24 @@ def hash_key(key: str, secret: bytes) -> bytes:
 
 
 def create_api_key(
-    session: Session, tenant: Tenant, scopes: frozenset[str], *, secret: bytes, now: datetime, name: str = ""
+    session: Session,
+    tenant: Tenant,
+    scopes: frozenset[str],
+    *,
+    secret: bytes,
+    now: datetime,
+    name: str = "",
+    customer: str | None = None,
 ) -> tuple[str, int]:
-    """Create a key; returns the key (shown once) and its id."""
+    """Create a key; returns the key (shown once) and its id. A `verdict` key is bound to one
+    `customer` and has no other scope (DESIGN.md "Outcome truth")."""
+    if "verdict" in scopes and (scopes != {"verdict"} or not customer):
+        message = "a verdict key names its --customer and has no other scope" if customer else "a verdict key needs --customer"
+        raise InvalidInput("invalid scopes", detail=[{"field": "scopes", "message": message}])
+    if customer is not None and "verdict" not in scopes:
+        raise InvalidInput("invalid key", detail=[{"field": "customer", "message": "only a verdict key is bound to a customer"}])
+    if customer is not None and (not 0 < len(customer) <= 256 or "\x00" in customer):
+        raise InvalidInput("invalid key", detail=[{"field": "customer", "message": "must be 1-256 characters, no NUL"}])
     prefix = secrets.token_hex(6)
     key = f"tm_{prefix}_{secrets.token_urlsafe(32)}"
     key_id = session.execute(
@@ -130,6 +146,7 @@ def create_api_key(
             scopes=",".join(sorted(scopes)),
             name=name or ",".join(sorted(scopes)),
             created_at=now,
+            customer=customer,
         )
         .returning(api_keys.c.id)
     ).scalar_one()
@@ -160,14 +177,14 @@ def rotate_api_key(
     if grace < timedelta(0):
         raise InvalidInput("invalid grace period", detail=[{"field": "grace", "message": "must not be negative"}])
     old = session.execute(
-        select(api_keys.c.id, api_keys.c.scopes, api_keys.c.name).where(
+        select(api_keys.c.id, api_keys.c.scopes, api_keys.c.name, api_keys.c.customer).where(
             api_keys.c.tenant_id == tenant.id, api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None)
         )
     ).one_or_none()
     if old is None:
         raise NotFound(f"no active key {prefix!r} for tenant {tenant.name!r}")
     key, key_id = create_api_key(
-        session, tenant, frozenset(old.scopes.split(",")), secret=secret, now=now, name=old.name
+        session, tenant, frozenset(old.scopes.split(",")), secret=secret, now=now, name=old.name, customer=old.customer
     )
     ends = now + grace
     session.execute(update(api_keys).where(api_keys.c.id == old.id).values(revoked_at=ends))
@@ -201,4 +218,5 @@ def authenticate(
     if row is None or not hmac.compare_digest(row.key_hash, hash_key(key, secret)) or is_revoked(row.revoked_at, now):
         raise Unauthorized("invalid API key")
     tenant = Tenant(row.tenant_id, row.name, row.timezone, row.currency)
-    return Principal(tenant=tenant, key_id=row.id, scopes=frozenset(row.scopes.split(",")), prefix=row.prefix)
+    scopes = frozenset(row.scopes.split(","))
+    return Principal(tenant=tenant, key_id=row.id, scopes=scopes, prefix=row.prefix, customer=row.customer)

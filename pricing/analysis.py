@@ -21,7 +21,7 @@ from metering.prices import price_usage, settle_nanos
 from metering.ratecards import RateCardError
 from metering.schemas import REPRESENTABLE_FROM, REPRESENTABLE_UNTIL, rfc3339
 from metering.tenants import Tenant
-from pricing import repository
+from pricing import outcomes_repository, repository
 from pricing.compare import Comparison, ModelTokens, compare_plans, quote_task
 from pricing.plans import CustomerPlan, PlanBook
 from pricing.repository import last_day
@@ -46,9 +46,11 @@ def compare_month(
     plans: Sequence[str] | None = None,
     customer: str | None = None,
     target_margin: object = "0.6",
+    now: datetime | None = None,
 ) -> MonthComparison:
     """Every customer with usage in the month (or one customer) under its plan and `compare_with`
-    plans, or under `plans`. Customers without a plan are compared only under named `plans`."""
+    plans, or under `plans`. Customers without a plan are compared only under named `plans`.
+    `now` bounds settlement under outcome rules (default: the month's end)."""
     try:
         target = parse_decimal(target_margin)
     except ValueError as error:
@@ -58,7 +60,7 @@ def compare_month(
     if unknown:
         raise invalid("unknown plans", [(f"plans[{list(plans or ()).index(p)}]", f"unknown plan {p!r}") for p in unknown])
     tokens = repository.token_usage(session, tenant.id, period, customer)
-    tasks = repository.ended_tasks(session, tenant.id, period, customer)
+    tasks = outcomes_repository.billed_tasks(session, tenant.id, period, customer, now=now, timezone=tenant.timezone)
     names = set(tokens["customer"]) | set(tasks["customer"]) | ({customer} if customer else set())
     assigned = repository.assignments_on(session, tenant.id, last_day(period), customers_=names)
     lineup = [assigned[c].as_customer_plan() if c in assigned else None for c in sorted(names)]

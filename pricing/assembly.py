@@ -77,6 +77,7 @@ class Draft:
     currency: str
     plan: str
     lines: tuple[Line, ...]
+    outcome_versions: tuple[int, ...] = ()  # the outcome rule versions that settled its tasks
 
     @property
     def total(self) -> Decimal:
@@ -334,9 +335,21 @@ def assemble(tenant: Tenant, month: OpenMonth, late: Sequence[ClosedMonth] = ())
         plans.setdefault(name, extra[0].plan or "")
         lines[name].extend(extra)
     unrated = {name for refusal in refusals for name in refusal.customers}
+    rule_versions = _rule_versions(month.usage.tasks)
     drafts = [
-        Draft(name, month.period.label, currency[name], plans[name], tuple(lines[name]))
+        Draft(name, month.period.label, currency[name], plans[name], tuple(lines[name]), rule_versions.get(name, ()))
         for name in sorted(lines)
         if lines[name] and name not in unrated
     ]
     return Assembly(drafts, refusals)
+
+
+def _rule_versions(tasks: pd.DataFrame) -> dict[str, tuple[int, ...]]:
+    """Per customer, the outcome rule versions that settled its billed tasks (`rule_version`)."""
+    if "rule_version" not in tasks or tasks.empty:
+        return {}
+    used = tasks.loc[tasks["rule_version"].notna(), ["customer", "rule_version"]].drop_duplicates()
+    out: dict[str, set[int]] = defaultdict(set)
+    for name, version in used.itertuples(index=False):
+        out[name].add(int(version))
+    return {name: tuple(sorted(versions)) for name, versions in out.items()}

@@ -1,4 +1,5 @@
-"""The tenant config file (DESIGN.md): `prices`, `plans`, `customers`, `budgets`, validated all at once.
+"""The tenant config file (DESIGN.md): `prices`, `models`, `plans`, `customers`, `budgets`, `outcomes`
+(rules of `pricing.outcomes`), validated all at once.
 
 Every problem is reported with its path in the file (`plans[2].tiers.steps[1].up_to`), so a file
 is fixed in one round trip. A top-level `effective_from` (a tenant-local date) dates every plan
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from metering.budgets import Budget, parse_budgets
 from metering.errors import InvalidInput
+from pricing.outcomes import OutcomeRule, rules_problems
 from pricing.plans import (
     DEFER_CHECKS,
     PLAN_TYPES,
@@ -33,7 +35,7 @@ from pricing.plans import (
     version_problems,
 )
 
-SECTIONS = ("prices", "models", "plans", "customers", "budgets")
+SECTIONS = ("prices", "models", "plans", "customers", "budgets", "outcomes")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class TenantConfig:
     sections: frozenset[str] = field(default_factory=frozenset)  # the sections the file has
     effective_from: date | None = None  # the file's top-level date
     models: tuple[ModelAlias, ...] = ()  # model aliases, in file order
+    outcomes: tuple[OutcomeRule, ...] = ()  # meaningful when "outcomes" is in sections
 
 
 def validate_entry(model: type[BaseModel], entry: object, prefix: str, problems: Problems) -> Any:
@@ -138,6 +141,10 @@ def validate_config(raw: object, *, known_plans: Iterable[str] = ()) -> TenantCo
     _duplicates([c and c.id for c in entries], "customers[{}].id", problems)
     budgets, budget_problems = parse_budgets(_section(raw, "budgets", problems))
     problems += budget_problems
+    raw_outcomes = _section(raw, "outcomes", problems)
+    outcomes = [validate_entry(OutcomeRule, e, f"outcomes[{i}]", problems) for i, e in enumerate(raw_outcomes)]
+    if all(outcomes):
+        problems += prefixed("outcomes", rules_problems(outcomes))
     if problems:
         detail = [{"field": path, "message": message} for path, message in problems]
         raise InvalidInput(f"invalid tenant config: {len(problems)} problem(s)", detail=detail)
@@ -150,6 +157,7 @@ def validate_config(raw: object, *, known_plans: Iterable[str] = ()) -> TenantCo
         plan_entries=tuple(plans),
         sections=frozenset(name for name in SECTIONS if name in raw),
         effective_from=effective_from,
+        outcomes=tuple(outcomes),
     )
 
 

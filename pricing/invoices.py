@@ -36,6 +36,7 @@ from pricing import invoices_repository as store
 from pricing import repository
 from pricing.assembly import Assembly, Draft, assemble
 from pricing.assembly import invoice_number as invoice_number  # numbers are part of what closing writes
+from pricing.pending import pending_jobs
 from pricing.repository import RollupState
 from pricing.service import billing_month, require_customer
 from pricing.tables import credit_notes, invoice_lines, invoices
@@ -44,21 +45,36 @@ from pricing.tables import credit_notes, invoice_lines, invoices
 
 
 def month_assembly(
-    session: Session, tenant: Tenant, period: Period, state: RollupState, *, customer: str | None = None, adjust: bool = True
+    session: Session,
+    tenant: Tenant,
+    period: Period,
+    state: RollupState,
+    *,
+    customer: str | None = None,
+    adjust: bool = True,
+    now: datetime | None = None,
 ) -> tuple[Assembly, list[str]]:
     """The invoices of a month as they stand, and the closed months checked for late usage
     (`adjust`: whether this month's invoices carry it). Customers that cannot be billed are
-    listed in the assembly's refusals, not drafted."""
-    month = store.open_month(session, tenant, period, customer=customer)
+    listed in the assembly's refusals, not drafted. `now` bounds the settlement of jobs under
+    outcome rules (default: the month's end)."""
+    month = store.open_month(session, tenant, period, customer=customer, now=now)
     late, checked = store.late_months(session, tenant, period, state, customer=customer) if adjust else ([], [])
     return assemble(tenant, month, late), checked
 
 
 def month_drafts(
-    session: Session, tenant: Tenant, period: Period, state: RollupState, *, customer: str | None = None, adjust: bool = True
+    session: Session,
+    tenant: Tenant,
+    period: Period,
+    state: RollupState,
+    *,
+    customer: str | None = None,
+    adjust: bool = True,
+    now: datetime | None = None,
 ) -> tuple[list[Draft], list[str]]:
     """`month_assembly`, refusing the month (InvalidInput) when a customer cannot be billed."""
-    assembly, checked = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust)
+    assembly, checked = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust, now=now)
     if assembly.refusals:
         raise assembly.refusals[0].error()
     return assembly.drafts, checked
@@ -73,7 +89,7 @@ def upcoming_invoice(session: Session, tenant: Tenant, customer: str, *, now: da
     state = repository.rollup_position(session, tenant.id)
     # Late usage goes on the next invoice closed: this one only if the month before is closed.
     adjust = store.closed(session, tenant.id, period.previous().label) is not None
-    drafts, _ = month_drafts(session, tenant, period, state, customer=customer, adjust=adjust)
+    drafts, _ = month_drafts(session, tenant, period, state, customer=customer, adjust=adjust, now=now)
     assignment = repository.assignments_on(session, tenant.id, period.last_day, customers_=[customer]).get(customer)
     draft = drafts[0] if drafts else Draft(customer, period.label, tenant.currency, assignment.plan if assignment else "", ())
     return {
@@ -85,6 +101,7 @@ def upcoming_invoice(session: Session, tenant: Tenant, customer: str, *, now: da
         "period_end": period.end,
         "as_of": now,
         "price_version": state.price_version,
+        "pending": pending_jobs(session, tenant, period, customer, now=now),
     }
 
 
@@ -95,6 +112,7 @@ def _draft_view(draft: Draft) -> dict[str, Any]:
         "currency": draft.currency,
         "plan": draft.plan,
         "plan_versions": draft.plan_versions(),
+        "outcome_versions": list(draft.outcome_versions),
         "total": draft.total,
         "lines": [
             {"line_no": n, "kind": line.kind, "description": line.description, "quantity": line.quantity,
@@ -174,7 +192,8 @@ def invoice_view(session: Session, tenant: Tenant, invoice_id: int) -> dict[str,
     return {
         "id": row.id, "number": row.number, "status": row.status, "customer": row.customer, "period": row.period,
         "currency": money, "plan": row.plan, "plan_versions": json.loads(row.plan_versions),
-        "price_version": row.price_version, "total": from_minor(row.total_minor, money), "total_minor": row.total_minor,
+        "price_version": row.price_version, "outcome_versions": json.loads(row.outcome_versions or "[]"),
+        "total": from_minor(row.total_minor, money), "total_minor": row.total_minor,
         "credited": from_minor(credited, money), "amount_due": from_minor(row.total_minor - credited, money),
         "created_at": row.created_at, "finalized_at": row.finalized_at,
         "stripe_invoice_id": row.stripe_invoice_id, "stripe_status": row.stripe_status, "stripe_error": row.stripe_error,
@@ -220,4 +239,4 @@ def tenant_invoices(session: Session, tenant: Tenant, *, period: Period | None =
 def credit_note_view(row: Any, currency: str) -> dict[str, Any]:
     return {"id": row.id, "invoice_id": row.invoice_id, "amount": from_minor(row.amount_minor, currency),
             "currency": currency, "reason": row.reason, "created_at": row.created_at,
-            "stripe_credit_note_id": row.stripe_credit_note_id}  # fmt: skip
+            "stripe_credit_note_id": row.stripe_credit_note_id, "task": row.task, "dispute_id": row.dispute_id}  # fmt: skip

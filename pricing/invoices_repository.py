@@ -21,7 +21,7 @@ from metering.money import to_minor
 from metering.periods import Period, parse_month
 from metering.tables import rollup_state
 from metering.tenants import Tenant
-from pricing import repository
+from pricing import outcomes_repository, repository
 from pricing.assembly import (
     AdjustmentReason,
     BilledInvoice,
@@ -37,10 +37,13 @@ from pricing.tables import billing_periods, invoice_lines, invoices
 # --- what assembly is made from -----------------------------------------------------------------
 
 
-def open_month(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None) -> OpenMonth:
-    """The month to invoice: its usage, the plans, and the assignments in force on its last day of
-    the customers with usage or created before it ended."""
-    usage = _usage(session, tenant.id, period, customer)
+def open_month(
+    session: Session, tenant: Tenant, period: Period, *, customer: str | None = None, now: datetime | None = None
+) -> OpenMonth:
+    """The month to invoice: its usage (jobs as settled by `now`, default the month's end), the
+    plans, and the assignments in force on its last day of the customers with usage or created
+    before it ended."""
+    usage = _usage(session, tenant, period, customer, now=now)
     known = repository.customers_created_before(session, tenant.id, period.end, customer)
     plans = repository.stored_plans(session, tenant.id)
     assigned = repository.assignments_on(
@@ -49,10 +52,10 @@ def open_month(session: Session, tenant: Tenant, period: Period, *, customer: st
     return OpenMonth(period, usage, plans, assigned, known)
 
 
-def _usage(session: Session, tenant_id: int, period: Period, customer: str | None) -> Usage:
+def _usage(session: Session, tenant: Tenant, period: Period, customer: str | None, *, now: datetime | None = None) -> Usage:
     return Usage(
-        repository.token_usage(session, tenant_id, period, customer),
-        repository.ended_tasks(session, tenant_id, period, customer),
+        repository.token_usage(session, tenant.id, period, customer),
+        outcomes_repository.billed_tasks(session, tenant.id, period, customer, now=now, timezone=tenant.timezone),
     )
 
 
@@ -88,7 +91,7 @@ def _closed_month(
     reasons: tuple[AdjustmentReason, ...],
 ) -> ClosedMonth:
     billed, own = _billed(session, tenant.id, month.label, customer)
-    usage = _usage(session, tenant.id, month, customer)
+    usage = _usage(session, tenant, month, customer)
     names = set(own) | usage.customers
     return ClosedMonth(
         month, usage, repository.stored_plans(session, tenant.id, as_of=row.plans_as_of), billed, own,
@@ -184,7 +187,8 @@ def write_invoices(
     rows = [
         {"tenant_id": tenant.id, "customer": d.customer, "period": d.period, "number": None, "status": "draft",
          "currency": d.currency, "total_minor": 0, "plan": d.plan, "plan_versions": json.dumps(d.plan_versions()),
-         "price_version": state.price_version, "created_at": now}
+         "price_version": state.price_version, "created_at": now,
+         "outcome_versions": json.dumps(list(d.outcome_versions)) if d.outcome_versions else None}
         for d in drafts
     ]  # fmt: skip
     ids = (

@@ -53,6 +53,11 @@ def _fetch(session: Session, query: Select[Any], names: Sequence[str], *, texts:
     return read_frame(session.connection(), query, names, texts=texts, days=("day",))
 
 
+def fetch_columns(session: Session, query: Select[Any], names: Sequence[str], *, texts: Sequence[str] = ()) -> pd.DataFrame:
+    """`_fetch` for the other repositories of pricing (`pricing.outcomes_repository`)."""
+    return _fetch(session, query, names, texts=texts)
+
+
 def token_usage(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> pd.DataFrame:
     """`usage_daily` of the month's tenant-local days, as `TOKEN_USAGE_COLUMNS`."""
     where = [usage_daily.c.tenant_id == tenant_id, usage_daily.c.day >= period.first_day, usage_daily.c.day < period.next_first_day]

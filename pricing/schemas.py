@@ -266,6 +266,30 @@ class CreditNoteIn(_In):
     reason: Annotated[str, Field(min_length=1, max_length=2000)]
 
 
+class DisputeIn(_In):
+    reason: Annotated[str, Field(min_length=1, max_length=2000, examples=["the ticket was not resolved"])]
+
+
+class DisputeResolveIn(_In):
+    accept: Annotated[bool, Field(strict=True, description="true: the job is not billed (or credited); false: it stands")]
+    note: Annotated[str, Field(max_length=2000)] = ""
+
+
+class Dispute(BaseModel):
+    id: int
+    task: str
+    customer: str
+    status: Literal["open", "accepted", "rejected"]
+    reason: str
+    note: str | None
+    opened_at: datetime
+    opened_by: str
+    resolved_at: datetime | None
+    resolved_by: str | None
+    invoice_id: int | None = Field(description="the finalized invoice that billed the task, when its month was closed")
+    credit_note_id: int | None
+
+
 class CreditNote(BaseModel):
     id: int
     invoice_id: int
@@ -274,6 +298,16 @@ class CreditNote(BaseModel):
     reason: str
     created_at: Utc
     stripe_credit_note_id: str | None
+    task: str | None = Field(default=None, description="the disputed task a dispute's credit note is for")
+    dispute_id: int | None = None
+
+
+class PendingJobs(BaseModel):
+    """Completed tasks awaiting settlement (outcome rules): not billed yet."""
+
+    count: int
+    amount: Exact = Field(description="what they would add to this invoice if they settled this month")
+    currency: str
 
 
 class DraftInvoice(BaseModel):
@@ -288,9 +322,11 @@ class DraftInvoice(BaseModel):
     currency: str
     plan: str
     plan_versions: dict[str, list[int]]
+    outcome_versions: list[int] = Field(default=[], description="outcome rule versions that settled its tasks")
     price_version: str
     total: Exact
     lines: list[InvoiceLine]
+    pending: PendingJobs
 
 
 class Invoice(BaseModel):
@@ -302,6 +338,7 @@ class Invoice(BaseModel):
     currency: str
     plan: str
     plan_versions: dict[str, list[int]]
+    outcome_versions: list[int] = Field(default=[], description="outcome rule versions that settled its tasks")
     price_version: str
     total: Exact
     total_minor: int

@@ -29,8 +29,9 @@ from metering.periods import Period, parse_month
 from metering.ratecards import RateCardError, TenantPrice
 from metering.tables import tenant_model_aliases, tenant_prices
 from metering.tenants import Tenant
-from pricing import budget_billing, repository
+from pricing import budget_billing, outcomes_repository, repository
 from pricing.config import parse_config, validate_entry, validate_plan
+from pricing.outcomes import OutcomeRule, rules_definition
 from pricing.plans import CustomerPlan, ModelAlias, Plan, Problems, plan_definition, same_terms
 from pricing.repository import StoredPlans
 
@@ -257,6 +258,8 @@ def load_config(session: Session, tenant: Tenant, text: str, *, now: datetime) -
     if "models" in config.sections:
         summary["models"] = _replace_aliases(session, tenant, config.models, now=now)
     summary["plans"] = _store_changes(session, tenant, changes, now=now)
+    if "outcomes" in config.sections:
+        summary["outcomes"] = save_rules(session, tenant, config.outcomes, config.effective_from, now=now)
     summary["customers"] = [
         {"id": c.id, "plan": c.plan, "status": _assign(session, tenant, c, config.effective_from, now=now)}
         for c in config.customers
@@ -312,3 +315,31 @@ def _replace_aliases(session: Session, tenant: Tenant, aliases: Sequence[ModelAl
     for position, (match, provider, model) in enumerate(wanted):
         session.execute(insert(table).values(tenant_id=tenant.id, position=position, match=match, provider=provider, model=model, updated_at=now))
     return {"aliases": len(wanted), "changed": 1}
+
+
+# --- outcome rules ------------------------------------------------------------------------------
+
+
+def save_rules(
+    session: Session, tenant: Tenant, rules: Sequence[OutcomeRule], effective_from: date | None, *, now: datetime
+) -> dict[str, Any]:
+    """Store the `outcomes` section as a new version of the tenant's rules, unless the version in
+    force on its day has the same rules. Dated like a plan: the file's `effective_from`, else since
+    always for the first version, else today (tenant-local)."""
+    book = outcomes_repository.rule_book(session, tenant.id)
+    start = effective_from if effective_from is not None or not book.versions else local_today(now, tenant.timezone)
+    definition = rules_definition(rules)
+    current = book.at(start or date.min)
+    if current is not None and rules_definition(current.rules) == definition:
+        return {"version": current.version, "effective_from": current.effective_from, "status": "unchanged"}
+    version = outcomes_repository.add_rule_version(session, tenant.id, definition, start, now=now)
+    return {"version": version, "effective_from": start, "status": "created"}
+
+
+def describe_rules(session: Session, tenant: Tenant) -> list[dict[str, Any]]:
+    """Every version of the tenant's outcome rules, oldest first."""
+    book = outcomes_repository.rule_book(session, tenant.id)
+    return [
+        {"version": v.version, "effective_from": v.effective_from, "rules": [r.definition() for r in v.rules]}
+        for v in book.versions
+    ]

@@ -55,6 +55,21 @@ plan_versions = Table(
     UniqueConstraint("tenant_id", "plan_id", "version"),
 )
 
+# Append-only, like plan_versions: the tenant's outcome rules (`pricing.outcomes`), the whole
+# `outcomes` section of the config file per version. In force on a day: the newest version among
+# those with the latest `effective_from` on or before it; NULL means since always.
+outcome_rule_versions = Table(
+    "outcome_rule_versions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("version", Integer, nullable=False),  # 1, 2, ... per tenant
+    Column("effective_from", Date),  # tenant-local; NULL: since always
+    Column("definition", Text, nullable=False),  # JSON: the rules, as pricing.outcomes.rules_definition
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("tenant_id", "version"),
+)
+
 customers = Table(
     "customers",
     metadata,
@@ -114,6 +129,7 @@ invoices = Table(
     Column("plan", String(200), nullable=False),  # the plan the month was billed under
     Column("plan_versions", Text, nullable=False),  # JSON: {plan id: [version numbers used]}
     Column("price_version", String(64), nullable=False),  # provider prices of the usage rated
+    Column("outcome_versions", Text),  # JSON: [outcome rule versions that settled its tasks]; NULL: none
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("finalized_at", DateTime(timezone=True)),
     # Stripe bookkeeping (pricing.stripe_sync): the only columns that change once finalized.
@@ -156,4 +172,35 @@ credit_notes = Table(
     Column("reason", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("stripe_credit_note_id", String(64)),
+    # A credit note for an accepted dispute (pricing.disputes): the task and the dispute it is for.
+    Column("task", String(256)),
+    Column("dispute_id", BigInteger),
+)
+
+DISPUTE_STATUSES = ("open", "accepted", "rejected")
+
+# Disputes of billed (or settling) tasks (pricing.disputes). An accepted dispute either credits the
+# finalized invoice that billed the task (`invoice_id`, `credit_note_id`), or, when the task's
+# month is still open, keeps the task off every invoice (`invoice_id` NULL).
+disputes = Table(
+    "disputes",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("customer", String(256), nullable=False),
+    Column("task", String(256), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("note", Text),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("opened_by", String(128), nullable=False),  # "key:<prefix>" or "cli:<user>"
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolved_by", String(128)),
+    Column("idempotency_key", String(200)),  # the opening request's Idempotency-Key header
+    Column("resolve_key", String(200)),  # the resolving request's
+    Column("invoice_id", BigInteger),
+    Column("credit_note_id", BigInteger),
+    CheckConstraint("status IN ('open', 'accepted', 'rejected')", name="status"),
+    UniqueConstraint("tenant_id", "idempotency_key"),
+    Index("ix_disputes_tenant_id_task", "tenant_id", "task"),
 )

@@ -46,6 +46,7 @@ from metering.db import begin_snapshot as begin_snapshot  # where the reports' c
 from metering.money import quantize, round_money, to_minor
 from metering.periods import Period
 from metering.tenants import Tenant
+from pricing import outcomes_repository
 from pricing import repository as pricing_repository
 from pricing.compare import compare_plans
 from pricing.plans import PlanBook
@@ -168,9 +169,9 @@ def rating_input(session: Session, tenant: Tenant, period: Period, *, customer: 
                  ended: pd.DataFrame | None = None) -> RatingInput:  # fmt: skip
     """`ended`: the month's ended tasks when already read (`TaskScan.ended`)."""
     tokens = pricing_repository.token_usage(session, tenant.id, period, customer)
-    tasks = (
-        ended if ended is not None else pricing_repository.ended_tasks(session, tenant.id, period, customer)
-    )
+    if ended is None or outcomes_repository.rule_book(session, tenant.id):  # with rules, tasks bill when they settle
+        ended = outcomes_repository.billed_tasks(session, tenant.id, period, customer, timezone=tenant.timezone)
+    tasks = ended
     names = set(tokens["customer"]) | set(tasks["customer"])
     assigned = pricing_repository.assignments_on(session, tenant.id, last_day(period), customers_=names)
     ended = tasks

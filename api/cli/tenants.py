@@ -36,11 +36,13 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         with unit_of_work(engine) as session:
             tenant = find_tenant(session, args.tenant)
             key, key_id = create_api_key(
-                session, tenant, scopes, secret=settings.secret_key.get_secret_value().encode(), now=now(), name=args.name
-            )
-            audit_cli(session, tenant, "key.create", f"key:{key_prefix(key)}", key_id=key_id, scopes=sorted(scopes))
+                session, tenant, scopes, secret=settings.secret_key.get_secret_value().encode(), now=now(), name=args.name,
+                customer=args.customer,
+            )  # fmt: skip
+            bound = {"customer": args.customer} if args.customer else {}
+            audit_cli(session, tenant, "key.create", f"key:{key_prefix(key)}", key_id=key_id, scopes=sorted(scopes), **bound)
         err("This key is shown once; store it now.")
-        out({"tenant": tenant.name, "key_id": key_id, "scopes": sorted(scopes), "key": key})
+        out({"tenant": tenant.name, "key_id": key_id, "scopes": sorted(scopes), **bound, "key": key})
     return 0
 
 
@@ -89,8 +91,9 @@ def add_commands(sub: Any) -> None:
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     p = keys.add_parser("create", help="create an API key (printed once)")
     p.add_argument("--tenant", required=True)
-    p.add_argument("--scopes", required=True, help="comma-separated: ingest,read,admin")
+    p.add_argument("--scopes", required=True, help="comma-separated: ingest,read,admin; or verdict (with --customer)")
     p.add_argument("--name", default="")
+    p.add_argument("--customer", default=None, help="the one customer a verdict key acts for")
     p.set_defaults(func=cmd_keys_create)
     p = keys.add_parser("revoke", help="revoke an API key by its prefix (the part after tm_)")
     p.add_argument("--tenant", required=True)

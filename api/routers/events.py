@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import RawBody, decoded, media_type, parse_json
-from api.deps import IngestScope, NowDep, ReadScope, SessionDep, SettingsDep
+from api.deps import IngestOrVerdict, IngestScope, NowDep, ReadScope, SessionDep, SettingsDep
 from api.errors import responses
 from api.ingest_log import LogLink
 from api.settings import Settings
@@ -30,6 +30,7 @@ from metering.schemas import (
     RejectedEvent,
     StoredEvent,
 )
+from metering.verdicts import check_verdicts
 
 _EVENT_SCHEMA = TypeAdapter(EventIn).json_schema()
 
@@ -63,7 +64,7 @@ _BODY_SCHEMA = {
 def post_events(
     request: Request,
     body: RawBody,
-    principal: IngestScope,
+    principal: IngestOrVerdict,
     session: SessionDep,
     settings: SettingsDep,
     now: NowDep,
@@ -82,6 +83,8 @@ def post_events(
     With `Content-Encoding: gzip` the body is inflated first, within the same size limit.
     """
     batch = read_batch(request, body, settings, now)
+    if principal.customer is not None:  # a verdict key: its customer's verdicts only
+        check_verdicts(session, principal.tenant.id, principal.customer, batch)
     return store_events(
         session,
         principal.tenant.id,
@@ -89,6 +92,7 @@ def post_events(
         now=now,
         atomic=atomic,
         window=settings.event_window,
+        key_id=principal.key_id,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from api.deps import NowDep, ReadScope, SessionDep
+from api.deps import NowDep, ReadOrVerdict, ReadScope, SessionDep
 from api.errors import responses
 from metering import repository
 from metering.errors import InvalidInput, NotFound
@@ -107,10 +107,10 @@ class UnpricedModel(BaseModel):
 
 
 @router.get("/v1/tasks/{task}", response_model=TaskUsage, responses=responses(404))
-def get_task(task: str, principal: ReadScope, session: SessionDep) -> TaskUsage:
+def get_task(task: str, principal: ReadOrVerdict, session: SessionDep) -> TaskUsage:
     """A task's usage, provider cost (6 decimals), status, and its usage by model."""
     found = repository.task(session, principal.tenant.id, task)
-    if found is None:
+    if found is None or (principal.customer is not None and found["customer"] != principal.customer):
         raise NotFound(f"no task {task!r}")
     return TaskUsage(**found)
 

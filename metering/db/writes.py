@@ -5,6 +5,7 @@ parameters or as COPY rows (CSV written by Arrow for frames)."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -154,7 +155,9 @@ def _sqlite_statement(table: Table, columns: tuple[str, ...], on_conflict: OnCon
 @lru_cache(maxsize=64)
 def _postgres_stage(table: Table, columns: tuple[str, ...]) -> tuple[Table, Any, pgsql.Composed]:
     stage = Table(
-        f"{table.name}_incoming",
+        # One staging table per column set: a connection keeps its temporary tables, and a write of
+        # other columns (events with or without the sending key) must not meet another's table.
+        f"{table.name}_incoming_{zlib.crc32(','.join(columns).encode()):08x}",
         MetaData(),
         *[Column(name, table.c[name].type) for name in columns],
         prefixes=["TEMPORARY"],

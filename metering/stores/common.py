@@ -17,7 +17,7 @@ from metering.rollup import DAILY_KEYS, DETAIL_KEYS, TASK_COLUMNS, USAGE_COLUMNS
 from metering.tables import events, task_usage, task_usage_detail, usage_daily
 
 ROLLUP_TABLES = (task_usage, task_usage_detail, usage_daily)
-NOT_ROLLED_UP = ("tenant_id", "event_id", "metadata", "content_hash", "ingested_us")
+NOT_ROLLED_UP = ("tenant_id", "event_id", "metadata", "content_hash", "ingested_us", "key_id")
 """Columns of `events` the rollup does not read: identity, payload, bookkeeping."""
 EVENT_COLUMNS = tuple(column.name for column in events.columns if column.name not in NOT_ROLLED_UP)
 TEXT_COLUMNS = tuple(

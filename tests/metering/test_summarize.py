@@ -21,8 +21,10 @@ from metering.rollup import (
     summarize,
 )
 
-KINDS = ["usage", "usage", "usage", "task.started", "task.completed", "task.failed", "task.cancelled", "task.note"]
+KINDS = ["usage", "usage", "usage", "task.started", "task.completed", "task.failed", "task.cancelled", "task.note",
+         "task.reopened", "task.accepted", "task.rejected", "task.completed"]  # fmt: skip
 TEXTS = ("type", "customer", "task", "task_type", "provider", "model", "actor", "agent")
+STATUS_OF = {"task.reopened": "open", "task.rejected": "failed"}
 MODELS = [("openai", "gpt-4o"), ("openai", "o3"), ("anthropic", "claude"), ("google", "gemini")]
 
 
@@ -60,8 +62,15 @@ def reference_tasks(events: pd.DataFrame) -> pd.DataFrame:
         group = group.sort_values(["time_us", "seq"])
         usage = group[group["type"] == "usage"]
         typed = group[group["task_type"].notna()]
-        terminal = group[group["type"].isin(["task.completed", "task.failed", "task.cancelled"])]
+        outcome = ["task.completed", "task.failed", "task.cancelled", "task.reopened", "task.rejected"]
+        terminal = group[group["type"].isin(outcome)]
+        status = STATUS_OF.get(terminal["type"].iloc[-1], terminal["type"].iloc[-1].removeprefix("task.")) if len(terminal) else "open"
         started = group[group["type"] == "task.started"]
+
+        def latest(kind: str, group: pd.DataFrame = group) -> object:
+            times = group.loc[group["type"] == kind, "time_us"]
+            return times.max() if len(times) else None
+
         row = {
             "task": task,
             "customer": group["customer"].iloc[0],
@@ -70,8 +79,8 @@ def reference_tasks(events: pd.DataFrame) -> pd.DataFrame:
             "task_type": typed["task_type"].iloc[-1] if len(typed) else None,
             "task_type_us": typed["time_us"].iloc[-1] if len(typed) else None,
             "task_type_seq": typed["seq"].iloc[-1] if len(typed) else None,
-            "status": terminal["type"].iloc[-1].removeprefix("task.") if len(terminal) else "open",
-            "ended_us": terminal["time_us"].iloc[-1] if len(terminal) else None,
+            "status": status,
+            "ended_us": terminal["time_us"].iloc[-1] if len(terminal) and status != "open" else None,
             "status_seq": terminal["seq"].iloc[-1] if len(terminal) else None,
             "started_us": started["time_us"].min() if len(started) else None,
             "first_event_us": group["time_us"].min(),
@@ -81,6 +90,11 @@ def reference_tasks(events: pd.DataFrame) -> pd.DataFrame:
             **{name: usage[name].sum() for name in (*TOKEN_COLUMNS, "cost_nanos", "cost_rem")},
             "unpriced_events": int((~usage["priced"]).sum()),
             "last_seq": group["seq"].max(),
+            "completed_us": latest("task.completed"),
+            "accepted_us": latest("task.accepted"),
+            "reopened_us": latest("task.reopened"),
+            "reopened": int((group["type"] == "task.reopened").sum()),
+            "rejected": int((group["type"] == "task.rejected").sum()),
         }
         rows.append(row)
     return normalized(pd.DataFrame(rows, columns=list(TASK_COLUMNS)), ("task",))

@@ -29,6 +29,7 @@ from metering.tables import events as event_table
 from metering.tables import quarantine
 from metering.tenants import Tenant, create_api_key, parse_scopes
 from pricing import credit_notes, invoices, service
+from pricing.tables import disputes
 from pricing.tables import invoices as invoice_table
 from tests.conftest import TEST_SECRET, LiveServer
 
@@ -53,6 +54,7 @@ class World:
     invoice_number: str
     quarantine_id: int = 0  # an event of 1600, stored by hand, that the rollup set aside
     budget: str = ""
+    dispute_id: int = 0  # an open dispute of its task 1
 
     @property
     def name(self) -> str:
@@ -105,7 +107,15 @@ def build_world(engine: Engine, tenant: Tenant, *, now: datetime) -> World:
         ).one()
         credit_notes.create_credit_note(session, tenant, invoice_id, amount="0.10", reason=f"{p} goodwill", now=now)
         quarantine_id = session.execute(select(quarantine.c.id).where(quarantine.c.tenant_id == tenant.id)).scalar_one()
-    return World(tenant, key, key_id, f"{p}-cust", f"{p}-task-1", f"{p}-evt-1", f"{p}-jobs", invoice_id, number, quarantine_id, f"{p}-budget")
+        dispute_id = session.execute(
+            insert(disputes).values(
+                tenant_id=tenant.id, customer=f"{p}-cust", task=f"{p}-task-1", reason=f"{p} dispute", status="open",
+                opened_at=now, opened_by="key:test",
+            ).returning(disputes.c.id)
+        ).scalar_one()  # fmt: skip
+    return World(
+        tenant, key, key_id, f"{p}-cust", f"{p}-task-1", f"{p}-evt-1", f"{p}-jobs", invoice_id, number, quarantine_id, budget=f"{p}-budget", dispute_id=dispute_id
+    )
 
 
 @pytest.fixture

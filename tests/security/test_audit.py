@@ -138,6 +138,6 @@ def test_every_admin_write_route_records_itself() -> None:
             writes.append(route.path)
             assert get_audit in used, f"{route.path}: an admin write without AuditDep is not in the audit log"
     assert sorted(writes) == [
-        "/v1/budgets/{budget_id}", "/v1/budgets/{budget_id}", "/v1/customers/{customer}", "/v1/invoices/{invoice_id}/credit-notes", "/v1/plans",
+        "/v1/budgets/{budget_id}", "/v1/budgets/{budget_id}", "/v1/customers/{customer}", "/v1/disputes/{dispute_id}/resolve", "/v1/invoices/{invoice_id}/credit-notes", "/v1/plans",
         "/v1/quarantine/{quarantine_id}/drop", "/v1/quarantine/{quarantine_id}/release",
     ]  # fmt: skip

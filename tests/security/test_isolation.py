@@ -37,11 +37,12 @@ OWNED = {
     "invoice_id": lambda w: str(w.invoice_id),
     "quarantine_id": lambda w: str(w.quarantine_id),
     "budget_id": lambda w: w.budget,
+    "dispute_id": lambda w: str(w.dispute_id),
 }
 NOBODYS = {"customer": "nobody-cust", "task": "nobody-task", "event_id": "nobody-evt", "plan_id": "nobody-plan",
-           "invoice_id": "987654", "quarantine_id": "987654", "budget_id": "nobody-budget"}  # fmt: skip
+           "invoice_id": "987654", "quarantine_id": "987654", "budget_id": "nobody-budget", "dispute_id": "987654"}  # fmt: skip
 # Parameters no tenant owns (the answer is then the caller's own data), per route or everywhere.
-NOT_OWNED: dict[str, str] = {"month": CLOSED_MONTH, "name": "customers"}
+NOT_OWNED: dict[str, str] = {"month": CLOSED_MONTH, "name": "customers", "line_no": "1"}
 NOT_OWNED_BY_ROUTE = {("/dashboard/static/{name}", "name"): "dashboard.css"}
 
 # Request bodies of the routes that take one, as tenant A would send them (`None`: no body).
@@ -64,6 +65,8 @@ BODIES: dict[tuple[str, str], dict[str, Any] | None] = {
     # A's PUT under B's budget id makes A a budget of that name (ids are per tenant): 200 like any new id.
     ("PUT", "/v1/budgets/{budget_id}"): {"json": {"measure": "tokens", "limit": "10", "period": "day"}},
     ("DELETE", "/v1/budgets/{budget_id}"): None,
+    ("POST", "/v1/tasks/{task}/disputes"): {"json": {"reason": "isolation"}},
+    ("POST", "/v1/disputes/{dispute_id}/resolve"): {"json": {"accept": False, "note": "isolation"}},
 }
 # What a route answers for B's id when it is not 404.
 EXPECTED = {
