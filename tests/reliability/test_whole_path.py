@@ -549,7 +549,7 @@ def test_the_whole_path_never_fails_and_loses_nothing(history: History, engine: 
             values = {
                 "customer": list(history.customers), "task": sorted({e["task"] for e in history.events}),
                 "event_id": [e["id"] for e in history.events], "plan_id": PLAN_IDS, "invoice_id": invoice_ids or [1],
-                "budget_id": ["no-such-budget"],
+                "budget_id": ["no-such-budget"], "dispute_id": [1, 987654], "line_no": [1, 99],
                 "month": months, "name": list(REPORTS), "static": ["dashboard.css", "dashboard.js", "favicon.svg"],
             }  # fmt: skip
             queries = {
