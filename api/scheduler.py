@@ -33,10 +33,12 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
+from api.cluster import cluster_executor
 from api.settings import Settings
 from api.webhooks import WebhookSender, deliver_due
 from metering.archive import ArchivedHistory, check_rebuild
 from metering.db import is_unavailable, make_engine, unit_of_work
+from metering.executors import Executor
 from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
 from metering.periods import parse_month
 from metering.pipeline import RollupConflict, RollupResult, bring_up_to_date
@@ -122,35 +124,40 @@ def _log_failure(what: str, exc: Exception) -> None:
 
 
 def run_rollup(rt: Runtime, *, now: datetime) -> list[RollupResult]:
-    """Roll up every tenant's new events."""
+    """Roll up every tenant's new events (their partitions on the Dask cluster when one is set)."""
     results = []
-    for tenant in _tenants(rt):
-        with hold(rt.engine, ROLLUP, tenant.id, lease_seconds=rt.settings.job_lease_seconds) as guard:
-            if guard is None:
-                continue
-            try:
-                check_rebuild(rt.engine, tenant)
-                result = bring_up_to_date(rt.engine, tenant, now=now)
-            except ArchivedHistory as exc:
-                log.warning("rollup of %s refused: %s", tenant.name, exc.message)
-                continue
-            except RollupConflict:
-                log.info("rollup of %s: other runs kept moving the watermark first; the next run retries", tenant.name)
-                continue
-            except Exception as exc:
-                _log_failure(f"rollup of {tenant.name} failed", exc)
-                continue
-        if result.events_read:
-            log.info(
-                "rollup of %s: %d event(s), %d task(s)", tenant.name, result.events_read, result.tasks_updated
-            )
-        if result.quarantined:
-            log.warning(
-                "rollup of %s: %d event(s) could not be rolled up and were moved to the quarantine "
-                "(taskmeter quarantine list --tenant %s)", tenant.name, result.quarantined, tenant.name,
-            )  # fmt: skip
-        results.append(result)
+    with cluster_executor(rt.settings) as executor:
+        for tenant in _tenants(rt):
+            result = _roll_up(rt, tenant, now=now, executor=executor)
+            if result is not None:
+                results.append(result)
     return results
+
+
+def _roll_up(rt: Runtime, tenant: Tenant, *, now: datetime, executor: Executor | None) -> RollupResult | None:
+    with hold(rt.engine, ROLLUP, tenant.id, lease_seconds=rt.settings.job_lease_seconds) as guard:
+        if guard is None:
+            return None
+        try:
+            check_rebuild(rt.engine, tenant)
+            result = bring_up_to_date(rt.engine, tenant, now=now, executor=executor)
+        except ArchivedHistory as exc:
+            log.warning("rollup of %s refused: %s", tenant.name, exc.message)
+            return None
+        except RollupConflict:
+            log.info("rollup of %s: other runs kept moving the watermark first; the next run retries", tenant.name)
+            return None
+        except Exception as exc:
+            _log_failure(f"rollup of {tenant.name} failed", exc)
+            return None
+    if result.events_read:
+        log.info("rollup of %s: %d event(s), %d task(s)", tenant.name, result.events_read, result.tasks_updated)
+    if result.quarantined:
+        log.warning(
+            "rollup of %s: %d event(s) could not be rolled up and were moved to the quarantine "
+            "(taskmeter quarantine list --tenant %s)", tenant.name, result.quarantined, tenant.name,
+        )  # fmt: skip
+    return result
 
 
 def run_close(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from metering.errors import Unavailable
+from metering.executors import InProcess
+
+__all__ = ["DaskExecutor", "ExecutorFailed", "InProcess", "executor_for"]
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -31,28 +34,6 @@ class ExecutorFailed(Unavailable):
     """Partition work did not complete on the cluster; nothing of it is returned."""
 
 
-class Executor(Protocol):
-    def map(self, fn: Callable[[P], R], partitions: Sequence[P]) -> list[R]: ...
-
-    def close(self) -> None: ...
-
-
-class InProcess:
-    """Each partition in turn, in this process."""
-
-    def map(self, fn: Callable[[P], R], partitions: Sequence[P]) -> list[R]:
-        return [fn(partition) for partition in partitions]
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> InProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class DaskExecutor:
     """Partitions as tasks of a Dask distributed cluster (`client.map` + `gather`).
 
@@ -60,6 +41,9 @@ class DaskExecutor:
     served from another caller's result still held by the cluster (a rollup's partition is read
     from the database by the task, so equal arguments do not mean equal results).
     """
+
+    own_process = True
+    """Each partition runs in a worker process (`metering.executors.Executor`)."""
 
     def __init__(self, address: str, *, retries: int = 1, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
         from distributed import Client
@@ -71,6 +55,11 @@ class DaskExecutor:
             raise ExecutorFailed(
                 f"the Dask scheduler at {address} cannot be reached: {exc}", detail={"scheduler": address}
             ) from exc
+
+    @property
+    def workers(self) -> int:
+        """The cluster's workers now: the rollup splits its backlog into as many partitions."""
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
 
     def map(self, fn: Callable[[P], R], partitions: Sequence[P]) -> list[R]:
         if not partitions:

@@ -39,6 +39,15 @@ class InProcess:
     def map(self, fn: Callable[[T], R], partitions: Sequence[T]) -> Iterable[R]:
         return [fn(partition) for partition in partitions]
 
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class ProcessPool:
     """Worker processes, started for one `map` (spawned, not forked: the server process has

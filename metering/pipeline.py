@@ -139,7 +139,9 @@ def rollup_tenant(
     return result
 
 
-def bring_up_to_date(engine: Engine, tenant: Tenant, *, now: datetime, attempts: int = UP_TO_DATE_ATTEMPTS) -> RollupResult:  # fmt: skip
+def bring_up_to_date(
+    engine: Engine, tenant: Tenant, *, now: datetime, attempts: int = UP_TO_DATE_ATTEMPTS, executor: Executor | None = None
+) -> RollupResult:
     """Roll up every event of the tenant committed before the call; the one way a use case that
     needs current usage gets it (a close, a report, a comparison, the scheduler, the demo).
 
@@ -153,10 +155,10 @@ def bring_up_to_date(engine: Engine, tenant: Tenant, *, now: datetime, attempts:
     """
     for _ in range(attempts - 1):
         try:
-            return rollup_tenant(engine, tenant, now=now)
+            return rollup_tenant(engine, tenant, now=now, executor=executor)
         except RollupConflict:
             continue  # the other rollup has committed: roll up what it did not
-    return rollup_tenant(engine, tenant, now=now)
+    return rollup_tenant(engine, tenant, now=now, executor=executor)
 
 
 def _summarize_range(

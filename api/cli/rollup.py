@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from api.cli.common import err, find_tenant, now, open_engine, out
+from api.cluster import cluster_executor
 from api.settings import Settings
 from metering.db import unit_of_work
 from metering.tenants import list_tenants
@@ -18,7 +19,7 @@ def cmd_rollup(args: argparse.Namespace, settings: Settings) -> int:
     from metering.archive import check_rebuild
     from metering.pipeline import rollup_tenant
 
-    with open_engine(settings) as engine:
+    with open_engine(settings) as engine, cluster_executor(settings) as executor:
         with unit_of_work(engine) as session:
             chosen = [find_tenant(session, args.tenant)] if args.tenant else list_tenants(session)
         results = []
@@ -30,7 +31,7 @@ def cmd_rollup(args: argparse.Namespace, settings: Settings) -> int:
                     bar.update(done - bar.n)
 
                 check_rebuild(engine, tenant)  # a rebuild would miss months dropped to the archive
-                result = rollup_tenant(engine, tenant, now=now(), progress=progress)
+                result = rollup_tenant(engine, tenant, now=now(), progress=progress, executor=executor)
             results.append({
                 "tenant": result.tenant, "events_read": result.events_read, "tasks_updated": result.tasks_updated,
                 "watermark": result.watermark, "rebuilt": result.rebuilt, "unpriced_models": result.unpriced_models,

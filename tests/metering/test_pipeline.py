@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, insert, inspect, select, update
 from sqlalchemy.exc import OperationalError
 
+from metering.dask_executor import DaskExecutor
 from metering.db import unit_of_work
 from metering.executors import ProcessPool
 from metering.ingest import ingest_events
@@ -34,6 +35,7 @@ from metering.stores.sqlite import SqliteStore
 from metering.tables import metadata, rollup_state, task_usage, task_usage_detail, tenant_prices, usage_daily
 from metering.tenants import Tenant
 from tests.factories import make_event
+from tests.support.dask_cluster import LocalCluster
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 _names = itertools.count()
@@ -258,6 +260,20 @@ class TestIncremental:
         result = rollup(engine, split, chunk_size=15, executor=ProcessPool(2))
         assert result.events_read == 80
         assert snapshot(engine, split) == snapshot(engine, single)
+
+    def test_a_dask_cluster_equals_one_process(self, engine: Engine, make_tenant, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        # A real `dask scheduler` and two `dask worker` processes on loopback: each range of seqs
+        # is read, priced and summarized on a worker, and the rollup tables come out the same.
+        events = random_events(random.Random(12), 80)
+        clustered, single = make_tenant(fresh_name("clustered")), make_tenant(fresh_name("in-process"))
+        send(engine, clustered, events)
+        send(engine, single, events)
+        rollup(engine, single)
+        with LocalCluster(tmp_path / "dask", workers=2) as cluster, DaskExecutor(cluster.address) as executor:
+            assert executor.workers == 2
+            result = rollup(engine, clustered, chunk_size=15, executor=executor)
+        assert result.events_read == 80
+        assert snapshot(engine, clustered) == snapshot(engine, single)
 
     @pytest.mark.parametrize("parallel", [False, True], ids=["one-process", "workers"])
     def test_reading_along_the_table_keeps_to_the_tenant(self, parallel: bool, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
