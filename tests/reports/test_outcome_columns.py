@@ -17,7 +17,7 @@ from freezegun import freeze_time
 from sqlalchemy import select
 
 from metering.db import unit_of_work
-from pricing import invoices
+from pricing import disputes, invoices
 from pricing.tables import invoices as invoice_table
 from tests.reports.conftest import CUSTOMERS, JOBS, PRICES, TOKENS, Books, ended, usage
 
@@ -157,3 +157,18 @@ class TestWithoutRules:
             books, "2026-11", closed_month(books, "2026-11", "2026-11-30T18:30:00Z", tmp_path)
         )
         assert counts(november) == ("1", "0", "1", "0", "0.50")
+
+    def test_a_task_whose_dispute_was_accepted_in_the_open_month_is_billed_by_no_file(
+        self, books: Books, tmp_path: Path
+    ) -> None:
+        books.send(*job("a", "2026-10-10T00:00:00Z"), *job("b", "2026-10-11T00:00:00Z"))
+        books.rollup()
+        moment = datetime(2026, 10, 12, tzinfo=UTC)
+        with unit_of_work(books.engine) as session:
+            dispute, _ = disputes.open_dispute(session, books.tenant, "a", reason="not solved", actor="key:t", now=moment)
+        with unit_of_work(books.engine) as session:
+            disputes.resolve_dispute(session, books.tenant, dispute["id"], accept=True, note="ok", actor="key:a", now=moment)
+        october = assert_agrees_with_the_invoice(
+            books, "2026-10", closed_month(books, "2026-10", "2026-11-01T00:00:00Z", tmp_path)
+        )
+        assert counts(october) == ("2", "0", "1", "0", "0.50")  # both completed; b alone billed
