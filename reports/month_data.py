@@ -124,7 +124,7 @@ class MonthSummary:
 
 def month_summary(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None,
                   closed: set[str] | None = None, counts: dict[str, TaskCounts] | None = None,
-                 billed: pd.DataFrame | None = None) -> MonthSummary:  # fmt: skip
+                  billed: pd.DataFrame | None = None) -> MonthSummary:  # fmt: skip
     """The customers file's rows. `counts`: the task counts of the tasks file (`TaskScan`),
     counted here by reading the month's tasks when not given; `billed`: the tasks the month
     bills (`RatingInput.ended`), read here when not given."""
