@@ -1,6 +1,7 @@
 """Outcome truth at scale.
 
     .venv/bin/python bench/bench_outcomes.py [--events 2000000] [--line-tasks 100000] [--db sqlite|postgresql]
+        [--rollup-url URL] [--only evidence|rollup]
 
 Measures, each in a fresh subprocess (its peak RSS is its own):
 - evidence: `GET /v1/invoices/{id}/lines/1/tasks` with `Accept: text/csv` for a line of
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -32,7 +32,7 @@ from sqlalchemy import func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_rollup import NOW, POSTGRES_URL, build_store, synthetic_chunk  # noqa: E402
+from bench.bench_rollup import NOW, POSTGRES_URL, build_store, own_peak_mb, synthetic_chunk  # noqa: E402
 from bench.common import cpu_check, machine  # noqa: E402
 from metering.bulk import write_rows  # noqa: E402
 from metering.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
@@ -49,8 +49,16 @@ RULES = {
 OCT = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp() * 1_000_000)
 
 
+def event_row(**fields: object) -> tuple:
+    """An `events` row in `INSERT_COLUMNS` order: the given fields, zero tokens, no names."""
+    defaults = {name: 0 if name.endswith("_tokens") else None for name in INSERT_COLUMNS}
+    return tuple((defaults | {"content_hash": "x", "ingested_us": 0} | fields)[name] for name in INSERT_COLUMNS)
+
+
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak RSS (`bench_rollup.own_peak_mb`: ru_maxrss carries the parent's
+    over through fork and exec, and the parent built the stores)."""
+    return own_peak_mb()
 
 
 def run_child(*argv: str) -> dict:
@@ -89,51 +97,11 @@ def build_evidence(url: str, tasks: int) -> None:
     when = OCT + rng.integers(0, 25 * 86_400, tasks) * 1_000_000
     rows = []
     for i in range(tasks):
-        task = (
-            f"=evidence-task-{i:06d}" if i % 1000 == 0 else f"evidence-task-{i:06d}"
-        )  # some look like formulas
-        rows.append(
-            (
-                tenant.id,
-                f"u-{i}",
-                "usage",
-                int(when[i]),
-                "acme",
-                task,
-                None,
-                "acme-ai",
-                "acme-large",
-                1000,
-                100,
-                0,
-                0,
-                0,
-                None,
-                "x",
-                0,
-            )
-        )
-        rows.append(
-            (
-                tenant.id,
-                f"e-{i}",
-                "task.completed",
-                int(when[i]) + 60_000_000,
-                "acme",
-                task,
-                None,
-                None,
-                None,
-                0,
-                0,
-                0,
-                0,
-                0,
-                None,
-                "x",
-                0,
-            )
-        )
+        task = f"=evidence-task-{i:06d}" if i % 1000 == 0 else f"evidence-task-{i:06d}"  # some look like formulas
+        common = {"tenant_id": tenant.id, "customer": "acme", "task": task}
+        rows.append(event_row(**common, event_id=f"u-{i}", type="usage", time_us=int(when[i]), provider="acme-ai",
+                              model="acme-large", input_tokens=1000, output_tokens=100))  # fmt: skip
+        rows.append(event_row(**common, event_id=f"e-{i}", type="task.completed", time_us=int(when[i]) + 60_000_000))
     with engine.begin() as connection:
         write_rows(connection, events, INSERT_COLUMNS, rows)
     from metering.periods import parse_month
@@ -218,23 +186,10 @@ def child_incremental(url: str, outcomes: bool) -> dict:
                 and int(row[5].split("-")[1]) % 10 == 0
             ):
                 end = ends[row[5]]
-                rows[index] = (
-                    *row[:2],
-                    verdicts[swapped % 3],
-                    end[3] + 60_000_000,
-                    *row[4:6],
-                    None,
-                    None,
-                    None,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    None,
-                    "x",
-                    0,
-                )
+                rows[index] = event_row(
+                    tenant_id=row[0], event_id=row[1], type=verdicts[swapped % 3], time_us=end[3] + 60_000_000,
+                    customer=row[4], task=row[5],
+                )  # fmt: skip
                 swapped += 1
     with engine.begin() as connection:
         write_rows(connection, events, INSERT_COLUMNS, rows)
@@ -259,6 +214,12 @@ def main() -> None:
     )
     parser.add_argument("--line-tasks", type=int, default=100_000)
     parser.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--rollup-url",
+        help="measure the incremental rollup over this existing bench_rollup store (a copy: the run adds "
+        "events and outcome rules to it) instead of building one of --events",
+    )
+    parser.add_argument("--only", choices=["evidence", "rollup"], help="one of the two measures")
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child:
@@ -267,6 +228,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     FOLDER.mkdir(parents=True, exist_ok=True)
+    if args.rollup_url:
+        args.db = make_engine(args.rollup_url).dialect.name
     if args.db == "sqlite":
         rollup_url = f"sqlite:///{FOLDER}/outcomes-rollup-{args.events}.db"
         evidence_url = f"sqlite:///{FOLDER}/outcomes-evidence-{args.line_tasks}.db"
@@ -283,7 +246,14 @@ def main() -> None:
         admin.dispose()
     print(f"machine: {machine()}; date {datetime.now(UTC):%Y-%m-%d}; {args.db}; {cpu_check()}", flush=True)
 
-    build_evidence(evidence_url, args.line_tasks)
+    if args.only != "rollup":
+        measure_evidence(evidence_url, args.line_tasks)
+    if args.only != "evidence":
+        measure_rollup(args.rollup_url or rollup_url, args.events, build=not args.rollup_url)
+
+
+def measure_evidence(evidence_url: str, line_tasks: int) -> None:
+    build_evidence(evidence_url, line_tasks)
     evidence = run_child("evidence", evidence_url)
     evidence = min(evidence, run_child("evidence", evidence_url), key=lambda r: r["seconds"])  # best of 2
     print(f"evidence CSV of an invoice line of {evidence['rows']:,} tasks: {evidence['seconds']:.2f} s "
@@ -292,8 +262,11 @@ def main() -> None:
           f"{evidence['baseline_tasks']:,} billed tasks alone {evidence['baseline_s']:.2f} s "
           f"(ratio {evidence['seconds'] / evidence['baseline_s']:.1f}x)", flush=True)  # fmt: skip
 
+
+def measure_rollup(rollup_url: str, usage_events: int, *, build: bool) -> None:
     engine = make_engine(rollup_url)
-    stored = build_store(engine, args.events)
+    if build:
+        build_store(engine, usage_events)
     with engine.connect() as connection:
         stored = connection.execute(select(func.count()).select_from(events)).scalar_one()
     engine.dispose()

@@ -93,10 +93,14 @@ def message_id(tenant_id: int, event_id: str, content_hash: str) -> str:
     return f"{tenant_id}.{id_digest(event_id)}.{content_hash}"
 
 
-def envelope(tenant_id: int, accepted_us: int, event: dict[str, Any]) -> bytes:
+def envelope(tenant_id: int, accepted_us: int, event: dict[str, Any], key_id: int | None = None) -> bytes:
     """A message's body: the validated event, its tenant and when the API accepted it (the
-    loader validates and stores it as of that instant)."""
-    return orjson.dumps({"tenant": tenant_id, "accepted_us": accepted_us, "event": event})
+    loader validates and stores it as of that instant), and the id of the API key that sent it
+    (`key`, absent when unknown: the loader stores it with the event, as direct ingestion does)."""
+    body: dict[str, Any] = {"tenant": tenant_id, "accepted_us": accepted_us, "event": event}
+    if key_id is not None:
+        body["key"] = key_id
+    return orjson.dumps(body)
 
 
 def stream_config(config: LogConfig) -> StreamConfig:
@@ -151,6 +155,8 @@ async def publish(
     tenant_id: int,
     accepted_us: int,
     items: Sequence[tuple[dict[str, Any], str]],
+    *,
+    key_id: int | None = None,
 ) -> Published:
     """Publish (event, content digest) pairs and wait for JetStream's acknowledgement of every
     one, all within `config.publish_timeout`; else `LogUnavailable`. The messages JetStream
@@ -163,7 +169,7 @@ async def publish(
                 futures.append(
                     await stream.publish_async(
                         subject_of(config, tenant_id, event["id"]),
-                        envelope(tenant_id, accepted_us, event),
+                        envelope(tenant_id, accepted_us, event, key_id),
                         headers={MSG_ID: message_id(tenant_id, event["id"], digest)},
                     )
                 )

@@ -9,7 +9,8 @@ the one that applied then), so a late load changes nothing but when the rollup s
 Per message the outcome is one of:
 
 - stored: inserted now, or by an earlier delivery of this very message (a loader killed between
-  its commit and its acknowledgement): the stored row's `ingested_us` is this message's;
+  its commit and its acknowledgement): the stored row's `ingested_us` is this message's, and its
+  `key_id` the key that sent it (the envelope's `key`);
 - duplicate / conflict: the id was stored already from another request, with the same / other
   content; recorded in `load_verdicts` for `GET /v1/events/{id}`;
 - quarantined: undecodable, invalid at load, or refused by the database on its own; kept whole in
@@ -72,6 +73,7 @@ class _Decoded:
     tenant_id: int
     accepted_us: int
     event: Any
+    key_id: int | None = None  # the API key that sent it
 
 
 def load(
@@ -80,17 +82,17 @@ def load(
     """Store the messages' events; record verdicts and quarantined messages. The caller commits."""
     outcomes: list[Outcome | None] = [None] * len(messages)
     poison: list[tuple[int, str]] = []
-    groups: dict[tuple[int, int], list[_Decoded]] = {}
+    groups: dict[tuple[int, int, int | None], list[_Decoded]] = {}
     for index, message in enumerate(messages):
         decoded = _decode(index, message)
         if isinstance(decoded, str):
             poison.append((index, decoded))
-        else:  # one group per request: its events share a tenant and the instant they were accepted
-            groups.setdefault((decoded.tenant_id, decoded.accepted_us), []).append(decoded)
+        else:  # one group per request: its events share a tenant, a key and the instant they were accepted
+            groups.setdefault((decoded.tenant_id, decoded.accepted_us, decoded.key_id), []).append(decoded)
     verdicts: list[tuple[Any, ...]] = []
-    for (tenant_id, accepted_us), group in groups.items():
+    for (tenant_id, accepted_us, key_id), group in groups.items():
         batch = validate_items([item.event for item in group])
-        result = store_events(session, tenant_id, batch, now=from_us(accepted_us), window=window)
+        result = store_events(session, tenant_id, batch, now=from_us(accepted_us), window=window, key_id=key_id)
         for rejected in result.rejected:
             item = group[rejected.index]
             if [e.message for e in rejected.errors] == [_CONFLICT]:
@@ -153,7 +155,10 @@ def _decode(index: int, message: LogMessage) -> _Decoded | str:
         return "undecodable: needs an integer tenant, an integer accepted_us and an event object"
     if not 0 < tenant_id < 2**31 or not 0 <= accepted_us < 2**62:
         return "undecodable: tenant or accepted_us out of range"
-    return _Decoded(index, tenant_id, accepted_us, event)
+    key_id = body.get("key")
+    if key_id is not None and (not _is_int(key_id) or not 0 < key_id < 2**63):
+        return "undecodable: key must be a positive integer"
+    return _Decoded(index, tenant_id, accepted_us, event, key_id)
 
 
 def _is_int(value: Any) -> bool:

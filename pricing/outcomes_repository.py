@@ -5,7 +5,8 @@ settlement (`pricing.outcomes`) is applied. Every query is scoped by tenant.
 is `pricing.repository.ended_tasks` as it always was; with rules a completed task is billed in the
 tenant-local month in which it settles (its `ended_at` is then the settlement instant), a failed
 or cancelled one in the month it ended. `pending_tasks` are the completed tasks not settled by
-`now`: the upcoming invoice shows them apart.
+`now`: the upcoming invoice shows them apart; `pending_at_end` those a month's end left waiting
+(the monthly CSVs count them).
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ def disputed_tasks(session: Session, tenant_id: int, customer: str | None = None
     return set(session.execute(select(disputes.c.task).where(*where)).scalars())
 
 
+def drop_disputed(session: Session, tenant_id: int, frame: pd.DataFrame, customer: str | None = None) -> pd.DataFrame:
+    """`frame` (tasks with a `task` column) without the tasks `disputed_tasks` lists."""
+    return _without(frame, disputed_tasks(session, tenant_id, customer))
+
+
 def _without(frame: pd.DataFrame, tasks: set[str]) -> pd.DataFrame:
     if not tasks or frame.empty:
         return frame
@@ -180,23 +186,42 @@ def pending_tasks(
 ) -> pd.DataFrame:
     """Completed tasks that have not settled by `now` (a window still running, or awaiting
     acceptance), as `settled_frame` gives them; empty without rules."""
+    return _pending(session, tenant_id, customer, to_us(now), timezone=timezone)
+
+
+def pending_at_end(
+    session: Session, tenant_id: int, period: Period, customer: str | None = None, *, timezone: str
+) -> pd.DataFrame:
+    """Completed tasks whose latest completion lies before the month's end and which had not
+    settled by it: a later month bills them (or none, if they are reopened or rejected first).
+    As `settled_frame` gives them; empty without rules."""
+    end = to_us(period.end)
+    return _pending(session, tenant_id, customer, end - 1, timezone=timezone, completed_before=end)
+
+
+def _pending(
+    session: Session, tenant_id: int, customer: str | None, at: int, *, timezone: str,
+    completed_before: int | None = None,
+) -> pd.DataFrame:  # fmt: skip
     book = rule_book(session, tenant_id)
     if not book:
         return pd.DataFrame(columns=[*_SQL_COLUMNS, "settled_us", "rule_version"])
     t = task_usage.c
-    recent = t.completed_us >= to_us(now) - int(book.longest_window().total_seconds()) * 1_000_000
+    recent = t.completed_us >= at - int(book.longest_window().total_seconds()) * 1_000_000
     where = [
         t.tenant_id == tenant_id,
         t.status == "completed",
-        or_(recent, t.accepted_us.is_(None), t.accepted_us < t.completed_us)
+        or_(recent, t.accepted_us.is_(None), t.accepted_us < t.completed_us, t.accepted_us > at)
         if book.needs_acceptance()
         else recent,
     ]
+    if completed_before is not None:
+        where.append(t.completed_us < completed_before)
     if customer is not None:
         where.append(t.customer == customer)
     data = settled_frame(
         _without(_read(session, where), disputed_tasks(session, tenant_id, customer)), book, timezone
     )
     settled = data["settled_us"].to_numpy(dtype=np.int64, na_value=-1)
-    waiting = (settled < 0) | (settled > to_us(now))
+    waiting = (settled < 0) | (settled > at)
     return data.loc[waiting & data["rule_version"].notna().to_numpy()].reset_index(drop=True)

@@ -28,7 +28,7 @@ CUSTOMERS = Report(
     (
         "customer", "plan", "currency", "tasks_completed", "tasks_failed", "tasks_cancelled", "tasks_open",
         "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-        "provider_cost", "amount_due", "margin",
+        "provider_cost", "amount_due", "margin", "jobs_billed", "jobs_pending",
     ),
     frozenset({"customer", "plan", "currency"}),
 )  # fmt: skip

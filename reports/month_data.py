@@ -10,7 +10,11 @@ What the files hold:
   is the customer's invoice total (finalized for a closed month, the draft for an open one; empty
   when the customer has usage but no plan) and `margin` is amount_due − provider_cost, rounded
   to the currency's minor unit (empty when the invoice is in another currency than the tenant's
-  provider costs).
+  provider costs). `jobs_billed` counts the completed tasks the month's invoice bills: with
+  outcome rules those that settled in the month (a task completed on Jan 31 that settles on
+  Feb 3 counts in February), else those completed in it, tasks whose dispute was accepted in an
+  open month left out; `jobs_pending` the tasks completed before the month's end that had not
+  settled by it (0 without rules).
 - `invoice-lines`: the lines of those invoices, by invoice number and line (drafts have no number
   yet); `period` is the month a line bills: the month itself, or for a late-usage adjustment the
   closed month it corrects.
@@ -79,6 +83,8 @@ class CustomerMonth:
     amount_due_minor: int | None  # None: usage but no plan, nothing rated
     margin_minor: int | None
     invoice: InvoiceRecord | None
+    jobs_billed: int = 0  # completed tasks the month bills (settled in it)
+    jobs_pending: int = 0  # completed before the month's end, settling after it
 
     @property
     def provider_cost_micros(self) -> int:
@@ -117,21 +123,24 @@ class MonthSummary:
 
 
 def month_summary(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None,
-                  closed: set[str] | None = None, counts: dict[str, TaskCounts] | None = None) -> MonthSummary:  # fmt: skip
+                  closed: set[str] | None = None, counts: dict[str, TaskCounts] | None = None,
+                  billed: pd.DataFrame | None = None) -> MonthSummary:  # fmt: skip
     """The customers file's rows. `counts`: the task counts of the tasks file (`TaskScan`),
-    counted here by reading the month's tasks when not given."""
+    counted here by reading the month's tasks when not given; `billed`: the tasks the month
+    bills (`RatingInput.ended`), read here when not given."""
     invoices = month_invoices(session, tenant, period, closed=closed, customer=customer)
     usage = repository.customer_usage(session, tenant.id, period, customer)
     if counts is None:
         counts = scan_tasks(session, tenant, period, customer=customer).counts
-    billed = invoices.by_customer()
+    jobs_billed, jobs_pending = _settlement_counts(session, tenant, period, customer, billed)
+    billed_invoices = invoices.by_customer()
     unrated = set(invoices.unrated)
-    names = sorted(set(usage) | set(counts) | set(billed))
+    names = sorted(set(usage) | set(counts) | set(billed_invoices) | set(jobs_billed) | set(jobs_pending))
     assigned = pricing_repository.assignments_on(session, tenant.id, last_day(period), customers_=names)
     book = pricing_repository.stored_plans(session, tenant.id).book if assigned else None
     rows = []
     for name in names:
-        invoice = billed.get(name)
+        invoice = billed_invoices.get(name)
         plan = invoice.plan if invoice else (assigned[name].plan if name in assigned else "")
         if invoice is not None:
             currency = invoice.currency
@@ -147,10 +156,26 @@ def month_summary(session: Session, tenant: Tenant, period: Period, *, customer:
             margin = to_minor(round_money(minor_decimal(amount, currency) - cost, currency), currency)
         rows.append(
             CustomerMonth(
-                name, plan, currency, counts.get(name, TaskCounts()), month_usage, amount, margin, invoice
+                name, plan, currency, counts.get(name, TaskCounts()), month_usage, amount, margin, invoice,
+                jobs_billed.get(name, 0), jobs_pending.get(name, 0),
             )
         )
     return MonthSummary(tenant, period, invoices, tuple(rows), customer)
+
+
+def _settlement_counts(session: Session, tenant: Tenant, period: Period, customer: str | None,
+                       billed: pd.DataFrame | None) -> tuple[dict[str, int], dict[str, int]]:  # fmt: skip
+    """Per customer: the completed tasks the month bills, and those its end left awaiting
+    settlement (none without outcome rules)."""
+    if billed is None:
+        billed = outcomes_repository.billed_tasks(session, tenant.id, period, customer, timezone=tenant.timezone)
+    completed = billed.loc[(billed["status"] == "completed").to_numpy(), "customer"]
+    pending = outcomes_repository.pending_at_end(session, tenant.id, period, customer, timezone=tenant.timezone)
+    return _tally(completed), _tally(pending["customer"])
+
+
+def _tally(names: pd.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in names.value_counts().items()}
 
 
 @dataclass(frozen=True)
@@ -171,6 +196,8 @@ def rating_input(session: Session, tenant: Tenant, period: Period, *, customer: 
     tokens = pricing_repository.token_usage(session, tenant.id, period, customer)
     if ended is None or outcomes_repository.rule_book(session, tenant.id):  # with rules, tasks bill when they settle
         ended = outcomes_repository.billed_tasks(session, tenant.id, period, customer, timezone=tenant.timezone)
+    else:  # as `billed_tasks` gives them: no task whose dispute was accepted in an open month
+        ended = outcomes_repository.drop_disputed(session, tenant.id, ended, customer)
     tasks = ended
     names = set(tokens["customer"]) | set(tasks["customer"])
     assigned = pricing_repository.assignments_on(session, tenant.id, last_day(period), customers_=names)
@@ -250,6 +277,8 @@ def customer_batches(summary: MonthSummary) -> Iterator[Batch]:
             "" if r.amount_due_minor is None else minor_text(r.amount_due_minor, r.currency) for r in rows
         ],
         "margin": ["" if r.margin_minor is None else minor_text(r.margin_minor, r.currency) for r in rows],
+        "jobs_billed": [str(r.jobs_billed) for r in rows],
+        "jobs_pending": [str(r.jobs_pending) for r in rows],
     }
 
 

@@ -46,10 +46,10 @@ def report_batches(session: Session, tenant: Tenant, period: Period, report: Rep
     if report is INVOICE_LINES:
         return invoice_line_batches(month_invoices(session, tenant, period))
     scan = scan_tasks(session, tenant, period)
-    summary = month_summary(session, tenant, period, counts=scan.counts)
+    month = rating_input(session, tenant, period, ended=scan.ended())
+    summary = month_summary(session, tenant, period, counts=scan.counts, billed=month.ended)
     if report is CUSTOMERS:
         return customer_batches(summary)
-    month = rating_input(session, tenant, period, ended=scan.ended())
     return comparison_batches(month_comparison(tenant, period, month, costs_of(summary)))
 
 
@@ -68,7 +68,7 @@ def write_month(source: Session | Engine, tenant: Tenant, period: Period | str, 
     They are read from one snapshot of the database, on a connection of their own (so that a
     caller's transaction is never turned into a long read). The tasks file goes first, counting
     the customers' tasks as it streams; the rating of the comparison comes after it, so that the
-    two never hold memory at once. With `now`, the month's dashboard snapshot
+    two never hold memory at once, and before the customers file, which counts the jobs it bills. With `now`, the month's dashboard snapshot
     (`reports.snapshots`) is kept too, computed from the same reads: given an engine, this commits
     it; given a session, the caller's unit of work does."""
     engine = source if isinstance(source, Engine) else source.get_bind()
@@ -89,11 +89,12 @@ def write_month(source: Session | Engine, tenant: Tenant, period: Period | str, 
             current = snapshots.fingerprint(session, tenant, month, closed)
             scan = TaskScan(month)
             write(TASKS, task_batches(session, tenant, month, scan=scan))
-            summary = month_summary(session, tenant, month, closed=closed, counts=scan.counts)
+            rating = rating_input(session, tenant, month, ended=scan.ended())
+            counts = scan.counts
+            del scan
+            summary = month_summary(session, tenant, month, closed=closed, counts=counts, billed=rating.ended)
             write(CUSTOMERS, customer_batches(summary))
             write(INVOICE_LINES, invoice_line_batches(summary.invoices))
-            rating = rating_input(session, tenant, month, ended=scan.ended())
-            del scan
             comparison = month_comparison(tenant, month, rating, costs_of(summary))
             write(COMPARISON, comparison_batches(comparison))
             spend = repository.spend(session, tenant.id, month)

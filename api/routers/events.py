@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import RawBody, decoded, media_type, parse_json
-from api.deps import IngestOrVerdict, IngestScope, NowDep, ReadScope, SessionDep, SettingsDep
+from api.deps import IngestOrVerdict, NowDep, ReadScope, SessionDep, SettingsDep
 from api.errors import responses
 from api.ingest_log import LogLink
 from api.settings import Settings
@@ -30,6 +30,7 @@ from metering.schemas import (
     RejectedEvent,
     StoredEvent,
 )
+from metering.tenants import Principal
 from metering.verdicts import check_verdicts
 
 _EVENT_SCHEMA = TypeAdapter(EventIn).json_schema()
@@ -83,8 +84,7 @@ def post_events(
     With `Content-Encoding: gzip` the body is inflated first, within the same size limit.
     """
     batch = read_batch(request, body, settings, now)
-    if principal.customer is not None:  # a verdict key: its customer's verdicts only
-        check_verdicts(session, principal.tenant.id, principal.customer, batch)
+    check_sender(session, principal, batch)
     return store_events(
         session,
         principal.tenant.id,
@@ -94,6 +94,13 @@ def post_events(
         window=settings.event_window,
         key_id=principal.key_id,
     )
+
+
+def check_sender(session: Session, principal: Principal, batch: Batch) -> None:
+    """What the key may send, the same whether or not the ingest log is on: an ingest key
+    anything, a verdict key its customer's verdicts on its customer's tasks only."""
+    if principal.customer is not None:
+        check_verdicts(session, principal.tenant.id, principal.customer, batch)
 
 
 def read_batch(request: Request, body: bytes, settings: Settings, now: datetime) -> Batch:
@@ -164,7 +171,7 @@ log_router = APIRouter(tags=["events"])
 async def post_events_to_log(
     request: Request,
     body: RawBody,
-    principal: IngestScope,
+    principal: IngestOrVerdict,
     settings: SettingsDep,
     now: NowDep,
     atomic: Annotated[bool, Query(description="publish nothing unless every event is valid")] = False,
@@ -177,16 +184,23 @@ async def post_events_to_log(
 
     503 with `Retry-After` when the log did not acknowledge the whole batch in time: retry the
     batch; what the log did hold is stored once, whatever the retries.
+
+    A verdict key is checked as without the log, against the database (its customer's tasks):
+    while the database is away its batches are refused, an ingest key's are not.
     """
     tenant_id = principal.tenant.id
 
     def accept() -> tuple[list[tuple[dict[str, Any], str]], Prepared]:
         batch = read_batch(request, body, settings, now)
+        with Session(request.app.state.engine) as session:  # connects only for a verdict key
+            check_sender(session, principal, batch)
         return ingest_log.prepare(batch, tenant_id, now=now, window=settings.event_window, atomic=atomic)
 
     items, prepared = await run_in_threadpool(accept)
     link: LogLink = request.app.state.ingest_log
-    published = await ingest_log.publish(link.stream, link.config, tenant_id, to_us(now), items)
+    published = await ingest_log.publish(
+        link.stream, link.config, tenant_id, to_us(now), items, key_id=principal.key_id
+    )
     return LogIngestResult(
         accepted=published.appended,
         duplicates=prepared.duplicates + published.duplicates,

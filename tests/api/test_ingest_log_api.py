@@ -14,12 +14,13 @@ from sqlalchemy import Engine, func, select
 
 from api.ingest_log import log_config
 from api.settings import Settings
-from metering.ingest import to_us, validate_items
+from metering.db import unit_of_work
+from metering.ingest import ingest_events, to_us, validate_items
 from metering.ingest_log import connect, envelope
 from metering.loader import LoaderStats, run
-from metering.tables import events, log_quarantine
-from metering.tenants import Tenant
-from tests.conftest import LiveServer
+from metering.tables import api_keys, events, log_quarantine
+from metering.tenants import Tenant, create_api_key, key_prefix
+from tests.conftest import TEST_SECRET, LiveServer
 from tests.factories import make_event
 from tests.support.nats import NATS_URL, log_stream
 
@@ -139,6 +140,81 @@ class TestAccepting:
             http.post("/v1/events", content=b"{}", headers={"Content-Type": "text/plain"}).status_code == 415
         )
         assert http.post("/v1/events", json={"id": "x"}).status_code == 422
+
+
+def stored_keys(engine: Engine, tenant: Tenant) -> dict[str, int | None]:
+    with engine.connect() as connection:
+        query = select(events.c.event_id, events.c.key_id).where(events.c.tenant_id == tenant.id)
+        return {row.event_id: row.key_id for row in connection.execute(query)}
+
+
+def key_id_of(engine: Engine, key: str) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(api_keys.c.id).where(api_keys.c.prefix == key_prefix(key))).scalar_one())
+
+
+class TestKeys:
+    """The log path takes the keys the direct path takes, with the same checks
+    (`api.routers.events.check_sender`), and the stored event keeps the key that sent it."""
+
+    @pytest.fixture
+    def verdict_key(self, engine: Engine, tenant: Tenant) -> tuple[str, int]:
+        with unit_of_work(engine) as session:
+            sent = [make_event(id="u-acme", customer="acme", task="t-acme"),
+                    make_event(id="u-globex", customer="globex", task="t-globex")]  # fmt: skip
+            assert not ingest_events(session, tenant.id, sent, now=datetime.now(UTC)).rejected
+            key, key_id = create_api_key(
+                session, tenant, frozenset({"verdict"}), secret=TEST_SECRET.encode(), now=datetime.now(UTC),
+                customer="acme",
+            )  # fmt: skip
+        return key, key_id
+
+    @staticmethod
+    def verdict(event_id: str, task: str, customer: str = "acme", kind: str = "task.accepted") -> dict[str, str]:
+        return {"id": event_id, "type": kind, "time": "2026-11-20T10:00:00Z", "customer": customer, "task": task}
+
+    def test_an_ingest_keys_events_are_stored_with_it(
+        self, server: LiveServer, engine: Engine, tenant: Tenant, make_key: Callable[..., str],
+        load: Callable[[], LoaderStats],
+    ) -> None:  # fmt: skip
+        first, second = make_key(tenant, "ingest"), make_key(tenant, "ingest")
+        with server.socket_client(first) as one, server.socket_client(second) as two:
+            assert one.post("/v1/events", json=[make_event(id="one")]).status_code == 202
+            assert two.post("/v1/events", json=[make_event(id="two")]).status_code == 202
+        assert load().stored == 2
+        assert stored_keys(engine, tenant) == {"one": key_id_of(engine, first), "two": key_id_of(engine, second)}
+
+    def test_a_verdict_key_sends_its_customers_verdicts_and_they_keep_the_key(
+        self, server: LiveServer, engine: Engine, tenant: Tenant, verdict_key: tuple[str, int],
+        load: Callable[[], LoaderStats],
+    ) -> None:  # fmt: skip
+        key, key_id = verdict_key
+        with server.socket_client(key) as client:
+            answer = client.post("/v1/events", json=[self.verdict("v1", "t-acme"),
+                                                     self.verdict("v2", "t-acme", kind="task.rejected")])  # fmt: skip
+            assert (answer.status_code, answer.json()["accepted"]) == (202, 2)
+        assert load().stored == 2
+        assert {k: v for k, v in stored_keys(engine, tenant).items() if k.startswith("v")} == {"v1": key_id, "v2": key_id}
+
+    def test_a_verdict_key_is_refused_what_the_direct_path_refuses(
+        self, server: LiveServer, engine: Engine, tenant: Tenant, verdict_key: tuple[str, int],
+        load: Callable[[], LoaderStats],
+    ) -> None:  # fmt: skip
+        key, _ = verdict_key
+        with server.socket_client(key) as client:
+            usage = client.post("/v1/events", json=[make_event(id="x1", customer="acme", task="t-acme")])
+            assert (usage.status_code, usage.json()["detail"][0]["field"]) == (403, "[0].type")
+            other = client.post("/v1/events", json=[self.verdict("x2", "t-globex", customer="globex")])
+            assert (other.status_code, other.json()["detail"][0]["field"]) == (403, "[0].customer")
+            # Its customer's name on another customer's task, or on no task: not found.
+            assert client.post("/v1/events", json=[self.verdict("x3", "t-globex")]).status_code == 404
+            assert client.post("/v1/events", json=[self.verdict("x4", "nobody")]).status_code == 404
+            # One refused event refuses the batch: nothing of it reaches the log.
+            mixed = [self.verdict("x5", "t-acme"), self.verdict("x6", "t-globex")]
+            assert client.post("/v1/events", json=mixed).status_code == 404
+            assert client.get("/v1/events/x5").status_code == 403  # no read scope
+        assert load().stored == 0
+        assert sorted(stored_keys(engine, tenant)) == ["u-acme", "u-globex"]
 
 
 def plant(settings: Settings, tenant: Tenant, *payloads: bytes) -> None:

@@ -162,6 +162,32 @@ class TestPoison:
         assert load_now(engine, [LogMessage(data=d) for d in shapes]) == [Outcome.QUARANTINED] * 3
 
 
+class TestTheSendingKey:
+    """The envelope names the key that sent the event; the stored event keeps it, as direct
+    ingestion does (`GET /v1/tasks/{task}/events` shows it)."""
+
+    def test_each_event_is_stored_with_its_key(self, engine: Engine, tenant: Tenant) -> None:
+        def keyed(event_id: str, key_id: int | None) -> LogMessage:
+            validated = validate_items([make_event(id=event_id)]).events[0]
+            return LogMessage(data=envelope(tenant.id, to_us(ACCEPTED), validated, key_id))
+
+        # Same tenant and instant, other keys: each event keeps its own.
+        assert load_now(engine, [keyed("k7", 7), keyed("k9", 9), keyed("none", None)]) == [Outcome.STORED] * 3
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(events.c.event_id, events.c.key_id).where(events.c.tenant_id == tenant.id)
+            ).all()
+        assert sorted(rows, key=lambda r: r[0]) == [("k7", 7), ("k9", 9), ("none", None)]
+
+    def test_a_key_that_is_not_a_positive_integer_is_undecodable(self, engine: Engine, tenant: Tenant) -> None:
+        event = validate_items([make_event(id="x")]).events[0]
+        bodies = [{"tenant": tenant.id, "accepted_us": to_us(ACCEPTED), "event": event, "key": key}
+                  for key in ("7", True, 0, -3)]  # fmt: skip
+        outcomes = load_now(engine, [LogMessage(data=orjson.dumps(b)) for b in bodies])
+        assert outcomes == [Outcome.QUARANTINED] * 4
+        assert stored_ids(engine, tenant) == []
+
+
 class TestLateEventsAndTheWatermark:
     def test_events_loaded_after_later_ones_were_rolled_up_are_rolled_up(
         self, engine: Engine, tenant: Tenant

@@ -23,7 +23,7 @@ from tests.reports.conftest import Books, ended, send_october, started, usage
 CLOSE = datetime(2026, 11, 1, 1, tzinfo=UTC)
 
 CUSTOMERS_HEADER = ("customer,plan,currency,tasks_completed,tasks_failed,tasks_cancelled,tasks_open,input_tokens,output_tokens,"
-                    "cache_read_tokens,cache_write_tokens,reasoning_tokens,provider_cost,amount_due,margin")  # fmt: skip
+                    "cache_read_tokens,cache_write_tokens,reasoning_tokens,provider_cost,amount_due,margin,jobs_billed,jobs_pending")  # fmt: skip
 LINES_HEADER = "invoice,customer,period,line,description,quantity,unit_price,amount,currency"
 TASKS_HEADER = ("task,customer,task_type,status,started_at,ended_at,usage_events,input_tokens,output_tokens,cache_read_tokens,"
                 "cache_write_tokens,reasoning_tokens,provider_cost,priced")  # fmt: skip
@@ -62,8 +62,8 @@ class TestTheFourFiles:
     def test_customers(self, books: Books, tmp_path: Path) -> None:
         files = closed_october(books, tmp_path)
         assert files["customers"].split("\r\n")[1:] == [
-            "acme,jobs,USD,1,1,0,1,1400000,110000,0,0,0,5.850000,1.25,-4.60",
-            "globex,tokens,USD,2,0,0,0,600000,50000,100000,0,20000,2.280000,4.56,2.28",
+            "acme,jobs,USD,1,1,0,1,1400000,110000,0,0,0,5.850000,1.25,-4.60,1,0",
+            "globex,tokens,USD,2,0,0,0,600000,50000,100000,0,20000,2.280000,4.56,2.28,2,0",
             "",
         ]
 
