@@ -29,6 +29,7 @@ from metering.prices import REM_PER_NANO, settle_nanos
 from metering.tables import customer_months, task_usage
 from pricing import outcomes_repository
 from pricing.plans import PerJobPlan, PlanBook
+from pricing.repository import fetch_columns
 from pricing.usage import TASK_COLUMNS
 
 
@@ -70,8 +71,7 @@ def figures(session: Session, tenant_id: int, period: Period, customer: str | No
     query = select(*[c[n] for n in names]).where(c.tenant_id == tenant_id, c.month == period.label)
     if customer is not None:
         query = query.where(c.customer == customer)
-    frame = pd.DataFrame(session.execute(query).all(), columns=list(names))
-    return frame.astype({n: np.int64 for n in names[3:]})
+    return fetch_columns(session, query, names, texts=names[:3])
 
 
 def ended_tasks(rows: pd.DataFrame, period: Period) -> pd.DataFrame:
