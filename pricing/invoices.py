@@ -93,7 +93,9 @@ def upcoming_invoice(session: Session, tenant: Tenant, customer: str, *, now: da
     state = repository.rollup_position(session, tenant.id)
     # Late usage goes on the next invoice closed: this one only if the month before is closed.
     adjust = store.closed(session, tenant.id, period.previous().label) is not None
-    drafts, _ = month_drafts(session, tenant, period, state, customer=customer, adjust=adjust, now=now, from_figures=True)
+    # One customer's tasks come through the (tenant, customer, ended_us) index: cheaper than the
+    # figures' path (measured: BENCHMARKS.md "Monthly reports and the dashboard").
+    drafts, _ = month_drafts(session, tenant, period, state, customer=customer, adjust=adjust, now=now)
     assignment = repository.assignments_on(session, tenant.id, period.last_day, customers_=[customer]).get(customer)
     draft = drafts[0] if drafts else Draft(customer, period.label, tenant.currency, assignment.plan if assignment else "", ())
     return {
