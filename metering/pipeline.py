@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, select, update
 
-from metering import quarantine
+from metering import month_figures, quarantine
 from metering.costs import price_book, price_events, price_version, tenant_overrides
 from metering.db import make_engine, tenant_lock, upsert
 from metering.errors import Conflict
@@ -33,7 +33,7 @@ from metering.ingest import ingest_lock_key
 from metering.ratecards import PriceBook
 from metering.rollup import DAILY_KEYS, DETAIL_KEYS, Summary, merge_additive, merge_tasks, summarize
 from metering.stores import RollupStore, store_for
-from metering.stores.common import ROLLUP_TABLES, key_order
+from metering.stores.common import ROLLUP_TABLES, key_order, stored_tasks
 from metering.tables import events, rollup_state
 from metering.tenants import Tenant
 
@@ -129,8 +129,13 @@ def rollup_tenant(
             result.quarantined = quarantine.move(connection, tenant.id, unprocessable, now=now)
         if rebuild:
             result.tasks_updated = store.replace_tenant(connection, tenant.id, summary)
+            month_figures.replace(connection, tenant.id, tenant.timezone, summary.tasks if summary is not None else None)
         elif summary is not None:
+            # The touched tasks' rows before the merge: their old contribution to the month figures.
+            before = stored_tasks(connection, tenant.id, summary.tasks["task"].tolist())
             result.tasks_updated = store.merge(connection, tenant.id, summary)
+            after = merge_tasks(before, summary.tasks) if not before.empty else summary.tasks
+            month_figures.apply(connection, tenant.id, tenant.timezone, before, after)
     if rebuild:
         store.refresh_statistics(engine)
     result.watermark = max(end, start)

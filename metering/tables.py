@@ -316,3 +316,29 @@ archived_months = Table(
     Column("checksum", String(64), nullable=False),
     Column("dropped_at", DateTime(timezone=True), nullable=False),
 )
+
+# --- the open month's figures: per customer and tenant-local month, kept by the rollup -----------
+
+# One row per customer, tenant-local month, task type ('' for none), status and cost bucket: how
+# many tasks, their usage events, tokens and whole-task provider cost (each task's cost settled to
+# nano-units first, as rating reads it). A task counts in the month of its end (`ended_us`), an
+# open task in the month of its last event. Written by the rollup in the transaction of its other
+# tables (`metering.month_figures`): the dashboard, the upcoming invoice and an open month's
+# reports read it instead of every task of the month.
+customer_months = Table(
+    "customer_months",
+    metadata,
+    Column("tenant_id", Integer, primary_key=True),  # no foreign key (as the rollup tables)
+    Column("customer", String(256), primary_key=True),
+    Column("month", String(7), primary_key=True),
+    Column("task_type", String(128), primary_key=True, server_default=""),
+    Column("status", String(16), primary_key=True),
+    Column("bucket", Integer, primary_key=True),
+    Column("tasks", BigInteger, nullable=False),
+    Column("usage_events", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cost_nanos", BigInteger, nullable=False),
+    Index("ix_customer_months_tenant_month", "tenant_id", "month"),
+    sqlite_with_rowid=False,
+)

@@ -53,12 +53,14 @@ def month_assembly(
     customer: str | None = None,
     adjust: bool = True,
     now: datetime | None = None,
+    from_figures: bool = False,
 ) -> tuple[Assembly, list[str]]:
     """The invoices of a month as they stand, and the closed months checked for late usage
     (`adjust`: whether this month's invoices carry it). Customers that cannot be billed are
     listed in the assembly's refusals, not drafted. `now` bounds the settlement of jobs under
-    outcome rules (default: the month's end)."""
-    month = store.open_month(session, tenant, period, customer=customer, now=now)
+    outcome rules (default: the month's end). `from_figures`: an open month's drafts, its ended
+    tasks read from the per customer-month figures where they can be (`pricing.open_month`)."""
+    month = store.open_month(session, tenant, period, customer=customer, now=now, from_figures=from_figures)
     late, checked = store.late_months(session, tenant, period, state, customer=customer) if adjust else ([], [])
     return assemble(tenant, month, late), checked
 
@@ -72,9 +74,11 @@ def month_drafts(
     customer: str | None = None,
     adjust: bool = True,
     now: datetime | None = None,
+    from_figures: bool = False,
 ) -> tuple[list[Draft], list[str]]:
     """`month_assembly`, refusing the month (InvalidInput) when a customer cannot be billed."""
-    assembly, checked = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust, now=now)
+    assembly, checked = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust, now=now,
+                                       from_figures=from_figures)  # fmt: skip
     if assembly.refusals:
         raise assembly.refusals[0].error()
     return assembly.drafts, checked
@@ -89,6 +93,8 @@ def upcoming_invoice(session: Session, tenant: Tenant, customer: str, *, now: da
     state = repository.rollup_position(session, tenant.id)
     # Late usage goes on the next invoice closed: this one only if the month before is closed.
     adjust = store.closed(session, tenant.id, period.previous().label) is not None
+    # One customer's tasks come through the (tenant, customer, ended_us) index: cheaper than the
+    # figures' path (measured: BENCHMARKS.md "Monthly reports and the dashboard").
     drafts, _ = month_drafts(session, tenant, period, state, customer=customer, adjust=adjust, now=now)
     assignment = repository.assignments_on(session, tenant.id, period.last_day, customers_=[customer]).get(customer)
     draft = drafts[0] if drafts else Draft(customer, period.label, tenant.currency, assignment.plan if assignment else "", ())

@@ -21,6 +21,7 @@ from metering.money import to_minor
 from metering.periods import Period, parse_month
 from metering.tables import rollup_state
 from metering.tenants import Tenant
+from pricing import open_month as figures_month
 from pricing import outcomes_repository, repository
 from pricing.assembly import (
     AdjustmentReason,
@@ -38,14 +39,21 @@ from pricing.tables import billing_periods, invoice_lines, invoices
 
 
 def open_month(
-    session: Session, tenant: Tenant, period: Period, *, customer: str | None = None, now: datetime | None = None
+    session: Session, tenant: Tenant, period: Period, *, customer: str | None = None, now: datetime | None = None,
+    from_figures: bool = False,
 ) -> OpenMonth:
     """The month to invoice: its usage (jobs as settled by `now`, default the month's end), the
     plans, and the assignments in force on its last day of the customers with usage or created
-    before it ended."""
-    usage = _usage(session, tenant, period, customer, now=now)
-    known = repository.customers_created_before(session, tenant.id, period.end, customer)
+    before it ended. `from_figures`: the ended tasks from the per customer-month figures where
+    they can stand for them (`pricing.open_month`; drafts of an open month), else from the tasks."""
     plans = repository.stored_plans(session, tenant.id)
+    if from_figures and figures_month.usable(session, tenant.id, period, plans.book, customer):
+        rows = figures_month.figures(session, tenant.id, period, customer)
+        tokens = repository.token_usage(session, tenant.id, period, customer)
+        usage = Usage(tokens, figures_month.ended_tasks(rows, period))
+    else:
+        usage = _usage(session, tenant, period, customer, now=now)
+    known = repository.customers_created_before(session, tenant.id, period.end, customer)
     assigned = repository.assignments_on(
         session, tenant.id, period.last_day, customers_=usage.customers | known
     )

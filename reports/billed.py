@@ -43,7 +43,7 @@ def month_invoices(session: Session, tenant: Tenant, period: Period, *, closed: 
         )
     state = pricing_repository.rollup_position(session, tenant.id)
     adjust = period.previous().label in closed
-    assembly, _ = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust)
+    assembly, _ = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust, from_figures=True)
     return MonthInvoices(period, False, tuple(_record(d) for d in assembly.drafts), tuple(sorted(assembly.unrated)))
 
 

@@ -16,11 +16,14 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.orm import Session
 
+from metering import month_figures
 from metering.errors import InvalidInput
 from metering.money import decimal_to_nanos, round_money, to_minor
 from metering.periods import Period
 from metering.tenants import Tenant
 from metering.vocabulary import TASK_STATUSES
+from pricing import open_month
+from pricing import repository as pricing_repository
 from pricing.plans import PerJobPlan
 from pricing.repository import last_day
 from pricing.usage import summable
@@ -39,12 +42,13 @@ from reports.month_data import (
     month_summary,
     rating_input,
 )
+from reports.repository import TaskCounts
 from reports.tasks import scan_tasks
 
 FORMAT = 2  # 2: with `spend` (by person and agent)
-# Buckets of provider cost per task, in micro-units: below 0.001, 0.001-0.002, ..., from 10.00.
-COST_EDGES_MICROS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
-                     1_000_000, 2_000_000, 5_000_000, 10_000_000)  # fmt: skip
+# Buckets of provider cost per task, in micro-units: below 0.001, 0.001-0.002, ..., from 10.00
+# (those of the per customer-month figures).
+COST_EDGES_MICROS = month_figures.COST_EDGES_MICROS
 
 
 @dataclass
@@ -99,8 +103,12 @@ class MonthView:
 
 
 def month_view(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None) -> MonthView:
-    """The month's figures (call inside one snapshot of the database: `month_data.begin_snapshot`)."""
+    """The month's figures (call inside one snapshot of the database: `month_data.begin_snapshot`).
+    An open month is read from the per customer-month figures where they can stand for its tasks
+    (`open_month_view`); a closed one, and an open one they cannot, from its tasks."""
     closed = repository.closed_months(session, tenant.id)
+    if period.label not in closed and (view := open_month_view(session, tenant, period, closed, customer=customer)) is not None:
+        return view
     scan = scan_tasks(session, tenant, period, customer=customer)
     summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=scan.counts)
     month = rating_input(session, tenant, period, customer=customer, ended=scan.ended())
@@ -108,8 +116,40 @@ def month_view(session: Session, tenant: Tenant, period: Period, *, customer: st
     return build_view(session, tenant, period, summary, month, comparison)
 
 
+def open_month_view(session: Session, tenant: Tenant, period: Period, closed: set[str], *,
+                    customer: str | None = None) -> MonthView | None:  # fmt: skip
+    """An open month from `customer_months` (`pricing.open_month`): the task counts, the ended
+    tasks rating reads, the cost buckets per task type and the failed tasks' cost, without reading
+    the month's tasks. None when the figures cannot stand for them (outcome rules, disputes, plan
+    terms that need each task's end time, or tasks with events after the month, whose open count
+    needs the tasks)."""
+    book = pricing_repository.stored_plans(session, tenant.id).book
+    if not open_month.usable(session, tenant.id, period, book, customer) or open_month.later_tasks(session, tenant.id, period, customer):
+        return None
+    rows = open_month.figures(session, tenant.id, period, customer)
+    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=figure_counts(rows))
+    month = rating_input(session, tenant, period, customer=customer, ended=open_month.ended_tasks(rows, period))
+    comparison = month_comparison(tenant, period, month, costs_of(summary))
+    return build_view(session, tenant, period, summary, month, comparison,
+                      task_types=figure_task_type_costs(session, tenant.id, month, period, rows),
+                      failed=_figure_failed_by_customer(rows))  # fmt: skip
+
+
+def figure_counts(rows: pd.DataFrame) -> dict[str, TaskCounts]:
+    """Per customer, the month's tasks by status (open: the tasks whose last event is in it)."""
+    counts: dict[str, TaskCounts] = {}
+    sums = rows.groupby(["customer", "status"], sort=False)["tasks"].sum()
+    for (name, status), n in zip(sums.index.tolist(), sums.tolist(), strict=True):
+        found = counts.setdefault(name, TaskCounts())
+        setattr(found, status, getattr(found, status) + int(n))
+    return counts
+
+
 def build_view(session: Session, tenant: Tenant, period: Period, summary: MonthSummary, month: RatingInput,
-               comparison: list[ComparisonRow]) -> MonthView:  # fmt: skip
+               comparison: list[ComparisonRow], *, task_types: list[TaskTypeCosts] | None = None,
+               failed: list[dict[str, Any]] | None = None) -> MonthView:  # fmt: skip
+    """`task_types`, `failed`: the month's cost buckets and failed tasks when already known (else
+    from the ended tasks of `month`)."""
     customers = _rows(CUSTOMERS.columns, customer_batches(summary))
     for row, record in zip(customers, summary.customers, strict=True):
         invoice = record.invoice
@@ -128,8 +168,9 @@ def build_view(session: Session, tenant: Tenant, period: Period, summary: MonthS
         period=period.label, customer=summary.customer, closed=summary.closed, currency=tenant.currency,
         watermark_seq=repository.watermark(session, tenant.id), revenue_minor=revenue, cost_micros=cost,
         margin_minor=to_minor(margin, tenant.currency), counts=_counts(summary),
-        customers=customers, comparison=compared, task_types=task_type_costs(month, period),
-        failed_by_customer=_failed_by_customer(month.ended),
+        customers=customers, comparison=compared,
+        task_types=task_type_costs(month, period) if task_types is None else task_types,
+        failed_by_customer=_failed_by_customer(month.ended) if failed is None else failed,
         unpriced=repository.unpriced_models(session, tenant.id, period, summary.customer),
         adjustments=_adjustments(summary), unrated=list(summary.invoices.unrated),
         other_currencies=sorted({r.currency for r in summary.customers} - {tenant.currency}),
@@ -237,6 +278,74 @@ def task_type_costs(month: RatingInput, period: Period) -> list[TaskTypeCosts]:
             )
         )  # fmt: skip
     return out
+
+
+def figure_task_type_costs(session: Session, tenant_id: int, month: RatingInput, period: Period,
+                           rows: pd.DataFrame) -> list[TaskTypeCosts]:  # fmt: skip
+    """`task_type_costs` from the per customer-month figures: the buckets and sums are the
+    figures'; which completed tasks cost more than their job price is decided per bucket (all of
+    a bucket above the price, none of one below it), and for a bucket the price cuts in two, from
+    that bucket's tasks alone (`open_month.tasks_above`)."""
+    ended = rows[rows["status"] != "open"]
+    if ended.empty:
+        return []
+    plans = _job_prices(month, period)
+    kinds = sorted(set(ended["task_type"].tolist()))
+    size = len(COST_EDGES_MICROS) + 1
+    done = ended[ended["status"] == "completed"]
+    # Per (customer, task type) of completed tasks: the job price in nanos, or none.
+    price: dict[tuple[str, str], int] = {}
+    for name, kind in set(zip(done["customer"].tolist(), done["task_type"].tolist(), strict=True)):
+        if (plan := plans.get(name)) is not None:
+            price[(name, kind)] = decimal_to_nanos(plan.prices[plan.price_key(kind or None)])  # type: ignore[index]
+    split: dict[tuple[str, str, int], int] = {}  # (customer, kind, bucket) cut by its price: tasks above it
+    cut = {(name, kind, b): p for (name, kind), p in price.items()
+           for b in [int(np.searchsorted(month_figures.COST_EDGES_NANOS, p, side="right"))]}  # fmt: skip
+    wanted = {key for key in zip(done["customer"].tolist(), done["task_type"].tolist(), done["bucket"].tolist(), strict=True) if key in cut}
+    if wanted:
+        ranges = sorted({(cut[key] + 1, open_month.bucket_bounds(key[2])[1]) for key in wanted})
+        above = open_month.tasks_above(session, tenant_id, period, ranges, sorted({key[0] for key in wanted}))
+        for name, kind, cost in zip(above["customer"].tolist(), above["task_type"].tolist(), above["cost"].tolist(), strict=True):
+            key = (name, kind, int(np.searchsorted(month_figures.COST_EDGES_NANOS, cost, side="right")))
+            if key in cut and cost > cut[key]:
+                split[key] = split.get(key, 0) + 1
+    out = []
+    for kind in kinds:
+        mine = ended[ended["task_type"] == kind]
+        completed = mine[mine["status"] == "completed"]
+        failed = mine[mine["status"] != "completed"]
+        buckets = [0] * size
+        losing_buckets = [0] * size
+        priced = losing = 0
+        prices: set[int] = set()
+        for name, b, n in zip(completed["customer"].tolist(), completed["bucket"].tolist(), completed["tasks"].tolist(), strict=True):
+            buckets[b] += n
+            if (p := price.get((name, kind))) is None:
+                continue
+            priced += n
+            prices.add(p // 1000)
+            low, high = open_month.bucket_bounds(b)
+            over = n if low > p else (0 if high - 1 <= p else split.get((name, kind, b), 0))
+            losing_buckets[b] += over
+            losing += over
+        out.append(TaskTypeCosts(
+            task_type=kind, completed=int(completed["tasks"].sum()), buckets=buckets, losing_buckets=losing_buckets,
+            priced=priced, losing=losing, job_prices_micros=sorted(prices),
+            cost_micros=micro_units(int(summable(completed["cost_nanos"].to_numpy(dtype=np.int64)).sum())),
+            failed=int(failed["tasks"].sum()),
+            failed_cost_micros=micro_units(int(summable(failed["cost_nanos"].to_numpy(dtype=np.int64)).sum())),
+        ))  # fmt: skip
+    return out
+
+
+def _figure_failed_by_customer(rows: pd.DataFrame, top: int = 5) -> list[dict[str, Any]]:
+    failed = rows[(rows["status"] != "completed") & (rows["status"] != "open")]
+    if failed.empty:
+        return []
+    sums = failed.assign(cost_nanos=summable(failed["cost_nanos"])).groupby("customer")[["cost_nanos", "tasks"]].sum()
+    out = [(micro_units(int(s)), str(c), int(n)) for c, s, n in zip(sums.index, sums["cost_nanos"], sums["tasks"], strict=True)]
+    out.sort(key=lambda r: (-r[0], r[1]))
+    return [{"customer": c, "tasks": n, "cost_micros": m, "cost": cost_text(m)} for m, c, n in out[:top]]
 
 
 def _failed_by_customer(tasks: pd.DataFrame, top: int = 5) -> list[dict[str, Any]]:

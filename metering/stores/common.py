@@ -140,6 +140,11 @@ def key_order(frame: pd.DataFrame, keys: tuple[str, ...], replace_all: bool) -> 
     return frame.take(order.to_numpy()).reset_index(drop=True)
 
 
+def stored_tasks(connection: Connection, tenant_id: int, names: list[str]) -> pd.DataFrame:
+    """The stored `task_usage` rows (`TASK_COLUMNS`) of the named tasks that have one."""
+    return _stored_tasks(connection, tenant_id, names)
+
+
 def _stored_tasks(connection: Connection, tenant_id: int, names: list[str]) -> pd.DataFrame:
     frames = []
     for start in range(0, len(names), 500):

@@ -1,0 +1,122 @@
+"""An open month's tasks from the per customer-month figures (`customer_months`, kept current by
+the rollup: `metering.month_figures`) instead of every task row of the month.
+
+Rating a month needs, of its ended tasks, per customer: how many completed tasks of each task
+type, how many failed or cancelled, and their provider cost (`pricing.rating`, `pricing.compare`).
+The figures hold exactly that, summed; `ended_tasks` gives it in the shape of
+`pricing.usage.TASK_COLUMNS`: one row per task of each (customer, task type, status) with the
+group's cost on its first row, so that every count and every cost sum that rating makes is the
+per-task one. What the figures cannot give falls back to the task rows (`usable` says when):
+
+- outcome rules: a task bills when it settles, which depends on the time of the read;
+- disputes accepted in an open month: those tasks are taken out by name;
+- a per-job plan whose version changes inside the month (a task's prices are those of the
+  version in force at its end, which the figures do not keep), or with an included allowance
+  and no tiers (the free tasks are the month's first by end time).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from metering.ingest import to_us
+from metering.month_figures import COST_EDGES_NANOS
+from metering.periods import Period
+from metering.prices import REM_PER_NANO, settle_nanos
+from metering.tables import customer_months, task_usage
+from pricing import outcomes_repository
+from pricing.plans import PerJobPlan, PlanBook
+from pricing.repository import fetch_columns
+from pricing.usage import TASK_COLUMNS
+
+
+def usable(session: Session, tenant_id: int, period: Period, book: PlanBook | None, customer: str | None = None) -> bool:
+    """Whether the month's ended tasks can be read from the figures (see the module)."""
+    if outcome_rules(session, tenant_id) or outcomes_repository.disputed_tasks(session, tenant_id, customer):
+        return False
+    if book is None:
+        return True
+    for plan_id in book.versions:
+        history = book.history(plan_id)
+        if not isinstance(history[-1], PerJobPlan):
+            continue
+        if any(p.effective_from and period.first_day < p.effective_from <= period.last_day for p in history):
+            return False
+        if any(p.included and not p.tiers for p in history):
+            return False
+    return True
+
+
+def outcome_rules(session: Session, tenant_id: int) -> bool:
+    return bool(outcomes_repository.rule_book(session, tenant_id))
+
+
+def later_tasks(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> bool:
+    """Whether a task of the tenant (or customer) ended, or had its last event, after the month."""
+    c = customer_months.c
+    query = select(c.month).where(c.tenant_id == tenant_id, c.month > period.label)
+    if customer is not None:
+        query = query.where(c.customer == customer)
+    return session.execute(query.limit(1)).first() is not None
+
+
+def figures(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> pd.DataFrame:
+    """The month's rows of `customer_months`: customer, task_type ('' for none), status, bucket,
+    tasks, usage_events, input_tokens, output_tokens, cost_nanos (whole tasks, settled)."""
+    c = customer_months.c
+    names = ("customer", "task_type", "status", "bucket", "tasks", "usage_events", "input_tokens", "output_tokens", "cost_nanos")
+    query = select(*[c[n] for n in names]).where(c.tenant_id == tenant_id, c.month == period.label)
+    if customer is not None:
+        query = query.where(c.customer == customer)
+    return fetch_columns(session, query, names, texts=names[:3])
+
+
+def ended_tasks(rows: pd.DataFrame, period: Period) -> pd.DataFrame:
+    """The figures' ended tasks as `TASK_COLUMNS` (see the module): every task at the month's
+    start (its prices' version is the month's: `usable`), named `<customer>#<n>`."""
+    ended = rows[rows["status"] != "open"]
+    groups = ended.groupby(["customer", "task_type", "status"], sort=True, as_index=False)[["tasks", "cost_nanos"]].sum()
+    groups = groups[groups["tasks"] > 0]
+    counts = groups["tasks"].to_numpy(dtype=np.int64)
+    total = int(counts.sum())
+    first = np.cumsum(counts) - counts
+    cost = np.zeros(total, dtype=np.int64)
+    cost[first] = groups["cost_nanos"].to_numpy(dtype=np.int64)
+    kind = np.repeat(groups["task_type"].to_numpy(dtype=object), counts)
+    kind[kind == ""] = None  # no task type
+    frame = pd.DataFrame({
+        "customer": np.repeat(groups["customer"].to_numpy(dtype=object), counts),
+        "task": np.array([f"#{i}" for i in range(total)], dtype=object),
+        "task_type": kind,
+        "status": np.repeat(groups["status"].to_numpy(dtype=object), counts),
+        "ended_at": pd.to_datetime(np.full(total, to_us(period.start), dtype=np.int64), unit="us", utc=True).as_unit("ns"),
+        "provider_cost_nanos": cost,
+    })  # fmt: skip
+    frame["task"] = frame["customer"] + frame["task"]
+    return frame[list(TASK_COLUMNS)]
+
+
+def tasks_above(session: Session, tenant_id: int, period: Period, ranges: list[tuple[int, int]], customers: list[str]) -> pd.DataFrame:
+    """The month's completed tasks of `customers` whose settled cost lies in one of `ranges`
+    ([low, high) in nanos): customer, task_type ('' for none), cost (settled nanos). For the few
+    cost buckets that a job price cuts in two."""
+    t = task_usage.c
+    # settled = nanos + rem // R + (0 or 1) >= low  needs  nanos + rem // R + 1 >= low.
+    within = or_(*(and_(t.cost_nanos < high, t.cost_nanos + t.cost_rem // REM_PER_NANO + 1 >= low) for low, high in ranges))
+    query = select(t.customer, func.coalesce(t.task_type, ""), t.cost_nanos, t.cost_rem).where(
+        t.tenant_id == tenant_id, t.ended_us >= to_us(period.start), t.ended_us < to_us(period.end), t.status == "completed",
+        t.customer.in_(customers), within,
+    )  # fmt: skip
+    frame = pd.DataFrame(session.execute(query).all(), columns=["customer", "task_type", "cost_nanos", "cost_rem"])
+    cost = settle_nanos(frame["cost_nanos"].to_numpy(dtype=np.int64), frame["cost_rem"].to_numpy(dtype=np.int64))
+    return pd.DataFrame({"customer": frame["customer"], "task_type": frame["task_type"], "cost": cost})
+
+
+def bucket_bounds(bucket: int) -> tuple[int, int]:
+    """[low, high) of a cost bucket in nanos (high of the last: int64's max)."""
+    low = 0 if bucket == 0 else int(COST_EDGES_NANOS[bucket - 1])
+    high = int(COST_EDGES_NANOS[bucket]) if bucket < len(COST_EDGES_NANOS) else 2**63 - 1
+    return low, high

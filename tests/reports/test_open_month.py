@@ -1,0 +1,108 @@
+"""An open month read from the per customer-month figures shows exactly what reading its tasks
+shows: the dashboard's figures, the drafts (upcoming invoice, invoice lines), the comparison."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
+
+from metering.money import to_minor
+from metering.periods import parse_month
+from pricing import open_month, outcomes_repository
+from pricing import repository as pricing_repository
+from pricing.invoices import upcoming_invoice
+from reports import dashboard
+from reports.billed import month_invoices
+from reports.dashboard import month_view
+from tests.reports.conftest import CUSTOMERS, JOBS, PRICES, TOKENS, Books, ended, started, usage
+
+NOW = datetime(2026, 10, 29, 12, tzinfo=UTC)
+
+
+def _random_month(books: Books, seed: int) -> None:
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    for n in range(120):
+        task, customer = f"t{n}", rng.choice(("acme", "globex", "initech"))
+        begin = datetime(2026, 10, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(0, 28 * 24 * 60))
+        events.append(started(task, begin.isoformat(), customer=customer))
+        for _ in range(rng.randrange(0, 4)):
+            tokens = rng.choice((100, 20_000, 300_000, 2_000_000))
+            events.append(usage(task, (begin + timedelta(minutes=rng.randrange(1, 60))).isoformat(), customer=customer,
+                                input_tokens=tokens, output_tokens=rng.randrange(0, tokens // 4 + 1)))  # fmt: skip
+        outcome = rng.choice(("completed", "completed", "failed", "cancelled", None))
+        if outcome:
+            events.append(ended(task, (begin + timedelta(hours=2)).isoformat(), outcome, customer=customer,
+                                task_type=rng.choice((None, "support_ticket", "code_review"))))  # fmt: skip
+    books.send(*events)
+    books.rollup()
+
+
+def _refuse(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the figures' path read the month's tasks")
+
+
+def _both(monkeypatch: pytest.MonkeyPatch, read: Any) -> tuple[Any, Any]:
+    """The read from the figures (which must not read the month's tasks), and from the tasks."""
+    with monkeypatch.context() as patched:
+        for module, name in ((dashboard, "scan_tasks"), (outcomes_repository, "billed_tasks"), (pricing_repository, "ended_tasks")):
+            patched.setattr(module, name, _refuse)
+        fast = read()
+    with monkeypatch.context() as patched:
+        patched.setattr(open_month, "usable", lambda *args, **kwargs: False)
+        slow = read()
+    return fast, slow
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_figures_show_what_the_tasks_show(make_books, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:  # type: ignore[no-untyped-def]
+    books: Books = make_books(f"open-{seed}")
+    # Job prices inside cost buckets (0.0007 and 0.03 cut buckets in two), and a tier plan.
+    jobs = {**JOBS, "prices": {"default": "0.0007", "support_ticket": "0.03", "code_review": "1.20"}}
+    tiered = {"id": "tiered", "type": "per_job", "included": 3,
+              "tiers": {"mode": "graduated", "steps": [{"up_to": 5, "price": "0.20"}, {"up_to": None, "price": "0.10"}]}}  # fmt: skip
+    customers = [*CUSTOMERS, {"id": "initech", "plan": "tiered", "compare_with": ["jobs", "tokens"]}]
+    books.config({"prices": PRICES, "plans": [jobs, TOKENS, tiered], "customers": customers})
+    _random_month(books, seed)
+    period = parse_month("2026-10", "UTC")
+    with Session(books.engine) as session:
+        assert open_month.usable(session, books.tenant.id, period, None)
+        fast, slow = _both(monkeypatch, lambda: month_view(session, books.tenant, period).to_json())
+        assert fast == slow
+        assert sum(t["losing"] for t in fast["task_types"]) > 0  # the cut buckets were split
+        one_fast, one_slow = _both(monkeypatch, lambda: month_view(session, books.tenant, period, customer="acme").to_json())
+        assert one_fast == one_slow
+        drafts = _both(monkeypatch, lambda: month_invoices(session, books.tenant, period))
+        assert drafts[0] == drafts[1] and drafts[0].invoices
+        for customer in ("acme", "globex", "initech"):  # the drafts of the reports are the upcoming invoices
+            invoice = upcoming_invoice(session, books.tenant, customer, now=NOW)
+            draft = drafts[0].by_customer()[customer]
+            assert [line["description"] for line in invoice["lines"]] == [line.description for line in draft.lines]
+            assert to_minor(invoice["total"], invoice["currency"]) == draft.total_minor
+
+
+def test_plans_the_figures_cannot_rate_read_the_tasks(make_books) -> None:  # type: ignore[no-untyped-def]
+    books: Books = make_books("open-included")
+    included = {**JOBS, "included": 2}  # the month's first two completed tasks by end time are free
+    books.config({"prices": PRICES, "plans": [included, TOKENS], "customers": CUSTOMERS})
+    period = parse_month("2026-10", "UTC")
+    with Session(books.engine) as session:
+        from pricing import repository
+
+        assert not open_month.usable(session, books.tenant.id, period, repository.stored_plans(session, books.tenant.id).book)
+
+
+def test_tasks_after_the_month_make_the_view_read_the_tasks(make_books, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    books: Books = make_books("open-later")
+    books.send(started("a", "2026-10-03T10:00:00Z"), usage("a", "2026-10-03T10:01:00Z", input_tokens=1000),
+               usage("a", "2026-11-02T10:01:00Z", input_tokens=1000))  # fmt: skip
+    books.rollup()
+    period = parse_month("2026-10", "UTC")
+    with Session(books.engine) as session:
+        assert open_month.later_tasks(session, books.tenant.id, period)
+        view = month_view(session, books.tenant, period)
+        assert view.counts["open"] == 1  # open at October's end, though its last event is in November
