@@ -13,7 +13,9 @@ invoice's usage lines of the period so far):
 - `included` allowances, `minimum` and `platform_fee` are left out: they are monthly lines
   unrelated to the spend a budget limits.
 Rules are rewritten whenever plans or customers' plans change; a plan version that starts later
-takes effect at the next change.
+takes effect at the next change. Each rewrite (also after the tenant's prices or model aliases
+change: the config file ends with one) re-counts the money budgets' open periods from the stored
+events (`metering.recount`), so spend already counted is re-priced with the new prices and plans.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import orjson
 from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session
 
-from metering import spend
+from metering import recount, spend
 from metering.budget_tables import budget_billing
-from metering.budgets import BilledRule
+from metering.budgets import MONEY_MEASURES, BilledRule
 from metering.errors import InvalidInput
 from metering.tenants import Tenant
 from metering.vocabulary import TOKEN_CLASSES
@@ -73,4 +75,5 @@ def refresh(session: Session, tenant: Tenant, *, now: datetime) -> int:
     if rows:
         session.execute(insert(budget_billing), rows)
     spend.bump_generation(session.connection(), tenant.id)
+    recount.recount(session.connection(), tenant.id, now=now, measures=MONEY_MEASURES)
     return len(rows)
