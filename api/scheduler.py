@@ -247,7 +247,7 @@ def run_stripe_sync(rt: Runtime, *, now: datetime) -> list[Any]:
 def run_webhooks(rt: Runtime, *, now: datetime) -> dict[str, int]:
     """Send the budget alerts' due webhook deliveries (claimed row by row: any number of
     processes may run this at once)."""
-    return deliver_due(rt.engine, now=now)
+    return deliver_due(rt.engine, now=now, box=rt.settings.secret_box())
 
 
 def _tenants(rt: Runtime) -> list[Tenant]:
@@ -296,7 +296,7 @@ class TaskmeterScheduler:
         self.engine = engine
         # Budget-alert webhooks: a thread of its own polling the outbox, not an APScheduler job
         # (whose job store would write the database every fraction of a second).
-        self.webhooks = WebhookSender(engine, interval=settings.webhook_interval_seconds)
+        self.webhooks = WebhookSender(engine, interval=settings.webhook_interval_seconds, box=settings.secret_box())
         # A small engine of its own: the job store disposes it on shutdown.
         store = SQLAlchemyJobStore(
             engine=make_engine(settings.database_url, small_pool=True), tablename=scheduler_jobs.name

@@ -105,8 +105,9 @@ webhooks = Table(
     Column("id", Integer, primary_key=True),
     Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
     Column("url", String(2048), nullable=False),
-    # The signing secret as given to the tenant once: needed in clear to sign (never logged).
-    Column("secret", String(128), nullable=False),
+    # The signing secret given to the tenant once, sealed (metering.secret_box, Fernet): the
+    # sender opens it to sign; never logged, never stored in clear (migration 0017 sealed old rows).
+    Column("secret", String(512), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
