@@ -43,6 +43,7 @@ from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
 from metering.periods import parse_month
 from metering.pipeline import RollupConflict, RollupResult, bring_up_to_date
 from metering.tenants import Tenant, list_tenants
+from pricing import budget_settlement
 from pricing.close_schedule import closable_through, first_month, months_to_close
 from pricing.invoices import close_period
 from reports.monthly import write_month
@@ -131,6 +132,7 @@ def run_rollup(rt: Runtime, *, now: datetime) -> list[RollupResult]:
             result = _roll_up(rt, tenant, now=now, executor=executor)
             if result is not None:
                 results.append(result)
+                _settle_budgets(rt, tenant, now=now)
     return results
 
 
@@ -158,6 +160,15 @@ def _roll_up(rt: Runtime, tenant: Tenant, *, now: datetime, executor: Executor |
             "(taskmeter quarantine list --tenant %s)", tenant.name, result.quarantined, tenant.name,
         )  # fmt: skip
     return result
+
+
+def _settle_budgets(rt: Runtime, tenant: Tenant, *, now: datetime) -> None:
+    """Jobs that settled since the last run join their budgets (a tenant with outcome rules)."""
+    try:
+        with unit_of_work(rt.engine) as session:
+            budget_settlement.settle_counters(session, tenant, now=now)
+    except Exception as exc:
+        _log_failure(f"budget settlement of {tenant.name} failed", exc)
 
 
 def run_close(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 from metering.tables import BigId, metadata
@@ -38,6 +40,8 @@ budget_state = Table(
     metadata,
     Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
     Column("generation", BigInteger, nullable=False),
+    # The tenant has outcome rules (written by pricing.budget_billing): jobs count at settlement.
+    Column("jobs_at_settlement", Boolean, nullable=False, server_default=false()),
 )
 
 # How each customer's plan bills, reduced for the `billed` measure (metering.budgets.BilledRule),

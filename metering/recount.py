@@ -20,7 +20,7 @@ new figures cross are raised as at ingestion (each once per budget, period and t
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -43,6 +43,11 @@ _POSITIONS = [INSERT_COLUMNS.index(name) for name in _READ]
 _WIDTH = len(INSERT_COLUMNS)
 
 
+JobOutcomes = Callable[[Connection, int, int], Iterable[spend._Outcome]]
+"""(connection, tenant id, since us) → the jobs to count, each in the period of its `ended_us`,
+instead of the tasks' deciding terminal events: settled jobs (`pricing.budget_settlement`)."""
+
+
 def recount(
     connection: Connection,
     tenant_id: int,
@@ -50,14 +55,18 @@ def recount(
     now: datetime,
     only: Collection[str] | None = None,
     measures: Collection[str] | None = None,
+    jobs: JobOutcomes | None = None,
 ) -> dict[str, tuple[int, int, int]]:
     """Set the counters of the open periods (those holding `now`) of the tenant's budgets, or of
     the budgets `only` names, or of those of `measures`, to what the stored events count.
-    Returns the new (used, rem, unpriced events) by budget id."""
+    Returns the new (used, rem, unpriced events) by budget id. For a tenant whose jobs count at
+    settlement, `jobs` and `billed` budgets are recounted only when `jobs` gives the settled jobs
+    (pricing knows the outcome rules; `pricing.budget_settlement`)."""
     state = spend.tenant_budgets(connection, tenant_id)
     chosen = [
         b for b in state.index.budgets
         if (only is None or b.id in only) and (measures is None or b.measure in measures)
+        and not (state.jobs_at_settlement and jobs is None and b.measure in ("jobs", "billed"))
     ]  # fmt: skip
     if not chosen:
         return {}
@@ -75,7 +84,7 @@ def recount(
                 subset, periods, rows, attribution, deltas, cost=bool(kinds & {"provider_cost", "billed"})
             )
         for row, (actor, agent) in zip(rows, attribution, strict=True):
-            if row[spend._TYPE] in spend.TERMINAL:  # in seq order: on a tie in time the later one decides
+            if jobs is None and row[spend._TYPE] in spend.TERMINAL:  # in seq order: on a tie in time the later one decides
                 outcome = spend._Outcome(
                     row[spend._TYPE].removeprefix("task."), row[spend._TIME], row[spend._CUSTOMER], actor, agent,
                     row[spend._TASK_TYPE],
@@ -84,7 +93,7 @@ def recount(
                 if known is None or outcome.ended_us >= known.ended_us:
                     deciding[row[spend._TASK]] = outcome
     if kinds & {"jobs", "billed"}:
-        for outcome in deciding.values():
+        for outcome in deciding.values() if jobs is None else jobs(connection, tenant_id, since):
             spend._add_job(subset, periods, outcome, 1, deltas)
     if state.index.measures() & {"jobs", "billed"} and deciding:
         # What ingestion compares a task's next terminal event with (it kept none while no

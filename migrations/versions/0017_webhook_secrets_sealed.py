@@ -1,4 +1,5 @@
-"""budgets: webhook signing secrets encrypted at rest (Fernet, metering.secret_box)
+"""budgets: webhook signing secrets encrypted at rest (Fernet, metering.secret_box); jobs counted
+at settlement for tenants with outcome rules (budget_state.jobs_at_settlement)
 
 Revision ID: 0017
 Revises: 0015
@@ -43,10 +44,14 @@ def _rewrite(sealing: bool) -> None:
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("budget_state", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("jobs_at_settlement", sa.Boolean(), nullable=False, server_default=sa.false()))
     with op.batch_alter_table("webhooks", schema=None) as batch_op:
         batch_op.alter_column("secret", existing_type=sa.String(length=128), type_=sa.String(length=512),
                               existing_nullable=False)  # fmt: skip
     _rewrite(sealing=True)
+    # Tenants with outcome rules get the flag (and their jobs recounted) at their next config
+    # change or rollup run (pricing.budget_billing.refresh, api.scheduler).
 
 
 def downgrade() -> None:
@@ -54,3 +59,5 @@ def downgrade() -> None:
     with op.batch_alter_table("webhooks", schema=None) as batch_op:
         batch_op.alter_column("secret", existing_type=sa.String(length=512), type_=sa.String(length=128),
                               existing_nullable=False)  # fmt: skip
+    with op.batch_alter_table("budget_state", schema=None) as batch_op:
+        batch_op.drop_column("jobs_at_settlement")
