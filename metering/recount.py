@@ -78,8 +78,10 @@ def recount(
     periods = spend._Periods(state.timezone)
     deltas = spend.Deltas()
     deciding: dict[str, spend._Outcome] = {}
-    for rows, attribution in _pages(connection, tenant_id, since):
-        if kinds & {"provider_cost", "tokens", "billed"}:
+    usage_counted = bool(kinds & {"provider_cost", "tokens", "billed"})
+    pages = _pages(connection, tenant_id, since) if usage_counted or jobs is None else iter(())
+    for rows, attribution in pages:
+        if usage_counted:
             spend._count_usage(
                 subset, periods, rows, attribution, deltas, cost=bool(kinds & {"provider_cost", "billed"})
             )
