@@ -4,19 +4,23 @@ when the tenant's prices or customers' plans change. Compared with the rollup ex
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, select
 
 from metering import budget_repository, spend
+from metering.budgets import period_at
 from metering.db import unit_of_work
 from metering.ingest import ingest_events
 from metering.pipeline import rollup_tenant
 from metering.tables import task_usage, usage_daily
 from metering.tenants import Tenant
 from pricing.service import load_config
+from tests.budgets.test_counters import _random_events
 from tests.factories import make_event
 
 NOW = datetime(2026, 11, 18, 10, 30, tzinfo=UTC)
@@ -164,3 +168,36 @@ budgets:
         assert Decimal(counter(engine, tenant, "billed")).scaleb(-15) == Decimal("4.20")
         self.config(engine, tenant, "3.00", "1.00")
         assert Decimal(counter(engine, tenant, "billed")).scaleb(-15) == Decimal("6.00")
+
+
+class TestRandomBackfillEqualsTheRollup:
+    @pytest.mark.parametrize("seed", [3, 4])
+    def test_budgets_put_midway_through_random_batches(self, engine: Engine, tenant: Tenant, seed: int) -> None:
+        rng = random.Random(seed)
+        sent: list[dict[str, Any]] = []
+        for batch in range(6):
+            if batch == 3:  # the budgets arrive after half the events
+                put(engine, tenant, "cost-all")
+                put(engine, tenant, "cost-c1", scope={"customer": "c1"}, period="week")
+                put(engine, tenant, "jobs-all", measure="jobs", limit="1000")
+                put(engine, tenant, "tokens-c2", measure="tokens", limit="1000000000", scope={"customer": "c2"}, period="day")
+            events = _random_events(rng, rng.randrange(10, 60), start=batch * 100)
+            ingest(engine, tenant, events + rng.sample(sent, min(len(sent), 5)))
+            sent += events
+        rollup_tenant(engine, tenant, now=NOW)
+        month, week, day = (period_at(kind, NOW, "UTC") for kind in ("month", "week", "day"))
+        with engine.connect() as connection:
+            daily = connection.execute(select(usage_daily)).all()
+            tasks = connection.execute(select(task_usage).where(task_usage.c.status == "completed")).all()
+
+        def cost(period: Any, customer: str | None = None) -> int:
+            return sum(r.cost_nanos * 10**6 + r.cost_rem for r in daily
+                       if period.first_day <= r.day < period.next_first_day and customer in (None, r.customer))  # fmt: skip
+
+        tokens = sum(r.input_tokens + r.output_tokens for r in daily
+                     if r.day == day.first_day and r.customer == "c2")  # fmt: skip
+        jobs = sum(1 for t in tasks if month.start <= datetime.fromtimestamp(t.ended_us / 10**6, UTC) < month.end)
+        assert counter(engine, tenant, "cost-all") == cost(month) and cost(month) > 0
+        assert counter(engine, tenant, "cost-c1") == cost(week, "c1")
+        assert counter(engine, tenant, "tokens-c2") == tokens
+        assert counter(engine, tenant, "jobs-all") == jobs and jobs > 0
