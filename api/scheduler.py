@@ -43,6 +43,7 @@ from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
 from metering.periods import parse_month
 from metering.pipeline import RollupConflict, RollupResult, bring_up_to_date
 from metering.tenants import Tenant, list_tenants
+from pricing import budget_settlement
 from pricing.close_schedule import closable_through, first_month, months_to_close
 from pricing.invoices import close_period
 from reports.monthly import write_month
@@ -131,6 +132,7 @@ def run_rollup(rt: Runtime, *, now: datetime) -> list[RollupResult]:
             result = _roll_up(rt, tenant, now=now, executor=executor)
             if result is not None:
                 results.append(result)
+                _settle_budgets(rt, tenant, now=now)
     return results
 
 
@@ -158,6 +160,15 @@ def _roll_up(rt: Runtime, tenant: Tenant, *, now: datetime, executor: Executor |
             "(taskmeter quarantine list --tenant %s)", tenant.name, result.quarantined, tenant.name,
         )  # fmt: skip
     return result
+
+
+def _settle_budgets(rt: Runtime, tenant: Tenant, *, now: datetime) -> None:
+    """Jobs that settled since the last run join their budgets (a tenant with outcome rules)."""
+    try:
+        with unit_of_work(rt.engine) as session:
+            budget_settlement.settle_counters(session, tenant, now=now)
+    except Exception as exc:
+        _log_failure(f"budget settlement of {tenant.name} failed", exc)
 
 
 def run_close(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
@@ -247,7 +258,7 @@ def run_stripe_sync(rt: Runtime, *, now: datetime) -> list[Any]:
 def run_webhooks(rt: Runtime, *, now: datetime) -> dict[str, int]:
     """Send the budget alerts' due webhook deliveries (claimed row by row: any number of
     processes may run this at once)."""
-    return deliver_due(rt.engine, now=now)
+    return deliver_due(rt.engine, now=now, box=rt.settings.secret_box())
 
 
 def _tenants(rt: Runtime) -> list[Tenant]:
@@ -296,7 +307,7 @@ class TaskmeterScheduler:
         self.engine = engine
         # Budget-alert webhooks: a thread of its own polling the outbox, not an APScheduler job
         # (whose job store would write the database every fraction of a second).
-        self.webhooks = WebhookSender(engine, interval=settings.webhook_interval_seconds)
+        self.webhooks = WebhookSender(engine, interval=settings.webhook_interval_seconds, box=settings.secret_box())
         # A small engine of its own: the job store disposes it on shutdown.
         store = SQLAlchemyJobStore(
             engine=make_engine(settings.database_url, small_pool=True), tablename=scheduler_jobs.name

@@ -11,6 +11,7 @@ from pydantic import AwareDatetime, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metering.schemas import DEFAULT_EARLIEST_EVENT_TIME, TimeWindow
+from metering.secret_box import SecretBox, derived_key, parse_keys
 
 DEV_SECRET = "dev-insecure-secret-change-me"
 
@@ -22,6 +23,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./taskmeter.db"
     # Keys are stored as HMAC-SHA256(secret_key, key): rotating this secret invalidates every key.
     secret_key: SecretStr = SecretStr(DEV_SECRET)
+    # Webhook signing secrets are stored encrypted (metering.secret_box): comma-separated Fernet
+    # keys, newest first (the first encrypts, all decrypt). Unset: a key derived from secret_key.
+    encryption_keys: SecretStr | None = None
 
     max_batch_events: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024  # every request body, every route (413 past it)
@@ -101,6 +105,24 @@ class Settings(BaseSettings):
         if self.ingest_log is not None and not self.ingest_log.startswith(("nats://", "tls://")):
             raise ValueError(f"TASKMETER_INGEST_LOG must be a nats:// or tls:// URL, not {self.ingest_log!r}")
         return self
+
+    @model_validator(mode="after")
+    def _encryption_keys_are_fernet_keys(self) -> Settings:
+        if self.encryption_keys is not None and not self.encryption_keys.get_secret_value().strip():
+            self.encryption_keys = None  # set but empty: unset
+        if self.encryption_keys is not None:
+            try:
+                parse_keys(self.encryption_keys.get_secret_value())
+            except ValueError as error:
+                raise ValueError(f"TASKMETER_ENCRYPTION_KEYS {error}") from None
+        return self
+
+    def secret_box(self) -> SecretBox:
+        """What seals and opens webhook secrets: TASKMETER_ENCRYPTION_KEYS, else a key derived
+        from TASKMETER_SECRET_KEY."""
+        if self.encryption_keys is not None:
+            return SecretBox(parse_keys(self.encryption_keys.get_secret_value()))
+        return SecretBox([derived_key(self.secret_key.get_secret_value())])
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> Settings:

@@ -1,7 +1,7 @@
 """Webhook delivery: posts the outbox's due alerts (`metering.alerts`), signed.
 
 `Taskmeter-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" under the webhook's
-secret>`. A 2xx answer acknowledges; anything else (or no answer within the timeout) is retried
+secret>`; secrets are stored sealed (`metering.secret_box`) and opened only to sign. A 2xx answer acknowledges; anything else (or no answer within the timeout) is retried
 with backoff (`metering.alerts.backoff`). Rows are claimed one by one with a conditional update,
 so two server processes never send one attempt twice; a receiver deduplicates by the body's
 stable `id` should an acknowledgement be lost.
@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 import httpx
 from sqlalchemy import Engine
 
+from api.settings import get_settings
 from metering import alerts
 from metering.db import is_unavailable, unit_of_work
+from metering.secret_box import SecretBox
 
 log = logging.getLogger("taskmeter.webhooks")
 TIMEOUT_SECONDS = 5.0
@@ -31,8 +33,12 @@ def signature(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-def deliver_due(engine: Engine, *, now: datetime, client: httpx.Client | None = None) -> dict[str, int]:
-    """Send every due delivery once; returns how many were delivered and how many failed."""
+def deliver_due(
+    engine: Engine, *, now: datetime, box: SecretBox | None = None, client: httpx.Client | None = None
+) -> dict[str, int]:
+    """Send every due delivery once; returns how many were delivered and how many failed.
+    `box` opens the stored secrets (default: the settings', `Settings.secret_box`)."""
+    box = box or get_settings().secret_box()
     with unit_of_work(engine) as session:
         claimed = alerts.claim_due(session.connection(), now=now)
     counts = {"delivered": 0, "failed": 0}
@@ -42,7 +48,7 @@ def deliver_due(engine: Engine, *, now: datetime, client: httpx.Client | None = 
     http = client or httpx.Client(timeout=TIMEOUT_SECONDS)
     try:
         for item in claimed:
-            error = _post(http, item, now)
+            error = _post(http, item, box.open(item.secret), now)
             counts["delivered" if error is None else "failed"] += 1
             with unit_of_work(engine) as session:
                 alerts.record_attempt(session.connection(), item.delivery, item.attempts, error, now=now)
@@ -52,10 +58,10 @@ def deliver_due(engine: Engine, *, now: datetime, client: httpx.Client | None = 
     return counts
 
 
-def _post(http: httpx.Client, item: alerts.Claimed, now: datetime) -> str | None:
+def _post(http: httpx.Client, item: alerts.Claimed, secret: str, now: datetime) -> str | None:
     headers = {
         "content-type": "application/json",
-        SIGNATURE_HEADER: signature(item.secret, item.body, int(now.timestamp())),
+        SIGNATURE_HEADER: signature(secret, item.body, int(now.timestamp())),
     }
     try:
         response = http.post(item.url, content=item.body, headers=headers)
@@ -72,8 +78,8 @@ class WebhookSender:
     """Polls the outbox every `interval` seconds in a daemon thread and sends what is due (each
     server and worker process runs one; claims keep them from sending one attempt twice)."""
 
-    def __init__(self, engine: Engine, *, interval: float) -> None:
-        self.engine, self.interval = engine, interval
+    def __init__(self, engine: Engine, *, interval: float, box: SecretBox) -> None:
+        self.engine, self.interval, self.box = engine, interval, box
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -93,7 +99,7 @@ class WebhookSender:
             while not self._stop.wait(self.interval):
                 try:
                     while (
-                        deliver_due(self.engine, now=datetime.now(UTC), client=client)["delivered"]
+                        deliver_due(self.engine, now=datetime.now(UTC), box=self.box, client=client)["delivered"]
                         and not self._stop.is_set()
                     ):
                         pass  # a full claim was sent: look again at once

@@ -38,6 +38,7 @@ from metering.alerts import add_webhook  # noqa: E402
 from metering.budgets import Budget  # noqa: E402
 from metering.db import unit_of_work  # noqa: E402
 from metering.ingest import store_events, validate_items  # noqa: E402
+from metering.secret_box import SecretBox, derived_key  # noqa: E402
 from metering.tenants import Tenant, create_api_key, create_tenant  # noqa: E402
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
@@ -224,7 +225,7 @@ def webhook_latency(alerts: int = 200) -> str:
         path = Path(folder) / "w.db"
         engine, tenant, key = _setup(path, budgets)
         with unit_of_work(engine) as session:
-            add_webhook(session, tenant.id, f"http://127.0.0.1:{receiver.server_port}/hook", now=NOW)
+            add_webhook(session, tenant.id, f"http://127.0.0.1:{receiver.server_port}/hook", box=SecretBox([derived_key(SECRET)]), now=NOW)
         engine.dispose()
         server, url = serve(path, scheduler=True)
         headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}

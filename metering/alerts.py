@@ -38,6 +38,7 @@ from metering.budgets import (
 from metering.db import upsert
 from metering.errors import InvalidInput, NotFound
 from metering.schemas import rfc3339
+from metering.secret_box import SecretBox
 
 _US = 1_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -156,8 +157,9 @@ def payload(row: Any) -> bytes:
 # --- webhooks -------------------------------------------------------------------------------------
 
 
-def add_webhook(session: Session, tenant_id: int, url: str, *, now: datetime) -> tuple[int, str]:
-    """Register a webhook; returns its id and its signing secret (shown once by the caller)."""
+def add_webhook(session: Session, tenant_id: int, url: str, *, box: SecretBox, now: datetime) -> tuple[int, str]:
+    """Register a webhook; returns its id and its signing secret (shown once by the caller),
+    stored sealed by `box` (`metering.secret_box`)."""
     if not url.startswith(("http://", "https://")) or len(url) > 2048:
         raise InvalidInput(
             "invalid webhook",
@@ -168,10 +170,20 @@ def add_webhook(session: Session, tenant_id: int, url: str, *, now: datetime) ->
     secret = "whsec_" + secrets.token_urlsafe(32)
     hook = session.execute(
         insert(webhooks)
-        .values(tenant_id=tenant_id, url=url, secret=secret, created_at=now)
+        .values(tenant_id=tenant_id, url=url, secret=box.seal(secret), created_at=now)
         .returning(webhooks.c.id)
     ).scalar_one()
     return int(hook), secret
+
+
+def reseal_webhooks(connection: Connection, box: SecretBox) -> int:
+    """Seal every stored webhook secret with the box's newest key (after a key rotation); a
+    secret still stored in clear (from before encryption) is sealed too. Returns how many."""
+    rows = connection.execute(select(webhooks.c.id, webhooks.c.secret).order_by(webhooks.c.id)).all()
+    for row in rows:
+        sealed = box.reseal(row.secret) if box.is_sealed(row.secret) else box.seal(row.secret)
+        connection.execute(update(webhooks).where(webhooks.c.id == row.id).values(secret=sealed))
+    return len(rows)
 
 
 def list_webhooks(session: Session, tenant_id: int) -> list[dict[str, Any]]:
@@ -201,7 +213,7 @@ class Claimed:
     delivery: int
     attempts: int
     url: str
-    secret: str
+    secret: str  # sealed (`metering.secret_box`): the sender opens it to sign
     body: bytes
 
 

@@ -1,9 +1,10 @@
 """Stored budgets: replace a tenant's set (the config file), put or delete one (the API).
 
 Every change raises the tenant's budget generation (`metering.spend.bump_generation`), so each
-server process reloads its cached budgets before it counts the next batch. A budget whose scope,
-measure or period changes starts its counters again from zero (what they held counted something
-else); a changed limit, alerts, forecast or enforce keeps them.
+server process reloads its cached budgets before it counts the next batch. A new budget, and one
+whose scope, measure or period changes, starts from the spend already stored in its current
+period (`metering.recount`, in the same transaction; what older counters held counted something
+else and is dropped); a changed limit, alerts, forecast or enforce keeps the counters.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import orjson
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from metering import spend
+from metering import recount, spend
 from metering.budget_tables import budget_counters, budgets
 from metering.budgets import Budget, parse_budgets
 from metering.errors import InvalidInput, NotFound
@@ -71,12 +72,18 @@ def replace_all(
     connection = _connection(session)
     have = stored(connection, tenant_id)
     counts = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0}
+    fresh = set()
     for budget in entries:
-        counts[_write(connection, tenant_id, budget, have.get(budget.id), now=now)] += 1
+        old = have.get(budget.id)
+        counts[_write(connection, tenant_id, budget, old, now=now)] += 1
+        if old is None or not _counts_alike(old, budget):
+            fresh.add(budget.id)
     for gone in have.keys() - {b.id for b in entries}:
         _delete(connection, tenant_id, gone)
         counts["removed"] += 1
     spend.bump_generation(connection, tenant_id)
+    if fresh:
+        recount.recount(connection, tenant_id, now=now, only=fresh)
     return counts
 
 
@@ -93,8 +100,11 @@ def put(
     if problems:
         raise InvalidInput("invalid budget", detail=[{"field": f, "message": m} for f, m in problems])
     connection = _connection(session)
-    status = _write(connection, tenant_id, parsed[0], stored(connection, tenant_id).get(budget_id), now=now)
+    old = stored(connection, tenant_id).get(budget_id)
+    status = _write(connection, tenant_id, parsed[0], old, now=now)
     spend.bump_generation(connection, tenant_id)
+    if old is None or not _counts_alike(old, parsed[0]):
+        recount.recount(connection, tenant_id, now=now, only={budget_id})
     return parsed[0], status
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 from metering.tables import BigId, metadata
@@ -38,6 +40,8 @@ budget_state = Table(
     metadata,
     Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
     Column("generation", BigInteger, nullable=False),
+    # The tenant has outcome rules (written by pricing.budget_billing): jobs count at settlement.
+    Column("jobs_at_settlement", Boolean, nullable=False, server_default=false()),
 )
 
 # How each customer's plan bills, reduced for the `billed` measure (metering.budgets.BilledRule),
@@ -105,8 +109,9 @@ webhooks = Table(
     Column("id", Integer, primary_key=True),
     Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
     Column("url", String(2048), nullable=False),
-    # The signing secret as given to the tenant once: needed in clear to sign (never logged).
-    Column("secret", String(128), nullable=False),
+    # The signing secret given to the tenant once, sealed (metering.secret_box, Fernet): the
+    # sender opens it to sign; never logged, never stored in clear (migration 0017 sealed old rows).
+    Column("secret", String(512), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 

@@ -74,6 +74,9 @@ class TenantBudgets:
     index: BudgetIndex
     billing: dict[str, BilledRule] = field(default_factory=dict)  # by customer, for `billed`
     watched: set[str] = field(default_factory=set)  # budgets with alerts or a forecast
+    # The tenant has outcome rules: jobs count when they settle (`pricing.budget_settlement`
+    # recounts them), so ingestion counts no job (neither `jobs` nor the jobs of `billed`).
+    jobs_at_settlement: bool = False
     _book: PriceBook | None = None
     _overrides: list[dict[str, str]] = field(default_factory=list)
 
@@ -119,7 +122,12 @@ def tenant_budgets(connection: Connection, tenant_id: int) -> TenantBudgets:
     overrides = _overrides(connection, tenant_id) if measures & {"provider_cost", "billed"} else []
     billing = _billing(connection, tenant_id) if "billed" in measures else {}
     watched = {b.id for b in index.budgets if b.alerts or b.forecast}
-    loaded = TenantBudgets(current, timezone, index, billing, watched, _overrides=overrides)
+    settled = connection.execute(
+        select(budget_state.c.jobs_at_settlement).where(budget_state.c.tenant_id == tenant_id)
+    ).scalar()
+    loaded = TenantBudgets(
+        current, timezone, index, billing, watched, jobs_at_settlement=bool(settled), _overrides=overrides
+    )
     with _lock:
         _cache[tenant_id] = loaded
     return loaded
@@ -202,7 +210,7 @@ def count_stored(
         _count_usage(
             state, periods, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"})
         )
-    if measures & {"jobs", "billed"}:
+    if measures & {"jobs", "billed"} and not state.jobs_at_settlement:
         _count_jobs(connection, tenant_id, state, periods, rows, attribution, deltas)
     if not deltas.amounts:
         return 0

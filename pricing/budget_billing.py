@@ -13,7 +13,10 @@ invoice's usage lines of the period so far):
 - `included` allowances, `minimum` and `platform_fee` are left out: they are monthly lines
   unrelated to the spend a budget limits.
 Rules are rewritten whenever plans or customers' plans change; a plan version that starts later
-takes effect at the next change.
+takes effect at the next change. Each rewrite (also after the tenant's prices or model aliases
+change: the config file ends with one) re-counts the money budgets' open periods from the stored
+events (`metering.recount`), so spend already counted is re-priced with the new prices and plans
+(and jobs recounted at settlement when the tenant has outcome rules, `pricing.budget_settlement`).
 """
 
 from __future__ import annotations
@@ -25,13 +28,12 @@ import orjson
 from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session
 
-from metering import spend
 from metering.budget_tables import budget_billing
 from metering.budgets import BilledRule
 from metering.errors import InvalidInput
 from metering.tenants import Tenant
 from metering.vocabulary import TOKEN_CLASSES
-from pricing import repository
+from pricing import budget_settlement, repository
 from pricing.plans import PerJobPlan, PerTokenPlan, Plan
 
 
@@ -72,5 +74,5 @@ def refresh(session: Session, tenant: Tenant, *, now: datetime) -> int:
     session.execute(delete(budget_billing).where(budget_billing.c.tenant_id == tenant.id))
     if rows:
         session.execute(insert(budget_billing), rows)
-    spend.bump_generation(session.connection(), tenant.id)
+    budget_settlement.recount_after_change(session, tenant, now=now)  # a new budget generation, then recount
     return len(rows)

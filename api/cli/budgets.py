@@ -36,7 +36,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_webhook_add(args: argparse.Namespace, settings: Settings) -> int:
     with open_engine(settings) as engine, unit_of_work(engine) as session:
         tenant = find_tenant(session, args.tenant)
-        hook, secret = alerts.add_webhook(session, tenant.id, args.url, now=now())
+        hook, secret = alerts.add_webhook(session, tenant.id, args.url, box=settings.secret_box(), now=now())
         audit_cli(session, tenant, "webhook.add", f"webhook:{hook}", url=args.url)
     # The secret is shown here once, and never logged: the receiver keeps it to verify signatures.
     out({"tenant": tenant.name, "id": hook, "url": args.url, "secret": secret})
@@ -47,6 +47,13 @@ def cmd_webhook_list(args: argparse.Namespace, settings: Settings) -> int:
     with open_engine(settings) as engine, unit_of_work(engine) as session:
         tenant = find_tenant(session, args.tenant)
         out({"tenant": tenant.name, "webhooks": alerts.list_webhooks(session, tenant.id)})
+    return 0
+
+
+def cmd_webhook_reseal(args: argparse.Namespace, settings: Settings) -> int:
+    """Seal every webhook secret with the newest of TASKMETER_ENCRYPTION_KEYS (key rotation)."""
+    with open_engine(settings) as engine, unit_of_work(engine) as session:
+        out({"resealed": alerts.reseal_webhooks(session.connection(), settings.secret_box())})
     return 0
 
 
@@ -80,6 +87,8 @@ def add_commands(sub: Any) -> None:
     p = hooks.add_parser("list", help="the tenant's webhooks (without secrets)")
     p.add_argument("--tenant", required=True)
     p.set_defaults(func=cmd_webhook_list)
+    p = hooks.add_parser("reseal", help="re-encrypt every webhook secret with the newest encryption key")
+    p.set_defaults(func=cmd_webhook_reseal)
     p = hooks.add_parser("remove", help="remove a webhook and its pending deliveries")
     p.add_argument("id", type=int)
     p.add_argument("--tenant", required=True)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 from api.deps import AdminScope, AuditDep, IngestScope, NowDep, ReadScope, SessionDep
 from api.errors import BODY_ERRORS, responses
 from metering import alerts, budget_repository, spend
+from pricing import budget_settlement
 
 router = APIRouter(tags=["budgets"])
 
@@ -139,6 +140,7 @@ def put_budget(
     """Create or replace a budget. A changed scope, measure or period starts its counters anew."""
     tenant = principal.tenant
     saved, status = budget_repository.put(session, tenant.id, budget_id, budget, now=now)
+    budget_settlement.settle_counters(session, tenant, now=now)  # jobs at settlement (outcome rules)
     audit.record("budget.put", f"budget:{budget_id}", status=status)
     return _described(session, tenant.id, tenant.timezone, [saved], now)[0]
 

@@ -9,7 +9,13 @@
 It needs only httpx and orjson, and imports nothing of the taskmeter server.
 """
 
-from taskmeter_client.client import AsyncTaskmeterClient, BudgetExceeded, Task, TaskmeterClient
+from taskmeter_client.client import (
+    AsyncTaskmeterClient,
+    BudgetExceeded,
+    BudgetUnavailable,
+    Task,
+    TaskmeterClient,
+)
 from taskmeter_client.extract import MAX_TOKENS, TokenUsage, UsageFieldError, extract_usage
 from taskmeter_client.sender import SenderStats
 
@@ -17,6 +23,7 @@ __all__ = [
     "MAX_TOKENS",
     "AsyncTaskmeterClient",
     "BudgetExceeded",
+    "BudgetUnavailable",
     "SenderStats",
     "Task",
     "TaskmeterClient",

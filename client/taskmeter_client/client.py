@@ -25,7 +25,7 @@ import itertools
 import logging
 import operator
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -37,9 +37,10 @@ from taskmeter_client.extract import MAX_TOKENS, TokenUsage, UsageFieldError, ex
 from taskmeter_client.sender import Sender, SenderStats
 from taskmeter_client.spool import Spool, default_spool_dir, spool_folder
 
-__all__ = ["AsyncTaskmeterClient", "BudgetExceeded", "Task", "TaskmeterClient"]
+__all__ = ["AsyncTaskmeterClient", "BudgetExceeded", "BudgetUnavailable", "Task", "TaskmeterClient"]
 
 BUDGET_CHECKS = ("off", "warn", "enforce")
+ON_UNAVAILABLE = ("allow", "deny")
 
 
 class BudgetExceeded(RuntimeError):
@@ -50,6 +51,19 @@ class BudgetExceeded(RuntimeError):
         super().__init__(f"budget {answer.get('denied_by')!r} has reached its limit")
         self.answer = answer
         self.budget = answer.get("denied_by")
+
+
+class BudgetUnavailable(BudgetExceeded):
+    """`task(budget_check="enforce", on_unavailable="deny")` could not get an answer from
+    `POST /v1/authorize` (server down, timeout, an error status, a malformed body): the work is
+    refused as if a budget had denied it. `reason` says what went wrong."""
+
+    def __init__(self, reason: str) -> None:
+        RuntimeError.__init__(self, f"budgets could not be checked ({reason}); on_unavailable='deny' refuses the task")
+        self.answer = {"allowed": False, "denied_by": None, "budgets": [], "unavailable": reason}
+        self.budget = None
+        self.reason = reason
+
 
 log = logging.getLogger("taskmeter.client")
 
@@ -83,7 +97,9 @@ class TaskmeterClient:
         close_timeout: float = 10.0,
         metadata: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        on_unavailable: str = "allow",
     ) -> None:
+        _check_choice("on_unavailable", on_unavailable, ON_UNAVAILABLE)
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"url must be an http(s) URL, got {url!r}")
         if not isinstance(api_key, str) or not api_key.strip():
@@ -109,6 +125,7 @@ class TaskmeterClient:
         )  # fmt: skip
         self._url, self._api_key, self._timeout, self._transport = url, api_key.strip(), timeout, transport
         self._auth_http: httpx.Client | None = None
+        self.on_unavailable = on_unavailable
         atexit.register(self.close)
 
     def task(
@@ -121,6 +138,7 @@ class TaskmeterClient:
         actor: str | None = None,
         agent: str | None = None,
         budget_check: str = "off",
+        on_unavailable: str | None = None,
     ) -> Task:
         """A task of `customer`; `with` it to emit task.started and its outcome. `task` names an
         existing task (default: a new uuid4). `actor` is the person or service account whose
@@ -129,24 +147,26 @@ class TaskmeterClient:
 
         `budget_check` asks the server first (`POST /v1/authorize`, one round trip): `"warn"`
         logs a denial and goes on, `"enforce"` raises `BudgetExceeded` before the block runs
-        (no event is recorded). A server that cannot be asked does not stop the work (logged)."""
-        if budget_check not in BUDGET_CHECKS:
-            raise ValueError(f"budget_check must be one of {', '.join(BUDGET_CHECKS)}, got {budget_check!r}")
+        (no event is recorded). When the server cannot answer, `on_unavailable` (default: the
+        client's, `"allow"`) decides: `"allow"` lets the work go on (logged), `"deny"` raises
+        `BudgetUnavailable` (a `BudgetExceeded`) under `"enforce"`."""
+        _check_choice("budget_check", budget_check, BUDGET_CHECKS)
+        unavailable = self.on_unavailable if on_unavailable is None else on_unavailable
+        _check_choice("on_unavailable", unavailable, ON_UNAVAILABLE)
         new = Task(self, customer=customer, task_type=task_type, task=task, metadata=metadata, actor=actor, agent=agent)
         if budget_check != "off":
-            answer = self.authorize(customer=customer, actor=actor, agent=agent, task_type=task_type)
-            if answer is not None and not answer.get("allowed", True):
-                if budget_check == "enforce":
-                    raise BudgetExceeded(answer)
-                log.warning("taskmeter: budget %r has reached its limit (task %s of %s goes on)", answer.get("denied_by"), new.id, customer)
+            failure: list[str] = []
+            answer = self.authorize(customer=customer, actor=actor, agent=agent, task_type=task_type, _failure=failure)
+            _judge(answer, failure, budget_check, unavailable, new.id, customer)
         return new
 
     def authorize(
-        self, *, customer: str, actor: str | None = None, agent: str | None = None, task_type: str | None = None
+        self, *, customer: str, actor: str | None = None, agent: str | None = None, task_type: str | None = None,
+        _failure: list[str] | None = None,
     ) -> dict[str, Any] | None:
         """The server's answer to `POST /v1/authorize` for this scope, or None when it could not
         be asked (logged): `{"allowed", "denied_by", "budgets": [...]}`."""
-        body = {k: v for k, v in (("customer", customer), ("actor", actor), ("agent", agent), ("task_type", task_type)) if v is not None}
+        body = _authorize_body(customer, actor, agent, task_type)
         if self._auth_http is None:
             self._auth_http = httpx.Client(
                 base_url=self._url, headers={"Authorization": f"Bearer {self._api_key}"}, timeout=self._timeout,
@@ -154,11 +174,11 @@ class TaskmeterClient:
             )  # fmt: skip
         try:
             response = self._auth_http.post("/v1/authorize", json=body)
-            response.raise_for_status()
-            answer: dict[str, Any] = response.json()
-            return answer
+            return _answer(response)
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("taskmeter: could not check budgets for %s: %s", customer, exc)
+            if _failure is not None:
+                _failure.append(f"{type(exc).__name__}: {exc}"[:200])
             return None
 
     @property
@@ -196,7 +216,7 @@ class TaskmeterClient:
 class Task:
     """One task (job) of one customer: usage records, then one outcome. Thread-safe to record on."""
 
-    __slots__ = ("_client", "_base", "_metadata", "_ended", "id", "customer", "task_type", "actor", "agent")
+    __slots__ = ("_client", "_base", "_metadata", "_ended", "_check", "id", "customer", "task_type", "actor", "agent")
 
     def __init__(
         self,
@@ -231,6 +251,7 @@ class Task:
         if agent is not None:
             self._base["agent"] = agent
         self._ended = False
+        self._check: Callable[[], Awaitable[None]] | None = None  # the async client's budget check
 
     def start(self) -> Self:
         self._emit("task.started")
@@ -308,6 +329,8 @@ class Task:
         self._end("task.cancelled", metadata)
 
     def __enter__(self) -> Self:
+        if self._check is not None:
+            raise RuntimeError("a task with an asynchronous budget check starts with `async with`")
         return self.start()
 
     def __exit__(
@@ -326,6 +349,9 @@ class Task:
             log.exception("taskmeter: could not record the outcome of task %s", self.id)
 
     async def __aenter__(self) -> Self:
+        if self._check is not None:
+            check, self._check = self._check, None
+            await check()  # raises BudgetExceeded before the block runs
         return self.start()
 
     async def __aexit__(
@@ -356,12 +382,52 @@ class AsyncTaskmeterClient:
     outlives the event loop and a forgotten `aclose()` is still flushed at interpreter exit.
     """
 
-    def __init__(self, url: str, api_key: str, **options: Any) -> None:
+    def __init__(
+        self, url: str, api_key: str, *, auth_transport: httpx.AsyncBaseTransport | None = None, **options: Any
+    ) -> None:
         self.sync = TaskmeterClient(url, api_key, **options)
+        self._auth_transport = auth_transport
+        self._auth_http: httpx.AsyncClient | None = None
 
     def task(self, *, customer: str, task_type: str | None = None, task: str | None = None,
-             metadata: Mapping[str, str] | None = None, actor: str | None = None, agent: str | None = None) -> Task:  # fmt: skip
-        return self.sync.task(customer=customer, task_type=task_type, task=task, metadata=metadata, actor=actor, agent=agent)
+             metadata: Mapping[str, str] | None = None, actor: str | None = None, agent: str | None = None,
+             budget_check: str = "off", on_unavailable: str | None = None) -> Task:  # fmt: skip
+        """As `TaskmeterClient.task`; with `budget_check`, `async with` asks the server
+        (`POST /v1/authorize`, awaited) before the block runs and raises `BudgetExceeded` there
+        when enforced (a plain `with` of such a task is refused: it could not await the check)."""
+        _check_choice("budget_check", budget_check, BUDGET_CHECKS)
+        unavailable = self.sync.on_unavailable if on_unavailable is None else on_unavailable
+        _check_choice("on_unavailable", unavailable, ON_UNAVAILABLE)
+        new = self.sync.task(customer=customer, task_type=task_type, task=task, metadata=metadata, actor=actor, agent=agent)
+        if budget_check != "off":
+
+            async def check() -> None:
+                failure: list[str] = []
+                answer = await self.authorize(customer=customer, actor=actor, agent=agent, task_type=task_type, _failure=failure)
+                _judge(answer, failure, budget_check, unavailable, new.id, customer)
+
+            new._check = check
+        return new
+
+    async def authorize(
+        self, *, customer: str, actor: str | None = None, agent: str | None = None, task_type: str | None = None,
+        _failure: list[str] | None = None,
+    ) -> dict[str, Any] | None:
+        """As `TaskmeterClient.authorize`, awaited: the answer, or None when it could not be had (logged)."""
+        sync = self.sync
+        if self._auth_http is None:
+            self._auth_http = httpx.AsyncClient(
+                base_url=sync._url, headers={"Authorization": f"Bearer {sync._api_key}"}, timeout=sync._timeout,
+                transport=self._auth_transport,
+            )  # fmt: skip
+        try:
+            response = await self._auth_http.post("/v1/authorize", json=_authorize_body(customer, actor, agent, task_type))
+            return _answer(response)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("taskmeter: could not check budgets for %s: %s", customer, exc)
+            if _failure is not None:
+                _failure.append(f"{type(exc).__name__}: {exc}"[:200])
+            return None
 
     @property
     def stats(self) -> SenderStats:
@@ -371,6 +437,9 @@ class AsyncTaskmeterClient:
         return await asyncio.to_thread(self.sync.flush, timeout)
 
     async def aclose(self, timeout: float | None = None) -> None:
+        if self._auth_http is not None:
+            await self._auth_http.aclose()
+            self._auth_http = None
         await asyncio.to_thread(self.sync.close, timeout)
 
     async def __aenter__(self) -> Self:
@@ -378,6 +447,35 @@ class AsyncTaskmeterClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _authorize_body(customer: str, actor: str | None, agent: str | None, task_type: str | None) -> dict[str, str]:
+    return {k: v for k, v in (("customer", customer), ("actor", actor), ("agent", agent), ("task_type", task_type)) if v is not None}
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    response.raise_for_status()
+    answer = response.json()
+    if not isinstance(answer, dict) or not isinstance(answer.get("allowed"), bool):
+        raise ValueError("the answer has no boolean 'allowed'")
+    return answer
+
+
+def _judge(answer: dict[str, Any] | None, failure: list[str], check: str, on_unavailable: str, task: str, customer: str) -> None:
+    """What a budget check decides before the block runs: raise, warn, or let it go on."""
+    if answer is None:
+        if check == "enforce" and on_unavailable == "deny":
+            raise BudgetUnavailable(failure[0] if failure else "no answer")
+        return  # logged by authorize: fail open
+    if not answer["allowed"]:
+        if check == "enforce":
+            raise BudgetExceeded(answer)
+        log.warning("taskmeter: budget %r has reached its limit (task %s of %s goes on)", answer.get("denied_by"), task, customer)
 
 
 _TOKEN_NAMES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")

@@ -20,6 +20,7 @@ import time_machine
 from sqlalchemy import Engine
 from taskmeter_client import BudgetExceeded, TaskmeterClient
 
+from api.settings import Settings
 from api.webhooks import deliver_due
 from metering.alerts import add_webhook
 from metering.db import unit_of_work
@@ -157,28 +158,29 @@ class TestAlerts:
         assert [(a["type"], a["budget"]) for a in listed] == [("budget.forecast", "fc")]
 
     def test_webhook_retried_while_the_receiver_fails_then_delivered_signed(
-        self, api: httpx.Client, engine: Engine, tenant: Tenant, receiver: Any, now: datetime
+        self, api: httpx.Client, engine: Engine, tenant: Tenant, receiver: Any, now: datetime, settings: Settings
     ) -> None:
+        box = settings.secret_box()
         with unit_of_work(engine) as session:
             _, secret = add_webhook(
-                session, tenant.id, f"http://127.0.0.1:{receiver.server_port}/hook", now=now
+                session, tenant.id, f"http://127.0.0.1:{receiver.server_port}/hook", box=box, now=now
             )
         api.put("/v1/budgets/acme", json={**COST, "alerts": ["1"]})
         api.post("/v1/events", json=[usage(f"u{i}", now) for i in range(4)])
         receiver.failures_left = 2
         at = now + timedelta(seconds=5)  # the clock ticks on from `now` while the events are stored
-        assert deliver_due(engine, now=at) == {"delivered": 0, "failed": 1}
+        assert deliver_due(engine, now=at, box=box) == {"delivered": 0, "failed": 1}
         (alert,) = api.get("/v1/alerts").json()
         assert (
             alert["deliveries"][0]["status"] == "failing"
             and alert["deliveries"][0]["last_error"] == "HTTP 503"
         )
-        assert deliver_due(engine, now=at) == {"delivered": 0, "failed": 0}  # not due before its backoff
+        assert deliver_due(engine, now=at, box=box) == {"delivered": 0, "failed": 0}  # not due before its backoff
         at += timedelta(seconds=1)
-        assert deliver_due(engine, now=at)["failed"] == 1
+        assert deliver_due(engine, now=at, box=box)["failed"] == 1
         at += timedelta(seconds=2)
-        assert deliver_due(engine, now=at) == {"delivered": 1, "failed": 0}
-        assert deliver_due(engine, now=at + timedelta(hours=1)) == {
+        assert deliver_due(engine, now=at, box=box) == {"delivered": 1, "failed": 0}
+        assert deliver_due(engine, now=at + timedelta(hours=1), box=box) == {
             "delivered": 0,
             "failed": 0,
         }  # never again

@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from metering.budget_tables import webhooks
+from metering.secret_box import SecretBox, derived_key
 from metering.tenants import Tenant
+from tests.conftest import TEST_SECRET
 
 Run = Callable[..., tuple[int, Any, str]]
 CONFIG = """
@@ -44,6 +46,8 @@ def test_webhooks_add_prints_the_secret_once(run_cli: Run, tenant: Tenant, engin
         listed["webhooks"][0]["url"] == "https://example.com/hook" and "secret" not in listed["webhooks"][0]
     )
     with engine.connect() as connection:
-        assert connection.execute(select(webhooks.c.secret)).scalar() == added["secret"]  # kept to sign
+        stored = connection.execute(select(webhooks.c.secret)).scalar()
+    # kept to sign, sealed with the key derived from the server secret (no TASKMETER_ENCRYPTION_KEYS)
+    assert stored != added["secret"] and SecretBox([derived_key(TEST_SECRET)]).open(stored) == added["secret"]
     assert run_cli("webhooks", "add", "ftp://x", "--tenant", tenant.name)[0] == 1
     assert run_cli("webhooks", "remove", str(added["id"]), "--tenant", tenant.name)[0] == 0

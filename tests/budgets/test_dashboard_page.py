@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
+from api.settings import Settings
 from api.webhooks import deliver_due
 from metering.alerts import add_webhook
 from metering.db import unit_of_work
@@ -17,10 +18,11 @@ from tests.factories import make_event
 
 
 def test_budgets_page_shows_usage_alerts_and_failing_deliveries(
-    live_server: LiveServer, engine: Engine, tenant: Tenant, make_key: Callable[..., str], now: datetime
+    live_server: LiveServer, engine: Engine, tenant: Tenant, make_key: Callable[..., str], now: datetime,
+    settings: Settings,
 ) -> None:
     with unit_of_work(engine) as session:
-        add_webhook(session, tenant.id, "http://127.0.0.1:9/unreachable", now=now)
+        add_webhook(session, tenant.id, "http://127.0.0.1:9/unreachable", box=settings.secret_box(), now=now)
     with live_server.client(make_key(tenant)) as api:
         api.put("/v1/budgets/acme-tokens", json={"measure": "tokens", "limit": "2000", "period": "month", "alerts": ["0.5"],
                                                   "scope": {"customer": "acme"}, "enforce": True})  # fmt: skip
@@ -28,7 +30,7 @@ def test_budgets_page_shows_usage_alerts_and_failing_deliveries(
             "/v1/events",
             json=[make_event(id="u1", time=now.isoformat(), input_tokens=1000, output_tokens=500)],
         )
-    deliver_due(engine, now=now.replace(minute=59))
+    deliver_due(engine, now=now.replace(minute=59), box=settings.secret_box())
     with sign_in(live_server, make_key(tenant, "read")) as client:
         page = client.get("/dashboard/budgets")
     assert page.status_code == 200

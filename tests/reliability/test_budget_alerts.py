@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+from api.settings import Settings
 from metering.alerts import add_webhook
 from metering.db import unit_of_work
 from metering.tenants import Tenant
@@ -67,10 +68,11 @@ def test_two_servers_one_alert_per_threshold(
     tenant: Tenant,
     make_key: Callable[..., str],
     receiver: Any,
+    settings: Settings,
 ) -> None:
     key = make_key(tenant)
     with unit_of_work(engine) as session:
-        add_webhook(session, tenant.id, f"http://127.0.0.1:{receiver.server_port}/", now=AT)
+        add_webhook(session, tenant.id, f"http://127.0.0.1:{receiver.server_port}/", box=settings.secret_box(), now=AT)
     servers = [serve(scheduler_enabled=True, webhook_interval_seconds=0.2) for _ in range(2)]
     headers = {"Authorization": f"Bearer {key}"}
     budget = {"measure": "tokens", "limit": "4000", "period": "month", "alerts": ["0.25", "0.5", "0.75", "1"]}
