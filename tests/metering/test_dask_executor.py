@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from metering.dask_executor import DaskExecutor, ExecutorFailed, InProcess, executor_for
+from metering.executors import DaskExecutor, ExecutorFailed, InProcess, executor_for
 from metering.rollup import Summary, summarize
 from tests.metering.test_summarize import random_events
 from tests.support.dask_cluster import LocalCluster
