@@ -346,7 +346,8 @@ class TestIncremental:
         # kill -9 of a `dask worker` while it reads its range. "retried": Dask runs the range
         # again on the other worker and the run completes; "failed": the scheduler allows no
         # worker death per task (allowed-failures 0; a task's `retries` are for exceptions it
-        # raises, not for its worker's death), so the run fails with ExecutorFailed, and the rollup tables and watermark are those of before the run.
+        # raises, not for its worker's death), so the run fails with ExecutorFailed, the rollup
+        # tables and watermark are those of before the run, and the next run completes.
         events = random_events(random.Random(31), 80)
         killed_run, single = make_tenant(fresh_name("killed")), make_tenant(fresh_name("single"))
         send(engine, killed_run, events[:30])
