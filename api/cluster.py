@@ -6,14 +6,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from api.settings import Settings
-from metering.dask_executor import DaskExecutor
+from metering.executors import DaskExecutor
 
 
 @contextmanager
 def cluster_executor(settings: Settings) -> Iterator[DaskExecutor | None]:
-    """A client of the configured cluster for the block (closed after), or None when none is
-    configured: the rollup then picks its own way (in this process, or worker processes for a
-    large backlog). An unreachable scheduler raises `ExecutorFailed` (a 503-kind error)."""
+    """A client of the configured cluster for the block (closed after; a `local` cluster is
+    started when a rollup first has partitions to run, and stopped after), or None when none is
+    configured: the rollup then runs in this process. An unreachable scheduler raises
+    `ExecutorFailed` (a 503-kind error)."""
     if not settings.dask_scheduler:
         yield None
         return

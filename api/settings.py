@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import AwareDatetime, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from metering.executors import local_workers
 from metering.schemas import DEFAULT_EARLIEST_EVENT_TIME, TimeWindow
 from metering.secret_box import SecretBox, derived_key, parse_keys
 
@@ -67,8 +68,9 @@ class Settings(BaseSettings):
     # While the database is away, a key seen working within this many seconds still authenticates
     # ingestion (its last known scopes): the log takes events through a database outage.
     ingest_log_auth_grace_seconds: float = 900.0
-    # A Dask distributed scheduler (`tcp://host:8786`) for partition work (metering.dask_executor);
-    # unset, the work runs in process.
+    # Where partition work runs (metering.executors): a Dask distributed scheduler
+    # (`tcp://host:8786`), or `local` / `local:N` for N worker processes of a Dask cluster on this
+    # machine started for the run (default one per core); unset, in process.
     dask_scheduler: str | None = None
 
     # genai-prices: the bundled snapshot only, unless this is turned on.
@@ -123,6 +125,13 @@ class Settings(BaseSettings):
         if self.encryption_keys is not None:
             return SecretBox(parse_keys(self.encryption_keys.get_secret_value()))
         return SecretBox([derived_key(self.secret_key.get_secret_value())])
+
+    @model_validator(mode="after")
+    def _dask_scheduler_is_an_address(self) -> Settings:
+        self.dask_scheduler = self.dask_scheduler or None  # set but empty: unset
+        if self.dask_scheduler is not None and local_workers(self.dask_scheduler) is None and "://" not in self.dask_scheduler:
+            raise ValueError(f"TASKMETER_DASK_SCHEDULER must be local, local:N or a scheduler's address (tcp://host:8786), not {self.dask_scheduler!r}")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> Settings:

@@ -1,13 +1,27 @@
 """Partition work on a Dask cluster vs in process, and the Parquet archive vs the database.
 
     .venv/bin/python bench/bench_dask.py [--rows 12000000] [--partitions 8] [--archive-events 2000000] [--db sqlite|postgresql|both]
+    .venv/bin/python bench/bench_dask.py --full-rollup URL [--full-runs 2] [--with-local] [--pool-python PATH --pool-bench PATH]
 
-Measures, in one run:
+`--full-rollup URL`: the full rollup (a rebuild) of bench_rollup's store at URL (a SQLite file or
+a PostgreSQL database, built by `bench/bench_rollup.py`; it is rewritten by each run, so give it a
+copy), each run in a fresh process after the events are read into the page cache, alternating:
+in process (`TASKMETER_DASK_SCHEDULER` unset), through a local Dask cluster (a `dask scheduler`
+and two `dask worker` processes, one thread each, on loopback, started by the bench before the
+runs; `--one-worker`: also a cluster of one worker, the in-process parallelism), and with
+`--with-local` through `local:2` (a `distributed.LocalCluster` started by the
+run: its start-up is in the time). `--pool-python/--pool-bench`: also the rollup of another
+checkout (an interpreter and its `bench_rollup.py`, e.g. one with the former worker-process pool)
+on the same store, as a baseline of the same run. Every run's rollup tables are compared with the
+first's (row counts and integer column sums per table). The clusters' workers import the rollup's
+modules before the runs, as a running cluster has them.
+
+Otherwise it measures, in one run:
 - `summarize` over a synthetic priced events frame of `--rows` rows, split by task into
   `--partitions` partitions, each partition generated (seeded) and summarized by the function
   that runs it, as a rollup partition is read by its worker: in process one after the other, on
   a local Dask cluster (a `dask scheduler` and two `dask worker` processes, one thread each)
-  through `metering.dask_executor`, and on one worker of that cluster (the same parallelism as
+  through `metering.executors.DaskExecutor`, and on one worker of that cluster (the same parallelism as
   in process: the cluster's own overhead). The summaries come back to the caller every time.
 - `taskmeter archive`'s work (`pricing.archive.archive_tenant`) over a store of
   `--archive-events` events in closed months: events/s written; reading them back
@@ -18,10 +32,13 @@ Measures, in one run:
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_rollup import MODELS, build_store  # noqa: E402
 from bench.common import POSTGRES_URL, cpu_check, machine  # noqa: E402
-from metering.dask_executor import DaskExecutor, InProcess  # noqa: E402
 from metering.db import make_engine, read_frame, upgrade_schema  # noqa: E402
+from metering.executors import DaskExecutor, InProcess  # noqa: E402
 from metering.ingest import to_us  # noqa: E402
 from metering.periods import parse_month  # noqa: E402
 from metering.rollup import Summary, summarize  # noqa: E402
@@ -140,6 +157,88 @@ def measure_dask(rows: int, parts: int) -> dict[str, Any]:
     return results
 
 
+def table_digests(url: str) -> dict[str, tuple[Any, ...]]:
+    """A fingerprint of each rollup table: its row count and the sum of each integer column
+    modulo a prime (no overflow; cheap on 12M events' tables; the tests compare every row)."""
+    from sqlalchemy import Integer, func
+
+    from metering.stores.common import ROLLUP_TABLES
+
+    engine = make_engine(url)
+    digests = {}
+    try:
+        with engine.connect() as connection:
+            for table in ROLLUP_TABLES:
+                sums = [func.sum(column % 1_000_003) for column in table.columns if isinstance(column.type, Integer) and not column.name.endswith("seq")]
+                digests[table.name] = tuple(connection.execute(select(func.count(), *sums).select_from(table)).one())
+    finally:
+        engine.dispose()
+    return digests
+
+
+def warm_workers(address: str) -> float:
+    """Import the rollup's modules on every worker of the cluster (a running cluster has them
+    after its first task); returns the seconds it took."""
+    started = time.perf_counter()
+    with DaskExecutor(address) as executor:
+        executor.client.run(_import_rollup)
+    return time.perf_counter() - started
+
+
+def _import_rollup() -> None:
+    import adbc_driver_sqlite.dbapi  # noqa: F401
+
+    import metering.pipeline  # noqa: F401
+    import metering.stores.postgresql  # noqa: F401
+    import metering.stores.sqlite  # noqa: F401
+
+
+def measure_full_rollup(url: str, runs: int, with_local: bool, one_worker: bool, pool: tuple[str, str] | None) -> None:
+    """The full rollup of the store at `url`: in process vs a local Dask cluster (and `local:2`,
+    and another checkout's rollup), alternating, each in a fresh process; prints every run."""
+    from bench.bench_rollup import run_child, warm_cache
+    from tests.support.dask_cluster import LocalCluster
+
+    def other_checkout(url: str) -> dict[str, Any]:
+        python, script = pool  # type: ignore[misc]
+        out = subprocess.run([python, script, "--child", "full", "--url", url], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-3000:])
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    folder = Path(tempfile.mkdtemp(prefix="tm-dask-"))
+    reference: dict[str, tuple[Any, ...]] | None = None
+    times: dict[str, list[float]] = {}
+    try:
+        with LocalCluster(folder / "two", workers=2) as cluster, LocalCluster(folder / "one", workers=1) if one_worker else nullcontext() as single:  # fmt: skip
+            places: list[tuple[str, Any]] = [("in process", lambda: run_child(url, "full")),
+                                             ("Dask cluster, 2 workers", lambda: run_child(url, "full", cluster.address))]  # fmt: skip
+            if single is not None:
+                places.append(("Dask cluster, 1 worker", lambda: run_child(url, "full", single.address)))
+            if with_local:
+                places.append(("local:2 (LocalCluster started by the run)", lambda: run_child(url, "full", "local:2")))
+            for running in (cluster, single):
+                if running is not None:
+                    print(f"  {len(running.worker_processes)}-worker cluster's workers warmed (the rollup's imports) in {warm_workers(running.address):.1f} s", flush=True)
+            if pool is not None:
+                places.append(("other checkout", lambda: other_checkout(url)))
+            for number in range(runs):
+                for label, run in places:
+                    print(f"  run {number + 1}, {label}: {cpu_check()}; {warm_cache(url)}", flush=True)
+                    result = run()
+                    print(f"    full rollup {result['seconds']:.1f} s", flush=True)
+                    digests = table_digests(url)
+                    reference = reference or digests
+                    times.setdefault(label, []).append(result["seconds"])
+                    print(f"    full rollup {result['seconds']:.1f} s, {result['events']:,} events, {result['tasks']:,} tasks, "
+                          f"peak RSS {result['peak_mb']:,.0f} MB; tables identical to the first run's: {digests == reference}", flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    base = min(times["in process"])
+    for label, seconds in times.items():
+        print(f"  {label}: best {min(seconds):.1f} s of {', '.join(f'{s:.1f}' for s in seconds)}; ratio to in process {min(seconds) / base:.2f}", flush=True)
+
+
 def prepare_archive_store(engine: Engine, usage_events: int) -> int:
     """The bench tenant's events (bench_rollup's store) with every month closed and rolled up."""
     upgrade_schema(engine)
@@ -236,8 +335,18 @@ def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="sqlite")
     parser.add_argument("--skip-dask", action="store_true")
     parser.add_argument("--skip-archive", action="store_true")
+    parser.add_argument("--full-rollup", metavar="URL", help="measure the full rollup of this store (only that)")
+    parser.add_argument("--full-runs", type=int, default=2)
+    parser.add_argument("--with-local", action="store_true", help="also through local:2")
+    parser.add_argument("--one-worker", action="store_true", help="also through a cluster of one worker")
+    parser.add_argument("--pool-python", help="another checkout's interpreter, for a baseline")
+    parser.add_argument("--pool-bench", help="that checkout's bench/bench_rollup.py")
     args = parser.parse_args()
     print(machine(), flush=True)
+    if args.full_rollup:
+        pool = (args.pool_python, args.pool_bench) if args.pool_python and args.pool_bench else None
+        measure_full_rollup(args.full_rollup, args.full_runs, args.with_local, args.one_worker, pool)
+        return
     print(cpu_check(), flush=True)
     if not args.skip_dask:
         d = measure_dask(args.rows, args.partitions)

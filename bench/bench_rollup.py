@@ -1,15 +1,18 @@
 """The rollup at scale: 10 million usage events (~1 million tasks, 20 models, 1,000 customers).
 
     .venv/bin/python bench/bench_rollup.py [--events 10000000] [--db sqlite|postgresql|both] [--skip-api]
+        [--executor local:2|tcp://host:8786] [--sqlite PATH] [--postgresql URL]
 
 Measures, on each database:
-- the full rollup from the database (a fresh subprocess, so its peak memory is its own);
+- the full rollup from the database (a fresh subprocess, so its peak memory is its own), its
+  partitions where `--executor` says (`TASKMETER_DASK_SCHEDULER`'s values; default in process);
 - the in-memory step (price + summarize a 10M-row frame, in a fresh subprocess) against DuckDB computing the same
   per-task aggregation over the same frame, in the same process;
 - an incremental rollup of 10,000 new events over the 10M history;
 - GET /v1/customers/{id}/usage/current latency (p50/p99 over 500 requests) with 10M events stored.
 
-The event store is built once per database (not timed) and reused by later runs.
+The event store is built once per database (not timed) and reused by later runs; `--sqlite` and
+`--postgresql` name another store than the default ones.
 """
 
 from __future__ import annotations
@@ -65,21 +68,18 @@ def synthetic_chunk(rng: np.random.Generator, first_task: int, tasks: int, per_t
     task_names = [f"task-{t}" for t in range(first_task, first_task + tasks)]
     for i in range(tasks):  # setup only, not timed
         t, c = task_names[i], f"cust-{(first_task + i) % 1000}"
-        rows.append((1, f"{t}-s", "task.started", int(start[i]), c, t, "support_ticket" if i % 3 else "code_review", None, None, 0, 0, 0, 0, 0, None, "x", 0))
+        rows.append((1, f"{t}-s", "task.started", int(start[i]), c, t, "support_ticket" if i % 3 else "code_review", None, None, 0, 0, 0, 0, 0, None, None, None, "x", 0))
     for j in range(n_usage):
         i = j // per_task
         p, m = MODELS[model[j]]
         rows.append((1, f"{task_names[i]}-u{j % per_task}", "usage", int(start[i] + offsets[j]), f"cust-{customer[j]}",
-                     task_names[i], None, p, m, int(inputs[j]), int(outputs[j]), int(cache_read[j]), 0, 0, None, "x", 0))
+                     task_names[i], None, p, m, int(inputs[j]), int(outputs[j]), int(cache_read[j]), 0, 0, None, None, None, "x", 0))
     outcome = rng.random(tasks)
     for i in range(tasks):
         kind = "task.completed" if outcome[i] < 0.85 else "task.failed" if outcome[i] < 0.97 else "task.cancelled"
         end = int(start[i] + (per_task + 2) * 60 * 1_000_000)
-        rows.append((1, f"{task_names[i]}-e", kind, end, f"cust-{(first_task + i) % 1000}", task_names[i], None, None, None, 0, 0, 0, 0, 0, None, "x", 0))
-    # the rows above end (..., reasoning, metadata, content_hash, ingested_us); INSERT_COLUMNS puts
-    # actor and agent before metadata and cache_write_1h_tokens last
-    assert len(INSERT_COLUMNS) == len(rows[0]) + 3, "synthetic rows out of step with INSERT_COLUMNS"
-    return [(*row[:14], None, None, *row[14:], 0) for row in rows]
+        rows.append((1, f"{task_names[i]}-e", kind, end, f"cust-{(first_task + i) % 1000}", task_names[i], None, None, None, 0, 0, 0, 0, 0, None, None, None, "x", 0))
+    return [(*row, 0) for row in rows]  # cache_write_1h_tokens, last of INSERT_COLUMNS
 
 
 def build_store(engine: Engine, usage_events: int) -> int:
@@ -108,18 +108,21 @@ def build_store(engine: Engine, usage_events: int) -> int:
     return want
 
 
-def run_child(url: str, what: str) -> dict:
-    """Run a measurement in a fresh interpreter; returns its JSON result (with peak RSS)."""
-    out = subprocess.run([sys.executable, __file__, "--child", what, "--url", url], capture_output=True, text=True, check=False)
+def run_child(url: str, what: str, executor: str | None = None) -> dict:
+    """Run a measurement in a fresh interpreter; returns its JSON result (with peak RSS).
+    `executor`: where the rollup's partitions run (`metering.executors.executor_for`)."""
+    command = [sys.executable, __file__, "--child", what, "--url", url, *(["--executor", executor] if executor else [])]
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def child(what: str, url: str) -> None:
+def child(what: str, url: str, place: str | None = None) -> None:
     if what == "memory":
         print(json.dumps(in_memory(url)))
         return
+    from metering.executors import executor_for
     from metering.pipeline import rollup_tenant
     from metering.tenants import get_tenant
 
@@ -135,7 +138,8 @@ def child(what: str, url: str) -> None:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
                 connection.execute(text("VACUUM task_usage, task_usage_detail, usage_daily"))
         started = time.perf_counter()
-        result = rollup_tenant(engine, tenant, now=NOW)
+        with executor_for(place) as executor:  # a `local` cluster starts inside the timing
+            result = rollup_tenant(engine, tenant, now=NOW, executor=executor)
         seconds = time.perf_counter() - started
     elif what == "incremental":
         rng = np.random.default_rng(int(time.time()))
@@ -145,7 +149,8 @@ def child(what: str, url: str) -> None:
         with engine.begin() as connection:
             write_rows(connection, events, INSERT_COLUMNS, rows)
         started = time.perf_counter()
-        result = rollup_tenant(engine, tenant, now=NOW)
+        with executor_for(place) as executor:
+            result = rollup_tenant(engine, tenant, now=NOW, executor=executor)
         seconds = time.perf_counter() - started
     else:
         raise SystemExit(f"unknown child {what}")
@@ -210,11 +215,9 @@ def in_memory(url: str) -> dict:
     import duckdb
 
     from metering.costs import price_book, price_events
-    from metering.executors import keep_freed_memory
     from metering.rollup import summarize
     from metering.stores import store_for
 
-    keep_freed_memory()  # as the rollup's worker processes do (DuckDB, in this process too, gets it as well)
     engine = make_engine(url)
     with engine.connect() as connection:
         book, _ = price_book(connection, 1)
@@ -312,25 +315,29 @@ def main() -> None:
     parser.add_argument("--db", default="both", choices=["sqlite", "postgresql", "both"])
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--skip-full", action="store_true", help="reuse the stored rollup (no full rebuild)")
+    parser.add_argument("--executor", help="where the rollup's partitions run: local, local:N or a scheduler's address (default: in process)")
+    parser.add_argument("--sqlite", type=Path, default=SQLITE_PATH, help="the SQLite store's file")
+    parser.add_argument("--postgresql", default=PG_URL, help="the PostgreSQL store's URL (its database is created if missing)")
     parser.add_argument("--child")
     parser.add_argument("--url")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.url)
+        child(args.child, args.url, args.executor)
         return
     print(f"machine: {machine()}; date {datetime.now(UTC):%Y-%m-%d}; usage events {args.events:,}", flush=True)
     urls = []
     if args.db in ("sqlite", "both"):
-        SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
-        urls.append(("sqlite", f"sqlite:///{SQLITE_PATH}"))
+        args.sqlite.parent.mkdir(parents=True, exist_ok=True)
+        urls.append(("sqlite", f"sqlite:///{args.sqlite}"))
     if args.db in ("postgresql", "both"):
-        admin = make_engine(POSTGRES_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+        name = args.postgresql.rsplit("/", 1)[1]
+        admin = make_engine(args.postgresql.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
-            exists = connection.execute(text("SELECT 1 FROM pg_database WHERE datname = 'taskmeter_bench_rollup'")).first()
+            exists = connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}).first()
             if not exists:
-                connection.execute(text("CREATE DATABASE taskmeter_bench_rollup"))
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
         admin.dispose()
-        urls.append(("postgresql", PG_URL))
+        urls.append(("postgresql", args.postgresql))
     for label, url in urls:
         engine = make_engine(url)
         stored = build_store(engine, args.events)
@@ -338,7 +345,7 @@ def main() -> None:
         print(f"\n[{label}] {stored:,} events stored", flush=True)
         if not args.skip_full:
             print(f"  {cpu_check()}; {warm_cache(url)}", flush=True)
-            full = run_child(url, "full")
+            full = run_child(url, "full", args.executor)
             print(f"  full rollup: {full['seconds']:.1f} s for {full['events']:,} events, {full['tasks']:,} tasks, peak RSS {full['peak_mb']:,.0f} MB "
                   f"(largest worker process {full['workers_peak_mb']:,.0f} MB)", flush=True)
         memory = run_child(url, "memory")  # a fresh interpreter, as the rollup's workers are
@@ -346,7 +353,7 @@ def main() -> None:
               f"{memory['ours_s']:.2f} s; DuckDB per-task aggregation {memory['duckdb_s']:.2f} s; ratio {memory['ratio']:.2f}x "
               f"(best of 3 each; first run: price {memory['first_run'][0]:.2f} s + summarize {memory['first_run'][1]:.2f} s, "
               f"DuckDB {memory['first_run'][2]:.2f} s; read from the database: {memory['read_s']:.1f} s)", flush=True)
-        incremental = run_child(url, "incremental")
+        incremental = run_child(url, "incremental", args.executor)
         print(f"  incremental rollup: {incremental['seconds']:.3f} s for {incremental['events']:,} new events, {incremental['tasks']:,} tasks", flush=True)
         if not args.skip_api:
             for when in ("right after the rollups, while their writes are flushed to disk", "settled"):

@@ -14,7 +14,6 @@ in the transaction that advances the watermark: one such event never stops a ten
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from metering import month_figures, quarantine
 from metering.costs import price_book, price_events, price_version, tenant_overrides
 from metering.db import make_engine, tenant_lock, upsert
 from metering.errors import Conflict
-from metering.executors import Executor, InProcess, ProcessPool
+from metering.executors import Executor, InProcess
 from metering.ingest import ingest_lock_key
 from metering.ratecards import PriceBook
 from metering.rollup import DAILY_KEYS, DETAIL_KEYS, Summary, merge_additive, merge_tasks, summarize
@@ -41,8 +40,6 @@ __all__ = ["ROLLUP_TABLES", "RollupConflict", "RollupResult", "bring_up_to_date"
            "rollup_tenant", "tenant_overrides"]  # fmt: skip
 
 DEFAULT_CHUNK = 2_000_000
-PARALLEL_MIN_EVENTS = 2_000_000
-"""A backlog this large is split between worker processes (unless an executor is given)."""
 UP_TO_DATE_ATTEMPTS = 5
 Parts = tuple[Summary | None, dict[tuple[str, str], int], int, dict[int, list[int]]]
 """A range's summary, unpriced usage events by (provider, model), events read, and the seqs
@@ -75,13 +72,12 @@ def rollup_tenant(
     after_chunk: Callable[[int], None] | None = None,
     store: RollupStore | None = None,
     executor: Executor | None = None,
-    parallel_min_events: int = PARALLEL_MIN_EVENTS,
 ) -> RollupResult:
     """Bring the tenant's rollup tables up to the newest committed event.
 
     `store` reads and writes (default: the engine's database's); `executor` runs the ranges of
-    seqs the backlog is split into (default: worker processes for a backlog of
-    `parallel_min_events` or more, else this thread). `progress(done, total)` reports events
+    seqs the backlog is split into, one per worker (default: `InProcess`, one range in this
+    thread; a Dask cluster's, `metering.executors`). `progress(done, total)` reports events
     read; `after_chunk(n)` runs after each chunk is summarized (tests use it to crash a run
     mid-way); both only where the ranges run in this process.
     """
@@ -97,9 +93,7 @@ def rollup_tenant(
         result.seconds = time.perf_counter() - started
         return result
 
-    if executor is None:
-        large = end - start >= parallel_min_events and after_chunk is None and (os.cpu_count() or 1) > 1
-        executor = ProcessPool() if large else InProcess()
+    executor = executor or InProcess()
     if executor.own_process:  # each range opens the database itself, with the same prices
         url = engine.url.render_as_string(hide_password=False)
         run = partial(_summarize_apart, url, store, tenant.id, tenant.timezone, overrides, chunk_size)

@@ -16,7 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from metering.dask_executor import DaskExecutor, ExecutorFailed, InProcess, executor_for
+from api.settings import Settings
+from metering.executors import DaskExecutor, ExecutorFailed, InProcess, executor_for, local_workers
 from metering.rollup import Summary, summarize
 from tests.metering.test_summarize import random_events
 from tests.support.dask_cluster import LocalCluster
@@ -65,6 +66,36 @@ class TestInProcess:
         assert isinstance(executor, InProcess)
         assert executor.map(lambda x: x + 1, [1, 2, 3]) == [2, 3, 4]
         assert executor.map(lambda x: x, []) == []
+
+
+class TestTheSetting:
+    @pytest.mark.parametrize(
+        ("value", "workers"),
+        [("local", os.cpu_count() or 1), ("local:3", 3), ("local:1", 1), ("tcp://10.0.0.5:8786", None), ("localhost:8786", None)],
+    )
+    def test_local_and_its_worker_count(self, value: str, workers: int | None) -> None:
+        assert local_workers(value) == workers
+
+    @pytest.mark.parametrize("value", ["local:0", "local:two", "local:-1", "local:1.5"])
+    def test_a_bad_local_count_is_refused(self, value: str) -> None:
+        with pytest.raises(ValueError, match="local, local:N"):
+            local_workers(value)
+        with pytest.raises(ValueError, match="local, local:N"):
+            Settings(dask_scheduler=value)
+
+    def test_the_setting_takes_an_address_or_local(self) -> None:
+        assert Settings(dask_scheduler="").dask_scheduler is None
+        assert Settings(dask_scheduler="local:2").dask_scheduler == "local:2"
+        assert Settings(dask_scheduler="tcp://127.0.0.1:8786").dask_scheduler == "tcp://127.0.0.1:8786"
+        with pytest.raises(ValueError, match="TASKMETER_DASK_SCHEDULER must be local"):
+            Settings(dask_scheduler="somewhere")
+
+    def test_a_local_cluster_starts_only_when_there_is_work(self) -> None:
+        with executor_for("local:2") as executor:
+            assert isinstance(executor, DaskExecutor)
+            assert executor.workers == 2
+            assert executor.map(abs, []) == []
+            assert executor.cluster is None  # nothing to run: nothing started
 
 
 class TestOnTheCluster:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -21,9 +26,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, insert, inspect, select, update
 from sqlalchemy.exc import OperationalError
 
-from metering.dask_executor import DaskExecutor
 from metering.db import unit_of_work
-from metering.executors import ProcessPool
+from metering.executors import DaskExecutor, ExecutorFailed
 from metering.ingest import ingest_events
 from metering.money import display_cost
 from metering.pipeline import RollupConflict, rollup_tenant
@@ -60,6 +64,62 @@ def table_rows(engine: Engine, table, tenant: Tenant) -> list:  # type: ignore[n
     with engine.connect() as connection:
         rows = connection.execute(select(table).where(table.c.tenant_id == tenant.id).order_by(*keys)).all()
     return list(rows)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A `dask scheduler` and two `dask worker` processes on loopback, for the module."""
+    with LocalCluster(tmp_path_factory.mktemp("dask"), workers=2) as running:
+        yield running
+
+
+def rollup_position(engine: Engine, tenant: Tenant) -> tuple[int, str]:
+    """The tenant's watermark and price version."""
+    with engine.connect() as connection:
+        row = connection.execute(select(rollup_state).where(rollup_state.c.tenant_id == tenant.id)).one()
+    return row.watermark_seq, row.price_version
+
+
+class PausingStore:
+    """The rollup's store of a database, whose event reading (on a Dask worker) first writes
+    the worker's pid to `marker` and waits until the marker says "done" (a worker is killed)."""
+
+    def __init__(self, inner: RollupStore, marker: str) -> None:
+        self.inner, self.marker = inner, marker
+
+    def read_events(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        marker = Path(self.marker)
+        if not (marker.exists() and marker.read_text() == "done"):
+            marker.write_text(str(os.getpid()))
+            deadline = time.monotonic() + 30
+            while marker.read_text() != "done" and time.monotonic() < deadline:
+                time.sleep(0.05)  # the killer kills the process whose pid the marker holds
+        return self.inner.read_events(*args, **kwargs)
+
+    def transaction(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.inner.transaction(*args, **kwargs)
+
+    def merge(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.inner.merge(*args, **kwargs)
+
+    def replace_tenant(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.inner.replace_tenant(*args, **kwargs)
+
+    def refresh_statistics(self, engine: Engine) -> None:
+        self.inner.refresh_statistics(engine)
+
+
+def kill_the_first_reader(marker: Path, pids: set[int]) -> None:
+    """SIGKILL the worker that first writes its pid to `marker` (one of `pids`), then let the
+    others read."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = marker.read_text() if marker.exists() else ""
+        if text.isdigit() and int(text) in pids:
+            os.kill(int(text), signal.SIGKILL)
+            marker.write_text("done")
+            return
+        time.sleep(0.02)
 
 
 def snapshot(engine: Engine, tenant: Tenant) -> dict[str, list[tuple]]:
@@ -251,17 +311,23 @@ class TestIncremental:
         rollup(engine, big)
         assert snapshot(engine, small) == snapshot(engine, big)
 
-    def test_worker_processes_equal_one_process(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+    def test_a_local_dask_cluster_equals_one_process(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+        # TASKMETER_DASK_SCHEDULER=local:2: a `distributed.LocalCluster` of two worker processes,
+        # started for the run and stopped after.
         events = random_events(random.Random(9), 80)
-        split, single = make_tenant("split"), make_tenant("single")
+        split, single = make_tenant(fresh_name("split")), make_tenant(fresh_name("single"))
         send(engine, split, events)
         send(engine, single, events)
         rollup(engine, single)
-        result = rollup(engine, split, chunk_size=15, executor=ProcessPool(2))
+        with DaskExecutor("local:2") as executor:
+            assert executor.workers == 2 and executor.cluster is None  # nothing started yet
+            result = rollup(engine, split, chunk_size=15, executor=executor)
+            assert executor.cluster is not None and len(executor.cluster.workers) == 2
+        assert executor.cluster is None  # stopped
         assert result.events_read == 80
         assert snapshot(engine, split) == snapshot(engine, single)
 
-    def test_a_dask_cluster_equals_one_process(self, engine: Engine, make_tenant, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    def test_a_dask_cluster_equals_one_process(self, engine: Engine, make_tenant, dask_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
         # A real `dask scheduler` and two `dask worker` processes on loopback: each range of seqs
         # is read, priced and summarized on a worker, and the rollup tables come out the same.
         events = random_events(random.Random(12), 80)
@@ -269,14 +335,51 @@ class TestIncremental:
         send(engine, clustered, events)
         send(engine, single, events)
         rollup(engine, single)
-        with LocalCluster(tmp_path / "dask", workers=2) as cluster, DaskExecutor(cluster.address) as executor:
+        with DaskExecutor(dask_cluster.address) as executor:
             assert executor.workers == 2
             result = rollup(engine, clustered, chunk_size=15, executor=executor)
         assert result.events_read == 80
         assert snapshot(engine, clustered) == snapshot(engine, single)
 
-    @pytest.mark.parametrize("parallel", [False, True], ids=["one-process", "workers"])
-    def test_reading_along_the_table_keeps_to_the_tenant(self, parallel: bool, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+    @pytest.mark.parametrize("outcome", ["retried", "failed"])
+    def test_a_worker_killed_mid_run_retries_or_writes_nothing(self, outcome: str, engine: Engine, make_tenant, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        # kill -9 of a `dask worker` while it reads its range. "retried": Dask runs the range
+        # again on the other worker and the run completes; "failed": the scheduler allows no
+        # worker death per task (allowed-failures 0; a task's `retries` are for exceptions it
+        # raises, not for its worker's death), so the run fails with ExecutorFailed, the rollup
+        # tables and watermark are those of before the run, and the next run completes.
+        events = random_events(random.Random(31), 80)
+        killed_run, single = make_tenant(fresh_name("killed")), make_tenant(fresh_name("single"))
+        send(engine, killed_run, events[:30])
+        rollup(engine, killed_run)  # a watermark and rows of its own before the killed run
+        send(engine, killed_run, events[30:])
+        send(engine, single, events)
+        rollup(engine, single)
+        before = snapshot(engine, killed_run), rollup_position(engine, killed_run)
+        marker = tmp_path / "reading"
+        store = PausingStore(store_for(engine), str(marker))
+        allowed = {"failed": 0, "retried": 3}[outcome]
+        with LocalCluster(tmp_path / "dask", workers=2, allowed_failures=allowed) as cluster:
+            pids = set(cluster.worker_pids().values())
+            killer = threading.Thread(target=kill_the_first_reader, args=(marker, pids))
+            killer.start()
+            try:
+                with DaskExecutor(cluster.address) as executor:
+                    if outcome == "failed":
+                        with pytest.raises(ExecutorFailed, match="KilledWorker.*nothing was returned"):
+                            rollup(engine, killed_run, store=store, executor=executor)
+                        assert (snapshot(engine, killed_run), rollup_position(engine, killed_run)) == before
+                        marker.write_text("done")  # the next run is left alone
+                    result = rollup(engine, killed_run, store=store, executor=executor)
+            finally:
+                killer.join()
+            assert len(cluster.worker_pids()) == 1  # one worker was killed
+        assert result.events_read == 50
+        assert snapshot(engine, killed_run) == snapshot(engine, single)
+        assert rollup_position(engine, killed_run)[0] > before[1][0]
+
+    @pytest.mark.parametrize("parallel", [False, True], ids=["one-process", "dask-workers"])
+    def test_reading_along_the_table_keeps_to_the_tenant(self, parallel: bool, engine: Engine, make_tenant, request: pytest.FixtureRequest) -> None:  # type: ignore[no-untyped-def]
         # A tenant alone in the events table is read along seq (no index); here that path is
         # forced with another tenant's events interleaved between its own, which it must skip.
         events = random_events(random.Random(21), 90)
@@ -286,8 +389,8 @@ class TestIncremental:
             send(engine, indexed, events[start : start + 10])
         rollup(engine, indexed)
         store = SqliteStore(along_table=True) if engine.dialect.name == "sqlite" else store_for(engine)
-        executor = ProcessPool(2) if parallel else None
-        assert rollup(engine, scanned, chunk_size=13, store=store, executor=executor).events_read == 90
+        with DaskExecutor(request.getfixturevalue("dask_cluster").address) if parallel else nullcontext() as executor:
+            assert rollup(engine, scanned, chunk_size=13, store=store, executor=executor).events_read == 90
         assert snapshot(engine, scanned) == snapshot(engine, indexed)
 
     def test_a_tenant_alone_in_the_events_is_read_along_the_table(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]

@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class LocalCluster:
     folder: Path
     workers: int = 2
+    allowed_failures: int | None = None
+    """The scheduler's `distributed.scheduler.allowed-failures`: worker deaths a task survives
+    (Dask's default, 3, when None)."""
     address: str = ""
     scheduler: subprocess.Popen[bytes] | None = None
     worker_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -43,7 +46,7 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], **environ: str) -> subprocess.Popen[bytes]:
         log = (self.folder / f"{name}.log").open("wb")
         self._logs.append(log)
         env = {
@@ -51,6 +54,7 @@ class LocalCluster:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         env["DASK_DISTRIBUTED__LOGGING__DISTRIBUTED"] = "warning"
+        env.update(environ)
         return subprocess.Popen(
             [str(DASK), *args],
             cwd=ROOT,
@@ -76,6 +80,7 @@ class LocalCluster:
                 "--scheduler-file",
                 str(file),
             ],
+            **({} if self.allowed_failures is None else {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(self.allowed_failures)}),
         )
         self.address = f"tcp://127.0.0.1:{port}"
         self._wait_for(
