@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -29,8 +29,11 @@ from metering import alerts, budget_repository, quarantine, spend
 from metering.errors import InvalidInput, NotFound
 from metering.periods import Period, parse_month, period_of
 from metering.tenants import Tenant
+from pricing import analysis, evidence, timeline
+from pricing.outcome_counts import TaskTypeOutcomes
 from pricing.service import require_customer
-from reports import budget_page, dashboard, month_page, pages, repository, snapshots
+from reports import budget_page, dashboard, evidence_pages, month_page, pages, repository, snapshots
+from reports import evidence as evidence_csv
 from reports.billed import month_invoices
 from reports.columns import TASKS
 from reports.month_data import begin_snapshot
@@ -90,6 +93,7 @@ def month(
             f for f in repository.stripe_failures(session, tenant.id) if customer in (None, "", f["customer"])
         )
         quarantined = quarantine.count(session, tenant.id)
+        outcomes = _outcomes(session, tenant, period, customer or None, now)
     if customer:
         view, series = _customer_month(engine, tenant, period, customer, closed)
         as_of, freshness = None, "live"
@@ -108,10 +112,21 @@ def month(
     body = month_page.render(
         month_page.MonthPage(
             tenant.name, view, series, months, names, signed.csrf, web.VERSION, as_of, freshness, page,
-            stripe_failures, quarantined,
+            stripe_failures, quarantined, outcomes,
         )
     )
     return signed.html(body)
+
+
+def _outcomes(
+    session: Session, tenant: Tenant, period: Period, customer: str | None, now: datetime
+) -> tuple[TaskTypeOutcomes, ...] | None:
+    """The month's outcomes per task type, up to now (`pricing.analysis.month_outcomes`); None
+    when the month cannot be rated (a plan not in force: the page says so elsewhere)."""
+    try:
+        return tuple(analysis.month_outcomes(session, tenant, period, customer=customer, now=now))
+    except InvalidInput:
+        return None
 
 
 def _chosen_month(text: str | None, tenant: Tenant, closed: set[str], now: datetime) -> Period:
@@ -205,6 +220,57 @@ def invoice_page(request: Request, signed: web.SignedInPage, invoice_id: int) ->
     if not found:
         return signed.not_found(f"There is no invoice {invoice_id}.")
     return signed.html(pages.invoice(found[0], **signed.chrome))
+
+
+@router.get("/invoices/{invoice_id}/lines/{line_no}")
+def line_tasks_page(
+    request: Request,
+    signed: web.SignedInPage,
+    invoice_id: int,
+    line_no: int,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+) -> Response:
+    """The tasks behind an invoice line, a page at a time, with the CSV of all of them."""
+    per_page = evidence_pages.LINE_TASKS_PER_PAGE
+    with Session(web.engine(request)) as session:
+        try:
+            invoice, line = evidence.invoice_line(session, signed.tenant, invoice_id, line_no)
+            frame = evidence.line_tasks(session, signed.tenant, invoice_id, line_no)
+        except NotFound:
+            return signed.not_found(f"Invoice {invoice_id} has no line {line_no}.")
+    found = evidence_csv.page(frame, offset=(page - 1) * per_page, limit=per_page)
+    body = evidence_pages.line_tasks(
+        invoice, line, found["tasks"], total=found["total"], page=page, currency=invoice.currency, **signed.chrome
+    )
+    return signed.html(body)
+
+
+@router.get("/invoices/{invoice_id}/lines/{line_no}/tasks.csv")
+def line_tasks_csv(request: Request, signed: web.SignedInPage, invoice_id: int, line_no: int) -> Response:
+    """Every task behind an invoice line as CSV, streamed (the API's evidence CSV)."""
+    with Session(web.engine(request)) as session:
+        try:
+            frame = evidence.line_tasks(session, signed.tenant, invoice_id, line_no)
+        except NotFound:
+            return signed.not_found(f"Invoice {invoice_id} has no line {line_no}.")
+    filename = f"invoice-{invoice_id}-line-{line_no}-tasks.csv"
+    return StreamingResponse(
+        evidence_csv.csv_chunks(frame),
+        media_type="text/csv; charset=utf-8",
+        headers={**web.SECURITY_HEADERS, "Cache-Control": "no-store",
+                 "Content-Disposition": f'attachment; filename="{filename}"'},
+    )  # fmt: skip
+
+
+@router.get("/tasks/{task}")
+def task_page(request: Request, signed: web.SignedInPage, task: str) -> Response:
+    """A task's timeline: its events and who sent each, its settlement, versions and disputes."""
+    with Session(web.engine(request)) as session:
+        try:
+            found = timeline.task_timeline(session, signed.tenant, task, now=datetime.now(UTC))
+        except NotFound:
+            return signed.not_found(f"There is no task {task!r}.")
+    return signed.html(evidence_pages.task_timeline(found, **signed.chrome))
 
 
 @router.get("/customers/{customer}/invoice")
