@@ -95,7 +95,7 @@ def task_timeline(t: Timeline, *, tenant: str, csrf: str, version: str) -> str:
     listed = table(headers, events, css="timeline", caption=f"{count(len(t.events))} events, in time order") if events else '<p class="muted">No event.</p>'
     body = f"""<section class="status"><h1>Task {e(t.task)}</h1>{state}
 <a class="back" href="{e(url("", customer=t.customer))}">← {e(t.customer)}</a></section>
-<section class="card"><dl class="facts">{dl}</dl></section>
+<section class="card"><dl class="facts evidence">{dl}</dl></section>
 <section class="card"><h2>Timeline</h2>{listed}{more}</section>
 {_disputes(t)}"""
     return frame(f"Task {t.task}", body, version=version, header=topbar(tenant, csrf))
