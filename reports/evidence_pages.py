@@ -156,9 +156,11 @@ def _disputes(t: Timeline) -> str:
     return f'<section class="card" id="disputes"><h2>Disputes and credit notes</h2>{disputes}{credit}</section>'
 
 
-def outcomes_panel(rows: Sequence[TaskTypeOutcomes], currency: str, month: str) -> str:
+def outcomes_panel(rows: Sequence[TaskTypeOutcomes] | str, currency: str, month: str) -> str:
     """The month page's panel: per task type, the jobs by outcome and the effective price per
-    settled job (exact, rounded once here by `money`)."""
+    settled job (exact, rounded once here by `money`); or a note saying why there are none."""
+    if isinstance(rows, str):
+        return f'<section class="card" id="outcomes"><h2>Outcomes by task type</h2><p class="muted" data-outcomes-note>{e(rows)}</p></section>'
     body = [
         [e(r.task_type) if r.task_type else '<span class="muted">(no task type)</span>',
          *(num(count(getattr(r, name)), str(getattr(r, name))) for name in COUNTS),

@@ -35,7 +35,8 @@ class MonthPage:
     page: int = 1
     stripe_failures: tuple[dict[str, Any], ...] = ()  # the tenant's invoices Stripe refused, any month
     quarantined: int = 0  # the tenant's events set aside by the rollup (metering.quarantine)
-    outcomes: tuple[TaskTypeOutcomes, ...] | None = None  # per task type (pricing.outcome_counts); None: not shown
+    # Per task type (pricing.outcome_counts), or what the panel says instead; None: no panel.
+    outcomes: tuple[TaskTypeOutcomes, ...] | str | None = None
 
 
 def render(p: MonthPage) -> str:

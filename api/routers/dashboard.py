@@ -23,13 +23,14 @@ from sqlalchemy.orm import Session
 
 from api import dashboard_http as web
 from api.csv_http import csv_response
+from api.dashboard_outcomes import OutcomesCache
 from api.dashboard_refresh import SnapshotRefresher
 from api.routers import dashboard_auth
 from metering import alerts, budget_repository, quarantine, spend
 from metering.errors import InvalidInput, NotFound
 from metering.periods import Period, parse_month, period_of
 from metering.tenants import Tenant
-from pricing import analysis, evidence, timeline
+from pricing import evidence, timeline
 from pricing.outcome_counts import TaskTypeOutcomes
 from pricing.service import require_customer
 from reports import budget_page, dashboard, evidence_pages, month_page, pages, repository, snapshots
@@ -43,9 +44,10 @@ from reports.tasks import task_batches
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
-    refresher = getattr(app.state, "dashboard_refresher", None)
-    if refresher is not None:  # let a computation under way finish with the engine still open
-        await run_in_threadpool(refresher.shutdown)
+    for name in ("dashboard_refresher", "dashboard_outcomes"):
+        worker = getattr(app.state, name, None)
+        if worker is not None:  # let a computation under way finish with the engine still open
+            await run_in_threadpool(worker.shutdown)
 
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False, lifespan=_lifespan, route_class=web.DashboardRoute)
@@ -93,7 +95,6 @@ def month(
             f for f in repository.stripe_failures(session, tenant.id) if customer in (None, "", f["customer"])
         )
         quarantined = quarantine.count(session, tenant.id)
-        outcomes = _outcomes(session, tenant, period, customer or None, now)
     if customer:
         view, series = _customer_month(engine, tenant, period, customer, closed)
         as_of, freshness = None, "live"
@@ -108,6 +109,7 @@ def month(
             series, missing = snapshots.tenant_series(session, tenant, period)
         for other in missing:
             _refresher(request).request(tenant, other)
+    outcomes = _outcomes(request, tenant, period, customer or None, closed, now)
     names = sorted(set(choices) | {row["customer"] for row in view.customers})
     body = month_page.render(
         month_page.MonthPage(
@@ -119,14 +121,19 @@ def month(
 
 
 def _outcomes(
-    session: Session, tenant: Tenant, period: Period, customer: str | None, now: datetime
-) -> tuple[TaskTypeOutcomes, ...] | None:
-    """The month's outcomes per task type, up to now (`pricing.analysis.month_outcomes`); None
-    when the month cannot be rated (a plan not in force: the page says so elsewhere)."""
-    try:
-        return tuple(analysis.month_outcomes(session, tenant, period, customer=customer, now=now))
-    except InvalidInput:
-        return None
+    request: Request, tenant: Tenant, period: Period, customer: str | None, closed: set[str], now: datetime
+) -> tuple[TaskTypeOutcomes, ...] | str:
+    """The month's outcomes per task type up to now (`api.dashboard_outcomes`), or what the panel
+    says instead: being computed, or not available."""
+    state = request.app.state
+    if getattr(state, "dashboard_outcomes", None) is None:
+        state.dashboard_outcomes = OutcomesCache(state.engine)
+    ready, found = state.dashboard_outcomes.get(
+        tenant, period, customer, closed=closed, now=now, wait=state.settings.dashboard_wait_seconds
+    )
+    if not ready:
+        return "The outcomes of this month are being computed: they show on the next load."
+    return found if found is not None else "No outcomes: the month cannot be rated (a plan is not in force)."
 
 
 def _chosen_month(text: str | None, tenant: Tenant, closed: set[str], now: datetime) -> Period:
