@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from html import unescape
 
 import httpx
+import pytest
 from sqlalchemy import select
 
+from api.settings import Settings
 from metering.db import unit_of_work
 from metering.tenants import Tenant
+from pricing import analysis
 from pricing.disputes import open_dispute
 from pricing.tables import invoice_lines, invoices
 from tests.conftest import LiveServer
@@ -100,6 +104,39 @@ class TestMonthOutcomes:
         values = [v.split('"')[0] for v in rows["support_ticket"].split('data-value="')[1:]]
         assert values[:6] == ["1", "1", "0", "0", "0", "0"]
         assert Decimal(values[7]) == Decimal(values[6]) > 0  # one settled job: its price is the billed amount
+
+
+    def test_a_slow_month_shows_the_panel_as_being_computed_then_its_figures(
+        self, dashboard: httpx.Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        dashboard.get("/dashboard?month=2026-10")  # the month's snapshot, computed once
+        release = threading.Event()
+        compute = analysis.month_outcomes
+
+        def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+            release.wait(20)
+            return compute(*args, **kwargs)
+
+        monkeypatch.setattr(analysis, "month_outcomes", slow)
+        monkeypatch.setattr(settings, "dashboard_wait_seconds", 0.05)
+        page = dashboard.get("/dashboard?month=2026-10&customer=acme").text
+        assert "data-outcomes-note" in page and "being computed" in page
+        release.set()
+        monkeypatch.setattr(settings, "dashboard_wait_seconds", 10)
+        page = dashboard.get("/dashboard?month=2026-10&customer=acme").text
+        assert 'table class="outcomes"' in page and "data-outcomes-note" not in page
+
+    def test_a_dispute_computes_the_panel_again(self, dashboard: httpx.Client, october_books: Books) -> None:
+        def disputed() -> str:
+            page = dashboard.get("/dashboard?month=2026-10").text
+            panel = page[page.index('id="outcomes"'):]
+            row = panel[panel.index(">support_ticket<"):]
+            return [v.split('"')[0] for v in row[: row.index("</tr>")].split('data-value="')[1:]][5]
+
+        assert disputed() == "0"
+        with unit_of_work(october_books.engine) as session:
+            open_dispute(session, october_books.tenant, "a1", reason="late", actor="test", now=datetime(2026, 10, 20, tzinfo=UTC))
+        assert disputed() == "1"
 
 
 class TestTenantIsolation:
