@@ -239,6 +239,8 @@ def line_tasks_page(
 ) -> Response:
     """The tasks behind an invoice line, a page at a time, with the CSV of all of them."""
     per_page = evidence_pages.LINE_TASKS_PER_PAGE
+    if not 0 < line_no < 2**31:  # no such line, and a database integer cannot even hold it
+        return signed.not_found(f"Invoice {invoice_id} has no line {line_no}.")
     with Session(web.engine(request)) as session:
         try:
             invoice, line = evidence.invoice_line(session, signed.tenant, invoice_id, line_no)
@@ -255,6 +257,8 @@ def line_tasks_page(
 @router.get("/invoices/{invoice_id}/lines/{line_no}/tasks.csv")
 def line_tasks_csv(request: Request, signed: web.SignedInPage, invoice_id: int, line_no: int) -> Response:
     """Every task behind an invoice line as CSV, streamed (the API's evidence CSV)."""
+    if not 0 < line_no < 2**31:
+        return signed.not_found(f"Invoice {invoice_id} has no line {line_no}.")
     with Session(web.engine(request)) as session:
         try:
             frame = evidence.line_tasks(session, signed.tenant, invoice_id, line_no)
