@@ -81,6 +81,22 @@ class TestTaskTimeline:
         assert "INV-acme-ai-202610-0001" in text  # the invoice that billed it, with its price version
         assert '<dd data-fact="price-version"><code>' in text
 
+    def test_an_event_sent_with_a_key_names_it_with_its_actor_and_agent(
+        self, dashboard: httpx.Client, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]
+    ) -> None:
+        key = make_key(october_books.tenant, "ingest")
+        event = {"id": "keyed-1", "type": "usage", "time": "2026-11-05T10:00:00Z", "customer": "acme", "task": "k1",
+                 "provider": "acme-ai", "model": "acme-large", "input_tokens": 5, "output_tokens": 1,
+                 "actor": "<ben>@acme.com", "agent": "ben/codex-3"}  # fmt: skip
+        with live_server.client(key) as api:
+            assert api.post("/v1/events", json=[event]).json()["accepted"] == 1
+            assert api.get("/v1/tasks/k1/events").status_code == 403  # an ingest key reads nothing
+        october_books.rollup()
+        text = dashboard.get("/dashboard/tasks/k1").text
+        assert f"<code>{key.split('_')[1]}</code>" in text and "data-key-id=" in text
+        assert "&lt;ben&gt;@acme.com" in text and "ben/codex-3" in text
+        assert 'data-fact="settlement">open' in text
+
     def test_a_dispute_shows_on_the_task(self, dashboard: httpx.Client, october_books: Books) -> None:
         with unit_of_work(october_books.engine) as session:
             open_dispute(session, october_books.tenant, "a1", reason="<b>never solved</b>", actor="test",
