@@ -212,7 +212,7 @@ def task_events(
         {
             "seq": r.seq, "id": r.event_id, "type": r.type, "time": from_us(r.time_us), "customer": r.customer,
             "task_type": r.task_type, "provider": r.provider, "model": r.model,
-            "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+            "input_tokens": r.input_tokens, "output_tokens": r.output_tokens, "actor": r.actor, "agent": r.agent,
             "ingested_at": from_us(r.ingested_us),
             "key": None if r.key_id is None else {"id": r.key_id, "prefix": r.key_prefix, "name": r.key_name},
         }

@@ -9,12 +9,13 @@ from decimal import Decimal
 from typing import Any
 
 import pandas as pd
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from metering import repository as usage_reads
 from metering.errors import InvalidInput
 from metering.ingest import to_us
-from metering.money import parse_decimal
+from metering.money import parse_decimal, quantize
 from metering.periods import Period
 from metering.pipeline import price_book
 from metering.prices import price_usage, settle_nanos
@@ -23,10 +24,12 @@ from metering.schemas import REPRESENTABLE_FROM, REPRESENTABLE_UNTIL, rfc3339
 from metering.tenants import Tenant
 from pricing import outcomes_repository, repository
 from pricing.compare import Comparison, ModelTokens, compare_plans, quote_task
+from pricing.outcome_counts import TaskTypeOutcomes, count_outcomes
 from pricing.plans import CustomerPlan, PlanBook
 from pricing.repository import last_day
 from pricing.schemas import QuoteIn
 from pricing.service import invalid, local_today
+from pricing.tables import billing_periods
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class MonthComparison:
     target_margin: Decimal
     comparison: Comparison
     spend: list[dict[str, Any]]  # the month's usage per customer, actor and agent (`metering.repository.spend`)
+    outcomes: list[TaskTypeOutcomes]  # per task type (`month_outcomes`)
 
 
 def compare_month(
@@ -78,7 +82,41 @@ def compare_month(
         by_customer = comparison.by_customer
         by_customer.loc[by_customer["customer"].isin(orphans), "billed"] = False
     spend = usage_reads.spend(session, tenant.id, first_day=period.first_day, end_day=period.next_first_day, customer=customer)
-    return MonthComparison(period, tenant.currency, target, comparison, spend)
+    outcomes = month_outcomes(session, tenant, period, customer=customer, now=now)
+    return MonthComparison(period, tenant.currency, target, comparison, spend, outcomes)
+
+
+def month_outcomes(
+    session: Session, tenant: Tenant, period: Period, *, customer: str | None = None, now: datetime | None = None
+) -> list[TaskTypeOutcomes]:
+    """The month's outcomes per task type (`pricing.outcome_counts`), up to `now` (default: the
+    month's end); billed as the month's invoices bill (a closed month: the plans as it was closed).
+    `compare` (CLI, API) and the dashboard show this."""
+    closed = session.execute(
+        select(billing_periods.c.plans_as_of, billing_periods.c.assignments_as_of).where(
+            billing_periods.c.tenant_id == tenant.id, billing_periods.c.period == period.label
+        )
+    ).one_or_none()
+    tasks = outcomes_repository.month_outcome_tasks(session, tenant.id, period, customer, timezone=tenant.timezone)
+    stored = repository.stored_plans(session, tenant.id, as_of=closed.plans_as_of if closed else None)
+    assigned = repository.assignments_on(
+        session, tenant.id, last_day(period), as_of=closed.assignments_as_of if closed else None,
+        customers_=sorted(set(tasks["customer"])),
+    )  # fmt: skip
+    return count_outcomes(
+        tasks, outcomes_repository.disputes_opened(session, tenant.id, period, customer), period=period,
+        now=now or period.end, plans=stored.book, customers={c: a.plan for c, a in assigned.items()},
+        currency=tenant.currency,
+    )  # fmt: skip
+
+
+def outcomes_view(rows: Sequence[TaskTypeOutcomes]) -> list[dict[str, Any]]:
+    """The outcome rows for JSON and CSV: the price per settled job with 6 decimals (rounded
+    once, like compare's other per-task prices), the billed amount exact."""
+    return [
+        {**row.as_dict(), "price_per_settled_job": None if row.price_per_settled_job is None else quantize(row.price_per_settled_job, 6)}
+        for row in rows
+    ]
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -100,6 +138,7 @@ def comparison_view(result: MonthComparison) -> dict[str, Any]:
         "models": _records(c.by_model),
         "tenant": _records(c.tenant),
         "spend": result.spend,
+        "outcomes": outcomes_view(result.outcomes),
     }
 
 

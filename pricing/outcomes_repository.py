@@ -11,7 +11,7 @@ or cancelled one in the month it ended. `pending_tasks` are the completed tasks 
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
@@ -225,3 +225,54 @@ def _pending(
     settled = data["settled_us"].to_numpy(dtype=np.int64, na_value=-1)
     waiting = (settled < 0) | (settled > at)
     return data.loc[waiting & data["rule_version"].notna().to_numpy()].reset_index(drop=True)
+
+
+def month_outcome_tasks(
+    session: Session, tenant_id: int, period: Period, customer: str | None = None, *, timezone: str
+) -> pd.DataFrame:
+    """The tasks a month's outcome counts (`pricing.outcome_counts.OUTCOME_INPUT`) may count: those
+    completed in the month or in the windows before it (and, with `require_acceptance`, any still
+    awaiting acceptance), or accepted, reopened or ended in it; settled, and marked `excluded`
+    when an accepted dispute took them off an open month's bill."""
+    book = rule_book(session, tenant_id)
+    start, end = to_us(period.start), to_us(period.end)
+    reach = start - int(book.longest_window().total_seconds()) * 1_000_000
+    t = task_usage.c
+    touched: list[ColumnElement[bool]] = [
+        and_(t.completed_us >= reach, t.completed_us < end),
+        and_(t.accepted_us >= start, t.accepted_us < end),
+        and_(t.reopened_us >= start, t.reopened_us < end),
+        and_(t.ended_us >= start, t.ended_us < end),
+    ]
+    if book.needs_acceptance():
+        touched.append(
+            and_(t.status == "completed", t.completed_us < end, or_(t.accepted_us.is_(None), t.accepted_us < t.completed_us))
+        )
+    where = [t.tenant_id == tenant_id, or_(*touched)]
+    if customer is not None:
+        where.append(t.customer == customer)
+    data = settled_frame(_read(session, where), book, timezone)
+    excluded = disputed_tasks(session, tenant_id, customer)
+    return data.assign(excluded=data["task"].isin(list(excluded)).to_numpy(dtype=bool))
+
+
+def disputes_opened(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> pd.DataFrame:
+    """The disputes opened in the month (`pricing.outcome_counts.DISPUTE_INPUT`), with their task's type."""
+    d, t = disputes.c, task_usage.c
+    where = [d.tenant_id == tenant_id]
+    if customer is not None:
+        where.append(d.customer == customer)
+    rows = session.execute(
+        select(d.task, t.task_type, d.opened_at)
+        .select_from(disputes.outerjoin(task_usage, and_(t.tenant_id == d.tenant_id, t.task == d.task)))
+        .where(*where)
+    ).all()
+    start, end = to_us(period.start), to_us(period.end)
+    opened = [(r.task, r.task_type, to_us(_utc(r.opened_at))) for r in rows]
+    kept = [row for row in opened if start <= row[2] < end]
+    return pd.DataFrame(kept, columns=["task", "task_type", "opened_us"]).astype({"opened_us": "int64"})
+
+
+def _utc(moment: datetime) -> datetime:
+    """A stored instant as aware UTC (SQLite gives it back naive)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment

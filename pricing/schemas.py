@@ -178,6 +178,21 @@ class SpendRow(BaseModel):
     provider_cost: Exact
 
 
+class TaskTypeOutcomesOut(BaseModel):
+    """One task type's outcomes in the month (`pricing.outcome_counts`)."""
+
+    task_type: str | None
+    completed: int
+    settled: int
+    pending: int
+    reopened: int
+    rejected: int
+    disputed: int
+    billed_jobs: int = Field(description="settled jobs of customers billed per job")
+    billed: Exact = Field(description="what per-job plans billed for those jobs")
+    price_per_settled_job: Exact | None = Field(description="billed / billed_jobs, 6 decimals")
+
+
 class ComparisonOut(BaseModel):
     month: str
     currency: str
@@ -187,6 +202,7 @@ class ComparisonOut(BaseModel):
     models: list[ModelComparison]
     tenant: list[TenantComparison]
     spend: list[SpendRow] = Field(default_factory=list, description="the month's usage per customer, actor and agent")
+    outcomes: list[TaskTypeOutcomesOut] = Field(default_factory=list, description="per task type: completed, settled, pending, reopened, rejected and disputed jobs, and the effective price per settled job")
 
 
 # --- quotes -------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from pricing.outcome_counts import TaskTypeOutcomes
 from reports.cells import cost_decimal, minor_decimal
 from reports.charts import Bar, MonthPoint, bars_chart, histogram, months_chart
 from reports.columns import REPORTS
 from reports.dashboard import COST_EDGES_MICROS, MonthView, SeriesPoint, TaskTypeCosts
+from reports.evidence_pages import outcomes_panel
 from reports.format import clock, count, money, money_text, month_long, percent, task_cost, unit_price
 from reports.html import Cell, badge, e, frame, num, part, table, topbar, url
 
@@ -33,6 +35,8 @@ class MonthPage:
     page: int = 1
     stripe_failures: tuple[dict[str, Any], ...] = ()  # the tenant's invoices Stripe refused, any month
     quarantined: int = 0  # the tenant's events set aside by the rollup (metering.quarantine)
+    # Per task type (pricing.outcome_counts), or what the panel says instead; None: no panel.
+    outcomes: tuple[TaskTypeOutcomes, ...] | str | None = None
 
 
 def render(p: MonthPage) -> str:
@@ -44,7 +48,10 @@ def render(p: MonthPage) -> str:
         parts += [_kpis(v), _months(p)]
         if v.customer is None:
             parts.append(_top_customers(v))
-        parts += [_comparison(v), _task_types(v), _notes(v), _spend_by_person(v), _customers(p)]
+        parts += [_comparison(v), _task_types(v)]
+        if p.outcomes is not None:
+            parts.append(outcomes_panel(p.outcomes, v.currency, v.period))
+        parts += [_notes(v), _spend_by_person(v), _customers(p)]
     parts.append(_downloads(v))
     title = month_long(v.period) + (f" · {v.customer}" if v.customer else "")
     return frame(

@@ -69,7 +69,7 @@ STRIPE_STATES = {
 def invoice(record: InvoiceRecord, *, tenant: str, csrf: str, version: str) -> str:
     cur = record.currency
     rows = [
-        [num(str(line.line_no)), e(line.description) + (f' {badge("adjusts " + line.adjusts_period, "draft")}' if line.adjusts_period else ""),
+        [_line_no(record, line.line_no), e(line.description) + (f' {badge("adjusts " + line.adjusts_period, "draft")}' if line.adjusts_period else ""),
          num(quantity(line.quantity), line.quantity), num(unit_price(line.unit_price, cur), line.unit_price),
          num(money(minor_decimal(line.amount_minor, cur), cur), f"{minor_decimal(line.amount_minor, cur):f}")]
         for line in record.lines
@@ -97,6 +97,14 @@ def invoice(record: InvoiceRecord, *, tenant: str, csrf: str, version: str) -> s
 <div><dt>Plan</dt><dd>{e(record.plan)}</dd></div><div><dt>Total</dt><dd class="big" data-total="{e(f"{minor_decimal(record.total_minor, cur):f}")}">{e(money(minor_decimal(record.total_minor, cur), cur))}</dd></div></dl>
 {credited}{stripe}{lines}</section>"""
     return frame(title, body, version=version, header=topbar(tenant, csrf))
+
+
+def _line_no(record: InvoiceRecord, line_no: int) -> tuple[str, str]:
+    """A stored invoice's line number links to the tasks behind the line (`reports.evidence_pages`)."""
+    if record.id is None:
+        return num(str(line_no))
+    link = url(f"/invoices/{record.id}/lines/{line_no}")
+    return f'<a href="{e(link)}" data-line="{line_no}" title="the tasks behind this line">{line_no}</a>', "num"
 
 
 TASKS_PER_PAGE = 100

@@ -46,10 +46,13 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
         with unit_of_work(engine) as session:
             tenant = find_tenant(session, args.tenant)
         period = service.billing_month(args.month, tenant.timezone, field="--month")
-        bring_up_to_date(engine, tenant, now=now())
+        moment = now()
+        bring_up_to_date(engine, tenant, now=moment)
         plans = [p.strip() for p in args.plans.split(",") if p.strip()] if args.plans else None
         with unit_of_work(engine) as session:
-            result = analysis.compare_month(session, tenant, period, plans=plans, target_margin=args.target_margin)
+            result = analysis.compare_month(
+                session, tenant, period, plans=plans, target_margin=args.target_margin, now=moment
+            )
     if args.format == "json":
         out(analysis.comparison_view(result))
     elif args.format == "csv" and args.by_person:
@@ -106,6 +109,13 @@ _TABLE = (
 )  # fmt: skip
 
 
+_OUTCOMES = (
+    ("task_type", "task type"), ("completed", "completed"), ("settled", "settled"), ("pending", "pending"),
+    ("reopened", "reopened"), ("rejected", "rejected"), ("disputed", "disputed"), ("billed_jobs", "billed jobs"),
+    ("billed", "billed"), ("price_per_settled_job", "per settled job"),
+)  # fmt: skip
+
+
 def comparison_table(view: dict[str, Any], *, by_person: bool = False) -> str:
     """A readable, aligned table: each customer under each plan (* marks the billed plan), then
     the tenant's totals per plan; `by_person`: then the month's usage per customer, actor and agent."""
@@ -136,6 +146,10 @@ def comparison_table(view: dict[str, Any], *, by_person: bool = False) -> str:
         unpriced[row["plan"]] = unpriced.get(row["plan"], 0) + row["unpriced_events"]
     tenant_rows = [{**r, "customer": f"all {r['customers']}", "unpriced_events": unpriced.get(r["plan"], 0)} for r in view["tenant"]]
     lines += ["", *render("Tenant-wide, per plan", tenant_rows, _TABLE)]
+    if view.get("outcomes"):
+        outcomes = [{**r, "task_type": r["task_type"] or "(none)"} for r in view["outcomes"]]
+        title = "Outcomes per task type (price per settled job = billed by per-job plans / their settled jobs)"
+        lines += ["", *render(title, outcomes, _OUTCOMES, left=1)]
     if by_person:
         people = [{**r, "actor": r["actor"] or "-", "agent": r["agent"] or "-"} for r in view["spend"]]
         columns = tuple((c, c.replace("_", " ")) for c in _SPEND_COLUMNS)

@@ -17,20 +17,24 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api import dashboard_http as web
 from api.csv_http import csv_response
+from api.dashboard_outcomes import OutcomesCache
 from api.dashboard_refresh import SnapshotRefresher
 from api.routers import dashboard_auth
 from metering import alerts, budget_repository, quarantine, spend
 from metering.errors import InvalidInput, NotFound
 from metering.periods import Period, parse_month, period_of
 from metering.tenants import Tenant
+from pricing import evidence, timeline
+from pricing.outcome_counts import TaskTypeOutcomes
 from pricing.service import require_customer
-from reports import budget_page, dashboard, month_page, pages, repository, snapshots
+from reports import budget_page, dashboard, evidence_pages, month_page, pages, repository, snapshots
+from reports import evidence as evidence_csv
 from reports.billed import month_invoices
 from reports.columns import TASKS
 from reports.month_data import begin_snapshot
@@ -40,9 +44,10 @@ from reports.tasks import task_batches
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
-    refresher = getattr(app.state, "dashboard_refresher", None)
-    if refresher is not None:  # let a computation under way finish with the engine still open
-        await run_in_threadpool(refresher.shutdown)
+    for name in ("dashboard_refresher", "dashboard_outcomes"):
+        worker = getattr(app.state, name, None)
+        if worker is not None:  # let a computation under way finish with the engine still open
+            await run_in_threadpool(worker.shutdown)
 
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False, lifespan=_lifespan, route_class=web.DashboardRoute)
@@ -104,14 +109,31 @@ def month(
             series, missing = snapshots.tenant_series(session, tenant, period)
         for other in missing:
             _refresher(request).request(tenant, other)
+    outcomes = _outcomes(request, tenant, period, customer or None, closed, now)
     names = sorted(set(choices) | {row["customer"] for row in view.customers})
     body = month_page.render(
         month_page.MonthPage(
             tenant.name, view, series, months, names, signed.csrf, web.VERSION, as_of, freshness, page,
-            stripe_failures, quarantined,
+            stripe_failures, quarantined, outcomes,
         )
     )
     return signed.html(body)
+
+
+def _outcomes(
+    request: Request, tenant: Tenant, period: Period, customer: str | None, closed: set[str], now: datetime
+) -> tuple[TaskTypeOutcomes, ...] | str:
+    """The month's outcomes per task type up to now (`api.dashboard_outcomes`), or what the panel
+    says instead: being computed, or not available."""
+    state = request.app.state
+    if getattr(state, "dashboard_outcomes", None) is None:
+        state.dashboard_outcomes = OutcomesCache(state.engine)
+    ready, found = state.dashboard_outcomes.get(
+        tenant, period, customer, closed=closed, now=now, wait=state.settings.dashboard_wait_seconds
+    )
+    if not ready:
+        return "The outcomes of this month are being computed: they show on the next load."
+    return found if found is not None else "No outcomes: the month cannot be rated (a plan is not in force)."
 
 
 def _chosen_month(text: str | None, tenant: Tenant, closed: set[str], now: datetime) -> Period:
@@ -205,6 +227,61 @@ def invoice_page(request: Request, signed: web.SignedInPage, invoice_id: int) ->
     if not found:
         return signed.not_found(f"There is no invoice {invoice_id}.")
     return signed.html(pages.invoice(found[0], **signed.chrome))
+
+
+@router.get("/invoices/{invoice_id}/lines/{line_no}")
+def line_tasks_page(
+    request: Request,
+    signed: web.SignedInPage,
+    invoice_id: int,
+    line_no: int,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+) -> Response:
+    """The tasks behind an invoice line, a page at a time, with the CSV of all of them."""
+    per_page = evidence_pages.LINE_TASKS_PER_PAGE
+    if not 0 < line_no < 2**31:  # no such line, and a database integer cannot even hold it
+        return signed.not_found(f"Invoice {invoice_id} has no line {line_no}.")
+    with Session(web.engine(request)) as session:
+        try:
+            invoice, line = evidence.invoice_line(session, signed.tenant, invoice_id, line_no)
+            frame = evidence.line_tasks(session, signed.tenant, invoice_id, line_no)
+        except NotFound:
+            return signed.not_found(f"Invoice {invoice_id} has no line {line_no}.")
+    found = evidence_csv.page(frame, offset=(page - 1) * per_page, limit=per_page)
+    body = evidence_pages.line_tasks(
+        invoice, line, found["tasks"], total=found["total"], page=page, currency=invoice.currency, **signed.chrome
+    )
+    return signed.html(body)
+
+
+@router.get("/invoices/{invoice_id}/lines/{line_no}/tasks.csv")
+def line_tasks_csv(request: Request, signed: web.SignedInPage, invoice_id: int, line_no: int) -> Response:
+    """Every task behind an invoice line as CSV, streamed (the API's evidence CSV)."""
+    if not 0 < line_no < 2**31:
+        return signed.not_found(f"Invoice {invoice_id} has no line {line_no}.")
+    with Session(web.engine(request)) as session:
+        try:
+            frame = evidence.line_tasks(session, signed.tenant, invoice_id, line_no)
+        except NotFound:
+            return signed.not_found(f"Invoice {invoice_id} has no line {line_no}.")
+    filename = f"invoice-{invoice_id}-line-{line_no}-tasks.csv"
+    return StreamingResponse(
+        evidence_csv.csv_chunks(frame),
+        media_type="text/csv; charset=utf-8",
+        headers={**web.SECURITY_HEADERS, "Cache-Control": "no-store",
+                 "Content-Disposition": f'attachment; filename="{filename}"'},
+    )  # fmt: skip
+
+
+@router.get("/tasks/{task}")
+def task_page(request: Request, signed: web.SignedInPage, task: str) -> Response:
+    """A task's timeline: its events and who sent each, its settlement, versions and disputes."""
+    with Session(web.engine(request)) as session:
+        try:
+            found = timeline.task_timeline(session, signed.tenant, task, now=datetime.now(UTC))
+        except NotFound:
+            return signed.not_found(f"There is no task {task!r}.")
+    return signed.html(evidence_pages.task_timeline(found, **signed.chrome))
 
 
 @router.get("/customers/{customer}/invoice")

@@ -41,6 +41,8 @@ class TaskEvent(BaseModel):
     model: str | None
     input_tokens: int
     output_tokens: int
+    actor: str | None = None
+    agent: str | None = None
     ingested_at: Any
     key: SentBy | None
 

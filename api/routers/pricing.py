@@ -73,12 +73,14 @@ def get_customer(customer: str, principal: ReadScope, session: SessionDep) -> di
 
 
 @router.post("/v1/compare", response_model=ComparisonOut, responses=responses(*BODY_ERRORS))
-def post_compare(body: CompareIn, principal: ReadScope, session: SessionDep) -> dict[str, Any]:
+def post_compare(body: CompareIn, principal: ReadScope, session: SessionDep, now: NowDep) -> dict[str, Any]:
     """A tenant-local month of usage under each customer's plan and `compare_with` plans (or
-    under `plans`): per customer and plan, per task type, per model, and tenant-wide."""
+    under `plans`): per customer and plan, per task type, per model, and tenant-wide; and per task
+    type the month's outcomes (completed, settled, pending, reopened, rejected, disputed jobs and
+    the effective price per settled job), settlement counted up to now."""
     tenant = principal.tenant
     period = service.billing_month(body.month, tenant.timezone, field="body.month")
-    result = analysis.compare_month(session, tenant, period, plans=body.plans, target_margin=body.target_margin)
+    result = analysis.compare_month(session, tenant, period, plans=body.plans, target_margin=body.target_margin, now=now)
     return analysis.comparison_view(result)
 
 
@@ -87,6 +89,7 @@ def get_customer_compare(
     customer: str,
     principal: ReadScope,
     session: SessionDep,
+    now: NowDep,
     month: Annotated[str, Query(examples=["2026-10"])],
     plans: Annotated[str | None, Query(description="comma-separated plan ids (default: its plan and compare_with)")] = None,
     target_margin: Annotated[str, Query()] = "0.6",
@@ -96,7 +99,7 @@ def get_customer_compare(
     period = service.billing_month(month, tenant.timezone, field="query.month")
     service.require_customer(session, tenant, customer)
     names = [p.strip() for p in plans.split(",") if p.strip()] if plans else None
-    result = analysis.compare_month(session, tenant, period, plans=names, customer=customer, target_margin=target_margin)
+    result = analysis.compare_month(session, tenant, period, plans=names, customer=customer, target_margin=target_margin, now=now)
     return analysis.comparison_view(result)
 
 

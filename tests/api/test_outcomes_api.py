@@ -160,3 +160,17 @@ class TestEvidence:
             "c,acme,,failed,2026-10-19T11:00:00Z,3.000000,1",
         ]
         assert configured.get(f"/v1/invoices/{summary['id']}/lines/9/tasks").status_code == 404
+
+
+def test_compare_shows_outcomes_per_task_type_up_to_now(configured: httpx.Client) -> None:
+    # At NOW (Oct 20 12:00): all four completed; a settled by its window, b by acceptance; c was
+    # rejected, d reopened.
+    for answer in (
+        configured.post("/v1/compare", json={"month": "2026-10"}),
+        configured.get("/v1/customers/acme/compare", params={"month": "2026-10"}),
+    ):
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outcomes"] == [
+            {"task_type": None, "completed": 4, "settled": 2, "pending": 0, "reopened": 1, "rejected": 1,
+             "disputed": 0, "billed_jobs": 2, "billed": "1.00", "price_per_settled_job": "0.500000"}
+        ]  # fmt: skip

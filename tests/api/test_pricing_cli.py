@@ -97,6 +97,18 @@ class TestCompare:
         code, out, _ = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10", "--format", "json")
         assert json.loads(out)["tenant"][0]["revenue"] == "1.20"
 
+    def test_outcomes_per_task_type_in_the_table_and_the_json(self, tenant_with_usage: str, run: Any) -> None:
+        code, out, _ = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10", "--format", "json")
+        outcomes = json.loads(out)["outcomes"]
+        assert code == 0 and outcomes, out
+        for row in outcomes:  # without outcome rules: settled = completed, nothing pending
+            assert row["settled"] == row["completed"] and row["pending"] == 0
+        code, out, _ = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10")
+        section = out[out.index("Outcomes per task type"):].splitlines()
+        assert section[1].split()[:4] == ["task", "type", "completed", "settled"]
+        cells = section[3].split()
+        assert cells[-3:] == [str(outcomes[0]["billed_jobs"]), outcomes[0]["billed"], outcomes[0]["price_per_settled_job"]]
+
     def test_unpriced_usage_gets_a_column_and_a_warning(self, tenant_with_usage: str, run: Any, engine: Engine) -> None:
         code, out, err = run("compare", "--tenant", tenant_with_usage, "--month", "2026-10")
         assert code == 0 and err == "" and out.splitlines()[1].split()[-1] == "unpriced"
