@@ -19,6 +19,7 @@ fails leaves its period's count, a task completed twice counts once, in the late
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
-from sqlalchemy import Connection, select, tuple_, update
+from sqlalchemy import Connection, Engine, event, select, tuple_, update
 
 from metering import alerts
 from metering.budget_tables import budget_billing, budget_counters, budget_state, budget_tasks, budgets
@@ -217,6 +218,7 @@ def bump_generation(connection: Connection, tenant_id: int) -> None:
     )  # fmt: skip
     with _lock:
         _cache.pop(tenant_id, None)
+        _snapshots.pop(tenant_id, None)
 
 
 def tenant_budgets(connection: Connection, tenant_id: int) -> TenantBudgets:
@@ -343,7 +345,8 @@ def count_stored(
     if counters is None:
         return 0
     slot, period_us, units, rem, unpriced = counters
-    used_after, rem_after = _write(connection, tenant_id, state, counters)
+    used_after, rem_after, unpriced_after = _write(connection, tenant_id, state, counters)
+    _pending(connection).append((tenant_id, state.ids[slot].tolist(), period_us.tolist(), used_after.tolist(), rem_after.tolist(), unpriced_after.tolist()))
     passing = _passing(state, counters, used_after, rem_after)
     if not passing:
         return 0
@@ -564,7 +567,9 @@ def _outcome_upsert(base: Any) -> Any:
     )
 
 
-def _write(connection: Connection, tenant_id: int, state: TenantBudgets, counters: Counters) -> tuple[np.ndarray, np.ndarray]:
+def _write(
+    connection: Connection, tenant_id: int, state: TenantBudgets, counters: Counters
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Add the moves to the counters with one upsert that returns each counter's (used, rem)
     after it (`metering.db.add_rows`), so no counter is read back; returned in `counters` order."""
     slot, period_us, units, rem, unpriced = counters
@@ -578,6 +583,7 @@ def _write(connection: Connection, tenant_id: int, state: TenantBudgets, counter
     return (
         np.fromiter((row[3] for row in written), dtype=np.int64, count=len(written)),
         np.fromiter((row[4] for row in written), dtype=np.int64, count=len(written)),
+        np.fromiter((row[5] for row in written), dtype=np.int64, count=len(written)),
     )
 
 
@@ -668,9 +674,13 @@ def authorize(
     counters; denied by the first enforced budget (by id) whose usage reached its limit."""
     state = tenant_budgets(connection, tenant_id)
     matching = sorted(state.index.matching(attributes), key=lambda b: b.id)
+    return _answer(standings(connection, tenant_id, matching, state.timezone, now=now))
+
+
+def _answer(found: Sequence[Standing]) -> dict[str, Any]:
     listed = []
     denied_by = None
-    for standing in standings(connection, tenant_id, matching, state.timezone, now=now):
+    for standing in found:
         budget = standing.budget
         used = used_decimal(budget, standing.used, standing.rem)
         if budget.enforce and used >= budget.limit and denied_by is None:
@@ -681,3 +691,104 @@ def authorize(
             "enforced": budget.enforce,
         })  # fmt: skip
     return {"allowed": denied_by is None, "denied_by": denied_by, "budgets": listed}
+
+
+# --- authorization from memory -------------------------------------------------------------------
+#
+# `POST /v1/authorize` is asked before every task, while ingestion batches run in the same
+# process. A read of the database there waits for the GIL (and on SQLite for the file) behind
+# those batches, so the server answers it from a per-process snapshot of the counters of the
+# budgets' current periods: counting pushes the totals it wrote when its transaction commits,
+# and the snapshot is read again from the database when it is older than `SNAPSHOT_REFRESH`
+# seconds (in the background) or `SNAPSHOT_MAX_AGE` (before answering), which brings in what
+# other processes counted and budgets changed elsewhere.
+
+SNAPSHOT_REFRESH = 0.5
+SNAPSHOT_MAX_AGE = 2.0
+_PENDING = "taskmeter.spend.pending"
+
+
+@dataclass
+class Snapshot:
+    """A tenant's budgets with their counters in the periods current when it was read."""
+
+    state: TenantBudgets
+    counters: dict[tuple[str, int], tuple[int, int, int]]
+    read_at: float  # time.monotonic()
+    valid_until: datetime  # the earliest end of those periods
+    refreshing: bool = False
+
+    def age(self) -> float:
+        return time.monotonic() - self.read_at
+
+
+_snapshots: dict[int, Snapshot] = {}
+
+
+def _pending(connection: Connection) -> list[tuple[Any, ...]]:
+    found: list[tuple[Any, ...]] = connection.info.setdefault(_PENDING, [])
+    return found
+
+
+@event.listens_for(Engine, "commit")
+def _committed(connection: Connection) -> None:
+    """Push the counter totals a transaction wrote into this process's snapshots."""
+    pushed = connection.info.pop(_PENDING, None)
+    for tenant_id, ids, starts, used, rems, unpriced in pushed or ():
+        snapshot = _snapshots.get(tenant_id)
+        if snapshot is None:
+            continue
+        counters = snapshot.counters
+        for budget_id, start, u, r, x in zip(ids, starts, used, rems, unpriced, strict=True):
+            if (budget_id, start) in counters:  # a counter of a current period
+                counters[(budget_id, start)] = (u, r, x)
+
+
+@event.listens_for(Engine, "rollback")
+def _rolled_back(connection: Connection) -> None:
+    connection.info.pop(_PENDING, None)
+
+
+def snapshot(tenant_id: int) -> Snapshot | None:
+    return _snapshots.get(tenant_id)
+
+
+def read_snapshot(connection: Connection, tenant_id: int, *, now: datetime) -> Snapshot:
+    """Read the tenant's budgets and the counters of their current periods (one query for the
+    budgets' generation, one for the counters), and keep it as the process's snapshot."""
+    read_at = time.monotonic()
+    state = tenant_budgets(connection, tenant_id)
+    periods = {b.id: period_at(b.period, now, state.timezone) for b in state.index.budgets}
+    starts = {_us(period.start) for period in periods.values()}
+    counters: dict[tuple[str, int], tuple[int, int, int]] = {
+        (b.id, _us(periods[b.id].start)): (0, 0, 0) for b in state.index.budgets
+    }
+    if starts:
+        table = budget_counters
+        query = select(table.c.budget_id, table.c.period_start_us, table.c.used, table.c.used_rem, table.c.unpriced_events).where(
+            table.c.tenant_id == tenant_id, table.c.period_start_us.in_(sorted(starts))
+        )
+        for budget_id, start, used, rem, unpriced in connection.execute(query):
+            if (budget_id, start) in counters:
+                counters[(budget_id, start)] = (used, rem, unpriced)
+    ends = [period.end for period in periods.values()]
+    valid_until = min(ends) if ends else datetime.max.replace(tzinfo=now.tzinfo)
+    found = Snapshot(state, counters, read_at, valid_until)
+    with _lock:
+        _snapshots[tenant_id] = found
+    return found
+
+
+def authorize_from(found: Snapshot, attributes: dict[str, str | None], *, now: datetime) -> dict[str, Any]:
+    """`authorize`, answered from a snapshot (no I/O)."""
+    state = found.state
+    matching = sorted(
+        state.matching(attributes.get("customer"), attributes.get("actor"), attributes.get("agent"), attributes.get("task_type")),
+        key=lambda b: b.id,
+    )
+    out = []
+    for budget in matching:
+        period = period_at(budget.period, now, state.timezone)
+        used, rem, unpriced = found.counters.get((budget.id, _us(period.start)), (0, 0, 0))
+        out.append(Standing(budget, period, used, rem, unpriced))
+    return _answer(out)
