@@ -118,8 +118,12 @@ def serve(path: Path | str, *, scheduler: bool, args: tuple[str, ...] = ()) -> t
            "TASKMETER_SCHEDULER_ENABLED": str(scheduler).lower(), "TASKMETER_WEBHOOK_INTERVAL_SECONDS": "0.2",
            "TASKMETER_ROLLUP_INTERVAL_SECONDS": "3600", "TASKMETER_RATE_LIMIT_PER_MINUTE": "10000000"}  # fmt: skip
     port = free_port()
-    exe = Path(sys.executable).with_name("taskmeter")
-    server = subprocess.Popen([str(exe), "serve", "--port", str(port), "--log-level", "warning", *args], env=env)
+    command = [str(Path(sys.executable).with_name("taskmeter"))]
+    root = os.environ.get("TASKMETER_BENCH_SERVE_ROOT")
+    if root:  # another checkout's code (e.g. `git archive` of an older commit), to compare
+        command = [sys.executable, "-c", "import sys; from api.cli import main; sys.exit(main())"]
+        env["PYTHONPATH"] = root
+    server = subprocess.Popen([*command, "serve", "--port", str(port), "--log-level", "warning", *args], env=env, cwd=root or None)
     url = f"http://127.0.0.1:{port}"
     for _ in range(400):
         try:
@@ -175,8 +179,14 @@ def authorize_latency(stored: int, *, postgres: bool = False, args: tuple[str, .
                     client.post("/v1/events", content=orjson.dumps(during[i : i + BATCH]), headers={"content-type": "application/json"})
                     posted[0] += BATCH
 
-        times = []
+        times: list[float] = []
+        idle: list[float] = []
         try:
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+                for i in range(requests // 4):  # the same requests with nothing else running
+                    sent = time.perf_counter()
+                    client.post("/v1/authorize", json={"customer": f"cust-{i % 1000}"})
+                    idle.append(time.perf_counter() - sent)
             loader = threading.Thread(target=load)
             loader.start()
             time.sleep(1)  # ingestion under way
@@ -196,11 +206,13 @@ def authorize_latency(stored: int, *, postgres: bool = False, args: tuple[str, .
             server.terminate()
             server.wait(10)
     times.sort()
+    idle.sort()
     p50, p99 = times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
+    i50, i99 = idle[len(idle) // 2] * 1000, idle[int(len(idle) * 0.99)] * 1000
     label = "PostgreSQL" if postgres else "SQLite"
     line = (f"{label}, {stored:,} events stored, 1,000 budgets, serve {' '.join(args) or '(defaults)'}, HTTP ingestion "
             f"running ({ingested / elapsed:,.0f} events/s meanwhile): POST /v1/authorize p50 {p50:.2f} ms, p99 {p99:.2f} ms "
-            f"({requests:,} requests, one client, keep-alive)")  # fmt: skip
+            f"({requests:,} requests, one client, keep-alive); idle server p50 {i50:.2f} ms, p99 {i99:.2f} ms")  # fmt: skip
     print(line, flush=True)
     return line
 

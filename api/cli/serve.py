@@ -11,8 +11,6 @@ from typing import Any
 from api.cli.common import err, now, open_engine, out
 from api.settings import Settings
 
-SWITCH_INTERVAL_MS = 5.0
-
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
@@ -26,9 +24,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # requests, each one rescanning every module, table and model (measured: OTLP/protobuf
         # ingestion 8k → 12k+ spans/s, bench/bench_otlp.py).
         gc.freeze()
-        # A thread waiting for the GIL gets it after at most this long (Python's default is 5 ms):
-        # a short request (POST /v1/authorize) then waits less behind an ingestion batch.
-        sys.setswitchinterval(args.switch_interval / 1000)
         err(f"taskmeter serving on http://{args.host}:{args.port} (API docs at /docs)")
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -69,10 +64,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info")
-    p.add_argument(
-        "--switch-interval", type=float, default=SWITCH_INTERVAL_MS, metavar="MS",
-        help=f"the longest a thread holds the GIL while another waits (default {SWITCH_INTERVAL_MS} ms; Python's is 5)",
-    )  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="create the demo tenant with sample data; prints its keys")
