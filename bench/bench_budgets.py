@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -28,12 +29,13 @@ from typing import Any
 import httpx
 import orjson
 from sqlalchemy import Engine
+from sqlalchemy import event as sa_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import POSTGRES_URL, cpu_check, fresh_postgres, fresh_sqlite, machine, synthetic_events  # noqa: E402
 from bench.server import SECRET, free_port  # noqa: E402
-from metering import budget_repository  # noqa: E402
+from metering import budget_repository, spend  # noqa: E402
 from metering.alerts import add_webhook  # noqa: E402
 from metering.budgets import Budget  # noqa: E402
 from metering.db import unit_of_work  # noqa: E402
@@ -153,6 +155,41 @@ def _gpt4o(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return events
 
 
+def authorize_reads(engine: Engine, tenant: Tenant) -> str:
+    """The statements that answering `POST /v1/authorize` runs against the database: none from
+    the snapshot; reading the snapshot runs these (tables named, SQLite's plan of each)."""
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa_event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with engine.connect() as connection:
+            found = spend.read_snapshot(connection, tenant.id, now=NOW)
+            read = len(statements)
+            spend.authorize_from(found, {"customer": "cust-1"}, now=NOW)
+            assert len(statements) == read, "answering from the snapshot ran a statement"
+            plans = []
+            if engine.dialect.name == "sqlite":
+                for statement in statements[:read]:
+                    if statement.startswith("SELECT") and "budget_counters" in statement:
+                        plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", tuple(_parameters(statement)))
+                        plans.append("; ".join(row[-1] for row in plan))
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", seen)
+    tables = sorted({name for statement in statements for name in re.findall(r"(?:FROM|JOIN) (\w+)", statement)})
+    line = (f"authorize from the snapshot: 0 statements; reading the snapshot: {read} statements on {', '.join(tables)} "
+            f"(never events); counters plan: {' | '.join(plans) or 'n/a'}")  # fmt: skip
+    print(line, flush=True)
+    return line
+
+
+def _parameters(statement: str) -> list[Any]:
+    return [0] * statement.count("?")
+
+
+
 def authorize_latency(stored: int, *, postgres: bool = False, args: tuple[str, ...] = (), requests: int = 2000) -> str:
     """p50/p99 of `POST /v1/authorize` (one client, keep-alive) while another client posts
     1,000-event batches to the same `taskmeter serve`, after `stored` events were stored (in
@@ -164,6 +201,8 @@ def authorize_latency(stored: int, *, postgres: bool = False, args: tuple[str, .
             batch = _gpt4o(synthetic_events(min(10_000, stored - start), seed=1000 + start, models=1))
             with unit_of_work(engine) as session:
                 store_events(session, tenant.id, validate_items(batch), now=NOW)
+        if not os.environ.get("TASKMETER_BENCH_SERVE_ROOT"):
+            authorize_reads(engine, tenant)
         engine.dispose()
         server, url = serve(POSTGRES_URL if postgres else Path(str(path)), scheduler=False, args=args)
         headers = {"Authorization": f"Bearer {key}"}
