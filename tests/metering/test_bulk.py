@@ -11,18 +11,7 @@ from sqlalchemy import BigInteger, Column, Date, Engine, Integer, MetaData, Stri
 
 from metering.db import write_frame
 
-NAMES = [
-    "plain",
-    "with, comma",
-    'with "quotes"',
-    "two\nlines",
-    "",
-    None,
-    "tâche-東京-🚀",
-    "=1+2",
-    " padded ",
-    "\\N",
-]
+NAMES = ["plain", "with, comma", 'with "quotes"', "two\nlines", "", None, "tâche-東京-🚀", "=1+2", " padded ", "\\N"]
 
 
 @pytest.mark.parametrize("slice_rows", [3, 250_000], ids=["many-slices", "one-slice"])
@@ -40,9 +29,7 @@ def test_a_frame_comes_back_as_it_went_in(slice_rows: int, engine: Engine) -> No
     })  # fmt: skip
     with engine.begin() as connection:
         probe.create(connection)
-        assert write_frame(
-            connection, probe, frame, ["id", "name", "day", "n"], slice_rows=slice_rows
-        ) == len(NAMES)
+        assert write_frame(connection, probe, frame, ["id", "name", "day", "n"], slice_rows=slice_rows) == len(NAMES)
         rows = connection.execute(select(probe).order_by(probe.c.id)).all()
         probe.drop(connection)
     assert [tuple(row) for row in rows] == [
