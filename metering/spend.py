@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
-from sqlalchemy import Connection, Engine, event, select, tuple_, update
+from sqlalchemy import Connection, Engine, Pool, event, select, tuple_, update
 
 from metering import alerts
 from metering.budget_tables import budget_billing, budget_counters, budget_state, budget_tasks, budgets
@@ -747,6 +747,11 @@ def _committed(connection: Connection) -> None:
 @event.listens_for(Engine, "rollback")
 def _rolled_back(connection: Connection) -> None:
     connection.info.pop(_PENDING, None)
+
+
+@event.listens_for(Pool, "reset")
+def _reset(dbapi_connection: Any, record: Any, *args: Any) -> None:
+    record.info.pop(_PENDING, None)  # returned to the pool without a commit: nothing to push
 
 
 def snapshot(tenant_id: int) -> Snapshot | None:
