@@ -94,7 +94,7 @@ PRINCIPAL_TTL = 1.0
 answered by the routes that use it for this long)."""
 
 
-async def cached_principal(request: Request, now: datetime) -> Principal:
+async def cached_principal(request: Request, now: NowDep) -> Principal:
     """`get_principal` for a hot read-only route (`POST /v1/authorize`), without I/O on the
     event loop: a key that authenticated in the last `PRINCIPAL_TTL` seconds is answered from
     memory (its rate limit still applies); otherwise `get_principal` runs in the thread pool."""

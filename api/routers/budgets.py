@@ -9,7 +9,7 @@ import logging
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, StringConstraints
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +18,7 @@ from api.deps import AdminScope, AuditDep, NowDep, ReadScope, SessionDep, cached
 from api.errors import BODY_ERRORS, responses
 from metering import alerts, budget_repository, spend
 from metering.errors import Forbidden
+from metering.tenants import Principal
 
 router = APIRouter(tags=["budgets"])
 _log = logging.getLogger(__name__)
@@ -97,14 +98,15 @@ class AlertOut(BaseModel):
 
 
 @router.post("/v1/authorize", response_model=AuthorizeOut, responses=responses(*BODY_ERRORS))
-async def post_authorize(body: AuthorizeIn, request: Request, now: NowDep) -> dict[str, Any]:
+async def post_authorize(
+    body: AuthorizeIn, request: Request, now: NowDep, principal: Annotated[Principal, Depends(cached_principal)]
+) -> dict[str, Any]:
     """May this work start? Lists every budget whose scope the request falls under; `allowed`
     is false once an enforced one's usage reached its limit (a denial is an answer: 200).
 
     Answered on the event loop from this process's snapshot of the counters (`metering.spend`,
     "authorization from memory"): no database read and no thread hand-off while the snapshot is
     fresh, so ingestion batches running in the same process delay it little."""
-    principal = await cached_principal(request, now)
     if not principal.allows("ingest"):
         raise Forbidden("this key lacks the 'ingest' scope")
     tenant_id = principal.tenant.id
