@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.owns_engine = False
     app.state.ingest_log = None
     app.state.known_keys = KnownKeys(settings.ingest_log_auth_grace_seconds) if settings.ingest_log else None
+    app.state.principals = {}  # api.deps.cached_principal
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     install_error_handlers(app)
     # The last added runs first: security headers go on every answer, 413s included.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -28,12 +29,13 @@ from typing import Any
 import httpx
 import orjson
 from sqlalchemy import Engine
+from sqlalchemy import event as sa_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import cpu_check, fresh_postgres, fresh_sqlite, machine, synthetic_events  # noqa: E402
+from bench.common import POSTGRES_URL, cpu_check, fresh_postgres, fresh_sqlite, machine, synthetic_events  # noqa: E402
 from bench.server import SECRET, free_port  # noqa: E402
-from metering import budget_repository  # noqa: E402
+from metering import budget_repository, spend  # noqa: E402
 from metering.alerts import add_webhook  # noqa: E402
 from metering.budgets import Budget  # noqa: E402
 from metering.db import unit_of_work  # noqa: E402
@@ -112,13 +114,19 @@ def throughput(events: int) -> list[str]:
 # --- through a real server ----------------------------------------------------------------------
 
 
-def serve(path: Path, *, scheduler: bool) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "TASKMETER_DATABASE_URL": f"sqlite:///{path}", "TASKMETER_SECRET_KEY": SECRET,
+def serve(path: Path | str, *, scheduler: bool, args: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
+    """`taskmeter serve` on a SQLite file or a database URL, with extra `args`."""
+    database = path if isinstance(path, str) else f"sqlite:///{path}"
+    env = {**os.environ, "TASKMETER_DATABASE_URL": database, "TASKMETER_SECRET_KEY": SECRET,
            "TASKMETER_SCHEDULER_ENABLED": str(scheduler).lower(), "TASKMETER_WEBHOOK_INTERVAL_SECONDS": "0.2",
            "TASKMETER_ROLLUP_INTERVAL_SECONDS": "3600", "TASKMETER_RATE_LIMIT_PER_MINUTE": "10000000"}  # fmt: skip
     port = free_port()
-    exe = Path(sys.executable).with_name("taskmeter")
-    server = subprocess.Popen([str(exe), "serve", "--port", str(port), "--log-level", "warning"], env=env)
+    command = [str(Path(sys.executable).with_name("taskmeter"))]
+    root = os.environ.get("TASKMETER_BENCH_SERVE_ROOT")
+    if root:  # another checkout's code (e.g. `git archive` of an older commit), to compare
+        command = [sys.executable, "-c", "import sys; from api.cli import main; sys.exit(main())"]
+        env["PYTHONPATH"] = root
+    server = subprocess.Popen([*command, "serve", "--port", str(port), "--log-level", "warning", *args], env=env, cwd=root or None)
     url = f"http://127.0.0.1:{port}"
     for _ in range(400):
         try:
@@ -129,8 +137,11 @@ def serve(path: Path, *, scheduler: bool) -> tuple[subprocess.Popen[bytes], str]
     return server, url
 
 
-def _setup(path: Path, budgets: list[Budget]) -> tuple[Engine, Tenant, str]:
-    engine = fresh_sqlite(str(path))
+def _setup(path: Path | None, budgets: list[Budget]) -> tuple[Engine, Tenant, str]:
+    """A fresh database (SQLite at `path`, PostgreSQL when None) with the bench tenant and a key."""
+    engine = fresh_sqlite(str(path)) if path is not None else fresh_postgres()
+    if engine is None:
+        raise SystemExit("PostgreSQL unavailable")
     tenant = _tenant(engine, budgets)
     with unit_of_work(engine) as session:
         key, _ = create_api_key(
@@ -139,63 +150,109 @@ def _setup(path: Path, budgets: list[Budget]) -> tuple[Engine, Tenant, str]:
     return engine, tenant, key
 
 
-def authorize_latency(stored: int) -> str:
+def _gpt4o(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for event in events:
+        event["model"] = "gpt-4o"
+    return events
+
+
+def authorize_reads(engine: Engine, tenant: Tenant) -> str:
+    """The statements that answering `POST /v1/authorize` runs against the database: none from
+    the snapshot; reading the snapshot runs these (tables named, SQLite's plan of each)."""
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa_event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with engine.connect() as connection:
+            found = spend.read_snapshot(connection, tenant.id, now=NOW)
+            read = len(statements)
+            spend.authorize_from(found, {"customer": "cust-1"}, now=NOW)
+            assert len(statements) == read, "answering from the snapshot ran a statement"
+            plans = []
+            if engine.dialect.name == "sqlite":
+                for statement in statements[:read]:
+                    if statement.startswith("SELECT") and "budget_counters" in statement:
+                        plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", tuple(_parameters(statement)))
+                        plans.append("; ".join(row[-1] for row in plan))
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", seen)
+    tables = sorted({name for statement in statements for name in re.findall(r"(?:FROM|JOIN) (\w+)", statement)})
+    line = (f"authorize from the snapshot: 0 statements; reading the snapshot: {read} statements on {', '.join(tables)} "
+            f"(never events); counters plan: {' | '.join(plans) or 'n/a'}")  # fmt: skip
+    print(line, flush=True)
+    return line
+
+
+def _parameters(statement: str) -> list[Any]:
+    return [0] * statement.count("?")
+
+
+
+def authorize_latency(stored: int, *, postgres: bool = False, args: tuple[str, ...] = (), requests: int = 2000) -> str:
+    """p50/p99 of `POST /v1/authorize` (one client, keep-alive) while another client posts
+    1,000-event batches to the same `taskmeter serve`, after `stored` events were stored (in
+    process, 10,000 a transaction: authorization never reads them)."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "a.db"
-        engine, _tenant_, key = _setup(path, thousand_budgets())
+        path = None if postgres else Path(folder) / "a.db"
+        engine, tenant, key = _setup(path, thousand_budgets())
+        for start in range(0, stored, 10_000):
+            batch = _gpt4o(synthetic_events(min(10_000, stored - start), seed=1000 + start, models=1))
+            with unit_of_work(engine) as session:
+                store_events(session, tenant.id, validate_items(batch), now=NOW)
+        if not os.environ.get("TASKMETER_BENCH_SERVE_ROOT"):
+            authorize_reads(engine, tenant)
         engine.dispose()
-        server, url = serve(path, scheduler=False)
+        server, url = serve(POSTGRES_URL if postgres else Path(str(path)), scheduler=False, args=args)
         headers = {"Authorization": f"Bearer {key}"}
+        stop = threading.Event()
+        during = _gpt4o(synthetic_events(200_000, seed=5, models=1))
+        posted = [0]
+
+        def load() -> None:
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+                for i in range(0, len(during), BATCH):
+                    if stop.is_set():
+                        return
+                    client.post("/v1/events", content=orjson.dumps(during[i : i + BATCH]), headers={"content-type": "application/json"})
+                    posted[0] += BATCH
+
+        times: list[float] = []
+        idle: list[float] = []
         try:
             with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
-                for start in range(0, stored, 10_000):
-                    batch = synthetic_events(min(10_000, stored - start), seed=1000 + start, models=1)
-                    for event in batch:
-                        event["model"] = "gpt-4o"
-                    client.post(
-                        "/v1/events",
-                        content=orjson.dumps(batch),
-                        headers={"content-type": "application/json"},
-                    )
-            stop = threading.Event()
-            during = synthetic_events(200_000, seed=5, models=1)
-            for event in during:
-                event["model"] = "gpt-4o"
-
-            def load() -> None:
-                with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
-                    for i in range(0, len(during), BATCH):
-                        if stop.is_set():
-                            return
-                        client.post(
-                            "/v1/events",
-                            content=orjson.dumps(during[i : i + BATCH]),
-                            headers={"content-type": "application/json"},
-                        )
-
+                for i in range(requests // 4):  # the same requests with nothing else running
+                    sent = time.perf_counter()
+                    client.post("/v1/authorize", json={"customer": f"cust-{i % 1000}"})
+                    idle.append(time.perf_counter() - sent)
             loader = threading.Thread(target=load)
             loader.start()
-            times = []
+            time.sleep(1)  # ingestion under way
             with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
-                for i in range(2000):
-                    body = {
-                        "customer": f"cust-{i % 1000}",
-                        "actor": "ben@acme.com",
-                        "task_type": "support_ticket",
-                    }
-                    start = time.perf_counter()
+                started = time.perf_counter()
+                for i in range(requests):
+                    body = {"customer": f"cust-{i % 1000}", "actor": "ben@acme.com", "task_type": "support_ticket"}
+                    sent = time.perf_counter()
                     answer = client.post("/v1/authorize", json=body)
-                    times.append(time.perf_counter() - start)
+                    times.append(time.perf_counter() - sent)
                     assert answer.status_code == 200 and len(answer.json()["budgets"]) == 1, answer.text
+                elapsed = time.perf_counter() - started
+            ingested = posted[0]
             stop.set()
             loader.join()
         finally:
             server.terminate()
             server.wait(10)
     times.sort()
+    idle.sort()
     p50, p99 = times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
-    line = (f"SQLite, {stored:,} events stored, 1,000 budgets, HTTP ingestion of 1,000-event batches running: "
-            f"POST /v1/authorize p50 {p50:.2f} ms, p99 {p99:.2f} ms (2,000 requests, one client, keep-alive)")  # fmt: skip
+    i50, i99 = idle[len(idle) // 2] * 1000, idle[int(len(idle) * 0.99)] * 1000
+    label = "PostgreSQL" if postgres else "SQLite"
+    line = (f"{label}, {stored:,} events stored, 1,000 budgets, serve {' '.join(args) or '(defaults)'}, HTTP ingestion "
+            f"running ({ingested / elapsed:,.0f} events/s meanwhile): POST /v1/authorize p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+            f"({requests:,} requests, one client, keep-alive); idle server p50 {i50:.2f} ms, p99 {i99:.2f} ms")  # fmt: skip
     print(line, flush=True)
     return line
 
@@ -278,13 +335,18 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--stored", type=int, default=1_000_000)
     parser.add_argument("--only", choices=("throughput", "authorize", "webhooks"))
+    parser.add_argument("--requests", type=int, default=2000, help="authorize requests per configuration")
+    parser.add_argument("--serve", action="append", default=[], help="serve arguments of an authorize configuration (repeatable; '' = defaults)")
+    parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
     print(machine(), flush=True)
     print(cpu_check(), flush=True)
     if args.only in (None, "throughput"):
         throughput(args.events)
     if args.only in (None, "authorize"):
-        authorize_latency(args.stored)
+        for database in args.databases.split(","):
+            for serve_args in args.serve or [""]:
+                authorize_latency(args.stored, postgres=database == "postgresql", args=tuple(serve_args.split()), requests=args.requests)
     if args.only in (None, "webhooks"):
         webhook_latency()
 

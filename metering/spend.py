@@ -19,17 +19,19 @@ fails leaves its period's count, a task completed twice counts once, in the late
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
+from itertools import count as count_from
 from typing import Any
-from zoneinfo import ZoneInfo
 
+import numpy as np
 import orjson
 import pandas as pd
-from sqlalchemy import Connection, select, tuple_, update
+from sqlalchemy import Connection, Engine, Pool, event, select, tuple_, update
 
 from metering import alerts
 from metering.budget_tables import budget_billing, budget_counters, budget_state, budget_tasks, budgets
@@ -45,8 +47,7 @@ from metering.budgets import (
     text,
     used_decimal,
 )
-from metering.bulk import write_rows
-from metering.db import dialect_insert, name_locks, upsert
+from metering.db import add_rows, dialect_insert, name_locks, upsert
 from metering.periods import local_midnight
 from metering.prices import price_usage
 from metering.ratecards import PriceBook
@@ -62,12 +63,52 @@ _COUNTER_COLUMNS = ("tenant_id", "budget_id", "period_start_us", "used", "used_r
 _COUNTER_KEYS = ("tenant_id", "budget_id", "period_start_us")
 _TASK_LOCKS = 0x746D_6274  # the advisory lock space of tasks' outcomes (PostgreSQL)
 _US = 1_000_000
+_DAY_US = 86_400 * _US
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+MEASURE_CODES = {"provider_cost": 0, "billed": 1, "tokens": 2, "jobs": 3}
+PERIOD_CODES = {"day": 0, "week": 1, "month": 2}
+_MEMO = 100_000  # entries of a tenant's memos before they start over
 TERMINAL = ("task.completed", "task.failed", "task.cancelled")
+
+
+@dataclass(frozen=True)
+class Marks:
+    """Where a watched budget's alerts fire, in exact counter units (femto-units for money, the
+    count otherwise): a batch needs `metering.alerts.check` only for counters that pass one."""
+
+    money: bool
+    thresholds: tuple[int, ...]  # the least exact units that reach each alert fraction
+    forecast_limit: int | None  # the limit, when the budget has a forecast alert
+
+    @classmethod
+    def of(cls, budget: Budget) -> Marks:
+        scale = 10**15 if budget.money else 1
+        # As `metering.budgets.reached` computes it (the same Decimal operations), then the least
+        # integer at or above it: an integer counter reaches the fraction iff it reaches that.
+        thresholds = tuple(
+            int((budget.limit * fraction * scale).to_integral_value(rounding=ROUND_CEILING))
+            for fraction in budget.alerts
+        )
+        return cls(budget.money, thresholds, budget.limit_units() * (_US if budget.money else 1) if budget.forecast else None)
+
+    def exact(self, used: int, rem: int) -> int:
+        return used * REM_PER_NANO + rem if self.money else used
+
+    def may_fire(self, before: int, after: int) -> bool:
+        """Whether going from `before` to `after` can raise an alert: it passes a threshold, or
+        (forecast) the period-end forecast can pass the limit. The forecast of x is at least x
+        and at most x times the days of the period (<= 31), so a forecast alert needs
+        before < limit <= 31 x after; `alerts.check` decides exactly."""
+        if any(before < threshold <= after for threshold in self.thresholds):
+            return True
+        limit = self.forecast_limit
+        return limit is not None and before < limit <= after * 31
 
 
 @dataclass
 class TenantBudgets:
-    """A tenant's budgets as cached by a process: the index, time zone, price book."""
+    """A tenant's budgets as cached by a process: the index, time zone, price book, and the
+    memos that make counting a batch cheap (scopes matched, local midnights, period starts)."""
 
     generation: int
     timezone: str
@@ -79,11 +120,86 @@ class TenantBudgets:
     jobs_at_settlement: bool = False
     _book: PriceBook | None = None
     _overrides: list[dict[str, str]] = field(default_factory=list)
+    marks: dict[str, Marks] = field(default_factory=dict)  # of the watched budgets
+    _matches: dict[tuple[str | None, ...], tuple[Budget, ...]] = field(default_factory=dict)
+    _midnights: dict[int, int] = field(default_factory=dict)  # local day ordinal -> its first instant (us)
+    _starts: dict[tuple[str, int], int] = field(default_factory=dict)  # (period kind, day ordinal) -> start us
+    _slots: dict[tuple[str | None, ...], np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The budgets as arrays by slot (their position in the index, which sorts them by id).
+        listed = self.index.budgets
+        self.ids = np.array([b.id for b in listed], dtype=object)
+        self.slot_of = {b.id: slot for slot, b in enumerate(listed)}
+        self.measure = np.array([MEASURE_CODES[b.measure] for b in listed], dtype=np.int64)
+        self.kind = np.array([PERIOD_CODES[b.period] for b in listed], dtype=np.int64)
+        self.watched_slots = np.array([b.id in self.marks for b in listed], dtype=bool)
+        # Alert marks as floats, for a vectorized first look (`_passing` checks exactly after).
+        width = max((len(m.thresholds) for m in self.marks.values()), default=0)
+        self.mark_floats = np.full((len(listed), width), np.inf)
+        self.forecast_floats = np.full(len(listed), np.inf)
+        for slot, budget in enumerate(listed):
+            marks = self.marks.get(budget.id)
+            if marks is not None:
+                self.mark_floats[slot, : len(marks.thresholds)] = marks.thresholds
+                if marks.forecast_limit is not None:
+                    self.forecast_floats[slot] = marks.forecast_limit
+
+    def slots_known(self, key: tuple[str | None, ...]) -> np.ndarray | None:
+        return self._slots.get(key)
+
+    def slots(self, customer: str | None, actor: str | None, agent: str | None, task_type: str | None) -> np.ndarray:
+        """`matching` as the budgets' slots."""
+        key = (customer, actor, agent, task_type)
+        found = self._slots.get(key)
+        if found is None:
+            if len(self._slots) >= _MEMO:
+                self._slots.clear()
+            found = self._slots[key] = np.array([self.slot_of[b.id] for b in self.matching(*key)], dtype=np.int64)
+        return found
 
     def book(self) -> PriceBook:
         if self._book is None:
             self._book = PriceBook(self._overrides)
         return self._book
+
+    def matching(self, customer: str | None, actor: str | None, agent: str | None, task_type: str | None) -> tuple[Budget, ...]:
+        """The budgets an event or request with these attributes falls under (memoized)."""
+        key = (customer, actor, agent, task_type)
+        found = self._matches.get(key)
+        if found is None:
+            if len(self._matches) >= _MEMO:
+                self._matches.clear()
+            attributes = {"customer": customer, "actor": actor, "agent": agent, "task_type": task_type}
+            found = self._matches[key] = tuple(self.index.matching(attributes))
+        return found
+
+    def midnight_us(self, ordinal: int) -> int:
+        found = self._midnights.get(ordinal)
+        if found is None:
+            if len(self._midnights) >= _MEMO:
+                self._midnights.clear()
+            found = self._midnights[ordinal] = _us(local_midnight(date.fromordinal(ordinal), self.timezone))
+        return found
+
+    def start_us(self, kind: str, ordinal: int) -> int:
+        """The first instant (us) of the period of `kind` holding the local day."""
+        key = (kind, ordinal)
+        found = self._starts.get(key)
+        if found is None:
+            if len(self._starts) >= _MEMO:
+                self._starts.clear()
+            found = self._starts[key] = self.midnight_us(first_day(kind, date.fromordinal(ordinal)).toordinal())
+        return found
+
+    def local_days(self, time_us: np.ndarray) -> np.ndarray:
+        """The tenant-local day (proleptic ordinal) of each instant: the last local midnight at
+        or before it, among those of its UTC day and the days either side (offsets are under a
+        day)."""
+        near = np.unique(time_us // _DAY_US)
+        days = np.unique(np.concatenate([near - 1, near, near + 1])) + _EPOCH_ORDINAL
+        midnights = np.fromiter((self.midnight_us(day) for day in days.tolist()), dtype=np.int64, count=len(days))
+        return days[np.searchsorted(midnights, time_us, side="right") - 1]
 
 
 _cache: dict[int, TenantBudgets] = {}
@@ -105,6 +221,7 @@ def bump_generation(connection: Connection, tenant_id: int) -> None:
     )  # fmt: skip
     with _lock:
         _cache.pop(tenant_id, None)
+        _snapshots.pop(tenant_id, None)
 
 
 def tenant_budgets(connection: Connection, tenant_id: int) -> TenantBudgets:
@@ -125,8 +242,9 @@ def tenant_budgets(connection: Connection, tenant_id: int) -> TenantBudgets:
     settled = connection.execute(
         select(budget_state.c.jobs_at_settlement).where(budget_state.c.tenant_id == tenant_id)
     ).scalar()
+    marks = {b.id: Marks.of(b) for b in index.budgets if b.id in watched}
     loaded = TenantBudgets(
-        current, timezone, index, billing, watched, jobs_at_settlement=bool(settled), _overrides=overrides
+        current, timezone, index, billing, watched, jobs_at_settlement=bool(settled), _overrides=overrides, marks=marks
     )
     with _lock:
         _cache[tenant_id] = loaded
@@ -152,11 +270,17 @@ def _overrides(connection: Connection, tenant_id: int) -> list[dict[str, str]]:
 # --- counting -----------------------------------------------------------------------------------
 
 
+Counters = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""Columns of counter moves: budget slot, period start (us), units, rem, unpriced events."""
+
+
 @dataclass
 class Deltas:
-    """Per (budget id, period start us): [units, rem, unpriced events]."""
+    """What a batch adds to counters: columns from the usage events (`Counters`), and, per
+    (budget id, period start us), [units, rem, unpriced events] from the jobs."""
 
     amounts: dict[tuple[str, int], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
+    columns: list[Counters] = field(default_factory=list)
 
     def add(self, key: tuple[str, int], units: int, rem: int = 0, unpriced: int = 0) -> None:
         cell = self.amounts[key]
@@ -164,28 +288,39 @@ class Deltas:
         cell[1] += rem
         cell[2] += unpriced
 
+    def merged(self, state: TenantBudgets) -> Counters | None:
+        """Every move summed per (budget, period), sorted by budget id then period start."""
+        parts = list(self.columns)
+        if self.amounts:
+            keys = list(self.amounts)
+            values = list(self.amounts.values())
+            units, rem, unpriced = (np.array([v[i] for v in values], dtype=np.int64) for i in range(3))
+            slots = np.array([state.slot_of[b] for b, _ in keys], dtype=np.int64)
+            parts.append((slots, np.array([p for _, p in keys], dtype=np.int64), units, rem, unpriced))
+        if not parts:
+            return None
+        slot, period_us, units, rem, unpriced = (np.concatenate(column) for column in zip(*parts, strict=True))
+        order = np.lexsort((period_us, slot))
+        slot, period_us = slot[order], period_us[order]
+        starts = np.flatnonzero(np.concatenate(([True], (slot[1:] != slot[:-1]) | (period_us[1:] != period_us[:-1]))))
+        if not len(starts):
+            return None
+        def summed(values: np.ndarray) -> np.ndarray:
+            return np.add.reduceat(values[order], starts)
 
-class _Periods:
-    """Local days of instants and period starts of local days, memoized per batch."""
-
-    def __init__(self, timezone: str) -> None:
-        self.timezone, self.zone = timezone, ZoneInfo(timezone)
-        self._starts: dict[tuple[str, date], int] = {}
-
-    def day(self, time_us: int) -> date:
-        return datetime.fromtimestamp(time_us // _US, self.zone).date()
-
-    def start_us(self, kind: str, day: date) -> int:
-        key = (kind, day)
-        found = self._starts.get(key)
-        if found is None:
-            first = first_day(kind, day)
-            found = self._starts[key] = _us(local_midnight(first, self.timezone))
-        return found
+        return slot[starts], period_us[starts], summed(units), summed(rem), summed(unpriced)
 
 
 def _us(moment: datetime) -> int:
     return int(moment.timestamp()) * _US + moment.microsecond
+
+
+def _period_firsts(kind: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """The first local day (ordinal) of the period of `kind` (PERIOD_CODES) holding each day."""
+    week = day - (day - 1) % 7  # ordinal 1, 0001-01-01, is a Monday
+    days = (day - _EPOCH_ORDINAL).astype("datetime64[D]")
+    month = days.astype("datetime64[M]").astype("datetime64[D]").astype(np.int64) + _EPOCH_ORDINAL
+    return np.select([kind == 0, kind == 1], [day, week], month)
 
 
 def count_stored(
@@ -197,86 +332,162 @@ def count_stored(
     now: datetime,
 ) -> int:
     """Count newly stored events (rows in `metering.ingest.INSERT_COLUMNS` order, with each
-    one's (actor, agent)) into the tenant's budget counters; returns the alerts raised."""
+    one's (actor, agent)) into the tenant's budget counters; returns the alerts raised.
+
+    One batch costs: one read of the budget generation, array work over the batch (local days,
+    prices, sums per (scope, local day)), a dictionary read per group for its budgets, and one
+    upsert of every touched counter that returns the totals after it; `metering.alerts.check`
+    runs only for the counters whose move passes one of their budget's alert marks."""
     if not rows:
         return 0
     state = tenant_budgets(connection, tenant_id)
     if not state.index:
         return 0
     measures = state.index.measures()
-    periods = _Periods(state.timezone)
     deltas = Deltas()
     if measures & {"provider_cost", "tokens", "billed"}:
-        _count_usage(
-            state, periods, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"})
-        )
+        _count_usage(state, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"}))
     if measures & {"jobs", "billed"} and not state.jobs_at_settlement:
-        _count_jobs(connection, tenant_id, state, periods, rows, attribution, deltas)
-    if not deltas.amounts:
+        _count_jobs(connection, tenant_id, state, rows, attribution, deltas)
+    counters = deltas.merged(state)
+    if counters is None:
         return 0
-    totals = _write(connection, tenant_id, deltas, state.watched)
-    return alerts.check(connection, tenant_id, state.index, state.timezone, deltas.amounts, totals, now=now)
+    slot, period_us, units, rem, unpriced = counters
+    used_after, rem_after, unpriced_after = _write(connection, tenant_id, state, counters)
+    _pending(connection).append((tenant_id, state.ids[slot].tolist(), period_us.tolist(), used_after.tolist(), rem_after.tolist(), unpriced_after.tolist()))
+    passing = _passing(state, counters, used_after, rem_after)
+    if not passing:
+        return 0
+    ids = state.ids
+    amounts = {(ids[slot[i]], int(period_us[i])): [int(units[i]), int(rem[i]), int(unpriced[i])] for i in passing}
+    totals = {(ids[slot[i]], int(period_us[i])): (int(used_after[i]), int(rem_after[i])) for i in passing}
+    return alerts.check(connection, tenant_id, state.index, state.timezone, amounts, totals, now=now)
+
+
+def _passing(state: TenantBudgets, counters: Counters, used: np.ndarray, rem: np.ndarray) -> list[int]:
+    """The counters whose move in this batch may raise an alert: a look in floats with a margin
+    over all of them, then `Marks.may_fire` exactly for the few it keeps."""
+    slot, _, units, rems, _ = counters
+    money = state.measure[slot] <= 1  # provider_cost, billed
+    scale = np.where(money, float(REM_PER_NANO), 1.0)
+    after = used * scale + np.where(money, rem, 0)
+    before = after - (units * scale + np.where(money, rems, 0))
+    slack = np.abs(after) * 1e-9 + 2  # float rounding, with room to spare
+    marks = state.mark_floats[slot]
+    look = ((before[:, None] < marks + slack[:, None]) & (marks <= after[:, None] + slack[:, None])).any(axis=1)
+    forecast = state.forecast_floats[slot]
+    look |= (before < forecast + slack) & (forecast <= after * 31 + 31 * slack)
+    look &= state.watched_slots[slot]
+    out = []
+    for i in np.flatnonzero(look).tolist():
+        marks_of = state.marks[state.ids[slot[i]]]
+        exact_after = marks_of.exact(int(used[i]), int(rem[i]))
+        if marks_of.may_fire(exact_after - marks_of.exact(int(units[i]), int(rems[i])), exact_after):
+            out.append(i)
+    return out
 
 
 def _count_usage(
     state: TenantBudgets,
-    periods: _Periods,
     rows: Sequence[Sequence[Any]],
     attribution: Sequence[tuple[str | None, str | None]],
     deltas: Deltas,
     *,
     cost: bool,
 ) -> None:
+    """Usage events: tokens, cost (priced as the rollup prices them, exactly) and billed amounts
+    summed per (scope attributes, local day) with array operations, then each group added to the
+    counters of the budgets its attributes fall under."""
     usage = [i for i, row in enumerate(rows) if row[_TYPE] == "usage"]
     if not usage:
         return
-    nanos = rems = priced = None
+    if len(usage) < len(rows):
+        rows, attribution = [rows[i] for i in usage], [attribution[i] for i in usage]
+    columns = list(zip(*rows, strict=True))
+    actors, agents = zip(*attribution, strict=True) if attribution else ((), ())
+    count = len(rows)
+
+    def ints(position: int) -> np.ndarray:
+        return np.fromiter(columns[position], dtype=np.int64, count=count)
+
+    times, inputs, outputs = ints(_TIME), ints(_INPUT), ints(_OUTPUT)
+    days = state.local_days(times)
+    # Scope attributes to codes without a Python step per row: `setdefault` keeps the first
+    # row's number for each distinct tuple, `factorize` renumbers them 0..n-1.
+    seen: dict[tuple[str | None, ...], int] = {}
+    attributes = zip(columns[_CUSTOMER], actors, agents, columns[_TASK_TYPE], strict=True)
+    scope_of_row, firsts_seen = pd.factorize(np.fromiter(map(seen.setdefault, attributes, count_from()), dtype=np.int64, count=count))
+    by_number = dict(zip(seen.values(), seen, strict=True))
+    scopes = [by_number[number] for number in firsts_seen.tolist()]
+    first = int(days.min())
+    span = int(days.max()) - first + 1
+    groups, group_of_row = np.unique(scope_of_row * span + (days - first), return_inverse=True)
+    order = np.argsort(group_of_row, kind="stable")
+    ordered = group_of_row[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+
+    def sums(values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values[order], starts)
+
+    tokens = sums(inputs + outputs)
+    cost_nanos = cost_rem = unpriced = np.zeros(len(groups), dtype=np.int64)
+    billed: dict[int, int] = defaultdict(int)
     if cost:
-        frame = pd.DataFrame(
-            [(rows[i][_PROVIDER], rows[i][_MODEL], rows[i][_TIME], rows[i][_INPUT], rows[i][_OUTPUT],
-              rows[i][_CACHE_READ], rows[i][_CACHE_WRITE], rows[i][_CACHE_WRITE_1H]) for i in usage],
-            columns=["provider", "model", "time_us", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                     "cache_write_1h_tokens"],
-        )  # fmt: skip
+        frame = pd.DataFrame({
+            "provider": columns[_PROVIDER], "model": columns[_MODEL], "time_us": times, "input_tokens": inputs,
+            "output_tokens": outputs, "cache_read_tokens": ints(_CACHE_READ), "cache_write_tokens": ints(_CACHE_WRITE),
+            "cache_write_1h_tokens": ints(_CACHE_WRITE_1H),
+        })  # fmt: skip
         prices = price_usage(frame, state.book())
-        nanos, rems = prices["cost_nanos"].tolist(), prices["cost_rem"].tolist()
-        priced = prices["priced"].tolist()
-    # Sum per (attributes, local day) first: matching and period starts once per group.
-    groups: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
-    billing = state.billing
-    for position, i in enumerate(usage):
-        row = rows[i]
-        actor, agent = attribution[i]
-        cell = groups[(row[_CUSTOMER], actor, agent, row[_TASK_TYPE], periods.day(row[_TIME]))]
-        cell[0] += row[_INPUT] + row[_OUTPUT]
-        if nanos is not None and rems is not None and priced is not None:
-            cell[1] += nanos[position]
-            cell[2] += rems[position]
-            cell[3] += not priced[position]
-            rule = billing.get(row[_CUSTOMER])
-            if rule is not None:
-                billable = {
-                    "input": row[_INPUT] - row[_CACHE_READ] - row[_CACHE_WRITE], "cache_read": row[_CACHE_READ],
-                    "cache_write": row[_CACHE_WRITE], "output": row[_OUTPUT],
-                }  # fmt: skip
-                cost_femtos = nanos[position] * REM_PER_NANO + rems[position]
-                cell[4] += rule.usage_femtos(row[_PROVIDER], row[_MODEL], billable, cost_femtos)
-    for (customer, actor, agent, task_type, day), (
-        tokens,
-        cost_nanos,
-        cost_rem,
-        unpriced,
-        billed,
-    ) in groups.items():
-        attributes = {"customer": customer, "actor": actor, "agent": agent, "task_type": task_type}
-        for budget in state.index.matching(attributes):
-            key = (budget.id, periods.start_us(budget.period, day))
-            if budget.measure == "tokens":
-                deltas.add(key, tokens)
-            elif budget.measure == "provider_cost":
-                deltas.add(key, cost_nanos, cost_rem, unpriced)
-            elif budget.measure == "billed" and billed:
-                deltas.add(key, *divmod(billed, REM_PER_NANO))
+        nanos, rems = prices["cost_nanos"].to_numpy(np.int64), prices["cost_rem"].to_numpy(np.int64)
+        cost_nanos, cost_rem = sums(nanos), sums(rems)
+        unpriced = sums((~prices["priced"].to_numpy(bool)).astype(np.int64))
+        if state.billing:
+            _bill(state, rows, nanos.tolist(), rems.tolist(), group_of_row.tolist(), billed)
+    # Each group against each budget of its scope: (group, slot) pairs, gathered without a loop.
+    matched = [found if found is not None else state.slots(*key) for key, found in zip(scopes, map(state.slots_known, scopes), strict=True)]
+    lengths = np.fromiter(map(len, matched), dtype=np.int64, count=len(matched))
+    offsets = np.cumsum(lengths) - lengths
+    flat = np.concatenate(matched) if matched else np.zeros(0, dtype=np.int64)
+    group_scope, group_day = np.divmod(groups, span)
+    per_group = lengths[group_scope]
+    pair_group = np.repeat(np.arange(len(groups)), per_group)
+    within = np.arange(len(pair_group)) - np.repeat(np.cumsum(per_group) - per_group, per_group)
+    pair_slot = flat[offsets[group_scope][pair_group] + within]
+    measure = state.measure[pair_slot]
+    billed_nanos, billed_rem = np.zeros(len(groups), dtype=np.int64), np.zeros(len(groups), dtype=np.int64)
+    for group, femtos in billed.items():
+        billed_nanos[group], billed_rem[group] = divmod(femtos, REM_PER_NANO)
+    tokens_, nanos_, rem_, unpriced_ = (np.asarray(v, dtype=np.int64) for v in (tokens, cost_nanos, cost_rem, unpriced))
+    cost_pair, billed_pair = measure == MEASURE_CODES["provider_cost"], measure == MEASURE_CODES["billed"]
+    units = np.select([measure == MEASURE_CODES["tokens"], cost_pair, billed_pair], [tokens_[pair_group], nanos_[pair_group], billed_nanos[pair_group]], 0)
+    rem = np.select([cost_pair, billed_pair], [rem_[pair_group], billed_rem[pair_group]], 0)
+    keep = (measure != MEASURE_CODES["jobs"]) & (~billed_pair | (units != 0) | (rem != 0))
+    if not keep.any():
+        return
+    pair_slot, pair_group, units, rem = pair_slot[keep], pair_group[keep], units[keep], rem[keep]
+    firsts = _period_firsts(state.kind[pair_slot], first + group_day[pair_group])
+    distinct, which = np.unique(firsts, return_inverse=True)
+    midnights = np.fromiter((state.midnight_us(day) for day in distinct.tolist()), dtype=np.int64, count=len(distinct))
+    unpriced_pair = np.where(cost_pair[keep], unpriced_[pair_group], 0)
+    deltas.columns.append((pair_slot, midnights[which], units, rem, unpriced_pair))
+
+
+def _bill(
+    state: TenantBudgets, rows: Sequence[Sequence[Any]], nanos: list[int], rems: list[int], group_of_row: list[int],
+    billed: dict[int, int],
+) -> None:  # fmt: skip
+    """What each usage row bills under its customer's plan (femto-units), summed per group."""
+    for position, row in enumerate(rows):
+        rule = state.billing.get(row[_CUSTOMER])
+        if rule is None:
+            continue
+        billable = {
+            "input": row[_INPUT] - row[_CACHE_READ] - row[_CACHE_WRITE], "cache_read": row[_CACHE_READ],
+            "cache_write": row[_CACHE_WRITE], "output": row[_OUTPUT],
+        }  # fmt: skip
+        cost_femtos = nanos[position] * REM_PER_NANO + rems[position]
+        billed[group_of_row[position]] += rule.usage_femtos(row[_PROVIDER], row[_MODEL], billable, cost_femtos)
 
 
 @dataclass(frozen=True)
@@ -293,7 +504,6 @@ def _count_jobs(
     connection: Connection,
     tenant_id: int,
     state: TenantBudgets,
-    periods: _Periods,
     rows: Sequence[Sequence[Any]],
     attribution: Sequence[tuple[str | None, str | None]],
     deltas: Deltas,
@@ -318,29 +528,23 @@ def _count_jobs(
         if old is not None and new.ended_us < old.ended_us:
             continue  # an earlier terminal event: the stored one still decides
         if old is not None:
-            _add_job(state, periods, old, -1, deltas)
-        _add_job(state, periods, new, 1, deltas)
+            _add_job(state, old, -1, deltas)
+        _add_job(state, new, 1, deltas)
         changed.append({"tenant_id": tenant_id, "task": task, **new.__dict__})
     if changed:
         _write_outcomes(connection, changed)
 
 
-def _add_job(state: TenantBudgets, periods: _Periods, outcome: _Outcome, sign: int, deltas: Deltas) -> None:
-    attributes = {
-        "customer": outcome.customer,
-        "actor": outcome.actor,
-        "agent": outcome.agent,
-        "task_type": outcome.task_type,
-    }
-    day = periods.day(outcome.ended_us)
+def _add_job(state: TenantBudgets, outcome: _Outcome, sign: int, deltas: Deltas) -> None:
+    day = int(state.local_days(np.array([outcome.ended_us], dtype=np.int64))[0])
     rule = state.billing.get(outcome.customer)
-    for budget in state.index.matching(attributes):
+    for budget in state.matching(outcome.customer, outcome.actor, outcome.agent, outcome.task_type):
         if budget.measure == "jobs" and outcome.status == "completed":
-            deltas.add((budget.id, periods.start_us(budget.period, day)), sign)
+            deltas.add((budget.id, state.start_us(budget.period, day)), sign)
         elif budget.measure == "billed" and rule is not None:
             femtos = sign * rule.job_femtos(outcome.status, outcome.task_type)
             if femtos:
-                deltas.add((budget.id, periods.start_us(budget.period, day)), *divmod(femtos, REM_PER_NANO))
+                deltas.add((budget.id, state.start_us(budget.period, day)), *divmod(femtos, REM_PER_NANO))
 
 
 def _stored_outcomes(connection: Connection, tenant_id: int, tasks: list[str]) -> dict[str, _Outcome]:
@@ -372,36 +576,23 @@ def _outcome_upsert(base: Any) -> Any:
 
 
 def _write(
-    connection: Connection, tenant_id: int, deltas: Deltas, watched: set[str]
-) -> dict[tuple[str, int], tuple[int, int]]:
-    """Add the deltas to the counters with one upsert (`metering.bulk.write_rows`: an
-    executemany of one compiled statement on SQLite, COPY and one INSERT ... SELECT on
-    PostgreSQL); then the totals after of the `watched` budgets' counters (those with
-    alerts), read back in one query per chunk."""
-    items = sorted(deltas.amounts.items())  # a fixed order: concurrent batches lock rows alike
-    rows = [
-        (tenant_id, budget_id, period_us, units, rem, unpriced)
-        for (budget_id, period_us), (units, rem, unpriced) in items
-    ]
-    write_rows(
-        connection,
-        budget_counters,
-        _COUNTER_COLUMNS,
-        rows,
-        on_conflict="add",
-        keys=_COUNTER_KEYS,
-        add=_COUNTER_COLUMNS[3:],
+    connection: Connection, tenant_id: int, state: TenantBudgets, counters: Counters
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Add the moves to the counters with one upsert that returns each counter's (used, rem)
+    after it (`metering.db.add_rows`), so no counter is read back; returned in `counters` order."""
+    slot, period_us, units, rem, unpriced = counters
+    rows = list(zip(
+        [tenant_id] * len(slot), state.ids[slot].tolist(), period_us.tolist(), units.tolist(), rem.tolist(), unpriced.tolist(),
+        strict=True,
+    ))  # fmt: skip  # sorted by (budget id, period): concurrent batches lock rows alike
+    written: list[tuple[Any, ...]] = sorted(
+        tuple(row) for row in add_rows(connection, budget_counters, _COUNTER_COLUMNS, rows, keys=_COUNTER_KEYS, add=_COUNTER_COLUMNS[3:])
     )
-    keys = [key for key, _ in items if key[0] in watched]
-    table = budget_counters
-    totals: dict[tuple[str, int], tuple[int, int]] = {}
-    for start in range(0, len(keys), _CHUNK):
-        query = select(table.c.budget_id, table.c.period_start_us, table.c.used, table.c.used_rem).where(
-            table.c.tenant_id == tenant_id,
-            tuple_(table.c.budget_id, table.c.period_start_us).in_(keys[start : start + _CHUNK]),
-        )
-        totals.update({(r[0], r[1]): (r[2], r[3]) for r in connection.execute(query)})
-    return totals
+    return (
+        np.fromiter((row[3] for row in written), dtype=np.int64, count=len(written)),
+        np.fromiter((row[4] for row in written), dtype=np.int64, count=len(written)),
+        np.fromiter((row[5] for row in written), dtype=np.int64, count=len(written)),
+    )
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -491,9 +682,13 @@ def authorize(
     counters; denied by the first enforced budget (by id) whose usage reached its limit."""
     state = tenant_budgets(connection, tenant_id)
     matching = sorted(state.index.matching(attributes), key=lambda b: b.id)
+    return _answer(standings(connection, tenant_id, matching, state.timezone, now=now))
+
+
+def _answer(found: Sequence[Standing]) -> dict[str, Any]:
     listed = []
     denied_by = None
-    for standing in standings(connection, tenant_id, matching, state.timezone, now=now):
+    for standing in found:
         budget = standing.budget
         used = used_decimal(budget, standing.used, standing.rem)
         if budget.enforce and used >= budget.limit and denied_by is None:
@@ -504,3 +699,109 @@ def authorize(
             "enforced": budget.enforce,
         })  # fmt: skip
     return {"allowed": denied_by is None, "denied_by": denied_by, "budgets": listed}
+
+
+# --- authorization from memory -------------------------------------------------------------------
+#
+# `POST /v1/authorize` is asked before every task, while ingestion batches run in the same
+# process. A read of the database there waits for the GIL (and on SQLite for the file) behind
+# those batches, so the server answers it from a per-process snapshot of the counters of the
+# budgets' current periods: counting pushes the totals it wrote when its transaction commits,
+# and the snapshot is read again from the database when it is older than `SNAPSHOT_REFRESH`
+# seconds (in the background) or `SNAPSHOT_MAX_AGE` (before answering), which brings in what
+# other processes counted and budgets changed elsewhere.
+
+SNAPSHOT_REFRESH = 0.5
+SNAPSHOT_MAX_AGE = 2.0
+_PENDING = "taskmeter.spend.pending"
+
+
+@dataclass
+class Snapshot:
+    """A tenant's budgets with their counters in the periods current when it was read."""
+
+    state: TenantBudgets
+    counters: dict[tuple[str, int], tuple[int, int, int]]
+    read_at: float  # time.monotonic()
+    valid_until: datetime  # the earliest end of those periods
+    refreshing: bool = False
+
+    def age(self) -> float:
+        return time.monotonic() - self.read_at
+
+
+_snapshots: dict[int, Snapshot] = {}
+
+
+def _pending(connection: Connection) -> list[tuple[Any, ...]]:
+    found: list[tuple[Any, ...]] = connection.info.setdefault(_PENDING, [])
+    return found
+
+
+@event.listens_for(Engine, "commit")
+def _committed(connection: Connection) -> None:
+    """Push the counter totals a transaction wrote into this process's snapshots."""
+    pushed = connection.info.pop(_PENDING, None)
+    for tenant_id, ids, starts, used, rems, unpriced in pushed or ():
+        snapshot = _snapshots.get(tenant_id)
+        if snapshot is None:
+            continue
+        counters = snapshot.counters
+        for budget_id, start, u, r, x in zip(ids, starts, used, rems, unpriced, strict=True):
+            if (budget_id, start) in counters:  # a counter of a current period
+                counters[(budget_id, start)] = (u, r, x)
+
+
+@event.listens_for(Engine, "rollback")
+def _rolled_back(connection: Connection) -> None:
+    connection.info.pop(_PENDING, None)
+
+
+@event.listens_for(Pool, "reset")
+def _reset(dbapi_connection: Any, record: Any, *args: Any) -> None:
+    record.info.pop(_PENDING, None)  # returned to the pool without a commit: nothing to push
+
+
+def snapshot(tenant_id: int) -> Snapshot | None:
+    return _snapshots.get(tenant_id)
+
+
+def read_snapshot(connection: Connection, tenant_id: int, *, now: datetime) -> Snapshot:
+    """Read the tenant's budgets and the counters of their current periods (one query for the
+    budgets' generation, one for the counters), and keep it as the process's snapshot."""
+    read_at = time.monotonic()
+    state = tenant_budgets(connection, tenant_id)
+    periods = {b.id: period_at(b.period, now, state.timezone) for b in state.index.budgets}
+    starts = {_us(period.start) for period in periods.values()}
+    counters: dict[tuple[str, int], tuple[int, int, int]] = {
+        (b.id, _us(periods[b.id].start)): (0, 0, 0) for b in state.index.budgets
+    }
+    if starts:
+        table = budget_counters
+        query = select(table.c.budget_id, table.c.period_start_us, table.c.used, table.c.used_rem, table.c.unpriced_events).where(
+            table.c.tenant_id == tenant_id, table.c.period_start_us.in_(sorted(starts))
+        )
+        for budget_id, start, used, rem, unpriced in connection.execute(query):
+            if (budget_id, start) in counters:
+                counters[(budget_id, start)] = (used, rem, unpriced)
+    ends = [period.end for period in periods.values()]
+    valid_until = min(ends) if ends else datetime.max.replace(tzinfo=now.tzinfo)
+    found = Snapshot(state, counters, read_at, valid_until)
+    with _lock:
+        _snapshots[tenant_id] = found
+    return found
+
+
+def authorize_from(found: Snapshot, attributes: dict[str, str | None], *, now: datetime) -> dict[str, Any]:
+    """`authorize`, answered from a snapshot (no I/O)."""
+    state = found.state
+    matching = sorted(
+        state.matching(attributes.get("customer"), attributes.get("actor"), attributes.get("agent"), attributes.get("task_type")),
+        key=lambda b: b.id,
+    )
+    out = []
+    for budget in matching:
+        period = period_at(budget.period, now, state.timezone)
+        used, rem, unpriced = found.counters.get((budget.id, _us(period.start)), (0, 0, 0))
+        out.append(Standing(budget, period, used, rem, unpriced))
+    return _answer(out)

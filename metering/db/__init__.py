@@ -27,10 +27,10 @@ from metering.db.reads import (
     read_frame,
     without_index,
 )
-from metering.db.writes import dialect_insert, frame_rows, upsert, write_frame, write_rows
+from metering.db.writes import add_rows, dialect_insert, frame_rows, upsert, write_frame, write_rows
 
 __all__ = [
-    "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "begin_snapshot", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
+    "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "add_rows", "begin_snapshot", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
     "is_overflow", "is_postgresql", "is_sqlite", "is_unavailable", "make_engine", "no_cyclic_gc", "read_frame",
     "session_factory", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",
     "upsert", "without_index", "write_frame", "write_lock", "write_rows",

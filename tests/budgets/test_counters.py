@@ -8,12 +8,14 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine, func, select
 
 from metering import budget_repository, spend
-from metering.budgets import Budget, parse_budgets, period_at
+from metering.budget_tables import budget_counters
+from metering.budgets import Budget, parse_budgets, period_at, period_of_day, reached
 from metering.db import unit_of_work
 from metering.errors import InvalidInput
 from metering.ingest import ingest_events
@@ -164,8 +166,13 @@ def _random_events(rng: random.Random, count: int, start: int) -> list[dict[str,
 
 
 class TestCountersEqualTheRollup:
-    @pytest.mark.parametrize("seed", [1, 2])
-    def test_random_batches_replays_and_late_events(self, engine: Engine, tenant: Tenant, seed: int) -> None:
+    @pytest.mark.parametrize(
+        ("seed", "timezone"), [(1, "UTC"), (2, "UTC"), (3, "Asia/Kolkata"), (4, "Europe/Berlin")]
+    )  # Berlin: the events span the change to winter time on 2026-10-25
+    def test_random_batches_replays_and_late_events(
+        self, engine: Engine, make_tenant: Callable[..., Tenant], seed: int, timezone: str
+    ) -> None:
+        tenant = make_tenant(f"random-{seed}", timezone=timezone)
         rng = random.Random(seed)
         put(engine, tenant,
             budget(id="cost-all", period="month"), budget(id="cost-c1", scope={"customer": "c1"}, period="week"),
@@ -187,8 +194,7 @@ class TestCountersEqualTheRollup:
         assert history["cost-all"] and history["jobs-all"]
 
         def start_us(kind: str, day: date) -> int:
-            period = period_at(kind, datetime(day.year, day.month, day.day, 12, tzinfo=UTC), "UTC")
-            return int(period.start.timestamp()) * 1_000_000
+            return int(period_of_day(kind, day, timezone).start.timestamp()) * 1_000_000
 
         def exact(pairs: dict[int, tuple[int, int]]) -> dict[int, int]:
             return {p: u * 10**6 + r for p, (u, r) in pairs.items() if u or r}
@@ -213,7 +219,7 @@ class TestCountersEqualTheRollup:
         jobs_all: dict[int, int] = {}
         jobs_c0: dict[int, int] = {}
         for row in tasks:
-            day = datetime.fromtimestamp(row.ended_us // 10**6, UTC).date()
+            day = datetime.fromtimestamp(row.ended_us // 10**6, ZoneInfo(timezone)).date()
             jobs_all[start_us("month", day)] = jobs_all.get(start_us("month", day), 0) + 1
             if row.customer == "c0":
                 jobs_c0[start_us("day", day)] = jobs_c0.get(start_us("day", day), 0) + 1
@@ -266,8 +272,6 @@ class TestCountersEqualTheRollup:
     def test_no_counter_moves_without_budgets(self, engine: Engine, tenant: Tenant) -> None:
         ingest(engine, tenant, [make_event(id="u")])
         with engine.connect() as connection:
-            from metering.budget_tables import budget_counters
-
             assert connection.execute(select(func.count()).select_from(budget_counters)).scalar() == 0
 
 
@@ -319,3 +323,79 @@ budgets:
             ],
         )
         assert self.used(engine, tenant, "acme") == Decimal("1.20") + Decimal("0.10") + Decimal("0.10")
+
+
+class TestAlertMarks:
+    """`spend.Marks` decides which counters `alerts.check` looks at: it must agree with
+    `budgets.reached` exactly at every threshold, for money (femto-units) and counts."""
+
+    @pytest.mark.parametrize(
+        ("measure", "limit", "alerts"),
+        [("provider_cost", "0.3", ["0.333", "1"]), ("provider_cost", "123.456789012", ["0.5", "0.8", "1", "1.5"]),
+         ("tokens", "1000", ["0.3333", "1"]), ("jobs", "7", ["0.5", "1"])],
+    )  # fmt: skip
+    def test_a_mark_is_passed_exactly_when_the_fraction_is_reached(
+        self, measure: str, limit: str, alerts: list[str]
+    ) -> None:
+        chosen = budget(measure=measure, limit=limit, alerts=alerts)
+        marks = spend.Marks.of(chosen)
+        scale = 10**6 if chosen.money else 1
+        for fraction, mark in zip(chosen.alerts, marks.thresholds, strict=True):
+            for exact in (mark - 1, mark, mark + 1):
+                used, rem = divmod(exact, scale) if chosen.money else (exact, 0)
+                assert reached(chosen, used, rem, fraction) == (exact >= mark)
+            assert marks.may_fire(mark - 1, mark) and not marks.may_fire(mark, mark + 1)
+            assert not marks.may_fire(mark - 3, mark - 1)
+
+
+class TestAuthorizeSnapshot:
+    def test_counts_of_this_process_show_at_once_and_others_within_the_snapshot_age(
+        self, engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        put(engine, tenant, budget(id="tokens", measure="tokens", limit="1000", period="month", enforce=True))
+        with engine.connect() as connection:
+            found = spend.read_snapshot(connection, tenant.id, now=NOW)
+        assert spend.authorize_from(found, {"customer": "acme"}, now=NOW)["budgets"][0]["used"] == "0"
+        ingest(
+            engine,
+            tenant,
+            [make_event(id="u1", time="2026-11-10T00:00:00Z", input_tokens=600, output_tokens=0)],
+        )
+        # counted in this process: pushed into the snapshot when the batch committed
+        answer = spend.authorize_from(spend.snapshot(tenant.id) or found, {"customer": "acme"}, now=NOW)
+        assert (answer["allowed"], answer["budgets"][0]["used"]) == (True, "600")
+        # counted by another process (written here without counting): seen once the snapshot is read again
+        with engine.begin() as connection:
+            connection.execute(
+                budget_counters.update()
+                .where(budget_counters.c.budget_id == "tokens")
+                .values(used=budget_counters.c.used + 400)
+            )
+        assert (
+            spend.authorize_from(spend.snapshot(tenant.id) or found, {"customer": "acme"}, now=NOW)["allowed"]
+            is True
+        )
+        with engine.connect() as connection:
+            fresh = spend.read_snapshot(connection, tenant.id, now=NOW)
+        answer = spend.authorize_from(fresh, {"customer": "acme"}, now=NOW)
+        assert (answer["allowed"], answer["denied_by"], answer["budgets"][0]["used"]) == (
+            False,
+            "tokens",
+            "1000",
+        )
+        with engine.connect() as connection:
+            assert spend.authorize(connection, tenant.id, {"customer": "acme"}, now=NOW) == answer
+
+    def test_a_rolled_back_batch_pushes_nothing(self, engine: Engine, tenant: Tenant) -> None:
+        put(engine, tenant, budget(id="tokens", measure="tokens", limit="1000", period="month"))
+        with engine.connect() as connection:
+            found = spend.read_snapshot(connection, tenant.id, now=NOW)
+        with pytest.raises(RuntimeError), unit_of_work(engine) as session:
+            ingest_events(
+                session,
+                tenant.id,
+                [make_event(id="u1", time="2026-11-10T00:00:00Z", input_tokens=5)],
+                now=NOW,
+            )
+            raise RuntimeError("the request failed after counting")
+        assert spend.authorize_from(found, {"customer": "acme"}, now=NOW)["budgets"][0]["used"] == "0"

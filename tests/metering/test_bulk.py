@@ -35,3 +35,44 @@ def test_a_frame_comes_back_as_it_went_in(slice_rows: int, engine: Engine) -> No
     assert [tuple(row) for row in rows] == [
         (i, name, date(2026, 11, i + 1), 2**62 + i) for i, name in enumerate(NAMES)
     ]  # fmt: skip
+
+
+def test_add_rows_adds_to_stored_rows_and_returns_the_totals(engine: Engine) -> None:
+    """`metering.db.add_rows`: new keys are inserted, known ones get the amounts added; every
+    written row comes back as stored after the write (names that need quoting, 64-bit sums)."""
+    from metering.db import add_rows
+
+    probe = Table(
+        "add_probe", MetaData(),
+        Column("k", String(64), primary_key=True), Column("p", BigInteger, primary_key=True),
+        Column("a", BigInteger, nullable=False), Column("b", BigInteger, nullable=False),
+    )  # fmt: skip
+    columns, keys = ("k", "p", "a", "b"), ("k", "p")
+    with engine.begin() as connection:
+        probe.create(connection)
+        try:
+            first = add_rows(
+                connection,
+                probe,
+                columns,
+                [(n, 1, 2**40, 1) for n in NAMES[:6] if n is not None],
+                keys=keys,
+                add=("a", "b"),
+            )
+            assert sorted(tuple(r) for r in first) == sorted(
+                (n, 1, 2**40, 1) for n in NAMES[:6] if n is not None
+            )
+            again = add_rows(
+                connection,
+                probe,
+                columns,
+                [("plain", 1, 2**62, 5), ("plain", 2, 7, 0)],
+                keys=keys,
+                add=("a", "b"),
+            )
+            assert sorted(tuple(r) for r in again) == [("plain", 1, 2**62 + 2**40, 6), ("plain", 2, 7, 0)]
+            assert add_rows(connection, probe, columns, [], keys=keys, add=("a", "b")) == []
+            stored = dict(((r.k, r.p), (r.a, r.b)) for r in connection.execute(select(probe)))
+            assert stored[("with, comma", 1)] == (2**40, 1) and stored[("plain", 1)] == (2**62 + 2**40, 6)
+        finally:
+            probe.drop(connection)
