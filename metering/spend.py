@@ -38,16 +38,13 @@ from metering.budgets import (
     BilledRule,
     Budget,
     BudgetIndex,
-    BudgetPeriod,
-    first_day,
     forecast_units,
-    period_at,
     text,
     used_decimal,
 )
 from metering.bulk import write_rows
 from metering.db import dialect_insert, name_locks, upsert
-from metering.periods import local_midnight
+from metering.periods import Period, first_day, local_midnight, period_of
 from metering.prices import price_usage
 from metering.ratecards import PriceBook
 from metering.tables import tenants
@@ -404,7 +401,7 @@ class Standing:
     """A budget in its current period: what its counter says."""
 
     budget: Budget
-    period: BudgetPeriod
+    period: Period
     used: int
     rem: int
     unpriced_events: int
@@ -416,7 +413,7 @@ def standings(
     """The budgets' counters in the periods holding `now` (one indexed read, no event scan)."""
     if not chosen:
         return []
-    periods = {b.id: period_at(b.period, now, timezone) for b in chosen}
+    periods = {b.id: period_of(now, timezone, b.period) for b in chosen}
     keys = [(b.id, _us(periods[b.id].start)) for b in chosen]
     table = budget_counters
     found: dict[tuple[str, int], tuple[int, int, int]] = {}

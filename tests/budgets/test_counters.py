@@ -13,10 +13,11 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from metering import budget_repository, spend
-from metering.budgets import Budget, parse_budgets, period_at
+from metering.budgets import Budget, parse_budgets
 from metering.db import unit_of_work
 from metering.errors import InvalidInput
 from metering.ingest import ingest_events
+from metering.periods import period_of
 from metering.pipeline import rollup_tenant
 from metering.tables import task_usage, usage_daily
 from metering.tenants import Tenant
@@ -98,20 +99,20 @@ budgets:
 class TestPeriods:
     def test_india_day_and_month_start_at_local_midnight(self) -> None:
         # 2026-11-30T18:29:59Z is 23:59:59 on the 30th in Kolkata; a second later it is December.
-        before = period_at("month", datetime(2026, 11, 30, 18, 29, 59, tzinfo=UTC), "Asia/Kolkata")
-        after = period_at("month", datetime(2026, 11, 30, 18, 30, tzinfo=UTC), "Asia/Kolkata")
+        before = period_of(datetime(2026, 11, 30, 18, 29, 59, tzinfo=UTC), "Asia/Kolkata", "month")
+        after = period_of(datetime(2026, 11, 30, 18, 30, tzinfo=UTC), "Asia/Kolkata", "month")
         assert before.first_day == date(2026, 11, 1) and after.first_day == date(2026, 12, 1)
         assert after.start == datetime(2026, 11, 30, 18, 30, tzinfo=UTC)
-        day = period_at("day", datetime(2026, 11, 30, 18, 30, tzinfo=UTC), "Asia/Kolkata")
+        day = period_of(datetime(2026, 11, 30, 18, 30, tzinfo=UTC), "Asia/Kolkata", "day")
         assert (day.start, day.end) == (
             datetime(2026, 11, 30, 18, 30, tzinfo=UTC),
             datetime(2026, 12, 1, 18, 30, tzinfo=UTC),
         )
 
     def test_a_day_across_the_dst_change_has_25_hours(self) -> None:
-        day = period_at("day", datetime(2026, 10, 25, 12, tzinfo=UTC), "Europe/Berlin")
+        day = period_of(datetime(2026, 10, 25, 12, tzinfo=UTC), "Europe/Berlin", "day")
         assert day.end - day.start == timedelta(hours=25)
-        week = period_at("week", datetime(2026, 10, 25, 12, tzinfo=UTC), "Europe/Berlin")
+        week = period_of(datetime(2026, 10, 25, 12, tzinfo=UTC), "Europe/Berlin", "week")
         assert week.first_day == date(2026, 10, 19) and week.end - week.start == timedelta(days=7, hours=1)
 
     def test_counters_split_at_local_midnight_in_india(
@@ -187,7 +188,7 @@ class TestCountersEqualTheRollup:
         assert history["cost-all"] and history["jobs-all"]
 
         def start_us(kind: str, day: date) -> int:
-            period = period_at(kind, datetime(day.year, day.month, day.day, 12, tzinfo=UTC), "UTC")
+            period = period_of(datetime(day.year, day.month, day.day, 12, tzinfo=UTC), "UTC", kind)
             return int(period.start.timestamp()) * 1_000_000
 
         def exact(pairs: dict[int, tuple[int, int]]) -> dict[int, int]:
