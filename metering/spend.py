@@ -44,16 +44,23 @@ from metering.budgets import (
 )
 from metering.bulk import write_rows
 from metering.db import dialect_insert, name_locks, upsert
+from metering.event_columns import CACHE_READ as _CACHE_READ
+from metering.event_columns import CACHE_WRITE as _CACHE_WRITE
+from metering.event_columns import CACHE_WRITE_1H as _CACHE_WRITE_1H
+from metering.event_columns import CUSTOMER as _CUSTOMER
+from metering.event_columns import INPUT as _INPUT
+from metering.event_columns import MODEL as _MODEL
+from metering.event_columns import OUTPUT as _OUTPUT
+from metering.event_columns import PROVIDER as _PROVIDER
+from metering.event_columns import TASK as _TASK
+from metering.event_columns import TASK_TYPE as _TASK_TYPE
+from metering.event_columns import TIME as _TIME
+from metering.event_columns import TYPE as _TYPE
 from metering.periods import Period, first_day, local_midnight, period_of
 from metering.prices import price_usage
 from metering.ratecards import PriceBook
 from metering.tables import tenants
 
-# Positions in an `events` row (metering.ingest.INSERT_COLUMNS).
-_TYPE, _TIME, _CUSTOMER, _TASK, _TASK_TYPE, _PROVIDER, _MODEL, _INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE = (
-    2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
-)  # fmt: skip
-_CACHE_WRITE_1H = 19  # metering.ingest.INSERT_COLUMNS: the 1-hour writes came last (migration 0012)
 _CHUNK = 400
 _COUNTER_COLUMNS = ("tenant_id", "budget_id", "period_start_us", "used", "used_rem", "unpriced_events")
 _COUNTER_KEYS = ("tenant_id", "budget_id", "period_start_us")
@@ -185,7 +192,7 @@ def count_stored(
     *,
     now: datetime,
 ) -> int:
-    """Count newly stored events (rows in `metering.ingest.INSERT_COLUMNS` order, with each
+    """Count newly stored events (rows in `metering.event_columns.INSERT_COLUMNS` order, with each
     one's (actor, agent)) into the tenant's budget counters; returns the alerts raised."""
     if not rows:
         return 0
