@@ -76,7 +76,8 @@ def synthetic_chunk(rng: np.random.Generator, first_task: int, tasks: int, per_t
         kind = "task.completed" if outcome[i] < 0.85 else "task.failed" if outcome[i] < 0.97 else "task.cancelled"
         end = int(start[i] + (per_task + 2) * 60 * 1_000_000)
         rows.append((1, f"{task_names[i]}-e", kind, end, f"cust-{(first_task + i) % 1000}", task_names[i], None, None, None, 0, 0, 0, 0, 0, None, "x", 0))
-    return [(*row, 0) for row in rows]  # cache_write_1h_tokens, last of INSERT_COLUMNS
+    # actor and agent (none) after the token counts, cache_write_1h_tokens last (INSERT_COLUMNS)
+    return [(*row[:14], None, None, *row[14:], 0) for row in rows]
 
 
 def build_store(engine: Engine, usage_events: int) -> int:
