@@ -33,7 +33,8 @@ from api.cli.ingest import ingest_file  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from bench.common import fresh_postgres, fresh_sqlite, machine, timed  # noqa: E402
 from metering.db import unit_of_work  # noqa: E402
-from metering.ingest import INSERT_COLUMNS, prepare_rows, validate_body, validate_items  # noqa: E402
+from metering.event_columns import INSERT_COLUMNS  # noqa: E402
+from metering.ingest import prepare_rows, validate_body, validate_items  # noqa: E402
 from metering.tables import events  # noqa: E402
 from metering.tenants import create_api_key, create_tenant  # noqa: E402
 

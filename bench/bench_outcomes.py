@@ -36,7 +36,7 @@ from bench.bench_rollup import NOW, POSTGRES_URL, build_store, own_peak_mb, synt
 from bench.common import cpu_check, machine  # noqa: E402
 from metering.bulk import write_rows  # noqa: E402
 from metering.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
-from metering.ingest import INSERT_COLUMNS  # noqa: E402
+from metering.event_columns import INSERT_COLUMNS  # noqa: E402
 from metering.tables import events  # noqa: E402
 
 FOLDER = Path(os.environ.get("TASKMETER_BENCH_DIR", "/tmp/tm-bench"))

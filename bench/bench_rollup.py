@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import POSTGRES_URL, cpu_check, machine  # noqa: E402
 from metering.db import is_postgresql, is_sqlite, make_engine, unit_of_work, upgrade_schema, write_rows  # noqa: E402
-from metering.ingest import INSERT_COLUMNS  # noqa: E402
+from metering.event_columns import INSERT_COLUMNS  # noqa: E402
 from metering.tables import events, tenants  # noqa: E402
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)

@@ -28,15 +28,14 @@ from metering.budget_tables import budget_alerts, webhook_deliveries, webhooks
 from metering.budgets import (
     Budget,
     BudgetIndex,
-    BudgetPeriod,
     forecast_units,
-    period_of_day,
     reached,
     text,
     used_decimal,
 )
 from metering.db import upsert
 from metering.errors import InvalidInput, NotFound
+from metering.periods import Period
 from metering.schemas import rfc3339
 from metering.secret_box import SecretBox
 
@@ -83,7 +82,7 @@ def check(
     raised = 0
     zone = ZoneInfo(timezone)
     today = now.astimezone(zone).date()
-    periods: dict[tuple[str, int], BudgetPeriod] = {}
+    periods: dict[tuple[str, int], Period] = {}
     for key, (used, rem) in totals.items():
         budget = by_id.get(key[0])
         if budget is None or (not budget.alerts and not budget.forecast):
@@ -101,8 +100,8 @@ def check(
             period_key = (budget.period, key[1])
             period = periods.get(period_key)
             if period is None:
-                period = periods[period_key] = period_of_day(
-                    budget.period, _instant(key[1]).astimezone(zone).date(), timezone
+                period = periods[period_key] = Period.holding(
+                    _instant(key[1]).astimezone(zone).date(), timezone, budget.period
                 )
             scale = _US if budget.money else 1
             limit = budget.limit_units() * scale

@@ -35,10 +35,9 @@ from pydantic import (
 )
 
 from metering.money import NANOS, parse_decimal
-from metering.periods import local_midnight
+from metering.periods import Period, PeriodKind
 
 Measure = Literal["provider_cost", "billed", "tokens", "jobs"]
-PeriodKind = Literal["day", "week", "month"]
 SCOPE_FIELDS = ("customer", "actor", "agent", "task_type")
 MONEY_MEASURES = ("provider_cost", "billed")
 REM_PER_NANO = 10**6
@@ -163,54 +162,7 @@ def reached(budget: Budget, used: int, rem: int, fraction: Decimal = Decimal(1))
 # --- periods ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BudgetPeriod:
-    first_day: date  # tenant-local
-    next_first_day: date
-    timezone: str
-
-    @property
-    def start(self) -> datetime:
-        return local_midnight(self.first_day, self.timezone)
-
-    @property
-    def end(self) -> datetime:
-        return local_midnight(self.next_first_day, self.timezone)
-
-    @property
-    def days(self) -> int:
-        return (self.next_first_day - self.first_day).days
-
-
-def first_day(kind: str, day: date) -> date:
-    if kind == "day":
-        return day
-    if kind == "week":
-        return day - timedelta(days=day.weekday())
-    return day.replace(day=1)
-
-
-def next_first_day(kind: str, first: date) -> date:
-    if kind == "day":
-        return first + timedelta(days=1)
-    if kind == "week":
-        return first + timedelta(days=7)
-    return date(first.year + (first.month == 12), 1 if first.month == 12 else first.month + 1, 1)
-
-
-def period_at(kind: str, moment: datetime, timezone: str) -> BudgetPeriod:
-    """The budget period of `kind` holding the instant, in the tenant's calendar."""
-    local = moment.astimezone(ZoneInfo(timezone)).date()
-    first = first_day(kind, local)
-    return BudgetPeriod(first, next_first_day(kind, first), timezone)
-
-
-def period_of_day(kind: str, day: date, timezone: str) -> BudgetPeriod:
-    first = first_day(kind, day)
-    return BudgetPeriod(first, next_first_day(kind, first), timezone)
-
-
-def forecast_units(used: int, period: BudgetPeriod, now: datetime, *, today: date | None = None) -> int:
+def forecast_units(used: int, period: Period, now: datetime, *, today: date | None = None) -> int:
     """The period-end forecast by run-rate: the mean daily spend of the days so far (today
     counted as a whole day) times the days in the period; `used` itself once the period ended.
     Integer division rounds the forecast down (it only decides whether a limit is passed).

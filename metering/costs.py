@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 
 from metering.prices import EVENT_COLUMNS as PRICED_COLUMNS
 from metering.prices import price_usage
-from metering.ratecards import PriceBook
+from metering.ratecards import PriceBook, TenantPrice
 from metering.tenant_prices import stored_price_settings
 
 
@@ -23,24 +23,12 @@ def tenant_overrides(connection: Connection, tenant_id: int) -> list[dict[str, A
 
 
 def price_version(overrides: list[dict[str, Any]]) -> str:
-    """Names the prices in force: the genai-prices release and a digest of the tenant's prices.
-    A price with one flat version is digested in the flat form prices had before they could have
-    tiers and versions, so the upgrade that brought those rebuilds no tenant's rollup."""
-    digest = hashlib.sha256(repr([_flat(entry) for entry in overrides]).encode()).hexdigest()[:12]
+    """Names the prices in force: the genai-prices release and a digest of the tenant's prices,
+    each in its normal form (`TenantPrice.normal_form`), so that a price digests the same however
+    it is stored: a flat price as it did before prices could have tiers and versions."""
+    normal = [entry if "match" in entry else TenantPrice.from_mapping(entry).normal_form() for entry in overrides]
+    digest = hashlib.sha256(repr(normal).encode()).hexdigest()[:12]
     return f"genai-prices@{package_version('genai-prices')}+tenant:{digest}"
-
-
-_FLAT_RATES = ("input", "output", "cache_read", "cache_write")
-
-
-def _flat(entry: dict[str, Any]) -> dict[str, Any]:
-    versions = entry.get("versions")
-    if not versions or len(versions) != 1 or set(entry) != {"provider", "model", "versions"}:
-        return entry
-    rates = versions[0]
-    if not set(rates) <= set(_FLAT_RATES):
-        return entry
-    return {"provider": entry["provider"], "model": entry["model"], **{k: rates[k] for k in _FLAT_RATES if k in rates}}
 
 
 def price_book(connection: Connection, tenant_id: int) -> tuple[PriceBook, str]:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from metering import spend
 from metering.db import inserted_by_this_transaction, tenant_lock, write_rows
 from metering.errors import InvalidInput, PayloadTooLarge, TaskmeterError
+from metering.event_columns import DIGEST, INGESTED, INSERT_COLUMNS
 from metering.schemas import (
     DEFAULT_WINDOW,
     EventIn,
@@ -37,7 +38,6 @@ from metering.schemas import (
     event_rule_errors,
 )
 from metering.tables import events, quarantine
-from metering.vocabulary import TOKEN_FIELDS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -47,14 +47,6 @@ _BATCH = cast("TypeAdapter[list[dict[str, Any]]]", TypeAdapter(list[EventIn]))
 _ONE = cast("TypeAdapter[dict[str, Any]]", TypeAdapter(EventIn))
 _LOOKUP_CHUNK = 500
 
-INSERT_COLUMNS = (
-    "tenant_id", "event_id", "type", "time_us", "customer", "task", "task_type", "provider", "model",
-    *TOKEN_FIELDS, "actor", "agent", "metadata", "content_hash", "ingested_us", "cache_write_1h_tokens",
-)  # fmt: skip
-"""The `events` columns an insert writes, in the table's order (the bulk writers bind by it)."""
-DIGEST = INSERT_COLUMNS.index("content_hash")
-INGESTED = INSERT_COLUMNS.index("ingested_us")
-_DIGEST = DIGEST
 
 
 class MalformedJSON(TaskmeterError):
@@ -235,11 +227,11 @@ def prepare_rows(batch: Batch, tenant_id: int, *, now: datetime, window: TimeWin
         row = _row(event, time_us, tenant_id, ingested_us)
         earlier = first_in_batch.get(event["id"])
         if earlier is None:
-            first_in_batch[event["id"]] = row[_DIGEST]
+            first_in_batch[event["id"]] = row[DIGEST]
             out.rows.append(row)
             out.positions.append(position)
             out.attribution.append((event.get("actor"), event.get("agent")))
-        elif earlier == row[_DIGEST]:
+        elif earlier == row[DIGEST]:
             out.duplicates += 1
         else:
             out.conflicts += 1
@@ -282,7 +274,7 @@ def insert_prepared(
         stored = _stored_digests(session, tenant_id, [row[1] for row in rows])
         stored_conflicts = 0
         for row, position in zip(rows, prepared.positions, strict=True):
-            if stored[row[1]] != row[_DIGEST]:
+            if stored[row[1]] != row[DIGEST]:
                 stored_conflicts += 1
                 rejected.append(_conflict(position, row[1]))
         conflicts += stored_conflicts

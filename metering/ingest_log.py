@@ -37,7 +37,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from metering.errors import InvalidInput, TaskmeterError
-from metering.ingest import DIGEST, Batch, Prepared, prepare_rows
+from metering.event_columns import DIGEST
+from metering.ingest import Batch, Prepared, prepare_rows
 from metering.schemas import TimeWindow
 
 MSG_ID = "Nats-Msg-Id"

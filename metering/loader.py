@@ -40,7 +40,8 @@ from sqlalchemy.orm import Session
 
 from metering.bulk import write_rows
 from metering.db import is_unavailable, unit_of_work
-from metering.ingest import DIGEST, Batch, find_event, from_us, prepare_rows, store_events, validate_items
+from metering.event_columns import DIGEST
+from metering.ingest import Batch, find_event, from_us, prepare_rows, store_events, validate_items
 from metering.ingest_log import LogConfig, connect, consumer_config
 from metering.schemas import DEFAULT_WINDOW, EventState, StoredEvent, TimeWindow
 from metering.tables import events, load_verdicts, log_quarantine

@@ -1,15 +1,19 @@
-"""Billing periods: calendar months in the tenant's IANA time zone, half-open [start, end)."""
+"""Periods of the tenant's calendar: a day, a week from Monday, or a calendar month of
+tenant-local days, with their instants in the tenant's IANA time zone, half-open [start, end).
+Billing periods are months; budgets use all three."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from metering.errors import InvalidInput
 from metering.schemas import REPRESENTABLE_FROM, REPRESENTABLE_UNTIL, rfc3339
 
+PeriodKind = Literal["day", "week", "month"]
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
@@ -21,49 +25,73 @@ FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(2262, 1, 1)  # LAST_DAY: as an excl
 
 @dataclass(frozen=True)
 class Period:
-    """A tenant-local calendar month."""
+    """A span of tenant-local days of one `kind`: a day, a week from Monday, or a calendar month
+    (the billing period, hence the default)."""
 
-    first_day: date  # the 1st, tenant-local
+    first_day: date  # tenant-local: the day itself, the week's Monday, or the month's 1st
     timezone: str
+    kind: PeriodKind = "month"
+
+    @classmethod
+    def holding(cls, day: date, timezone: str, kind: PeriodKind = "month") -> Period:
+        """The period of `kind` that holds the tenant-local `day`."""
+        return cls(first_day(kind, day), timezone, kind)
 
     @property
     def label(self) -> str:
-        return f"{self.first_day:%Y-%m}"
+        """`2026-10` for a month; the first day (`2026-10-19`) for a day or a week."""
+        return f"{self.first_day:%Y-%m}" if self.kind == "month" else self.first_day.isoformat()
 
     @property
     def next_first_day(self) -> date:
-        y, m = self.first_day.year, self.first_day.month
-        return date(y + (m == 12), 1 if m == 12 else m + 1, 1)
+        first = self.first_day
+        if self.kind == "day":
+            return first + timedelta(days=1)
+        if self.kind == "week":
+            return first + timedelta(days=7)
+        return date(first.year + (first.month == 12), 1 if first.month == 12 else first.month + 1, 1)
 
     @property
     def last_day(self) -> date:
         return self.next_first_day - timedelta(days=1)
 
     @property
+    def days(self) -> int:
+        return (self.next_first_day - self.first_day).days
+
+    @property
     def start(self) -> datetime:
-        """The first instant of the month, in UTC."""
+        """The period's first instant, in UTC."""
         return local_midnight(self.first_day, self.timezone)
 
     @property
     def end(self) -> datetime:
-        """The first instant after the month, in UTC (exclusive)."""
+        """The first instant after the period, in UTC (exclusive)."""
         return local_midnight(self.next_first_day, self.timezone)
 
     def next(self) -> Period:
-        return Period(self.next_first_day, self.timezone)
+        return Period(self.next_first_day, self.timezone, self.kind)
 
     def previous(self) -> Period:
-        y, m = self.first_day.year, self.first_day.month
-        return Period(date(y - (m == 1), 12 if m == 1 else m - 1, 1), self.timezone)
+        return Period.holding(self.first_day - timedelta(days=1), self.timezone, self.kind)
+
+
+def first_day(kind: str, day: date) -> date:
+    """The first day of the period of `kind` holding `day`: itself, its week's Monday, its month's 1st."""
+    if kind == "day":
+        return day
+    if kind == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
 
 
 def local_midnight(day: date, timezone: str) -> datetime:
     return datetime.combine(day, time(0), tzinfo=ZoneInfo(timezone)).astimezone(UTC)
 
 
-def period_of(moment: datetime, timezone: str) -> Period:
-    local = moment.astimezone(ZoneInfo(timezone))
-    return Period(date(local.year, local.month, 1), timezone)
+def period_of(moment: datetime, timezone: str, kind: PeriodKind = "month") -> Period:
+    """The period of `kind` holding the instant, in the tenant's calendar."""
+    return Period.holding(moment.astimezone(ZoneInfo(timezone)).date(), timezone, kind)
 
 
 def parse_month(text: str, timezone: str, *, field: str = "month") -> Period:

@@ -423,6 +423,15 @@ class TenantPrice:
             "versions": [v.as_mapping() for v in self.versions],
         }
 
+    def normal_form(self) -> dict[str, object]:
+        """`as_mapping` with its default left out: a price of one version in force since always
+        has its rates inline (as `from_mapping` also reads it, and as prices were written before
+        they had versions). The same price, however written or stored, has one normal form."""
+        first = self.versions[0]
+        if len(self.versions) == 1 and first.start_date is None:
+            return {"provider": self.provider, "model": self.model, **first.as_mapping()}
+        return self.as_mapping()
+
     def pricing(self) -> ModelPricing:
         cards = tuple(version.card() for version in self.versions)
         constraints: tuple[Constraint, ...] = tuple(

@@ -33,10 +33,10 @@ from sqlalchemy import Connection, delete, insert, select, tuple_
 
 from metering import alerts, spend
 from metering.budget_tables import budget_counters
-from metering.budgets import MONEY_MEASURES, REM_PER_NANO, Budget, first_day, period_at
+from metering.budgets import MONEY_MEASURES, REM_PER_NANO, Budget
 from metering.db import tenant_lock
 from metering.ingest import ingest_lock_key
-from metering.periods import local_midnight
+from metering.periods import first_day, local_midnight, period_of
 from metering.prices import price_usage
 from metering.tables import events
 
@@ -76,7 +76,7 @@ def recount(
     if not chosen:
         return {}
     tenant_lock(connection, ingest_lock_key(tenant_id))
-    open_starts = {b.id: _us(period_at(b.period, now, state.timezone).start) for b in chosen}
+    open_starts = {b.id: _us(period_of(now, state.timezone, b.period).start) for b in chosen}
     counting = _Counting(state, {b.id for b in chosen})
     kinds = {b.measure for b in chosen}
     usage_counted = bool(kinds & {"provider_cost", "tokens", "billed"})

@@ -40,24 +40,28 @@ from metering.budgets import (
     BilledRule,
     Budget,
     BudgetIndex,
-    BudgetPeriod,
-    first_day,
     forecast_units,
-    period_at,
     text,
     used_decimal,
 )
 from metering.db import add_rows, dialect_insert, name_locks, upsert
-from metering.periods import local_midnight
+from metering.event_columns import CACHE_READ as _CACHE_READ
+from metering.event_columns import CACHE_WRITE as _CACHE_WRITE
+from metering.event_columns import CACHE_WRITE_1H as _CACHE_WRITE_1H
+from metering.event_columns import CUSTOMER as _CUSTOMER
+from metering.event_columns import INPUT as _INPUT
+from metering.event_columns import MODEL as _MODEL
+from metering.event_columns import OUTPUT as _OUTPUT
+from metering.event_columns import PROVIDER as _PROVIDER
+from metering.event_columns import TASK as _TASK
+from metering.event_columns import TASK_TYPE as _TASK_TYPE
+from metering.event_columns import TIME as _TIME
+from metering.event_columns import TYPE as _TYPE
+from metering.periods import Period, first_day, local_midnight, period_of
 from metering.prices import price_usage
 from metering.ratecards import PriceBook
 from metering.tables import tenants
 
-# Positions in an `events` row (metering.ingest.INSERT_COLUMNS).
-_TYPE, _TIME, _CUSTOMER, _TASK, _TASK_TYPE, _PROVIDER, _MODEL, _INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE = (
-    2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
-)  # fmt: skip
-_CACHE_WRITE_1H = 19  # metering.ingest.INSERT_COLUMNS: the 1-hour writes came last (migration 0012)
 _CHUNK = 400
 _COUNTER_COLUMNS = ("tenant_id", "budget_id", "period_start_us", "used", "used_rem", "unpriced_events")
 _COUNTER_KEYS = ("tenant_id", "budget_id", "period_start_us")
@@ -331,7 +335,7 @@ def count_stored(
     *,
     now: datetime,
 ) -> int:
-    """Count newly stored events (rows in `metering.ingest.INSERT_COLUMNS` order, with each
+    """Count newly stored events (rows in `metering.event_columns.INSERT_COLUMNS` order, with each
     one's (actor, agent)) into the tenant's budget counters; returns the alerts raised.
 
     One batch costs: one read of the budget generation, array work over the batch (local days,
@@ -603,7 +607,7 @@ class Standing:
     """A budget in its current period: what its counter says."""
 
     budget: Budget
-    period: BudgetPeriod
+    period: Period
     used: int
     rem: int
     unpriced_events: int
@@ -615,7 +619,7 @@ def standings(
     """The budgets' counters in the periods holding `now` (one indexed read, no event scan)."""
     if not chosen:
         return []
-    periods = {b.id: period_at(b.period, now, timezone) for b in chosen}
+    periods = {b.id: period_of(now, timezone, b.period) for b in chosen}
     keys = [(b.id, _us(periods[b.id].start)) for b in chosen]
     table = budget_counters
     found: dict[tuple[str, int], tuple[int, int, int]] = {}
@@ -771,7 +775,7 @@ def read_snapshot(connection: Connection, tenant_id: int, *, now: datetime) -> S
     budgets' generation, one for the counters), and keep it as the process's snapshot."""
     read_at = time.monotonic()
     state = tenant_budgets(connection, tenant_id)
-    periods = {b.id: period_at(b.period, now, state.timezone) for b in state.index.budgets}
+    periods = {b.id: period_of(now, state.timezone, b.period) for b in state.index.budgets}
     starts = {_us(period.start) for period in periods.values()}
     counters: dict[tuple[str, int], tuple[int, int, int]] = {
         (b.id, _us(periods[b.id].start)): (0, 0, 0) for b in state.index.budgets
@@ -801,7 +805,7 @@ def authorize_from(found: Snapshot, attributes: dict[str, str | None], *, now: d
     )
     out = []
     for budget in matching:
-        period = period_at(budget.period, now, state.timezone)
+        period = period_of(now, state.timezone, budget.period)
         used, rem, unpriced = found.counters.get((budget.id, _us(period.start)), (0, 0, 0))
         out.append(Standing(budget, period, used, rem, unpriced))
     return _answer(out)

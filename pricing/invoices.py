@@ -65,23 +65,12 @@ def month_assembly(
     return assemble(tenant, month, late), checked
 
 
-def month_drafts(
-    session: Session,
-    tenant: Tenant,
-    period: Period,
-    state: RollupState,
-    *,
-    customer: str | None = None,
-    adjust: bool = True,
-    now: datetime | None = None,
-    from_figures: bool = False,
-) -> tuple[list[Draft], list[str]]:
-    """`month_assembly`, refusing the month (InvalidInput) when a customer cannot be billed."""
-    assembly, checked = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust, now=now,
-                                       from_figures=from_figures)  # fmt: skip
+def month_drafts(assembly: Assembly) -> list[Draft]:
+    """The drafts of a month's assembly (`month_assembly`), refusing the month (InvalidInput)
+    when a customer cannot be billed."""
     if assembly.refusals:
         raise assembly.refusals[0].error()
-    return assembly.drafts, checked
+    return assembly.drafts
 
 
 def upcoming_invoice(session: Session, tenant: Tenant, customer: str, *, now: datetime, month: str | None = None) -> dict[str, Any]:
@@ -95,7 +84,8 @@ def upcoming_invoice(session: Session, tenant: Tenant, customer: str, *, now: da
     adjust = store.closed(session, tenant.id, period.previous().label) is not None
     # One customer's tasks come through the (tenant, customer, ended_us) index: cheaper than the
     # figures' path (measured: BENCHMARKS.md "Monthly reports and the dashboard").
-    drafts, _ = month_drafts(session, tenant, period, state, customer=customer, adjust=adjust, now=now)
+    assembly, _ = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust, now=now)
+    drafts = month_drafts(assembly)
     assignment = repository.assignments_on(session, tenant.id, period.last_day, customers_=[customer]).get(customer)
     draft = drafts[0] if drafts else Draft(customer, period.label, tenant.currency, assignment.plan if assignment else "", ())
     return {
@@ -151,8 +141,8 @@ def close_period(session: Session, tenant: Tenant, period: Period, *, now: datet
     if (closed := store.closed(session, tenant.id, period.label)) is not None:
         closed_at = closed.closed_at if closed.closed_at.tzinfo else closed.closed_at.replace(tzinfo=UTC)  # SQLite: naive UTC
         return _close_summary(session, tenant, period, closed_at, closed=False)
-    drafts, checked = month_drafts(session, tenant, period, state)
-    store.write_invoices(session, tenant, period, drafts, state, now=now)
+    assembly, checked = month_assembly(session, tenant, period, state)
+    store.write_invoices(session, tenant, period, month_drafts(assembly), state, now=now)
     store.record_close(session, tenant.id, period, state, checked=checked, now=now)
     return _close_summary(session, tenant, period, now, closed=True)
 

@@ -17,9 +17,9 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import AdminScope, AuditDep, NowDep, ReadScope, SessionDep, cached_principal
 from api.errors import BODY_ERRORS, responses
 from metering import alerts, budget_repository, spend
-from pricing import budget_settlement
 from metering.errors import Forbidden
 from metering.tenants import Principal
+from pricing import budget_settlement
 
 router = APIRouter(tags=["budgets"])
 _log = logging.getLogger(__name__)

@@ -15,10 +15,11 @@ from sqlalchemy import Engine, func, select
 
 from metering import budget_repository, spend
 from metering.budget_tables import budget_counters
-from metering.budgets import Budget, parse_budgets, period_at, period_of_day, reached
+from metering.budgets import Budget, parse_budgets, reached
 from metering.db import unit_of_work
 from metering.errors import InvalidInput
 from metering.ingest import ingest_events
+from metering.periods import Period, period_of
 from metering.pipeline import rollup_tenant
 from metering.tables import task_usage, usage_daily
 from metering.tenants import Tenant
@@ -100,20 +101,20 @@ budgets:
 class TestPeriods:
     def test_india_day_and_month_start_at_local_midnight(self) -> None:
         # 2026-11-30T18:29:59Z is 23:59:59 on the 30th in Kolkata; a second later it is December.
-        before = period_at("month", datetime(2026, 11, 30, 18, 29, 59, tzinfo=UTC), "Asia/Kolkata")
-        after = period_at("month", datetime(2026, 11, 30, 18, 30, tzinfo=UTC), "Asia/Kolkata")
+        before = period_of(datetime(2026, 11, 30, 18, 29, 59, tzinfo=UTC), "Asia/Kolkata", "month")
+        after = period_of(datetime(2026, 11, 30, 18, 30, tzinfo=UTC), "Asia/Kolkata", "month")
         assert before.first_day == date(2026, 11, 1) and after.first_day == date(2026, 12, 1)
         assert after.start == datetime(2026, 11, 30, 18, 30, tzinfo=UTC)
-        day = period_at("day", datetime(2026, 11, 30, 18, 30, tzinfo=UTC), "Asia/Kolkata")
+        day = period_of(datetime(2026, 11, 30, 18, 30, tzinfo=UTC), "Asia/Kolkata", "day")
         assert (day.start, day.end) == (
             datetime(2026, 11, 30, 18, 30, tzinfo=UTC),
             datetime(2026, 12, 1, 18, 30, tzinfo=UTC),
         )
 
     def test_a_day_across_the_dst_change_has_25_hours(self) -> None:
-        day = period_at("day", datetime(2026, 10, 25, 12, tzinfo=UTC), "Europe/Berlin")
+        day = period_of(datetime(2026, 10, 25, 12, tzinfo=UTC), "Europe/Berlin", "day")
         assert day.end - day.start == timedelta(hours=25)
-        week = period_at("week", datetime(2026, 10, 25, 12, tzinfo=UTC), "Europe/Berlin")
+        week = period_of(datetime(2026, 10, 25, 12, tzinfo=UTC), "Europe/Berlin", "week")
         assert week.first_day == date(2026, 10, 19) and week.end - week.start == timedelta(days=7, hours=1)
 
     def test_counters_split_at_local_midnight_in_india(
@@ -194,7 +195,7 @@ class TestCountersEqualTheRollup:
         assert history["cost-all"] and history["jobs-all"]
 
         def start_us(kind: str, day: date) -> int:
-            return int(period_of_day(kind, day, timezone).start.timestamp()) * 1_000_000
+            return int(Period.holding(day, timezone, kind).start.timestamp()) * 1_000_000
 
         def exact(pairs: dict[int, tuple[int, int]]) -> dict[int, int]:
             return {p: u * 10**6 + r for p, (u, r) in pairs.items() if u or r}

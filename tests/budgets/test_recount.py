@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import Engine, select
 
 from metering import budget_repository, spend
-from metering.budgets import period_at
 from metering.db import unit_of_work
 from metering.ingest import ingest_events
+from metering.periods import period_of
 from metering.pipeline import rollup_tenant
 from metering.tables import task_usage, usage_daily
 from metering.tenants import Tenant
@@ -185,7 +185,7 @@ class TestRandomBackfillEqualsTheRollup:
             ingest(engine, tenant, events + rng.sample(sent, min(len(sent), 5)))
             sent += events
         rollup_tenant(engine, tenant, now=NOW)
-        month, week, day = (period_at(kind, NOW, "UTC") for kind in ("month", "week", "day"))
+        month, week, day = (period_of(NOW, "UTC", kind) for kind in ("month", "week", "day"))
         with engine.connect() as connection:
             daily = connection.execute(select(usage_daily)).all()
             tasks = connection.execute(select(task_usage).where(task_usage.c.status == "completed")).all()

@@ -11,7 +11,8 @@ import orjson
 from sqlalchemy import Engine, func, select
 
 from metering.db import unit_of_work
-from metering.ingest import DIGEST, ingest_events, prepare_rows, to_us, validate_items
+from metering.event_columns import DIGEST
+from metering.ingest import ingest_events, prepare_rows, to_us, validate_items
 from metering.ingest_log import envelope
 from metering.loader import LogMessage, Outcome, load, state_of
 from metering.pipeline import rollup_tenant

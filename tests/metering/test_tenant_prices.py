@@ -7,13 +7,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from genai_prices import Usage
 from genai_prices.data import providers
 
+from metering.costs import price_version
 from metering.prices import exact_cost, price_usage
-from metering.ratecards import PriceBook, RateCardError, normalized_name
+from metering.ratecards import PriceBook, RateCardError, TenantPrice, normalized_name
 from tests.metering.test_prices import SNAPSHOT, costs, event, frame
 
 SONNET_4 = {
@@ -227,3 +229,51 @@ class TestModelNames:
     def test_a_malformed_alias_is_refused(self) -> None:
         with pytest.raises(RateCardError, match="alias"):
             PriceBook([{"match": "x*", "provider": "openai"}])
+
+
+class TestPriceVersion:
+    """The rollup rebuilds a tenant when the digest of its prices changes: the same prices,
+    however stored, must digest the same, and prices stored before they had versions must
+    digest as they did then (else the upgrade rebuilds every tenant with prices)."""
+
+    FLAT = [
+        {"provider": "acme-ai", "model": "acme-large", "input": "3", "output": "15.00", "cache_read": "0.30"},
+        {"provider": "openai", "model": "gpt-4o", "input": "2.5", "output": "10", "cache_read": "1.25", "cache_write": "0"},
+    ]  # fmt: skip
+    # price_version(FLAT) computed by the release before prices had tiers and versions (ead178f).
+    BEFORE_VERSIONS = "49cfdee55d42"
+
+    @staticmethod
+    def digest(overrides: list[dict[str, object]]) -> str:
+        return price_version(overrides).rsplit("+tenant:", 1)[1]
+
+    @staticmethod
+    def stored_spec(entry: dict[str, object]) -> dict[str, object]:
+        """The `spec` column as the config load writes it (`TenantPrice.as_mapping`, sorted keys)."""
+        return orjson.loads(orjson.dumps(TenantPrice.from_mapping(entry).as_mapping(), option=orjson.OPT_SORT_KEYS))
+
+    def test_flat_prices_digest_as_before_versions_in_either_stored_form(self) -> None:
+        assert self.digest(self.FLAT) == self.BEFORE_VERSIONS  # rows stored before the spec column
+        specs = [self.stored_spec(entry) for entry in self.FLAT]
+        assert specs[0] == {"model": "acme-large", "provider": "acme-ai",
+                            "versions": [{"cache_read": "0.30", "input": "3", "output": "15.00"}]}  # fmt: skip
+        assert self.digest(specs) == self.BEFORE_VERSIONS
+
+    @pytest.mark.parametrize("change", [
+        {"output": "15.01"}, {"cache_write_1h": "6"}, {"request": "0.01"},
+        {"tiers": [{"above": 200000, "input": "6"}]},
+    ])  # fmt: skip
+    def test_any_change_to_a_price_changes_the_digest(self, change: dict[str, object]) -> None:
+        changed = [{**self.FLAT[0], **change}, self.FLAT[1]]
+        assert self.digest(changed) != self.BEFORE_VERSIONS
+        assert self.digest([self.stored_spec(entry) for entry in changed]) == self.digest(changed)
+
+    def test_a_dated_version_is_not_the_flat_price(self) -> None:
+        dated = {"provider": "acme-ai", "model": "acme-large",
+                 "versions": [{"input": "3", "output": "15.00", "cache_read": "0.30", "start_date": "2026-11-01"}]}  # fmt: skip
+        assert self.digest([dated, self.FLAT[1]]) != self.BEFORE_VERSIONS
+
+    def test_aliases_and_their_order_are_digested(self) -> None:
+        first, second = ({"match": m, "provider": "openai", "model": "gpt-4o"} for m in ("my-gpt*", "azure-*"))
+        with_aliases = self.digest([*self.FLAT, first, second])
+        assert with_aliases not in (self.BEFORE_VERSIONS, self.digest([*self.FLAT, second, first]))

@@ -18,7 +18,7 @@ from metering.pipeline import RollupResult, rollup_tenant
 from metering.tables import events, rollup_state, task_usage, task_usage_detail, usage_daily
 from metering.tenants import Tenant
 from pricing import repository
-from pricing.invoices import month_drafts
+from pricing.invoices import month_assembly, month_drafts
 from pricing.tables import billing_periods, invoice_lines, invoices
 
 ROLLUP_TABLES = (task_usage, task_usage_detail, usage_daily)
@@ -76,7 +76,8 @@ def event_count(engine: Engine, tenant_id: int) -> int:
 def draft_totals(engine: Engine, tenant: Tenant, period: Period) -> dict[str, tuple[int, int]]:
     """customer → (total in minor units, number of lines) of the month's invoices as they stand."""
     with Session(engine) as session:
-        drafts, _ = month_drafts(session, tenant, period, repository.rollup_position(session, tenant.id))
+        assembly, _ = month_assembly(session, tenant, period, repository.rollup_position(session, tenant.id))
+        drafts = month_drafts(assembly)
     return {d.customer: (sum(to_minor(line.amount, d.currency) for line in d.lines), len(d.lines)) for d in drafts}
 
 
