@@ -87,7 +87,10 @@ def reference_tasks(events: pd.DataFrame) -> pd.DataFrame:
             "last_event_us": group["time_us"].max(),
             "events": len(group),
             "usage_events": len(usage),
-            **{name: usage[name].sum() for name in (*TOKEN_COLUMNS, "cost_nanos", "cost_rem")},
+            **{name: usage[name].sum() for name in TOKEN_COLUMNS},
+            # The exact sum, carried: cost_rem < 10**6.
+            "cost_nanos": usage["cost_nanos"].sum() + usage["cost_rem"].sum() // 10**6,
+            "cost_rem": usage["cost_rem"].sum() % 10**6,
             "unpriced_events": int((~usage["priced"]).sum()),
             "last_seq": group["seq"].max(),
             "completed_us": latest("task.completed"),

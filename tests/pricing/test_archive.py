@@ -259,7 +259,7 @@ class TestDrop:
             connection.execute(
                 update(rollup_state)
                 .where(rollup_state.c.tenant_id == billed.id)
-                .values(price_version="before-the-change")
+                .values(price_version="before-the-change", price_buckets=None)
             )
 
         with pytest.raises(
@@ -324,7 +324,7 @@ class TestCommand:
             connection.execute(
                 update(rollup_state)
                 .where(rollup_state.c.tenant_id == billed.id)
-                .values(price_version="older")
+                .values(price_version="older", price_buckets=None)
             )
         code, _, stderr = run_cli("rollup", "--tenant", billed.name)
         assert code == 1 and "restore them first" in stderr
