@@ -160,7 +160,7 @@ class TableStore:
         `USAGE_COLUMNS`, days as dates. A range of the table's key per pair."""
         b = task_usage_buckets
         names = [*BUCKET_TABLE_KEYS, *USAGE_COLUMNS]
-        rows = []
+        rows: list[Any] = []
         for provider, model in pairs:
             query = select(*[b.c[name] for name in names]).where(b.c.tenant_id == tenant_id, b.c.provider == provider, b.c.model == model)
             rows += connection.execute(query).all()
