@@ -34,8 +34,9 @@ import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 from sqlalchemy import Connection, Engine, select
 
-from metering.costs import price_book
+from metering.costs import tenant_overrides
 from metering.errors import Conflict, InvalidInput
+from metering.reprice import needs_rebuild
 from metering.stores.common import EVENT_COLUMNS, TEXT_COLUMNS
 from metering.tables import archived_months, events, rollup_state
 from metering.tenants import Tenant
@@ -260,16 +261,14 @@ def check_rebuild(engine: Engine, tenant: Tenant) -> None:
         months = dropped_months(connection, tenant.id)
         if not months:
             return
-        stored = connection.execute(
-            select(rollup_state.c.price_version).where(rollup_state.c.tenant_id == tenant.id)
-        ).scalar()
-        _, version = price_book(connection, tenant.id)
+        state = connection.execute(select(rollup_state).where(rollup_state.c.tenant_id == tenant.id)).first()
+        overrides = tenant_overrides(connection, tenant.id)
         url = connection.execute(
             select(archived_months.c.url).where(archived_months.c.tenant_id == tenant.id).limit(1)
         ).scalar()
-    if stored is not None and stored != version:
+    if state is not None and needs_rebuild(state, overrides):
         raise ArchivedHistory(
-            f"the prices of tenant {tenant.name!r} changed, so its rollup must be rebuilt from its first event, but the events of "
+            f"the prices of tenant {tenant.name!r} changed (or its rollup predates price buckets), so its rollup must be rebuilt from its first event, but the events of "
             f"{months[0]}..{months[-1]} were archived to {url} and dropped from the database: restore them first "
             f"(`taskmeter archive --tenant {tenant.name} --restore --to {url}`), roll up, then archive with --drop again",
             detail={"tenant": tenant.name, "dropped_months": months, "archive": url},

@@ -4,8 +4,11 @@ A run reads the events of one tenant past its watermark, in chunks, prices them 
 tenant's price book, summarizes them (`metering.rollup`), and writes the result and the new
 watermark in ONE transaction: a run killed mid-way leaves nothing behind, and the next run does
 the same work again. The watermark only moves by compare-and-set, so two concurrent runs never
-both apply the same events. When the tenant's prices change, the next run rebuilds the tenant's
-rollup from the first event, so unpriced events become priced once a price is added.
+both apply the same events. When the tenant's prices change, the next run re-prices the
+tenant's rollup rows from their price buckets (`metering.reprice`, no event read) and then rolls
+up the new events; it rebuilds the rollup from the first event only for the changes that need the
+events (a tier threshold the buckets do not separate, a rollup from before the buckets, a first
+run). Either way unpriced events become priced once a price is added.
 
 A stored event that cannot be rolled up (`metering.quarantine`: a time outside what every layer
 can represent, impossible token counts) is left out of the summary and moved to the quarantine
@@ -23,14 +26,23 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, select, update
 
-from metering import month_figures, quarantine
+from metering import month_figures, quarantine, reprice
 from metering.costs import price_book, price_events, price_version, tenant_overrides
 from metering.db import make_engine, tenant_lock, upsert
 from metering.errors import Conflict
 from metering.executors import Executor, InProcess
 from metering.ingest import ingest_lock_key
+from metering.price_buckets import BucketScheme, scheme_for
 from metering.ratecards import PriceBook
-from metering.rollup import DAILY_KEYS, DETAIL_KEYS, Summary, merge_additive, merge_tasks, summarize
+from metering.rollup import (
+    DAILY_KEYS,
+    DETAIL_KEYS,
+    PRICE_BUCKET_KEYS,
+    Summary,
+    merge_additive,
+    merge_tasks,
+    summarize,
+)
 from metering.stores import RollupStore, store_for
 from metering.stores.common import ROLLUP_TABLES, key_order, stored_tasks
 from metering.tables import events, rollup_state
@@ -57,6 +69,7 @@ class RollupResult:
     tasks_updated: int = 0
     watermark: int = 0
     rebuilt: bool = False
+    repriced: reprice.RepriceResult | None = None  # the price change applied from the rollup's rows
     unpriced_models: list[dict[str, Any]] = field(default_factory=list)
     quarantined: int = 0  # events moved to the quarantine by this run
     seconds: float = 0.0
@@ -85,10 +98,20 @@ def rollup_tenant(
     store = store or store_for(engine)
     state, overrides = _position(engine, tenant.id, now)
     version = price_version(overrides)
-    rebuild = version != state.price_version
+    repriced = None
+    if version != state.price_version and reprice.can_reprice(state, overrides):
+        try:
+            repriced = reprice.reprice_tenant(engine, tenant.id, state, overrides, now=now, store=store, timezone=tenant.timezone)
+        except reprice.PricesMoved as conflict:
+            raise RollupConflict(f"another rollup of tenant {tenant.name!r} ran at the same time; nothing was written") from conflict  # fmt: skip
+        state, overrides = _position(engine, tenant.id, now)
+        version = price_version(overrides)
+    stored_scheme = BucketScheme.parse(state.price_buckets)
+    rebuild = version != state.price_version or stored_scheme is None
+    scheme = scheme_for(overrides) if rebuild or stored_scheme is None else stored_scheme
     start = 0 if rebuild else state.watermark_seq
     end = _newest_committed_seq(engine, tenant.id)
-    result = RollupResult(tenant=tenant.name, watermark=state.watermark_seq, rebuilt=rebuild)
+    result = RollupResult(tenant=tenant.name, watermark=state.watermark_seq, rebuilt=rebuild, repriced=repriced)
     if end <= start and not rebuild:
         result.seconds = time.perf_counter() - started
         return result
@@ -96,10 +119,10 @@ def rollup_tenant(
     executor = executor or InProcess()
     if executor.own_process:  # each range opens the database itself, with the same prices
         url = engine.url.render_as_string(hide_password=False)
-        run = partial(_summarize_apart, url, store, tenant.id, tenant.timezone, overrides, chunk_size)
+        run = partial(_summarize_apart, url, store, tenant.id, tenant.timezone, overrides, chunk_size, scheme=scheme)
     else:
         book = PriceBook(overrides)
-        run = partial(_summarize_range, engine, store, tenant.id, tenant.timezone, book, chunk_size, progress=progress, after_chunk=after_chunk)  # fmt: skip
+        run = partial(_summarize_range, engine, store, tenant.id, tenant.timezone, book, chunk_size, progress=progress, after_chunk=after_chunk, scheme=scheme)  # fmt: skip
     bounds = [start + (end - start) * i // executor.workers for i in range(executor.workers + 1)]
     # The ranges' results live only inside `_gather`: not beside the combined summary while it is written.
     summary, unpriced, result.events_read, unprocessable = _gather(executor.map(run, list(zip(bounds, bounds[1:], strict=False))))  # fmt: skip
@@ -114,7 +137,10 @@ def rollup_tenant(
                 rollup_state.c.watermark_seq == state.watermark_seq,
                 rollup_state.c.price_version == state.price_version,
             )
-            .values(watermark_seq=max(end, start), price_version=version, updated_at=now)
+            .values(
+                watermark_seq=max(end, start), price_version=version, updated_at=now,
+                **({"price_buckets": scheme.text, "price_settings": reprice.settings_text(overrides)} if rebuild else {}),
+            )  # fmt: skip
             .execution_options(preserve_rowcount=True)
         ).rowcount
         if moved != 1:
@@ -163,6 +189,7 @@ def bring_up_to_date(
 def _summarize_range(
     engine: Engine, store: RollupStore, tenant_id: int, timezone: str, book: PriceBook, chunk_size: int, bounds: tuple[int, int], *,
     progress: Callable[[int, int], None] | None = None, after_chunk: Callable[[int], None] | None = None, own_process: bool = False,
+    scheme: BucketScheme | None = None,
 ) -> Parts:  # fmt: skip
     """Read, price and summarize the events with start < seq <= end, chunk by chunk; the seqs of
     those that cannot be rolled up come back by reason (`metering.quarantine`), left out."""
@@ -177,7 +204,7 @@ def _summarize_range(
         read += len(frame)
         frame = quarantine.split(frame, unprocessable)
         if not frame.empty:
-            part = summarize(price_events(frame, book, unpriced), timezone)
+            part = summarize(price_events(frame, book, unpriced), timezone, scheme)
             summary = part if summary is None else _combine(summary, part)
         if progress is not None:
             progress(last_seq - start, end - start)
@@ -187,12 +214,13 @@ def _summarize_range(
 
 
 def _summarize_apart(
-    url: str, store: RollupStore, tenant_id: int, timezone: str, overrides: list[dict[str, str]], chunk_size: int, bounds: tuple[int, int]
+    url: str, store: RollupStore, tenant_id: int, timezone: str, overrides: list[dict[str, str]], chunk_size: int, bounds: tuple[int, int],
+    *, scheme: BucketScheme | None = None,
 ) -> Parts:  # fmt: skip
     """A range summarized in a process of its own: its own engine, the same prices."""
     engine = make_engine(url)
     try:
-        return _summarize_range(engine, store, tenant_id, timezone, PriceBook(overrides), chunk_size, bounds, own_process=True)  # fmt: skip
+        return _summarize_range(engine, store, tenant_id, timezone, PriceBook(overrides), chunk_size, bounds, own_process=True, scheme=scheme)  # fmt: skip
     finally:
         engine.dispose()
 
@@ -239,4 +267,5 @@ def _combine(a: Summary, b: Summary) -> Summary:
         tasks=merge_tasks(a.tasks, b.tasks),
         detail=merge_additive(a.detail, b.detail, DETAIL_KEYS),
         daily=merge_additive(a.daily, b.daily, DAILY_KEYS),
+        buckets=None if a.buckets is None or b.buckets is None else merge_additive(a.buckets, b.buckets, PRICE_BUCKET_KEYS),
     )

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from taskmeter_client.extract import MAX_TOKENS
 
+from metering.errors import UsageTooLarge
 from metering.ratecards import PriceBook, RateCard
 from metering.vocabulary import ONE_HOUR_FIELD, PRICED_TOKEN_FIELDS, RATE_CARD_CLASSES
 
@@ -207,3 +208,58 @@ class _RateTable:
 
 
 _NEVER = np.iinfo(np.int64).max
+
+
+SUM_COLUMNS = ("provider", "model", "time_us", "tier_input", "usage_events", *PRICED_TOKEN_FIELDS)
+
+
+def price_sums(sums: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
+    """The exact cost of summed usage; returns `priced`, `cost_nanos` and `cost_rem` (carried:
+    `cost_rem` < 10**6) on the rows' index.
+
+    Each row of `sums` (`SUM_COLUMNS`) stands for `usage_events` events of one provider and model
+    that all have the price version in force at `time_us` and the context tier of `tier_input`
+    input tokens, with these token sums. Version and tier fixed, an event's cost is linear in its
+    counts, so the row's cost is exactly the sum of its events' costs as `price_usage` prices them
+    one by one.
+    """
+    counts = {name: _int64(sums, name) for name in PRICED_TOKEN_FIELDS}
+    card_of_row, cards = _card_per_row(sums, _int64(sums, "time_us"), book)
+    rates = _RateTable(cards).rates(card_of_row, _int64(sums, "tier_input"))
+    billable = {
+        "input": counts["input_tokens"] - counts["cache_read_tokens"] - counts["cache_write_tokens"],
+        "cache_read": counts["cache_read_tokens"],
+        "cache_write": counts["cache_write_tokens"] - counts["cache_write_1h_tokens"],
+        "cache_write_1h": counts["cache_write_1h_tokens"],
+        "output": counts["output_tokens"],
+        "request": _int64(sums, "usage_events"),
+    }
+    nanos, rem = _summed_cost([(billable[name], rates[name]) for name in billable])
+    return pd.DataFrame({"priced": card_of_row >= 0, "cost_nanos": nanos, "cost_rem": rem}, index=sums.index)
+
+
+def _summed_cost(terms: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Σ amount x rate (femto-units) as carried (nanos, rem). Amount a = a1·10**6 + a0 and rate
+    r = r1·10**6 + r0 make a·r = (a·r1 + a1·r0)·10**6 + a0·r0: int64 throughout while the nanos fit
+    (checked with Python ints first); otherwise Python ints, refused past int64 (`UsageTooLarge`)."""
+    bound = sum(int(a.max(initial=0)) * (int(r.max(initial=0)) // REM_PER_NANO + 1) for a, r in terms)
+    exact = bound >= 2**62
+    nanos: np.ndarray = np.zeros(len(terms[0][0]), dtype=object if exact else np.int64)
+    femtos = nanos.copy()
+    for amount, rate in terms:
+        if exact:
+            amount, rate = amount.astype(object), rate.astype(object)
+        a1, a0 = amount // REM_PER_NANO, amount % REM_PER_NANO
+        r1, r0 = rate // REM_PER_NANO, rate % REM_PER_NANO
+        nanos += amount * r1 + a1 * r0
+        femtos += a0 * r0
+    nanos += femtos // REM_PER_NANO
+    femtos %= REM_PER_NANO
+    if exact:
+        if len(nanos) and max(nanos.tolist()) >= 2**63:
+            raise UsageTooLarge(
+                "a re-priced cost exceeds what the rollup holds exactly (2**63 - 1 nano-units)",
+                detail={"limit": str(2**63 - 1)},
+            )
+        return nanos.astype(np.int64), femtos.astype(np.int64)
+    return nanos, femtos

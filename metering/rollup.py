@@ -1,7 +1,8 @@
 """Per-task usage from events: pure numpy/pandas, no I/O.
 
-`summarize` turns a frame of priced events into three frames: one row per task, per
-task/day/model/customer, and per customer/day/model. `merge_tasks` merges task frames exactly as
+`summarize` turns a frame of priced events into four frames: one row per task, per
+task/day/model/customer, per customer/day/model, and per price bucket of each task/day/model/customer
+(`metering.price_buckets`: the token sums a price change re-prices from, `metering.reprice`). `merge_tasks` merges task frames exactly as
 if their events had been summarized together, which is what makes the rollup incremental: a run
 summarizes only new events and merges them into the stored rows. Both go through one reduction,
 `_reduce_tasks`, so they cannot disagree.
@@ -11,6 +12,10 @@ event, its task type by the latest event that names one, its status by the lates
 (`open` while there is none; `task.reopened` counts as one that makes it open again, and
 `task.rejected` as one that makes it failed). Usage measures add up. Everything is a grouped min, max or sum over
 integer codes (`ufunc.at`), linear in the number of events.
+
+Every summed cost is kept carried: `cost_rem` < 10**6, the rest in `cost_nanos` (both are
+functions of the exact sum alone). Sums over any split of the events, and costs recomputed from
+the buckets' token sums, are then the same rows, to the byte.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from metering.errors import UsageTooLarge
+from metering.price_buckets import BUCKET_KEYS, BucketScheme
+from metering.prices import REM_PER_NANO
 
 TOKEN_COLUMNS = (
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cache_write_1h_tokens",
@@ -47,6 +54,7 @@ ATTRIBUTION_KEYS = ("actor", "agent")  # '' where the usage events gave none
 DETAIL_KEYS = ("task", "day", "provider", "model", "customer", *ATTRIBUTION_KEYS)
 DAILY_KEYS = ("customer", "day", "provider", "model", *ATTRIBUTION_KEYS)
 DAILY_KEYS_CODED = ("customer", "day", "pair", *ATTRIBUTION_KEYS)  # (provider, model) as one code while grouping
+PRICE_BUCKET_KEYS = (*DETAIL_KEYS, *BUCKET_KEYS)
 _MIN = np.iinfo(np.int64).min
 _MAX = np.iinfo(np.int64).max
 _LIMIT = 2**63 - 1  # the same, as a Python int
@@ -57,6 +65,7 @@ class Summary:
     tasks: pd.DataFrame  # TASK_COLUMNS
     detail: pd.DataFrame  # DETAIL_KEYS + USAGE_COLUMNS
     daily: pd.DataFrame  # DAILY_KEYS + USAGE_COLUMNS
+    buckets: pd.DataFrame | None = None  # PRICE_BUCKET_KEYS + USAGE_COLUMNS
 
 
 @dataclass
@@ -77,8 +86,8 @@ def local_days(time_us: pd.Series | np.ndarray, timezone: str) -> np.ndarray:
     return local.to_numpy().astype("datetime64[D]").astype(np.int64)
 
 
-def summarize(events: pd.DataFrame, timezone: str) -> Summary:
-    """Summarize priced events.
+def summarize(events: pd.DataFrame, timezone: str, scheme: BucketScheme | None = None) -> Summary:
+    """Summarize priced events; the price buckets by `scheme` (default: no tiers nor periods).
 
     `events` has: seq, time_us, type, customer, task, task_type, provider, model, the five token
     counts, and for usage events the exact cost (`cost_nanos`, `cost_rem`) and `priced`; `actor`
@@ -110,7 +119,7 @@ def summarize(events: pd.DataFrame, timezone: str) -> Summary:
         last_seq=seq,
         totals={
             "events": np.bincount(task.codes, minlength=n),
-            **{name: _sum_by(usage_task, n + 1, values)[:n] for name, values in measures.items()},
+            **_carried({name: _sum_by(usage_task, n + 1, values)[:n] for name, values in measures.items()}),
         },
     )
     reduced.insert(0, "task", task.names)
@@ -131,13 +140,24 @@ def summarize(events: pd.DataFrame, timezone: str) -> Summary:
         given = _Texts.of(events[name]) if name in events else _Texts(np.full(len(events), -1, dtype=np.int64), np.array([], dtype=object))
         # Code -1 (not given) looks up the last name: ''.
         names[name], keys[name] = np.append(given.names, ""), given.codes
-    detail = _group_sum(keys, measures, rows=usage)
+    scheme = scheme or BucketScheme()
+    day = keys["day"]
+    # The buckets first, then the (as many or fewer) detail rows from them: a detail row's
+    # first bucket holds its first event, so the rows come in the same order as from the events.
+    bucket_keys = keys | {
+        "utc_shift": time_us // US_PER_DAY - day,
+        "period": scheme.period(time_us),
+        "band": scheme.band(measures["input_tokens"]),
+    }
+    buckets = _group_sum(bucket_keys, measures, rows=usage)
+    detail = _group_sum({name: buckets[name] for name in keys}, {name: buckets[name] for name in USAGE_COLUMNS})
     # A customer's day sums its tasks' days: grouped from the (fewer) detail rows.
     daily = _group_sum({name: detail[name] for name in DAILY_KEYS_CODED}, {name: detail[name] for name in USAGE_COLUMNS})
     return Summary(
         tasks=reduced[list(TASK_COLUMNS)],
         detail=_decode(detail, names, span, DETAIL_KEYS),
         daily=_decode(daily, names, span, DAILY_KEYS),
+        buckets=_decode(buckets, names, span, PRICE_BUCKET_KEYS),
     )
 
 
@@ -228,7 +248,7 @@ def _merge_task_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         first_us=both["first_event_us"].to_numpy(dtype=np.int64),
         last_us=both["last_event_us"].to_numpy(dtype=np.int64),
         last_seq=both["last_seq"].to_numpy(dtype=np.int64),
-        totals={name: _sum_by(codes, len(tasks), both[name].to_numpy(dtype=np.int64)) for name in ("events", *USAGE_COLUMNS)},
+        totals=_carried({name: _sum_by(codes, len(tasks), both[name].to_numpy(dtype=np.int64)) for name in ("events", *USAGE_COLUMNS)}),
     )
     reduced.insert(0, "task", np.asarray(tasks, dtype=object))
     reduced["status"] = reduced["status"].fillna("open")
@@ -389,8 +409,17 @@ def _group_sum(keys: dict[str, np.ndarray], measures: dict[str, np.ndarray], *, 
     out = {name: values[first_rows] for name, values in keys.items()}
     for name, values in measures.items():
         out[name] = _sum_by(groups, n, values)
+    _carried(out)
     out["_first_row"] = first_rows
     return {name: values[: n - 1] for name, values in out.items()} if rows is not None else out
+
+
+def _carried(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Summed costs carried (in place): each `cost_rem` below 10**6, the rest in `cost_nanos`."""
+    if "cost_rem" in sums and "cost_nanos" in sums:
+        sums["cost_nanos"] = sums["cost_nanos"] + sums["cost_rem"] // REM_PER_NANO
+        sums["cost_rem"] = sums["cost_rem"] % REM_PER_NANO
+    return sums
 
 
 def _swap_codes(groups: np.ndarray, first_rows: np.ndarray, a: int, b: int) -> None:
@@ -432,7 +461,10 @@ def _decode(grouped: dict[str, np.ndarray], names: dict[str, np.ndarray], model_
     pair = grouped["pair"]
     codes = {name: grouped[name] for name in keys if name in ("task", "customer", *ATTRIBUTION_KEYS)}
     codes |= {"provider": pair // model_span, "model": pair % model_span}
-    out = {name: names[name][codes[name]] if name != "day" else grouped["day"].astype("datetime64[D]") for name in keys}
+    out = {
+        name: grouped[name] if name in BUCKET_KEYS else names[name][codes[name]] if name != "day" else grouped["day"].astype("datetime64[D]")
+        for name in keys
+    }
     return _frame(out | {name: grouped[name] for name in USAGE_COLUMNS})
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -119,6 +120,10 @@ rollup_state = Table(
     Column("watermark_seq", BigInteger, nullable=False),
     Column("price_version", String(64), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The price buckets of the tenant's rows (`BucketScheme.text`; NULL: none yet, the next
+    # rollup rebuilds) and the prices (`tenant_overrides`, JSON) that price_version names.
+    Column("price_buckets", Text),
+    Column("price_settings", Text),
 )
 
 
@@ -217,6 +222,27 @@ usage_daily = Table(
     *_attribution_keys(),
     *_usage_columns(),
     Index("ix_usage_daily_tenant_day", "tenant_id", "day"),
+    sqlite_with_rowid=False,
+)
+
+# One row per detail row (above) and price bucket (`metering.price_buckets`: the UTC date as a
+# shift from the tenant-local day, the time-of-day period, the context band), with the same
+# measures: the token sums a price change re-prices from without reading events (`metering.reprice`).
+# Provider and model lead the key: a re-pricing reads the rows of the models whose price changed.
+task_usage_buckets = Table(
+    "task_usage_buckets",
+    metadata,
+    Column("tenant_id", Integer, primary_key=True),  # no foreign key (above)
+    Column("provider", String(64), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("task", String(256), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("customer", String(256), primary_key=True),
+    *_attribution_keys(),
+    Column("utc_shift", SmallInteger, primary_key=True),
+    Column("period", SmallInteger, primary_key=True),
+    Column("band", SmallInteger, primary_key=True),
+    *_usage_columns(),
     sqlite_with_rowid=False,
 )
 

@@ -36,6 +36,10 @@ def cmd_rollup(args: argparse.Namespace, settings: Settings) -> int:
                 "tenant": result.tenant, "events_read": result.events_read, "tasks_updated": result.tasks_updated,
                 "watermark": result.watermark, "rebuilt": result.rebuilt, "unpriced_models": result.unpriced_models,
                 "quarantined": result.quarantined, "seconds": round(result.seconds, 3),
+                # A price change applied from the rollup's rows: the models re-priced and their buckets.
+                "repriced": None if result.repriced is None else {
+                    "models": [f"{p}/{m}" for p, m in result.repriced.models], "buckets": result.repriced.buckets,
+                },
             })  # fmt: skip
             if result.quarantined:
                 err(f"{tenant.name}: {result.quarantined} event(s) could not be rolled up and were moved to the quarantine: "

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg import sql as pgsql
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     MetaData,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    literal_column,
     select,
     true,
 )
@@ -38,6 +40,9 @@ from sqlalchemy.schema import CreateTable
 from metering.db.engine import is_postgresql
 
 OnConflict = Literal["error", "ignore", "replace", "add"]
+Carry = tuple[str, str, int]
+"""(high, low, base) of an `add`: the low column's sum kept below `base`, the rest carried into
+the high column (exact amounts in two integer columns, such as nano-units and their remainder)."""
 _SLICE = 250_000
 """Rows of a frame converted and sent at a time."""
 
@@ -77,18 +82,20 @@ def write_rows(
     on_conflict: OnConflict = "error",
     keys: Sequence[str] = (),
     add: Sequence[str] = (),
+    carry: Carry | None = None,
 ) -> int:
     """Write rows (in `columns` order); returns how many rows were inserted or changed.
 
     On a primary-key (`keys`) conflict: `error` raises, `ignore` keeps the stored row, `replace`
-    overwrites the other columns, `add` adds the `add` columns to the stored ones.
+    overwrites the other columns, `add` adds the `add` columns to the stored ones (`carry`: and
+    carries between two of them, see `Carry`; both non-negative).
     """
     if not rows:
         return 0
     columns = tuple(columns)
     if is_postgresql(connection):
-        return _postgres_write(connection, table, columns, rows, on_conflict, tuple(keys), tuple(add))
-    statement = _sqlite_statement(table, columns, on_conflict, tuple(keys), tuple(add))
+        return _postgres_write(connection, table, columns, rows, on_conflict, tuple(keys), tuple(add), carry)
+    statement = _sqlite_statement(table, columns, on_conflict, tuple(keys), tuple(add), carry)
     result = connection.execution_options(preserve_rowcount=True).exec_driver_sql(statement, list(rows))
     return int(result.rowcount)
 
@@ -154,6 +161,7 @@ def write_frame(
     on_conflict: OnConflict = "error",
     keys: Sequence[str] = (),
     add: Sequence[str] = (),
+    carry: Carry | None = None,
     slice_rows: int = _SLICE,
 ) -> int:
     """`write_rows` for a frame's `columns`, `slice_rows` rows at a time. A plain insert (`error`) on PostgreSQL is one COPY
@@ -162,7 +170,7 @@ def write_frame(
     if not is_postgresql(connection) or on_conflict != "error":
         # In slices: Python rows of the whole frame took ~1 GB for 2.8 M rows.
         return sum(
-            write_rows(connection, table, columns, frame_rows(frame.iloc[start : start + slice_rows], columns), on_conflict=on_conflict, keys=keys, add=add)
+            write_rows(connection, table, columns, frame_rows(frame.iloc[start : start + slice_rows], columns), on_conflict=on_conflict, keys=keys, add=add, carry=carry)
             for start in range(0, len(frame), slice_rows)
         )
     if frame.empty:
@@ -196,7 +204,9 @@ def write_frame(
     return len(frame)
 
 
-def _conflict_clause(insert: Any, table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...]) -> Any:
+def _conflict_clause(
+    insert: Any, table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...], carry: Carry | None = None
+) -> Any:  # fmt: skip
     if on_conflict == "error":
         return insert
     if on_conflict == "ignore":
@@ -206,13 +216,20 @@ def _conflict_clause(insert: Any, table: Table, columns: tuple[str, ...], on_con
         updates = {name: excluded[name] for name in columns if name not in keys}
     else:
         updates = {name: table.c[name] + excluded[name] for name in add}
+        if carry is not None:
+            high, low, base = carry
+            divisor = literal_column(str(int(base)), BigInteger())  # a number in the statement: no extra bound parameter
+            updates[high] = updates[high] + updates[low] // divisor
+            updates[low] = updates[low] % divisor
     return insert.on_conflict_do_update(index_elements=list(keys), set_=updates)
 
 
 @lru_cache(maxsize=64)
-def _sqlite_statement(table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...]) -> str:
+def _sqlite_statement(
+    table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...], carry: Carry | None = None
+) -> str:  # fmt: skip
     insert = sqlite.insert(table).values({name: bindparam(name) for name in columns})
-    compiled = _conflict_clause(insert, table, columns, on_conflict, keys, add).compile(dialect=sqlite.dialect())
+    compiled = _conflict_clause(insert, table, columns, on_conflict, keys, add, carry).compile(dialect=sqlite.dialect())
     if tuple(compiled.positiontup or ()) != columns:
         raise AssertionError(f"bind order {compiled.positiontup} differs from {columns}")
     return str(compiled)
@@ -249,6 +266,7 @@ def _postgres_write(
     on_conflict: OnConflict,
     keys: tuple[str, ...],
     add: tuple[str, ...],
+    carry: Carry | None = None,
 ) -> int:
     if on_conflict == "error":  # straight into the table
         copy = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
@@ -260,7 +278,7 @@ def _postgres_write(
     connection.execute(create)
     _copy(connection, copy, rows)
     insert = postgresql.insert(table).from_select(list(columns), select(*stage.c))
-    statement = _conflict_clause(insert, table, columns, on_conflict, keys, add)
+    statement = _conflict_clause(insert, table, columns, on_conflict, keys, add, carry)
     count = int(connection.execute(statement.execution_options(preserve_rowcount=True)).rowcount)
     connection.execute(delete(stage))
     return count

@@ -3,12 +3,12 @@ its fast paths. `metering.pipeline` reads the same whichever store it is given."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
 import pandas as pd
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Table
 
 from metering.rollup import Summary
 
@@ -47,6 +47,18 @@ class RollupStore(Protocol):
 
     def refresh_statistics(self, engine: Engine) -> None:
         """Fresh planner statistics of the rollup tables after a rebuild; best effort."""
+        ...
+
+    def price_pairs(self, connection: Connection, tenant_id: int) -> list[tuple[str, str]]:
+        """The (provider, model) pairs of the tenant's price buckets (`metering.reprice`)."""
+        ...
+
+    def read_buckets(self, connection: Connection, tenant_id: int, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+        """The tenant's price buckets of these pairs, read in `connection`'s transaction."""
+        ...
+
+    def shift_costs(self, connection: Connection, tenant_id: int, table: Table, keys: Sequence[str], changes: pd.DataFrame) -> int:
+        """Add cost changes to the tenant's rows of `table` by key, carried; returns rows changed."""
         ...
 
 

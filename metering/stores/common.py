@@ -6,17 +6,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Connection, Select, Table, delete, select
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    literal_column,
+    select,
+    update,
+)
 
 from metering.db import write_frame
 from metering.db.writes import OnConflict
+from metering.prices import REM_PER_NANO
 from metering.rollup import DAILY_KEYS, DETAIL_KEYS, TASK_COLUMNS, USAGE_COLUMNS, Summary, merge_tasks
-from metering.tables import events, task_usage, task_usage_detail, usage_daily
+from metering.tables import events, task_usage, task_usage_buckets, task_usage_detail, usage_daily
 
-ROLLUP_TABLES = (task_usage, task_usage_detail, usage_daily)
+ROLLUP_TABLES = (task_usage, task_usage_detail, usage_daily, task_usage_buckets)
+BUCKET_TABLE_KEYS = tuple(column.name for column in task_usage_buckets.primary_key.columns if column.name != "tenant_id")
+"""`task_usage_buckets`' key after tenant_id, in its order (provider and model lead)."""
+CARRY = ("cost_nanos", "cost_rem", REM_PER_NANO)
+"""Summed costs stay carried (`metering.rollup`)."""
+_REM = literal_column(str(REM_PER_NANO), BigInteger())
+_TEXT_KEYS = ("provider", "model", "task", "day", "customer", "actor", "agent")  # and the day, as a date
 NOT_ROLLED_UP = ("tenant_id", "event_id", "metadata", "content_hash", "ingested_us", "key_id")
 """Columns of `events` the rollup does not read: identity, payload, bookkeeping."""
 EVENT_COLUMNS = tuple(column.name for column in events.columns if column.name not in NOT_ROLLED_UP)
@@ -75,11 +93,12 @@ def other_tenants_in(connection: Connection, tables: Sequence[Table], tenant_id:
 
 def rebuild_frames(summary: Summary) -> tuple[tuple[Table, pd.DataFrame, tuple[str, ...]], ...]:
     """Each rollup table with the summary's rows for it and its key (after tenant_id)."""
-    return (
+    frames = (
         (task_usage, summary.tasks, ("task",)),
         (task_usage_detail, summary.detail, DETAIL_KEYS),
         (usage_daily, summary.daily, DAILY_KEYS),
     )
+    return frames if summary.buckets is None else (*frames, (task_usage_buckets, summary.buckets, BUCKET_TABLE_KEYS))
 
 
 class TableStore:
@@ -114,7 +133,7 @@ class TableStore:
             if not stored.empty:
                 tasks = merge_tasks(stored, tasks)
         for table, frame, keys in rebuild_frames(
-            Summary(tasks=tasks, detail=summary.detail, daily=summary.daily)
+            Summary(tasks=tasks, detail=summary.detail, daily=summary.daily, buckets=summary.buckets)
         ):
             columns = [column.name for column in table.columns]
             # A task's row is replaced by its merged row; usage rows add up.
@@ -123,8 +142,54 @@ class TableStore:
             write_frame(
                 connection, target.get(table, table), key_order(frame, keys, replace_all).assign(tenant_id=tenant_id), columns,
                 on_conflict="error" if replace_all else merged, keys=("tenant_id", *keys), add=add,
+                carry=CARRY if add else None,
             )  # fmt: skip
         return len(tasks)
+
+
+    # --- re-pricing (`metering.reprice`) ------------------------------------------------------------
+
+    def price_pairs(self, connection: Connection, tenant_id: int) -> list[tuple[str, str]]:
+        """The (provider, model) pairs of the tenant's price buckets."""
+        b = task_usage_buckets
+        query = select(b.c.provider, b.c.model).where(b.c.tenant_id == tenant_id).distinct()
+        return [(row.provider, row.model) for row in connection.execute(query)]
+
+    def read_buckets(self, connection: Connection, tenant_id: int, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+        """The tenant's price buckets of these (provider, model) pairs: `BUCKET_TABLE_KEYS` and
+        `USAGE_COLUMNS`, days as dates. A range of the table's key per pair."""
+        b = task_usage_buckets
+        names = [*BUCKET_TABLE_KEYS, *USAGE_COLUMNS]
+        rows: list[Any] = []
+        for provider, model in pairs:
+            query = select(*[b.c[name] for name in names]).where(b.c.tenant_id == tenant_id, b.c.provider == provider, b.c.model == model)
+            rows += connection.execute(query).all()
+        # Column by column (pandas building a frame from Row objects probes each row's attributes).
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+        return pd.DataFrame({
+            name: np.array(values, dtype=object if name in _TEXT_KEYS else np.int64)
+            for name, values in zip(names, columns, strict=True)
+        })  # fmt: skip
+
+    def shift_costs(self, connection: Connection, tenant_id: int, table: Table, keys: Sequence[str], changes: pd.DataFrame) -> int:
+        """Add `changes` (its `keys` and `d_nanos`, `d_rem` in [0, 10**6), `d_unpriced`) to the cost
+        columns of the tenant's rows of `table` with those keys, carried; returns rows changed."""
+        if changes.empty:
+            return 0
+        statement = (
+            update(table)
+            .where(table.c.tenant_id == tenant_id, *[table.c[name] == bindparam(f"k_{name}") for name in keys])
+            .values(
+                cost_nanos=table.c.cost_nanos + bindparam("d_nanos") + (table.c.cost_rem + bindparam("d_rem")) // _REM,
+                cost_rem=(table.c.cost_rem + bindparam("d_rem")) % _REM,
+                unpriced_events=table.c.unpriced_events + bindparam("d_unpriced"),
+            )
+        )
+        names = [*keys, *("d_nanos", "d_rem", "d_unpriced")]
+        columns = [changes[name].tolist() for name in names]  # texts and dates as they were read, numbers as ints
+        rows = [dict(zip([f"k_{n}" if n in keys else n for n in names], row, strict=True)) for row in zip(*columns, strict=True)]
+        connection.execute(statement, rows)
+        return len(rows)
 
 
 def key_order(frame: pd.DataFrame, keys: tuple[str, ...], replace_all: bool) -> pd.DataFrame:

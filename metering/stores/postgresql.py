@@ -76,6 +76,40 @@ class PostgresStore(TableStore):
         except OperationalError:
             pass
 
+    def shift_costs(self, connection: Connection, tenant_id: int, table: Table, keys: Sequence[str], changes: pd.DataFrame) -> int:
+        """The changes COPied into a temporary table and applied by one UPDATE ... FROM joined on
+        the key (instead of one UPDATE per row, a round trip each)."""
+        if changes.empty:
+            return 0
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        stage = f"{table.name}__cost_changes"
+        names = [*keys, "d_nanos", "d_rem", "d_unpriced"]
+        types = [table.c[name].type.compile(dialect=postgresql.dialect()) for name in keys] + ["bigint"] * 3
+        cursor.execute(pgsql.SQL("CREATE TEMPORARY TABLE {} ({}) ON COMMIT DROP").format(
+            pgsql.Identifier(stage),
+            pgsql.SQL(", ").join(pgsql.SQL("{} {}").format(pgsql.Identifier(n), pgsql.SQL(t)) for n, t in zip(names, types, strict=True)),
+        ))  # fmt: skip
+        with cursor.copy(pgsql.SQL("COPY {} FROM STDIN").format(pgsql.Identifier(stage))) as copy:
+            for row in zip(*[changes[name].tolist() for name in names], strict=True):
+                copy.write_row(row)
+        cursor.execute(pgsql.SQL("ANALYZE {}").format(pgsql.Identifier(stage)))  # the join's plan needs its size
+        target, source = pgsql.Identifier(table.name), pgsql.Identifier(stage)
+
+        def column(of: pgsql.Identifier, name: str) -> pgsql.Composed:
+            return pgsql.SQL("{}.{}").format(of, pgsql.Identifier(name))
+
+        cursor.execute(pgsql.SQL(
+            "UPDATE {t} SET cost_nanos = {t}.cost_nanos + {s}.d_nanos + ({t}.cost_rem + {s}.d_rem) / 1000000, "
+            "cost_rem = ({t}.cost_rem + {s}.d_rem) %% 1000000, unpriced_events = {t}.unpriced_events + {s}.d_unpriced "
+            "FROM {s} WHERE {t}.tenant_id = %s AND {match}"
+        ).format(
+            t=target, s=source,
+            match=pgsql.SQL(" AND ").join(pgsql.SQL("{} = {}").format(column(target, n), column(source, n)) for n in keys),
+        ), (tenant_id,))  # fmt: skip
+        count = cursor.rowcount
+        cursor.execute(pgsql.SQL("DROP TABLE {}").format(source))
+        return int(count)
+
     @staticmethod
     def _alone(connection: Connection, tenant_id: int) -> bool:
         connection.exec_driver_sql(

@@ -447,7 +447,7 @@ class TestRebuild:
     @staticmethod
     def force_rebuild(engine: Engine) -> None:
         with unit_of_work(engine) as session:
-            session.execute(update(rollup_state).values(price_version="stale"))
+            session.execute(update(rollup_state).values(price_version="stale", price_buckets=None))
 
     def test_every_index_is_in_place_after_a_rebuild(self, engine: Engine, tenant: Tenant) -> None:
         before = self.indexes(engine)
@@ -484,7 +484,7 @@ class TestRebuild:
         before = {tenant.name: snapshot(engine, tenant) for tenant in (rebuilt, other)}
         assert all(before[tenant.name]["task_usage"] for tenant in (rebuilt, other))
         with unit_of_work(engine) as session:
-            session.execute(update(rollup_state).where(rollup_state.c.tenant_id == rebuilt.id).values(price_version="stale"))
+            session.execute(update(rollup_state).where(rollup_state.c.tenant_id == rebuilt.id).values(price_version="stale", price_buckets=None))
         assert rollup(engine, rebuilt).rebuilt
         assert {tenant.name: snapshot(engine, tenant) for tenant in (rebuilt, other)} == before
         assert self.indexes(engine) == {table.name: sorted(str(index.name) for index in table.indexes) for table in ROLLUP_TABLES}
@@ -615,7 +615,9 @@ class TestUnpricedModels:
                 cache_read=None, cache_write=None, updated_at=NOW,
             ))  # fmt: skip
         result = rollup(engine, tenant)
-        assert result.rebuilt and result.unpriced_models == []
+        # Re-priced from the rollup's rows (`metering.reprice`): no event read again.
+        assert not result.rebuilt and result.repriced is not None and result.events_read == 0
+        assert result.unpriced_models == [] and result.repriced.unpriced == {}
         row = task_row(engine, tenant, "t")
         assert (row.unpriced_events, stored_cost(row)) == (0, Decimal("4.5"))
         with engine.connect() as connection:

@@ -87,7 +87,10 @@ def reference_tasks(events: pd.DataFrame) -> pd.DataFrame:
             "last_event_us": group["time_us"].max(),
             "events": len(group),
             "usage_events": len(usage),
-            **{name: usage[name].sum() for name in (*TOKEN_COLUMNS, "cost_nanos", "cost_rem")},
+            **{name: usage[name].sum() for name in TOKEN_COLUMNS},
+            # The exact sum, carried: cost_rem < 10**6.
+            "cost_nanos": usage["cost_nanos"].sum() + usage["cost_rem"].sum() // 10**6,
+            "cost_rem": usage["cost_rem"].sum() % 10**6,
             "unpriced_events": int((~usage["priced"]).sum()),
             "last_seq": group["seq"].max(),
             "completed_us": latest("task.completed"),
@@ -110,6 +113,9 @@ def reference_sums(events: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
         unpriced_events=lambda f: (~f["priced"]).astype(int),
     )
     summed = usage.groupby(list(keys), sort=True)[list(USAGE_COLUMNS)].sum().reset_index()
+    # The exact sum, carried: cost_rem < 10**6.
+    summed["cost_nanos"] += summed["cost_rem"] // 10**6
+    summed["cost_rem"] %= 10**6
     return normalized(summed, keys)
 
 
@@ -192,7 +198,7 @@ class TestSumsNeverWrapAround:
 
     def heavy(self, n: int, task: str = "t1") -> pd.DataFrame:
         events = random_events(np.random.default_rng(9), n, 1).assign(type="usage", task=task, customer="c0", provider="acme-ai", model="acme-max", actor="ann", agent=None)
-        return events.assign(time_us=1_790_000_000 * 10**6, cost_nanos=self.MOST, input_tokens=10**12)
+        return events.assign(time_us=1_790_000_000 * 10**6, cost_nanos=self.MOST, cost_rem=0, input_tokens=10**12)
 
     def test_two_sum_exactly(self) -> None:
         summary = summarize(self.heavy(2), "UTC")

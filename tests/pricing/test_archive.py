@@ -259,7 +259,7 @@ class TestDrop:
             connection.execute(
                 update(rollup_state)
                 .where(rollup_state.c.tenant_id == billed.id)
-                .values(price_version="before-the-change")
+                .values(price_version="before-the-change", price_buckets=None)
             )
 
         with pytest.raises(
@@ -270,6 +270,20 @@ class TestDrop:
         assert [(r["month"], r["restored"]) for r in restored] == [("2026-09", 12), ("2026-10", 15)]
         check_rebuild(engine, billed)
         assert bring_up_to_date(engine, billed, now=NOW).rebuilt
+        assert usage_rows(engine, billed) == before
+
+    def test_a_price_change_over_dropped_months_is_repriced_without_them(
+        self, engine: Engine, billed: Tenant, tmp_path: Path
+    ) -> None:
+        before = usage_rows(engine, billed)
+        archive_tenant(engine, billed, before=NOVEMBER, url=str(tmp_path), drop=True, now=NOW)
+        with engine.begin() as connection:  # a price change whose previous prices are unknown
+            connection.execute(
+                update(rollup_state).where(rollup_state.c.tenant_id == billed.id).values(price_version="before-the-change")
+            )
+        check_rebuild(engine, billed)  # not refused: applied from the rollup's rows, no event read
+        result = bring_up_to_date(engine, billed, now=NOW)
+        assert result.repriced is not None and not result.rebuilt and result.events_read == 0
         assert usage_rows(engine, billed) == before
 
     def test_memory_url(self, engine: Engine, billed: Tenant) -> None:
@@ -324,7 +338,7 @@ class TestCommand:
             connection.execute(
                 update(rollup_state)
                 .where(rollup_state.c.tenant_id == billed.id)
-                .values(price_version="older")
+                .values(price_version="older", price_buckets=None)
             )
         code, _, stderr = run_cli("rollup", "--tenant", billed.name)
         assert code == 1 and "restore them first" in stderr

@@ -51,7 +51,7 @@ def rollup_differences(got: dict[str, list[tuple[Any, ...]]], want: dict[str, li
 def rebuild(engine: Engine, tenant: Tenant, *, now: datetime) -> RollupResult:
     """Roll the tenant up again from its first event (as a change of its prices would)."""
     with unit_of_work(engine) as session:
-        session.execute(update(rollup_state).where(rollup_state.c.tenant_id == tenant.id).values(price_version=""))
+        session.execute(update(rollup_state).where(rollup_state.c.tenant_id == tenant.id).values(price_version="", price_buckets=None))
     result = rollup_tenant(engine, tenant, now=now)
     assert result.rebuilt
     return result
