@@ -127,8 +127,9 @@ def open_month_view(session: Session, tenant: Tenant, period: Period, closed: se
     if not open_month.usable(session, tenant.id, period, book, customer) or open_month.later_tasks(session, tenant.id, period, customer):
         return None
     rows = open_month.figures(session, tenant.id, period, customer)
-    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=figure_counts(rows))
-    month = rating_input(session, tenant, period, customer=customer, ended=open_month.ended_tasks(rows, period))
+    ended = open_month.ended_tasks(rows, period)  # without rules or disputes: what the month bills
+    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=figure_counts(rows), billed=ended)
+    month = rating_input(session, tenant, period, customer=customer, ended=ended)
     comparison = month_comparison(tenant, period, month, costs_of(summary))
     return build_view(session, tenant, period, summary, month, comparison,
                       task_types=figure_task_type_costs(session, tenant.id, month, period, rows),
