@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
 from metering import spend
@@ -419,3 +419,14 @@ def find_event(session: Session | Connection, tenant_id: int, event_id: str) -> 
         "actor": row.actor, "agent": row.agent,
         "metadata": orjson.loads(row.metadata) if row.metadata else None,
     }  # fmt: skip
+
+
+def committed_through(engine: Engine, tenant_id: int) -> int:
+    """The highest seq below which every event of the tenant is committed: the read waits for
+    ingest transactions in flight (which hold the tenant's lock shared; on PostgreSQL a
+    transaction can commit seq 11 while seq 10 is still in flight)."""
+    # Newest first along the primary key: stops at the tenant's latest event instead of scanning.
+    query = select(events.c.seq).where(events.c.tenant_id == tenant_id).order_by(events.c.seq.desc()).limit(1)
+    with engine.begin() as connection:
+        tenant_lock(connection, ingest_lock_key(tenant_id))
+        return int(connection.execute(query).scalar() or 0)

@@ -18,7 +18,7 @@ in the transaction that advances the watermark: one such event never stops a ten
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -27,25 +27,20 @@ from typing import Any
 from sqlalchemy import Engine, Row, select, update
 
 from metering import month_figures, quarantine, reprice
-from metering.costs import price_book, price_events, price_version, tenant_overrides
-from metering.db import make_engine, tenant_lock, upsert
+from metering.costs import price_book, price_version, tenant_overrides
+from metering.db import upsert
 from metering.errors import Conflict
 from metering.executors import Executor, InProcess
-from metering.ingest import ingest_lock_key
+from metering.ingest import committed_through
 from metering.price_buckets import BucketScheme, scheme_for
+from metering.ranges import gather, summarize_apart, summarize_range
 from metering.ratecards import PriceBook
 from metering.rollup import (
-    DAILY_KEYS,
-    DETAIL_KEYS,
-    PRICE_BUCKET_KEYS,
-    Summary,
-    merge_additive,
     merge_tasks,
-    summarize,
 )
 from metering.stores import RollupStore, store_for
 from metering.stores.common import ROLLUP_TABLES, key_order, stored_tasks
-from metering.tables import events, rollup_state
+from metering.tables import rollup_state
 from metering.tenants import Tenant
 
 __all__ = ["ROLLUP_TABLES", "RollupConflict", "RollupResult", "bring_up_to_date", "key_order", "price_book", "price_version",
@@ -53,9 +48,6 @@ __all__ = ["ROLLUP_TABLES", "RollupConflict", "RollupResult", "bring_up_to_date"
 
 DEFAULT_CHUNK = 2_000_000
 UP_TO_DATE_ATTEMPTS = 5
-Parts = tuple[Summary | None, dict[tuple[str, str], int], int, dict[int, list[int]]]
-"""A range's summary, unpriced usage events by (provider, model), events read, and the seqs
-set aside for the quarantine by reason."""
 
 
 class RollupConflict(Conflict):
@@ -110,7 +102,7 @@ def rollup_tenant(
     rebuild = version != state.price_version or stored_scheme is None
     scheme = scheme_for(overrides) if rebuild or stored_scheme is None else stored_scheme
     start = 0 if rebuild else state.watermark_seq
-    end = _newest_committed_seq(engine, tenant.id)
+    end = committed_through(engine, tenant.id)
     result = RollupResult(tenant=tenant.name, watermark=state.watermark_seq, rebuilt=rebuild, repriced=repriced)
     if end <= start and not rebuild:
         result.seconds = time.perf_counter() - started
@@ -119,13 +111,13 @@ def rollup_tenant(
     executor = executor or InProcess()
     if executor.own_process:  # each range opens the database itself, with the same prices
         url = engine.url.render_as_string(hide_password=False)
-        run = partial(_summarize_apart, url, store, tenant.id, tenant.timezone, overrides, chunk_size, scheme=scheme)
+        run = partial(summarize_apart, url, store, tenant.id, tenant.timezone, overrides, chunk_size, scheme=scheme)
     else:
         book = PriceBook(overrides)
-        run = partial(_summarize_range, engine, store, tenant.id, tenant.timezone, book, chunk_size, progress=progress, after_chunk=after_chunk, scheme=scheme)  # fmt: skip
+        run = partial(summarize_range, engine, store, tenant.id, tenant.timezone, book, chunk_size, progress=progress, after_chunk=after_chunk, scheme=scheme)  # fmt: skip
     bounds = [start + (end - start) * i // executor.workers for i in range(executor.workers + 1)]
     # The ranges' results live only inside `_gather`: not beside the combined summary while it is written.
-    summary, unpriced, result.events_read, unprocessable = _gather(executor.map(run, list(zip(bounds, bounds[1:], strict=False))))  # fmt: skip
+    summary, unpriced, result.events_read, unprocessable = gather(executor.map(run, list(zip(bounds, bounds[1:], strict=False))))  # fmt: skip
     if executor.own_process and progress is not None:
         progress(end - start, end - start)
 
@@ -186,61 +178,6 @@ def bring_up_to_date(
     return rollup_tenant(engine, tenant, now=now, executor=executor)
 
 
-def _summarize_range(
-    engine: Engine, store: RollupStore, tenant_id: int, timezone: str, book: PriceBook, chunk_size: int, bounds: tuple[int, int], *,
-    progress: Callable[[int, int], None] | None = None, after_chunk: Callable[[int], None] | None = None, own_process: bool = False,
-    scheme: BucketScheme | None = None,
-) -> Parts:  # fmt: skip
-    """Read, price and summarize the events with start < seq <= end, chunk by chunk; the seqs of
-    those that cannot be rolled up come back by reason (`metering.quarantine`), left out."""
-    start, end = bounds
-    summary: Summary | None = None
-    unpriced: dict[tuple[str, str], int] = {}
-    unprocessable: dict[int, list[int]] = {}
-    read = 0
-    frames = store.read_events(engine, tenant_id, start, end, chunk_size, own_process=own_process)
-    for number, frame in enumerate(frames):
-        last_seq = int(frame["seq"].iloc[-1])
-        read += len(frame)
-        frame = quarantine.split(frame, unprocessable)
-        if not frame.empty:
-            part = summarize(price_events(frame, book, unpriced), timezone, scheme)
-            summary = part if summary is None else _combine(summary, part)
-        if progress is not None:
-            progress(last_seq - start, end - start)
-        if after_chunk is not None:
-            after_chunk(number)
-    return summary, unpriced, read, unprocessable
-
-
-def _summarize_apart(
-    url: str, store: RollupStore, tenant_id: int, timezone: str, overrides: list[dict[str, str]], chunk_size: int, bounds: tuple[int, int],
-    *, scheme: BucketScheme | None = None,
-) -> Parts:  # fmt: skip
-    """A range summarized in a process of its own: its own engine, the same prices."""
-    engine = make_engine(url)
-    try:
-        return _summarize_range(engine, store, tenant_id, timezone, PriceBook(overrides), chunk_size, bounds, own_process=True, scheme=scheme)  # fmt: skip
-    finally:
-        engine.dispose()
-
-
-def _gather(parts: Iterable[Parts]) -> Parts:
-    summary: Summary | None = None
-    unpriced: dict[tuple[str, str], int] = {}
-    unprocessable: dict[int, list[int]] = {}
-    read = 0
-    for part, missing, count, set_aside in parts:
-        if part is not None:
-            summary = part if summary is None else _combine(summary, part)
-        for key, n in missing.items():
-            unpriced[key] = unpriced.get(key, 0) + n
-        for code, seqs in set_aside.items():
-            unprocessable.setdefault(code, []).extend(seqs)
-        read += count
-    return summary, unpriced, read, unprocessable
-
-
 def _position(engine: Engine, tenant_id: int, now: datetime) -> tuple[Row[Any], list[dict[str, str]]]:
     """The tenant's rollup state (created at watermark 0 if it has none) and its price overrides."""
     values = {"tenant_id": tenant_id, "watermark_seq": 0, "price_version": "", "updated_at": now}
@@ -249,23 +186,3 @@ def _position(engine: Engine, tenant_id: int, now: datetime) -> tuple[Row[Any], 
         connection.commit()
         state = connection.execute(select(rollup_state).where(rollup_state.c.tenant_id == tenant_id)).one()
         return state, tenant_overrides(connection, tenant_id)
-
-
-def _newest_committed_seq(engine: Engine, tenant_id: int) -> int:
-    """The highest seq below which every event of the tenant is committed: the read waits for
-    ingest transactions in flight (which hold the tenant's lock shared; on PostgreSQL a
-    transaction can commit seq 11 while seq 10 is still in flight)."""
-    # Newest first along the primary key: stops at the tenant's latest event instead of scanning.
-    query = select(events.c.seq).where(events.c.tenant_id == tenant_id).order_by(events.c.seq.desc()).limit(1)
-    with engine.begin() as connection:
-        tenant_lock(connection, ingest_lock_key(tenant_id))
-        return int(connection.execute(query).scalar() or 0)
-
-
-def _combine(a: Summary, b: Summary) -> Summary:
-    return Summary(
-        tasks=merge_tasks(a.tasks, b.tasks),
-        detail=merge_additive(a.detail, b.detail, DETAIL_KEYS),
-        daily=merge_additive(a.daily, b.daily, DAILY_KEYS),
-        buckets=None if a.buckets is None or b.buckets is None else merge_additive(a.buckets, b.buckets, PRICE_BUCKET_KEYS),
-    )

@@ -485,3 +485,13 @@ def _sum_rows(old: pd.DataFrame, new: pd.DataFrame, keys: tuple[str, ...]) -> pd
     first = grouped["_first_row"]
     out = {name: both[name].to_numpy()[first] for name in keys}
     return pd.DataFrame({**out, **{name: grouped[name] for name in USAGE_COLUMNS}})
+
+
+def combine(a: Summary, b: Summary) -> Summary:
+    """Two summaries of disjoint events as one (chunks, ranges)."""
+    return Summary(
+        tasks=merge_tasks(a.tasks, b.tasks),
+        detail=merge_additive(a.detail, b.detail, DETAIL_KEYS),
+        daily=merge_additive(a.daily, b.daily, DAILY_KEYS),
+        buckets=None if a.buckets is None or b.buckets is None else merge_additive(a.buckets, b.buckets, PRICE_BUCKET_KEYS),
+    )
