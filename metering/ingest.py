@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
 from metering import spend
-from metering.db import inserted_by_this_transaction, tenant_lock, write_rows
+from metering.db import ingest_lock_key, inserted_by_this_transaction, tenant_lock, write_rows
 from metering.errors import InvalidInput, PayloadTooLarge, TaskmeterError
 from metering.event_columns import DIGEST, INGESTED, INSERT_COLUMNS
 from metering.schemas import (
@@ -363,11 +363,6 @@ def _stored_now(connection: Connection, tenant_id: int, event_ids: list[str], in
         ours.extend((seq, event_id) for seq, event_id in connection.execute(query))
     ours.sort(reverse=True)
     return {event_id for _, event_id in ours[:inserted]}
-
-
-def ingest_lock_key(tenant_id: int) -> int:
-    """The PostgreSQL advisory lock that orders a tenant's ingest commits before its rollup reads."""
-    return (0x746D_6576 << 16) + tenant_id
 
 
 def _stored_digests(session: Session | Connection, tenant_id: int, event_ids: list[str]) -> dict[str, str]:

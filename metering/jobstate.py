@@ -87,7 +87,7 @@ def advisory_key(job: str, tenant_id: int) -> tuple[int, int]:
     """The two-int4 advisory lock key of (job, tenant).
 
     The two-key form lives in another key space than the bigint keys of ingest
-    (`metering.ingest.ingest_lock_key`), so the two never collide.
+    (`metering.db.ingest_lock_key`), so the two never collide.
     """
     job_key = zlib.crc32(job.encode()) - (1 << 31)  # into int4's range
     return job_key, tenant_id

@@ -34,8 +34,7 @@ from sqlalchemy import Connection, delete, insert, select, tuple_
 from metering import alerts, spend
 from metering.budget_tables import budget_counters
 from metering.budgets import MONEY_MEASURES, REM_PER_NANO, Budget
-from metering.db import tenant_lock
-from metering.ingest import ingest_lock_key
+from metering.db import ingest_lock_key, tenant_lock
 from metering.periods import first_day, local_midnight, period_of
 from metering.prices import price_usage
 from metering.tables import events

@@ -13,6 +13,11 @@ from sqlalchemy import ARRAY, Connection, Engine, Text, func, literal, select
 from metering.db.engine import is_postgresql, is_sqlite
 
 
+def ingest_lock_key(tenant_id: int) -> int:
+    """The PostgreSQL advisory lock that orders a tenant's ingest commits before its rollup reads."""
+    return (0x746D_6576 << 16) + tenant_id
+
+
 def tenant_lock(connection: Connection, key: int, *, shared: bool = False) -> None:
     """Hold the advisory lock `key` until the transaction ends: `shared` with other holders
     that are shared, or alone. On SQLite nothing happens: a writer holds the whole database."""

@@ -138,7 +138,7 @@ class TestPostgresAdvisoryLock:
             time.sleep(0.05)
 
     def test_another_key_space_than_ingest(self, tenant: Tenant) -> None:
-        from metering.ingest import ingest_lock_key
+        from metering.db import ingest_lock_key
         from metering.jobstate import advisory_key
 
         # pg_locks tells the two forms apart (objsubid 1 for bigint keys, 2 for int4 pairs)
