@@ -22,7 +22,7 @@ from api.routers import stripe as stripe_routes
 from api.scheduler import start_scheduler
 from api.security_headers import SecurityHeadersMiddleware
 from api.settings import Settings, get_settings
-from metering.db import make_engine
+from metering.core.db import make_engine
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:

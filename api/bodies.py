@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request
 
-from metering.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
-from metering.ingest import UTF8_BOM, MalformedJSON, encoding_problem
+from metering.core.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from metering.events.ingest import UTF8_BOM, MalformedJSON, encoding_problem
 
 _WBITS = {"gzip": 31, "deflate": 15}  # zlib's window bits: gzip framing, zlib framing (HTTP's "deflate")
 

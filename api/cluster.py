@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from api.settings import Settings
-from metering.executors import DaskExecutor
+from metering.rollup.executors import DaskExecutor
 
 
 @contextmanager

@@ -9,9 +9,9 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from metering.errors import NotFound
-from metering.periods import parse_month
-from metering.tenants import Tenant
+from metering.core.errors import NotFound
+from metering.core.periods import parse_month
+from metering.core.tenants import Tenant
 from reports.columns import REPORTS
 from reports.monthly import report_chunks
 

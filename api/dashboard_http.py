@@ -17,8 +17,8 @@ from sqlalchemy import Engine
 
 from api import dashboard_session as auth
 from api.settings import Settings
-from metering.errors import RateLimited
-from metering.tenants import Principal, Tenant
+from metering.core.errors import RateLimited
+from metering.core.tenants import Principal, Tenant
 from reports import pages
 from reports.html import static_version
 

@@ -18,9 +18,9 @@ from datetime import datetime
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from metering.errors import InvalidInput
-from metering.periods import Period
-from metering.tenants import Tenant
+from metering.core.errors import InvalidInput
+from metering.core.periods import Period
+from metering.core.tenants import Tenant
 from pricing import analysis
 from pricing.outcome_counts import TaskTypeOutcomes
 from pricing.tables import disputes

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from metering.periods import Period
-from metering.tenants import Tenant
+from metering.core.periods import Period
+from metering.core.tenants import Tenant
 from reports import snapshots
 
 log = logging.getLogger("taskmeter.dashboard")

@@ -22,8 +22,8 @@ from sqlalchemy import Connection, select
 from starlette.requests import Request
 from starlette.responses import Response
 
-from metering.tables import api_keys, tenants
-from metering.tenants import Principal, Tenant
+from metering.core.tables import api_keys, tenants
+from metering.core.tenants import Principal, Tenant
 
 SESSION_COOKIE = "tm_dashboard"
 CSRF_COOKIE = "tm_csrf"

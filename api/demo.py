@@ -36,12 +36,12 @@ from typing import Any
 from sqlalchemy import Engine
 
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.errors import NotFound
-from metering.ingest import ingest_events
-from metering.periods import Period, period_of
-from metering.pipeline import bring_up_to_date
-from metering.tenants import Tenant, create_api_key, create_tenant, get_tenant
+from metering.core.db import unit_of_work
+from metering.core.errors import NotFound
+from metering.core.periods import Period, period_of
+from metering.core.tenants import Tenant, create_api_key, create_tenant, get_tenant
+from metering.events.ingest import ingest_events
+from metering.rollup.pipeline import bring_up_to_date
 from pricing import invoices, service
 
 DEMO_TENANT = "demo"

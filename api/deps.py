@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 
 from api.ingest_log import KnownKeys
 from api.settings import Settings
-from metering import audit
-from metering.db import is_unavailable
-from metering.errors import Forbidden, NotFound, Unauthorized
-from metering.tenants import Principal, authenticate, hash_key
+from metering.core import audit
+from metering.core.db import is_unavailable
+from metering.core.errors import Forbidden, NotFound, Unauthorized
+from metering.core.tenants import Principal, authenticate, hash_key
 
 # Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in its
 # thread pool, one hand-off per dependency per request.

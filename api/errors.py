@@ -13,8 +13,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from metering.db import UNAVAILABLE, is_overflow
-from metering.errors import TaskmeterError, UsageTooLarge
+from metering.core.db import UNAVAILABLE, is_overflow
+from metering.core.errors import TaskmeterError, UsageTooLarge
 
 log = logging.getLogger("taskmeter.api")
 

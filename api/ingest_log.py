@@ -1,4 +1,4 @@
-"""The API's side of the ingest log (metering.ingest_log): its configuration from the settings,
+"""The API's side of the ingest log (metering.events.ingest_log): its configuration from the settings,
 the app's connection, and the keys that keep authenticating ingestion while the database is away."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from api.settings import Settings
-from metering.ingest_log import LogConfig, connect
-from metering.tenants import Principal
+from metering.core.tenants import Principal
+from metering.events.ingest_log import LogConfig, connect
 
 
 def log_config(settings: Settings) -> LogConfig:

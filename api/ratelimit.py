@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from metering.errors import RateLimited
+from metering.core.errors import RateLimited
 
 
 class RateLimiter:

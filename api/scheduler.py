@@ -8,7 +8,7 @@ worker was up fires once when one starts again (coalesced, within the misfire gr
 Jobs are thin: per tenant, each takes a guard, opens a unit of work and calls a service. APScheduler
 3 does not coordinate schedulers that share a job store, so `serve` and any number of
 `taskmeter worker`s may run the same job at the same moment; the guards
-(`metering.jobstate.hold`: an advisory lock on PostgreSQL, a leased row on SQLite) and the
+(`metering.core.jobstate.hold`: an advisory lock on PostgreSQL, a leased row on SQLite) and the
 bookmarks make that harmless: the work is done once.
 
 The `*_job()` functions are what APScheduler calls (by reference, so they pickle); the `run_*`
@@ -36,13 +36,14 @@ from sqlalchemy import Engine
 from api.cluster import cluster_executor
 from api.settings import Settings
 from api.webhooks import WebhookSender, deliver_due
-from metering.archive import ArchivedHistory, check_rebuild
-from metering.db import is_unavailable, make_engine, unit_of_work
-from metering.executors import Executor
-from metering.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
-from metering.periods import parse_month
-from metering.pipeline import RollupConflict, RollupResult, bring_up_to_date
-from metering.tenants import Tenant, list_tenants
+from metering.core.db import is_unavailable, make_engine, unit_of_work
+from metering.core.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
+from metering.core.periods import parse_month
+from metering.core.tenants import Tenant, list_tenants
+from metering.events.archive import ArchivedHistory
+from metering.rollup.archive_guard import check_rebuild
+from metering.rollup.executors import Executor
+from metering.rollup.pipeline import RollupConflict, RollupResult, bring_up_to_date
 from pricing import budget_settlement
 from pricing.close_schedule import closable_through, first_month, months_to_close
 from pricing.invoices import close_period

@@ -10,9 +10,9 @@ from typing import Literal
 from pydantic import AwareDatetime, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from metering.executors import local_workers
-from metering.schemas import DEFAULT_EARLIEST_EVENT_TIME, TimeWindow
-from metering.secret_box import SecretBox, derived_key, parse_keys
+from metering.core.secret_box import SecretBox, derived_key, parse_keys
+from metering.events.schemas import DEFAULT_EARLIEST_EVENT_TIME, TimeWindow
+from metering.rollup.executors import local_workers
 
 DEV_SECRET = "dev-insecure-secret-change-me"
 
@@ -24,13 +24,13 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./taskmeter.db"
     # Keys are stored as HMAC-SHA256(secret_key, key): rotating this secret invalidates every key.
     secret_key: SecretStr = SecretStr(DEV_SECRET)
-    # Webhook signing secrets are stored encrypted (metering.secret_box): comma-separated Fernet
+    # Webhook signing secrets are stored encrypted (metering.core.secret_box): comma-separated Fernet
     # keys, newest first (the first encrypts, all decrypt). Unset: a key derived from secret_key.
     encryption_keys: SecretStr | None = None
 
     max_batch_events: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024  # every request body, every route (413 past it)
-    # The time window of events (metering.schemas.TimeWindow): none before the earliest time (RFC
+    # The time window of events (metering.events.schemas.TimeWindow): none before the earliest time (RFC
     # 3339, no earlier than 1970-01-02T00:00:00Z), none more than future_tolerance_days ahead.
     earliest_event_time: AwareDatetime = DEFAULT_EARLIEST_EVENT_TIME
     future_tolerance_days: int = 7
@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     scheduler_misfire_grace_seconds: int = 300  # a run later than this is skipped (the next one comes)
     job_lease_seconds: float = 900.0  # SQLite job guards: how long a crashed worker blocks the others
 
-    # Ingestion through a NATS JetStream log (metering.ingest_log; docs/INGEST_LOG.md): set to
+    # Ingestion through a NATS JetStream log (metering.events.ingest_log; docs/INGEST_LOG.md): set to
     # nats://host:4222 and `POST /v1/events` answers 202 once the log holds the batch; `taskmeter
     # loader` processes write it into the database. Unset: events go straight to the database.
     ingest_log: str | None = None
@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # While the database is away, a key seen working within this many seconds still authenticates
     # ingestion (its last known scopes): the log takes events through a database outage.
     ingest_log_auth_grace_seconds: float = 900.0
-    # Where partition work runs (metering.executors): a Dask distributed scheduler
+    # Where partition work runs (metering.rollup.executors): a Dask distributed scheduler
     # (`tcp://host:8786`), or `local` / `local:N` for N worker processes of a Dask cluster on this
     # machine started for the run (default one per core); unset, in process.
     dask_scheduler: str | None = None

@@ -1,8 +1,8 @@
-"""Webhook delivery: posts the outbox's due alerts (`metering.alerts`), signed.
+"""Webhook delivery: posts the outbox's due alerts (`metering.spend.alerts`), signed.
 
 `Taskmeter-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" under the webhook's
-secret>`; secrets are stored sealed (`metering.secret_box`) and opened only to sign. A 2xx answer acknowledges; anything else (or no answer within the timeout) is retried
-with backoff (`metering.alerts.backoff`). Rows are claimed one by one with a conditional update,
+secret>`; secrets are stored sealed (`metering.core.secret_box`) and opened only to sign. A 2xx answer acknowledges; anything else (or no answer within the timeout) is retried
+with backoff (`metering.spend.alerts.backoff`). Rows are claimed one by one with a conditional update,
 so two server processes never send one attempt twice; a receiver deduplicates by the body's
 stable `id` should an acknowledgement be lost.
 """
@@ -19,9 +19,9 @@ import httpx
 from sqlalchemy import Engine
 
 from api.settings import get_settings
-from metering import alerts
-from metering.db import is_unavailable, unit_of_work
-from metering.secret_box import SecretBox
+from metering.core.db import is_unavailable, unit_of_work
+from metering.core.secret_box import SecretBox
+from metering.spend import alerts
 
 log = logging.getLogger("taskmeter.webhooks")
 TIMEOUT_SECONDS = 5.0

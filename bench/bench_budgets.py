@@ -35,13 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import POSTGRES_URL, cpu_check, fresh_postgres, fresh_sqlite, machine, synthetic_events  # noqa: E402
 from bench.server import SECRET, free_port  # noqa: E402
-from metering import budget_repository, spend  # noqa: E402
-from metering.alerts import add_webhook  # noqa: E402
-from metering.budgets import Budget  # noqa: E402
-from metering.db import unit_of_work  # noqa: E402
-from metering.ingest import store_events, validate_items  # noqa: E402
-from metering.secret_box import SecretBox, derived_key  # noqa: E402
-from metering.tenants import Tenant, create_api_key, create_tenant  # noqa: E402
+from metering.core.db import unit_of_work  # noqa: E402
+from metering.core.secret_box import SecretBox, derived_key  # noqa: E402
+from metering.core.tenants import Tenant, create_api_key, create_tenant  # noqa: E402
+from metering.events.ingest import store_events, validate_items  # noqa: E402
+from metering.spend import budget_repository  # noqa: E402
+from metering.spend import counters as spend  # noqa: E402
+from metering.spend.alerts import add_webhook  # noqa: E402
+from metering.spend.budgets import Budget  # noqa: E402
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 BATCH = 1000

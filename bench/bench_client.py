@@ -28,8 +28,8 @@ from taskmeter_client import TaskmeterClient  # noqa: E402
 
 from bench.common import machine  # noqa: E402
 from bench.server import free_port, serve_sqlite  # noqa: E402
-from metering.db import make_engine  # noqa: E402
-from metering.tables import events  # noqa: E402
+from metering.core.db import make_engine  # noqa: E402
+from metering.core.tables import events  # noqa: E402
 
 
 def noop(provider: str, model: str, *, input_tokens: int = 0, output_tokens: int = 0, cache_read_tokens: int = 0) -> None:

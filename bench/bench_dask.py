@@ -21,11 +21,11 @@ Otherwise it measures, in one run:
   `--partitions` partitions, each partition generated (seeded) and summarized by the function
   that runs it, as a rollup partition is read by its worker: in process one after the other, on
   a local Dask cluster (a `dask scheduler` and two `dask worker` processes, one thread each)
-  through `metering.executors.DaskExecutor`, and on one worker of that cluster (the same parallelism as
+  through `metering.rollup.executors.DaskExecutor`, and on one worker of that cluster (the same parallelism as
   in process: the cluster's own overhead). The summaries come back to the caller every time.
 - `taskmeter archive`'s work (`pricing.archive.archive_tenant`) over a store of
   `--archive-events` events in closed months: events/s written; reading them back
-  (`metering.archive.read_archived_events`): events/s; and re-rating's read of one month from
+  (`metering.events.archive.read_archived_events`): events/s; and re-rating's read of one month from
   Parquet vs from the database with the rollup's reader.
 """
 
@@ -51,13 +51,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_rollup import MODELS, build_store  # noqa: E402
 from bench.common import POSTGRES_URL, cpu_check, machine  # noqa: E402
-from metering.db import make_engine, read_frame, upgrade_schema  # noqa: E402
-from metering.executors import DaskExecutor, InProcess  # noqa: E402
-from metering.ingest import to_us  # noqa: E402
-from metering.periods import parse_month  # noqa: E402
-from metering.rollup import Summary, summarize  # noqa: E402
-from metering.stores.common import EVENT_COLUMNS, TEXT_COLUMNS  # noqa: E402
-from metering.tables import events, rollup_state  # noqa: E402
+from metering.core.db import make_engine, read_frame, upgrade_schema  # noqa: E402
+from metering.core.event_columns import EVENT_COLUMNS, TEXT_COLUMNS  # noqa: E402
+from metering.core.periods import parse_month  # noqa: E402
+from metering.core.tables import events, rollup_state  # noqa: E402
+from metering.events.ingest import to_us  # noqa: E402
+from metering.rollup.executors import DaskExecutor, InProcess  # noqa: E402
+from metering.rollup.summary import Summary, summarize  # noqa: E402
 from pricing.tables import billing_periods  # noqa: E402
 
 NOW = datetime(2027, 1, 15, tzinfo=UTC)
@@ -162,7 +162,7 @@ def table_digests(url: str) -> dict[str, tuple[Any, ...]]:
     modulo a prime (no overflow; cheap on 12M events' tables; the tests compare every row)."""
     from sqlalchemy import Integer, func
 
-    from metering.stores.common import ROLLUP_TABLES
+    from metering.rollup.stores.common import ROLLUP_TABLES
 
     engine = make_engine(url)
     digests = {}
@@ -188,9 +188,9 @@ def warm_workers(address: str) -> float:
 def _import_rollup() -> None:
     import adbc_driver_sqlite.dbapi  # noqa: F401
 
-    import metering.pipeline  # noqa: F401
-    import metering.stores.postgresql  # noqa: F401
-    import metering.stores.sqlite  # noqa: F401
+    import metering.rollup.pipeline  # noqa: F401
+    import metering.rollup.stores.postgresql  # noqa: F401
+    import metering.rollup.stores.sqlite  # noqa: F401
 
 
 def measure_full_rollup(url: str, runs: int, with_local: bool, one_worker: bool, pool: tuple[str, str] | None) -> None:
@@ -266,8 +266,8 @@ def prepare_archive_store(engine: Engine, usage_events: int) -> int:
 
 
 def measure_archive(url: str, usage_events: int) -> dict[str, Any]:
-    from metering.archive import read_archived_events
-    from metering.tenants import Tenant
+    from metering.core.tenants import Tenant
+    from metering.events.archive import read_archived_events
     from pricing.archive import archive_tenant
 
     engine = make_engine(url)

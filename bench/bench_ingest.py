@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from api.cli.ingest import ingest_file  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from bench.common import fresh_postgres, fresh_sqlite, machine, timed  # noqa: E402
-from metering.db import unit_of_work  # noqa: E402
-from metering.event_columns import INSERT_COLUMNS  # noqa: E402
-from metering.ingest import prepare_rows, validate_body, validate_items  # noqa: E402
-from metering.tables import events  # noqa: E402
-from metering.tenants import create_api_key, create_tenant  # noqa: E402
+from metering.core.db import unit_of_work  # noqa: E402
+from metering.core.event_columns import INSERT_COLUMNS  # noqa: E402
+from metering.core.tables import events  # noqa: E402
+from metering.core.tenants import create_api_key, create_tenant  # noqa: E402
+from metering.events.ingest import prepare_rows, validate_body, validate_items  # noqa: E402
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 SECRET = "bench-secret"
@@ -84,7 +84,7 @@ def free_port() -> int:
 def http_run(label: str, database_url: str, payload: list[dict], clients: int) -> dict:
     port = free_port()
     env = {**os.environ, "TASKMETER_DATABASE_URL": database_url, "TASKMETER_SECRET_KEY": SECRET, "TASKMETER_SCHEDULER_ENABLED": "false"}
-    from metering.db import make_engine
+    from metering.core.db import make_engine
 
     engine = make_engine(database_url)
     with unit_of_work(engine) as session:

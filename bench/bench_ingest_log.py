@@ -36,10 +36,10 @@ from sqlalchemy import Engine, func, select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine  # noqa: E402
-from metering.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
-from metering.ingest_log import LogConfig, delete_stream  # noqa: E402
-from metering.tables import events  # noqa: E402
-from metering.tenants import Tenant, create_api_key, create_tenant  # noqa: E402
+from metering.core.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
+from metering.core.tables import events  # noqa: E402
+from metering.core.tenants import Tenant, create_api_key, create_tenant  # noqa: E402
+from metering.events.ingest_log import LogConfig, delete_stream  # noqa: E402
 from tests.support.processes import PrivatePostgres, ServeProcess, kill9, start_cli, taskmeter_env  # noqa: E402
 
 SECRET = "bench-secret"

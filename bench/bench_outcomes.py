@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_rollup import NOW, POSTGRES_URL, build_store, own_peak_mb, synthetic_chunk  # noqa: E402
 from bench.common import cpu_check, machine  # noqa: E402
-from metering.bulk import write_rows  # noqa: E402
-from metering.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
-from metering.event_columns import INSERT_COLUMNS  # noqa: E402
-from metering.tables import events  # noqa: E402
+from metering.core.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
+from metering.core.db.writes import write_rows  # noqa: E402
+from metering.core.event_columns import INSERT_COLUMNS  # noqa: E402
+from metering.core.tables import events  # noqa: E402
 
 FOLDER = Path(os.environ.get("TASKMETER_BENCH_DIR", "/tmp/tm-bench"))
 RULES = {
@@ -75,7 +75,7 @@ def run_child(*argv: str) -> dict:
 
 def build_evidence(url: str, tasks: int) -> None:
     """A tenant whose October invoice has one jobs line of `tasks` completed tasks (closed)."""
-    from metering.tenants import create_tenant
+    from metering.core.tenants import create_tenant
     from pricing import invoices, service
 
     engine = make_engine(url)
@@ -104,7 +104,7 @@ def build_evidence(url: str, tasks: int) -> None:
         rows.append(event_row(**common, event_id=f"e-{i}", type="task.completed", time_us=int(when[i]) + 60_000_000))
     with engine.begin() as connection:
         write_rows(connection, events, INSERT_COLUMNS, rows)
-    from metering.periods import parse_month
+    from metering.core.periods import parse_month
 
     with unit_of_work(engine) as session:
         invoices.close_period(
@@ -117,8 +117,8 @@ def child_evidence(url: str) -> dict:
 
     from api.app import create_app
     from api.settings import Settings
-    from metering.periods import parse_month
-    from metering.tenants import create_api_key, get_tenant, parse_scopes
+    from metering.core.periods import parse_month
+    from metering.core.tenants import create_api_key, get_tenant, parse_scopes
     from pricing import outcomes_repository
     from pricing.tables import invoices
 
@@ -161,8 +161,8 @@ def child_evidence(url: str) -> dict:
 
 
 def child_incremental(url: str, outcomes: bool) -> dict:
-    from metering.pipeline import rollup_tenant
-    from metering.tenants import get_tenant
+    from metering.core.tenants import get_tenant
+    from metering.rollup.pipeline import rollup_tenant
     from pricing import service
 
     engine = make_engine(url)

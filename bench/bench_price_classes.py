@@ -43,9 +43,9 @@ def child(events: int) -> None:
     import numpy as np
 
     from bench.bench_prices import OVERRIDES, make_events
-    from metering.prices import price_usage
-    from metering.ratecards import PriceBook
-    from metering.rollup import TOKEN_COLUMNS, summarize
+    from metering.costs.prices import price_usage
+    from metering.costs.ratecards import PriceBook
+    from metering.rollup.summary import TOKEN_COLUMNS, summarize
 
     frame = make_events(events)
     rng = np.random.default_rng(7)

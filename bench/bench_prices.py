@@ -1,4 +1,4 @@
-"""Micro-benchmark of `metering.prices.price_usage`: 10 million usage events over 20 models.
+"""Micro-benchmark of `metering.costs.prices.price_usage`: 10 million usage events over 20 models.
 
     .venv/bin/python bench/bench_prices.py [--rows N] [--categorical]
 
@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from metering.prices import price_usage, settle_nanos
-from metering.ratecards import PriceBook
+from metering.costs.prices import price_usage, settle_nanos
+from metering.costs.ratecards import PriceBook
 
 # Real snapshot models (some with context tiers, some with price history or time-of-day
 # prices, one with a per-request fee) and one tenant-priced model.

@@ -1,4 +1,4 @@
-"""What the quarantine check adds to the rollup: `metering.quarantine.unprocessable` over the frame
+"""What the quarantine check adds to the rollup: `metering.rollup.quarantine.unprocessable` over the frame
 a backlog is summarized from, against pricing + summarizing the same frame, in the same process.
 
     .venv/bin/python bench/bench_quarantine.py [--events 2000000]
@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_rollup import build_store  # noqa: E402
 from bench.common import cpu_check, machine  # noqa: E402
-from metering.costs import price_book, price_events  # noqa: E402
-from metering.db import make_engine  # noqa: E402
-from metering.quarantine import unprocessable  # noqa: E402
-from metering.rollup import summarize  # noqa: E402
-from metering.stores import store_for  # noqa: E402
-from metering.tables import events  # noqa: E402
+from metering.core.db import make_engine  # noqa: E402
+from metering.core.tables import events  # noqa: E402
+from metering.costs.book import price_book, price_events  # noqa: E402
+from metering.rollup.quarantine import unprocessable  # noqa: E402
+from metering.rollup.stores import store_for  # noqa: E402
+from metering.rollup.summary import summarize  # noqa: E402
 
 
 def main() -> None:

@@ -202,9 +202,9 @@ def run_pandas(
 
 def write_rollup(engine: Any, token_usage: pd.DataFrame, tasks: pd.DataFrame) -> Any:
     """The synthetic month as the rollup would have stored it, for one tenant."""
-    from metering.db import frame_rows, unit_of_work, write_rows
-    from metering.tables import task_usage, usage_daily
-    from metering.tenants import create_tenant
+    from metering.core.db import frame_rows, unit_of_work, write_rows
+    from metering.core.tables import task_usage, usage_daily
+    from metering.core.tenants import create_tenant
 
     with unit_of_work(engine) as session:
         tenant = create_tenant(session, "bench", now=pd.Timestamp.now(tz="UTC").to_pydatetime())
@@ -239,7 +239,7 @@ def write_rollup(engine: Any, token_usage: pd.DataFrame, tasks: pd.DataFrame) ->
 
 def run_database(engine: Any, tenant: Any, customers: list[dict[str, Any]]) -> tuple[float, float, pd.DataFrame]:
     """Read the month through pricing.repository, then compare: (read s, total s, result)."""
-    from metering.periods import parse_month
+    from metering.core.periods import parse_month
     from pricing import repository
 
     config = validate_config(CONFIG | {"customers": customers})

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import delete, func, select  # noqa: E402
 
 from bench.common import POSTGRES_URL, cpu_check, machine  # noqa: E402
-from metering.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
-from metering.tables import events, usage_daily  # noqa: E402
-from metering.tenants import create_api_key, create_tenant, get_tenant, parse_scopes  # noqa: E402
+from metering.core.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
+from metering.core.tables import events, usage_daily  # noqa: E402
+from metering.core.tenants import create_api_key, create_tenant, get_tenant, parse_scopes  # noqa: E402
 from reports.tables import report_snapshots  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,7 @@ def build_reports_db(db: str, url: str, tasks: int, customers: int) -> float:
     with unit_of_work(engine) as session:
         tenant = create_tenant(session, "bench", now=datetime(2020, 1, 1, tzinfo=UTC))
     build_month(engine, tenant, tasks=tasks, customers=customers, month=date(2026, 10, 1))
-    from metering.month_figures import rebuild_from_task_usage
+    from metering.rollup.month_figures import rebuild_from_task_usage
 
     with engine.begin() as connection:  # the rollup keeps them; the bench wrote the rollup tables itself
         rebuild_from_task_usage(connection, tenant.id, tenant.timezone)
@@ -121,7 +121,7 @@ def child(what: str, url: str, out: str) -> None:
         print(json.dumps(result | {"peak_mb": peak_mb()}))
         return
     if what == "close":
-        from metering.periods import parse_month
+        from metering.core.periods import parse_month
 
         with unit_of_work(engine) as session:
             close_period(session, tenant, parse_month(MONTH, "UTC"), now=CLOSED_AT)
@@ -181,7 +181,7 @@ def _open_month_read(engine: Any, tenant: Any, what: str) -> float:
     work), best of 3 for the invoice."""
     from sqlalchemy.orm import Session
 
-    from metering.periods import parse_month
+    from metering.core.periods import parse_month
     from pricing.invoices import upcoming_invoice
     from reports import snapshots
 
@@ -214,8 +214,8 @@ def bench_open_month(url: str) -> None:
 
 def prepare_dashboard_db() -> str:
     """A copy of the 10M-event store, rolled up, configured, October closed and reported."""
-    from metering.periods import parse_month
-    from metering.pipeline import rollup_tenant
+    from metering.core.periods import parse_month
+    from metering.rollup.pipeline import rollup_tenant
     from pricing import service
     from pricing.invoices import close_period
     from reports.monthly import write_month

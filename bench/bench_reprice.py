@@ -1,4 +1,4 @@
-"""A price change applied from the rollup's own rows (`metering.reprice`) vs the full rebuild.
+"""A price change applied from the rollup's own rows (`metering.rollup.reprice`) vs the full rebuild.
 
     .venv/bin/python bench/bench_reprice.py [--events 2000000] [--db sqlite|postgresql|both]
 
@@ -31,13 +31,13 @@ from sqlalchemy import Engine, delete, func, insert, select, text, update
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import POSTGRES_URL, cpu_check, machine  # noqa: E402
-from metering.db import make_engine, unit_of_work, upgrade_schema, write_frame  # noqa: E402
-from metering.ingest import INSERT_COLUMNS  # noqa: E402
-from metering.pipeline import rollup_tenant  # noqa: E402
-from metering.ratecards import TenantPrice  # noqa: E402
-from metering.stores.common import ROLLUP_TABLES  # noqa: E402
-from metering.tables import events, rollup_state, tenant_prices, tenants  # noqa: E402
-from metering.tenants import get_tenant  # noqa: E402
+from metering.core.db import make_engine, unit_of_work, upgrade_schema, write_frame  # noqa: E402
+from metering.core.tables import events, rollup_state, tenant_prices, tenants  # noqa: E402
+from metering.core.tenants import get_tenant  # noqa: E402
+from metering.costs.ratecards import TenantPrice  # noqa: E402
+from metering.events.ingest import INSERT_COLUMNS  # noqa: E402
+from metering.rollup.pipeline import rollup_tenant  # noqa: E402
+from metering.rollup.stores.common import ROLLUP_TABLES  # noqa: E402
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 BASE_US = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp() * 1_000_000)

@@ -34,9 +34,9 @@ from sqlalchemy import Engine, func, select, text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import POSTGRES_URL, cpu_check, machine  # noqa: E402
-from metering.db import is_postgresql, is_sqlite, make_engine, unit_of_work, upgrade_schema, write_rows  # noqa: E402
-from metering.event_columns import INSERT_COLUMNS  # noqa: E402
-from metering.tables import events, tenants  # noqa: E402
+from metering.core.db import is_postgresql, is_sqlite, make_engine, unit_of_work, upgrade_schema, write_rows  # noqa: E402
+from metering.core.event_columns import INSERT_COLUMNS  # noqa: E402
+from metering.core.tables import events, tenants  # noqa: E402
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 BASE_US = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp() * 1_000_000)
@@ -110,7 +110,7 @@ def build_store(engine: Engine, usage_events: int) -> int:
 
 def run_child(url: str, what: str, executor: str | None = None) -> dict:
     """Run a measurement in a fresh interpreter; returns its JSON result (with peak RSS).
-    `executor`: where the rollup's partitions run (`metering.executors.executor_for`)."""
+    `executor`: where the rollup's partitions run (`metering.rollup.executors.executor_for`)."""
     command = [sys.executable, __file__, "--child", what, "--url", url, *(["--executor", executor] if executor else [])]
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -122,9 +122,9 @@ def child(what: str, url: str, place: str | None = None) -> None:
     if what == "memory":
         print(json.dumps(in_memory(url)))
         return
-    from metering.executors import executor_for
-    from metering.pipeline import rollup_tenant
-    from metering.tenants import get_tenant
+    from metering.core.tenants import get_tenant
+    from metering.rollup.executors import executor_for
+    from metering.rollup.pipeline import rollup_tenant
 
     engine = make_engine(url)
     with engine.connect() as connection:
@@ -214,9 +214,9 @@ def in_memory(url: str) -> dict:
     """Price + summarize a 10M-row frame vs DuckDB's per-task aggregation over the same frame."""
     import duckdb
 
-    from metering.costs import price_book, price_events
-    from metering.rollup import summarize
-    from metering.stores import store_for
+    from metering.costs.book import price_book, price_events
+    from metering.rollup.stores import store_for
+    from metering.rollup.summary import summarize
 
     engine = make_engine(url)
     with engine.connect() as connection:
@@ -276,7 +276,7 @@ def api_latency(url: str, requests: int = 500) -> dict:
 
     import httpx
 
-    from metering.tenants import create_api_key, get_tenant
+    from metering.core.tenants import create_api_key, get_tenant
 
     engine = make_engine(url)
     with unit_of_work(engine) as session:

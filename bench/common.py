@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, text
 
-from metering.db import make_engine, upgrade_schema
+from metering.core.db import make_engine, upgrade_schema
 
 POSTGRES_URL = os.environ.get("TASKMETER_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/taskmeter_bench")
 

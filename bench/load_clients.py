@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import orjson
 
-from metering.periods import Period
+from metering.core.periods import Period
 
 MODELS = (("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-3-5-haiku-latest"), ("acme-ai", "acme-large"))
 TASK_TYPES = ("support_ticket", "code_review", None)

@@ -41,10 +41,10 @@ from sqlalchemy import Engine, select, text  # noqa: E402
 
 from bench.load_clients import EVENTS_PER_TASK, EventPool, Ingester, Recorder, Shared  # noqa: E402
 from bench.load_readers import Killer, Reader  # noqa: E402
-from metering.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
-from metering.periods import Period, period_of  # noqa: E402
-from metering.tables import events, task_usage  # noqa: E402
-from metering.tenants import Tenant, create_api_key, create_tenant  # noqa: E402
+from metering.core.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
+from metering.core.periods import Period, period_of  # noqa: E402
+from metering.core.tables import events, task_usage  # noqa: E402
+from metering.core.tenants import Tenant, create_api_key, create_tenant  # noqa: E402
 from pricing.service import load_config  # noqa: E402
 from tests.support import integrity  # noqa: E402
 from tests.support.processes import ServeProcess, run_cli, taskmeter_env  # noqa: E402

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from bench.load_clients import Recorder
-from metering.periods import Period
+from metering.core.periods import Period
 from tests.support.processes import ServeProcess
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')

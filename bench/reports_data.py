@@ -17,10 +17,10 @@ import pandas as pd
 import yaml
 from sqlalchemy import Engine, delete, insert
 
-from metering.db import unit_of_work, write_rows
-from metering.pipeline import price_version, tenant_overrides
-from metering.tables import rollup_state, task_usage, task_usage_detail, usage_daily
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work, write_rows
+from metering.core.tables import rollup_state, task_usage, task_usage_detail, usage_daily
+from metering.core.tenants import Tenant
+from metering.rollup.pipeline import price_version, tenant_overrides
 from pricing import service
 
 MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-20250514"),

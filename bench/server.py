@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 
 from bench.common import fresh_sqlite
-from metering.db import unit_of_work
-from metering.tenants import create_api_key, create_tenant
+from metering.core.db import unit_of_work
+from metering.core.tenants import create_api_key, create_tenant
 
 SECRET = "bench-secret"
 

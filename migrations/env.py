@@ -1,4 +1,4 @@
-"""Alembic environment: uses the connection handed over by `metering.db.upgrade_schema`, or opens
+"""Alembic environment: uses the connection handed over by `metering.core.db.upgrade_schema`, or opens
 one from TASKMETER_DATABASE_URL when alembic runs from the command line."""
 
 from __future__ import annotations
@@ -7,7 +7,9 @@ import os
 
 from alembic import context
 
-from metering.budget_tables import metadata  # every table: metering, budgets (it imports metering.tables)
+from metering.spend.budget_tables import (
+    metadata,  # every table: metering, budgets (it imports metering.core.tables)
+)
 
 config = context.config
 
@@ -27,7 +29,7 @@ connection = config.attributes.get("connection")
 if connection is not None:
     run_migrations(connection)
 else:
-    from metering.db import make_engine
+    from metering.core.db import make_engine
 
     engine = make_engine(os.environ.get("TASKMETER_DATABASE_URL", "sqlite:///./taskmeter.db"))
     with engine.begin() as conn:

@@ -12,16 +12,16 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from metering import repository as usage_reads
-from metering.errors import InvalidInput
-from metering.ingest import to_us
-from metering.money import parse_decimal, quantize
-from metering.periods import Period
-from metering.pipeline import price_book
-from metering.prices import price_usage, settle_nanos
-from metering.ratecards import RateCardError
-from metering.schemas import REPRESENTABLE_FROM, REPRESENTABLE_UNTIL, rfc3339
-from metering.tenants import Tenant
+from metering.core.errors import InvalidInput
+from metering.core.money import parse_decimal, quantize
+from metering.core.periods import Period
+from metering.core.tenants import Tenant
+from metering.core.times import REPRESENTABLE_FROM, REPRESENTABLE_UNTIL, rfc3339
+from metering.costs.prices import price_usage, settle_nanos
+from metering.costs.ratecards import RateCardError
+from metering.events.ingest import to_us
+from metering.rollup import repository as usage_reads
+from metering.rollup.pipeline import price_book
 from pricing import outcomes_repository, repository
 from pricing.compare import Comparison, ModelTokens, compare_plans, quote_task
 from pricing.outcome_counts import TaskTypeOutcomes, count_outcomes
@@ -38,7 +38,7 @@ class MonthComparison:
     currency: str
     target_margin: Decimal
     comparison: Comparison
-    spend: list[dict[str, Any]]  # the month's usage per customer, actor and agent (`metering.repository.spend`)
+    spend: list[dict[str, Any]]  # the month's usage per customer, actor and agent (`metering.rollup.repository.spend`)
     outcomes: list[TaskTypeOutcomes]  # per task type (`month_outcomes`)
 
 

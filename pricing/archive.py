@@ -5,14 +5,14 @@ A month may be archived once it is closed (its row in `billing_periods`: its inv
 final). An archive run takes the tenant's events before `--before` that the rollup has already
 read (seq at or below its watermark: a later event has not reached the rollup tables yet and
 stays for the next run), refuses the whole run if any of them falls in a month still open, and
-appends each month's new events to its Parquet partition (`metering.archive`).
+appends each month's new events to its Parquet partition (`metering.events.archive`).
 
 `drop` then deletes each archived month's events from `events`, in one transaction per month,
 only once the copy reads back with its manifest's row count and checksum and holds every row
 about to be deleted, byte for byte; the month is recorded in `archived_months`. The rollup's
 incremental runs never read those events again (they are below its watermark). A run that
 would rebuild the tenant from its first event (a price change) would no longer see them:
-`metering.archive_guard.check_rebuild` refuses it with the way out.
+`metering.rollup.archive_guard.check_rebuild` refuses it with the way out.
 """
 
 from __future__ import annotations
@@ -26,14 +26,21 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy.orm import Session
 
-from metering.archive import ARCHIVE_COLUMNS, Archive, ArchiveMismatch, Manifest, normalized, row_hashes
-from metering.db import dialect_insert, driver_rows, upsert
-from metering.errors import Conflict
-from metering.ingest import to_us
-from metering.periods import Period, parse_month
-from metering.rollup import local_days
-from metering.tables import archived_months, events, rollup_state
-from metering.tenants import Tenant
+from metering.core.db import dialect_insert, driver_rows, upsert
+from metering.core.errors import Conflict
+from metering.core.periods import Period, parse_month
+from metering.core.tables import archived_months, events, rollup_state
+from metering.core.tenants import Tenant
+from metering.events.archive import (
+    ARCHIVE_COLUMNS,
+    Archive,
+    ArchiveMismatch,
+    Manifest,
+    normalized,
+    row_hashes,
+)
+from metering.events.ingest import to_us
+from metering.rollup.summary import local_days
 from pricing.tables import billing_periods
 
 READ_BATCH = 200_000

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from metering.errors import InvalidInput
-from metering.money import from_minor, to_minor
-from metering.periods import Period
-from metering.tenants import Tenant
+from metering.core.errors import InvalidInput
+from metering.core.money import from_minor, to_minor
+from metering.core.periods import Period
+from metering.core.tenants import Tenant
 from pricing.rating import LineKind, RatedMonth, rate_month
 
 if TYPE_CHECKING:

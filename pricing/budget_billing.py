@@ -1,5 +1,5 @@
 """The `billed` budget measure's rules: each customer's plan in force today, reduced to what
-ingestion can add event by event (`metering.budgets.BilledRule`).
+ingestion can add event by event (`metering.spend.budgets.BilledRule`).
 
 The reduction, and where it differs from the invoice (so a `billed` budget approximates the
 invoice's usage lines of the period so far):
@@ -15,7 +15,7 @@ invoice's usage lines of the period so far):
 Rules are rewritten whenever plans or customers' plans change; a plan version that starts later
 takes effect at the next change. Each rewrite (also after the tenant's prices or model aliases
 change: the config file ends with one) re-counts the money budgets' open periods from the stored
-events (`metering.recount`), so spend already counted is re-priced with the new prices and plans
+events (`metering.spend.recount`), so spend already counted is re-priced with the new prices and plans
 (and jobs recounted at settlement when the tenant has outcome rules, `pricing.budget_settlement`).
 """
 
@@ -28,11 +28,11 @@ import orjson
 from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session
 
-from metering.budget_tables import budget_billing
-from metering.budgets import BilledRule
-from metering.errors import InvalidInput
-from metering.tenants import Tenant
-from metering.vocabulary import TOKEN_CLASSES
+from metering.core.errors import InvalidInput
+from metering.core.tenants import Tenant
+from metering.core.vocabulary import TOKEN_CLASSES
+from metering.spend.budget_tables import budget_billing
+from metering.spend.budgets import BilledRule
 from pricing import budget_settlement, repository
 from pricing.plans import PerJobPlan, PerTokenPlan, Plan
 

@@ -8,8 +8,8 @@ cancelled first never counts as completed (a failed or cancelled one still count
 reopening does not take a settled job back.
 
 Settling needs no event (a window elapses), so ingestion counts no job for such a tenant
-(`metering.spend`, `budget_state.jobs_at_settlement`) and `settle_counters` recounts the open
-periods of its jobs and billed budgets from the stored events (`metering.recount`): after each
+(`metering.spend.counters`, `budget_state.jobs_at_settlement`) and `settle_counters` recounts the open
+periods of its jobs and billed budgets from the stored events (`metering.spend.recount`): after each
 scheduled rollup (`api.scheduler`), after a budget is put, and whenever the config changes. A
 jobs budget of such a tenant lags settlement by at most the rollup interval.
 """
@@ -25,13 +25,14 @@ import pandas as pd
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from metering import recount, spend
-from metering.budget_tables import budget_state
-from metering.budgets import MONEY_MEASURES
-from metering.db import upsert
-from metering.ingest import to_us
-from metering.tables import events
-from metering.tenants import Tenant
+from metering.core.db import upsert
+from metering.core.tables import events
+from metering.core.tenants import Tenant
+from metering.events.ingest import to_us
+from metering.spend import counters as spend
+from metering.spend import recount
+from metering.spend.budget_tables import budget_state
+from metering.spend.budgets import MONEY_MEASURES
 from pricing import outcomes_repository
 from pricing.outcomes import SETTLE_INPUT, US, RuleBook, settle
 
@@ -78,7 +79,7 @@ def settle_counters(session: Session, tenant: Tenant, *, now: datetime) -> bool:
 
 
 def settled_jobs(book: RuleBook, timezone: str, *, now: datetime) -> recount.JobOutcomes:
-    """The jobs to count (`metering.recount.JobOutcomes`): each task settled by `now`, as
+    """The jobs to count (`metering.spend.recount.JobOutcomes`): each task settled by `now`, as
     completed at its settlement; each failed or cancelled one that never settled, at its end."""
     now_us = to_us(now)
     window_us = int(book.longest_window().total_seconds()) * US

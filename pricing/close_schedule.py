@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
-from metering.periods import Period, parse_month, period_of
-from metering.tables import task_usage, tenants
-from metering.tenants import Tenant
+from metering.core.periods import Period, parse_month, period_of
+from metering.core.tables import task_usage, tenants
+from metering.core.tenants import Tenant
 
 
 def closable_through(now: datetime, timezone: str, grace: timedelta) -> Period:

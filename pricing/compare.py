@@ -34,8 +34,8 @@ from decimal import ROUND_HALF_UP, Context, Decimal
 import numpy as np
 import pandas as pd
 
-from metering.errors import InvalidInput
-from metering.money import (
+from metering.core.errors import InvalidInput
+from metering.core.money import (
     TOKENS_PER_MILLION,
     display_cost,
     nanos_to_decimal,
@@ -44,7 +44,7 @@ from metering.money import (
     round_money,
     unrounded,
 )
-from metering.vocabulary import OUTCOMES
+from metering.core.vocabulary import OUTCOMES
 from pricing.plans import CustomerPlan, PerJobPlan, Plan, PlanBook
 from pricing.rating import RatedMonth, rate_plan, refuse_orphans
 from pricing.tiers import EXACT, ZERO, exact_amount, tier_total
@@ -280,7 +280,7 @@ class ModelTokens:
     cache_write_tokens: int = 0
 
     def by_class(self) -> dict[str, int]:
-        """Tokens per billable class, in `metering.vocabulary.TOKEN_CLASSES` order."""
+        """Tokens per billable class, in `metering.core.vocabulary.TOKEN_CLASSES` order."""
         return {"input": self.uncached_input_tokens, "output": self.output_tokens,
                 "cache_read": self.cache_read_tokens, "cache_write": self.cache_write_tokens}  # fmt: skip
 

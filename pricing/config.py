@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from metering.budgets import Budget, parse_budgets
-from metering.errors import InvalidInput
+from metering.core.errors import InvalidInput
+from metering.spend.budgets import Budget, parse_budgets
 from pricing.outcomes import OutcomeRule, rules_problems
 from pricing.plans import (
     DEFER_CHECKS,

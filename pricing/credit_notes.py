@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from metering.errors import Conflict, InvalidInput
-from metering.money import from_minor, parse_decimal, round_money, to_minor
-from metering.tenants import Tenant
+from metering.core.errors import Conflict, InvalidInput
+from metering.core.money import from_minor, parse_decimal, round_money, to_minor
+from metering.core.tenants import Tenant
 from pricing.invoices import credit_note_view, invoice_row
 from pricing.plans import MAX_AMOUNT
 from pricing.tables import credit_notes

@@ -22,11 +22,11 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from metering.errors import Conflict, InvalidInput, NotFound
-from metering.ingest import from_us
-from metering.money import to_minor
-from metering.periods import period_of
-from metering.tenants import Tenant
+from metering.core.errors import Conflict, InvalidInput, NotFound
+from metering.core.money import to_minor
+from metering.core.periods import period_of
+from metering.core.tenants import Tenant
+from metering.events.ingest import from_us
 from pricing import outcomes_repository, repository
 from pricing.outcomes import RuleBook
 from pricing.rating import rate_month

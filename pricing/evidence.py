@@ -19,11 +19,11 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from metering.errors import NotFound
-from metering.periods import Period, parse_month
-from metering.prices import settle_nanos
-from metering.tables import task_usage, task_usage_detail
-from metering.tenants import Tenant
+from metering.core.errors import NotFound
+from metering.core.periods import Period, parse_month
+from metering.core.tables import task_usage, task_usage_detail
+from metering.core.tenants import Tenant
+from metering.costs.prices import settle_nanos
 from pricing import outcomes_repository, repository
 from pricing.invoices import invoice_row
 from pricing.plans import PerJobPlan

@@ -26,12 +26,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from metering.archive import check_rebuild
-from metering.errors import Conflict, InvalidInput, NotFound
-from metering.money import from_minor
-from metering.periods import Period, period_of
-from metering.pipeline import bring_up_to_date
-from metering.tenants import Tenant
+from metering.core.errors import Conflict, InvalidInput, NotFound
+from metering.core.money import from_minor
+from metering.core.periods import Period, period_of
+from metering.core.tenants import Tenant
+from metering.rollup.archive_guard import check_rebuild
+from metering.rollup.pipeline import bring_up_to_date
 from pricing import invoices_repository as store
 from pricing import repository
 from pricing.assembly import Assembly, Draft, assemble
@@ -126,7 +126,7 @@ def _draft_view(draft: Draft) -> dict[str, Any]:
 def close_period(session: Session, tenant: Tenant, period: Period, *, now: datetime) -> dict[str, Any]:
     """Finalize every invoice of a tenant-local month that has ended; a no-op when it is closed.
 
-    It brings the tenant's usage up to date itself (`metering.pipeline.bring_up_to_date`, once:
+    It brings the tenant's usage up to date itself (`metering.rollup.pipeline.bring_up_to_date`, once:
     callers do not roll up before it) with connections of its own before taking the lock, so the
     session must not have begun a transaction (on SQLite, a write already made by it would block
     them): it refuses otherwise.

@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from metering.db import upsert, write_lock
-from metering.money import to_minor
-from metering.periods import Period, parse_month
-from metering.tables import rollup_state
-from metering.tenants import Tenant
+from metering.core.db import upsert, write_lock
+from metering.core.money import to_minor
+from metering.core.periods import Period, parse_month
+from metering.core.tables import rollup_state
+from metering.core.tenants import Tenant
 from pricing import open_month as figures_month
 from pricing import outcomes_repository, repository
 from pricing.assembly import (

@@ -1,5 +1,5 @@
 """An open month's tasks from the per customer-month figures (`customer_months`, kept current by
-the rollup: `metering.month_figures`) instead of every task row of the month.
+the rollup: `metering.rollup.month_figures`) instead of every task row of the month.
 
 Rating a month needs, of its ended tasks, per customer: how many completed tasks of each task
 type, how many failed or cancelled, and their provider cost (`pricing.rating`, `pricing.compare`).
@@ -22,11 +22,11 @@ import pandas as pd
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from metering.ingest import to_us
-from metering.month_figures import COST_EDGES_NANOS
-from metering.periods import Period
-from metering.prices import REM_PER_NANO, settle_nanos
-from metering.tables import customer_months, task_usage
+from metering.core.periods import Period
+from metering.core.tables import customer_months, task_usage
+from metering.costs.prices import REM_PER_NANO, settle_nanos
+from metering.events.ingest import to_us
+from metering.rollup.month_figures import COST_EDGES_NANOS
 from pricing import outcomes_repository
 from pricing.plans import PerJobPlan, PlanBook
 from pricing.repository import fetch_columns

@@ -35,9 +35,9 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
-from metering.ingest import to_us
-from metering.money import round_money
-from metering.periods import Period
+from metering.core.money import round_money
+from metering.core.periods import Period
+from metering.events.ingest import to_us
 from pricing.plans import PerJobPlan, PlanBook
 from pricing.rating import LineKind, rate_month
 from pricing.usage import TASK_COLUMNS, TOKEN_USAGE_COLUMNS

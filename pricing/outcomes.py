@@ -14,7 +14,7 @@ behaviour.
 
 The rules are versioned as a whole (`RuleBook`), like plans: a version is in force from its
 tenant-local `effective_from` (None: since always), and a task is settled by the version in force
-on the day of its latest completion. The rollup keeps per task what this reads (`metering.rollup`:
+on the day of its latest completion. The rollup keeps per task what this reads (`metering.rollup.summary`:
 `completed_us`, `accepted_us`, `reopened_us` and the status with its time); `settle` computes
 `settled_us` for a frame of tasks at array speed.
 """

@@ -18,10 +18,10 @@ import pandas as pd
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from metering.ingest import to_us
-from metering.periods import Period
-from metering.prices import settle_nanos
-from metering.tables import task_usage
+from metering.core.periods import Period
+from metering.core.tables import task_usage
+from metering.costs.prices import settle_nanos
+from metering.events.ingest import to_us
 from pricing import repository
 from pricing.outcomes import RuleBook, RuleVersion, rules_from_definition, settle
 from pricing.tables import disputes, outcome_rule_versions

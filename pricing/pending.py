@@ -12,10 +12,10 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.orm import Session
 
-from metering.money import from_minor
-from metering.periods import Period
-from metering.prices import settle_nanos
-from metering.tenants import Tenant
+from metering.core.money import from_minor
+from metering.core.periods import Period
+from metering.core.tenants import Tenant
+from metering.costs.prices import settle_nanos
 from pricing import outcomes_repository, repository
 from pricing.rating import rate_month
 from pricing.repository import last_day

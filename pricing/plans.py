@@ -46,8 +46,8 @@ from pydantic import (
     model_validator,
 )
 
-from metering.errors import InvalidInput
-from metering.money import TOKENS_PER_MILLION, parse_decimal
+from metering.core.errors import InvalidInput
+from metering.core.money import TOKENS_PER_MILLION, parse_decimal
 from pricing.tiers import step_problems
 
 MAX_DECIMALS = 12
@@ -82,7 +82,7 @@ def _no_nul(text: str) -> str:
 
 
 Name = Annotated[str, Field(strict=True, min_length=1, max_length=200), AfterValidator(_no_nul)]
-# A customer is named by events, which allow 256 characters (metering.schemas): so do plans.
+# A customer is named by events, which allow 256 characters (metering.events.schemas): so do plans.
 CustomerName = Annotated[str, Field(strict=True, min_length=1, max_length=256), AfterValidator(_no_nul)]
 Currency = Annotated[str, Field(strict=True, pattern=r"^[A-Z]{3}$")]
 

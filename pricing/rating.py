@@ -34,9 +34,9 @@ from enum import StrEnum
 import numpy as np
 import pandas as pd
 
-from metering.errors import InvalidInput
-from metering.money import TOKENS_PER_MILLION, nanos_to_decimal, round_money
-from metering.vocabulary import TOKEN_CLASSES
+from metering.core.errors import InvalidInput
+from metering.core.money import TOKENS_PER_MILLION, nanos_to_decimal, round_money
+from metering.core.vocabulary import TOKEN_CLASSES
 from pricing.plans import PerJobPlan, PerTokenPlan, Plan, PlanBook, Rates
 from pricing.tiers import EXACT, ZERO, exact_amount, price_tiers
 from pricing.usage import (

@@ -5,7 +5,7 @@ The month frames follow `pricing.rating`'s contracts. Token usage comes from `us
 tenant-local days of the month; `input_tokens` becomes BILLABLE input, without cache reads and
 writes); tasks from `task_usage` (those whose terminal event lies in the month, open ones
 excluded). Provider costs are settled once per row to whole nano-units, half up
-(`metering.prices.settle_nanos`). Months are read as columns (Arrow on PostgreSQL, the DB-API
+(`metering.costs.prices.settle_nanos`). Months are read as columns (Arrow on PostgreSQL, the DB-API
 cursor on SQLite), never as an ORM row per value: a million tasks in a few seconds.
 """
 
@@ -21,11 +21,11 @@ import pandas as pd
 from sqlalchemy import BigInteger, ColumnElement, Select, cast, func, select
 from sqlalchemy.orm import Session
 
-from metering.db import read_frame, without_index
-from metering.ingest import to_us
-from metering.periods import Period
-from metering.prices import settle_nanos
-from metering.tables import rollup_state, task_usage, task_usage_detail, usage_daily
+from metering.core.db import read_frame, without_index
+from metering.core.periods import Period
+from metering.core.tables import rollup_state, task_usage, task_usage_detail, usage_daily
+from metering.costs.prices import settle_nanos
+from metering.events.ingest import to_us
 from pricing.plans import CustomerPlan, Plan, PlanBook, plan_from_definition
 from pricing.tables import customer_plans, customers, plan_versions, plans
 from pricing.usage import TASK_COLUMNS, TOKEN_USAGE_COLUMNS
@@ -47,7 +47,7 @@ def last_day(period: Period) -> date:
 
 
 def _fetch(session: Session, query: Select[Any], names: Sequence[str], *, texts: Sequence[str] = ()) -> pd.DataFrame:
-    """The rows of `query` as columns (`metering.db.read_frame`): on PostgreSQL through a
+    """The rows of `query` as columns (`metering.core.db.read_frame`): on PostgreSQL through a
     connection of its own; under the billing lock (`pricing.invoices`) the rollup cannot commit,
     so it sees what the session sees."""
     return read_frame(session.connection(), query, names, texts=texts, days=("day",))

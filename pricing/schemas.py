@@ -21,8 +21,8 @@ from pydantic import (
     StrictStr,
 )
 
-from metering.prices import MAX_TOKENS
-from metering.vocabulary import Outcome
+from metering.core.vocabulary import Outcome
+from metering.costs.prices import MAX_TOKENS
 
 Exact = Annotated[Decimal, PlainSerializer(lambda d: f"{d:f}", return_type=str, when_used="json")]
 Utc = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=UTC))]

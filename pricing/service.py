@@ -23,12 +23,12 @@ import orjson
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from metering import budget_repository
-from metering.errors import InvalidInput, NotFound
-from metering.periods import Period, parse_month
-from metering.ratecards import RateCardError, TenantPrice
-from metering.tables import tenant_model_aliases, tenant_prices
-from metering.tenants import Tenant
+from metering.core.errors import InvalidInput, NotFound
+from metering.core.periods import Period, parse_month
+from metering.core.tables import tenant_model_aliases, tenant_prices
+from metering.core.tenants import Tenant
+from metering.costs.ratecards import RateCardError, TenantPrice
+from metering.spend import budget_repository
 from pricing import budget_billing, outcomes_repository, repository
 from pricing.config import parse_config, validate_entry, validate_plan
 from pricing.outcomes import OutcomeRule, rules_definition
@@ -42,7 +42,7 @@ def local_today(now: datetime, timezone: str) -> date:
 
 def billing_month(text: str, timezone: str, *, field: str = "month") -> Period:
     """A tenant-local month from `YYYY-MM`, within the months every layer can represent
-    (`metering.periods.parse_month`)."""
+    (`metering.core.periods.parse_month`)."""
     return parse_month(text, timezone, field=field)
 
 

@@ -33,9 +33,9 @@ import stripe
 from sqlalchemy import Engine, Row, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from metering.db import unit_of_work, upsert
-from metering.jobstate import DEFAULT_LEASE_SECONDS, hold
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work, upsert
+from metering.core.jobstate import DEFAULT_LEASE_SECONDS, hold
+from metering.core.tenants import Tenant
 from pricing.stripe_gateway import StripeGateway, describe, is_account_error, is_transient
 from pricing.stripe_tables import stripe_sync_state
 from pricing.tables import customers, invoice_lines, invoices

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer, String, Table, Text
 
-from metering.tables import metadata
+from metering.core.tables import metadata
 from pricing.tables import invoices
 
 InvoiceId = BigInteger().with_variant(Integer(), "sqlite")

@@ -14,8 +14,8 @@ import stripe
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from metering.db import upsert
-from metering.errors import TaskmeterError
+from metering.core.db import upsert
+from metering.core.errors import TaskmeterError
 from pricing.stripe_tables import stripe_events
 from pricing.tables import invoices
 

@@ -25,7 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from metering.tables import BigId, metadata
+from metering.core.tables import BigId, metadata
 
 INVOICE_STATUSES = ("draft", "finalized", "void")
 

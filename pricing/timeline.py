@@ -13,11 +13,11 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from metering import repository as usage_reads
-from metering.ingest import from_us
-from metering.periods import period_of
-from metering.tables import rollup_state
-from metering.tenants import Tenant
+from metering.core.periods import period_of
+from metering.core.tables import rollup_state
+from metering.core.tenants import Tenant
+from metering.events.ingest import from_us
+from metering.rollup import repository as usage_reads
 from pricing import outcomes_repository
 from pricing.disputes import task_settlement, view
 from pricing.tables import credit_notes, disputes, invoices

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from metering.vocabulary import OUTCOMES, TOKEN_CLASSES
+from metering.core.vocabulary import OUTCOMES, TOKEN_CLASSES
 
 TOKEN_COLUMNS = tuple(f"{c}_tokens" for c in TOKEN_CLASSES)
 TOKEN_USAGE_COLUMNS: Mapping[str, str] = {

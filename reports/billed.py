@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from metering.money import to_minor
-from metering.periods import Period
-from metering.tenants import Tenant
+from metering.core.money import to_minor
+from metering.core.periods import Period
+from metering.core.tenants import Tenant
 from pricing import repository as pricing_repository
 from pricing.assembly import Draft
 from pricing.invoices import month_assembly

@@ -2,7 +2,7 @@
 
 Amounts and margins are integer minor units of their currency; provider costs are integer
 micro-units (the six decimals of DESIGN.md), rounded half up from the exact cost by `micro_units`
-(equal to `metering.money.display_cost`, on plain integers so that a million tasks stay fast);
+(equal to `metering.core.money.display_cost`, on plain integers so that a million tasks stay fast);
 instants are integer microseconds since the epoch, written RFC 3339 in UTC.
 """
 
@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from metering.money import minor_unit, money_str
+from metering.core.money import minor_unit, money_str
 
 _FEMTOS_PER_MICRO = 10**9
 _FEMTOS_PER_NANO = 10**6

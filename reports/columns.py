@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from metering.periods import Period
+from metering.core.periods import Period
 
 
 @dataclass(frozen=True)

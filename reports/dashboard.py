@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.orm import Session
 
-from metering import month_figures
-from metering.errors import InvalidInput
-from metering.money import decimal_to_nanos, round_money, to_minor
-from metering.periods import Period
-from metering.tenants import Tenant
-from metering.vocabulary import TASK_STATUSES
+from metering.core.errors import InvalidInput
+from metering.core.money import decimal_to_nanos, round_money, to_minor
+from metering.core.periods import Period
+from metering.core.tenants import Tenant
+from metering.core.vocabulary import TASK_STATUSES
+from metering.rollup import month_figures
 from pricing import open_month
 from pricing import repository as pricing_repository
 from pricing.plans import PerJobPlan

@@ -46,10 +46,10 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.orm import Session
 
-from metering.db import begin_snapshot as begin_snapshot  # where the reports' callers import it
-from metering.money import quantize, round_money, to_minor
-from metering.periods import Period
-from metering.tenants import Tenant
+from metering.core.db import begin_snapshot as begin_snapshot  # where the reports' callers import it
+from metering.core.money import quantize, round_money, to_minor
+from metering.core.periods import Period
+from metering.core.tenants import Tenant
 from pricing import outcomes_repository
 from pricing import repository as pricing_repository
 from pricing.compare import compare_plans

@@ -34,7 +34,7 @@ class MonthPage:
     freshness: str = "fresh"  # fresh, aging, stale (being recomputed), live (computed for this page)
     page: int = 1
     stripe_failures: tuple[dict[str, Any], ...] = ()  # the tenant's invoices Stripe refused, any month
-    quarantined: int = 0  # the tenant's events set aside by the rollup (metering.quarantine)
+    quarantined: int = 0  # the tenant's events set aside by the rollup (metering.rollup.quarantine)
     # Per task type (pricing.outcome_counts), or what the panel says instead; None: no panel.
     outcomes: tuple[TaskTypeOutcomes, ...] | str | None = None
 

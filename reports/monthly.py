@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from metering.db import unit_of_work
-from metering.periods import Period, parse_month
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.periods import Period, parse_month
+from metering.core.tenants import Tenant
 from reports import dashboard, repository, snapshots
 from reports.billed import month_invoices
 from reports.columns import COMPARISON, CUSTOMERS, INVOICE_LINES, REPORTS, SPEND, TASKS, Report

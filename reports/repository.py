@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from metering.db import byte_order, driver_rows
-from metering.ingest import to_us
-from metering.periods import Period
-from metering.repository import cost_sums, summed_nanos
-from metering.tables import rollup_state, task_usage, task_usage_detail, usage_daily
+from metering.core.db import byte_order, driver_rows
+from metering.core.periods import Period
+from metering.core.tables import rollup_state, task_usage, task_usage_detail, usage_daily
+from metering.events.ingest import to_us
+from metering.rollup.repository import cost_sums, summed_nanos
 from pricing.tables import billing_periods, credit_notes, invoice_lines, invoices
 from pricing.tables import customers as pricing_customers
 

@@ -19,10 +19,10 @@ from typing import Literal
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from metering.db import unit_of_work
-from metering.periods import Period
-from metering.tables import rollup_state
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.periods import Period
+from metering.core.tables import rollup_state
+from metering.core.tenants import Tenant
 from pricing.tables import customer_plans, invoices, plan_versions
 from reports import repository
 from reports.dashboard import FORMAT, MonthView, SeriesPoint, month_view, window

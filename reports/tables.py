@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Integer, String, Table, Text
 
-from metering.tables import metadata
+from metering.core.tables import metadata
 
 report_snapshots = Table(
     "report_snapshots",

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.orm import Session
 
-from metering.ingest import to_us
-from metering.periods import Period
-from metering.prices import settle_nanos
-from metering.tenants import Tenant
-from metering.vocabulary import OUTCOMES
+from metering.core.periods import Period
+from metering.core.tenants import Tenant
+from metering.core.vocabulary import OUTCOMES
+from metering.costs.prices import settle_nanos
+from metering.events.ingest import to_us
 from pricing.usage import TASK_COLUMNS
 from reports import repository
 from reports.cells import instants_array_text, instants_text

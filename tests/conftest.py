@@ -28,9 +28,9 @@ from starlette.testclient import TestClient
 from api import cli
 from api.app import create_app
 from api.settings import Settings, get_settings
-from metering.db import make_engine, unit_of_work, upgrade_schema
-from metering.tables import metadata
-from metering.tenants import Tenant, create_api_key, create_tenant, parse_scopes
+from metering.core.db import make_engine, unit_of_work, upgrade_schema
+from metering.core.tables import metadata
+from metering.core.tenants import Tenant, create_api_key, create_tenant, parse_scopes
 from tests.support.clock import start_from_environment
 from tests.support.servers import ServerThread
 

@@ -22,7 +22,7 @@ from api.cli import (
 )
 from api.cli.common import err
 from api.settings import Settings, get_settings
-from metering.errors import TaskmeterError
+from metering.core.errors import TaskmeterError
 
 # The command groups, in the order `taskmeter --help` lists them; each adds its own subcommands.
 GROUPS = (tenants, ingest, rollup, reports, serve, stripe, pricing, budgets, quarantine, loader, archive)

@@ -9,9 +9,9 @@ from typing import Any
 
 from api.cli.common import audit_cli, find_tenant, now, open_engine, out
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.errors import InvalidInput
-from metering.periods import parse_month
+from metering.core.db import unit_of_work
+from metering.core.errors import InvalidInput
+from metering.core.periods import parse_month
 from pricing.archive import archive_tenant, restore_tenant
 
 

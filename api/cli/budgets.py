@@ -8,8 +8,9 @@ from typing import Any
 
 from api.cli.common import audit_cli, find_tenant, now, open_engine, out
 from api.settings import Settings
-from metering import alerts, budget_repository, spend
-from metering.db import unit_of_work
+from metering.core.db import unit_of_work
+from metering.spend import alerts, budget_repository
+from metering.spend import counters as spend
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -16,11 +16,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api.settings import Settings
-from metering import audit
-from metering.db import make_engine, sqlite_file, upgrade_schema
-from metering.errors import NotFound, TaskmeterError
-from metering.schemas import rfc3339
-from metering.tenants import Tenant, get_tenant, list_tenants
+from metering.core import audit
+from metering.core.db import make_engine, sqlite_file, upgrade_schema
+from metering.core.errors import NotFound, TaskmeterError
+from metering.core.tenants import Tenant, get_tenant, list_tenants
+from metering.core.times import rfc3339
 
 
 def now() -> datetime:

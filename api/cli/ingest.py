@@ -14,11 +14,11 @@ from sqlalchemy import Engine
 
 from api.cli.common import err, find_tenant, now, open_engine, out
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.errors import TaskmeterError
-from metering.ingest import Prepared, insert_prepared, prepare_rows, validate_lines
-from metering.jsonl import LineBatch, read_batches
-from metering.schemas import FieldError, RejectedEvent
+from metering.core.db import unit_of_work
+from metering.core.errors import TaskmeterError
+from metering.events.ingest import Prepared, insert_prepared, prepare_rows, validate_lines
+from metering.events.jsonl import LineBatch, read_batches
+from metering.events.schemas import FieldError, RejectedEvent
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:

@@ -2,7 +2,7 @@
 
 Run as many as the database takes; they share one durable consumer, so each message goes to one
 of them at a time. Each acknowledges a batch only after its transaction committed: killed at any
-point, a loader loses nothing and stores nothing twice (`metering.loader`)."""
+point, a loader loses nothing and stores nothing twice (`metering.events.loader`)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from sqlalchemy import Engine
 from api.cli.common import err, now, open_engine, out
 from api.ingest_log import log_config
 from api.settings import Settings
-from metering.db import is_unavailable, upgrade_schema
-from metering.errors import TaskmeterError
+from metering.core.db import is_unavailable, upgrade_schema
+from metering.core.errors import TaskmeterError
 
 
 def cmd_loader(args: argparse.Namespace, settings: Settings) -> int:
-    from metering.loader import run
+    from metering.events.loader import run
 
     if settings.ingest_log is None:
         raise TaskmeterError("set TASKMETER_INGEST_LOG (nats://host:4222) to the log the API writes to")

@@ -16,11 +16,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from api.cli.common import audit_cli, find_tenant, now, open_engine, out
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.errors import InvalidInput, TaskmeterError
-from metering.pipeline import bring_up_to_date, price_version, tenant_overrides
-from metering.price_check import check_prices
-from metering.vocabulary import OUTCOMES
+from metering.core.db import unit_of_work
+from metering.core.errors import InvalidInput, TaskmeterError
+from metering.core.vocabulary import OUTCOMES
+from metering.costs.price_check import check_prices
+from metering.rollup.pipeline import bring_up_to_date, price_version, tenant_overrides
 from pricing import analysis, invoices, service
 from pricing.compare import CUSTOMER_COLUMNS
 from pricing.config import decode_config
@@ -158,7 +158,7 @@ def comparison_table(view: dict[str, Any], *, by_person: bool = False) -> str:
 
 
 def cmd_prices_check(args: argparse.Namespace, settings: Settings) -> int:
-    """`prices check`: the tenant's models and where each price comes from (`metering.price_check`)."""
+    """`prices check`: the tenant's models and where each price comes from (`metering.costs.price_check`)."""
     with open_engine(settings) as engine, engine.connect() as connection:
         with unit_of_work(engine) as session:
             tenant = find_tenant(session, args.tenant)

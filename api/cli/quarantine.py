@@ -1,4 +1,4 @@
-"""The quarantine commands of `taskmeter` (see metering.quarantine): list the events the
+"""The quarantine commands of `taskmeter` (see metering.rollup.quarantine): list the events the
 rollup set aside, release one (back through validation and ingestion) or drop it; both audited."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Any
 
 from api.cli.common import audit_cli, now, open_engine, out
 from api.settings import Settings
-from metering import quarantine
-from metering.db import unit_of_work
-from metering.tenants import get_tenant, list_tenants
+from metering.core.db import unit_of_work
+from metering.core.tenants import get_tenant, list_tenants
+from metering.rollup import quarantine
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:

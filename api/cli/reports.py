@@ -8,12 +8,12 @@ from typing import Any
 
 from api.cli.common import err, find_tenant, now, open_engine, out
 from api.settings import Settings
-from metering.db import unit_of_work
+from metering.core.db import unit_of_work
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    from metering.periods import parse_month
-    from metering.pipeline import bring_up_to_date
+    from metering.core.periods import parse_month
+    from metering.rollup.pipeline import bring_up_to_date
     from reports.monthly import write_month
 
     with open_engine(settings) as engine:

@@ -9,15 +9,15 @@ from typing import Any
 from api.cli.common import err, find_tenant, now, open_engine, out
 from api.cluster import cluster_executor
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.tenants import list_tenants
+from metering.core.db import unit_of_work
+from metering.core.tenants import list_tenants
 
 
 def cmd_rollup(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from metering.archive import check_rebuild
-    from metering.pipeline import rollup_tenant
+    from metering.rollup.archive_guard import check_rebuild
+    from metering.rollup.pipeline import rollup_tenant
 
     with open_engine(settings) as engine, cluster_executor(settings) as executor:
         with unit_of_work(engine) as session:

@@ -9,9 +9,9 @@ from sqlalchemy import Engine
 
 from api.cli.common import err, find_tenant, now, open_engine, out
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.errors import TaskmeterError
-from metering.tenants import list_tenants
+from metering.core.db import unit_of_work
+from metering.core.errors import TaskmeterError
+from metering.core.tenants import list_tenants
 
 
 def _stripe_tenants(engine: Engine, name: str | None) -> list[Any]:

@@ -9,9 +9,9 @@ from typing import Any
 
 from api.cli.common import audit_cli, err, find_tenant, now, open_engine, out
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.errors import TaskmeterError
-from metering.tenants import (
+from metering.core.db import unit_of_work
+from metering.core.errors import TaskmeterError
+from metering.core.tenants import (
     create_api_key,
     create_tenant,
     key_prefix,

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from api.deps import AdminScope, SessionDep
 from api.errors import responses
-from metering import audit
+from metering.core import audit
 
 router = APIRouter(tags=["audit"])
 

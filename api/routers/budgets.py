@@ -1,6 +1,6 @@
 """Budgets (admin), the question a runtime asks before it spends (`POST /v1/authorize`, ingest
 scope) and the alerts raised (`GET /v1/alerts`). Every answer comes from the counters that
-ingestion keeps (`metering.spend`): no route here reads events."""
+ingestion keeps (`metering.spend.counters`): no route here reads events."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminScope, AuditDep, NowDep, ReadScope, SessionDep, cached_principal
 from api.errors import BODY_ERRORS, responses
-from metering import alerts, budget_repository, spend
-from metering.errors import Forbidden
-from metering.tenants import Principal
+from metering.core.errors import Forbidden
+from metering.core.tenants import Principal
+from metering.spend import alerts, budget_repository
+from metering.spend import counters as spend
 from pricing import budget_settlement
 
 router = APIRouter(tags=["budgets"])
@@ -105,7 +106,7 @@ async def post_authorize(
     """May this work start? Lists every budget whose scope the request falls under; `allowed`
     is false once an enforced one's usage reached its limit (a denial is an answer: 200).
 
-    Answered on the event loop from this process's snapshot of the counters (`metering.spend`,
+    Answered on the event loop from this process's snapshot of the counters (`metering.spend.counters`,
     "authorization from memory"): no database read and no thread hand-off while the snapshot is
     fresh, so ingestion batches running in the same process delay it little."""
     if not principal.allows("ingest"):

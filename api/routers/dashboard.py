@@ -26,10 +26,12 @@ from api.csv_http import csv_response
 from api.dashboard_outcomes import OutcomesCache
 from api.dashboard_refresh import SnapshotRefresher
 from api.routers import dashboard_auth
-from metering import alerts, budget_repository, quarantine, spend
-from metering.errors import InvalidInput, NotFound
-from metering.periods import Period, parse_month, period_of
-from metering.tenants import Tenant
+from metering.core.errors import InvalidInput, NotFound
+from metering.core.periods import Period, parse_month, period_of
+from metering.core.tenants import Tenant
+from metering.rollup import quarantine
+from metering.spend import alerts, budget_repository
+from metering.spend import counters as spend
 from pricing import evidence, timeline
 from pricing.outcome_counts import TaskTypeOutcomes
 from pricing.service import require_customer

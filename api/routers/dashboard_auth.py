@@ -12,8 +12,8 @@ from fastapi.responses import HTMLResponse, Response
 
 from api import dashboard_http as web
 from api import dashboard_session as auth
-from metering.errors import Unauthorized
-from metering.tenants import Principal, authenticate
+from metering.core.errors import Unauthorized
+from metering.core.tenants import Principal, authenticate
 from reports import pages
 from reports.html import STATIC
 

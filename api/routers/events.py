@@ -16,12 +16,22 @@ from api.deps import IngestOrVerdict, NowDep, ReadScope, SessionDep, SettingsDep
 from api.errors import responses
 from api.ingest_log import LogLink
 from api.settings import Settings
-from metering import cloudevents, ingest_log
-from metering.db import is_unavailable
-from metering.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
-from metering.ingest import Batch, Prepared, find_event, store_events, to_us, validate_body, validate_items
-from metering.loader import state_of
-from metering.schemas import (
+from metering.adapters import cloudevents
+from metering.core.db import is_unavailable
+from metering.core.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from metering.core.tenants import Principal
+from metering.events import ingest_log
+from metering.events.ingest import (
+    Batch,
+    Prepared,
+    find_event,
+    store_events,
+    to_us,
+    validate_body,
+    validate_items,
+)
+from metering.events.loader import state_of
+from metering.events.schemas import (
     EventIn,
     EventState,
     FieldError,
@@ -30,8 +40,7 @@ from metering.schemas import (
     RejectedEvent,
     StoredEvent,
 )
-from metering.tenants import Principal
-from metering.verdicts import check_verdicts
+from metering.events.verdicts import check_verdicts
 
 _EVENT_SCHEMA = TypeAdapter(EventIn).json_schema()
 
@@ -78,7 +87,7 @@ def post_events(
 
     With `Content-Type: application/cloudevents+json` (one CloudEvent) or
     `application/cloudevents-batch+json` (an array), the body is CloudEvents as OpenMeter reads
-    them (`metering.cloudevents`); `rejected` indices are positions in that body. Without a
+    them (`metering.adapters.cloudevents`); `rejected` indices are positions in that body. Without a
     `Content-Type` the body is a JSON array of events; any other type is 415.
 
     With `Content-Encoding: gzip` the body is inflated first, within the same size limit.
@@ -155,7 +164,7 @@ def get_event(event_id: str, principal: ReadScope, session: SessionDep) -> Store
     return StoredEvent(**row)
 
 
-# --- through the ingest log (TASKMETER_INGEST_LOG; metering.ingest_log) ------------------------
+# --- through the ingest log (TASKMETER_INGEST_LOG; metering.events.ingest_log) ------------------------
 # The app includes `log_router` instead of `router` when the setting is on.
 
 log_router = APIRouter(tags=["events"])

@@ -11,9 +11,9 @@ from pydantic import BaseModel
 
 from api.deps import ReadOrVerdict, SessionDep
 from api.errors import responses
-from metering import repository
-from metering.errors import NotFound
-from metering.ingest import from_us
+from metering.core.errors import NotFound
+from metering.events.ingest import from_us
+from metering.rollup import repository
 from pricing import disputes, evidence
 from reports import evidence as evidence_csv
 

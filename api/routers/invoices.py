@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 
 from api.deps import AdminScope, AuditDep, NowDep, ReadOrVerdict, SessionDep, own_customer
 from api.errors import BODY_ERRORS, responses
-from metering.errors import NotFound
+from metering.core.errors import NotFound
 from pricing import credit_notes, invoices
 from pricing.schemas import CreditNote, CreditNoteIn, DraftInvoice, Invoice, InvoiceSummary
 

@@ -2,7 +2,7 @@
 
 Point an OpenTelemetry exporter at `<taskmeter>/v1/otlp` (the exporter appends `/v1/traces`)
 with `Authorization: Bearer <ingest key>`. GenAI spans become usage events through
-`metering.otlp` and ingestion (the same validation and exactly-once storage as `/v1/events`:
+`metering.adapters.otlp` and ingestion (the same validation and exactly-once storage as `/v1/events`:
 a span's event id is `otel:<traceId>:<spanId>`, so a re-exported span is a duplicate).
 
 The answer follows the OTLP/HTTP spec: 200 with an `ExportTraceServiceResponse` in the request's
@@ -22,10 +22,10 @@ from api.bodies import RawBody, decoded, media_type, parse_json
 from api.deps import IngestScope, NowDep, SessionDep, SettingsDep
 from api.errors import responses
 from api.settings import Settings
-from metering.errors import InvalidInput, TaskmeterError, UnsupportedMediaType
-from metering.ingest import store_events, validate_items
-from metering.otlp import SpanMapping, spans_to_events
-from metering.otlp_protobuf import decode_export
+from metering.adapters.otlp import SpanMapping, spans_to_events
+from metering.adapters.otlp_protobuf import decode_export
+from metering.core.errors import InvalidInput, TaskmeterError, UnsupportedMediaType
+from metering.events.ingest import store_events, validate_items
 
 router = APIRouter(tags=["opentelemetry"])
 

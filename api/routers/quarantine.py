@@ -1,4 +1,4 @@
-"""The quarantine over HTTP: the tenant's events that the rollup set aside (`metering.quarantine`),
+"""The quarantine over HTTP: the tenant's events that the rollup set aside (`metering.rollup.quarantine`),
 and an admin's two ways out: release (back through validation and ingestion) or drop."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from api.deps import AuditDep, NowDep, ReadScope, SessionDep, SettingsDep
 from api.errors import responses
-from metering import quarantine
+from metering.rollup import quarantine
 
 router = APIRouter(tags=["quarantine"])
 QuarantineId = Annotated[int, Path(ge=1, le=2**63 - 1)]

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from api.deps import NowDep, ReadScope, SessionDep, SettingsDep
 from api.errors import ErrorBody, responses
-from metering.errors import PayloadTooLarge, Unavailable
+from metering.core.errors import PayloadTooLarge, Unavailable
 from pricing.stripe_sync import sync_status
 from pricing.stripe_webhooks import record_event, verify
 

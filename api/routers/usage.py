@@ -15,10 +15,10 @@ from pydantic import BaseModel, Field
 
 from api.deps import NowDep, ReadOrVerdict, ReadScope, SessionDep
 from api.errors import responses
-from metering import repository
-from metering.errors import InvalidInput, NotFound
-from metering.periods import parse_day, parse_instant, period_of
-from metering.vocabulary import TaskStatus
+from metering.core.errors import InvalidInput, NotFound
+from metering.core.periods import parse_day, parse_instant, period_of
+from metering.core.vocabulary import TaskStatus
+from metering.rollup import repository
 from pricing.service import require_customer
 
 router = APIRouter(tags=["usage"])

@@ -67,7 +67,7 @@ class BudgetUnavailable(BudgetExceeded):
 
 log = logging.getLogger("taskmeter.client")
 
-# The event schema's limits (the server's metering.schemas), checked here so misuse fails in the agent's code.
+# The event schema's limits (the server's metering.events.schemas), checked here so misuse fails in the agent's code.
 _TEXT_MAX = {"customer": 256, "task": 256, "task_type": 128, "provider": 64, "model": 128, "actor": 256, "agent": 256}
 _CONTROL = frozenset(chr(code) for code in (*range(0x20), 0x7F))
 _META_KEY_MAX, _META_VALUE_MAX, _META_ITEMS_MAX = 128, 1024, 64

@@ -48,7 +48,7 @@ __all__ = [
 
 MAX_TOKENS = 10**12
 """The most tokens of one class in one event: the event contract's limit, which the server's
-schema (`metering.schemas`) and cost arithmetic (`metering.prices`) take from here."""
+schema (`metering.events.schemas`) and cost arithmetic (`metering.costs.prices`) take from here."""
 
 
 class FieldError(TypedDict):

@@ -6,7 +6,7 @@ Revises: 0008
 Create Date: 2026-12-06
 
 Events outside the span every layer can represent (1970-01-02T00:00:00Z to 2262-01-01T00:00:00Z,
-`metering.schemas`) stop a tenant's rollup, close or reports: they are moved to the quarantine
+`metering.events.schemas`) stop a tenant's rollup, close or reports: they are moved to the quarantine
 here, and the rollup of each tenant that had one is rebuilt on its next run (its price version
 is cleared, its rollup rows deleted), so that what they left in the rollup tables goes too.
 

@@ -1,4 +1,4 @@
-"""budgets: webhook signing secrets encrypted at rest (Fernet, metering.secret_box); jobs counted
+"""budgets: webhook signing secrets encrypted at rest (Fernet, metering.core.secret_box); jobs counted
 at settlement for tenants with outcome rules (budget_state.jobs_at_settlement)
 
 Revision ID: 0017

@@ -8,7 +8,7 @@ Create Date: 2026-12-06
 Existing tenants have no buckets (`rollup_state.price_buckets` NULL): the first rollup after the
 upgrade rebuilds each tenant once from its events, which writes them (and carries every summed
 cost: `cost_rem` < 10**6). From then on a price change re-prices from the buckets
-(`metering.reprice`).
+(`metering.rollup.reprice`).
 """
 
 from __future__ import annotations

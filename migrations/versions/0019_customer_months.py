@@ -5,8 +5,8 @@ Revises: 0015
 Create Date: 2026-12-06
 
 Per customer, tenant-local month, task type, status and cost bucket: tasks, usage events, tokens
-and whole-task provider cost (`metering.month_figures`). Filled for existing tenants by the
-upgrade from `task_usage` (`metering.month_figures.rebuild_from_task_usage`, per tenant).
+and whole-task provider cost (`metering.rollup.month_figures`). Filled for existing tenants by the
+upgrade from `task_usage` (`metering.rollup.month_figures.rebuild_from_task_usage`, per tenant).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_customer_months_tenant_month", "customer_months", ["tenant_id", "month"])
     # The figures of the tasks already rolled up (readers take an empty table for no tasks).
-    from metering.month_figures import rebuild_from_task_usage
+    from metering.rollup.month_figures import rebuild_from_task_usage
 
     connection = op.get_bind()
     for tenant_id, timezone in connection.execute(sa.text("SELECT id, timezone FROM tenants")).all():

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select
 
 from api import cli
 from api.settings import get_settings
-from metering.tables import events
+from metering.core.tables import events
 from tests.conftest import TEST_SECRET
 from tests.factories import make_event
 

@@ -10,7 +10,7 @@ import httpx
 import orjson
 from sqlalchemy import Engine, select
 
-from metering.tables import events
+from metering.core.tables import events
 
 CLOUDEVENTS = Path(__file__).parents[1] / "fixtures" / "cloudevents"
 STRUCTURED = {"content-type": "application/cloudevents+json"}

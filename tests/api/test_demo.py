@@ -21,10 +21,10 @@ from api import cli
 from api.demo import PROFILES, demo_events, late_events
 from api.scheduler import run_once
 from api.settings import Settings, get_settings
-from metering.db import unit_of_work
-from metering.periods import period_of
-from metering.tables import events, task_usage, usage_daily
-from metering.tenants import get_tenant
+from metering.core.db import unit_of_work
+from metering.core.periods import period_of
+from metering.core.tables import events, task_usage, usage_daily
+from metering.core.tenants import get_tenant
 from pricing import invoices as invoice_service
 from pricing.tables import billing_periods, customer_plans, invoice_lines, invoices, plan_versions
 from tests.conftest import TEST_SECRET

@@ -9,8 +9,8 @@ import httpx
 import orjson
 from sqlalchemy import Engine, func, select
 
-from metering.tables import events
-from metering.tenants import Tenant
+from metering.core.tables import events
+from metering.core.tenants import Tenant
 from tests.conftest import LiveServer
 from tests.factories import make_event
 
@@ -140,8 +140,8 @@ class TestAuth:
     def test_revoked_key_is_401(self, live_server: LiveServer, tenant: Tenant, make_key: Callable[..., str], engine: Engine) -> None:
         from datetime import UTC, datetime
 
-        from metering.db import unit_of_work
-        from metering.tenants import revoke_api_key
+        from metering.core.db import unit_of_work
+        from metering.core.tenants import revoke_api_key
 
         key = make_key(tenant)
         with unit_of_work(engine) as session:

@@ -14,12 +14,12 @@ from sqlalchemy import Engine, func, select
 
 from api.ingest_log import log_config
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.ingest import ingest_events, to_us, validate_items
-from metering.ingest_log import connect, envelope
-from metering.loader import LoaderStats, run
-from metering.tables import api_keys, events, log_quarantine
-from metering.tenants import Tenant, create_api_key, key_prefix
+from metering.core.db import unit_of_work
+from metering.core.tables import api_keys, events, log_quarantine
+from metering.core.tenants import Tenant, create_api_key, key_prefix
+from metering.events.ingest import ingest_events, to_us, validate_items
+from metering.events.ingest_log import connect, envelope
+from metering.events.loader import LoaderStats, run
 from tests.conftest import TEST_SECRET, LiveServer
 from tests.factories import make_event
 from tests.support.nats import NATS_URL, log_stream

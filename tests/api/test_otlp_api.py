@@ -14,8 +14,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from sqlalchemy import Engine, select
 
-from metering.tables import events
-from metering.tenants import Tenant
+from metering.core.tables import events
+from metering.core.tenants import Tenant
 from tests.conftest import LiveServer
 
 OTLP = Path(__file__).parents[1] / "fixtures" / "otlp"

@@ -12,9 +12,9 @@ import yaml
 from sqlalchemy import Engine
 
 from api.deps import get_now
-from metering.db import unit_of_work
-from metering.pipeline import rollup_tenant
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.tenants import Tenant
+from metering.rollup.pipeline import rollup_tenant
 from pricing import service
 from tests.conftest import LiveServer
 from tests.pricing.conftest import JOBS, PRICES, ended, job
@@ -135,7 +135,7 @@ class TestEvidence:
     def test_the_tasks_behind_an_invoice_line_as_pages_and_as_csv(
         self, configured: httpx.Client, engine: Engine, tenant: Tenant
     ) -> None:
-        from metering.periods import parse_month
+        from metering.core.periods import parse_month
         from pricing import invoices
 
         with unit_of_work(engine) as session:

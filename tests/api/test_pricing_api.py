@@ -13,11 +13,11 @@ import yaml
 from sqlalchemy import Engine, func, select
 
 from api.deps import get_now
-from metering.db import unit_of_work
-from metering.periods import parse_month
-from metering.pipeline import rollup_tenant
-from metering.tables import metadata
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.periods import parse_month
+from metering.core.tables import metadata
+from metering.core.tenants import Tenant
+from metering.rollup.pipeline import rollup_tenant
 from pricing import invoices, service
 from pricing.tables import credit_notes
 from tests.conftest import LiveServer

@@ -18,9 +18,9 @@ from sqlalchemy import Engine, func, select
 
 from api import cli
 from api.settings import get_settings
-from metering.db import unit_of_work
-from metering.ingest import ingest_events
-from metering.tenants import Tenant, get_tenant
+from metering.core.db import unit_of_work
+from metering.core.tenants import Tenant, get_tenant
+from metering.events.ingest import ingest_events
 from pricing.tables import invoices, plan_versions
 from tests.conftest import TEST_SECRET, LiveServer
 from tests.pricing.conftest import JOBS, PRICES, TOKENS, at, job

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from api.bodies import decoded
-from metering.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
-from metering.tables import events
-from metering.tenants import Tenant
+from metering.core.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from metering.core.tables import events
+from metering.core.tenants import Tenant
 from tests.conftest import LiveServer
 from tests.factories import make_event
 

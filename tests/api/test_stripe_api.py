@@ -19,7 +19,7 @@ from sqlalchemy import Engine, func, select, update
 
 from api.app import create_app
 from api.settings import Settings
-from metering.tenants import Tenant
+from metering.core.tenants import Tenant
 from pricing.stripe_sync import sync_tenant
 from pricing.stripe_tables import stripe_events
 from pricing.tables import invoices

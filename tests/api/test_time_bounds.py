@@ -16,8 +16,8 @@ from freezegun import freeze_time
 from sqlalchemy import Engine, select
 
 from api.settings import Settings
-from metering.pipeline import rollup_tenant
-from metering.tables import events
+from metering.core.tables import events
+from metering.rollup.pipeline import rollup_tenant
 from tests.conftest import LiveServer
 from tests.factories import make_event
 

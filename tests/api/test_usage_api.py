@@ -10,9 +10,9 @@ import httpx
 import yaml
 from sqlalchemy import Engine
 
-from metering.db import unit_of_work
-from metering.pipeline import rollup_tenant
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.tenants import Tenant
+from metering.rollup.pipeline import rollup_tenant
 from pricing.service import load_config
 from tests.conftest import LiveServer
 from tests.factories import make_event

@@ -18,10 +18,10 @@ from sqlalchemy import Engine, select
 
 from api import cli
 from api.settings import get_settings
-from metering.db import unit_of_work
-from metering.ingest import ingest_events
-from metering.tables import task_usage
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.tables import task_usage
+from metering.core.tenants import Tenant
+from metering.events.ingest import ingest_events
 from tests.conftest import TEST_SECRET
 from tests.factories import make_task_events
 from tests.support.billing import invoice_row, make_invoice, stripe_customer_id

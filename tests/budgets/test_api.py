@@ -22,9 +22,9 @@ from taskmeter_client import BudgetExceeded, TaskmeterClient
 
 from api.settings import Settings
 from api.webhooks import deliver_due
-from metering.alerts import add_webhook
-from metering.db import unit_of_work
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.tenants import Tenant
+from metering.spend.alerts import add_webhook
 from tests.conftest import FROZEN_NOW, LiveServer
 from tests.factories import make_event
 

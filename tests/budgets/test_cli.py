@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from metering.budget_tables import webhooks
-from metering.secret_box import SecretBox, derived_key
-from metering.tenants import Tenant
+from metering.core.secret_box import SecretBox, derived_key
+from metering.core.tenants import Tenant
+from metering.spend.budget_tables import webhooks
 from tests.conftest import TEST_SECRET
 
 Run = Callable[..., tuple[int, Any, str]]

@@ -14,7 +14,7 @@ import pytest
 import time_machine
 from taskmeter_client import AsyncTaskmeterClient, BudgetExceeded, BudgetUnavailable, TaskmeterClient
 
-from metering.tenants import Tenant
+from metering.core.tenants import Tenant
 from tests.conftest import FROZEN_NOW, LiveServer
 from tests.factories import make_event
 from tests.support.servers import ServerThread

@@ -13,16 +13,17 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, func, select
 
-from metering import budget_repository, spend
-from metering.budget_tables import budget_counters
-from metering.budgets import Budget, parse_budgets, reached
-from metering.db import unit_of_work
-from metering.errors import InvalidInput
-from metering.ingest import ingest_events
-from metering.periods import Period, period_of
-from metering.pipeline import rollup_tenant
-from metering.tables import task_usage, usage_daily
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.errors import InvalidInput
+from metering.core.periods import Period, period_of
+from metering.core.tables import task_usage, usage_daily
+from metering.core.tenants import Tenant
+from metering.events.ingest import ingest_events
+from metering.rollup.pipeline import rollup_tenant
+from metering.spend import budget_repository
+from metering.spend import counters as spend
+from metering.spend.budget_tables import budget_counters
+from metering.spend.budgets import Budget, parse_budgets, reached
 from pricing.service import load_config
 from tests.factories import make_event
 

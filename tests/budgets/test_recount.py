@@ -1,4 +1,4 @@
-"""Counters recounted from the stored events (`metering.recount`): a budget created or changed
+"""Counters recounted from the stored events (`metering.spend.recount`): a budget created or changed
 mid-period starts from the spend already in its period, and spend already counted is re-priced
 when the tenant's prices or customers' plans change. Compared with the rollup exactly."""
 
@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from metering import budget_repository, spend
-from metering.db import unit_of_work
-from metering.ingest import ingest_events
-from metering.periods import period_of
-from metering.pipeline import rollup_tenant
-from metering.tables import task_usage, usage_daily
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.periods import period_of
+from metering.core.tables import task_usage, usage_daily
+from metering.core.tenants import Tenant
+from metering.events.ingest import ingest_events
+from metering.rollup.pipeline import rollup_tenant
+from metering.spend import budget_repository
+from metering.spend import counters as spend
 from pricing.service import load_config
 from tests.budgets.test_counters import _random_events
 from tests.factories import make_event

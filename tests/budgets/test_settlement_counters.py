@@ -15,8 +15,9 @@ from sqlalchemy import Engine
 
 from api.scheduler import Runtime, run_rollup
 from api.settings import Settings
-from metering import budget_repository, spend
-from metering.db import unit_of_work
+from metering.core.db import unit_of_work
+from metering.spend import budget_repository
+from metering.spend import counters as spend
 from pricing.budget_settlement import settle_counters
 from tests.pricing.conftest import Billing, at, ended, job, make_billing  # noqa: F401 - the fixture
 

@@ -19,11 +19,11 @@ from sqlalchemy import Engine, insert, select
 
 from api.settings import Settings
 from api.webhooks import deliver_due
-from metering import alerts
-from metering.budget_tables import budget_alerts, webhook_deliveries, webhooks
-from metering.db import unit_of_work
-from metering.secret_box import SecretBox, SecretUnreadable, derived_key
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.secret_box import SecretBox, SecretUnreadable, derived_key
+from metering.core.tenants import Tenant
+from metering.spend import alerts
+from metering.spend.budget_tables import budget_alerts, webhook_deliveries, webhooks
 from tests.conftest import TEST_SECRET
 from tests.reliability.test_quarantine_migration import migrate
 

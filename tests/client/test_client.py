@@ -23,8 +23,8 @@ from taskmeter_client.sender import dead_letter_path
 
 from api.app import create_app
 from api.settings import Settings
-from metering.tables import events
-from metering.tenants import Tenant
+from metering.core.tables import events
+from metering.core.tenants import Tenant
 from tests.conftest import LiveServer
 from tests.support.servers import Fault, FaultInjector, ServerThread, free_port
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from metering.tenants import Tenant
+from metering.core.tenants import Tenant
 from tests.conftest import LiveServer
 from tests.reports.conftest import Books, usage
 

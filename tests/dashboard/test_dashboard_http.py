@@ -18,8 +18,8 @@ import stripe
 from sqlalchemy import select
 
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.tenants import Tenant, revoke_api_key
+from metering.core.db import unit_of_work
+from metering.core.tenants import Tenant, revoke_api_key
 from pricing.stripe_sync import sync_tenant
 from pricing.tables import invoices
 from reports import snapshots

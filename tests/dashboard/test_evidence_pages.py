@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import select
 
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.tenants import Tenant
 from pricing import analysis
 from pricing.disputes import open_dispute
 from pricing.tables import invoice_lines, invoices

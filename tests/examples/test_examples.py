@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from metering.tables import events
-from metering.tenants import Tenant
+from metering.core.tables import events
+from metering.core.tenants import Tenant
 from tests.conftest import LiveServer
 
 ROOT = Path(__file__).parents[2]

@@ -16,14 +16,14 @@ import orjson
 import pytest
 from sqlalchemy import Engine, select
 
-from metering.cloudevents import from_batch
-from metering.db import unit_of_work
-from metering.ingest import find_event, ingest_events, to_us
-from metering.otlp import spans_to_events
-from metering.pipeline import rollup_tenant
-from metering.schemas import event_scope
-from metering.tables import events, usage_daily
-from metering.tenants import Tenant
+from metering.adapters.cloudevents import from_batch
+from metering.adapters.otlp import spans_to_events
+from metering.core.db import unit_of_work
+from metering.core.tables import events, usage_daily
+from metering.core.tenants import Tenant
+from metering.events.ingest import find_event, ingest_events, to_us
+from metering.events.schemas import event_scope
+from metering.rollup.pipeline import rollup_tenant
 from tests.factories import make_event
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

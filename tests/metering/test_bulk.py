@@ -1,4 +1,4 @@
-"""Bulk writes of frames (`metering.db.write_frame`): what goes in is what comes back, in
+"""Bulk writes of frames (`metering.core.db.write_frame`): what goes in is what comes back, in
 slices (PostgreSQL: CSV written by Arrow in a thread, one slice ahead of the COPY)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import BigInteger, Column, Date, Engine, Integer, MetaData, String, Table, select
 
-from metering.db import write_frame
+from metering.core.db import write_frame
 
 NAMES = ["plain", "with, comma", 'with "quotes"', "two\nlines", "", None, "tâche-東京-🚀", "=1+2", " padded ", "\\N"]
 
@@ -38,9 +38,9 @@ def test_a_frame_comes_back_as_it_went_in(slice_rows: int, engine: Engine) -> No
 
 
 def test_add_rows_adds_to_stored_rows_and_returns_the_totals(engine: Engine) -> None:
-    """`metering.db.add_rows`: new keys are inserted, known ones get the amounts added; every
+    """`metering.core.db.add_rows`: new keys are inserted, known ones get the amounts added; every
     written row comes back as stored after the write (names that need quoting, 64-bit sums)."""
-    from metering.db import add_rows
+    from metering.core.db import add_rows
 
     probe = Table(
         "add_probe", MetaData(),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from metering.cloudevents import CloudEventsResult, from_batch, from_body, from_structured
+from metering.adapters.cloudevents import CloudEventsResult, from_batch, from_body, from_structured
 
 CLOUDEVENTS = Path(__file__).parents[1] / "fixtures" / "cloudevents"
 RECEIVED = datetime(2026, 10, 5, 9, 35, 0, 123456, tzinfo=UTC)
@@ -80,9 +80,9 @@ def zero_tokens(**counts: int) -> dict[str, int]:
 
 def assert_ingestible(events: list[dict[str, Any]]) -> None:
     """Ingestion's own shape validation (written elsewhere, concurrently) accepts every event."""
-    validate_items = getattr(pytest.importorskip("metering.ingest"), "validate_items", None)
+    validate_items = getattr(pytest.importorskip("metering.events.ingest"), "validate_items", None)
     if validate_items is None:
-        pytest.skip("metering.ingest.validate_items is not available")
+        pytest.skip("metering.events.ingest.validate_items is not available")
     batch = validate_items(events)
     assert batch.rejected == []
     assert len(batch.events) == len(events)

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pytest
 
 from api.settings import Settings
-from metering.executors import DaskExecutor, ExecutorFailed, InProcess, executor_for, local_workers
-from metering.rollup import Summary, summarize
+from metering.rollup.executors import DaskExecutor, ExecutorFailed, InProcess, executor_for, local_workers
+from metering.rollup.summary import Summary, summarize
 from tests.metering.test_summarize import random_events
 from tests.support.dask_cluster import LocalCluster
 

@@ -1,4 +1,4 @@
-"""The database adapter's readers (metering.db.driver_rows, read_frame)."""
+"""The database adapter's readers (metering.core.db.driver_rows, read_frame)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Date, DateTime, Engine, Integer, literal, select
 
-from metering.db import driver_rows, read_frame
+from metering.core.db import driver_rows, read_frame
 
 
 def _refuse(value: Any) -> Any:

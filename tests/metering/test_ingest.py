@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, func, select
 
-from metering.db import unit_of_work
-from metering.errors import InvalidInput
-from metering.ingest import find_event, ingest_events
-from metering.schemas import IngestResult
-from metering.tables import events
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.errors import InvalidInput
+from metering.core.tables import events
+from metering.core.tenants import Tenant
+from metering.events.ingest import find_event, ingest_events
+from metering.events.schemas import IngestResult
 from tests.factories import make_event
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

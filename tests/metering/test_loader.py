@@ -1,4 +1,4 @@
-"""The loader's database side (`metering.loader.load`) without NATS: messages of the ingest log
+"""The loader's database side (`metering.events.loader.load`) without NATS: messages of the ingest log
 stored with the HTTP path's function, the verdicts it records, the quarantine of what it cannot
 store, and the rollup of events that reach the database after later-accepted ones."""
 
@@ -10,14 +10,14 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, func, select
 
-from metering.db import unit_of_work
-from metering.event_columns import DIGEST
-from metering.ingest import ingest_events, prepare_rows, to_us, validate_items
-from metering.ingest_log import envelope
-from metering.loader import LogMessage, Outcome, load, state_of
-from metering.pipeline import rollup_tenant
-from metering.tables import events, load_verdicts, log_quarantine, task_usage
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.event_columns import DIGEST
+from metering.core.tables import events, load_verdicts, log_quarantine, task_usage
+from metering.core.tenants import Tenant
+from metering.events.ingest import ingest_events, prepare_rows, to_us, validate_items
+from metering.events.ingest_log import envelope
+from metering.events.loader import LogMessage, Outcome, load, state_of
+from metering.rollup.pipeline import rollup_tenant
 from tests.factories import make_event
 
 ACCEPTED = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)

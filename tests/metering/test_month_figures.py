@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, select
 
-from metering import month_figures
-from metering.db import unit_of_work
-from metering.ingest import ingest_events
-from metering.pipeline import rollup_tenant
-from metering.tables import customer_months, tenant_prices
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.tables import customer_months, tenant_prices
+from metering.core.tenants import Tenant
+from metering.events.ingest import ingest_events
+from metering.rollup import month_figures
+from metering.rollup.pipeline import rollup_tenant
 
 NOW = datetime(2026, 12, 20, 12, 0, tzinfo=UTC)
 _ids = itertools.count()
@@ -105,7 +105,7 @@ def test_a_price_change_writes_the_same_figures_as_increments(engine: Engine, ma
             cache_read=None, cache_write=None, updated_at=NOW,
         ))  # fmt: skip
     result = rollup_tenant(engine, tenant, now=NOW)
-    assert result.repriced is not None and not result.rebuilt  # from the rollup's rows (metering.reprice)
+    assert result.repriced is not None and not result.rebuilt  # from the rollup's rows (metering.rollup.reprice)
     rebuilt = _sorted(_table(engine, tenant))
     _assert_exact(engine, tenant)
     assert rebuilt["cost_nanos"].sum() > incremental["cost_nanos"].sum()  # the new price is in the figures

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from metering.otlp import OtlpResult, SpanMapping, decode_protobuf, spans_to_events
+from metering.adapters.otlp import OtlpResult, SpanMapping, decode_protobuf, spans_to_events
 
 OTLP = Path(__file__).parents[1] / "fixtures" / "otlp"
 TRACE = "5b8efff798038103d269b633813fc60c"
@@ -105,9 +105,9 @@ def errors(result: OtlpResult) -> list[dict[str, str]]:
 
 def assert_ingestible(events: list[dict[str, Any]]) -> None:
     """Ingestion's own shape validation (written elsewhere, concurrently) accepts every event."""
-    validate_items = getattr(pytest.importorskip("metering.ingest"), "validate_items", None)
+    validate_items = getattr(pytest.importorskip("metering.events.ingest"), "validate_items", None)
     if validate_items is None:
-        pytest.skip("metering.ingest.validate_items is not available")
+        pytest.skip("metering.events.ingest.validate_items is not available")
     batch = validate_items(events)
     assert batch.rejected == []
     assert len(batch.events) == len(events)

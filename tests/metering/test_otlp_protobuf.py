@@ -17,8 +17,8 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from metering.otlp import decode_protobuf
-from metering.otlp_protobuf import decode_export
+from metering.adapters.otlp import decode_protobuf
+from metering.adapters.otlp_protobuf import decode_export
 
 OTLP = Path(__file__).parents[1] / "fixtures" / "otlp"
 

@@ -26,18 +26,25 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, insert, inspect, select, update
 from sqlalchemy.exc import OperationalError
 
-from metering.db import unit_of_work
-from metering.executors import DaskExecutor, ExecutorFailed
-from metering.ingest import ingest_events
-from metering.money import display_cost
-from metering.pipeline import RollupConflict, rollup_tenant
-from metering.prices import settle_nanos
-from metering.stores import RollupStore, store_for
-from metering.stores.common import ROLLUP_TABLES, key_order
-from metering.stores.postgresql import PostgresStore
-from metering.stores.sqlite import SqliteStore
-from metering.tables import metadata, rollup_state, task_usage, task_usage_detail, tenant_prices, usage_daily
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.money import display_cost
+from metering.core.tables import (
+    metadata,
+    rollup_state,
+    task_usage,
+    task_usage_detail,
+    tenant_prices,
+    usage_daily,
+)
+from metering.core.tenants import Tenant
+from metering.costs.prices import settle_nanos
+from metering.events.ingest import ingest_events
+from metering.rollup.executors import DaskExecutor, ExecutorFailed
+from metering.rollup.pipeline import RollupConflict, rollup_tenant
+from metering.rollup.stores import RollupStore, store_for
+from metering.rollup.stores.common import ROLLUP_TABLES, key_order
+from metering.rollup.stores.postgresql import PostgresStore
+from metering.rollup.stores.sqlite import SqliteStore
 from tests.factories import make_event
 from tests.support.dask_cluster import LocalCluster
 
@@ -615,7 +622,7 @@ class TestUnpricedModels:
                 cache_read=None, cache_write=None, updated_at=NOW,
             ))  # fmt: skip
         result = rollup(engine, tenant)
-        # Re-priced from the rollup's rows (`metering.reprice`): no event read again.
+        # Re-priced from the rollup's rows (`metering.rollup.reprice`): no event read again.
         assert not result.rebuilt and result.repriced is not None and result.events_read == 0
         assert result.unpriced_models == [] and result.repriced.unpriced == {}
         row = task_row(engine, tenant, "t")

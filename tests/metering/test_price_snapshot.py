@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from metering.ratecards import GENAI_PRICES_VERSION, PriceBook
-from metering.vocabulary import RATE_CARD_CLASSES
+from metering.core.vocabulary import RATE_CARD_CLASSES
+from metering.costs.ratecards import GENAI_PRICES_VERSION, PriceBook
 
 RECORD = Path(__file__).parent.parent / "fixtures" / "price_snapshot.json"
 # The models whose prices tests, the demo and the README's examples state.

@@ -1,4 +1,4 @@
-"""Provider cost: `metering.prices` against genai-prices' own `calc_price`, exactly."""
+"""Provider cost: `metering.costs.prices` against genai-prices' own `calc_price`, exactly."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from genai_prices import Usage, calc_price
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metering.money import decimal_to_nanos, quantize
-from metering.prices import MAX_TOKENS, exact_cost, price_usage, settle_nanos
-from metering.ratecards import GENAI_PRICES_VERSION, PriceBook, RateCardError
+from metering.core.money import decimal_to_nanos, quantize
+from metering.costs.prices import MAX_TOKENS, exact_cost, price_usage, settle_nanos
+from metering.costs.ratecards import GENAI_PRICES_VERSION, PriceBook, RateCardError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SNAPSHOT = PriceBook()

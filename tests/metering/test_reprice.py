@@ -11,17 +11,17 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, delete, func, insert, select, update
 
-from metering.db import unit_of_work
-from metering.ingest import ingest_events
-from metering.pipeline import RollupResult, rollup_tenant
-from metering.price_buckets import BucketScheme, scheme_for
-from metering.prices import REM_PER_NANO, price_sums, price_usage
-from metering.ratecards import PriceBook, TenantPrice
-from metering.reprice import PricesMoved, reprice_tenant
-from metering.stores import store_for
-from metering.stores.common import ROLLUP_TABLES
-from metering.tables import customer_months, rollup_state, tenant_model_aliases, tenant_prices
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.tables import customer_months, rollup_state, tenant_model_aliases, tenant_prices
+from metering.core.tenants import Tenant
+from metering.costs.price_buckets import BucketScheme, scheme_for
+from metering.costs.prices import REM_PER_NANO, price_sums, price_usage
+from metering.costs.ratecards import PriceBook, TenantPrice
+from metering.events.ingest import ingest_events
+from metering.rollup.pipeline import RollupResult, rollup_tenant
+from metering.rollup.reprice import PricesMoved, reprice_tenant
+from metering.rollup.stores import store_for
+from metering.rollup.stores.common import ROLLUP_TABLES
 from tests.factories import make_event
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

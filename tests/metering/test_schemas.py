@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.ingest import Prepared, prepare_rows, validate_items
+from metering.events.ingest import Prepared, prepare_rows, validate_items
 from tests.factories import make_event
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metering.errors import UsageTooLarge
-from metering.rollup import (
+from metering.core.errors import UsageTooLarge
+from metering.rollup.summary import (
     DAILY_KEYS,
     DETAIL_KEYS,
     TASK_COLUMNS,

@@ -13,9 +13,9 @@ import pytest
 from genai_prices import Usage
 from genai_prices.data import providers
 
-from metering.costs import price_version
-from metering.prices import exact_cost, price_usage
-from metering.ratecards import PriceBook, RateCardError, TenantPrice, normalized_name
+from metering.costs.book import price_version
+from metering.costs.prices import exact_cost, price_usage
+from metering.costs.ratecards import PriceBook, RateCardError, TenantPrice, normalized_name
 from tests.metering.test_prices import SNAPSHOT, costs, event, frame
 
 SONNET_4 = {

@@ -11,13 +11,13 @@ import pytest
 import yaml
 from sqlalchemy import Engine, select
 
-from metering import pipeline
-from metering.db import unit_of_work
-from metering.ingest import ingest_events
-from metering.periods import parse_month
-from metering.pipeline import RollupResult, bring_up_to_date, rollup_tenant
-from metering.tables import task_usage
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.periods import parse_month
+from metering.core.tables import task_usage
+from metering.core.tenants import Tenant
+from metering.events.ingest import ingest_events
+from metering.rollup import pipeline
+from metering.rollup.pipeline import RollupResult, bring_up_to_date, rollup_tenant
 from pricing import invoices, service
 from tests.factories import make_event
 

@@ -17,23 +17,23 @@ import pytest
 import yaml
 from sqlalchemy import Engine, func, select, update
 
-from metering.archive import (
+from metering.core.db import unit_of_work
+from metering.core.errors import Conflict
+from metering.core.event_columns import EVENT_COLUMNS, TEXT_COLUMNS
+from metering.core.periods import parse_month
+from metering.core.tables import archived_months, events, rollup_state, task_usage
+from metering.core.tenants import Tenant
+from metering.events.archive import (
     Archive,
     ArchivedHistory,
     ArchiveMismatch,
-    check_rebuild,
     checksum,
     read_archived_events,
 )
-from metering.db import unit_of_work
-from metering.errors import Conflict
-from metering.ingest import ingest_events
-from metering.periods import parse_month
-from metering.pipeline import bring_up_to_date
-from metering.stores import store_for
-from metering.stores.common import EVENT_COLUMNS, TEXT_COLUMNS
-from metering.tables import archived_months, events, rollup_state, task_usage
-from metering.tenants import Tenant
+from metering.events.ingest import ingest_events
+from metering.rollup.archive_guard import check_rebuild
+from metering.rollup.pipeline import bring_up_to_date
+from metering.rollup.stores import store_for
 from pricing import invoices, service
 from pricing.archive import archive_tenant, restore_tenant
 from tests.factories import make_event

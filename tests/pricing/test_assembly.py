@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from metering.errors import InvalidInput
-from metering.money import from_minor, to_minor
-from metering.periods import parse_month
-from metering.tenants import Tenant
+from metering.core.errors import InvalidInput
+from metering.core.money import from_minor, to_minor
+from metering.core.periods import parse_month
+from metering.core.tenants import Tenant
 from pricing.assembly import Assembly, BilledInvoice, ClosedMonth, Draft, OpenMonth, Usage, assemble
 from pricing.config import validate_config
 from pricing.repository import Assignment, StoredPlans, StoredVersion

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from metering.errors import InvalidInput
+from metering.core.errors import InvalidInput
 from pricing.compare import CUSTOMER_COLUMNS, Comparison, ModelTokens, compare_plans, quote_task
 from pricing.config import TenantConfig, validate_config
 from tests.pricing.test_rating import OCTOBER, RATES, task_frame, task_row, token_frame, token_row

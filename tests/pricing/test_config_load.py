@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from metering.db import unit_of_work
-from metering.errors import InvalidInput, NotFound
-from metering.tables import tenant_prices
+from metering.core.db import unit_of_work
+from metering.core.errors import InvalidInput, NotFound
+from metering.core.tables import tenant_prices
 from pricing import repository, service
 from pricing.tables import customer_plans, customers, plan_versions, plans
 from tests.pricing.conftest import JOBS, PRICES, RATES, TOKENS, Billing, at

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from metering.db import unit_of_work
-from metering.errors import Conflict, NotFound
+from metering.core.db import unit_of_work
+from metering.core.errors import Conflict, NotFound
 from pricing import credit_notes, disputes
 from tests.pricing.conftest import Billing, at, ended, job
 

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from metering.db import unit_of_work
-from metering.errors import Conflict, InvalidInput, NotFound
-from metering.periods import parse_month
-from metering.pipeline import price_version, tenant_overrides
+from metering.core.db import unit_of_work
+from metering.core.errors import Conflict, InvalidInput, NotFound
+from metering.core.periods import parse_month
+from metering.rollup.pipeline import price_version, tenant_overrides
 from pricing import credit_notes, invoices
 from pricing.tables import billing_periods, invoice_lines
 from pricing.tables import invoices as invoice_table
@@ -461,7 +461,7 @@ class TestUpcoming:
 
 
 def test_invoice_numbers_fit_64_characters() -> None:
-    from metering.tenants import Tenant
+    from metering.core.tenants import Tenant
 
     tenant = Tenant(7, "a" * 64, "UTC", "USD")
     number = invoices.invoice_number(tenant, parse_month("2026-10", "UTC"), 12)

@@ -9,8 +9,8 @@ from typing import Any
 
 from freezegun import freeze_time
 
-from metering.db import unit_of_work
-from metering.periods import parse_month
+from metering.core.db import unit_of_work
+from metering.core.periods import parse_month
 from pricing import analysis
 from pricing.disputes import open_dispute
 from tests.pricing.conftest import Billing, ended, job

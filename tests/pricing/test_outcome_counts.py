@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from metering.ingest import to_us
-from metering.periods import parse_month
+from metering.core.periods import parse_month
+from metering.events.ingest import to_us
 from pricing.config import validate_config
 from pricing.outcome_counts import DISPUTE_INPUT, OUTCOME_INPUT, TaskTypeOutcomes, count_outcomes
 from pricing.plans import PlanBook

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from metering.errors import InvalidInput
+from metering.core.errors import InvalidInput
 from pricing.config import validate_config
 from pricing.outcomes import OutcomeRule, RuleBook, RuleVersion, parse_duration, rules_definition, settle
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from metering.errors import InvalidInput
+from metering.core.errors import InvalidInput
 from pricing.config import parse_config, validate_config
 from pricing.plans import PerJobPlan, PerTokenPlan, PlanBook
 

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.errors import InvalidInput
-from metering.money import round_money
-from metering.vocabulary import TOKEN_CLASSES
+from metering.core.errors import InvalidInput
+from metering.core.money import round_money
+from metering.core.vocabulary import TOKEN_CLASSES
 from pricing.config import validate_config
 from pricing.plans import PerJobPlan, PerTokenPlan, Plan, PlanBook
 from pricing.rating import LineKind, RatedMonth, rate_month

@@ -12,9 +12,9 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metering.db import unit_of_work
-from metering.money import round_money
-from metering.periods import parse_month
+from metering.core.db import unit_of_work
+from metering.core.money import round_money
+from metering.core.periods import parse_month
 from pricing import repository
 from pricing.usage import TASK_COLUMNS, TOKEN_USAGE_COLUMNS
 from tests.pricing.conftest import JOBS, RATES, TOKENS, Billing, at, ended, job, usage

@@ -16,8 +16,8 @@ import stripe
 from sqlalchemy import Engine, select
 
 from api.settings import Settings
-from metering.jobstate import Guard
-from metering.tenants import Tenant
+from metering.core.jobstate import Guard
+from metering.core.tenants import Tenant
 from pricing import stripe_sync
 from pricing.stripe_gateway import StripeGateway, is_transient
 from pricing.stripe_sync import metadata_of, sync_status, sync_tenant

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from metering.db import unit_of_work
-from metering.errors import InvalidInput
-from metering.ingest import ingest_events
-from metering.prices import exact_cost
-from metering.tables import events, task_usage, tenant_model_aliases
+from metering.core.db import unit_of_work
+from metering.core.errors import InvalidInput
+from metering.core.tables import events, task_usage, tenant_model_aliases
+from metering.costs.prices import exact_cost
+from metering.events.ingest import ingest_events
 from tests.pricing.conftest import PRICES, Billing, at, usage
 
 NOW = at("2026-11-15T12:00:00Z")

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import Engine, inspect, select
 
-from metering.pipeline import rollup_tenant
-from metering.tables import task_usage, task_usage_detail, usage_daily
+from metering.core.tables import task_usage, task_usage_detail, usage_daily
+from metering.rollup.pipeline import rollup_tenant
 from tests.reliability.test_quarantine_migration import migrate
 from tests.reports.conftest import Books, make_books, usage  # noqa: F401 - fixtures
 

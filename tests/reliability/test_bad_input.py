@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from metering.tables import events, tenant_prices
-from metering.tenants import Tenant
+from metering.core.tables import events, tenant_prices
+from metering.core.tenants import Tenant
 from pricing.tables import customer_plans, customers, plan_versions, plans
 from tests.factories import make_event
 

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import Engine
 
 from api.settings import Settings
-from metering.alerts import add_webhook
-from metering.db import unit_of_work
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.tenants import Tenant
+from metering.spend.alerts import add_webhook
 from tests.factories import make_event
 from tests.support.processes import ServeProcess
 

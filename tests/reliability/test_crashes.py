@@ -25,13 +25,13 @@ from taskmeter_client import TaskmeterClient
 
 from bench.load_clients import EventPool
 from bench.load_faults import setup_tenant
-from metering.db import is_sqlite, make_engine, unit_of_work, upgrade_schema
-from metering.ingest import ingest_events
-from metering.jobstate import hold
-from metering.periods import period_of
-from metering.pipeline import rollup_tenant
-from metering.tables import events, task_usage
-from metering.tenants import Tenant, create_api_key, create_tenant
+from metering.core.db import is_sqlite, make_engine, unit_of_work, upgrade_schema
+from metering.core.jobstate import hold
+from metering.core.periods import period_of
+from metering.core.tables import events, task_usage
+from metering.core.tenants import Tenant, create_api_key, create_tenant
+from metering.events.ingest import ingest_events
+from metering.rollup.pipeline import rollup_tenant
 from pricing.stripe_sync import metadata_of
 from pricing.tables import invoice_lines, invoices
 from tests.conftest import BACKEND, TEST_SECRET
@@ -277,7 +277,7 @@ class TestSchedulerGuardOfAKilledProcess:
             pytest.skip("PostgreSQL's advisory locks end with the holder's connection (tests/scheduler/test_jobstate.py)")
         holder = subprocess.Popen(
             [sys.executable, "-c", (
-                "import sys, time\nfrom metering.db import make_engine\nfrom metering.jobstate import hold\n"
+                "import sys, time\nfrom metering.core.db import make_engine\nfrom metering.core.jobstate import hold\n"
                 f"held = hold(make_engine({database_url!r}), 'rollup', {tenant.id})\nguard = held.__enter__()\n"
                 "print('held' if guard else 'busy', flush=True)\ntime.sleep(600)\n"
             )],

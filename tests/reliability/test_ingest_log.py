@@ -18,9 +18,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from metering.db import unit_of_work, upgrade_schema
-from metering.tables import events, load_verdicts, log_quarantine
-from metering.tenants import Tenant, create_api_key, create_tenant
+from metering.core.db import unit_of_work, upgrade_schema
+from metering.core.tables import events, load_verdicts, log_quarantine
+from metering.core.tenants import Tenant, create_api_key, create_tenant
 from tests.conftest import TEST_SECRET
 from tests.reliability.test_crashes import figures, private_engine, private_postgres
 from tests.support.nats import NATS_URL, log_stream

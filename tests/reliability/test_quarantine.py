@@ -18,11 +18,11 @@ from sqlalchemy import Engine, insert, select
 
 from api.scheduler import Runtime, run_close
 from api.settings import Settings
-from metering.audit import audit_log
-from metering.ingest import to_us
-from metering.pipeline import rollup_tenant
-from metering.quarantine import REASONS
-from metering.tables import events, quarantine, task_usage
+from metering.core.audit import audit_log
+from metering.core.tables import events, quarantine, task_usage
+from metering.events.ingest import to_us
+from metering.rollup.pipeline import rollup_tenant
+from metering.rollup.quarantine import REASONS
 from pricing.tables import invoices
 from tests.conftest import LiveServer
 from tests.dashboard.conftest import sign_in

@@ -10,12 +10,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, select, text
 
-from metering.db import MIGRATIONS_DIR
-from metering.ingest import to_us
-from metering.pipeline import rollup_tenant
-from metering.quarantine import REASONS
-from metering.tables import events, quarantine, rollup_state, task_usage
-from metering.tenants import Tenant
+from metering.core.db import MIGRATIONS_DIR
+from metering.core.tables import events, quarantine, rollup_state, task_usage
+from metering.core.tenants import Tenant
+from metering.events.ingest import to_us
+from metering.rollup.pipeline import rollup_tenant
+from metering.rollup.quarantine import REASONS
 from tests.reliability.test_quarantine import YEAR_1, YEAR_1600, plant
 from tests.reports.conftest import Books, make_books, usage  # noqa: F401 - fixtures
 

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 import sqlalchemy.exc
 
-from metering import ingest
-from metering.db import is_unavailable
+from metering.core.db import is_unavailable
+from metering.events import ingest
 from tests.factories import make_event
 
 

@@ -50,12 +50,12 @@ from sqlalchemy import Engine, select
 
 from api.app import create_app
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.money import minor_unit, quantize
-from metering.periods import Period, period_of
-from metering.pipeline import rollup_tenant
-from metering.schemas import MAX_TOKENS
-from metering.tenants import Tenant, create_api_key, create_tenant, parse_scopes
+from metering.core.db import unit_of_work
+from metering.core.money import minor_unit, quantize
+from metering.core.periods import Period, period_of
+from metering.core.tenants import Tenant, create_api_key, create_tenant, parse_scopes
+from metering.events.schemas import MAX_TOKENS
+from metering.rollup.pipeline import rollup_tenant
 from pricing import service
 from pricing.invoices import close_period
 from pricing.tables import invoices as invoice_table

@@ -20,11 +20,11 @@ import pytest
 import yaml
 from sqlalchemy import Engine
 
-from metering.db import unit_of_work
-from metering.ingest import ingest_events
-from metering.periods import parse_month
-from metering.pipeline import rollup_tenant
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.periods import parse_month
+from metering.core.tenants import Tenant
+from metering.events.ingest import ingest_events
+from metering.rollup.pipeline import rollup_tenant
 from pricing import invoices, service
 from reports.monthly import write_month
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.money import display_cost
+from metering.core.money import display_cost
 from reports.cells import cost_text, instants_text, micro_units, minor_text
 from reports.columns import Report
 from reports.csvwriter import encode, neutralize

@@ -19,16 +19,16 @@ import pytest
 from sqlalchemy import Engine
 
 from bench.reports_data import build_month
-from metering.tenants import Tenant
+from metering.core.tenants import Tenant
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = """
 import json, sys
 from pathlib import Path
 from sqlalchemy.orm import Session
-from metering.db import make_engine
-from metering.periods import parse_month
-from metering.tenants import get_tenant
+from metering.core.db import make_engine
+from metering.core.periods import parse_month
+from metering.core.tenants import get_tenant
 from reports.csvwriter import write_file
 from reports.monthly import report_chunks, write_month
 

@@ -293,7 +293,7 @@ class TestOneReadOfTheTasks:
     def test_the_scanned_ended_tasks_are_what_pricing_reads(self, books: Books) -> None:
         from sqlalchemy.orm import Session
 
-        from metering.periods import parse_month
+        from metering.core.periods import parse_month
         from pricing.repository import ended_tasks
         from reports.tasks import scan_tasks
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from metering.money import to_minor
-from metering.periods import parse_month
+from metering.core.money import to_minor
+from metering.core.periods import parse_month
 from pricing import open_month, outcomes_repository
 from pricing import repository as pricing_repository
 from pricing.invoices import upcoming_invoice

@@ -16,7 +16,7 @@ from typing import Any
 from freezegun import freeze_time
 from sqlalchemy import select
 
-from metering.db import unit_of_work
+from metering.core.db import unit_of_work
 from pricing import disputes, invoices
 from pricing.tables import invoices as invoice_table
 from tests.reports.conftest import CUSTOMERS, JOBS, PRICES, TOKENS, Books, ended, usage

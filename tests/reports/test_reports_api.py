@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select
 
 from api import cli
 from api.settings import get_settings
-from metering.tenants import Tenant
+from metering.core.tenants import Tenant
 from reports.tables import report_snapshots
 from tests.conftest import TEST_SECRET, LiveServer
 from tests.reports.conftest import Books, send_october, usage

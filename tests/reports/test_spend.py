@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from metering.periods import parse_month
+from metering.core.periods import parse_month
 from reports.monthly import report_chunks
 from tests.conftest import LiveServer
 from tests.dashboard.conftest import sign_in

@@ -16,9 +16,9 @@ from sqlalchemy import Engine
 from api import scheduler
 from api.scheduler import Runtime
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.ingest import ingest_events
-from metering.tenants import Tenant, create_tenant
+from metering.core.db import unit_of_work
+from metering.core.tenants import Tenant, create_tenant
+from metering.events.ingest import ingest_events
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, func, select
 
 from api.scheduler import Runtime, run_close, run_reports, run_stripe_sync
-from metering.db import unit_of_work
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.tenants import Tenant
 from pricing.service import load_config
 from pricing.tables import billing_periods, invoice_lines, invoices
 from tests.conftest import TEST_SECRET

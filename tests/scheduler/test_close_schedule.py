@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from metering.periods import Period
+from metering.core.periods import Period
 from pricing.close_schedule import closable_through, is_closable, months_to_close
 
 HOUR = timedelta(hours=1)

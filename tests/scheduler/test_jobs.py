@@ -14,10 +14,10 @@ from sqlalchemy import Engine, select
 
 from api import scheduler
 from api.scheduler import Runtime, close_job, run_close, run_reports, run_rollup
-from metering.db import unit_of_work
-from metering.jobstate import get_bookmark, set_bookmark
-from metering.tables import task_usage
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.jobstate import get_bookmark, set_bookmark
+from metering.core.tables import task_usage
+from metering.core.tenants import Tenant
 from tests.factories import make_event, make_task_events
 from tests.scheduler.conftest import Recorder, send
 

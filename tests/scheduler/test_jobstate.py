@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine
 
-from metering.db import is_sqlite, unit_of_work
-from metering.jobstate import get_bookmark, hold, set_bookmark
-from metering.tenants import Tenant
+from metering.core.db import is_sqlite, unit_of_work
+from metering.core.jobstate import get_bookmark, hold, set_bookmark
+from metering.core.tenants import Tenant
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -117,7 +117,7 @@ class TestPostgresAdvisoryLock:
             pytest.skip("PostgreSQL's guard")
         from sqlalchemy import func, select
 
-        from metering.jobstate import advisory_key
+        from metering.core.jobstate import advisory_key
 
         connection = engine.connect()
         connection.begin()
@@ -138,8 +138,8 @@ class TestPostgresAdvisoryLock:
             time.sleep(0.05)
 
     def test_another_key_space_than_ingest(self, tenant: Tenant) -> None:
-        from metering.db import ingest_lock_key
-        from metering.jobstate import advisory_key
+        from metering.core.db import ingest_lock_key
+        from metering.core.jobstate import advisory_key
 
         # pg_locks tells the two forms apart (objsubid 1 for bigint keys, 2 for int4 pairs)
         assert isinstance(ingest_lock_key(tenant.id), int)

@@ -16,8 +16,8 @@ from api import scheduler
 from api.app import create_app
 from api.scheduler import JOB_CLOSE, JOB_REPORTS, JOB_ROLLUP, JOB_STRIPE, TaskmeterScheduler
 from api.settings import Settings
-from metering.jobstate import scheduler_jobs
-from metering.tenants import Tenant
+from metering.core.jobstate import scheduler_jobs
+from metering.core.tenants import Tenant
 from tests.factories import make_task_events
 from tests.scheduler.conftest import Recorder
 from tests.support.servers import ServerThread

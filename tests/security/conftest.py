@@ -22,12 +22,12 @@ from sqlalchemy import Engine, insert, select
 
 from api.app import create_app
 from api.settings import Settings
-from metering.db import unit_of_work
-from metering.ingest import ingest_events, to_us
-from metering.periods import parse_month
-from metering.tables import events as event_table
-from metering.tables import quarantine
-from metering.tenants import Tenant, create_api_key, parse_scopes
+from metering.core.db import unit_of_work
+from metering.core.periods import parse_month
+from metering.core.tables import events as event_table
+from metering.core.tables import quarantine
+from metering.core.tenants import Tenant, create_api_key, parse_scopes
+from metering.events.ingest import ingest_events, to_us
 from pricing import credit_notes, invoices, service
 from pricing.tables import disputes
 from pricing.tables import invoices as invoice_table

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from api.deps import AdminScope, get_audit, get_now
-from metering.tenants import Tenant, key_prefix
+from metering.core.tenants import Tenant, key_prefix
 from tests.conftest import LiveServer
 from tests.security.conftest import PRICES, World, flat_routes, throwaway_app
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
-from metering.tables import metadata
+from metering.core.tables import metadata
 from tests.conftest import LiveServer
 from tests.security.conftest import CLOSED_MONTH, World, flat_routes, sign_in, throwaway_app
 

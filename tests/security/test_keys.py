@@ -15,12 +15,12 @@ from sqlalchemy import Engine, select
 
 from api.cli.tenants import parse_duration
 from api.deps import get_now
-from metering import tenants as tenant_keys
-from metering.audit import audit_log
-from metering.db import unit_of_work
-from metering.errors import Unauthorized
-from metering.tables import api_keys
-from metering.tenants import Tenant, authenticate, key_prefix
+from metering.core import tenants as tenant_keys
+from metering.core.audit import audit_log
+from metering.core.db import unit_of_work
+from metering.core.errors import Unauthorized
+from metering.core.tables import api_keys
+from metering.core.tenants import Tenant, authenticate, key_prefix
 from tests.conftest import TEST_SECRET, LiveServer
 from tests.security.conftest import sign_in
 

@@ -26,17 +26,17 @@ VETTED = {
         "trigger DDL from the module's constant column lists; no value from outside the file",
     ("migrations/versions/0003_pricing_invoices.py", "_postgres_triggers"):
         "trigger DDL from the module's constant column lists; no value from outside the file",
-    ("metering/db/reads.py", "inserted_by_this_transaction"):
+    ("metering/core/db/reads.py", "inserted_by_this_transaction"):
         "a system column of a Table object's own name (metadata, never input)",
-    ("metering/db/reads.py", "begin_snapshot"):
+    ("metering/core/db/reads.py", "begin_snapshot"):
         "SET LOCAL of a memory size that _memory_setting checks against a strict pattern first",
-    ("metering/stores/postgresql.py", "_alone"):
+    ("metering/rollup/stores/postgresql.py", "_alone"):
         "LOCK TABLE of the rollup tables' names from the module's Table constants",
-    ("metering/stores/postgresql.py", "refresh_statistics"):
+    ("metering/rollup/stores/postgresql.py", "refresh_statistics"):
         "ANALYZE of the rollup tables' names from the module's Table constants",
-    ("metering/stores/sqlite.py", "_staged"):
+    ("metering/rollup/stores/sqlite.py", "_staged"):
         "ATTACH/DETACH of a schema name the store makes from a table name (the file path is bound)",
-    ("metering/stores/sqlite.py", "refresh_statistics"):
+    ("metering/rollup/stores/sqlite.py", "refresh_statistics"):
         "ANALYZE of the rollup tables' names from the module's Table constants",
 }  # fmt: skip
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from metering.tables import events
-from metering.tenants import Tenant
+from metering.core.tables import events
+from metering.core.tenants import Tenant
 from tests.conftest import LiveServer
 from tests.security.conftest import World, flat_routes, throwaway_app
 

@@ -9,8 +9,8 @@ import pytest
 
 from api.ratelimit import RateLimiter
 from api.settings import Settings
-from metering.errors import RateLimited
-from metering.tenants import Tenant
+from metering.core.errors import RateLimited
+from metering.core.tenants import Tenant
 from tests.conftest import LiveServer
 from tests.security.conftest import CLOSED_MONTH, World, flat_routes, sign_in, throwaway_app
 

@@ -16,10 +16,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from api.settings import Settings
-from metering import tenants as tenant_keys
-from metering.db import unit_of_work
-from metering.tables import api_keys
-from metering.tenants import Tenant, create_api_key, hash_key, key_prefix, parse_scopes
+from metering.core import tenants as tenant_keys
+from metering.core.db import unit_of_work
+from metering.core.tables import api_keys
+from metering.core.tenants import Tenant, create_api_key, hash_key, key_prefix, parse_scopes
 from pricing.stripe_gateway import StripeGateway
 from pricing.stripe_sync import sync_tenant
 from tests.conftest import TEST_SECRET, LiveServer
@@ -61,7 +61,7 @@ def everything_logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCa
     caplog.set_level(logging.DEBUG)  # the root logger: uvicorn, stripe, taskmeter, everything
     for name in ("stripe", "uvicorn", "uvicorn.access", "uvicorn.error", "taskmeter"):
         caplog.set_level(logging.DEBUG, logger=name)
-    # SQL statement logs are opt-in (metering.db); opted in, their parameters stay hidden.
+    # SQL statement logs are opt-in (metering.core.db); opted in, their parameters stay hidden.
     caplog.set_level(logging.INFO, logger="sqlalchemy.engine")
     yield caplog
 

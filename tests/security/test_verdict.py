@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import Engine
 
 from api.deps import get_principal
-from metering.db import unit_of_work
-from metering.errors import InvalidInput
-from metering.ingest import ingest_events
-from metering.tenants import create_api_key
+from metering.core.db import unit_of_work
+from metering.core.errors import InvalidInput
+from metering.core.tenants import create_api_key
+from metering.events.ingest import ingest_events
 from tests.conftest import TEST_SECRET, LiveServer
 from tests.security.conftest import World, flat_routes, sign_in, throwaway_app
 from tests.security.test_isolation import ENDPOINTS, OWNED, Endpoint, call, fill

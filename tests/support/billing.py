@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
-from metering.db import unit_of_work
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.tenants import Tenant
 from pricing.tables import customers, invoice_lines, invoices
 
 NOW = datetime(2026, 11, 1, 1, 0, tzinfo=UTC)

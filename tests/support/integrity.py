@@ -11,12 +11,12 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
-from metering.db import unit_of_work
-from metering.money import to_minor
-from metering.periods import Period
-from metering.pipeline import RollupResult, rollup_tenant
-from metering.tables import events, rollup_state, task_usage, task_usage_detail, usage_daily
-from metering.tenants import Tenant
+from metering.core.db import unit_of_work
+from metering.core.money import to_minor
+from metering.core.periods import Period
+from metering.core.tables import events, rollup_state, task_usage, task_usage_detail, usage_daily
+from metering.core.tenants import Tenant
+from metering.rollup.pipeline import RollupResult, rollup_tenant
 from pricing import repository
 from pricing.invoices import month_assembly, month_drafts
 from pricing.tables import billing_periods, invoice_lines, invoices

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from metering.ingest_log import LogConfig, delete_stream
+from metering.events.ingest_log import LogConfig, delete_stream
 
 NATS_URL = os.environ.get("TASKMETER_TEST_NATS", "nats://127.0.0.1:4222")
 

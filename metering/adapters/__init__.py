@@ -1,0 +1,1 @@
+"""Adapters: OpenTelemetry GenAI spans and CloudEvents into taskmeter events."""

@@ -1,0 +1,1 @@
+"""Shared plumbing: the database adapter, errors, money, periods, tenants, audit, the schema."""

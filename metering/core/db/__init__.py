@@ -1,0 +1,38 @@
+"""The database adapter: the one place that knows SQLite from PostgreSQL (with the rollup's
+stores, `metering.rollup.stores`). Engines, sessions and the unit of work (`engine`); upserts and bulk
+writes (`writes`); driver and columnar reads, snapshots and planner hints (`reads`); locks
+(`locks`)."""
+
+from metering.core.db.engine import (
+    MIGRATIONS_DIR,
+    UNAVAILABLE,
+    is_overflow,
+    is_postgresql,
+    is_sqlite,
+    is_unavailable,
+    make_engine,
+    session_factory,
+    sqlite_file,
+    unit_of_work,
+    upgrade_schema,
+)
+from metering.core.db.locks import ingest_lock_key, name_locks, tenant_lock, try_advisory_lock, write_lock
+from metering.core.db.reads import (
+    adbc_uri,
+    begin_snapshot,
+    byte_order,
+    driver_rows,
+    inserted_by_this_transaction,
+    no_cyclic_gc,
+    read_frame,
+    without_index,
+)
+from metering.core.db.writes import add_rows, dialect_insert, frame_rows, upsert, write_frame, write_rows
+
+__all__ = [
+    "ingest_lock_key",
+    "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "add_rows", "begin_snapshot", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
+    "is_overflow", "is_postgresql", "is_sqlite", "is_unavailable", "make_engine", "no_cyclic_gc", "read_frame",
+    "session_factory", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",
+    "upsert", "without_index", "write_frame", "write_lock", "write_rows",
+]  # fmt: skip

@@ -1,0 +1,1 @@
+"""Provider costs: genai-prices, tenant prices and aliases, the price book."""

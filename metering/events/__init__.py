@@ -1,0 +1,1 @@
+"""Events: validation, ingestion (HTTP, files, the NATS log) and the stored event."""

@@ -1,0 +1,158 @@
+"""Per customer-month task figures (`customer_months`), kept current by the rollup.
+
+Each task contributes one row's worth to one key: (customer, tenant-local month, task type, status,
+cost bucket). The month is that of the task's end (`ended_us`); an open task's, that of its last
+event. The figures are its count, usage events, input and output tokens and its whole-task
+provider cost, settled to nano-units per task (`metering.costs.prices.settle_nanos`, as rating reads a
+task's cost), so that sums over the table equal sums over the tasks exactly.
+
+A task's key is not fixed: its status changes (open → completed → reopened → ...), its end and
+so its month move with its terminal events, its cost and bucket grow with its usage. So nothing
+is summed blindly: an incremental rollup subtracts the contribution of each touched task's
+previous `task_usage` row and adds that of its merged row (`apply`), in the transaction that
+writes `task_usage`; a rebuild writes the figures of all the tenant's tasks anew (`replace`).
+Everything is a function of `task_usage` alone: `rebuild_from_task_usage` recomputes the table
+from it (after a re-pricing that rewrote task costs, or to fill the table for existing data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, delete, select
+
+from metering.core.db import write_frame
+from metering.core.tables import customer_months, task_usage
+from metering.costs.prices import settle_nanos
+
+COST_EDGES_MICROS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
+                     1_000_000, 2_000_000, 5_000_000, 10_000_000)  # fmt: skip
+"""Buckets of whole-task provider cost, in micro-units: below 0.001, 0.001-0.002, ..., from 10.00
+(the dashboard's). Bucket i holds costs in [edges[i-1], edges[i])."""
+COST_EDGES_NANOS = np.array(COST_EDGES_MICROS, dtype=np.int64) * 1000
+KEYS = ("customer", "month", "task_type", "status", "bucket")
+MEASURES = ("tasks", "usage_events", "input_tokens", "output_tokens", "cost_nanos")
+TASK_INPUT = ("task", "customer", "task_type", "status", "ended_us", "last_event_us", "usage_events",
+              "input_tokens", "output_tokens", "cost_nanos", "cost_rem")  # fmt: skip
+"""The `task_usage` columns a task's contribution is made of."""
+_READ_CHUNK = 200_000
+
+
+def bucket_of(cost_nanos: np.ndarray) -> np.ndarray:
+    return np.searchsorted(COST_EDGES_NANOS, cost_nanos, side="right").astype(np.int64)
+
+
+def contributions(tasks: pd.DataFrame, timezone: str) -> pd.DataFrame:
+    """The figures of `tasks` (task rows with `TASK_INPUT`), summed per key (`KEYS` + `MEASURES`)."""
+    if tasks.empty:
+        return pd.DataFrame({**{k: pd.Series([], dtype=object) for k in KEYS}, **{m: pd.Series([], dtype=np.int64) for m in MEASURES}})
+    ended = pd.array(tasks["ended_us"], dtype="Int64")
+    status = tasks["status"].astype(object).to_numpy()
+    when = np.where(ended.isna() | (status == "open"), tasks["last_event_us"].to_numpy(dtype=np.int64), ended.fillna(0).to_numpy())
+    local = pd.to_datetime(when, unit="us", utc=True).tz_convert(timezone)
+    month = (local.year * 100 + local.month).to_numpy()
+    cost = settle_nanos(tasks["cost_nanos"].to_numpy(dtype=np.int64), tasks["cost_rem"].to_numpy(dtype=np.int64))
+    frame = pd.DataFrame({
+        "customer": tasks["customer"].astype(object).to_numpy(),
+        "month": month,
+        "task_type": tasks["task_type"].astype(object).where(tasks["task_type"].notna(), "").to_numpy(),
+        "status": status,
+        "bucket": bucket_of(cost),
+        "tasks": np.ones(len(tasks), dtype=np.int64),
+        "usage_events": tasks["usage_events"].to_numpy(dtype=np.int64),
+        "input_tokens": tasks["input_tokens"].to_numpy(dtype=np.int64),
+        "output_tokens": tasks["output_tokens"].to_numpy(dtype=np.int64),
+        "cost_nanos": cost,
+    })  # fmt: skip
+    return _summed(frame)
+
+
+def _summed(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.groupby(list(KEYS), sort=False, as_index=False)[list(MEASURES)].sum()
+    out["month"] = [f"{m // 100:04d}-{m % 100:02d}" if not isinstance(m, str) else m for m in out["month"].tolist()]
+    return out
+
+
+def delta(before: pd.DataFrame, after: pd.DataFrame, timezone: str) -> pd.DataFrame:
+    """What the figures change by when the tasks of `before` (their stored rows; tasks new to the
+    rollup have none) become the rows of `after`: after's contributions minus before's, without
+    the keys that do not change."""
+    old, new = contributions(before, timezone), contributions(after, timezone)
+    if old.empty:
+        return new
+    old[list(MEASURES)] = -old[list(MEASURES)]
+    both = _summed(pd.concat([new, old], ignore_index=True))
+    return both[(both[list(MEASURES)] != 0).any(axis=1)].reset_index(drop=True)
+
+
+def apply(connection: Connection, tenant_id: int, timezone: str, before: pd.DataFrame, after: pd.DataFrame) -> None:
+    """Move the tenant's figures from the tasks' `before` rows to their `after` rows (see `delta`)."""
+    change = delta(before, after, timezone)
+    if change.empty:
+        return
+    _write(connection, tenant_id, change, add=True)
+    months = sorted(set(change["month"].tolist()))
+    # A key whose last task moved away holds zero tasks (and zero of everything else): gone.
+    connection.execute(
+        delete(customer_months).where(
+            customer_months.c.tenant_id == tenant_id, customer_months.c.month.in_(months), customer_months.c.tasks == 0
+        )
+    )
+
+
+def replace(connection: Connection, tenant_id: int, timezone: str, tasks: pd.DataFrame | None) -> None:
+    """Put the figures of `tasks` (all the tenant's task rows; None: none) in place of the tenant's."""
+    connection.execute(delete(customer_months).where(customer_months.c.tenant_id == tenant_id))
+    if tasks is not None and not tasks.empty:
+        _write(connection, tenant_id, contributions(tasks, timezone), add=False)
+
+
+def rebuild_from_task_usage(connection: Connection, tenant_id: int, timezone: str) -> int:
+    """Recompute the tenant's figures from its `task_usage` rows (in the caller's transaction):
+    after anything that rewrote task costs outside the rollup (a re-pricing), or to fill the
+    table for data rolled up before it existed. Returns the rows written."""
+    figures = recompute(connection, tenant_id, timezone)
+    connection.execute(delete(customer_months).where(customer_months.c.tenant_id == tenant_id))
+    _write(connection, tenant_id, figures, add=False)
+    return len(figures)
+
+
+def recompute(connection: Connection, tenant_id: int, timezone: str) -> pd.DataFrame:
+    """The tenant's figures as `task_usage` holds them now, read in chunks (not written)."""
+    parts = [contributions(chunk, timezone) for chunk in _task_chunks(connection, tenant_id)]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return contributions(pd.DataFrame(columns=list(TASK_INPUT)), timezone)
+    return _summed(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else parts[0]
+
+
+def stored(connection: Connection, tenant_id: int) -> pd.DataFrame:
+    """The tenant's rows of `customer_months`, as `KEYS` + `MEASURES`, in key order."""
+    c = customer_months.c
+    rows = connection.execute(
+        select(*[c[name] for name in (*KEYS, *MEASURES)]).where(c.tenant_id == tenant_id).order_by(*[c[k] for k in KEYS])
+    ).all()
+    return pd.DataFrame(rows, columns=[*KEYS, *MEASURES])
+
+
+def _task_chunks(connection: Connection, tenant_id: int) -> Iterable[pd.DataFrame]:
+    t = task_usage.c
+    after = ""
+    while True:
+        rows = connection.execute(
+            select(*[t[name] for name in TASK_INPUT]).where(t.tenant_id == tenant_id, t.task > after).order_by(t.task).limit(_READ_CHUNK)
+        ).all()
+        if not rows:
+            return
+        yield pd.DataFrame(rows, columns=list(TASK_INPUT))
+        after = rows[-1][0]
+
+
+def _write(connection: Connection, tenant_id: int, frame: pd.DataFrame, *, add: bool) -> None:
+    columns = ["tenant_id", *KEYS, *MEASURES]
+    write_frame(
+        connection, customer_months, frame.assign(tenant_id=tenant_id), columns,
+        on_conflict="add" if add else "error", keys=("tenant_id", *KEYS), add=MEASURES if add else (),
+    )  # fmt: skip

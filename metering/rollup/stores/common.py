@@ -1,0 +1,222 @@
+"""What both stores share: the rollup tables, the events query, Arrow columns as frames, and
+writing a summary with ordinary statements (merged into the stored rows, or in their place)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    literal_column,
+    select,
+    update,
+)
+
+from metering.core.db import write_frame
+from metering.core.db.writes import OnConflict
+from metering.core.event_columns import EVENT_COLUMNS, TEXT_COLUMNS
+from metering.core.tables import events, task_usage, task_usage_buckets, task_usage_detail, usage_daily
+from metering.costs.prices import REM_PER_NANO
+from metering.rollup.summary import DAILY_KEYS, DETAIL_KEYS, TASK_COLUMNS, USAGE_COLUMNS, Summary, merge_tasks
+
+ROLLUP_TABLES = (task_usage, task_usage_detail, usage_daily, task_usage_buckets)
+BUCKET_TABLE_KEYS = tuple(column.name for column in task_usage_buckets.primary_key.columns if column.name != "tenant_id")
+"""`task_usage_buckets`' key after tenant_id, in its order (provider and model lead)."""
+CARRY = ("cost_nanos", "cost_rem", REM_PER_NANO)
+"""Summed costs stay carried (`metering.rollup.summary`)."""
+_REM = literal_column(str(REM_PER_NANO), BigInteger())
+_TEXT_KEYS = ("provider", "model", "task", "day", "customer", "actor", "agent")  # and the day, as a date
+_NULLABLE_TASK_INTEGERS = tuple(
+    column.name
+    for column in task_usage.columns
+    if column.nullable and column.type.python_type is int and column.name in TASK_COLUMNS
+)
+
+
+def events_query(
+    tenant_id: int, after: int, upto: int, chunk_size: int, *, along_table: bool = False
+) -> Select[Any]:
+    """The tenant's next `chunk_size` events with after < seq <= upto, in seq order.
+    `along_table`: `tenant_id + 0`, an expression that no index answers, so that the database
+    walks the table along seq instead of the (tenant_id, seq) index."""
+    tenant = events.c.tenant_id + 0 if along_table else events.c.tenant_id
+    return (
+        select(*[events.c[name] for name in EVENT_COLUMNS])
+        .where(tenant == tenant_id, events.c.seq > after, events.c.seq <= upto)
+        .order_by(events.c.seq)
+        .limit(chunk_size)
+    )
+
+
+def arrow_events(table: pa.Table) -> pd.DataFrame:
+    """Arrow event columns as pandas: int64 numbers, categorical texts (dictionary-encoded by
+    Arrow: one code per row and one string per distinct value, no Python string per row)."""
+    columns = {}
+    for name in EVENT_COLUMNS:
+        column = table[name]
+        if name in TEXT_COLUMNS:
+            # A text column that is NULL in every row of a SQLite chunk comes back as int64.
+            columns[name] = (
+                column if pa.types.is_string(column.type) else column.cast(pa.string())
+            ).dictionary_encode()
+        else:
+            columns[name] = column.cast(pa.int64())
+    return pa.table(columns).to_pandas()
+
+
+def other_tenants_in(connection: Connection, tables: Sequence[Table], tenant_id: int) -> bool:
+    """Whether any of `tables` holds another tenant's rows: two probes of each table's index
+    that leads with tenant_id, one below the tenant and one above."""
+    return any(
+        connection.execute(select(table.c.tenant_id).where(other).limit(1)).first() is not None
+        for table in tables
+        for other in (table.c.tenant_id < tenant_id, table.c.tenant_id > tenant_id)
+    )
+
+
+def rebuild_frames(summary: Summary) -> tuple[tuple[Table, pd.DataFrame, tuple[str, ...]], ...]:
+    """Each rollup table with the summary's rows for it and its key (after tenant_id)."""
+    frames = (
+        (task_usage, summary.tasks, ("task",)),
+        (task_usage_detail, summary.detail, DETAIL_KEYS),
+        (usage_daily, summary.daily, DAILY_KEYS),
+    )
+    return frames if summary.buckets is None else (*frames, (task_usage_buckets, summary.buckets, BUCKET_TABLE_KEYS))
+
+
+class TableStore:
+    """Writing with ordinary statements, which both databases run alike."""
+
+    def merge(self, connection: Connection, tenant_id: int, summary: Summary) -> int:
+        return self.write(connection, tenant_id, summary, replace_all=False)
+
+    def delete_tenant(self, connection: Connection, tenant_id: int, *, whole_tables: bool = False) -> None:
+        """Delete the tenant's rollup rows; `whole_tables` when it is alone in them (a DELETE
+        without WHERE, which SQLite runs by dropping the tables' pages as they are)."""
+        for table in ROLLUP_TABLES:
+            connection.execute(
+                delete(table) if whole_tables else delete(table).where(table.c.tenant_id == tenant_id)
+            )
+
+    def write(
+        self,
+        connection: Connection,
+        tenant_id: int,
+        summary: Summary,
+        *,
+        replace_all: bool,
+        into: dict[Table, Table] | None = None,
+    ) -> int:
+        """Write the summary's rows: merged into the stored ones, or (`replace_all`) as they are,
+        into the rollup tables or the tables `into` puts in their place. Returns the tasks."""
+        target = into or {}
+        tasks = summary.tasks
+        if not replace_all and not tasks.empty:
+            stored = _stored_tasks(connection, tenant_id, tasks["task"].tolist())
+            if not stored.empty:
+                tasks = merge_tasks(stored, tasks)
+        for table, frame, keys in rebuild_frames(
+            Summary(tasks=tasks, detail=summary.detail, daily=summary.daily, buckets=summary.buckets)
+        ):
+            columns = [column.name for column in table.columns]
+            # A task's row is replaced by its merged row; usage rows add up.
+            merged: OnConflict = "replace" if table is task_usage else "add"
+            add = () if table is task_usage else USAGE_COLUMNS
+            write_frame(
+                connection, target.get(table, table), key_order(frame, keys, replace_all).assign(tenant_id=tenant_id), columns,
+                on_conflict="error" if replace_all else merged, keys=("tenant_id", *keys), add=add,
+                carry=CARRY if add else None,
+            )  # fmt: skip
+        return len(tasks)
+
+
+    # --- re-pricing (`metering.rollup.reprice`) ------------------------------------------------------------
+
+    def price_pairs(self, connection: Connection, tenant_id: int) -> list[tuple[str, str]]:
+        """The (provider, model) pairs of the tenant's price buckets."""
+        b = task_usage_buckets
+        query = select(b.c.provider, b.c.model).where(b.c.tenant_id == tenant_id).distinct()
+        return [(row.provider, row.model) for row in connection.execute(query)]
+
+    def read_buckets(self, connection: Connection, tenant_id: int, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+        """The tenant's price buckets of these (provider, model) pairs: `BUCKET_TABLE_KEYS` and
+        `USAGE_COLUMNS`, days as dates. A range of the table's key per pair."""
+        b = task_usage_buckets
+        names = [*BUCKET_TABLE_KEYS, *USAGE_COLUMNS]
+        rows: list[Any] = []
+        for provider, model in pairs:
+            query = select(*[b.c[name] for name in names]).where(b.c.tenant_id == tenant_id, b.c.provider == provider, b.c.model == model)
+            rows += connection.execute(query).all()
+        # Column by column (pandas building a frame from Row objects probes each row's attributes).
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+        return pd.DataFrame({
+            name: np.array(values, dtype=object if name in _TEXT_KEYS else np.int64)
+            for name, values in zip(names, columns, strict=True)
+        })  # fmt: skip
+
+    def shift_costs(self, connection: Connection, tenant_id: int, table: Table, keys: Sequence[str], changes: pd.DataFrame) -> int:
+        """Add `changes` (its `keys` and `d_nanos`, `d_rem` in [0, 10**6), `d_unpriced`) to the cost
+        columns of the tenant's rows of `table` with those keys, carried; returns rows changed."""
+        if changes.empty:
+            return 0
+        statement = (
+            update(table)
+            .where(table.c.tenant_id == tenant_id, *[table.c[name] == bindparam(f"k_{name}") for name in keys])
+            .values(
+                cost_nanos=table.c.cost_nanos + bindparam("d_nanos") + (table.c.cost_rem + bindparam("d_rem")) // _REM,
+                cost_rem=(table.c.cost_rem + bindparam("d_rem")) % _REM,
+                unpriced_events=table.c.unpriced_events + bindparam("d_unpriced"),
+            )
+        )
+        names = [*keys, *("d_nanos", "d_rem", "d_unpriced")]
+        columns = [changes[name].tolist() for name in names]  # texts and dates as they were read, numbers as ints
+        rows = [dict(zip([f"k_{n}" if n in keys else n for n in names], row, strict=True)) for row in zip(*columns, strict=True)]
+        connection.execute(statement, rows)
+        return len(rows)
+
+
+def key_order(frame: pd.DataFrame, keys: tuple[str, ...], replace_all: bool) -> pd.DataFrame:
+    """On a rebuild (the tenant's rows were just deleted), rows in primary-key order: each insert
+    appends to the end of the key's B-tree instead of landing on a random page of it. Strings
+    sort by code point, which is SQLite's BINARY order and PostgreSQL's under a C collation
+    (Arrow compares UTF-8 bytes, the same order). Arrow's sort, not pandas': pandas sorts each
+    text column's distinct values with Python comparisons."""
+    if not replace_all:
+        return frame
+    columns = pa.table({name: frame[name] for name in keys})
+    order = pc.sort_indices(columns, sort_keys=[(name, "ascending") for name in keys])
+    return frame.take(order.to_numpy()).reset_index(drop=True)
+
+
+def stored_tasks(connection: Connection, tenant_id: int, names: list[str]) -> pd.DataFrame:
+    """The stored `task_usage` rows (`TASK_COLUMNS`) of the named tasks that have one."""
+    return _stored_tasks(connection, tenant_id, names)
+
+
+def _stored_tasks(connection: Connection, tenant_id: int, names: list[str]) -> pd.DataFrame:
+    frames = []
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        rows = connection.execute(
+            select(*[task_usage.c[name] for name in TASK_COLUMNS]).where(
+                task_usage.c.tenant_id == tenant_id, task_usage.c.task.in_(chunk)
+            )
+        ).all()
+        if rows:
+            frames.append(pd.DataFrame(rows, columns=list(TASK_COLUMNS)))
+    if not frames:
+        return pd.DataFrame(columns=list(TASK_COLUMNS))
+    stored = pd.concat(frames, ignore_index=True)
+    for name in _NULLABLE_TASK_INTEGERS:
+        stored[name] = stored[name].astype("Int64")
+    return stored

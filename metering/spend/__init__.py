@@ -1,0 +1,1 @@
+"""Spend control: budgets, counters at ingestion, alerts and their webhooks."""

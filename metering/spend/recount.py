@@ -1,0 +1,228 @@
+"""Budget counters recounted from the stored events: the open periods' figures set anew.
+
+Ingestion adds each batch to the counters (`metering.spend.counters.count_stored`); what it cannot know
+is the spend stored before a budget existed, or that the prices it counted with have changed.
+`recount` sets the counters of the periods holding `now` to what the stored events count, by
+ingestion's rules, so they equal what ingestion would have counted had the budget (and the
+prices) been there from the start, and so the rollup's figures:
+- a budget created mid-period, or changed to count something else (scope, measure, period),
+  starts from the spend already in its period (`metering.spend.budget_repository`);
+- when the tenant's prices, model aliases or customers' plans change (`pricing.budget_billing`),
+  the money budgets' open periods are re-priced.
+
+It counts as `metering.spend.counters` does, with its own code over the same pure pieces (the price book,
+the billed rules, the budget index), kept apart from ingestion's batch counting, which is tuned
+for speed; the tests compare both with the rollup. It runs in the caller's unit of work and
+first takes the tenant's ingest lock alone (as the rollup's read of its newest seq): ingest batches in flight commit before the read, later ones
+wait for the commit, so no batch is counted twice or lost. Cost: one pass over the tenant's
+events stored with a time since the earliest open period's start (keyset pages along the
+tenant's seq index), in the transaction that changes the budget or the prices. Alerts that the
+new figures cross are raised as at ingestion (each once per budget, period and threshold).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+from sqlalchemy import Connection, delete, insert, select, tuple_
+
+from metering.core.db import ingest_lock_key, tenant_lock
+from metering.core.periods import first_day, local_midnight, period_of
+from metering.core.tables import events
+from metering.costs.prices import price_usage
+from metering.spend import alerts
+from metering.spend import counters as spend
+from metering.spend.budget_tables import budget_counters
+from metering.spend.budgets import MONEY_MEASURES, REM_PER_NANO, Budget
+
+PAGE = 20_000
+_US = 1_000_000
+_READ = (
+    "type", "time_us", "customer", "task", "task_type", "actor", "agent", "provider", "model", "input_tokens",
+    "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+)  # fmt: skip
+
+
+JobOutcomes = Callable[[Connection, int, int], Iterable[spend._Outcome]]
+"""(connection, tenant id, since us) → the jobs to count, each in the period of its `ended_us`,
+instead of the tasks' deciding terminal events: settled jobs (`pricing.budget_settlement`)."""
+
+
+def recount(
+    connection: Connection,
+    tenant_id: int,
+    *,
+    now: datetime,
+    only: Collection[str] | None = None,
+    measures: Collection[str] | None = None,
+    jobs: JobOutcomes | None = None,
+) -> dict[str, tuple[int, int, int]]:
+    """Set the counters of the open periods (those holding `now`) of the tenant's budgets, or of
+    the budgets `only` names, or of those of `measures`, to what the stored events count.
+    Returns the new (used, rem, unpriced events) by budget id. For a tenant whose jobs count at
+    settlement, `jobs` and `billed` budgets are recounted only when `jobs` gives the settled jobs
+    (pricing knows the outcome rules; `pricing.budget_settlement`)."""
+    state = spend.tenant_budgets(connection, tenant_id)
+    chosen = [
+        b for b in state.index.budgets
+        if (only is None or b.id in only) and (measures is None or b.measure in measures)
+        and not (state.jobs_at_settlement and jobs is None and b.measure in ("jobs", "billed"))
+    ]  # fmt: skip
+    if not chosen:
+        return {}
+    tenant_lock(connection, ingest_lock_key(tenant_id))
+    open_starts = {b.id: _us(period_of(now, state.timezone, b.period).start) for b in chosen}
+    counting = _Counting(state, {b.id for b in chosen})
+    kinds = {b.measure for b in chosen}
+    usage_counted = bool(kinds & {"provider_cost", "tokens", "billed"})
+    deciding: dict[str, spend._Outcome] = {}
+    since = min(open_starts.values())
+    pages = _pages(connection, tenant_id, since) if usage_counted or jobs is None else iter(())
+    for page in pages:
+        if usage_counted:
+            counting.usage([row for row in page if row.type == "usage"], cost=bool(kinds & set(MONEY_MEASURES)))
+        if jobs is None:
+            for row in page:  # in seq order: on a tie in time the one stored later decides
+                if row.type in spend.TERMINAL:
+                    known = deciding.get(row.task)
+                    if known is None or row.time_us >= known.ended_us:
+                        deciding[row.task] = spend._Outcome(
+                            row.type.removeprefix("task."), row.time_us, row.customer, row.actor, row.agent,
+                            row.task_type,
+                        )  # fmt: skip
+    if kinds & {"jobs", "billed"}:
+        for outcome in deciding.values() if jobs is None else jobs(connection, tenant_id, since):
+            counting.job(outcome)
+    if state.index.measures() & {"jobs", "billed"} and deciding:
+        # What ingestion compares a task's next terminal event with (it kept none while no
+        # budget counted jobs).
+        spend._write_outcomes(
+            connection, [{"tenant_id": tenant_id, "task": task, **o.__dict__} for task, o in sorted(deciding.items())]
+        )
+    amounts = counting.amounts
+    wanted = {(budget_id, start): amounts.get((budget_id, start), [0, 0, 0]) for budget_id, start in open_starts.items()}
+    before = _replace_counters(connection, tenant_id, wanted)
+    moved = {key: [new[0] - old[0], new[1] - old[1], new[2] - old[2]] for key, new in wanted.items() for old in [before.get(key, (0, 0, 0))]}
+    totals = {key: (new[0], new[1]) for key, new in wanted.items() if key[0] in state.watched}
+    alerts.check(connection, tenant_id, state.index, state.timezone, moved, totals, now=now)
+    return {budget_id: (v[0], v[1], v[2]) for (budget_id, _), v in wanted.items()}
+
+
+class _Counting:
+    """The counts of ingestion (`metering.spend.counters`), event by event, for the chosen budgets: tokens
+    (input + output), cost priced as the rollup prices it (`metering.costs.prices.price_usage`, exact
+    nanos and rest; unpriced events counted apart), the customer's billed rule per usage event and
+    per job, each in the budget's period holding the event's tenant-local day."""
+
+    def __init__(self, state: spend.TenantBudgets, chosen: set[str]) -> None:
+        self.state, self.chosen = state, chosen
+        self.zone = ZoneInfo(state.timezone)
+        self.amounts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+        self._starts: dict[tuple[str, date], int] = {}
+
+    def _budgets(self, customer: str, actor: str | None, agent: str | None, task_type: str | None) -> list[Budget]:
+        attributes = {"customer": customer, "actor": actor, "agent": agent, "task_type": task_type}
+        return [b for b in self.state.index.matching(attributes) if b.id in self.chosen]
+
+    def _add(self, budget: Budget, time_us: int, units: int, rem: int = 0, unpriced: int = 0) -> None:
+        day = datetime.fromtimestamp(time_us // _US, self.zone).date()
+        start = self._starts.get((budget.period, day))
+        if start is None:
+            start = self._starts[(budget.period, day)] = _us(local_midnight(first_day(budget.period, day), self.state.timezone))
+        cell = self.amounts[(budget.id, start)]
+        cell[0] += units
+        cell[1] += rem
+        cell[2] += unpriced
+
+    def usage(self, rows: Sequence[Any], *, cost: bool) -> None:
+        if not rows:
+            return
+        nanos = rems = priced = None
+        if cost:
+            frame = pd.DataFrame(
+                [(r.provider, r.model, r.time_us, r.input_tokens, r.output_tokens, r.cache_read_tokens,
+                  r.cache_write_tokens, r.cache_write_1h_tokens) for r in rows],
+                columns=["provider", "model", "time_us", "input_tokens", "output_tokens", "cache_read_tokens",
+                         "cache_write_tokens", "cache_write_1h_tokens"],
+            )  # fmt: skip
+            prices = price_usage(frame, self.state.book())
+            nanos, rems, priced = prices["cost_nanos"].tolist(), prices["cost_rem"].tolist(), prices["priced"].tolist()
+        for i, r in enumerate(rows):
+            for budget in self._budgets(r.customer, r.actor, r.agent, r.task_type):
+                if budget.measure == "tokens":
+                    self._add(budget, r.time_us, r.input_tokens + r.output_tokens)
+                elif nanos is None or rems is None or priced is None:
+                    continue
+                elif budget.measure == "provider_cost":
+                    self._add(budget, r.time_us, nanos[i], rems[i], int(not priced[i]))
+                elif budget.measure == "billed" and (rule := self.state.billing.get(r.customer)) is not None:
+                    billable = {
+                        "input": r.input_tokens - r.cache_read_tokens - r.cache_write_tokens,
+                        "cache_read": r.cache_read_tokens, "cache_write": r.cache_write_tokens, "output": r.output_tokens,
+                    }  # fmt: skip
+                    femtos = rule.usage_femtos(r.provider, r.model, billable, nanos[i] * REM_PER_NANO + rems[i])
+                    if femtos:
+                        self._add(budget, r.time_us, *divmod(femtos, REM_PER_NANO))
+
+    def job(self, outcome: spend._Outcome) -> None:
+        rule = self.state.billing.get(outcome.customer)
+        for budget in self._budgets(outcome.customer, outcome.actor, outcome.agent, outcome.task_type):
+            if budget.measure == "jobs" and outcome.status == "completed":
+                self._add(budget, outcome.ended_us, 1)
+            elif budget.measure == "billed" and rule is not None:
+                femtos = rule.job_femtos(outcome.status, outcome.task_type)
+                if femtos:
+                    self._add(budget, outcome.ended_us, *divmod(femtos, REM_PER_NANO))
+
+
+def _us(moment: datetime) -> int:
+    return int(moment.timestamp()) * _US + moment.microsecond
+
+
+def _pages(connection: Connection, tenant_id: int, since_us: int) -> Iterator[Sequence[Any]]:
+    """The tenant's events with a time since `since_us`, in seq order, a page at a time (keyset
+    pages along the tenant's seq index)."""
+    e = events
+    after = 0
+    while True:
+        page = connection.execute(
+            select(e.c.seq, *(e.c[name] for name in _READ))
+            .where(e.c.tenant_id == tenant_id, e.c.seq > after, e.c.time_us >= since_us)
+            .order_by(e.c.seq)
+            .limit(PAGE)
+        ).all()
+        if not page:
+            return
+        yield page
+        if len(page) < PAGE:
+            return
+        after = page[-1].seq
+
+
+def _replace_counters(
+    connection: Connection, tenant_id: int, wanted: dict[tuple[str, int], list[int]]
+) -> dict[tuple[str, int], tuple[int, int, int]]:
+    """Write the counters as given; returns what they held before."""
+    table = budget_counters
+    keys = sorted(wanted)
+    where = (table.c.tenant_id == tenant_id, tuple_(table.c.budget_id, table.c.period_start_us).in_(keys))
+    before = {
+        (r.budget_id, r.period_start_us): (r.used, r.used_rem, r.unpriced_events)
+        for r in connection.execute(
+            select(table.c.budget_id, table.c.period_start_us, table.c.used, table.c.used_rem, table.c.unpriced_events).where(*where)
+        )
+    }  # fmt: skip
+    connection.execute(delete(table).where(*where))
+    connection.execute(
+        insert(table),
+        [
+            {"tenant_id": tenant_id, "budget_id": b, "period_start_us": p, "used": v[0], "used_rem": v[1], "unpriced_events": v[2]}
+            for (b, p), v in ((key, wanted[key]) for key in keys)
+        ],
+    )  # fmt: skip
+    return before
