@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from sqlalchemy import Engine, delete, func, insert, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_rollup import BASE_US, MODELS, NOW  # noqa: E402  (the rollup bench's store shape)
 from bench.common import POSTGRES_URL, cpu_check, machine  # noqa: E402
 from metering.core.db import make_engine, unit_of_work, upgrade_schema, write_frame  # noqa: E402
 from metering.core.tables import events, rollup_state, tenant_prices, tenants  # noqa: E402
@@ -39,16 +39,6 @@ from metering.events.ingest import INSERT_COLUMNS  # noqa: E402
 from metering.rollup.pipeline import rollup_tenant  # noqa: E402
 from metering.rollup.stores.common import ROLLUP_TABLES  # noqa: E402
 
-NOW = datetime(2026, 11, 29, tzinfo=UTC)
-BASE_US = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp() * 1_000_000)
-MODELS = [
-    ("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("openai", "gpt-4.1"), ("openai", "gpt-4.1-mini"),
-    ("openai", "o3"), ("openai", "o4-mini"), ("anthropic", "claude-sonnet-4-20250514"),
-    ("anthropic", "claude-3-5-haiku-latest"), ("anthropic", "claude-opus-4-1"), ("google", "gemini-2.5-pro"),
-    ("google", "gemini-2.5-flash"), ("google", "gemini-2.0-flash"), ("openai", "gpt-5"), ("openai", "gpt-5-mini"),
-    ("anthropic", "claude-3-7-sonnet-latest"), ("google", "gemini-2.5-flash-lite"), ("openai", "gpt-4o-2024-08-06"),
-    ("mistral", "mistral-large-latest"), ("deepseek", "deepseek-chat"), ("acme-ai", "acme-large"),
-]  # fmt: skip
 FOLDER = Path(os.environ.get("TASKMETER_BENCH_DIR", "/tmp/tm-reprice"))
 PG_URL = POSTGRES_URL.rsplit("/", 1)[0] + "/taskmeter_bench_reprice"
 PER_TASK = 12
