@@ -118,9 +118,11 @@ class DaskExecutor:
             from distributed import LocalCluster
 
             # Processes, one thread each: pandas holds the GIL for much of a partition's work.
+            # The scheduler's HTTP server takes a free port (its default, 8787, may be another
+            # cluster's: two rollups on one machine, or a cluster already running).
             self.cluster = LocalCluster(
                 n_workers=self.local_workers, threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address=None,
+                host="127.0.0.1", dashboard_address="127.0.0.1:0",
             )  # fmt: skip
             self._client = self._connect(self.cluster)
         return self._client

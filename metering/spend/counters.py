@@ -760,8 +760,16 @@ def _rolled_back(connection: Connection) -> None:
 
 
 @event.listens_for(Pool, "reset")
-def _reset(dbapi_connection: Any, record: Any, *args: Any) -> None:
+def _reset(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
     record.info.pop(_PENDING, None)  # returned to the pool without a commit: nothing to push
+
+
+def forget() -> None:
+    """Drop this process's budgets and snapshots of every tenant: for a process whose database
+    was replaced under it (the tests' fresh database per test reuses tenant ids)."""
+    with _lock:
+        _cache.clear()
+        _snapshots.clear()
 
 
 def snapshot(tenant_id: int) -> Snapshot | None:

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, update
 
 from api.scheduler import Runtime, run_close
 from api.settings import Settings
 from metering.core.audit import audit_log
-from metering.core.tables import events, quarantine, task_usage
+from metering.core.tables import events, quarantine, rollup_state, task_usage
 from metering.events.ingest import to_us
 from metering.rollup.pipeline import rollup_tenant
 from metering.rollup.quarantine import REASONS
@@ -92,8 +92,18 @@ class TestRollup:
         rollup_tenant(engine, planted.tenant, now=AFTER_OCTOBER)
         planted.config({"prices": [{"provider": "acme-ai", "model": "acme-large", "input": "4.00", "output": "15.00"}]})
         plant(engine, planted.tenant.id, "late-bad", YEAR_1600, task="a1")
+        with engine.begin() as connection:  # no price buckets: the change needs a rebuild from the first event
+            connection.execute(update(rollup_state).where(rollup_state.c.tenant_id == planted.tenant.id).values(price_buckets=None))
         result = rollup_tenant(engine, planted.tenant, now=AFTER_OCTOBER)
         assert result.rebuilt and result.quarantined == 1
+        assert len(quarantined(engine, planted.tenant.id)) == 4
+
+    def test_a_price_change_applied_from_the_rollup_keeps_going(self, planted: Books, engine: Engine) -> None:
+        rollup_tenant(engine, planted.tenant, now=AFTER_OCTOBER)
+        planted.config({"prices": [{"provider": "acme-ai", "model": "acme-large", "input": "4.00", "output": "15.00"}]})
+        plant(engine, planted.tenant.id, "late-bad", YEAR_1600, task="a1")
+        result = rollup_tenant(engine, planted.tenant, now=AFTER_OCTOBER)
+        assert result.repriced is not None and not result.rebuilt and result.quarantined == 1
         assert len(quarantined(engine, planted.tenant.id)) == 4
 
     def test_impossible_token_counts_are_set_aside_too(self, make_books: Callable[..., Books], engine: Engine) -> None:  # noqa: F811

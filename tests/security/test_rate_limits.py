@@ -108,7 +108,8 @@ class TestDashboard:
     @staticmethod
     def requests(world: World) -> list[tuple[str, str]]:
         """Every dashboard route of the route table (static files aside) as a request to make."""
-        values = {"invoice_id": str(world.invoice_id), "customer": world.customer, "month": CLOSED_MONTH, "name": "customers"}
+        values = {"invoice_id": str(world.invoice_id), "customer": world.customer, "month": CLOSED_MONTH, "name": "customers",
+                  "line_no": "1", "task": "t1"}
         found = []
         for route in flat_routes(throwaway_app()):
             if not route.path.startswith("/dashboard") or route.path.startswith("/dashboard/static/"):
