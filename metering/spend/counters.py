@@ -756,6 +756,8 @@ def _committed(connection: Connection) -> None:
 
 @event.listens_for(Engine, "rollback")
 def _rolled_back(connection: Connection) -> None:
+    if connection.invalidated:  # its DBAPI connection is gone, and what it wrote with it
+        return
     connection.info.pop(_PENDING, None)
 
 
