@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,16 +29,17 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 from sqlalchemy import event as sa_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import POSTGRES_URL, cpu_check, fresh_postgres, fresh_sqlite, machine, synthetic_events  # noqa: E402
 from bench.server import SECRET, free_port  # noqa: E402
-from metering.core.db import unit_of_work  # noqa: E402
+from metering.core.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
 from metering.core.secret_box import SecretBox, derived_key  # noqa: E402
-from metering.core.tenants import Tenant, create_api_key, create_tenant  # noqa: E402
+from metering.core.tables import events  # noqa: E402
+from metering.core.tenants import Tenant, create_api_key, create_tenant, get_tenant  # noqa: E402
 from metering.events.ingest import store_events, validate_items  # noqa: E402
 from metering.spend import budget_repository  # noqa: E402
 from metering.spend import counters as spend  # noqa: E402
@@ -192,17 +194,36 @@ def _parameters(statement: str) -> list[Any]:
 
 
 
-def authorize_latency(stored: int, *, postgres: bool = False, args: tuple[str, ...] = (), requests: int = 2000) -> str:
+def _from_store(store: Path, path: Path, budgets: list[Budget]) -> tuple[Engine, Tenant, int, str]:
+    """A copy of an existing SQLite store (e.g. `bench_reprice.py`'s 12M-event one, tenant
+    "bench", customers cust-0..999) at `path`, with `budgets` and a key for its tenant."""
+    shutil.copyfile(store, path)
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade_schema(engine)
+    with unit_of_work(engine) as session:
+        tenant = get_tenant(session.connection(), "bench")
+        budget_repository.replace_all(session, tenant.id, budgets, now=NOW)
+        key, _ = create_api_key(session, tenant, frozenset({"ingest", "read", "admin"}), secret=SECRET.encode(), now=NOW)
+        stored = session.execute(select(func.count()).select_from(events)).scalar_one()
+    return engine, tenant, stored, key
+
+
+def authorize_latency(
+    stored: int, *, postgres: bool = False, args: tuple[str, ...] = (), requests: int = 2000, store: Path | None = None
+) -> str:
     """p50/p99 of `POST /v1/authorize` (one client, keep-alive) while another client posts
     1,000-event batches to the same `taskmeter serve`, after `stored` events were stored (in
-    process, 10,000 a transaction: authorization never reads them)."""
+    process, 10,000 a transaction: authorization never reads them), or on a copy of `store`."""
     with tempfile.TemporaryDirectory() as folder:
         path = None if postgres else Path(folder) / "a.db"
-        engine, tenant, key = _setup(path, thousand_budgets())
-        for start in range(0, stored, 10_000):
-            batch = _gpt4o(synthetic_events(min(10_000, stored - start), seed=1000 + start, models=1))
-            with unit_of_work(engine) as session:
-                store_events(session, tenant.id, validate_items(batch), now=NOW)
+        if store is not None and path is not None:
+            engine, tenant, stored, key = _from_store(store, path, thousand_budgets())
+        else:
+            engine, tenant, key = _setup(path, thousand_budgets())
+            for start in range(0, stored, 10_000):
+                batch = _gpt4o(synthetic_events(min(10_000, stored - start), seed=1000 + start, models=1))
+                with unit_of_work(engine) as session:
+                    store_events(session, tenant.id, validate_items(batch), now=NOW)
         if not os.environ.get("TASKMETER_BENCH_SERVE_ROOT"):
             authorize_reads(engine, tenant)
         engine.dispose()
@@ -339,6 +360,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="authorize requests per configuration")
     parser.add_argument("--serve", action="append", default=[], help="serve arguments of an authorize configuration (repeatable; '' = defaults)")
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--store", type=Path, help="authorize on a copy of this SQLite store (tenant 'bench') instead of --stored new events")
     args = parser.parse_args()
     print(machine(), flush=True)
     print(cpu_check(), flush=True)
@@ -347,7 +369,7 @@ def main() -> None:
     if args.only in (None, "authorize"):
         for database in args.databases.split(","):
             for serve_args in args.serve or [""]:
-                authorize_latency(args.stored, postgres=database == "postgresql", args=tuple(serve_args.split()), requests=args.requests)
+                authorize_latency(args.stored, postgres=database == "postgresql", args=tuple(serve_args.split()), requests=args.requests, store=args.store)
     if args.only in (None, "webhooks"):
         webhook_latency()
 
