@@ -209,7 +209,8 @@ def _from_store(store: Path, path: Path, budgets: list[Budget]) -> tuple[Engine,
 
 
 def authorize_latency(
-    stored: int, *, postgres: bool = False, args: tuple[str, ...] = (), requests: int = 2000, store: Path | None = None
+    stored: int, *, postgres: bool = False, args: tuple[str, ...] = (), requests: int = 2000, store: Path | None = None,
+    split: bool = False,
 ) -> str:
     """p50/p99 of `POST /v1/authorize` (one client, keep-alive) while another client posts
     1,000-event batches to the same `taskmeter serve`, after `stored` events were stored (in
@@ -227,14 +228,18 @@ def authorize_latency(
         if not os.environ.get("TASKMETER_BENCH_SERVE_ROOT"):
             authorize_reads(engine, tenant)
         engine.dispose()
-        server, url = serve(POSTGRES_URL if postgres else Path(str(path)), scheduler=False, args=args)
+        database = POSTGRES_URL if postgres else Path(str(path))
+        server, url = serve(database, scheduler=False, args=args)
+        # With `split`, ingestion goes to a second server on the same database (an API replica of
+        # its own), as a deployment that keeps the hot check apart from bulk ingestion would run.
+        loader_server, load_url = serve(database, scheduler=False, args=args) if split else (None, url)
         headers = {"Authorization": f"Bearer {key}"}
         stop = threading.Event()
         during = _gpt4o(synthetic_events(200_000, seed=5, models=1))
         posted = [0]
 
         def load() -> None:
-            with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            with httpx.Client(base_url=load_url, headers=headers, timeout=60) as client:
                 for i in range(0, len(during), BATCH):
                     if stop.is_set():
                         return
@@ -265,15 +270,18 @@ def authorize_latency(
             stop.set()
             loader.join()
         finally:
-            server.terminate()
-            server.wait(10)
+            for process in (server, loader_server):
+                if process is not None:
+                    process.terminate()
+                    process.wait(10)
     times.sort()
     idle.sort()
     p50, p99 = times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
     i50, i99 = idle[len(idle) // 2] * 1000, idle[int(len(idle) * 0.99)] * 1000
     label = "PostgreSQL" if postgres else "SQLite"
+    where = "into a second server process" if split else "into the same server"
     line = (f"{label}, {stored:,} events stored, 1,000 budgets, serve {' '.join(args) or '(defaults)'}, HTTP ingestion "
-            f"running ({ingested / elapsed:,.0f} events/s meanwhile): POST /v1/authorize p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+            f"{where} running ({ingested / elapsed:,.0f} events/s meanwhile): POST /v1/authorize p50 {p50:.2f} ms, p99 {p99:.2f} ms "
             f"({requests:,} requests, one client, keep-alive); idle server p50 {i50:.2f} ms, p99 {i99:.2f} ms")  # fmt: skip
     print(line, flush=True)
     return line
@@ -360,6 +368,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="authorize requests per configuration")
     parser.add_argument("--serve", action="append", default=[], help="serve arguments of an authorize configuration (repeatable; '' = defaults)")
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--split", action="store_true", help="ingestion into a second server process on the same database")
     parser.add_argument("--store", type=Path, help="authorize on a copy of this SQLite store (tenant 'bench') instead of --stored new events")
     args = parser.parse_args()
     print(machine(), flush=True)
@@ -369,7 +378,7 @@ def main() -> None:
     if args.only in (None, "authorize"):
         for database in args.databases.split(","):
             for serve_args in args.serve or [""]:
-                authorize_latency(args.stored, postgres=database == "postgresql", args=tuple(serve_args.split()), requests=args.requests, store=args.store)
+                authorize_latency(args.stored, postgres=database == "postgresql", args=tuple(serve_args.split()), requests=args.requests, store=args.store, split=args.split)
     if args.only in (None, "webhooks"):
         webhook_latency()
 

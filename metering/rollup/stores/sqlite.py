@@ -37,6 +37,7 @@ from metering.rollup.stores.common import (
     TableStore,
     arrow_events,
     events_query,
+    key_order,
     other_tenants_in,
     rebuild_frames,
 )
@@ -182,6 +183,40 @@ class SqliteStore(TableStore):
             for path in paths.values():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+
+    def shift_costs(self, connection: Connection, tenant_id: int, table: Table, keys: Sequence[str], changes: pd.DataFrame) -> int:
+        """The changes inserted into a temporary table by the driver's `executemany` and applied by
+        one UPDATE ... FROM joined on the key (instead of one UPDATE per row built by
+        SQLAlchemy). Each key value goes through its column type's bind processor, as
+        SQLAlchemy's own execution would (dates as the ISO text SQLite stores)."""
+        if changes.empty:
+            return 0
+        dialect = connection.dialect
+        names = [*keys, "d_nanos", "d_rem", "d_unpriced"]
+        changes = key_order(changes, tuple(keys), True)  # the table's pages visited in key order, once each
+        columns = []
+        for name in names:
+            values = changes[name].tolist()
+            processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect) if name in keys else None
+            columns.append([processor(v) for v in values] if processor is not None else values)
+        stage = f"{table.name}__cost_changes"
+        connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {stage} ({', '.join(names)})")
+        try:
+            marks = ", ".join("?" * len(names))
+            # Table and column names come from the schema; every value is bound.
+            insert = f"INSERT INTO temp.{stage} VALUES ({marks})"  # noqa: S608
+            connection.exec_driver_sql(insert, list(zip(*columns, strict=True)))
+            t = table.name
+            match = " AND ".join(f"{t}.{name} = s.{name}" for name in keys)
+            shift = (
+                f"UPDATE {t} SET cost_nanos = {t}.cost_nanos + s.d_nanos + ({t}.cost_rem + s.d_rem) / 1000000, "  # noqa: S608
+                f"cost_rem = ({t}.cost_rem + s.d_rem) % 1000000, unpriced_events = {t}.unpriced_events + s.d_unpriced "
+                f"FROM temp.{stage} AS s WHERE {t}.tenant_id = ? AND {match}"
+            )
+            result = connection.execution_options(preserve_rowcount=True).exec_driver_sql(shift, (tenant_id,))
+            return int(result.rowcount)
+        finally:
+            connection.exec_driver_sql(f"DROP TABLE temp.{stage}")
 
     def _attached(self, connection: Connection) -> bool:
         schemas = {row[1] for row in connection.exec_driver_sql("PRAGMA database_list")}
