@@ -72,6 +72,12 @@ from metering.spend.budgets import (
     used_decimal,
 )
 
+READ_POSITIONS = frozenset((
+    _TYPE, _TIME, _CUSTOMER, _TASK, _TASK_TYPE, _PROVIDER, _MODEL, _INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE,
+    _CACHE_WRITE_1H,
+))  # fmt: skip
+"""The positions of an `INSERT_COLUMNS` row that `count_stored` reads (a reader of stored events
+may leave the others out)."""
 _CHUNK = 400
 _COUNTER_COLUMNS = ("tenant_id", "budget_id", "period_start_us", "used", "used_rem", "unpriced_events")
 _COUNTER_KEYS = ("tenant_id", "budget_id", "period_start_us")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, null, select, update
 
 from metering.core.db import dialect_insert, driver_rows, follower_lock_key, tenant_lock, write_lock
 from metering.core.event_columns import INSERT_COLUMNS
@@ -37,8 +37,15 @@ from metering.spend.budget_tables import spend_watermarks
 PAGE = 20_000
 """Events counted per transaction (per page, one upsert of the counters it touches)."""
 _ACTOR, _AGENT = INSERT_COLUMNS.index("actor"), INSERT_COLUMNS.index("agent")
-# The rows as ingestion hands them to `count_stored` (INSERT_COLUMNS order), then their seq.
-_READ = (*(events.c[name] for name in INSERT_COLUMNS), events.c.seq)
+# The rows in the shape ingestion hands them to `count_stored` (INSERT_COLUMNS order), then their
+# seq; a column counting does not read comes as NULL (less to fetch: ids, digests, metadata).
+_READ = (
+    *(
+        events.c[name] if i in spend.READ_POSITIONS or i in (_ACTOR, _AGENT) else null().label(name)
+        for i, name in enumerate(INSERT_COLUMNS)
+    ),
+    events.c.seq,
+)
 
 
 @dataclass(frozen=True)
