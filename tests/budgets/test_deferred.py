@@ -280,6 +280,26 @@ class TestSwitchingMode:
         spend_follower.catch_up(engine, tenant.id, now=NOW)
         assert used(engine, tenant) == 10
 
+    def test_a_job_moves_across_switches_as_the_rollup_decides_it(self, engine: Engine, tenant: Tenant) -> None:
+        """The tasks' stored outcomes carry over both ways: a job completed while counted inline,
+        failed later while followed, completed again once inline again, counts as the rollup."""
+        put(engine, tenant, Budget.model_validate({"id": "jobs", "measure": "jobs", "limit": "10", "period": "month"}))
+        ingest(engine, tenant, [make_event(id="c1", type="task.completed", task="t", time="2026-11-10T00:00:00Z")])
+        assert used(engine, tenant, "jobs") == 1
+        spend_follower.start(engine, tenant.id, now=NOW)
+        ingest(engine, tenant, [make_event(id="f", type="task.failed", task="t", time="2026-11-11T00:00:00Z")])
+        ingest(engine, tenant, [make_event(id="c0", type="task.completed", task="t", time="2026-11-09T00:00:00Z")])  # late
+        spend_follower.catch_up(engine, tenant.id, now=NOW)
+        assert used(engine, tenant, "jobs") == 0
+        ingest(engine, tenant, [make_event(id="c2", type="task.completed", task="t", time="2026-11-12T00:00:00Z")])
+        spend_follower.stop(engine, tenant.id, now=NOW)
+        assert used(engine, tenant, "jobs") == 1
+        ingest(engine, tenant, [make_event(id="f2", type="task.failed", task="t", time="2026-11-13T00:00:00Z")])
+        rollup_tenant(engine, tenant, now=NOW)
+        with engine.connect() as connection:
+            assert connection.execute(select(task_usage.c.status)).scalar() == "failed"
+        assert used(engine, tenant, "jobs") == 0
+
     def test_a_budget_put_while_events_wait_counts_them_once(self, engine: Engine, followed: Tenant) -> None:
         """A recount (a new budget) counts only up to the follower's watermark: the follower
         counts the rest into the new budget next."""
