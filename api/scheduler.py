@@ -1,5 +1,6 @@
-"""The scheduler: rollup, period close, monthly reports and Stripe sync, on a clock; and the
-sender of budget-alert webhooks (`api.webhooks.WebhookSender`), a thread polling the outbox.
+"""The scheduler: rollup, period close, monthly reports and Stripe sync, on a clock; the
+sender of budget-alert webhooks (`api.webhooks.WebhookSender`), a thread polling the outbox; and
+the follower of deferred spend counting (`api.follower.SpendFollower`), a thread likewise.
 
 APScheduler 3 (`BackgroundScheduler`) keeps its jobs in the project's database
 (`apscheduler_jobs`, created by the migrations), so they survive a restart: a run missed while no
@@ -34,6 +35,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from api.cluster import cluster_executor
+from api.follower import SpendFollower
 from api.settings import Settings
 from api.webhooks import WebhookSender, deliver_due
 from metering.core.db import is_unavailable, make_engine, unit_of_work
@@ -41,6 +43,7 @@ from metering.core.jobstate import get_bookmark, hold, scheduler_jobs, set_bookm
 from metering.core.periods import parse_month
 from metering.core.tenants import Tenant, list_tenants
 from metering.events.archive import ArchivedHistory
+from metering.events.spend_follower import Followed, follow_tenants
 from metering.rollup.archive_guard import check_rebuild
 from metering.rollup.executors import Executor
 from metering.rollup.pipeline import RollupConflict, RollupResult, bring_up_to_date
@@ -262,6 +265,13 @@ def run_webhooks(rt: Runtime, *, now: datetime) -> dict[str, int]:
     return deliver_due(rt.engine, now=now, box=rt.settings.secret_box())
 
 
+def run_spend_follower(rt: Runtime, *, now: datetime) -> Followed:
+    """One run of the follower of deferred spend counting (`api.follower` runs it on a short
+    interval): with `deferred`, count what every followed tenant stored; with `inline`, hand
+    followed tenants back to ingestion."""
+    return follow_tenants(rt.engine, mode=rt.settings.spend_counting, now=now)
+
+
 def _tenants(rt: Runtime) -> list[Tenant]:
     with unit_of_work(rt.engine) as session:
         return list_tenants(session)
@@ -309,6 +319,8 @@ class TaskmeterScheduler:
         # Budget-alert webhooks: a thread of its own polling the outbox, not an APScheduler job
         # (whose job store would write the database every fraction of a second).
         self.webhooks = WebhookSender(engine, interval=settings.webhook_interval_seconds, box=settings.secret_box())
+        # Deferred spend counting's follower (api.follower), likewise a thread of its own.
+        self.follower = SpendFollower(engine, mode=settings.spend_counting, interval=settings.spend_follow_interval_seconds)
         # A small engine of its own: the job store disposes it on shutdown.
         store = SQLAlchemyJobStore(
             engine=make_engine(settings.database_url, small_pool=True), tablename=scheduler_jobs.name
@@ -345,6 +357,7 @@ class TaskmeterScheduler:
             self.ensure_jobs()
         if not paused:
             self.webhooks.start()
+            self.follower.start()
         return self
 
     def ensure_jobs(self) -> None:
@@ -371,6 +384,7 @@ class TaskmeterScheduler:
 
     def shutdown(self, *, wait: bool = True) -> None:
         self.webhooks.stop()
+        self.follower.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=wait)
 
@@ -384,7 +398,9 @@ def start_scheduler(settings: Settings, engine: Engine) -> TaskmeterScheduler:
 def run_once(settings: Settings, engine: Engine, *, now: datetime) -> dict[str, Any]:
     """Every job once, in order, in this thread (`taskmeter worker --once`, cron, tests)."""
     rt = Runtime(settings, engine)
+    spend = run_spend_follower(rt, now=now)
     return {
+        "spend_counted": spend.events,
         "rolled_up": [r.tenant for r in run_rollup(rt, now=now) if r.events_read],
         "closed": [{"tenant": t, "month": m} for t, m in run_close(rt, now=now)],
         "reports": [{"tenant": t, "month": m} for t, m in run_reports(rt, now=now)],

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AwareDatetime, SecretStr, model_validator
+from pydantic import AwareDatetime, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metering.core.secret_box import SecretBox, derived_key, parse_keys
@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     close_check_seconds: float = 60.0  # how often the close and reports jobs look for due months
     stripe_sync_interval_seconds: float = 60.0
     webhook_interval_seconds: float = 0.2  # how often the outbox of budget-alert webhooks is polled
+    # Budget counters (metering.spend.deferred; docs/OPERATIONS.md): `inline` counts each batch in the
+    # transaction that stores it; `deferred` stores events only, and a follower in each server
+    # process counts them every spend_follow_interval_seconds (authorize and alerts lag by that).
+    spend_counting: Literal["inline", "deferred"] = "inline"
+    spend_follow_interval_seconds: float = Field(default=0.25, gt=0)
     scheduler_misfire_grace_seconds: int = 300  # a run later than this is skipped (the next one comes)
     job_lease_seconds: float = 900.0  # SQLite job guards: how long a crashed worker blocks the others
 

@@ -1,12 +1,18 @@
 """Spend control: ingestion throughput with 1,000 budgets against none (same run, same events),
-`POST /v1/authorize` latency with 1,000 budgets while ingestion runs, and event stored ->
-threshold webhook received.
+counted inline and deferred; `POST /v1/authorize` latency with 1,000 budgets while ingestion runs;
+and event stored -> threshold webhook received.
 
     .venv/bin/python bench/bench_budgets.py [--events 200000] [--stored 1000000]
+    .venv/bin/python bench/bench_budgets.py --only throughput --events 200000 [--paths jsonl,http] [--databases sqlite,postgresql]
 
-Ingestion is measured in process (validate + store in one transaction per 1,000-event batch, the
-path of every ingest route) on SQLite and PostgreSQL. Authorization and webhooks go through a
-real `taskmeter serve` (one uvicorn worker, SQLite) over loopback HTTP.
+Throughput, per database and path, each configuration into a fresh database: no budget, 1,000
+budgets counted inline (`TASKMETER_SPEND_COUNTING=inline`), the same counted deferred, no budget
+again. JSONL: `taskmeter ingest`'s `ingest_file` in process (deferred: its catch-up at the end of
+the file is in the time). HTTP: a real `taskmeter serve` (one uvicorn worker, scheduler on, so with
+`deferred` its follower counts in the server process) fed 1,000-event batches by `--clients`
+clients; deferred also reports how long after the last answer everything was counted.
+Authorization and webhooks go through a real `taskmeter serve` (one uvicorn worker, SQLite) over
+loopback HTTP.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from sqlalchemy import event as sa_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from api.cli.ingest import ingest_file  # noqa: E402
+from api.settings import Settings  # noqa: E402
 from bench.common import POSTGRES_URL, cpu_check, fresh_postgres, fresh_sqlite, machine, synthetic_events  # noqa: E402
 from bench.server import SECRET, free_port  # noqa: E402
 from metering.core.db import make_engine, unit_of_work, upgrade_schema  # noqa: E402
@@ -41,7 +49,7 @@ from metering.core.secret_box import SecretBox, derived_key  # noqa: E402
 from metering.core.tables import events  # noqa: E402
 from metering.core.tenants import Tenant, create_api_key, create_tenant, get_tenant  # noqa: E402
 from metering.events.ingest import store_events, validate_items  # noqa: E402
-from metering.spend import budget_repository  # noqa: E402
+from metering.spend import budget_repository, deferred  # noqa: E402
 from metering.spend import counters as spend  # noqa: E402
 from metering.spend.alerts import add_webhook  # noqa: E402
 from metering.spend.budgets import Budget  # noqa: E402
@@ -73,43 +81,134 @@ def _tenant(engine: Engine, budgets: list[Budget]) -> Tenant:
     return tenant
 
 
-def ingest_rate(engine: Engine, budgets: list[Budget], payload: list[dict[str, Any]]) -> float:
-    """Events per second stored, one transaction per batch."""
-    tenant = _tenant(engine, budgets)
-    start = time.perf_counter()
-    for i in range(0, len(payload), BATCH):
-        with unit_of_work(engine) as session:
-            store_events(session, tenant.id, validate_items(payload[i : i + BATCH]), now=NOW)
-    return len(payload) / (time.perf_counter() - start)
+COUNTINGS = (("none", "inline", False), ("1,000 budgets inline", "inline", True),
+             ("1,000 budgets deferred", "deferred", True), ("none again", "inline", False))  # fmt: skip
+"""(label, TASKMETER_SPEND_COUNTING, with the budgets): in this order in every run, the two without
+budgets around the others (their mean is the baseline)."""
 
 
-def throughput(events: int) -> list[str]:
+def _payload(events: int) -> list[dict[str, Any]]:
     payload = synthetic_events(events, seed=11, models=3)
     for event in payload:
         event["model"] = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet-latest")[
             int(event["model"].rsplit("-", 1)[1]) % 3
         ]
         event["provider"] = "anthropic" if event["model"].startswith("claude") else "openai"
+    return payload
+
+
+def _counted_through(engine: Engine, tenant: Tenant) -> int | None:
+    with engine.connect() as connection:
+        return deferred.counted_through(connection, tenant.id)
+
+
+def _newest(engine: Engine, tenant: Tenant) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.max(events.c.seq)).where(events.c.tenant_id == tenant.id)).scalar() or 0)
+
+
+def jsonl_rate(engine: Engine, budgets: list[Budget], file: Path, counting: str) -> tuple[float, str]:
+    """Events per second of `taskmeter ingest` (`ingest_file`, in process, 5,000 lines a
+    transaction) from start to end, the deferred mode's catch-up at the end of the file included."""
+    tenant = _tenant(engine, budgets)
+    url = engine.url.render_as_string(hide_password=False)
+    settings = Settings(database_url=url, secret_key=SECRET, spend_counting=counting)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    summary = ingest_file(engine, tenant.id, file, file.with_suffix(".rejected.jsonl"), settings=settings)
+    elapsed = time.perf_counter() - start
+    note = f", {summary['spend_counted']:,} counted at the end" if "spend_counted" in summary else ""
+    return summary["accepted"] / elapsed, note
+
+
+def http_rate(
+    path: Path | None, budgets: list[Budget], batches: list[bytes], counting: str, clients: int
+) -> tuple[float, str]:
+    """Events per second stored through `POST /v1/events` of `taskmeter serve` (one uvicorn worker,
+    its scheduler on: with `deferred`, its follower counts in the same process as deployed), from
+    the first request to the last answer, `clients` clients posting 1,000-event batches at once.
+    Deferred: also how long after the last answer the follower had counted everything."""
+    engine, tenant, key = _setup(path, budgets)
+    env = {"TASKMETER_SPEND_COUNTING": counting}
+    server, url = serve(path if path is not None else POSTGRES_URL, scheduler=True, env=env)
+    try:
+        if counting == "deferred":  # the follower's first run follows the tenant
+            _wait(lambda: _counted_through(engine, tenant) is not None, "the follower never followed the tenant")
+        todo = iter(batches)
+        lock = threading.Lock()
+
+        def post() -> None:
+            headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+            with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+                while True:
+                    with lock:
+                        body = next(todo, None)
+                    if body is None:
+                        return
+                    answer = client.post("/v1/events", content=body)
+                    assert answer.status_code == 200, answer.text
+
+        threads = [threading.Thread(target=post) for _ in range(clients)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stored = time.perf_counter()
+        note = ""
+        if counting == "deferred":
+            newest = _newest(engine, tenant)
+            _wait(lambda: (_counted_through(engine, tenant) or 0) >= newest, "the follower never caught up")
+            note = f", counted {time.perf_counter() - stored:.2f} s after the last answer"
+    finally:
+        server.terminate()
+        server.wait(30)
+        engine.dispose()
+    return len(batches) * BATCH / (stored - start), note
+
+
+def _wait(done: Callable[[], bool], failure: str, seconds: float = 600) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            raise SystemExit(failure)
+        time.sleep(0.02)
+
+
+def throughput(events: int, databases: list[str], paths: list[str], clients: int = 2) -> list[str]:
+    """Ingestion with no budget, 1,000 budgets counted inline, the same counted deferred, and no
+    budget again, each into a fresh database, the same events, per database and path; the ratios
+    are against the mean of the two runs without budgets."""
+    payload = _payload(events)
+    batches = [orjson.dumps(payload[i : i + BATCH]) for i in range(0, len(payload), BATCH)]
     lines = []
     with tempfile.TemporaryDirectory() as folder:
-        makers: list[tuple[str, Callable[[], Engine | None]]] = [
-            ("SQLite", lambda: fresh_sqlite(os.path.join(folder, "b.db"))),
-            ("PostgreSQL", fresh_postgres),
-        ]
-        for label, make in makers:
-            rates = {}
-            for name, budgets in (("none", []), ("1,000 budgets", thousand_budgets()), ("none again", [])):
-                engine = make()
-                if engine is None:
-                    break
-                rates[name] = ingest_rate(engine, budgets, payload)
-                engine.dispose()
-            if len(rates) == 3:
-                base = (rates["none"] + rates["none again"]) / 2
+        file = Path(folder) / "events.jsonl"
+        file.write_bytes(b"".join(orjson.dumps(event) + b"\n" for event in payload))
+        for database in databases:
+            label = "PostgreSQL" if database == "postgresql" else "SQLite"
+            if database == "postgresql" and fresh_postgres() is None:
+                continue
+            for path in paths:
+                rates: dict[str, tuple[float, str]] = {}
+                for name, counting, with_budgets in COUNTINGS:
+                    budgets = thousand_budgets() if with_budgets else []
+                    if path == "jsonl":
+                        engine = fresh_sqlite(os.path.join(folder, "j.db")) if database == "sqlite" else fresh_postgres()
+                        assert engine is not None
+                        rates[name] = jsonl_rate(engine, budgets, file, counting)
+                        engine.dispose()
+                    else:
+                        rates[name] = http_rate(Path(folder) / "h.db" if database == "sqlite" else None, budgets, batches, counting, clients)
+                    print(f"  {label} {path} {name}: {rates[name][0]:,.0f} events/s{rates[name][1]}", flush=True)
+                base = (rates["none"][0] + rates["none again"][0]) / 2
+                how = "JSONL (taskmeter ingest, 5,000 lines a transaction)" if path == "jsonl" else (
+                    f"HTTP ({clients} clients, 1,000-event batches, one server process with its scheduler)")
                 lines.append(
-                    f"{label}: {events:,} events in batches of {BATCH:,}: none {rates['none']:,.0f} and {rates['none again']:,.0f} "
-                    f"events/s, 1,000 budgets {rates['1,000 budgets']:,.0f} events/s = {rates['1,000 budgets'] / base:.1%} of none"
-                )
+                    f"{label}, {how}, {events:,} events: none {rates['none'][0]:,.0f} and {rates['none again'][0]:,.0f} events/s; "
+                    f"1,000 budgets inline {rates['1,000 budgets inline'][0]:,.0f} = {rates['1,000 budgets inline'][0] / base:.1%} of none; "
+                    f"deferred {rates['1,000 budgets deferred'][0]:,.0f} = {rates['1,000 budgets deferred'][0] / base:.1%} of none"
+                    f"{rates['1,000 budgets deferred'][1]}"
+                )  # fmt: skip
                 print(lines[-1], flush=True)
     return lines
 
@@ -117,12 +216,14 @@ def throughput(events: int) -> list[str]:
 # --- through a real server ----------------------------------------------------------------------
 
 
-def serve(path: Path | str, *, scheduler: bool, args: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
-    """`taskmeter serve` on a SQLite file or a database URL, with extra `args`."""
+def serve(
+    path: Path | str, *, scheduler: bool, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`taskmeter serve` on a SQLite file or a database URL, with extra `args` and settings `env`."""
     database = path if isinstance(path, str) else f"sqlite:///{path}"
     env = {**os.environ, "TASKMETER_DATABASE_URL": database, "TASKMETER_SECRET_KEY": SECRET,
            "TASKMETER_SCHEDULER_ENABLED": str(scheduler).lower(), "TASKMETER_WEBHOOK_INTERVAL_SECONDS": "0.2",
-           "TASKMETER_ROLLUP_INTERVAL_SECONDS": "3600", "TASKMETER_RATE_LIMIT_PER_MINUTE": "10000000"}  # fmt: skip
+           "TASKMETER_ROLLUP_INTERVAL_SECONDS": "3600", "TASKMETER_RATE_LIMIT_PER_MINUTE": "10000000", **(env or {})}  # fmt: skip
     port = free_port()
     command = [str(Path(sys.executable).with_name("taskmeter"))]
     root = os.environ.get("TASKMETER_BENCH_SERVE_ROOT")
@@ -370,11 +471,13 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--split", action="store_true", help="ingestion into a second server process on the same database")
     parser.add_argument("--store", type=Path, help="authorize on a copy of this SQLite store (tenant 'bench') instead of --stored new events")
+    parser.add_argument("--paths", default="jsonl,http", help="throughput: jsonl, http or both")
+    parser.add_argument("--clients", type=int, default=2, help="throughput over HTTP: clients posting at once")
     args = parser.parse_args()
     print(machine(), flush=True)
     print(cpu_check(), flush=True)
     if args.only in (None, "throughput"):
-        throughput(args.events)
+        throughput(args.events, args.databases.split(","), args.paths.split(","), clients=args.clients)
     if args.only in (None, "authorize"):
         for database in args.databases.split(","):
             for serve_args in args.serve or [""]:

@@ -16,6 +16,7 @@ from api.cli.common import err, find_tenant, now, open_engine, out
 from api.settings import Settings
 from metering.core.db import unit_of_work
 from metering.core.errors import TaskmeterError
+from metering.events import spend_follower
 from metering.events.ingest import Prepared, insert_prepared, prepare_rows, validate_lines
 from metering.events.jsonl import LineBatch, read_batches
 from metering.events.schemas import FieldError, RejectedEvent
@@ -39,11 +40,17 @@ def ingest_file(
 ) -> dict[str, Any]:
     """Stream a JSONL file into the events table, one transaction per batch (a rerun is a replay).
 
-    A reader thread parses and validates the next batch while this one is being inserted.
+    A reader thread parses and validates the next batch while this one is being inserted. With
+    `TASKMETER_SPEND_COUNTING=deferred` the batches only store events (the tenant is followed from
+    the start, `metering.events.spend_follower`) and the budget counters catch up once at the end
+    of the file; the summary then says how many events that counted (`spend_counted`). A tenant
+    followed by a server's follower is caught up at the end likewise.
     """
     from tqdm import tqdm
 
-    totals = {"accepted": 0, "duplicates": 0, "conflicts": 0, "rejected": 0, "lines": 0}
+    if settings.spend_counting == "deferred":
+        spend_follower.start(engine, tenant_id, now=now())
+    totals: dict[str, Any] = {"accepted": 0, "duplicates": 0, "conflicts": 0, "rejected": 0, "lines": 0}
     window = settings.event_window
     rejected_file = None
 
@@ -88,6 +95,10 @@ def ingest_file(
         rejected_file.close()
         totals["rejected_file"] = str(rejected_path)
         err(f"{totals['rejected']} line(s) rejected; reasons in {rejected_path}")
+    with engine.connect() as connection:
+        followed = spend_follower.following(connection, tenant_id)
+    if followed:
+        totals["spend_counted"] = spend_follower.catch_up(engine, tenant_id, now=now()).events
     return totals
 
 

@@ -337,7 +337,8 @@ def _insert_ignoring_conflicts(session: Session | Connection, rows: list[tuple[A
 
 def _count_spend(session: Session | Connection, tenant_id: int, prepared: Prepared, inserted: int) -> None:
     """Count the rows this insert stored (not the duplicates) into the budget counters, in its
-    transaction (`metering.spend.counters`)."""
+    transaction (`metering.spend.counters`); nothing when a follower counts the tenant's events
+    (deferred counting, `metering.spend.deferred`)."""
     if not inserted:
         return
     connection = session.connection() if isinstance(session, Session) else session
@@ -346,7 +347,7 @@ def _count_spend(session: Session | Connection, tenant_id: int, prepared: Prepar
         ours = _stored_now(connection, tenant_id, [row[1] for row in rows], inserted)
         chosen = [i for i, row in enumerate(rows) if row[1] in ours]
         rows, attribution = [rows[i] for i in chosen], [attribution[i] for i in chosen]
-    spend.count_stored(connection, tenant_id, rows, attribution, now=from_us(rows[0][INGESTED]))
+    spend.count_ingested(connection, tenant_id, rows, attribution, now=from_us(rows[0][INGESTED]))
 
 
 def _stored_now(connection: Connection, tenant_id: int, event_ids: list[str], inserted: int) -> set[str]:
@@ -420,8 +421,15 @@ def committed_through(engine: Engine, tenant_id: int) -> int:
     """The highest seq below which every event of the tenant is committed: the read waits for
     ingest transactions in flight (which hold the tenant's lock shared; on PostgreSQL a
     transaction can commit seq 11 while seq 10 is still in flight)."""
+    with engine.begin() as connection:
+        return newest_committed(connection, tenant_id)
+
+
+def newest_committed(connection: Connection, tenant_id: int) -> int:
+    """`committed_through` in the caller's transaction, which then holds the tenant's ingest lock
+    alone until it ends: no batch of the tenant is stored meanwhile (on SQLite, take the write
+    lock first for the same effect)."""
     # Newest first along the primary key: stops at the tenant's latest event instead of scanning.
     query = select(events.c.seq).where(events.c.tenant_id == tenant_id).order_by(events.c.seq.desc()).limit(1)
-    with engine.begin() as connection:
-        tenant_lock(connection, ingest_lock_key(tenant_id))
-        return int(connection.execute(query).scalar() or 0)
+    tenant_lock(connection, ingest_lock_key(tenant_id))
+    return int(connection.execute(query).scalar() or 0)

@@ -73,13 +73,12 @@ def replace_all(
     connection = _connection(session)
     have = stored(connection, tenant_id)
     counts = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0}
-    fresh = set()
+    fresh = {b.id for b in entries if b.id not in have or not _counts_alike(have[b.id], b)}
+    if fresh:
+        recount.lock(connection, tenant_id)  # before dropping counters that counting writes
     for budget in entries:
-        old = have.get(budget.id)
-        counts[_write(connection, tenant_id, budget, old, now=now)] += 1
-        if old is None or not _counts_alike(old, budget):
-            fresh.add(budget.id)
-    for gone in have.keys() - {b.id for b in entries}:
+        counts[_write(connection, tenant_id, budget, have.get(budget.id), now=now)] += 1
+    for gone in sorted(have.keys() - {b.id for b in entries}):
         _delete(connection, tenant_id, gone)
         counts["removed"] += 1
     spend.bump_generation(connection, tenant_id)
@@ -102,9 +101,12 @@ def put(
         raise InvalidInput("invalid budget", detail=[{"field": f, "message": m} for f, m in problems])
     connection = _connection(session)
     old = stored(connection, tenant_id).get(budget_id)
+    counts_anew = old is None or not _counts_alike(old, parsed[0])
+    if counts_anew:
+        recount.lock(connection, tenant_id)  # before dropping counters that counting writes
     status = _write(connection, tenant_id, parsed[0], old, now=now)
     spend.bump_generation(connection, tenant_id)
-    if old is None or not _counts_alike(old, parsed[0]):
+    if counts_anew:
         recount.recount(connection, tenant_id, now=now, only={budget_id})
     return parsed[0], status
 

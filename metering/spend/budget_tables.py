@@ -2,7 +2,8 @@
 (`metering.spend.budgets`, `metering.spend.counters`, `metering.spend.alerts`).
 
 Counters are kept per (budget, period start) and written by ingestion in the transaction that
-stores the events, so they count each stored event once (never a duplicate or a replay).
+stores the events, or by a follower after it (deferred counting, `spend_watermarks`), so they
+count each stored event once (never a duplicate or a replay).
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ budget_state = Table(
     Column("generation", BigInteger, nullable=False),
     # The tenant has outcome rules (written by pricing.budget_billing): jobs count at settlement.
     Column("jobs_at_settlement", Boolean, nullable=False, server_default=false()),
+)
+
+# Deferred counting (`metering.spend.deferred`): every event of the tenant with seq <= counted_through
+# is in the counters, and a follower counts the rest. No row: ingestion counts each batch itself
+# (inline). The row is the tenant's counting mode, read by every process with the generation.
+spend_watermarks = Table(
+    "spend_watermarks",
+    metadata,
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
+    Column("counted_through", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),  # the follower's last move
 )
 
 # How each customer's plan bills, reduced for the `billed` measure (metering.spend.budgets.BilledRule),

@@ -1,7 +1,9 @@
 """Spend counters at ingestion, and what `POST /v1/authorize` answers from them.
 
 `count_stored` runs inside the transaction that stores a batch, with the rows that batch newly
-stored (never a duplicate or a replay), so a counter moves exactly when its events commit. It
+stored (never a duplicate or a replay), so a counter moves exactly when its events commit; or,
+with `TASKMETER_SPEND_COUNTING=deferred`, in a follower's transaction after ingestion, over
+committed events in seq order (`metering.spend.deferred`: ingestion then stores only). It
 matches events to budgets in memory (`BudgetIndex`, cached per tenant, reloaded when the tenant's
 budget generation changes), prices usage with the tenant's price book (the rollup's, so the
 figures agree exactly), and writes each touched (budget, period) counter with one multi-row
@@ -52,7 +54,14 @@ from metering.costs.book import tenant_overrides
 from metering.costs.prices import price_usage
 from metering.costs.ratecards import PriceBook
 from metering.spend import alerts
-from metering.spend.budget_tables import budget_billing, budget_counters, budget_state, budget_tasks, budgets
+from metering.spend.budget_tables import (
+    budget_billing,
+    budget_counters,
+    budget_state,
+    budget_tasks,
+    budgets,
+    spend_watermarks,
+)
 from metering.spend.budgets import (
     REM_PER_NANO,
     BilledRule,
@@ -63,6 +72,12 @@ from metering.spend.budgets import (
     used_decimal,
 )
 
+READ_POSITIONS = frozenset((
+    _TYPE, _TIME, _CUSTOMER, _TASK, _TASK_TYPE, _PROVIDER, _MODEL, _INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE,
+    _CACHE_WRITE_1H,
+))  # fmt: skip
+"""The positions of an `INSERT_COLUMNS` row that `count_stored` reads (a reader of stored events
+may leave the others out)."""
 _CHUNK = 400
 _COUNTER_COLUMNS = ("tenant_id", "budget_id", "period_start_us", "used", "used_rem", "unpriced_events")
 _COUNTER_KEYS = ("tenant_id", "budget_id", "period_start_us")
@@ -218,6 +233,15 @@ def generation(connection: Connection, tenant_id: int) -> int:
     return int(found or 0)
 
 
+def counting_state(connection: Connection, tenant_id: int) -> tuple[int, int | None]:
+    """The tenant's budget generation and its follower's watermark (None: counted at
+    ingestion), in one statement: ingestion reads both for every batch."""
+    current = select(budget_state.c.generation).where(budget_state.c.tenant_id == tenant_id).scalar_subquery()
+    mark = select(spend_watermarks.c.counted_through).where(spend_watermarks.c.tenant_id == tenant_id).scalar_subquery()
+    found, through = connection.execute(select(current, mark)).one()
+    return int(found or 0), through
+
+
 def bump_generation(connection: Connection, tenant_id: int) -> None:
     """Mark the tenant's budgets (or prices) changed: every process reloads them on next use."""
     upsert(
@@ -229,9 +253,10 @@ def bump_generation(connection: Connection, tenant_id: int) -> None:
         _snapshots.pop(tenant_id, None)
 
 
-def tenant_budgets(connection: Connection, tenant_id: int) -> TenantBudgets:
-    """The tenant's budgets, from this process's cache while its generation is current."""
-    current = generation(connection, tenant_id)
+def tenant_budgets(connection: Connection, tenant_id: int, current: int | None = None) -> TenantBudgets:
+    """The tenant's budgets, from this process's cache while its generation (`current`, when the
+    caller has just read it) is current."""
+    current = generation(connection, tenant_id) if current is None else current
     cached = _cache.get(tenant_id)
     if cached is not None and cached.generation == current:
         return cached
@@ -325,7 +350,7 @@ def _period_firsts(kind: np.ndarray, day: np.ndarray) -> np.ndarray:
     return np.select([kind == 0, kind == 1], [day, week], month)
 
 
-def count_stored(
+def count_ingested(
     connection: Connection,
     tenant_id: int,
     rows: Sequence[Sequence[Any]],
@@ -333,8 +358,33 @@ def count_stored(
     *,
     now: datetime,
 ) -> int:
+    """What ingestion calls for the rows a batch newly stored: `count_stored`, unless a follower
+    counts the tenant's events (deferred counting: the tenant has a watermark,
+    `metering.spend.deferred`), in which case storing them is all. One statement reads both the
+    watermark and the budget generation."""
+    if not rows:
+        return 0
+    current, following = counting_state(connection, tenant_id)
+    if following is not None:
+        return 0
+    return count_stored(connection, tenant_id, rows, attribution, now=now, budget_generation=current)
+
+
+def count_stored(
+    connection: Connection,
+    tenant_id: int,
+    rows: Sequence[Sequence[Any]],
+    attribution: Sequence[tuple[str | None, str | None]],
+    *,
+    now: datetime,
+    budget_generation: int | None = None,
+) -> int:
     """Count newly stored events (rows in `metering.core.event_columns.INSERT_COLUMNS` order, with each
-    one's (actor, agent)) into the tenant's budget counters; returns the alerts raised.
+    one's (actor, agent); columns past those are ignored) into the tenant's budget counters, in
+    the caller's transaction; returns the alerts raised. Called by ingestion (`count_ingested`)
+    and, with committed events in seq order, by the follower of deferred counting
+    (`metering.spend.deferred`). `budget_generation`: the tenant's budget generation, when the
+    caller has just read it.
 
     One batch costs: one read of the budget generation, array work over the batch (local days,
     prices, sums per (scope, local day)), a dictionary read per group for its budgets, and one
@@ -342,7 +392,7 @@ def count_stored(
     runs only for the counters whose move passes one of their budget's alert marks."""
     if not rows:
         return 0
-    state = tenant_budgets(connection, tenant_id)
+    state = tenant_budgets(connection, tenant_id, budget_generation)
     if not state.index:
         return 0
     measures = state.index.measures()

@@ -14,7 +14,9 @@ It counts as `metering.spend.counters` does, with its own code over the same pur
 the billed rules, the budget index), kept apart from ingestion's batch counting, which is tuned
 for speed; the tests compare both with the rollup. It runs in the caller's unit of work and
 first takes the tenant's ingest lock alone (as the rollup's read of its newest seq): ingest batches in flight commit before the read, later ones
-wait for the commit, so no batch is counted twice or lost. Cost: one pass over the tenant's
+wait for the commit, so no batch is counted twice or lost. Under deferred counting
+(`metering.spend.deferred`) it also holds the follower lock and reads only the events up to the
+follower's watermark: the follower counts the later ones, with the new budgets. Cost: one pass over the tenant's
 events stored with a time since the earliest open period's start (keyset pages along the
 tenant's seq index), in the transaction that changes the budget or the prices. Alerts that the
 new figures cross are raised as at ingestion (each once per budget, period and threshold).
@@ -35,7 +37,7 @@ from metering.core.db import ingest_lock_key, tenant_lock
 from metering.core.periods import first_day, local_midnight, period_of
 from metering.core.tables import events
 from metering.costs.prices import price_usage
-from metering.spend import alerts
+from metering.spend import alerts, deferred
 from metering.spend import counters as spend
 from metering.spend.budget_tables import budget_counters
 from metering.spend.budgets import MONEY_MEASURES, REM_PER_NANO, Budget
@@ -75,14 +77,17 @@ def recount(
     ]  # fmt: skip
     if not chosen:
         return {}
-    tenant_lock(connection, ingest_lock_key(tenant_id))
+    lock(connection, tenant_id)
+    # Deferred counting: the events past the follower's watermark are not in the counters yet;
+    # the follower counts them next, with these budgets, so the recount leaves them out.
+    through = deferred.counted_through(connection, tenant_id)
     open_starts = {b.id: _us(period_of(now, state.timezone, b.period).start) for b in chosen}
     counting = _Counting(state, {b.id for b in chosen})
     kinds = {b.measure for b in chosen}
     usage_counted = bool(kinds & {"provider_cost", "tokens", "billed"})
     deciding: dict[str, spend._Outcome] = {}
     since = min(open_starts.values())
-    pages = _pages(connection, tenant_id, since) if usage_counted or jobs is None else iter(())
+    pages = _pages(connection, tenant_id, since, through) if usage_counted or jobs is None else iter(())
     for page in pages:
         if usage_counted:
             counting.usage([row for row in page if row.type == "usage"], cost=bool(kinds & set(MONEY_MEASURES)))
@@ -111,6 +116,15 @@ def recount(
     totals = {key: (new[0], new[1]) for key, new in wanted.items() if key[0] in state.watched}
     alerts.check(connection, tenant_id, state.index, state.timezone, moved, totals, now=now)
     return {budget_id: (v[0], v[1], v[2]) for (budget_id, _), v in wanted.items()}
+
+
+def lock(connection: Connection, tenant_id: int) -> None:
+    """What a recount holds until its transaction ends: the tenant's ingest lock alone (no batch
+    is stored, or counted, meanwhile), then its follower lock (`metering.spend.deferred`). A
+    transaction that changes counters before it recounts (a budget put) takes them first, so it
+    never waits for a follower that waits for its rows."""
+    tenant_lock(connection, ingest_lock_key(tenant_id))
+    deferred.lock(connection, tenant_id)
 
 
 class _Counting:
@@ -184,15 +198,16 @@ def _us(moment: datetime) -> int:
     return int(moment.timestamp()) * _US + moment.microsecond
 
 
-def _pages(connection: Connection, tenant_id: int, since_us: int) -> Iterator[Sequence[Any]]:
-    """The tenant's events with a time since `since_us`, in seq order, a page at a time (keyset
-    pages along the tenant's seq index)."""
+def _pages(connection: Connection, tenant_id: int, since_us: int, through: int | None) -> Iterator[Sequence[Any]]:
+    """The tenant's events with a time since `since_us` (and a seq up to `through`, when given),
+    in seq order, a page at a time (keyset pages along the tenant's seq index)."""
     e = events
     after = 0
+    bound = () if through is None else (e.c.seq <= through,)
     while True:
         page = connection.execute(
             select(e.c.seq, *(e.c[name] for name in _READ))
-            .where(e.c.tenant_id == tenant_id, e.c.seq > after, e.c.time_us >= since_us)
+            .where(e.c.tenant_id == tenant_id, e.c.seq > after, e.c.time_us >= since_us, *bound)
             .order_by(e.c.seq)
             .limit(PAGE)
         ).all()

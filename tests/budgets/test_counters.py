@@ -18,6 +18,7 @@ from metering.core.errors import InvalidInput
 from metering.core.periods import Period, period_of
 from metering.core.tables import task_usage, usage_daily
 from metering.core.tenants import Tenant
+from metering.events import spend_follower
 from metering.events.ingest import ingest_events
 from metering.rollup.pipeline import rollup_tenant
 from metering.spend import budget_repository
@@ -168,14 +169,20 @@ def _random_events(rng: random.Random, count: int, start: int) -> list[dict[str,
 
 
 class TestCountersEqualTheRollup:
+    @pytest.mark.parametrize("counting", ["inline", "deferred"])
     @pytest.mark.parametrize(
         ("seed", "timezone"), [(1, "UTC"), (2, "UTC"), (3, "Asia/Kolkata"), (4, "Europe/Berlin")]
     )  # Berlin: the events span the change to winter time on 2026-10-25
     def test_random_batches_replays_and_late_events(
-        self, engine: Engine, make_tenant: Callable[..., Tenant], seed: int, timezone: str
+        self, engine: Engine, make_tenant: Callable[..., Tenant], seed: int, timezone: str, counting: str
     ) -> None:
+        """Inline: each batch counted as it is stored. Deferred: batches only stored, the
+        follower run after some of them (at random) and once at the end."""
         tenant = make_tenant(f"random-{seed}", timezone=timezone)
         rng = random.Random(seed)
+        follower_runs = random.Random(seed + 100)  # apart: both modes store the same events
+        if counting == "deferred":
+            spend_follower.start(engine, tenant.id, now=NOW)
         put(engine, tenant,
             budget(id="cost-all", period="month"), budget(id="cost-c1", scope={"customer": "c1"}, period="week"),
             budget(id="tokens-c2", measure="tokens", limit="1000000000", scope={"customer": "c2"}, period="day"),
@@ -187,6 +194,10 @@ class TestCountersEqualTheRollup:
             replay = rng.sample(sent, min(len(sent), 10))  # replays of stored events change nothing
             ingest(engine, tenant, events + replay)
             sent += events
+            if counting == "deferred" and follower_runs.random() < 0.4:
+                spend_follower.catch_up(engine, tenant.id, now=NOW)
+        if counting == "deferred":
+            spend_follower.catch_up(engine, tenant.id, now=NOW)
         rollup_tenant(engine, tenant, now=NOW)
         with engine.connect() as connection:
             history = {b: dict((p, (u, r)) for p, u, r, _ in spend.counter_history(connection, tenant.id, b)) for b in

@@ -16,7 +16,14 @@ from metering.core.db.engine import (
     unit_of_work,
     upgrade_schema,
 )
-from metering.core.db.locks import ingest_lock_key, name_locks, tenant_lock, try_advisory_lock, write_lock
+from metering.core.db.locks import (
+    follower_lock_key,
+    ingest_lock_key,
+    name_locks,
+    tenant_lock,
+    try_advisory_lock,
+    write_lock,
+)
 from metering.core.db.reads import (
     adbc_uri,
     begin_snapshot,
@@ -30,7 +37,7 @@ from metering.core.db.reads import (
 from metering.core.db.writes import add_rows, dialect_insert, frame_rows, upsert, write_frame, write_rows
 
 __all__ = [
-    "ingest_lock_key",
+    "follower_lock_key", "ingest_lock_key",
     "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "add_rows", "begin_snapshot", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
     "is_overflow", "is_postgresql", "is_sqlite", "is_unavailable", "make_engine", "no_cyclic_gc", "read_frame",
     "session_factory", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",

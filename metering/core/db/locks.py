@@ -18,6 +18,13 @@ def ingest_lock_key(tenant_id: int) -> int:
     return (0x746D_6576 << 16) + tenant_id
 
 
+def follower_lock_key(tenant_id: int) -> int:
+    """The PostgreSQL advisory lock of a tenant's deferred spend counting (`metering.spend.deferred`):
+    one follower, recount or switch of counting mode at a time. Taken after the ingest lock when a
+    transaction holds both."""
+    return (0x746D_6366 << 16) + tenant_id
+
+
 def tenant_lock(connection: Connection, key: int, *, shared: bool = False) -> None:
     """Hold the advisory lock `key` until the transaction ends: `shared` with other holders
     that are shared, or alone. On SQLite nothing happens: a writer holds the whole database."""

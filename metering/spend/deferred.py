@@ -1,0 +1,133 @@
+"""Deferred counting: budget counters written after ingestion, by a follower of the events.
+
+Counting a batch in the transaction that stores it costs ingestion in proportion to the counters
+the batch touches (one row each, upserted per batch). With `TASKMETER_SPEND_COUNTING=deferred`
+ingestion stores events only, and a follower counts them afterwards with ingestion's own code
+(`metering.spend.counters.count_stored`): the tenant's committed events past its watermark, in seq
+order, a page at a time, many batches per upsert. The follower writes the counters, the tasks'
+deciding outcomes, the alerts it raises and the new watermark in one transaction, so each event
+counts exactly once across crashes, restarts and server processes; the follower lock
+(`lock`) lets one follower, recount or switch of mode act on a tenant at a time.
+
+The watermark row (`spend_watermarks`) is the tenant's counting mode, shared by every process: with
+a row, ingestion leaves counting to the follower (`counters.count_ingested` reads the row with the
+budget generation, in one statement); without one, ingestion counts. Starting and stopping to
+follow a tenant (`metering.events.spend_follower`) happen while the tenant's ingest lock is held
+alone, so every batch is counted by exactly one of the two.
+
+Locks, in this order when a transaction holds several: the tenant's ingest lock, its follower
+lock, the tasks' outcome locks (`counters`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, null, select, update
+
+from metering.core.db import dialect_insert, driver_rows, follower_lock_key, tenant_lock, write_lock
+from metering.core.event_columns import INSERT_COLUMNS
+from metering.core.tables import events
+from metering.spend import counters as spend
+from metering.spend.budget_tables import spend_watermarks
+
+PAGE = 20_000
+"""Events counted per transaction (per page, one upsert of the counters it touches)."""
+_ACTOR, _AGENT = INSERT_COLUMNS.index("actor"), INSERT_COLUMNS.index("agent")
+# The rows in the shape ingestion hands them to `count_stored` (INSERT_COLUMNS order), then their
+# seq; a column counting does not read comes as NULL (less to fetch: ids, digests, metadata).
+_READ = (
+    *(
+        events.c[name] if i in spend.READ_POSITIONS or i in (_ACTOR, _AGENT) else null().label(name)
+        for i, name in enumerate(INSERT_COLUMNS)
+    ),
+    events.c.seq,
+)
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What one page of counting did."""
+
+    events: int  # events counted into the counters
+    alerts: int  # alerts raised
+    through: int | None  # the watermark after it (None: the tenant is counted at ingestion)
+    more: bool  # events up to the end asked for remain
+
+
+def counted_through(connection: Connection, tenant_id: int) -> int | None:
+    """The tenant's watermark: every event with seq <= it is counted; None when ingestion
+    counts the tenant's events (inline)."""
+    found = connection.execute(
+        select(spend_watermarks.c.counted_through).where(spend_watermarks.c.tenant_id == tenant_id)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def lock(connection: Connection, tenant_id: int) -> None:
+    """Hold the tenant's follower lock until the transaction ends (PostgreSQL: an advisory lock;
+    SQLite: the write lock, taken before anything is read)."""
+    write_lock(connection)
+    tenant_lock(connection, follower_lock_key(tenant_id))
+
+
+def begin(connection: Connection, tenant_id: int, newest: int, *, now: datetime) -> bool:
+    """Follow the tenant from seq `newest` on: ingestion has counted every event up to it. The
+    caller holds the tenant's ingest lock alone and read `newest` under it. False when the tenant
+    is followed already."""
+    lock(connection, tenant_id)
+    if counted_through(connection, tenant_id) is not None:
+        return False
+    row = {"tenant_id": tenant_id, "counted_through": newest, "updated_at": now}
+    connection.execute(dialect_insert(connection, spend_watermarks).values(row).on_conflict_do_nothing())
+    return True
+
+
+def end(connection: Connection, tenant_id: int) -> None:
+    """Stop following the tenant: ingestion counts its events again. The caller holds the
+    tenant's ingest lock alone and has counted every event (`count_page` up to the newest)."""
+    lock(connection, tenant_id)
+    connection.execute(delete(spend_watermarks).where(spend_watermarks.c.tenant_id == tenant_id))
+
+
+def count_page(connection: Connection, tenant_id: int, through: int, *, now: datetime, page: int = PAGE) -> Counted:
+    """Count the tenant's events after its watermark, up to seq `through` and at most `page` of
+    them, into its counters, and move the watermark past them, in the caller's transaction
+    (under the follower lock). Every event with seq <= `through` must be committed
+    (`metering.events.ingest.committed_through`). Alerts are stamped `now`."""
+    lock(connection, tenant_id)
+    start = counted_through(connection, tenant_id)
+    if start is None or start >= through:
+        return Counted(0, 0, start, False)
+    current = spend.generation(connection, tenant_id)
+    if not spend.tenant_budgets(connection, tenant_id, current).index:
+        _advance(connection, tenant_id, through, now)  # nothing counts: no need to read them
+        return Counted(0, 0, through, False)
+    rows = _events(connection, tenant_id, start, through, page)
+    reached = rows[-1][-1] if len(rows) == page else through
+    attribution = [(row[_ACTOR], row[_AGENT]) for row in rows]
+    raised = spend.count_stored(connection, tenant_id, rows, attribution, now=now, budget_generation=current)
+    _advance(connection, tenant_id, reached, now)
+    return Counted(len(rows), raised, reached, reached < through)
+
+
+def _events(connection: Connection, tenant_id: int, after: int, through: int, limit: int) -> Sequence[Sequence[Any]]:
+    e = events
+    query = (
+        select(*_READ)
+        .where(e.c.tenant_id == tenant_id, e.c.seq > after, e.c.seq <= through)
+        .order_by(e.c.seq)
+        .limit(limit)
+    )
+    return next(iter(driver_rows(connection, query)), [])
+
+
+def _advance(connection: Connection, tenant_id: int, through: int, now: datetime) -> None:
+    connection.execute(
+        update(spend_watermarks)
+        .where(spend_watermarks.c.tenant_id == tenant_id)
+        .values(counted_through=through, updated_at=now)
+    )
