@@ -135,13 +135,36 @@ def measure(url: str, usage_events: int) -> None:
     engine.dispose()
 
 
+def again(url: str, rates: list[str]) -> None:
+    """On a store a full run left behind (rolled up, buckets kept): for each rate, gpt-4o's tenant
+    price set to it and the one re-pricing that follows, wall and process CPU time (to compare two
+    checkouts' code on one store back to back on a shared machine)."""
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        tenant = get_tenant(connection, "bench")
+    for rate in rates:
+        set_price(engine, rate)
+        cpu = time.process_time()
+        result = rollup_tenant(engine, tenant, now=NOW)
+        cpu = time.process_time() - cpu
+        assert result.repriced is not None and not result.rebuilt
+        print(f"  gpt-4o at {rate}: re-priced in {result.seconds:.2f} s wall, {cpu:.2f} s CPU "
+              f"({result.repriced.buckets:,} buckets; rows changed {result.repriced.rows_changed})", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--again", nargs="+", metavar="RATE", help="only re-price the existing store at these gpt-4o input rates")
     args = parser.parse_args()
     print(machine(), flush=True)
     print(cpu_check(), flush=True)
+    if args.again:
+        urls = {"sqlite": [f"sqlite:///{FOLDER / 'rollup.db'}"], "postgresql": [PG_URL]}
+        for url in urls.get(args.db, [*urls["sqlite"], *urls["postgresql"]]):
+            again(url, args.again)
+        return
     if args.db in ("sqlite", "both"):
         FOLDER.mkdir(parents=True, exist_ok=True)
         measure(f"sqlite:///{FOLDER / 'rollup.db'}", args.events)
