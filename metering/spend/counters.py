@@ -398,7 +398,7 @@ def count_stored(
     measures = state.index.measures()
     deltas = Deltas()
     if measures & {"provider_cost", "tokens", "billed"}:
-        _count_usage(state, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"}))
+        count_usage(state, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"}))
     if measures & {"jobs", "billed"} and not state.jobs_at_settlement:
         _count_jobs(connection, tenant_id, state, rows, attribution, deltas)
     counters = deltas.merged(state)
@@ -439,7 +439,7 @@ def _passing(state: TenantBudgets, counters: Counters, used: np.ndarray, rem: np
     return out
 
 
-def _count_usage(
+def count_usage(
     state: TenantBudgets,
     rows: Sequence[Sequence[Any]],
     attribution: Sequence[tuple[str | None, str | None]],
@@ -447,9 +447,10 @@ def _count_usage(
     *,
     cost: bool,
 ) -> None:
-    """Usage events: tokens, cost (priced as the rollup prices them, exactly) and billed amounts
-    summed per (scope attributes, local day) with array operations, then each group added to the
-    counters of the budgets its attributes fall under."""
+    """The usage events among `rows` (`INSERT_COLUMNS` order; `READ_POSITIONS` are read):
+    tokens, cost (priced as the rollup prices them, exactly) and billed amounts summed per (scope
+    attributes, local day) with array operations, then each group added to the counters of the
+    budgets its attributes fall under."""
     usage = [i for i, row in enumerate(rows) if row[_TYPE] == "usage"]
     if not usage:
         return
@@ -543,7 +544,9 @@ def _bill(
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class Outcome:
+    """A task's deciding terminal event, as `budget_tasks` keeps it."""
+
     status: str
     ended_us: int
     customer: str
@@ -560,16 +563,7 @@ def _count_jobs(
     attribution: Sequence[tuple[str | None, str | None]],
     deltas: Deltas,
 ) -> None:
-    deciding: dict[str, _Outcome] = {}
-    for i, row in enumerate(rows):
-        if row[_TYPE] not in TERMINAL:
-            continue
-        outcome = _Outcome(
-            row[_TYPE].removeprefix("task."), row[_TIME], row[_CUSTOMER], *attribution[i], row[_TASK_TYPE]
-        )
-        known = deciding.get(row[_TASK])
-        if known is None or outcome.ended_us >= known.ended_us:  # a tie: the one stored later
-            deciding[row[_TASK]] = outcome
+    deciding = deciding_outcomes(rows, attribution, {})
     if not deciding:
         return
     tasks = sorted(deciding)
@@ -580,14 +574,34 @@ def _count_jobs(
         if old is not None and new.ended_us < old.ended_us:
             continue  # an earlier terminal event: the stored one still decides
         if old is not None:
-            _add_job(state, old, -1, deltas)
-        _add_job(state, new, 1, deltas)
+            add_job(state, old, -1, deltas)
+        add_job(state, new, 1, deltas)
         changed.append({"tenant_id": tenant_id, "task": task, **new.__dict__})
     if changed:
-        _write_outcomes(connection, changed)
+        write_outcomes(connection, changed)
 
 
-def _add_job(state: TenantBudgets, outcome: _Outcome, sign: int, deltas: Deltas) -> None:
+def deciding_outcomes(
+    rows: Sequence[Sequence[Any]],
+    attribution: Sequence[tuple[str | None, str | None]],
+    deciding: dict[str, Outcome],
+) -> dict[str, Outcome]:
+    """Each task's deciding terminal event among `rows` (in seq order) and those already in
+    `deciding`, which it updates and returns: the latest by time; on a tie the one stored later."""
+    for i, row in enumerate(rows):
+        if row[_TYPE] not in TERMINAL:
+            continue
+        outcome = Outcome(
+            row[_TYPE].removeprefix("task."), row[_TIME], row[_CUSTOMER], *attribution[i], row[_TASK_TYPE]
+        )
+        known = deciding.get(row[_TASK])
+        if known is None or outcome.ended_us >= known.ended_us:
+            deciding[row[_TASK]] = outcome
+    return deciding
+
+
+def add_job(state: TenantBudgets, outcome: Outcome, sign: int, deltas: Deltas) -> None:
+    """A job into (`sign` 1) or out of (-1) the `jobs` and `billed` counters of its period and scope."""
     day = int(state.local_days(np.array([outcome.ended_us], dtype=np.int64))[0])
     rule = state.billing.get(outcome.customer)
     for budget in state.matching(outcome.customer, outcome.actor, outcome.agent, outcome.task_type):
@@ -599,24 +613,24 @@ def _add_job(state: TenantBudgets, outcome: _Outcome, sign: int, deltas: Deltas)
                 deltas.add((budget.id, state.start_us(budget.period, day)), *divmod(femtos, REM_PER_NANO))
 
 
-def _stored_outcomes(connection: Connection, tenant_id: int, tasks: list[str]) -> dict[str, _Outcome]:
+def _stored_outcomes(connection: Connection, tenant_id: int, tasks: list[str]) -> dict[str, Outcome]:
     """The tasks' stored deciding outcomes, locked for this transaction (PostgreSQL: one
     transaction-level advisory lock per task, taken in a fixed order, so concurrent batches
     with terminal events of one task decide it one after the other; SQLite: the write lock)."""
     name_locks(connection, _TASK_LOCKS, [f"{tenant_id}:{task}" for task in tasks])
-    found: dict[str, _Outcome] = {}
+    found: dict[str, Outcome] = {}
     table = budget_tasks
     for start in range(0, len(tasks), _CHUNK):
         chunk = tasks[start : start + _CHUNK]
         query = select(table).where(table.c.tenant_id == tenant_id, table.c.task.in_(chunk))
         for row in connection.execute(query):
-            found[row.task] = _Outcome(
+            found[row.task] = Outcome(
                 row.status, row.ended_us, row.customer, row.actor, row.agent, row.task_type
             )
     return found
 
 
-def _write_outcomes(connection: Connection, changed: list[dict[str, Any]]) -> None:
+def write_outcomes(connection: Connection, changed: list[dict[str, Any]]) -> None:
     connection.execute(_outcome_upsert(dialect_insert(connection, budget_tasks)), changed)
 
 
