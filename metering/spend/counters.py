@@ -4,11 +4,11 @@
 stored (never a duplicate or a replay), so a counter moves exactly when its events commit; or,
 with `TASKMETER_SPEND_COUNTING=deferred`, in a follower's transaction after ingestion, over
 committed events in seq order (`metering.spend.deferred`: ingestion then stores only). It
-matches events to budgets in memory (`BudgetIndex`, cached per tenant, reloaded when the tenant's
-budget generation changes), prices usage with the tenant's price book (the rollup's, so the
-figures agree exactly), and writes each touched (budget, period) counter with one multi-row
-upsert per batch. Crossing an alert threshold records the alert (`metering.spend.alerts`) in the
-same transaction.
+matches events to budgets in memory (`BudgetIndex`, cached per database and tenant, reloaded when
+the tenant's budget generation changes), prices usage with the tenant's price book (the rollup's,
+so the figures agree exactly), and writes each touched (budget, period) counter with one
+multi-row upsert per batch. Crossing an alert threshold records the alert
+(`metering.spend.alerts`) in the same transaction.
 
 Attribution of an event to a scope uses the event's own fields: its customer, actor, agent and
 task_type (a usage event without task_type does not count towards a task_type budget). A job
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -222,8 +223,29 @@ class TenantBudgets:
         return days[np.searchsorted(midnights, time_us, side="right") - 1]
 
 
-_cache: dict[int, TenantBudgets] = {}
+@dataclass
+class _Kept:
+    """What this process keeps of one database, by tenant id: budgets and authorize snapshots."""
+
+    budgets: dict[int, TenantBudgets] = field(default_factory=dict)
+    snapshots: dict[int, Snapshot] = field(default_factory=dict)
+
+
+# By the engine's connection pool: one database as this process reaches it (engines derived with
+# `execution_options` share their engine's pool), so two databases never share an entry, even
+# where tenant ids and generations repeat (a new database, another SQLite file, one in memory);
+# a pool's entries go with it (`Engine.dispose` replaces it).
+_kept: weakref.WeakKeyDictionary[Pool, _Kept] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+
+
+def _kept_by(bind: Engine | Connection) -> _Kept:
+    pool = bind.engine.pool
+    found = _kept.get(pool)
+    if found is None:
+        with _lock:
+            found = _kept.setdefault(pool, _Kept())
+    return found
 
 
 def generation(connection: Connection, tenant_id: int) -> int:
@@ -248,16 +270,18 @@ def bump_generation(connection: Connection, tenant_id: int) -> None:
         connection, budget_state, {"tenant_id": tenant_id, "generation": 1}, key=("tenant_id",),
         update={"generation": budget_state.c.generation + 1},
     )  # fmt: skip
+    kept = _kept_by(connection)
     with _lock:
-        _cache.pop(tenant_id, None)
-        _snapshots.pop(tenant_id, None)
+        kept.budgets.pop(tenant_id, None)
+        kept.snapshots.pop(tenant_id, None)
 
 
 def tenant_budgets(connection: Connection, tenant_id: int, current: int | None = None) -> TenantBudgets:
     """The tenant's budgets, from this process's cache while its generation (`current`, when the
     caller has just read it) is current."""
     current = generation(connection, tenant_id) if current is None else current
-    cached = _cache.get(tenant_id)
+    kept = _kept_by(connection)
+    cached = kept.budgets.get(tenant_id)
     if cached is not None and cached.generation == current:
         return cached
     rows = connection.execute(select(budgets.c.definition).where(budgets.c.tenant_id == tenant_id)).scalars()
@@ -277,7 +301,7 @@ def tenant_budgets(connection: Connection, tenant_id: int, current: int | None =
         current, timezone, index, billing, watched, jobs_at_settlement=bool(settled), _overrides=overrides, marks=marks
     )
     with _lock:
-        _cache[tenant_id] = loaded
+        kept.budgets[tenant_id] = loaded
     return loaded
 
 
@@ -796,9 +820,6 @@ class Snapshot:
         return time.monotonic() - self.read_at
 
 
-_snapshots: dict[int, Snapshot] = {}
-
-
 def _pending(connection: Connection) -> list[tuple[Any, ...]]:
     found: list[tuple[Any, ...]] = connection.info.setdefault(_PENDING, [])
     return found
@@ -808,8 +829,11 @@ def _pending(connection: Connection) -> list[tuple[Any, ...]]:
 def _committed(connection: Connection) -> None:
     """Push the counter totals a transaction wrote into this process's snapshots."""
     pushed = connection.info.pop(_PENDING, None)
-    for tenant_id, ids, starts, used, rems, unpriced in pushed or ():
-        snapshot = _snapshots.get(tenant_id)
+    if not pushed:
+        return
+    snapshots = _kept_by(connection).snapshots
+    for tenant_id, ids, starts, used, rems, unpriced in pushed:
+        snapshot = snapshots.get(tenant_id)
         if snapshot is None:
             continue
         counters = snapshot.counters
@@ -830,16 +854,9 @@ def _reset(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
     record.info.pop(_PENDING, None)  # returned to the pool without a commit: nothing to push
 
 
-def forget() -> None:
-    """Drop this process's budgets and snapshots of every tenant: for a process whose database
-    was replaced under it (the tests' fresh database per test reuses tenant ids)."""
-    with _lock:
-        _cache.clear()
-        _snapshots.clear()
-
-
-def snapshot(tenant_id: int) -> Snapshot | None:
-    return _snapshots.get(tenant_id)
+def snapshot(engine: Engine, tenant_id: int) -> Snapshot | None:
+    """The tenant's snapshot that this process keeps for the engine's database, if any."""
+    return _kept_by(engine).snapshots.get(tenant_id)
 
 
 def read_snapshot(connection: Connection, tenant_id: int, *, now: datetime) -> Snapshot:
@@ -863,8 +880,9 @@ def read_snapshot(connection: Connection, tenant_id: int, *, now: datetime) -> S
     ends = [period.end for period in periods.values()]
     valid_until = min(ends) if ends else datetime.max.replace(tzinfo=now.tzinfo)
     found = Snapshot(state, counters, read_at, valid_until)
+    kept = _kept_by(connection)
     with _lock:
-        _snapshots[tenant_id] = found
+        kept.snapshots[tenant_id] = found
     return found
 
 
