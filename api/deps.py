@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from api.ingest_log import KnownKeys
 from api.settings import Settings
 from metering.core import audit
-from metering.core.db import is_unavailable
+from metering.core.db import is_unavailable, unit_of_work
 from metering.core.errors import Forbidden, NotFound, Unauthorized
 from metering.core.tenants import Principal, authenticate, hash_key
 
@@ -36,13 +36,8 @@ def get_session(request: Request) -> Iterator[Session]:
     Used with scope="function" so the commit happens before the response is sent: a client
     never sees 200 for a write that failed to commit.
     """
-    with Session(request.app.state.engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    with unit_of_work(request.app.state.engine) as session:
+        yield session
 
 
 async def get_now() -> datetime:

@@ -84,7 +84,7 @@ def settled_jobs(book: RuleBook, timezone: str, *, now: datetime) -> recount.Job
     now_us = to_us(now)
     window_us = int(book.longest_window().total_seconds()) * US
 
-    def provide(connection: Connection, tenant_id: int, since_us: int) -> Iterator[spend._Outcome]:
+    def provide(connection: Connection, tenant_id: int, since_us: int) -> Iterator[spend.Outcome]:
         # A task settling since `since_us` completed at most the longest window before, or was
         # accepted since: it has an outcome event since then.
         e = events
@@ -127,14 +127,14 @@ class _Task:
         elif row.type == "task.reopened" and (self.reopened_us is None or at >= self.reopened_us):
             self.reopened_us = at
 
-    def outcome(self, status: str, at: int, row: Any) -> spend._Outcome:
+    def outcome(self, status: str, at: int, row: Any) -> spend.Outcome:
         task_type = row.task_type if row.task_type is not None else self.task_type
-        return spend._Outcome(status, at, row.customer, row.actor, row.agent, task_type)
+        return spend.Outcome(status, at, row.customer, row.actor, row.agent, task_type)
 
 
 def _settled(
     connection: Connection, tenant_id: int, tasks: list[str], book: RuleBook, timezone: str, now_us: int
-) -> Iterator[spend._Outcome]:
+) -> Iterator[spend.Outcome]:
     e = events
     rows = connection.execute(
         select(e.c.task, e.c.type, e.c.time_us, e.c.customer, e.c.actor, e.c.agent, e.c.task_type)

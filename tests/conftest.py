@@ -31,7 +31,6 @@ from api.settings import Settings, get_settings
 from metering.core.db import make_engine, unit_of_work, upgrade_schema
 from metering.core.tables import metadata
 from metering.core.tenants import Tenant, create_api_key, create_tenant, parse_scopes
-from metering.spend import counters as spend
 from tests.support.clock import start_from_environment
 from tests.support.servers import ServerThread
 
@@ -90,7 +89,6 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 @pytest.fixture
 def database_url(database_template: str, tmp_path: Path) -> str:
-    spend.forget()  # the budgets this process kept belong to the previous test's database
     if BACKEND == "sqlite":
         path = tmp_path / "taskmeter.db"
         shutil.copyfile(database_template, path)

@@ -113,7 +113,7 @@ async def post_authorize(
         raise Forbidden("this key lacks the 'ingest' scope")
     tenant_id = principal.tenant.id
     engine = request.app.state.engine
-    found = spend.snapshot(tenant_id)
+    found = spend.snapshot(engine, tenant_id)
     if found is None or found.age() > spend.SNAPSHOT_MAX_AGE or now >= found.valid_until:
         found = await run_in_threadpool(_read_snapshot, engine, tenant_id, now)
     elif found.age() > spend.SNAPSHOT_REFRESH and not found.refreshing:

@@ -41,6 +41,7 @@ __all__ = ["AsyncTaskmeterClient", "BudgetExceeded", "BudgetUnavailable", "Task"
 
 BUDGET_CHECKS = ("off", "warn", "enforce")
 ON_UNAVAILABLE = ("allow", "deny")
+_AUTHORIZE = "/v1/authorize"
 
 
 class BudgetExceeded(RuntimeError):
@@ -150,9 +151,7 @@ class TaskmeterClient:
         (no event is recorded). When the server cannot answer, `on_unavailable` (default: the
         client's, `"allow"`) decides: `"allow"` lets the work go on (logged), `"deny"` raises
         `BudgetUnavailable` (a `BudgetExceeded`) under `"enforce"`."""
-        _check_choice("budget_check", budget_check, BUDGET_CHECKS)
-        unavailable = self.on_unavailable if on_unavailable is None else on_unavailable
-        _check_choice("on_unavailable", unavailable, ON_UNAVAILABLE)
+        unavailable = _budget_options(budget_check, on_unavailable, self.on_unavailable)
         new = Task(self, customer=customer, task_type=task_type, task=task, metadata=metadata, actor=actor, agent=agent)
         if budget_check != "off":
             failure: list[str] = []
@@ -166,20 +165,17 @@ class TaskmeterClient:
     ) -> dict[str, Any] | None:
         """The server's answer to `POST /v1/authorize` for this scope, or None when it could not
         be asked (logged): `{"allowed", "denied_by", "budgets": [...]}`."""
-        body = _authorize_body(customer, actor, agent, task_type)
         if self._auth_http is None:
-            self._auth_http = httpx.Client(
-                base_url=self._url, headers={"Authorization": f"Bearer {self._api_key}"}, timeout=self._timeout,
-                transport=self._transport,
-            )  # fmt: skip
+            self._auth_http = httpx.Client(**self._auth_options(), transport=self._transport)
         try:
-            response = self._auth_http.post("/v1/authorize", json=body)
-            return _answer(response)
+            return _answer(self._auth_http.post(_AUTHORIZE, json=_authorize_body(customer, actor, agent, task_type)))
         except (httpx.HTTPError, ValueError) as exc:
-            log.warning("taskmeter: could not check budgets for %s: %s", customer, exc)
-            if _failure is not None:
-                _failure.append(f"{type(exc).__name__}: {exc}"[:200])
+            _unanswered(exc, customer, _failure)
             return None
+
+    def _auth_options(self) -> dict[str, Any]:
+        """What the clients that ask `POST /v1/authorize` (this one's and the async one's) share."""
+        return {"base_url": self._url, "headers": {"Authorization": f"Bearer {self._api_key}"}, "timeout": self._timeout}
 
     @property
     def stats(self) -> SenderStats:
@@ -395,9 +391,7 @@ class AsyncTaskmeterClient:
         """As `TaskmeterClient.task`; with `budget_check`, `async with` asks the server
         (`POST /v1/authorize`, awaited) before the block runs and raises `BudgetExceeded` there
         when enforced (a plain `with` of such a task is refused: it could not await the check)."""
-        _check_choice("budget_check", budget_check, BUDGET_CHECKS)
-        unavailable = self.sync.on_unavailable if on_unavailable is None else on_unavailable
-        _check_choice("on_unavailable", unavailable, ON_UNAVAILABLE)
+        unavailable = _budget_options(budget_check, on_unavailable, self.sync.on_unavailable)
         new = self.sync.task(customer=customer, task_type=task_type, task=task, metadata=metadata, actor=actor, agent=agent)
         if budget_check != "off":
 
@@ -414,19 +408,12 @@ class AsyncTaskmeterClient:
         _failure: list[str] | None = None,
     ) -> dict[str, Any] | None:
         """As `TaskmeterClient.authorize`, awaited: the answer, or None when it could not be had (logged)."""
-        sync = self.sync
         if self._auth_http is None:
-            self._auth_http = httpx.AsyncClient(
-                base_url=sync._url, headers={"Authorization": f"Bearer {sync._api_key}"}, timeout=sync._timeout,
-                transport=self._auth_transport,
-            )  # fmt: skip
+            self._auth_http = httpx.AsyncClient(**self.sync._auth_options(), transport=self._auth_transport)
         try:
-            response = await self._auth_http.post("/v1/authorize", json=_authorize_body(customer, actor, agent, task_type))
-            return _answer(response)
+            return _answer(await self._auth_http.post(_AUTHORIZE, json=_authorize_body(customer, actor, agent, task_type)))
         except (httpx.HTTPError, ValueError) as exc:
-            log.warning("taskmeter: could not check budgets for %s: %s", customer, exc)
-            if _failure is not None:
-                _failure.append(f"{type(exc).__name__}: {exc}"[:200])
+            _unanswered(exc, customer, _failure)
             return None
 
     @property
@@ -454,6 +441,14 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def _budget_options(budget_check: str, on_unavailable: str | None, default: str) -> str:
+    """Check a task's budget options; returns its `on_unavailable` (the client's by default)."""
+    _check_choice("budget_check", budget_check, BUDGET_CHECKS)
+    unavailable = default if on_unavailable is None else on_unavailable
+    _check_choice("on_unavailable", unavailable, ON_UNAVAILABLE)
+    return unavailable
+
+
 def _authorize_body(customer: str, actor: str | None, agent: str | None, task_type: str | None) -> dict[str, str]:
     return {k: v for k, v in (("customer", customer), ("actor", actor), ("agent", agent), ("task_type", task_type)) if v is not None}
 
@@ -464,6 +459,13 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(answer, dict) or not isinstance(answer.get("allowed"), bool):
         raise ValueError("the answer has no boolean 'allowed'")
     return answer
+
+
+def _unanswered(exc: Exception, customer: str, failure: list[str] | None) -> None:
+    """`authorize` had no answer: logged, and the reason added to `failure` (for `_judge`)."""
+    log.warning("taskmeter: could not check budgets for %s: %s", customer, exc)
+    if failure is not None:
+        failure.append(f"{type(exc).__name__}: {exc}"[:200])
 
 
 def _judge(answer: dict[str, Any] | None, failure: list[str], check: str, on_unavailable: str, task: str, customer: str) -> None:

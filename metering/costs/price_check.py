@@ -16,6 +16,8 @@ from sqlalchemy import Connection, func, select
 
 from metering.core.money import TOKENS_PER_MILLION, display_cost, quantize
 from metering.core.tables import rollup_state, usage_daily
+from metering.core.vocabulary import RATE_CARD_CLASSES
+from metering.costs.prices import billable_classes
 from metering.costs.ratecards import GENAI_PRICES_VERSION, PriceBook, RateCard, Resolution
 from metering.costs.tenant_prices import stored_price_settings
 
@@ -86,19 +88,10 @@ def _model(row: Any, found: Resolution) -> dict[str, Any]:
 
 
 def _tiered(card: RateCard) -> bool:
-    return any(
-        getattr(card, name).tiers
-        for name in ("input", "cache_read", "cache_write", "cache_write_1h", "output", "request")
-    )
+    return any(getattr(card, name).tiers for name in (*RATE_CARD_CLASSES, "request"))
 
 
 def _linear_cost(card: RateCard, sums: dict[str, int]) -> Decimal:
-    billable = {
-        "input": sums["input_tokens"] - sums["cache_read_tokens"] - sums["cache_write_tokens"],
-        "cache_read": sums["cache_read_tokens"],
-        "cache_write": sums["cache_write_tokens"] - sums["cache_write_1h_tokens"],
-        "cache_write_1h": sums["cache_write_1h_tokens"],
-        "output": sums["output_tokens"],
-    }
+    billable = billable_classes(sums)
     tokens = sum((Decimal(count) * getattr(card, name).base for name, count in billable.items()), Decimal(0))
     return tokens / TOKENS_PER_MILLION + Decimal(sums["usage_events"]) * card.request.base

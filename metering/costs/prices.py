@@ -12,6 +12,7 @@ once, half up, to whole nano-units.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import TypeVar
 
@@ -51,16 +52,8 @@ def price_usage(events: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
     card_of_row, cards = _card_per_row(events, _int64(events, "time_us"), book)
     table = _RateTable(cards)
 
-    inputs = counts["input_tokens"]
-    billable = {
-        "input": inputs - counts["cache_read_tokens"] - counts["cache_write_tokens"],
-        "cache_read": counts["cache_read_tokens"],
-        "cache_write": counts["cache_write_tokens"] - counts["cache_write_1h_tokens"],
-        "cache_write_1h": counts["cache_write_1h_tokens"],
-        "output": counts["output_tokens"],
-    }
-    rates = table.rates(card_of_row, inputs)
-    nanos, femtos = _cost(billable, rates)
+    rates = table.rates(card_of_row, counts["input_tokens"])
+    nanos, femtos = _cost(billable_classes(counts), rates)
 
     versions = [card.price_version for card in cards]
     categories = list(dict.fromkeys(versions))
@@ -74,6 +67,19 @@ def price_usage(events: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
         },
         index=events.index,
     )
+
+
+def billable_classes(counts: Mapping[str, Amount]) -> dict[str, Amount]:
+    """Reported token counts (`PRICED_TOKEN_FIELDS`) as the classes a rate card prices
+    (`RATE_CARD_CLASSES`): billable input without the cache reads and writes, cache writes without
+    the 1-hour ones. Ints, arrays or Series alike."""
+    return {
+        "input": counts["input_tokens"] - counts["cache_read_tokens"] - counts["cache_write_tokens"],
+        "cache_read": counts["cache_read_tokens"],
+        "cache_write": counts["cache_write_tokens"] - counts["cache_write_1h_tokens"],
+        "cache_write_1h": counts["cache_write_1h_tokens"],
+        "output": counts["output_tokens"],
+    }
 
 
 def _cost(billable: dict[str, np.ndarray], rates: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -226,14 +232,7 @@ def price_sums(sums: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
     counts = {name: _int64(sums, name) for name in PRICED_TOKEN_FIELDS}
     card_of_row, cards = _card_per_row(sums, _int64(sums, "time_us"), book)
     rates = _RateTable(cards).rates(card_of_row, _int64(sums, "tier_input"))
-    billable = {
-        "input": counts["input_tokens"] - counts["cache_read_tokens"] - counts["cache_write_tokens"],
-        "cache_read": counts["cache_read_tokens"],
-        "cache_write": counts["cache_write_tokens"] - counts["cache_write_1h_tokens"],
-        "cache_write_1h": counts["cache_write_1h_tokens"],
-        "output": counts["output_tokens"],
-        "request": _int64(sums, "usage_events"),
-    }
+    billable = {**billable_classes(counts), "request": _int64(sums, "usage_events")}
     nanos, rem = _summed_cost([(billable[name], rates[name]) for name in billable])
     return pd.DataFrame({"priced": card_of_row >= 0, "cost_nanos": nanos, "cost_rem": rem}, index=sums.index)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -143,10 +143,11 @@ def rollup_tenant(
             result.tasks_updated = store.replace_tenant(connection, tenant.id, summary)
             month_figures.replace(connection, tenant.id, tenant.timezone, summary.tasks if summary is not None else None)
         elif summary is not None:
-            # The touched tasks' rows before the merge: their old contribution to the month figures.
+            # The touched tasks' rows before the merge (their old contribution to the month
+            # figures) and after it, read and merged once, here: the store writes the merged rows.
             before = stored_tasks(connection, tenant.id, summary.tasks["task"].tolist())
-            result.tasks_updated = store.merge(connection, tenant.id, summary)
             after = merge_tasks(before, summary.tasks) if not before.empty else summary.tasks
+            result.tasks_updated = store.merge(connection, tenant.id, replace(summary, tasks=after))
             month_figures.apply(connection, tenant.id, tenant.timezone, before, after)
     if rebuild:
         store.refresh_statistics(engine)

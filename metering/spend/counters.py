@@ -4,11 +4,11 @@
 stored (never a duplicate or a replay), so a counter moves exactly when its events commit; or,
 with `TASKMETER_SPEND_COUNTING=deferred`, in a follower's transaction after ingestion, over
 committed events in seq order (`metering.spend.deferred`: ingestion then stores only). It
-matches events to budgets in memory (`BudgetIndex`, cached per tenant, reloaded when the tenant's
-budget generation changes), prices usage with the tenant's price book (the rollup's, so the
-figures agree exactly), and writes each touched (budget, period) counter with one multi-row
-upsert per batch. Crossing an alert threshold records the alert (`metering.spend.alerts`) in the
-same transaction.
+matches events to budgets in memory (`BudgetIndex`, cached per database and tenant, reloaded when
+the tenant's budget generation changes), prices usage with the tenant's price book (the rollup's,
+so the figures agree exactly), and writes each touched (budget, period) counter with one
+multi-row upsert per batch. Crossing an alert threshold records the alert
+(`metering.spend.alerts`) in the same transaction.
 
 Attribution of an event to a scope uses the event's own fields: its customer, actor, agent and
 task_type (a usage event without task_type does not count towards a task_type budget). A job
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -222,8 +223,29 @@ class TenantBudgets:
         return days[np.searchsorted(midnights, time_us, side="right") - 1]
 
 
-_cache: dict[int, TenantBudgets] = {}
+@dataclass
+class _Kept:
+    """What this process keeps of one database, by tenant id: budgets and authorize snapshots."""
+
+    budgets: dict[int, TenantBudgets] = field(default_factory=dict)
+    snapshots: dict[int, Snapshot] = field(default_factory=dict)
+
+
+# By the engine's connection pool: one database as this process reaches it (engines derived with
+# `execution_options` share their engine's pool), so two databases never share an entry, even
+# where tenant ids and generations repeat (a new database, another SQLite file, one in memory);
+# a pool's entries go with it (`Engine.dispose` replaces it).
+_kept: weakref.WeakKeyDictionary[Pool, _Kept] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+
+
+def _kept_by(bind: Engine | Connection) -> _Kept:
+    pool = bind.engine.pool
+    found = _kept.get(pool)
+    if found is None:
+        with _lock:
+            found = _kept.setdefault(pool, _Kept())
+    return found
 
 
 def generation(connection: Connection, tenant_id: int) -> int:
@@ -248,16 +270,18 @@ def bump_generation(connection: Connection, tenant_id: int) -> None:
         connection, budget_state, {"tenant_id": tenant_id, "generation": 1}, key=("tenant_id",),
         update={"generation": budget_state.c.generation + 1},
     )  # fmt: skip
+    kept = _kept_by(connection)
     with _lock:
-        _cache.pop(tenant_id, None)
-        _snapshots.pop(tenant_id, None)
+        kept.budgets.pop(tenant_id, None)
+        kept.snapshots.pop(tenant_id, None)
 
 
 def tenant_budgets(connection: Connection, tenant_id: int, current: int | None = None) -> TenantBudgets:
     """The tenant's budgets, from this process's cache while its generation (`current`, when the
     caller has just read it) is current."""
     current = generation(connection, tenant_id) if current is None else current
-    cached = _cache.get(tenant_id)
+    kept = _kept_by(connection)
+    cached = kept.budgets.get(tenant_id)
     if cached is not None and cached.generation == current:
         return cached
     rows = connection.execute(select(budgets.c.definition).where(budgets.c.tenant_id == tenant_id)).scalars()
@@ -277,7 +301,7 @@ def tenant_budgets(connection: Connection, tenant_id: int, current: int | None =
         current, timezone, index, billing, watched, jobs_at_settlement=bool(settled), _overrides=overrides, marks=marks
     )
     with _lock:
-        _cache[tenant_id] = loaded
+        kept.budgets[tenant_id] = loaded
     return loaded
 
 
@@ -398,7 +422,7 @@ def count_stored(
     measures = state.index.measures()
     deltas = Deltas()
     if measures & {"provider_cost", "tokens", "billed"}:
-        _count_usage(state, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"}))
+        count_usage(state, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"}))
     if measures & {"jobs", "billed"} and not state.jobs_at_settlement:
         _count_jobs(connection, tenant_id, state, rows, attribution, deltas)
     counters = deltas.merged(state)
@@ -439,7 +463,7 @@ def _passing(state: TenantBudgets, counters: Counters, used: np.ndarray, rem: np
     return out
 
 
-def _count_usage(
+def count_usage(
     state: TenantBudgets,
     rows: Sequence[Sequence[Any]],
     attribution: Sequence[tuple[str | None, str | None]],
@@ -447,9 +471,10 @@ def _count_usage(
     *,
     cost: bool,
 ) -> None:
-    """Usage events: tokens, cost (priced as the rollup prices them, exactly) and billed amounts
-    summed per (scope attributes, local day) with array operations, then each group added to the
-    counters of the budgets its attributes fall under."""
+    """The usage events among `rows` (`INSERT_COLUMNS` order; `READ_POSITIONS` are read):
+    tokens, cost (priced as the rollup prices them, exactly) and billed amounts summed per (scope
+    attributes, local day) with array operations, then each group added to the counters of the
+    budgets its attributes fall under."""
     usage = [i for i, row in enumerate(rows) if row[_TYPE] == "usage"]
     if not usage:
         return
@@ -543,7 +568,9 @@ def _bill(
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class Outcome:
+    """A task's deciding terminal event, as `budget_tasks` keeps it."""
+
     status: str
     ended_us: int
     customer: str
@@ -560,16 +587,7 @@ def _count_jobs(
     attribution: Sequence[tuple[str | None, str | None]],
     deltas: Deltas,
 ) -> None:
-    deciding: dict[str, _Outcome] = {}
-    for i, row in enumerate(rows):
-        if row[_TYPE] not in TERMINAL:
-            continue
-        outcome = _Outcome(
-            row[_TYPE].removeprefix("task."), row[_TIME], row[_CUSTOMER], *attribution[i], row[_TASK_TYPE]
-        )
-        known = deciding.get(row[_TASK])
-        if known is None or outcome.ended_us >= known.ended_us:  # a tie: the one stored later
-            deciding[row[_TASK]] = outcome
+    deciding = deciding_outcomes(rows, attribution, {})
     if not deciding:
         return
     tasks = sorted(deciding)
@@ -580,14 +598,34 @@ def _count_jobs(
         if old is not None and new.ended_us < old.ended_us:
             continue  # an earlier terminal event: the stored one still decides
         if old is not None:
-            _add_job(state, old, -1, deltas)
-        _add_job(state, new, 1, deltas)
+            add_job(state, old, -1, deltas)
+        add_job(state, new, 1, deltas)
         changed.append({"tenant_id": tenant_id, "task": task, **new.__dict__})
     if changed:
-        _write_outcomes(connection, changed)
+        write_outcomes(connection, changed)
 
 
-def _add_job(state: TenantBudgets, outcome: _Outcome, sign: int, deltas: Deltas) -> None:
+def deciding_outcomes(
+    rows: Sequence[Sequence[Any]],
+    attribution: Sequence[tuple[str | None, str | None]],
+    deciding: dict[str, Outcome],
+) -> dict[str, Outcome]:
+    """Each task's deciding terminal event among `rows` (in seq order) and those already in
+    `deciding`, which it updates and returns: the latest by time; on a tie the one stored later."""
+    for i, row in enumerate(rows):
+        if row[_TYPE] not in TERMINAL:
+            continue
+        outcome = Outcome(
+            row[_TYPE].removeprefix("task."), row[_TIME], row[_CUSTOMER], *attribution[i], row[_TASK_TYPE]
+        )
+        known = deciding.get(row[_TASK])
+        if known is None or outcome.ended_us >= known.ended_us:
+            deciding[row[_TASK]] = outcome
+    return deciding
+
+
+def add_job(state: TenantBudgets, outcome: Outcome, sign: int, deltas: Deltas) -> None:
+    """A job into (`sign` 1) or out of (-1) the `jobs` and `billed` counters of its period and scope."""
     day = int(state.local_days(np.array([outcome.ended_us], dtype=np.int64))[0])
     rule = state.billing.get(outcome.customer)
     for budget in state.matching(outcome.customer, outcome.actor, outcome.agent, outcome.task_type):
@@ -599,24 +637,24 @@ def _add_job(state: TenantBudgets, outcome: _Outcome, sign: int, deltas: Deltas)
                 deltas.add((budget.id, state.start_us(budget.period, day)), *divmod(femtos, REM_PER_NANO))
 
 
-def _stored_outcomes(connection: Connection, tenant_id: int, tasks: list[str]) -> dict[str, _Outcome]:
+def _stored_outcomes(connection: Connection, tenant_id: int, tasks: list[str]) -> dict[str, Outcome]:
     """The tasks' stored deciding outcomes, locked for this transaction (PostgreSQL: one
     transaction-level advisory lock per task, taken in a fixed order, so concurrent batches
     with terminal events of one task decide it one after the other; SQLite: the write lock)."""
     name_locks(connection, _TASK_LOCKS, [f"{tenant_id}:{task}" for task in tasks])
-    found: dict[str, _Outcome] = {}
+    found: dict[str, Outcome] = {}
     table = budget_tasks
     for start in range(0, len(tasks), _CHUNK):
         chunk = tasks[start : start + _CHUNK]
         query = select(table).where(table.c.tenant_id == tenant_id, table.c.task.in_(chunk))
         for row in connection.execute(query):
-            found[row.task] = _Outcome(
+            found[row.task] = Outcome(
                 row.status, row.ended_us, row.customer, row.actor, row.agent, row.task_type
             )
     return found
 
 
-def _write_outcomes(connection: Connection, changed: list[dict[str, Any]]) -> None:
+def write_outcomes(connection: Connection, changed: list[dict[str, Any]]) -> None:
     connection.execute(_outcome_upsert(dialect_insert(connection, budget_tasks)), changed)
 
 
@@ -782,9 +820,6 @@ class Snapshot:
         return time.monotonic() - self.read_at
 
 
-_snapshots: dict[int, Snapshot] = {}
-
-
 def _pending(connection: Connection) -> list[tuple[Any, ...]]:
     found: list[tuple[Any, ...]] = connection.info.setdefault(_PENDING, [])
     return found
@@ -794,8 +829,11 @@ def _pending(connection: Connection) -> list[tuple[Any, ...]]:
 def _committed(connection: Connection) -> None:
     """Push the counter totals a transaction wrote into this process's snapshots."""
     pushed = connection.info.pop(_PENDING, None)
-    for tenant_id, ids, starts, used, rems, unpriced in pushed or ():
-        snapshot = _snapshots.get(tenant_id)
+    if not pushed:
+        return
+    snapshots = _kept_by(connection).snapshots
+    for tenant_id, ids, starts, used, rems, unpriced in pushed:
+        snapshot = snapshots.get(tenant_id)
         if snapshot is None:
             continue
         counters = snapshot.counters
@@ -816,16 +854,9 @@ def _reset(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
     record.info.pop(_PENDING, None)  # returned to the pool without a commit: nothing to push
 
 
-def forget() -> None:
-    """Drop this process's budgets and snapshots of every tenant: for a process whose database
-    was replaced under it (the tests' fresh database per test reuses tenant ids)."""
-    with _lock:
-        _cache.clear()
-        _snapshots.clear()
-
-
-def snapshot(tenant_id: int) -> Snapshot | None:
-    return _snapshots.get(tenant_id)
+def snapshot(engine: Engine, tenant_id: int) -> Snapshot | None:
+    """The tenant's snapshot that this process keeps for the engine's database, if any."""
+    return _kept_by(engine).snapshots.get(tenant_id)
 
 
 def read_snapshot(connection: Connection, tenant_id: int, *, now: datetime) -> Snapshot:
@@ -849,8 +880,9 @@ def read_snapshot(connection: Connection, tenant_id: int, *, now: datetime) -> S
     ends = [period.end for period in periods.values()]
     valid_until = min(ends) if ends else datetime.max.replace(tzinfo=now.tzinfo)
     found = Snapshot(state, counters, read_at, valid_until)
+    kept = _kept_by(connection)
     with _lock:
-        _snapshots[tenant_id] = found
+        kept.snapshots[tenant_id] = found
     return found
 
 

@@ -37,15 +37,15 @@ from metering.spend.budget_tables import spend_watermarks
 PAGE = 20_000
 """Events counted per transaction (per page, one upsert of the counters it touches)."""
 _ACTOR, _AGENT = INSERT_COLUMNS.index("actor"), INSERT_COLUMNS.index("agent")
-# The rows in the shape ingestion hands them to `count_stored` (INSERT_COLUMNS order), then their
-# seq; a column counting does not read comes as NULL (less to fetch: ids, digests, metadata).
-_READ = (
+ROW_COLUMNS = (
     *(
         events.c[name] if i in spend.READ_POSITIONS or i in (_ACTOR, _AGENT) else null().label(name)
         for i, name in enumerate(INSERT_COLUMNS)
     ),
     events.c.seq,
 )
+"""Stored events as ingestion hands them to `count_stored` (`INSERT_COLUMNS` order), then their
+seq; a column counting does not read comes as NULL (less to fetch: ids, digests, metadata)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def count_page(connection: Connection, tenant_id: int, through: int, *, now: dat
 def _events(connection: Connection, tenant_id: int, after: int, through: int, limit: int) -> Sequence[Sequence[Any]]:
     e = events
     query = (
-        select(*_READ)
+        select(*ROW_COLUMNS)
         .where(e.c.tenant_id == tenant_id, e.c.seq > after, e.c.seq <= through)
         .order_by(e.c.seq)
         .limit(limit)

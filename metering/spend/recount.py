@@ -10,47 +10,40 @@ prices) been there from the start, and so the rollup's figures:
 - when the tenant's prices, model aliases or customers' plans change (`pricing.budget_billing`),
   the money budgets' open periods are re-priced.
 
-It counts as `metering.spend.counters` does, with its own code over the same pure pieces (the price book,
-the billed rules, the budget index), kept apart from ingestion's batch counting, which is tuned
-for speed; the tests compare both with the rollup. It runs in the caller's unit of work and
-first takes the tenant's ingest lock alone (as the rollup's read of its newest seq): ingest batches in flight commit before the read, later ones
+It counts with ingestion's own code (`metering.spend.counters`: `count_usage`,
+`deciding_outcomes`, `add_job`), a page of events at a time, and keeps the chosen budgets' open
+periods. It runs in the caller's unit of work and first takes the tenant's ingest lock alone (as
+the rollup's read of its newest seq): ingest batches in flight commit before the read, later ones
 wait for the commit, so no batch is counted twice or lost. Under deferred counting
 (`metering.spend.deferred`) it also holds the follower lock and reads only the events up to the
-follower's watermark: the follower counts the later ones, with the new budgets. Cost: one pass over the tenant's
-events stored with a time since the earliest open period's start (keyset pages along the
-tenant's seq index), in the transaction that changes the budget or the prices. Alerts that the
-new figures cross are raised as at ingestion (each once per budget, period and threshold).
+follower's watermark: the follower counts the later ones, with the new budgets. Cost: one pass
+over the tenant's events stored with a time since the earliest open period's start (keyset pages
+along the tenant's seq index), in the transaction that changes the budget or the prices. Alerts
+that the new figures cross are raised as at ingestion (each once per budget, period and
+threshold).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
-import pandas as pd
 from sqlalchemy import Connection, delete, insert, select, tuple_
 
 from metering.core.db import ingest_lock_key, tenant_lock
-from metering.core.periods import first_day, local_midnight, period_of
+from metering.core.periods import period_of
 from metering.core.tables import events
-from metering.costs.prices import price_usage
 from metering.spend import alerts, deferred
 from metering.spend import counters as spend
 from metering.spend.budget_tables import budget_counters
-from metering.spend.budgets import MONEY_MEASURES, REM_PER_NANO, Budget
+from metering.spend.budgets import MONEY_MEASURES
 
 PAGE = 20_000
 _US = 1_000_000
-_READ = (
-    "type", "time_us", "customer", "task", "task_type", "actor", "agent", "provider", "model", "input_tokens",
-    "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
-)  # fmt: skip
 
 
-JobOutcomes = Callable[[Connection, int, int], Iterable[spend._Outcome]]
+JobOutcomes = Callable[[Connection, int, int], Iterable[spend.Outcome]]
 """(connection, tenant id, since us) → the jobs to count, each in the period of its `ended_us`,
 instead of the tasks' deciding terminal events: settled jobs (`pricing.budget_settlement`)."""
 
@@ -82,34 +75,28 @@ def recount(
     # the follower counts them next, with these budgets, so the recount leaves them out.
     through = deferred.counted_through(connection, tenant_id)
     open_starts = {b.id: _us(period_of(now, state.timezone, b.period).start) for b in chosen}
-    counting = _Counting(state, {b.id for b in chosen})
     kinds = {b.measure for b in chosen}
     usage_counted = bool(kinds & {"provider_cost", "tokens", "billed"})
-    deciding: dict[str, spend._Outcome] = {}
+    deltas = spend.Deltas()
+    deciding: dict[str, spend.Outcome] = {}
     since = min(open_starts.values())
     pages = _pages(connection, tenant_id, since, through) if usage_counted or jobs is None else iter(())
     for page in pages:
+        attribution = [(row.actor, row.agent) for row in page]
         if usage_counted:
-            counting.usage([row for row in page if row.type == "usage"], cost=bool(kinds & set(MONEY_MEASURES)))
+            spend.count_usage(state, page, attribution, deltas, cost=bool(kinds & set(MONEY_MEASURES)))
         if jobs is None:
-            for row in page:  # in seq order: on a tie in time the one stored later decides
-                if row.type in spend.TERMINAL:
-                    known = deciding.get(row.task)
-                    if known is None or row.time_us >= known.ended_us:
-                        deciding[row.task] = spend._Outcome(
-                            row.type.removeprefix("task."), row.time_us, row.customer, row.actor, row.agent,
-                            row.task_type,
-                        )  # fmt: skip
+            spend.deciding_outcomes(page, attribution, deciding)
     if kinds & {"jobs", "billed"}:
         for outcome in deciding.values() if jobs is None else jobs(connection, tenant_id, since):
-            counting.job(outcome)
+            spend.add_job(state, outcome, 1, deltas)
     if state.index.measures() & {"jobs", "billed"} and deciding:
         # What ingestion compares a task's next terminal event with (it kept none while no
         # budget counted jobs).
-        spend._write_outcomes(
+        spend.write_outcomes(
             connection, [{"tenant_id": tenant_id, "task": task, **o.__dict__} for task, o in sorted(deciding.items())]
         )
-    amounts = counting.amounts
+    amounts = _amounts(state, deltas)
     wanted = {(budget_id, start): amounts.get((budget_id, start), [0, 0, 0]) for budget_id, start in open_starts.items()}
     before = _replace_counters(connection, tenant_id, wanted)
     moved = {key: [new[0] - old[0], new[1] - old[1], new[2] - old[2]] for key, new in wanted.items() for old in [before.get(key, (0, 0, 0))]}
@@ -127,71 +114,14 @@ def lock(connection: Connection, tenant_id: int) -> None:
     deferred.lock(connection, tenant_id)
 
 
-class _Counting:
-    """The counts of ingestion (`metering.spend.counters`), event by event, for the chosen budgets: tokens
-    (input + output), cost priced as the rollup prices it (`metering.costs.prices.price_usage`, exact
-    nanos and rest; unpriced events counted apart), the customer's billed rule per usage event and
-    per job, each in the budget's period holding the event's tenant-local day."""
-
-    def __init__(self, state: spend.TenantBudgets, chosen: set[str]) -> None:
-        self.state, self.chosen = state, chosen
-        self.zone = ZoneInfo(state.timezone)
-        self.amounts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
-        self._starts: dict[tuple[str, date], int] = {}
-
-    def _budgets(self, customer: str, actor: str | None, agent: str | None, task_type: str | None) -> list[Budget]:
-        attributes = {"customer": customer, "actor": actor, "agent": agent, "task_type": task_type}
-        return [b for b in self.state.index.matching(attributes) if b.id in self.chosen]
-
-    def _add(self, budget: Budget, time_us: int, units: int, rem: int = 0, unpriced: int = 0) -> None:
-        day = datetime.fromtimestamp(time_us // _US, self.zone).date()
-        start = self._starts.get((budget.period, day))
-        if start is None:
-            start = self._starts[(budget.period, day)] = _us(local_midnight(first_day(budget.period, day), self.state.timezone))
-        cell = self.amounts[(budget.id, start)]
-        cell[0] += units
-        cell[1] += rem
-        cell[2] += unpriced
-
-    def usage(self, rows: Sequence[Any], *, cost: bool) -> None:
-        if not rows:
-            return
-        nanos = rems = priced = None
-        if cost:
-            frame = pd.DataFrame(
-                [(r.provider, r.model, r.time_us, r.input_tokens, r.output_tokens, r.cache_read_tokens,
-                  r.cache_write_tokens, r.cache_write_1h_tokens) for r in rows],
-                columns=["provider", "model", "time_us", "input_tokens", "output_tokens", "cache_read_tokens",
-                         "cache_write_tokens", "cache_write_1h_tokens"],
-            )  # fmt: skip
-            prices = price_usage(frame, self.state.book())
-            nanos, rems, priced = prices["cost_nanos"].tolist(), prices["cost_rem"].tolist(), prices["priced"].tolist()
-        for i, r in enumerate(rows):
-            for budget in self._budgets(r.customer, r.actor, r.agent, r.task_type):
-                if budget.measure == "tokens":
-                    self._add(budget, r.time_us, r.input_tokens + r.output_tokens)
-                elif nanos is None or rems is None or priced is None:
-                    continue
-                elif budget.measure == "provider_cost":
-                    self._add(budget, r.time_us, nanos[i], rems[i], int(not priced[i]))
-                elif budget.measure == "billed" and (rule := self.state.billing.get(r.customer)) is not None:
-                    billable = {
-                        "input": r.input_tokens - r.cache_read_tokens - r.cache_write_tokens,
-                        "cache_read": r.cache_read_tokens, "cache_write": r.cache_write_tokens, "output": r.output_tokens,
-                    }  # fmt: skip
-                    femtos = rule.usage_femtos(r.provider, r.model, billable, nanos[i] * REM_PER_NANO + rems[i])
-                    if femtos:
-                        self._add(budget, r.time_us, *divmod(femtos, REM_PER_NANO))
-
-    def job(self, outcome: spend._Outcome) -> None:
-        rule = self.state.billing.get(outcome.customer)
-        for budget in self._budgets(outcome.customer, outcome.actor, outcome.agent, outcome.task_type):
-            if budget.measure == "jobs" and outcome.status == "completed":
-                self._add(budget, outcome.ended_us, 1)
-            elif budget.measure == "billed" and rule is not None:
-                femtos = rule.job_femtos(outcome.status, outcome.task_type)
-                if femtos:
-                    self._add(budget, outcome.ended_us, *divmod(femtos, REM_PER_NANO))
+def _amounts(state: spend.TenantBudgets, deltas: spend.Deltas) -> dict[tuple[str, int], list[int]]:
+    """The counted sums by (budget id, period start us): [units, rem, unpriced events]."""
+    merged = deltas.merged(state)
+    if merged is None:
+        return {}
+    slot, period_us, units, rem, unpriced = (column.tolist() for column in merged)
+    ids = state.ids
+    return {(ids[s], p): [u, r, x] for s, p, u, r, x in zip(slot, period_us, units, rem, unpriced, strict=True)}
 
 
 def _us(moment: datetime) -> int:
@@ -200,13 +130,14 @@ def _us(moment: datetime) -> int:
 
 def _pages(connection: Connection, tenant_id: int, since_us: int, through: int | None) -> Iterator[Sequence[Any]]:
     """The tenant's events with a time since `since_us` (and a seq up to `through`, when given),
-    in seq order, a page at a time (keyset pages along the tenant's seq index)."""
+    in seq order, a page at a time (keyset pages along the tenant's seq index), as counting takes
+    them (`metering.spend.deferred.ROW_COLUMNS`)."""
     e = events
     after = 0
     bound = () if through is None else (e.c.seq <= through,)
     while True:
         page = connection.execute(
-            select(e.c.seq, *(e.c[name] for name in _READ))
+            select(*deferred.ROW_COLUMNS)
             .where(e.c.tenant_id == tenant_id, e.c.seq > after, e.c.time_us >= since_us, *bound)
             .order_by(e.c.seq)
             .limit(PAGE)

@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import Engine, func, select
 
-from metering.core.db import unit_of_work
+from metering.core.db import make_engine, unit_of_work, upgrade_schema
 from metering.core.errors import InvalidInput
 from metering.core.periods import Period, period_of
 from metering.core.tables import task_usage, usage_daily
-from metering.core.tenants import Tenant
+from metering.core.tenants import Tenant, create_tenant
 from metering.events import spend_follower
 from metering.events.ingest import ingest_events
 from metering.rollup.pipeline import rollup_tenant
@@ -375,7 +375,7 @@ class TestAuthorizeSnapshot:
             [make_event(id="u1", time="2026-11-10T00:00:00Z", input_tokens=600, output_tokens=0)],
         )
         # counted in this process: pushed into the snapshot when the batch committed
-        answer = spend.authorize_from(spend.snapshot(tenant.id) or found, {"customer": "acme"}, now=NOW)
+        answer = spend.authorize_from(spend.snapshot(engine, tenant.id) or found, {"customer": "acme"}, now=NOW)
         assert (answer["allowed"], answer["budgets"][0]["used"]) == (True, "600")
         # counted by another process (written here without counting): seen once the snapshot is read again
         with engine.begin() as connection:
@@ -385,7 +385,7 @@ class TestAuthorizeSnapshot:
                 .values(used=budget_counters.c.used + 400)
             )
         assert (
-            spend.authorize_from(spend.snapshot(tenant.id) or found, {"customer": "acme"}, now=NOW)["allowed"]
+            spend.authorize_from(spend.snapshot(engine, tenant.id) or found, {"customer": "acme"}, now=NOW)["allowed"]
             is True
         )
         with engine.connect() as connection:
@@ -412,3 +412,31 @@ class TestAuthorizeSnapshot:
             )
             raise RuntimeError("the request failed after counting")
         assert spend.authorize_from(found, {"customer": "acme"}, now=NOW)["budgets"][0]["used"] == "0"
+
+
+class TestTwoDatabasesInOneProcess:
+    def test_each_keeps_its_own_budgets_and_snapshot(self, engine: Engine, tenant: Tenant, tmp_path: Any) -> None:
+        # A second database (SQLite, whatever the first) whose tenant has the same id and a budget
+        # of the same generation: what the process keeps of one must not answer for the other.
+        other = make_engine(f"sqlite:///{tmp_path / 'other.db'}")
+        try:
+            upgrade_schema(other)
+            with unit_of_work(other) as session:
+                twin = create_tenant(session, "twin", now=NOW)
+            assert twin.id == tenant.id
+            put(engine, tenant, budget(id="tokens", measure="tokens", limit="1000", enforce=True))
+            put(other, twin, budget(id="jobs", measure="jobs", limit="5"))
+            with engine.connect() as connection:
+                spend.read_snapshot(connection, tenant.id, now=NOW)
+            assert spend.snapshot(other, twin.id) is None
+            ingest(engine, tenant, [make_event(id="u1", time="2026-11-10T00:00:00Z", input_tokens=1000, output_tokens=0)])
+            ingest(other, twin, [make_event(id="u1", time="2026-11-10T00:00:00Z", input_tokens=7, output_tokens=0)])
+            with other.connect() as connection:
+                answer = spend.authorize(connection, twin.id, {"customer": "acme"}, now=NOW)
+            assert (answer["allowed"], [b["id"] for b in answer["budgets"]]) == (True, ["jobs"])
+            mine = spend.snapshot(engine, tenant.id)
+            assert mine is not None
+            answer = spend.authorize_from(mine, {"customer": "acme"}, now=NOW)
+            assert (answer["denied_by"], answer["budgets"][0]["used"]) == ("tokens", "1000")
+        finally:
+            other.dispose()

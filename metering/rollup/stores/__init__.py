@@ -37,7 +37,9 @@ class RollupStore(Protocol):
         ...
 
     def merge(self, connection: Connection, tenant_id: int, summary: Summary) -> int:
-        """Merge the summary into the tenant's stored rows; returns the tasks written."""
+        """Merge the summary into the tenant's stored rows: its task rows, already merged with
+        the stored ones (`metering.rollup.summary.merge_tasks`), in their place; its usage rows
+        added to the stored ones. Returns the tasks written."""
         ...
 
     def replace_tenant(self, connection: Connection, tenant_id: int, summary: Summary | None) -> int:

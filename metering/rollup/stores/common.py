@@ -27,7 +27,7 @@ from metering.core.db.writes import OnConflict
 from metering.core.event_columns import EVENT_COLUMNS, TEXT_COLUMNS
 from metering.core.tables import events, task_usage, task_usage_buckets, task_usage_detail, usage_daily
 from metering.costs.prices import REM_PER_NANO
-from metering.rollup.summary import DAILY_KEYS, DETAIL_KEYS, TASK_COLUMNS, USAGE_COLUMNS, Summary, merge_tasks
+from metering.rollup.summary import DAILY_KEYS, DETAIL_KEYS, TASK_COLUMNS, USAGE_COLUMNS, Summary
 
 ROLLUP_TABLES = (task_usage, task_usage_detail, usage_daily, task_usage_buckets)
 BUCKET_TABLE_KEYS = tuple(column.name for column in task_usage_buckets.primary_key.columns if column.name != "tenant_id")
@@ -98,6 +98,8 @@ class TableStore:
     """Writing with ordinary statements, which both databases run alike."""
 
     def merge(self, connection: Connection, tenant_id: int, summary: Summary) -> int:
+        """The summary's task rows (merged by the caller) in place of the stored ones, its usage
+        rows added to the stored ones."""
         return self.write(connection, tenant_id, summary, replace_all=False)
 
     def delete_tenant(self, connection: Connection, tenant_id: int, *, whole_tables: bool = False) -> None:
@@ -117,17 +119,11 @@ class TableStore:
         replace_all: bool,
         into: dict[Table, Table] | None = None,
     ) -> int:
-        """Write the summary's rows: merged into the stored ones, or (`replace_all`) as they are,
-        into the rollup tables or the tables `into` puts in their place. Returns the tasks."""
+        """Write the summary's rows: task rows in place of the stored ones and usage rows added
+        to theirs, or (`replace_all`) all as they are, into the rollup tables or the tables `into`
+        puts in their place. Returns the tasks."""
         target = into or {}
-        tasks = summary.tasks
-        if not replace_all and not tasks.empty:
-            stored = _stored_tasks(connection, tenant_id, tasks["task"].tolist())
-            if not stored.empty:
-                tasks = merge_tasks(stored, tasks)
-        for table, frame, keys in rebuild_frames(
-            Summary(tasks=tasks, detail=summary.detail, daily=summary.daily, buckets=summary.buckets)
-        ):
+        for table, frame, keys in rebuild_frames(summary):
             columns = [column.name for column in table.columns]
             # A task's row is replaced by its merged row; usage rows add up.
             merged: OnConflict = "replace" if table is task_usage else "add"
@@ -137,7 +133,7 @@ class TableStore:
                 on_conflict="error" if replace_all else merged, keys=("tenant_id", *keys), add=add,
                 carry=CARRY if add else None,
             )  # fmt: skip
-        return len(tasks)
+        return len(summary.tasks)
 
 
     # --- re-pricing (`metering.rollup.reprice`) ------------------------------------------------------------
@@ -200,10 +196,6 @@ def key_order(frame: pd.DataFrame, keys: tuple[str, ...], replace_all: bool) -> 
 
 def stored_tasks(connection: Connection, tenant_id: int, names: list[str]) -> pd.DataFrame:
     """The stored `task_usage` rows (`TASK_COLUMNS`) of the named tasks that have one."""
-    return _stored_tasks(connection, tenant_id, names)
-
-
-def _stored_tasks(connection: Connection, tenant_id: int, names: list[str]) -> pd.DataFrame:
     frames = []
     for start in range(0, len(names), 500):
         chunk = names[start : start + 500]
