@@ -3,10 +3,10 @@ the rollup: `metering.rollup.month_figures`) instead of every task row of the mo
 
 Rating a month needs, of its ended tasks, per customer: how many completed tasks of each task
 type, how many failed or cancelled, and their provider cost (`pricing.rating`, `pricing.compare`).
-The figures hold exactly that, summed; `ended_tasks` gives it in the shape of
-`pricing.usage.TASK_COLUMNS`: one row per task of each (customer, task type, status) with the
-group's cost on its first row, so that every count and every cost sum that rating makes is the
-per-task one. What the figures cannot give falls back to the task rows (`usable` says when):
+The figures hold exactly that, summed; `billed_groups` gives it as grouped tasks
+(`pricing.usage.TASK_COUNT`: a row per customer, task type and status, counted as its tasks), so
+that every count and every cost sum that rating makes is the per-task one. What the figures
+cannot give falls back to the task rows (`usable` says when):
 
 - outcome rules: a task bills when it settles, which depends on the time of the read;
 - disputes accepted in an open month: those tasks are taken out by name;
@@ -29,8 +29,8 @@ from metering.events.ingest import to_us
 from metering.rollup.month_figures import COST_EDGES_NANOS
 from pricing import outcomes_repository
 from pricing.plans import PerJobPlan, PlanBook
-from pricing.repository import fetch_columns
-from pricing.usage import TASK_COLUMNS
+from pricing.repository import fetch_columns, stored_plans
+from pricing.usage import TASK_COLUMNS, TASK_COUNT
 
 
 def usable(session: Session, tenant_id: int, period: Period, book: PlanBook | None, customer: str | None = None) -> bool:
@@ -48,6 +48,13 @@ def usable(session: Session, tenant_id: int, period: Period, book: PlanBook | No
         if any(p.included and not p.tiers for p in history):
             return False
     return True
+
+
+def usable_figures(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> pd.DataFrame | None:
+    """The month's `figures` when they stand for its ended tasks (`usable`, under the plans
+    stored now), else None."""
+    book = stored_plans(session, tenant_id).book
+    return figures(session, tenant_id, period, customer) if usable(session, tenant_id, period, book, customer) else None
 
 
 def outcome_rules(session: Session, tenant_id: int) -> bool:
@@ -74,29 +81,26 @@ def figures(session: Session, tenant_id: int, period: Period, customer: str | No
     return fetch_columns(session, query, names, texts=names[:3])
 
 
-def ended_tasks(rows: pd.DataFrame, period: Period) -> pd.DataFrame:
-    """The figures' ended tasks as `TASK_COLUMNS` (see the module): every task at the month's
-    start (its prices' version is the month's: `usable`), named `<customer>#<n>`."""
+def billed_groups(rows: pd.DataFrame, period: Period) -> pd.DataFrame:
+    """The figures' ended tasks as grouped tasks (`TASK_COLUMNS` + `TASK_COUNT`, see the module):
+    one row per customer, task type and status, ending at the month's start (their prices'
+    version is the month's: `usable`), named `<customer>#<n>`."""
     ended = rows[rows["status"] != "open"]
     groups = ended.groupby(["customer", "task_type", "status"], sort=True, as_index=False)[["tasks", "cost_nanos"]].sum()
-    groups = groups[groups["tasks"] > 0]
-    counts = groups["tasks"].to_numpy(dtype=np.int64)
-    total = int(counts.sum())
-    first = np.cumsum(counts) - counts
-    cost = np.zeros(total, dtype=np.int64)
-    cost[first] = groups["cost_nanos"].to_numpy(dtype=np.int64)
-    kind = np.repeat(groups["task_type"].to_numpy(dtype=object), counts)
+    groups = groups[groups["tasks"] > 0].reset_index(drop=True)
+    kind = groups["task_type"].to_numpy(dtype=object, copy=True)
     kind[kind == ""] = None  # no task type
+    customer = groups["customer"].to_numpy(dtype=object)
     frame = pd.DataFrame({
-        "customer": np.repeat(groups["customer"].to_numpy(dtype=object), counts),
-        "task": np.array([f"#{i}" for i in range(total)], dtype=object),
+        "customer": customer,
+        "task": np.array([f"{c}#{i}" for i, c in enumerate(customer.tolist())], dtype=object),
         "task_type": kind,
-        "status": np.repeat(groups["status"].to_numpy(dtype=object), counts),
-        "ended_at": pd.to_datetime(np.full(total, to_us(period.start), dtype=np.int64), unit="us", utc=True).as_unit("ns"),
-        "provider_cost_nanos": cost,
+        "status": groups["status"].to_numpy(dtype=object),
+        "ended_at": pd.to_datetime(np.full(len(groups), to_us(period.start), dtype=np.int64), unit="us", utc=True).as_unit("ns"),
+        "provider_cost_nanos": groups["cost_nanos"].to_numpy(dtype=np.int64),
+        TASK_COUNT: groups["tasks"].to_numpy(dtype=np.int64),
     })  # fmt: skip
-    frame["task"] = frame["customer"] + frame["task"]
-    return frame[list(TASK_COLUMNS)]
+    return frame[[*TASK_COLUMNS, TASK_COUNT]]
 
 
 def tasks_above(session: Session, tenant_id: int, period: Period, ranges: list[tuple[int, int]], customers: list[str]) -> pd.DataFrame:

@@ -23,7 +23,6 @@ from metering.core.tenants import Tenant
 from metering.core.vocabulary import TASK_STATUSES
 from metering.rollup import month_figures
 from pricing import open_month
-from pricing import repository as pricing_repository
 from pricing.plans import PerJobPlan
 from pricing.repository import last_day
 from pricing.usage import summable
@@ -107,33 +106,31 @@ def month_view(session: Session, tenant: Tenant, period: Period, *, customer: st
     An open month is read from the per customer-month figures where they can stand for its tasks
     (`open_month_view`); a closed one, and an open one they cannot, from its tasks."""
     closed = repository.closed_months(session, tenant.id)
-    if period.label not in closed and (view := open_month_view(session, tenant, period, closed, customer=customer)) is not None:
-        return view
+    figures = open_month.usable_figures(session, tenant.id, period, customer)
+    if period.label not in closed and figures is not None and not open_month.later_tasks(session, tenant.id, period, customer):
+        return open_month_view(session, tenant, period, closed, figures, customer=customer)
     scan = scan_tasks(session, tenant, period, customer=customer)
-    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=scan.counts)
-    month = rating_input(session, tenant, period, customer=customer, ended=scan.ended())
+    month = rating_input(session, tenant, period, customer=customer, ended=scan.ended(), figures=figures)
+    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=scan.counts, billed=month.ended,
+                            usage=month.usage)  # fmt: skip
     comparison = month_comparison(tenant, period, month, costs_of(summary))
     return build_view(session, tenant, period, summary, month, comparison)
 
 
-def open_month_view(session: Session, tenant: Tenant, period: Period, closed: set[str], *,
-                    customer: str | None = None) -> MonthView | None:  # fmt: skip
-    """An open month from `customer_months` (`pricing.open_month`): the task counts, the ended
-    tasks rating reads, the cost buckets per task type and the failed tasks' cost, without reading
-    the month's tasks. None when the figures cannot stand for them (outcome rules, disputes, plan
-    terms that need each task's end time, or tasks with events after the month, whose open count
-    needs the tasks)."""
-    book = pricing_repository.stored_plans(session, tenant.id).book
-    if not open_month.usable(session, tenant.id, period, book, customer) or open_month.later_tasks(session, tenant.id, period, customer):
-        return None
-    rows = open_month.figures(session, tenant.id, period, customer)
-    ended = open_month.ended_tasks(rows, period)  # without rules or disputes: what the month bills
-    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=figure_counts(rows), billed=ended)
-    month = rating_input(session, tenant, period, customer=customer, ended=ended)
+def open_month_view(session: Session, tenant: Tenant, period: Period, closed: set[str], figures: pd.DataFrame, *,
+                    customer: str | None = None) -> MonthView:  # fmt: skip
+    """An open month from its rows of `customer_months` (`pricing.open_month.usable_figures`): the
+    task counts, the tasks rating reads (as groups), the cost buckets per task type and the failed
+    tasks' cost, without reading the month's tasks. For when the figures stand for them: no
+    outcome rules, disputes or plan terms that need each task's end time, and no task with events
+    after the month (whose open count needs the tasks)."""
+    month = rating_input(session, tenant, period, customer=customer, figures=figures)
+    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=figure_counts(figures),
+                            billed=month.ended, usage=month.usage)  # fmt: skip
     comparison = month_comparison(tenant, period, month, costs_of(summary))
     return build_view(session, tenant, period, summary, month, comparison,
-                      task_types=figure_task_type_costs(session, tenant.id, month, period, rows),
-                      failed=_figure_failed_by_customer(rows))  # fmt: skip
+                      task_types=figure_task_type_costs(session, tenant.id, month, period, figures),
+                      failed=_figure_failed_by_customer(figures))  # fmt: skip
 
 
 def figure_counts(rows: pd.DataFrame) -> dict[str, TaskCounts]:
