@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Engine, delete, insert, select
 
 from metering.core.db import unit_of_work, write_rows
 from metering.core.tables import rollup_state, task_usage, task_usage_detail, usage_daily
@@ -65,11 +65,13 @@ def build_month(engine: Engine, tenant: Tenant, *, tasks: int, customers: int, m
         connection.commit()
     with unit_of_work(engine) as session:
         overrides = tenant_overrides(session.connection(), tenant.id)
+        # The figures' bucket edges that storing the plans put on their job prices, kept.
+        edges = session.execute(select(rollup_state.c.cost_edges).where(rollup_state.c.tenant_id == tenant.id)).scalar()
         session.execute(delete(rollup_state).where(rollup_state.c.tenant_id == tenant.id))
         # With its price buckets, as a rollup leaves it: without them a close would rebuild the
         # tenant from its events (there are none here) and find an empty month.
         session.execute(insert(rollup_state).values(tenant_id=tenant.id, watermark_seq=0, price_version=price_version(overrides),
-                                                    price_buckets=scheme_for(overrides).text, price_settings=settings_text(overrides),
+                                                    price_buckets=scheme_for(overrides).text, price_settings=settings_text(overrides), cost_edges=edges,
                                                     updated_at=datetime(2020, 1, 1, tzinfo=UTC)))  # fmt: skip
 
 

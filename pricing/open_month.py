@@ -17,6 +17,10 @@ cannot give falls back to the task rows (`usable` says when):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import ROUND_FLOOR
+
 import numpy as np
 import pandas as pd
 from sqlalchemy import and_, func, or_, select
@@ -24,11 +28,12 @@ from sqlalchemy.orm import Session
 
 from metering.core.periods import Period
 from metering.core.tables import customer_months, task_usage
+from metering.core.tenants import Tenant
 from metering.costs.prices import REM_PER_NANO, settle_nanos
 from metering.events.ingest import to_us
-from metering.rollup.month_figures import COST_EDGES_NANOS
+from metering.rollup import month_figures
 from pricing import outcomes_repository
-from pricing.plans import PerJobPlan, PlanBook
+from pricing.plans import PerJobPlan, Plan, PlanBook
 from pricing.repository import fetch_columns, stored_plans
 from pricing.usage import TASK_COLUMNS, TASK_COUNT
 
@@ -103,10 +108,32 @@ def billed_groups(rows: pd.DataFrame, period: Period) -> pd.DataFrame:
     return frame[[*TASK_COLUMNS, TASK_COUNT]]
 
 
+def job_price_edges(plans: Iterable[Plan]) -> list[int]:
+    """Bucket edges for the figures (`metering.rollup.month_figures.set_edges`): just above every
+    per-job price of `plans` (every version), in nanos, so that whether a task costs more than its
+    job price (the dashboard's losing tasks) is the same for all of a bucket's tasks."""
+    prices = {price for plan in plans if isinstance(plan, PerJobPlan) for price in (plan.prices or {}).values()}
+    # A task's cost is whole nanos: it exceeds a price p exactly when it reaches floor(p) + 1.
+    return sorted(int(p.scaleb(9).to_integral_value(rounding=ROUND_FLOOR)) + 1 for p in prices)
+
+
+def keep_edges(session: Session, tenant: Tenant, *, now: datetime) -> bool:
+    """Put the figures' bucket edges on the job prices of the plans stored now (`job_price_edges`),
+    rewriting the tenant's figures when they move. Returns whether they did."""
+    book = stored_plans(session, tenant.id).book
+    edges = job_price_edges(plan for history in book.versions.values() for plan in history)
+    return month_figures.set_edges(session.connection(), tenant.id, tenant.timezone, edges, now=now)
+
+
+def figure_edges(session: Session, tenant_id: int) -> np.ndarray:
+    """The edges of the figures' cost buckets as the session sees them (`month_figures.edges_of`)."""
+    return month_figures.edges_of(session.connection(), tenant_id)
+
+
 def tasks_above(session: Session, tenant_id: int, period: Period, ranges: list[tuple[int, int]], customers: list[str]) -> pd.DataFrame:
     """The month's completed tasks of `customers` whose settled cost lies in one of `ranges`
     ([low, high) in nanos): customer, task_type ('' for none), cost (settled nanos). For the few
-    cost buckets that a job price cuts in two."""
+    cost buckets that a job price cuts in two (a price the figures' edges do not know yet)."""
     t = task_usage.c
     # settled = nanos + rem // R + (0 or 1) >= low  needs  nanos + rem // R + 1 >= low.
     within = or_(*(and_(t.cost_nanos < high, t.cost_nanos + t.cost_rem // REM_PER_NANO + 1 >= low) for low, high in ranges))
@@ -117,10 +144,3 @@ def tasks_above(session: Session, tenant_id: int, period: Period, ranges: list[t
     frame = pd.DataFrame(session.execute(query).all(), columns=["customer", "task_type", "cost_nanos", "cost_rem"])
     cost = settle_nanos(frame["cost_nanos"].to_numpy(dtype=np.int64), frame["cost_rem"].to_numpy(dtype=np.int64))
     return pd.DataFrame({"customer": frame["customer"], "task_type": frame["task_type"], "cost": cost})
-
-
-def bucket_bounds(bucket: int) -> tuple[int, int]:
-    """[low, high) of a cost bucket in nanos (high of the last: int64's max)."""
-    low = 0 if bucket == 0 else int(COST_EDGES_NANOS[bucket - 1])
-    high = int(COST_EDGES_NANOS[bucket]) if bucket < len(COST_EDGES_NANOS) else 2**63 - 1
-    return low, high

@@ -282,11 +282,14 @@ def figure_task_type_costs(session: Session, tenant_id: int, month: RatingInput,
                            rows: pd.DataFrame) -> list[TaskTypeCosts]:  # fmt: skip
     """`task_type_costs` from the per customer-month figures: the buckets and sums are the
     figures'; which completed tasks cost more than their job price is decided per bucket (all of
-    a bucket above the price, none of one below it), and for a bucket the price cuts in two, from
-    that bucket's tasks alone (`open_month.tasks_above`)."""
+    a bucket above the price, none of one below it: the figures have an edge just above each job
+    price, `pricing.open_month.job_price_edges`), and for a bucket a price cuts in two all the
+    same (a price newer than the edges), from that bucket's tasks alone (`open_month.tasks_above`)."""
     ended = rows[rows["status"] != "open"]
     if ended.empty:
         return []
+    edges = open_month.figure_edges(session, tenant_id)
+    shown = [month_figures.display_bucket(b, edges) for b in range(len(edges) + 1)]
     plans = _job_prices(month, period)
     kinds = sorted(set(ended["task_type"].tolist()))
     size = len(COST_EDGES_MICROS) + 1
@@ -297,14 +300,17 @@ def figure_task_type_costs(session: Session, tenant_id: int, month: RatingInput,
         if (plan := plans.get(name)) is not None:
             price[(name, kind)] = decimal_to_nanos(plan.prices[plan.price_key(kind or None)])  # type: ignore[index]
     split: dict[tuple[str, str, int], int] = {}  # (customer, kind, bucket) cut by its price: tasks above it
-    cut = {(name, kind, b): p for (name, kind), p in price.items()
-           for b in [int(np.searchsorted(month_figures.COST_EDGES_NANOS, p, side="right"))]}  # fmt: skip
+    cut: dict[tuple[str, str, int], int] = {}  # (customer, kind, bucket) → the price that cuts it: tasks on both sides
+    for (name, kind), p in price.items():
+        b = int(month_figures.bucket_of(np.array([p]), edges)[0])
+        if p < month_figures.bucket_bounds(b, edges)[1] - 1:
+            cut[(name, kind, b)] = p
     wanted = {key for key in zip(done["customer"].tolist(), done["task_type"].tolist(), done["bucket"].tolist(), strict=True) if key in cut}
     if wanted:
-        ranges = sorted({(cut[key] + 1, open_month.bucket_bounds(key[2])[1]) for key in wanted})
+        ranges = sorted({(cut[key] + 1, month_figures.bucket_bounds(key[2], edges)[1]) for key in wanted})
         above = open_month.tasks_above(session, tenant_id, period, ranges, sorted({key[0] for key in wanted}))
         for name, kind, cost in zip(above["customer"].tolist(), above["task_type"].tolist(), above["cost"].tolist(), strict=True):
-            key = (name, kind, int(np.searchsorted(month_figures.COST_EDGES_NANOS, cost, side="right")))
+            key = (name, kind, int(month_figures.bucket_of(np.array([cost]), edges)[0]))
             if key in cut and cost > cut[key]:
                 split[key] = split.get(key, 0) + 1
     out = []
@@ -317,14 +323,14 @@ def figure_task_type_costs(session: Session, tenant_id: int, month: RatingInput,
         priced = losing = 0
         prices: set[int] = set()
         for name, b, n in zip(completed["customer"].tolist(), completed["bucket"].tolist(), completed["tasks"].tolist(), strict=True):
-            buckets[b] += n
+            buckets[shown[b]] += n
             if (p := price.get((name, kind))) is None:
                 continue
             priced += n
             prices.add(p // 1000)
-            low, high = open_month.bucket_bounds(b)
+            low, high = month_figures.bucket_bounds(b, edges)
             over = n if low > p else (0 if high - 1 <= p else split.get((name, kind, b), 0))
-            losing_buckets[b] += over
+            losing_buckets[shown[b]] += over
             losing += over
         out.append(TaskTypeCosts(
             task_type=kind, completed=int(completed["tasks"].sum()), buckets=buckets, losing_buckets=losing_buckets,

@@ -124,6 +124,9 @@ rollup_state = Table(
     # rollup rebuilds) and the prices (`tenant_overrides`, JSON) that price_version names.
     Column("price_buckets", Text),
     Column("price_settings", Text),
+    # The tenant's own edges of the per customer-month figures' cost buckets, in nanos, comma
+    # separated (`metering.rollup.month_figures.set_edges`; NULL: the dashboard's edges alone).
+    Column("cost_edges", Text),
 )
 
 

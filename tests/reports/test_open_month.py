@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from metering.core.money import to_minor
 from metering.core.periods import parse_month
+from metering.rollup import month_figures
 from pricing import open_month, outcomes_repository
 from pricing import repository as pricing_repository
 from pricing.invoices import upcoming_invoice
@@ -58,21 +59,35 @@ def _both(monkeypatch: pytest.MonkeyPatch, read: Any) -> tuple[Any, Any]:
     return fast, slow
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_the_figures_show_what_the_tasks_show(make_books, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:  # type: ignore[no-untyped-def]
-    books: Books = make_books(f"open-{seed}")
-    # Job prices inside cost buckets (0.0007 and 0.03 cut buckets in two), and a tier plan.
+def _month(books: Books, seed: int, *, own_edges: bool = True) -> None:
+    # Job prices inside the dashboard's cost buckets (0.0007 and 0.03 cut two in two), and a tier plan.
     jobs = {**JOBS, "prices": {"default": "0.0007", "support_ticket": "0.03", "code_review": "1.20"}}
     tiered = {"id": "tiered", "type": "per_job", "included": 3,
               "tiers": {"mode": "graduated", "steps": [{"up_to": 5, "price": "0.20"}, {"up_to": None, "price": "0.10"}]}}  # fmt: skip
     customers = [*CUSTOMERS, {"id": "initech", "plan": "tiered", "compare_with": ["jobs", "tokens"]}]
     books.config({"prices": PRICES, "plans": [jobs, TOKENS, tiered], "customers": customers})
+    if not own_edges:  # figures without edges on the job prices (as a price they do not know yet)
+        with books.engine.begin() as connection:
+            assert month_figures.set_edges(connection, books.tenant.id, books.tenant.timezone, [], now=NOW)
     _random_month(books, seed)
+
+
+@pytest.mark.parametrize("own_edges", [True, False])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_figures_show_what_the_tasks_show(make_books, monkeypatch: pytest.MonkeyPatch, seed: int, own_edges: bool) -> None:  # type: ignore[no-untyped-def]
+    books: Books = make_books(f"open-{seed}")
+    _month(books, seed, own_edges=own_edges)
     period = parse_month("2026-10", "UTC")
     with Session(books.engine) as session:
         assert open_month.usable(session, books.tenant.id, period, None)
-        fast, slow = _both(monkeypatch, lambda: month_view(session, books.tenant, period).to_json())
-        assert fast == slow
+        read, above = [], open_month.tasks_above
+        with monkeypatch.context() as patched:
+            if own_edges:  # no bucket has tasks on both sides of a job price: none is read
+                patched.setattr(open_month, "tasks_above", _refuse)
+            else:  # the tasks of the buckets a price cuts in two are
+                patched.setattr(open_month, "tasks_above", lambda *args: read.append(1) or above(*args))
+            fast, slow = _both(monkeypatch, lambda: month_view(session, books.tenant, period).to_json())
+        assert fast == slow and bool(read) is not own_edges
         assert sum(t["losing"] for t in fast["task_types"]) > 0  # the cut buckets were split
         one_fast, one_slow = _both(monkeypatch, lambda: month_view(session, books.tenant, period, customer="acme").to_json())
         assert one_fast == one_slow
@@ -106,3 +121,27 @@ def test_tasks_after_the_month_make_the_view_read_the_tasks(make_books, monkeypa
         assert open_month.later_tasks(session, books.tenant.id, period)
         view = month_view(session, books.tenant, period)
         assert view.counts["open"] == 1  # open at October's end, though its last event is in November
+
+
+def test_storing_a_plan_puts_bucket_edges_on_its_job_prices(make_books) -> None:  # type: ignore[no-untyped-def]
+    books: Books = make_books("open-edges")  # jobs: 0.50 by default, 1.20 for support tickets
+
+    def own() -> set[int]:
+        with books.engine.connect() as connection:
+            return set(month_figures.edges_of(connection, books.tenant.id).tolist()) - set(month_figures.COST_EDGES_NANOS.tolist())
+
+    assert own() == {500_000_001, 1_200_000_001}  # a task costing more than 0.50 costs 0.500000001 or more
+    books.send(started("a", "2026-10-03T10:00:00Z"), usage("a", "2026-10-03T10:01:00Z", input_tokens=10_000),
+               ended("a", "2026-10-03T11:00:00Z"))  # fmt: skip
+    books.rollup()
+
+    def bucket() -> int:  # of the task's cost, 0.03 (10,000 input tokens at 3.00 per million)
+        with books.engine.connect() as connection:
+            [row] = connection.execute(month_figures.customer_months.select()).all()
+            assert month_figures.display_bucket(row.bucket, month_figures.edges_of(connection, books.tenant.id)) == 5  # [0.02, 0.05)
+        return int(row.bucket)
+
+    assert bucket() == 5
+    books.config({"plans": [{**JOBS, "prices": {"default": "0.000000001"}, "effective_from": "2026-11-01"}], "customers": CUSTOMERS})
+    assert own() == {500_000_001, 1_200_000_001, 2}  # every version's prices
+    assert bucket() == 6  # the figures were rewritten with the new edge

@@ -1,0 +1,43 @@
+"""metering: rollup_state.cost_edges, the tenant's own edges of the figures' cost buckets
+
+Revision ID: 0020
+Revises: 0019
+Create Date: 2026-12-06
+
+An edge just above each per-job price of the tenant's plans (`pricing.open_month.job_price_edges`),
+so that the dashboard tells the tasks that cost more than their job price from the figures
+(`metering.rollup.month_figures.set_edges`). Set for existing tenants by the upgrade, which
+rewrites their figures with them; afterwards whenever a plan version is stored.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0020"
+down_revision = "0019"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("rollup_state", sa.Column("cost_edges", sa.Text(), nullable=True))
+    from metering.rollup.month_figures import set_edges
+    from pricing.open_month import job_price_edges
+    from pricing.plans import plan_from_definition
+
+    connection = op.get_bind()
+    now = datetime.now(UTC)
+    for tenant_id, timezone in connection.execute(sa.text("SELECT id, timezone FROM tenants")).all():
+        definitions = connection.execute(sa.text("SELECT definition FROM plan_versions WHERE tenant_id = :t"), {"t": tenant_id}).scalars()
+        edges = job_price_edges(plan_from_definition(definition, None) for definition in definitions)
+        if edges:
+            set_edges(connection, tenant_id, timezone, edges, now=now)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("rollup_state", schema=None) as batch_op:
+        batch_op.drop_column("cost_edges")
