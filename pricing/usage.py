@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from metering.core.vocabulary import OUTCOMES, TOKEN_CLASSES
+from pricing.plans import PerTokenPlan, PlanBook
 
 TOKEN_COLUMNS = tuple(f"{c}_tokens" for c in TOKEN_CLASSES)
 TOKEN_USAGE_COLUMNS: Mapping[str, str] = {
@@ -181,6 +182,23 @@ def tasks_per_key(keys: np.ndarray, size: int, weights: np.ndarray | None = None
     out = np.zeros(size, dtype=np.int64)
     np.add.at(out, keys, weights)
     return out.tolist()
+
+
+def token_days_matter(plans: PlanBook, month: date) -> bool:
+    """Whether rating the month's token usage needs its days: a per-token plan version that starts
+    inside the month (its unit prices split it), or per-token rates with an included allowance
+    (consumed day by day). Otherwise each customer's usage of a model summed over the month rates
+    the same as its days, to the digit (`pricing.repository.month_usage`)."""
+    first, last = month_bounds(month)
+    for history in plans.versions.values():
+        for plan in history:
+            if not isinstance(plan, PerTokenPlan):
+                continue
+            if plan.effective_from is not None and first < plan.effective_from <= last:
+                return True
+            if plan.included and plan.basis == "rates":
+                return True
+    return False
 
 
 def task_counts(tasks: pd.DataFrame) -> np.ndarray:

@@ -112,7 +112,7 @@ def month_view(session: Session, tenant: Tenant, period: Period, *, customer: st
     scan = scan_tasks(session, tenant, period, customer=customer)
     month = rating_input(session, tenant, period, customer=customer, ended=scan.ended(), figures=figures)
     summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=scan.counts, billed=month.ended,
-                            usage=month.usage)  # fmt: skip
+                            rating=month)  # fmt: skip
     comparison = month_comparison(tenant, period, month, costs_of(summary))
     return build_view(session, tenant, period, summary, month, comparison)
 
@@ -126,7 +126,7 @@ def open_month_view(session: Session, tenant: Tenant, period: Period, closed: se
     after the month (whose open count needs the tasks)."""
     month = rating_input(session, tenant, period, customer=customer, figures=figures)
     summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=figure_counts(figures),
-                            billed=month.ended, usage=month.usage)  # fmt: skip
+                            billed=month.ended, rating=month)  # fmt: skip
     comparison = month_comparison(tenant, period, month, costs_of(summary))
     return build_view(session, tenant, period, summary, month, comparison,
                       task_types=figure_task_type_costs(session, tenant.id, month, period, figures),
@@ -172,7 +172,7 @@ def build_view(session: Session, tenant: Tenant, period: Period, summary: MonthS
         unpriced=repository.unpriced_models(session, tenant.id, period, summary.customer),
         adjustments=_adjustments(summary), unrated=list(summary.invoices.unrated),
         other_currencies=sorted({r.currency for r in summary.customers} - {tenant.currency}),
-        spend=spend_by_person(repository.spend_by_person(session, tenant.id, period, summary.customer)),
+        spend=spend_by_person(repository.spend_by_person_of(month.usage_rows)),
     )  # fmt: skip
 
 

@@ -57,7 +57,7 @@ from pricing.assembly import Usage as BilledUsage
 from pricing.compare import compare_plans
 from pricing.plans import PlanBook
 from pricing.repository import Assignment, last_day
-from pricing.usage import task_counts
+from pricing.usage import task_counts, token_days_matter
 from reports import repository
 from reports.billed import MonthInvoices, month_invoices
 from reports.cells import (
@@ -127,13 +127,17 @@ class MonthSummary:
 
 def month_summary(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None,
                   closed: set[str] | None = None, counts: dict[str, TaskCounts] | None = None,
-                  billed: pd.DataFrame | None = None, usage: BilledUsage | None = None) -> MonthSummary:  # fmt: skip
+                  billed: pd.DataFrame | None = None, rating: RatingInput | None = None) -> MonthSummary:  # fmt: skip
     """The customers file's rows. `counts`: the task counts of the tasks file (`TaskScan`),
     counted here by reading the month's tasks when not given; `billed`: the tasks the month
-    bills (`RatingInput.ended`), read here when not given; `usage`: what an open month's drafts
-    rate (`RatingInput.usage`), read here when not given."""
-    invoices = month_invoices(session, tenant, period, closed=closed, customer=customer, usage=usage)
-    usage = repository.customer_usage(session, tenant.id, period, customer)
+    bills (`RatingInput.ended`), read here when not given; `rating`: the month's usage as read
+    for its comparison (`rating_input`), which an open month's drafts rate and the usage columns
+    sum, read here when not given."""
+    invoices = month_invoices(session, tenant, period, closed=closed, customer=customer, usage=rating.usage if rating else None)
+    if rating is not None:
+        usage = repository.customer_usage_of(rating.usage_rows)
+    else:
+        usage = repository.customer_usage(session, tenant.id, period, customer)
     if counts is None:
         counts = scan_tasks(session, tenant, period, customer=customer).counts
     jobs_billed, jobs_pending = _settlement_counts(session, tenant, period, customer, billed)
@@ -196,15 +200,19 @@ class RatingInput:
     book: PlanBook | None
     ended: pd.DataFrame  # every task that ended in the month, with or without a plan
     usage: BilledUsage  # token usage and billed tasks of every customer, with or without a plan
+    usage_rows: pd.DataFrame  # the month's usage as read (`pricing.repository.month_usage`)
 
 
 def rating_input(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None,
                  ended: pd.DataFrame | None = None, figures: pd.DataFrame | None = None) -> RatingInput:  # fmt: skip
-    """The month's usage, read once for its comparison, its drafts and its view. `ended`: the
-    month's ended tasks when already read (`TaskScan.ended`); `figures`: the month's per
-    customer-month figures when they stand for its tasks (`pricing.open_month.usable_figures`):
+    """The month's usage, read once for its comparison, its drafts and its view: its token usage
+    summed over the month's days unless rating needs them (`pricing.usage.token_days_matter`).
+    `ended`: the month's ended tasks when already read (`TaskScan.ended`); `figures`: the month's
+    per customer-month figures when they stand for its tasks (`pricing.open_month.usable_figures`):
     the tasks are then rated as groups, and `ended` is the groups unless given."""
-    tokens = pricing_repository.token_usage(session, tenant.id, period, customer)
+    plans = pricing_repository.stored_plans(session, tenant.id).book
+    rows = pricing_repository.month_usage(session, tenant.id, period, customer, by_day=token_days_matter(plans, period.first_day))
+    tokens = pricing_repository.rating_tokens(rows)
     if outcomes_repository.rule_book(session, tenant.id) or (ended is None and figures is None):
         # with rules, tasks bill when they settle (and the figures never stand for them)
         ended = billed = outcomes_repository.billed_tasks(session, tenant.id, period, customer, timezone=tenant.timezone)
@@ -220,8 +228,7 @@ def rating_input(session: Session, tenant: Tenant, period: Period, *, customer: 
     if names - set(assigned):
         tokens = tokens[tokens["customer"].isin(list(assigned))].reset_index(drop=True)
         tasks = tasks[tasks["customer"].isin(list(assigned))].reset_index(drop=True)
-    book = pricing_repository.stored_plans(session, tenant.id).book if assigned else None
-    return RatingInput(tokens, tasks, assigned, book, ended, usage)
+    return RatingInput(tokens, tasks, assigned, plans if assigned else None, ended, usage, rows)
 
 
 def month_comparison(

@@ -48,7 +48,7 @@ def report_batches(session: Session, tenant: Tenant, period: Period, report: Rep
         return invoice_line_batches(month_invoices(session, tenant, period))
     scan = scan_tasks(session, tenant, period)
     month = rating_input(session, tenant, period, ended=scan.ended(), figures=open_month.usable_figures(session, tenant.id, period))
-    summary = month_summary(session, tenant, period, counts=scan.counts, billed=month.ended, usage=month.usage)
+    summary = month_summary(session, tenant, period, counts=scan.counts, billed=month.ended, rating=month)
     if report is CUSTOMERS:
         return customer_batches(summary)
     return comparison_batches(month_comparison(tenant, period, month, costs_of(summary)))
@@ -94,7 +94,7 @@ def write_month(source: Session | Engine, tenant: Tenant, period: Period | str, 
             rating = rating_input(session, tenant, month, ended=scan.ended(), figures=figures)
             counts = scan.counts
             del scan
-            summary = month_summary(session, tenant, month, closed=closed, counts=counts, billed=rating.ended, usage=rating.usage)
+            summary = month_summary(session, tenant, month, closed=closed, counts=counts, billed=rating.ended, rating=rating)
             write(CUSTOMERS, customer_batches(summary))
             write(INVOICE_LINES, invoice_line_batches(summary.invoices))
             comparison = month_comparison(tenant, month, rating, costs_of(summary))

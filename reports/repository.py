@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,7 @@ from metering.events.ingest import to_us
 from metering.rollup.repository import cost_sums, summed_nanos
 from pricing.tables import billing_periods, credit_notes, invoice_lines, invoices
 from pricing.tables import customers as pricing_customers
+from pricing.usage import summable
 
 USAGE_MEASURES = ("usage_events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                   "reasoning_tokens", "cost_nanos", "cost_rem", "unpriced_events")  # fmt: skip
@@ -95,6 +97,16 @@ def spend_by_person(session: Session, tenant_id: int, period: Period, customer: 
     return _spend_rows(session, query)
 
 
+def spend_by_person_of(usage: pd.DataFrame) -> list[SpendRow]:
+    """`spend_by_person` from the month's usage as read once (`pricing.repository.month_usage`)."""
+    if usage.empty:
+        return []
+    columns = ["usage_events", "input_tokens", "output_tokens", "cost_nanos", "cost_rem"]
+    sums = usage[["actor", "agent"]].join(usage[columns].apply(summable)).groupby(["actor", "agent"], sort=False)[columns].sum()
+    return [SpendRow("", actor, agent, 0, int(e), int(i), int(o), int(n), int(r))
+            for (actor, agent), (e, i, o, n, r) in zip(sums.index.tolist(), sums.to_numpy().tolist(), strict=True)]  # fmt: skip
+
+
 # --- billing periods ------------------------------------------------------------------------------
 
 
@@ -137,6 +149,14 @@ def customer_usage(
         select(usage_daily.c.customer, *_sums(usage_daily)).where(*where).group_by(usage_daily.c.customer)
     )
     return {row.customer: Usage.of(row) for row in rows}
+
+
+def customer_usage_of(usage: pd.DataFrame) -> dict[str, Usage]:
+    """`customer_usage` from the month's usage as read once (`pricing.repository.month_usage`)."""
+    if usage.empty:
+        return {}
+    sums = usage[["customer"]].join(usage[list(USAGE_MEASURES)].apply(summable)).groupby("customer", sort=False)[list(USAGE_MEASURES)].sum()
+    return {name: Usage(*(int(v) for v in values)) for name, values in zip(sums.index.tolist(), sums.to_numpy().tolist(), strict=True)}
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Rating and comparison of grouped tasks (`pricing.usage.TASK_COUNT`: one row standing for the
 tasks of a customer, task type and status that ended under one version of each plan, their costs
 summed) give exactly what one row per task gives: every line's quantity, unit price and amounts,
-every comparison figure, to the last digit."""
+every comparison figure, to the last digit. So does token usage summed over the month's days
+when these do not matter (`pricing.usage.token_days_matter`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from pricing.compare import compare_plans
 from pricing.plans import CustomerPlan, PlanBook
 from pricing.rating import RatedMonth
-from pricing.usage import TASK_COUNT
+from pricing.usage import TASK_COUNT, token_days_matter
 from tests.pricing.test_rating import (
     OCTOBER,
     book,
@@ -150,3 +151,72 @@ class TestRefused:
         with pytest.raises(ValueError, match="one row per task"):
             compare_plans(month=OCTOBER, customers=[CustomerPlan(id="acme", plan="jobs")], plans=plans, token_usage=token_frame(),
                           tasks=group, currency="USD", task_model_usage=usage)  # fmt: skip
+
+
+def month_long(versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The versions with no unit price change inside October and no allowance of rates (which
+    is consumed day by day): the month's days then do not matter to rating its tokens."""
+    moved = {"2026-10-10": "2026-09-15", "2026-10-31": "2026-11-15"}
+    out = []
+    for version in versions:
+        version = dict(version)
+        if version.get("effective_from") in moved:
+            version["effective_from"] = moved[version["effective_from"]]
+        if version.get("rates") is not None:
+            version["included"] = 0
+        out.append(version)
+    return out
+
+
+@st.composite
+def token_months(draw: st.DrawFn) -> tuple[list[dict[str, Any]], dict[str, str], list[dict[str, Any]]]:
+    plan_dicts = [v for pid in ("p1", "p2") for v in month_long(draw(plan_versions(pid)))]
+    names = list(NAMES[: draw(st.integers(min_value=1, max_value=3))])
+    customers = {name: draw(st.sampled_from(["p1", "p2"])) for name in names}
+    model = st.sampled_from([("openai", "gpt-4o"), ("openai", "o3"), ("anthropic", "claude")])
+    tokens = [
+        token_row(customer=customer, day=f"2026-10-{day:02d}", provider=provider, model=name,
+                  input_tokens=draw(st.integers(0, 3_000_000)), output_tokens=draw(st.integers(0, 500_000)),
+                  cache_read_tokens=draw(st.integers(0, 100_000)), cache_write_tokens=draw(st.integers(0, 10_000)),
+                  provider_cost_nanos=draw(st.integers(0, 10**11)), unpriced_events=draw(st.sampled_from([0, 0, 2])))
+        for day, customer, (provider, name) in draw(st.sets(st.tuples(st.integers(1, 31), st.sampled_from(names), model), max_size=12))
+    ]  # fmt: skip
+    return plan_dicts, customers, tokens
+
+
+def summed_over_days(tokens: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's usage of a model summed over the month, on its first day."""
+    sums = [c for c in tokens.columns if c not in ("customer", "day", "provider", "model")]
+    summed = tokens.groupby(["customer", "provider", "model"], as_index=False)[sums].sum()
+    return summed.assign(day=pd.Timestamp("2026-10-01"))[list(tokens.columns)]
+
+
+class TestTokensSummedOverTheMonth:
+    @given(token_months())
+    def test_rate_and_compare_as_their_days_when_these_do_not_matter(self, month: Any) -> None:
+        plan_dicts, customers, tokens = month
+        plans = book(*plan_dicts)
+        assert not token_days_matter(plans, OCTOBER)
+        daily = token_frame(*tokens)
+        assert lines_of(rate(plans, customers, summed_over_days(daily))) == lines_of(rate(plans, customers, daily))
+        lineup = [CustomerPlan(id=c, plan=p, compare_with=("p2" if p == "p1" else "p1",)) for c, p in customers.items()]
+
+        def compared(frame: pd.DataFrame) -> Any:
+            return compare_plans(month=OCTOBER, customers=lineup, plans=plans, token_usage=frame, tasks=task_frame(), currency="USD")
+
+        by_days, by_month = compared(daily), compared(summed_over_days(daily))
+        for name in ("by_customer", "by_model", "tenant"):
+            pd.testing.assert_frame_equal(getattr(by_month, name), getattr(by_days, name), check_exact=True)
+
+    @pytest.mark.parametrize(("plan", "matters"), [
+        ({"id": "t", "type": "per_token", "markup": "0.4"}, False),
+        ({"id": "t", "type": "per_token", "markup": "0.4", "effective_from": "2026-10-01"}, False),
+        ({"id": "t", "type": "per_token", "markup": "0.4", "effective_from": "2026-10-02"}, True),
+        ({"id": "t", "type": "per_token", "rates": {"input": "1", "output": "1", "cache_read": "1", "cache_write": "1"}, "included": 5}, True),
+        ({"id": "t", "type": "per_token", "included": 5, "tiers": {"mode": "volume", "steps": [{"up_to": None, "price": "1"}]}}, False),
+        ({"id": "j", "type": "per_job", "prices": {"default": "1"}, "effective_from": "2026-10-02"}, False),
+    ])  # fmt: skip
+    def test_when_the_days_matter(self, plan: dict[str, Any], matters: bool) -> None:
+        earlier = {**plan, "effective_from": "2026-01-01"}
+        plans = book(earlier, plan) if plan.get("effective_from") else book(plan)
+        assert token_days_matter(plans, OCTOBER) is matters

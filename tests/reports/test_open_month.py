@@ -7,6 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pandas as pd
 import pytest
 from sqlalchemy.orm import Session
 
@@ -17,6 +18,7 @@ from pricing import open_month, outcomes_repository
 from pricing import repository as pricing_repository
 from pricing.invoices import upcoming_invoice
 from reports import dashboard
+from reports import repository as reports_repository
 from reports.billed import month_invoices
 from reports.dashboard import month_view
 from tests.reports.conftest import CUSTOMERS, JOBS, PRICES, TOKENS, Books, ended, started, usage
@@ -145,3 +147,35 @@ def test_storing_a_plan_puts_bucket_edges_on_its_job_prices(make_books) -> None:
     books.config({"plans": [{**JOBS, "prices": {"default": "0.000000001"}, "effective_from": "2026-11-01"}], "customers": CUSTOMERS})
     assert own() == {500_000_001, 1_200_000_001, 2}  # every version's prices
     assert bucket() == 6  # the figures were rewritten with the new edge
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_the_months_usage_read_once_sums_as_each_read_did(make_books, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """`month_usage` over the month's days (or summed over them) gives rating, the customers file
+    and the spend by person what their own reads of `usage_daily` gave."""
+    books: Books = make_books(f"open-usage-{seed}")
+    rng = random.Random(seed)
+    events = []
+    for n in range(60):  # several people and agents, several days, cache reads
+        who = rng.choice(({}, {"actor": "ben@acme.com"}, {"actor": "ben@acme.com", "agent": "ben/codex-3"}, {"actor": "ana@acme.com"}))
+        events.append(usage(f"t{n % 9}", f"2026-10-{rng.randrange(1, 32):02d}T10:00:{n % 60:02d}Z", customer=rng.choice(("acme", "globex")),
+                            input_tokens=(tokens := rng.choice((7, 1_234_567, 3_000_001))), cache_read_tokens=tokens // 3,
+                            output_tokens=rng.randrange(0, 99_999), **who))  # fmt: skip
+    books.send(*events)
+    books.rollup()
+    period = parse_month("2026-10", "UTC")
+    keys = ["customer", "provider", "model"]
+    with Session(books.engine) as session:
+        each = pricing_repository.token_usage(session, books.tenant.id, period)
+        for by_day in (True, False):
+            rows = pricing_repository.month_usage(session, books.tenant.id, period, by_day=by_day)
+            tokens = pricing_repository.rating_tokens(rows)
+            for frame in (tokens, each):
+                assert frame.dtypes.to_dict() == each.dtypes.to_dict()
+            summed = [frame.groupby(keys)[list(frame.columns[4:])].sum().sort_index() for frame in (tokens, each)]
+            pd.testing.assert_frame_equal(summed[0], summed[1])
+            assert len(tokens) < len(each) or by_day
+            assert reports_repository.customer_usage_of(rows) == reports_repository.customer_usage(session, books.tenant.id, period)
+            people = sorted(reports_repository.spend_by_person(session, books.tenant.id, period), key=lambda r: (r.actor, r.agent))
+            assert sorted(reports_repository.spend_by_person_of(rows), key=lambda r: (r.actor, r.agent)) == people
+            assert len(people) == 4
