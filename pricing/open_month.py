@@ -23,7 +23,7 @@ from decimal import ROUND_FLOOR
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from metering.core.periods import Period
@@ -128,6 +128,39 @@ def keep_edges(session: Session, tenant: Tenant, *, now: datetime) -> bool:
 def figure_edges(session: Session, tenant_id: int) -> np.ndarray:
     """The edges of the figures' cost buckets as the session sees them (`month_figures.edges_of`)."""
     return month_figures.edges_of(session.connection(), tenant_id)
+
+
+def times_after(session: Session, tenant_id: int, period: Period, bound_us: int, customer: str | None = None) -> bool:
+    """Whether a task of the tenant (or customer) ended or was reopened in [bound, the month's end):
+    its outcome counts up to a `now` inside the month depend on that time (events dated ahead)."""
+    t = task_usage.c
+    end = to_us(period.end)
+    for time in (t.ended_us, t.reopened_us):
+        query = select(t.task).where(t.tenant_id == tenant_id, time >= bound_us, time < end)
+        if customer is not None:
+            query = query.where(t.customer == customer)
+        if session.execute(query.limit(1)).first() is not None:
+            return True
+    return False
+
+
+def reopened_and_rejected(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> dict[str | None, tuple[int, int]]:
+    """Per task type (None: none), the tasks reopened in the month (their latest reopening) and
+    those rejected that failed in it: the few tasks `pricing.outcome_counts` counts beside the
+    figures (through the partial indexes of migration 0020)."""
+    t = task_usage.c
+    start, end = to_us(period.start), to_us(period.end)
+    mine = [t.tenant_id == tenant_id] if customer is None else [t.tenant_id == tenant_id, t.customer == customer]
+    reopened = select(t.task_type, func.count()).where(*mine, t.reopened_us >= start, t.reopened_us < end).group_by(t.task_type)
+    rejected = select(t.task_type, func.count()).where(
+        *mine, t.rejected > literal_column("0"), t.ended_us >= start, t.ended_us < end, t.status == "failed"
+    ).group_by(t.task_type)
+    out: dict[str | None, tuple[int, int]] = {}
+    for kind, n in session.execute(reopened).all():
+        out[kind] = (int(n), 0)
+    for kind, n in session.execute(rejected).all():
+        out[kind] = (out.get(kind, (0, 0))[0], int(n))
+    return out
 
 
 def tasks_above(session: Session, tenant_id: int, period: Period, ranges: list[tuple[int, int]], customers: list[str]) -> pd.DataFrame:

@@ -9,7 +9,8 @@ A `MonthView` is plain JSON-ready data, so that `reports.snapshots` can keep it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,8 @@ from metering.core.periods import Period
 from metering.core.tenants import Tenant
 from metering.core.vocabulary import TASK_STATUSES
 from metering.rollup import month_figures
-from pricing import open_month
+from pricing import analysis, open_month
+from pricing.outcome_counts import TaskTypeOutcomes
 from pricing.plans import PerJobPlan
 from pricing.repository import last_day
 from pricing.usage import summable
@@ -44,7 +46,7 @@ from reports.month_data import (
 from reports.repository import TaskCounts
 from reports.tasks import scan_tasks
 
-FORMAT = 2  # 2: with `spend` (by person and agent)
+FORMAT = 3  # 2: with `spend` (by person and agent); 3: with `outcomes`
 # Buckets of provider cost per task, in micro-units: below 0.001, 0.001-0.002, ..., from 10.00
 # (those of the per customer-month figures).
 COST_EDGES_MICROS = month_figures.COST_EDGES_MICROS
@@ -84,6 +86,16 @@ class MonthView:
     unrated: list[str]
     other_currencies: list[str] = field(default_factory=list)
     spend: list[dict[str, Any]] = field(default_factory=list)  # per person, with their agents (`spend_by_person`)
+    # Outcomes per task type up to the view's `now` (`pricing.analysis.month_outcomes`, amounts as
+    # text); None: the month cannot be rated (a plan not in force).
+    outcomes: list[dict[str, Any]] | None = field(default_factory=list)
+
+    def outcome_rows(self) -> tuple[TaskTypeOutcomes, ...] | None:
+        if self.outcomes is None:
+            return None
+        return tuple(TaskTypeOutcomes(**{**row, "billed": Decimal(row["billed"]),
+                                          "price_per_settled_job": _decimal(row["price_per_settled_job"])})
+                     for row in self.outcomes)  # fmt: skip
 
     @property
     def failed_cost_micros(self) -> int:
@@ -101,24 +113,43 @@ class MonthView:
         return cls(**{**data, "task_types": [TaskTypeCosts(**t) for t in data["task_types"]]})
 
 
-def month_view(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None) -> MonthView:
-    """The month's figures (call inside one snapshot of the database: `month_data.begin_snapshot`).
-    An open month is read from the per customer-month figures where they can stand for its tasks
-    (`open_month_view`); a closed one, and an open one they cannot, from its tasks."""
+def month_view(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None, now: datetime | None = None) -> MonthView:
+    """The month's figures (call inside one snapshot of the database: `month_data.begin_snapshot`),
+    its outcomes up to `now` (default: the month's end). An open month is read from the per
+    customer-month figures where they can stand for its tasks (`open_month_view`); a closed one,
+    and an open one they cannot, from its tasks."""
     closed = repository.closed_months(session, tenant.id)
     figures = open_month.usable_figures(session, tenant.id, period, customer)
     if period.label not in closed and figures is not None and not open_month.later_tasks(session, tenant.id, period, customer):
-        return open_month_view(session, tenant, period, closed, figures, customer=customer)
+        return open_month_view(session, tenant, period, closed, figures, customer=customer, now=now)
     scan = scan_tasks(session, tenant, period, customer=customer)
     month = rating_input(session, tenant, period, customer=customer, ended=scan.ended(), figures=figures)
     summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=scan.counts, billed=month.ended,
                             rating=month)  # fmt: skip
     comparison = month_comparison(tenant, period, month, costs_of(summary))
-    return build_view(session, tenant, period, summary, month, comparison)
+    return build_view(session, tenant, period, summary, month, comparison, outcomes=month_outcomes(session, tenant, period, customer, now))
+
+
+def month_outcomes(session: Session, tenant: Tenant, period: Period, customer: str | None, now: datetime | None) -> list[dict[str, Any]] | None:
+    """The outcomes of `MonthView`: `pricing.analysis.month_outcomes` as JSON-ready rows, or None
+    when the month cannot be rated."""
+    try:
+        rows = analysis.month_outcomes(session, tenant, period, customer=customer, now=now)
+    except InvalidInput:
+        return None
+    return [{**row.as_dict(), "billed": str(row.billed), "price_per_settled_job": _text(row.price_per_settled_job)} for row in rows]
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
 
 
 def open_month_view(session: Session, tenant: Tenant, period: Period, closed: set[str], figures: pd.DataFrame, *,
-                    customer: str | None = None) -> MonthView:  # fmt: skip
+                    customer: str | None = None, now: datetime | None = None) -> MonthView:  # fmt: skip
     """An open month from its rows of `customer_months` (`pricing.open_month.usable_figures`): the
     task counts, the tasks rating reads (as groups), the cost buckets per task type and the failed
     tasks' cost, without reading the month's tasks. For when the figures stand for them: no
@@ -130,7 +161,7 @@ def open_month_view(session: Session, tenant: Tenant, period: Period, closed: se
     comparison = month_comparison(tenant, period, month, costs_of(summary))
     return build_view(session, tenant, period, summary, month, comparison,
                       task_types=figure_task_type_costs(session, tenant.id, month, period, figures),
-                      failed=_figure_failed_by_customer(figures))  # fmt: skip
+                      failed=_figure_failed_by_customer(figures), outcomes=month_outcomes(session, tenant, period, customer, now))  # fmt: skip
 
 
 def figure_counts(rows: pd.DataFrame) -> dict[str, TaskCounts]:
@@ -144,10 +175,10 @@ def figure_counts(rows: pd.DataFrame) -> dict[str, TaskCounts]:
 
 
 def build_view(session: Session, tenant: Tenant, period: Period, summary: MonthSummary, month: RatingInput,
-               comparison: list[ComparisonRow], *, task_types: list[TaskTypeCosts] | None = None,
-               failed: list[dict[str, Any]] | None = None) -> MonthView:  # fmt: skip
-    """`task_types`, `failed`: the month's cost buckets and failed tasks when already known (else
-    from the ended tasks of `month`)."""
+               comparison: list[ComparisonRow], *, outcomes: list[dict[str, Any]] | None,
+               task_types: list[TaskTypeCosts] | None = None, failed: list[dict[str, Any]] | None = None) -> MonthView:  # fmt: skip
+    """`outcomes`: the month's (`month_outcomes`); `task_types`, `failed`: the month's cost buckets
+    and failed tasks when already known (else from the ended tasks of `month`)."""
     customers = _rows(CUSTOMERS.columns, customer_batches(summary))
     for row, record in zip(customers, summary.customers, strict=True):
         invoice = record.invoice
@@ -172,7 +203,7 @@ def build_view(session: Session, tenant: Tenant, period: Period, summary: MonthS
         unpriced=repository.unpriced_models(session, tenant.id, period, summary.customer),
         adjustments=_adjustments(summary), unrated=list(summary.invoices.unrated),
         other_currencies=sorted({r.currency for r in summary.customers} - {tenant.currency}),
-        spend=spend_by_person(repository.spend_by_person_of(month.usage_rows)),
+        spend=spend_by_person(repository.spend_by_person_of(month.usage_rows)), outcomes=outcomes,
     )  # fmt: skip
 
 

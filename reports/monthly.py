@@ -101,7 +101,10 @@ def write_month(source: Session | Engine, tenant: Tenant, period: Period | str, 
             write(COMPARISON, comparison_batches(comparison))
             spend = repository.spend(session, tenant.id, month)
             write(SPEND, spend_batches(spend))
-            view = dashboard.build_view(session, tenant, month, summary, rating, comparison) if now else None
+            view = None
+            if now is not None:
+                outcomes = dashboard.month_outcomes(session, tenant, month, None, now)
+                view = dashboard.build_view(session, tenant, month, summary, rating, comparison, outcomes=outcomes)
             del rating
         finally:
             session.rollback()

@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 from sqlalchemy.orm import Session
 
+from metering.core.db import unit_of_work
 from metering.core.money import to_minor
 from metering.core.periods import parse_month
 from metering.rollup import month_figures
-from pricing import open_month, outcomes_repository
+from pricing import analysis, open_month, outcomes_repository
 from pricing import repository as pricing_repository
+from pricing.disputes import open_dispute
 from pricing.invoices import upcoming_invoice
 from reports import dashboard
 from reports import repository as reports_repository
@@ -179,3 +181,38 @@ def test_the_months_usage_read_once_sums_as_each_read_did(make_books, seed: int)
             people = sorted(reports_repository.spend_by_person(session, books.tenant.id, period), key=lambda r: (r.actor, r.agent))
             assert sorted(reports_repository.spend_by_person_of(rows), key=lambda r: (r.actor, r.agent)) == people
             assert len(people) == 4
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_the_outcomes_from_the_figures_are_the_tasks(make_books, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """A month's outcomes per task type (`pricing.analysis.month_outcomes`) counted from the figures
+    equal those counted from its tasks: completions, reopenings, rejections, failures, disputes,
+    at a time inside the month (tasks ending later are then counted from the tasks) and after it."""
+    books: Books = make_books(f"open-outcomes-{seed}")
+    _month(books, seed)
+    rng = random.Random(seed)
+    events = []
+    for n in range(40):  # completed, then perhaps reopened, completed again, rejected or failed
+        task, customer = f"o{n}", rng.choice(("acme", "globex", "initech"))
+        at = datetime(2026, 10, 1, tzinfo=UTC) + timedelta(hours=rng.randrange(0, 30 * 24))
+        events.append(ended(task, at.isoformat(), customer=customer, task_type=rng.choice((None, "support_ticket", "code_review"))))
+        for step in rng.sample(("reopened", "completed", "rejected", "failed"), rng.randrange(0, 3)):
+            at += timedelta(hours=rng.randrange(1, 200))
+            events.append(ended(task, at.isoformat(), step, customer=customer))
+    books.send(*events, ended("d1", "2026-10-05T10:00:00Z", task_type="support_ticket"))
+    books.rollup()
+    with unit_of_work(books.engine) as session:
+        open_dispute(session, books.tenant, "d1", reason="not done", actor="test", now=datetime(2026, 10, 20, tzinfo=UTC))
+    period = parse_month("2026-10", "UTC")
+    for now in (datetime(2026, 10, 9, 12, tzinfo=UTC), datetime(2026, 11, 29, tzinfo=UTC)):
+        with Session(books.engine) as session:
+            with monkeypatch.context() as patched:
+                patched.setattr(outcomes_repository, "month_outcome_tasks", _refuse)
+                fast = analysis.month_outcomes(session, books.tenant, period, now=now) if now.month == 11 else None
+            with monkeypatch.context() as patched:
+                patched.setattr(open_month, "usable", lambda *args, **kwargs: False)
+                slow = analysis.month_outcomes(session, books.tenant, period, now=now)
+            found = analysis.month_outcomes(session, books.tenant, period, now=now)
+        assert found == slow and (fast is None or fast == slow)
+        assert sum(row.reopened for row in found) and sum(row.rejected for row in found) and sum(row.billed_jobs for row in found)
+        assert sum(row.disputed for row in found) == (now.month == 11) and all(row.pending == 0 for row in found)

@@ -1,13 +1,16 @@
-"""metering: rollup_state.cost_edges, the tenant's own edges of the figures' cost buckets
+"""metering: what an open month reads beside the per customer-month figures: rollup_state.cost_edges
+(the tenant's own edges of their cost buckets) and task_usage's partial indexes of the reopened and
+the rejected tasks
 
 Revision ID: 0020
 Revises: 0019
 Create Date: 2026-12-06
 
-An edge just above each per-job price of the tenant's plans (`pricing.open_month.job_price_edges`),
+Edges: one just above each per-job price of the tenant's plans (`pricing.open_month.job_price_edges`),
 so that the dashboard tells the tasks that cost more than their job price from the figures
 (`metering.rollup.month_figures.set_edges`). Set for existing tenants by the upgrade, which
-rewrites their figures with them; afterwards whenever a plan version is stored.
+rewrites their figures with them; afterwards whenever a plan version is stored. Indexes: a
+month's outcome counts (`pricing.open_month.reopened_and_rejected`) read those few tasks alone.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("rollup_state", sa.Column("cost_edges", sa.Text(), nullable=True))
+    op.create_index("ix_task_usage_tenant_reopened", "task_usage", ["tenant_id", "reopened_us"],
+                    sqlite_where=sa.text("reopened_us IS NOT NULL"), postgresql_where=sa.text("reopened_us IS NOT NULL"))
+    op.create_index("ix_task_usage_tenant_rejected", "task_usage", ["tenant_id", "ended_us"],
+                    sqlite_where=sa.text("rejected > 0"), postgresql_where=sa.text("rejected > 0"))  # fmt: skip
     from metering.rollup.month_figures import set_edges
     from pricing.open_month import job_price_edges
     from pricing.plans import plan_from_definition
@@ -39,5 +46,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_task_usage_tenant_rejected", table_name="task_usage")
+    op.drop_index("ix_task_usage_tenant_reopened", table_name="task_usage")
     with op.batch_alter_table("rollup_state", schema=None) as batch_op:
         batch_op.drop_column("cost_edges")
