@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from metering.core.db import unit_of_work
@@ -19,10 +20,12 @@ from pricing import analysis, open_month, outcomes_repository
 from pricing import repository as pricing_repository
 from pricing.disputes import open_dispute
 from pricing.invoices import upcoming_invoice
-from reports import dashboard
+from reports import dashboard, month_data
 from reports import repository as reports_repository
 from reports.billed import month_invoices
 from reports.dashboard import month_view
+from reports.monthly import write_month
+from reports.tables import report_snapshots
 from tests.reports.conftest import CUSTOMERS, JOBS, PRICES, TOKENS, Books, ended, started, usage
 
 NOW = datetime(2026, 10, 29, 12, tzinfo=UTC)
@@ -216,3 +219,33 @@ def test_the_outcomes_from_the_figures_are_the_tasks(make_books, monkeypatch: py
         assert found == slow and (fast is None or fast == slow)
         assert sum(row.reopened for row in found) and sum(row.rejected for row in found) and sum(row.billed_jobs for row in found)
         assert sum(row.disputed for row in found) == (now.month == 11) and all(row.pending == 0 for row in found)
+
+
+@pytest.mark.parametrize("seed", [1, 6])
+def test_the_open_months_files_are_the_per_task_paths_bytes(make_books, monkeypatch: pytest.MonkeyPatch, tmp_path, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """The five CSVs of an open month (and the dashboard snapshot written with them) read from the
+    figures, their tasks rated as groups and their token usage summed over the month, are byte for
+    byte those of the per-task path: every task and every day of usage read and rated."""
+    books: Books = make_books(f"open-files-{seed}")
+    _month(books, seed)
+    books.send(*[usage(f"p{n}", f"2026-10-{n + 1:02d}T08:00:00Z", customer=("acme", "globex")[n % 2], input_tokens=10_000 * n,
+                       output_tokens=n, actor="ben@acme.com", **({"agent": "ben/codex-3"} if n % 3 else {})) for n in range(20)])  # fmt: skip
+    books.rollup()
+
+    def written(name: str) -> tuple[dict[str, bytes], str]:
+        out = tmp_path / name
+        write_month(books.engine, books.tenant, "2026-10", out, now=NOW)
+        with Session(books.engine) as session:
+            payload = session.execute(select(report_snapshots.c.payload).where(report_snapshots.c.tenant_id == books.tenant.id)).scalar_one()
+        return {path.name: path.read_bytes() for path in sorted(out.iterdir())}, payload
+
+    with monkeypatch.context() as patched:
+        patched.setattr(outcomes_repository, "month_outcome_tasks", _refuse)
+        fast = written("figures")
+    with monkeypatch.context() as patched:
+        patched.setattr(open_month, "usable", lambda *args, **kwargs: False)
+        patched.setattr(month_data, "token_days_matter", lambda *args, **kwargs: True)
+        slow = written("tasks")
+    assert len(fast[0]) == 5 and fast[0] == slow[0]
+    assert fast[1] == slow[1]
+    assert fast[0]["invoice-lines-2026-10.csv"].count(b"\n") > 3  # the drafts' lines
