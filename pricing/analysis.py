@@ -87,14 +87,16 @@ def compare_month(
 
 
 def month_outcomes(
-    session: Session, tenant: Tenant, period: Period, *, customer: str | None = None, now: datetime | None = None
+    session: Session, tenant: Tenant, period: Period, *, customer: str | None = None, now: datetime | None = None,
+    figures: pd.DataFrame | None = None,
 ) -> list[TaskTypeOutcomes]:
     """The month's outcomes per task type (`pricing.outcome_counts`), up to `now` (default: the
     month's end); billed as the month's invoices bill (a closed month: the plans as it was closed).
     `compare` (CLI, API) and the dashboard show this. Counted from the per customer-month figures
     where they stand for the month's tasks (`pricing.open_month.usable`: no outcome rules, no
     dispute accepted in an open month, no plan term that needs each task's end) and no task's
-    end or reopening lies between `now` and the month's end; else from the tasks."""
+    end or reopening lies between `now` and the month's end; else from the tasks. `figures`: the
+    month's as already read under the plans stored now (`pricing.open_month.usable_figures`)."""
     closed = session.execute(
         select(billing_periods.c.plans_as_of, billing_periods.c.assignments_as_of).where(
             billing_periods.c.tenant_id == tenant.id, billing_periods.c.period == period.label
@@ -110,10 +112,11 @@ def month_outcomes(
         return {c: a.plan for c, a in found.items()}
 
     bound = min(to_us(period.end), to_us(now) + 1)
-    if open_month.usable(session, tenant.id, period, stored.book, customer) and not open_month.times_after(
-        session, tenant.id, period, bound, customer
-    ):
-        rows = open_month.figures(session, tenant.id, period, customer)
+    if figures is not None and closed is not None:  # billed under the plans as they were at the close
+        figures = None
+    usable = figures is not None or open_month.usable(session, tenant.id, period, stored.book, customer)
+    if usable and not open_month.times_after(session, tenant.id, period, bound, customer):
+        rows = figures if figures is not None else open_month.figures(session, tenant.id, period, customer)
         done = rows[(rows["status"] == "completed").to_numpy()]
         completed = done.groupby(["customer", "task_type"], sort=True, as_index=False)["tasks"].sum()
         completed["task_type"] = completed["task_type"].where(completed["task_type"] != "", None)

@@ -147,8 +147,11 @@ def compare_plans(
     target_margin: Decimal = Decimal("0.6"),
     only_plans: Sequence[str] | None = None,
     task_model_usage: pd.DataFrame | None = None,
+    aggregates: bool = True,
 ) -> Comparison:
-    """Rate the month under each customer's plan and `compare_with` plans (or `only_plans`)."""
+    """Rate the month under each customer's plan and `compare_with` plans (or `only_plans`).
+    Not `aggregates`: `by_task_type` and `by_model` are left empty (for callers that show
+    `by_customer` alone: the monthly reports)."""
     target = parse_decimal(target_margin)
     if target >= 1:
         raise InvalidInput(
@@ -202,8 +205,8 @@ def compare_plans(
 
     return Comparison(
         by_customer=pd.DataFrame(rows, columns=list(CUSTOMER_COLUMNS)),
-        by_task_type=_by_task_type(usage, target),
-        by_model=_by_model(usage, tasks, task_model_usage, counts),
+        by_task_type=_by_task_type(usage, target) if aggregates else pd.DataFrame(),
+        by_model=_by_model(usage, tasks, task_model_usage, counts) if aggregates else pd.DataFrame(),
         tenant=pd.DataFrame(tenant_rows),
         rated=rated,
     )

@@ -18,7 +18,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import BigInteger, ColumnElement, Select, cast, func, select
+from sqlalchemy import BigInteger, ColumnElement, Select, case, cast, func, select
 from sqlalchemy.orm import Session
 
 from metering.core.db import read_frame, without_index
@@ -80,9 +80,10 @@ def month_usage(session: Session, tenant_id: int, period: Period, customer: str 
     reports make of it (`rating_tokens`, and the reports' usage per customer and per person):
     `MONTH_USAGE_KEYS`, the raw `MONTH_USAGE_MEASURES` (input with its cache tokens, cost as nanos
     and remainder) and `provider_cost_nanos`, each daily row's cost settled to nanos as rating
-    reads it. Not `by_day`: summed over the month per customer, model, actor and agent (a few
-    rows per customer instead of one a day), `day` the month's first (for rating when its days
-    do not matter: `pricing.usage.token_days_matter`)."""
+    reads it, and `unpriced_tokens`, the input and output tokens of the daily rows with unpriced
+    events. Not `by_day`: summed over the month per customer, model, actor and agent (a few rows
+    per customer instead of one a day), `day` the month's first (for rating when its days do not
+    matter: `pricing.usage.token_days_matter`)."""
     u = usage_daily.c
     where = [u.tenant_id == tenant_id, u.day >= period.first_day, u.day < period.next_first_day]
     if customer is not None:
@@ -91,14 +92,18 @@ def month_usage(session: Session, tenant_id: int, period: Period, customer: str 
     if by_day:
         names = (*MONTH_USAGE_KEYS, *MONTH_USAGE_MEASURES)
         data = _fetch(session, select(*[u[n] for n in names]).where(*where), names, texts=texts)
-        return data.assign(provider_cost_nanos=settle_nanos(data["cost_nanos"], data["cost_rem"]))
+        unpriced = (data["input_tokens"] + data["output_tokens"]).where(data["unpriced_events"] > 0, 0)
+        return data.assign(provider_cost_nanos=settle_nanos(data["cost_nanos"], data["cost_rem"]), unpriced_tokens=unpriced)
     # Each row's cost settled (half up, as `settle_nanos`), then summed: the sum rating makes of the rows.
     settled = u.cost_nanos + (u.cost_rem + REM_PER_NANO // 2) // REM_PER_NANO
+    unpriced = case((u.unpriced_events > 0, u.input_tokens + u.output_tokens), else_=0)
     sums = [cast(func.sum(u[n]), BigInteger).label(n) for n in MONTH_USAGE_MEASURES]
     keys = [u[n] for n in texts]
-    query = select(*keys, *sums, cast(func.sum(settled), BigInteger).label("provider_cost_nanos")).where(*where).group_by(*keys)
-    data = _fetch(session, query, (*texts, *MONTH_USAGE_MEASURES, "provider_cost_nanos"), texts=texts)
-    return data.assign(day=pd.Timestamp(period.first_day).as_unit("ns"))[[*MONTH_USAGE_KEYS, *MONTH_USAGE_MEASURES, "provider_cost_nanos"]]
+    query = select(*keys, *sums, cast(func.sum(settled), BigInteger).label("provider_cost_nanos"),
+                   cast(func.sum(unpriced), BigInteger).label("unpriced_tokens")).where(*where).group_by(*keys)  # fmt: skip
+    data = _fetch(session, query, (*texts, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"), texts=texts)
+    data = data.assign(day=pd.Timestamp(period.first_day).as_unit("ns"))
+    return data[[*MONTH_USAGE_KEYS, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"]]
 
 
 def rating_tokens(usage: pd.DataFrame) -> pd.DataFrame:

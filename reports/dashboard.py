@@ -127,14 +127,16 @@ def month_view(session: Session, tenant: Tenant, period: Period, *, customer: st
     summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=scan.counts, billed=month.ended,
                             rating=month)  # fmt: skip
     comparison = month_comparison(tenant, period, month, costs_of(summary))
-    return build_view(session, tenant, period, summary, month, comparison, outcomes=month_outcomes(session, tenant, period, customer, now))
+    outcomes = month_outcomes(session, tenant, period, customer, now, figures)
+    return build_view(session, tenant, period, summary, month, comparison, outcomes=outcomes)
 
 
-def month_outcomes(session: Session, tenant: Tenant, period: Period, customer: str | None, now: datetime | None) -> list[dict[str, Any]] | None:
-    """The outcomes of `MonthView`: `pricing.analysis.month_outcomes` as JSON-ready rows, or None
-    when the month cannot be rated."""
+def month_outcomes(session: Session, tenant: Tenant, period: Period, customer: str | None, now: datetime | None,
+                   figures: pd.DataFrame | None = None) -> list[dict[str, Any]] | None:  # fmt: skip
+    """The outcomes of `MonthView`: `pricing.analysis.month_outcomes` as JSON-ready rows (of the
+    month's `figures` when already read), or None when the month cannot be rated."""
     try:
-        rows = analysis.month_outcomes(session, tenant, period, customer=customer, now=now)
+        rows = analysis.month_outcomes(session, tenant, period, customer=customer, now=now, figures=figures)
     except InvalidInput:
         return None
     return [{**row.as_dict(), "billed": str(row.billed), "price_per_settled_job": _text(row.price_per_settled_job)} for row in rows]
@@ -161,7 +163,7 @@ def open_month_view(session: Session, tenant: Tenant, period: Period, closed: se
     comparison = month_comparison(tenant, period, month, costs_of(summary))
     return build_view(session, tenant, period, summary, month, comparison,
                       task_types=figure_task_type_costs(session, tenant.id, month, period, figures),
-                      failed=_figure_failed_by_customer(figures), outcomes=month_outcomes(session, tenant, period, customer, now))  # fmt: skip
+                      failed=_figure_failed_by_customer(figures), outcomes=month_outcomes(session, tenant, period, customer, now, figures))  # fmt: skip
 
 
 def figure_counts(rows: pd.DataFrame) -> dict[str, TaskCounts]:
@@ -200,7 +202,7 @@ def build_view(session: Session, tenant: Tenant, period: Period, summary: MonthS
         customers=customers, comparison=compared,
         task_types=task_type_costs(month, period) if task_types is None else task_types,
         failed_by_customer=_failed_by_customer(month.ended) if failed is None else failed,
-        unpriced=repository.unpriced_models(session, tenant.id, period, summary.customer),
+        unpriced=repository.unpriced_models_of(month.usage_rows),
         adjustments=_adjustments(summary), unrated=list(summary.invoices.unrated),
         other_currencies=sorted({r.currency for r in summary.customers} - {tenant.currency}),
         spend=spend_by_person(repository.spend_by_person_of(month.usage_rows)), outcomes=outcomes,

@@ -241,7 +241,7 @@ def month_comparison(
     book, assigned = month.book, month.assigned
     result = compare_plans(
         month=period.first_day, customers=[assigned[c].as_customer_plan() for c in sorted(assigned)], plans=book,
-        token_usage=month.tokens, tasks=month.tasks, currency=tenant.currency, tz=tenant.timezone,
+        token_usage=month.tokens, tasks=month.tasks, currency=tenant.currency, tz=tenant.timezone, aggregates=False,
     )  # fmt: skip
     rows = []
     for record in result.by_customer.to_dict("records"):

@@ -103,7 +103,7 @@ def write_month(source: Session | Engine, tenant: Tenant, period: Period | str, 
             write(SPEND, spend_batches(spend))
             view = None
             if now is not None:
-                outcomes = dashboard.month_outcomes(session, tenant, month, None, now)
+                outcomes = dashboard.month_outcomes(session, tenant, month, None, now, figures)
                 view = dashboard.build_view(session, tenant, month, summary, rating, comparison, outcomes=outcomes)
             del rating
         finally:

@@ -84,21 +84,10 @@ def spend(session: Session, tenant_id: int, period: Period) -> list[SpendRow]:
     return _spend_rows(session, query)
 
 
-def spend_by_person(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> list[SpendRow]:
-    """The month's usage per actor and agent (of all customers, or one), from `usage_daily`:
-    actor, agent ('' where none was given), usage_events, input_tokens, output_tokens, cost_nanos,
-    cost_rem."""
-    u = usage_daily.c
-    where = [u.tenant_id == tenant_id, u.day >= period.first_day, u.day < period.next_first_day]
-    if customer is not None:
-        where.append(u.customer == customer)
-    sums = [func.sum(u[name]).label(name) for name in SPEND_FIELDS[4:7]]
-    query = select(u.actor, u.agent, *sums, *cost_sums(usage_daily)).where(*where).group_by(u.actor, u.agent)
-    return _spend_rows(session, query)
-
-
 def spend_by_person_of(usage: pd.DataFrame) -> list[SpendRow]:
-    """`spend_by_person` from the month's usage as read once (`pricing.repository.month_usage`)."""
+    """The month's usage per actor and agent (of all customers, or one) from its usage as read
+    once (`pricing.repository.month_usage`): actor, agent ('' where none was given), usage_events,
+    input_tokens, output_tokens, cost_nanos, cost_rem."""
     if usage.empty:
         return []
     columns = ["usage_events", "input_tokens", "output_tokens", "cost_nanos", "cost_rem"]
@@ -375,28 +364,18 @@ def watermark(session: Session, tenant_id: int) -> int:
     return int(session.execute(query).scalar() or 0)
 
 
-def unpriced_models(
-    session: Session, tenant_id: int, period: Period, customer: str | None = None
-) -> list[dict[str, Any]]:
-    """Models the month's usage events named that have no price (their tasks are `unpriced`)."""
-    u = usage_daily.c
-    where = [
-        u.tenant_id == tenant_id,
-        u.day >= period.first_day,
-        u.day < period.next_first_day,
-        u.unpriced_events > 0,
-    ]
-    if customer is not None:
-        where.append(u.customer == customer)
-    rows = session.execute(
-        select(u.provider, u.model, func.sum(u.unpriced_events), func.count(func.distinct(u.customer)),
-               func.sum(u.input_tokens + u.output_tokens))
-        .where(*where).group_by(u.provider, u.model).order_by(u.provider, u.model)
-    )  # fmt: skip
-    return [
-        {"provider": p, "model": m, "events": int(e), "customers": int(c), "tokens": int(t)}
-        for p, m, e, c, t in rows
-    ]
+def unpriced_models_of(usage: pd.DataFrame) -> list[dict[str, Any]]:
+    """Models the month's usage events named that have no price (their tasks are `unpriced`),
+    from its usage as read once (`pricing.repository.month_usage`), by provider and model in byte
+    order: events, customers, and the tokens of the daily rows with unpriced events."""
+    rows = usage[(usage["unpriced_events"] > 0).to_numpy()]
+    if rows.empty:
+        return []
+    sums = rows.groupby(["provider", "model"])[["unpriced_events", "unpriced_tokens"]].sum()
+    customers = rows.groupby(["provider", "model"])["customer"].nunique()
+    found = [{"provider": p, "model": m, "events": int(e), "customers": int(customers[(p, m)]), "tokens": int(t)}
+             for (p, m), (e, t) in zip(sums.index.tolist(), sums.to_numpy().tolist(), strict=True)]  # fmt: skip
+    return sorted(found, key=lambda row: (row["provider"].encode(), row["model"].encode()))
 
 
 def cost_buckets(

@@ -166,7 +166,8 @@ def test_the_months_usage_read_once_sums_as_each_read_did(make_books, seed: int)
         events.append(usage(f"t{n % 9}", f"2026-10-{rng.randrange(1, 32):02d}T10:00:{n % 60:02d}Z", customer=rng.choice(("acme", "globex")),
                             input_tokens=(tokens := rng.choice((7, 1_234_567, 3_000_001))), cache_read_tokens=tokens // 3,
                             output_tokens=rng.randrange(0, 99_999), **who))  # fmt: skip
-    books.send(*events)
+    unknown = [usage("t1", f"2026-10-0{day}T10:00:00Z", model="no-price", input_tokens=1_000_000, output_tokens=2) for day in (2, 3)]
+    books.send(*events, *unknown)
     books.rollup()
     period = parse_month("2026-10", "UTC")
     keys = ["customer", "provider", "model"]
@@ -181,9 +182,13 @@ def test_the_months_usage_read_once_sums_as_each_read_did(make_books, seed: int)
             pd.testing.assert_frame_equal(summed[0], summed[1])
             assert len(tokens) < len(each) or by_day
             assert reports_repository.customer_usage_of(rows) == reports_repository.customer_usage(session, books.tenant.id, period)
-            people = sorted(reports_repository.spend_by_person(session, books.tenant.id, period), key=lambda r: (r.actor, r.agent))
+            daily = pricing_repository.month_usage(session, books.tenant.id, period, by_day=True)
+            people = sorted(reports_repository.spend_by_person_of(daily), key=lambda r: (r.actor, r.agent))
             assert sorted(reports_repository.spend_by_person_of(rows), key=lambda r: (r.actor, r.agent)) == people
-            assert len(people) == 4
+            assert len(people) == 4 and sum(p.cost_nanos for p in people) == sum(int(n) for n in daily["cost_nanos"])
+            unpriced = reports_repository.unpriced_models_of(daily)
+            assert reports_repository.unpriced_models_of(rows) == unpriced
+            assert unpriced == [{"provider": "acme-ai", "model": "no-price", "events": 2, "customers": 1, "tokens": 2_000_004}]
 
 
 @pytest.mark.parametrize("seed", [4, 5])
