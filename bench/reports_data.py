@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Engine, delete, insert, select
 
 from metering.core.db import unit_of_work, write_rows
 from metering.core.tables import rollup_state, task_usage, task_usage_detail, usage_daily
 from metering.core.tenants import Tenant
+from metering.costs.price_buckets import scheme_for
 from metering.rollup.pipeline import price_version, tenant_overrides
+from metering.rollup.reprice import settings_text
 from pricing import service
 
 MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-20250514"),
@@ -62,9 +64,14 @@ def build_month(engine: Engine, tenant: Tenant, *, tasks: int, customers: int, m
         connection.exec_driver_sql("ANALYZE")
         connection.commit()
     with unit_of_work(engine) as session:
-        version = price_version(tenant_overrides(session.connection(), tenant.id))
+        overrides = tenant_overrides(session.connection(), tenant.id)
+        # The figures' bucket edges that storing the plans put on their job prices, kept.
+        edges = session.execute(select(rollup_state.c.cost_edges).where(rollup_state.c.tenant_id == tenant.id)).scalar()
         session.execute(delete(rollup_state).where(rollup_state.c.tenant_id == tenant.id))
-        session.execute(insert(rollup_state).values(tenant_id=tenant.id, watermark_seq=0, price_version=version,
+        # With its price buckets, as a rollup leaves it: without them a close would rebuild the
+        # tenant from its events (there are none here) and find an empty month.
+        session.execute(insert(rollup_state).values(tenant_id=tenant.id, watermark_seq=0, price_version=price_version(overrides),
+                                                    price_buckets=scheme_for(overrides).text, price_settings=settings_text(overrides), cost_edges=edges,
                                                     updated_at=datetime(2020, 1, 1, tzinfo=UTC)))  # fmt: skip
 
 

@@ -22,9 +22,9 @@ from metering.costs.ratecards import RateCardError
 from metering.events.ingest import to_us
 from metering.rollup import repository as usage_reads
 from metering.rollup.pipeline import price_book
-from pricing import outcomes_repository, repository
+from pricing import open_month, outcomes_repository, repository
 from pricing.compare import Comparison, ModelTokens, compare_plans, quote_task
-from pricing.outcome_counts import TaskTypeOutcomes, count_outcomes
+from pricing.outcome_counts import TaskTypeOutcomes, count_grouped_outcomes, count_outcomes
 from pricing.plans import CustomerPlan, PlanBook
 from pricing.repository import last_day
 from pricing.schemas import QuoteIn
@@ -87,27 +87,45 @@ def compare_month(
 
 
 def month_outcomes(
-    session: Session, tenant: Tenant, period: Period, *, customer: str | None = None, now: datetime | None = None
+    session: Session, tenant: Tenant, period: Period, *, customer: str | None = None, now: datetime | None = None,
+    figures: pd.DataFrame | None = None,
 ) -> list[TaskTypeOutcomes]:
     """The month's outcomes per task type (`pricing.outcome_counts`), up to `now` (default: the
     month's end); billed as the month's invoices bill (a closed month: the plans as it was closed).
-    `compare` (CLI, API) and the dashboard show this."""
+    `compare` (CLI, API) and the dashboard show this. Counted from the per customer-month figures
+    where they stand for the month's tasks (`pricing.open_month.usable`: no outcome rules, no
+    dispute accepted in an open month, no plan term that needs each task's end) and no task's
+    end or reopening lies between `now` and the month's end; else from the tasks. `figures`: the
+    month's as already read under the plans stored now (`pricing.open_month.usable_figures`)."""
     closed = session.execute(
         select(billing_periods.c.plans_as_of, billing_periods.c.assignments_as_of).where(
             billing_periods.c.tenant_id == tenant.id, billing_periods.c.period == period.label
         )
     ).one_or_none()
-    tasks = outcomes_repository.month_outcome_tasks(session, tenant.id, period, customer, timezone=tenant.timezone)
     stored = repository.stored_plans(session, tenant.id, as_of=closed.plans_as_of if closed else None)
-    assigned = repository.assignments_on(
-        session, tenant.id, last_day(period), as_of=closed.assignments_as_of if closed else None,
-        customers_=sorted(set(tasks["customer"])),
-    )  # fmt: skip
-    return count_outcomes(
-        tasks, outcomes_repository.disputes_opened(session, tenant.id, period, customer), period=period,
-        now=now or period.end, plans=stored.book, customers={c: a.plan for c, a in assigned.items()},
-        currency=tenant.currency,
-    )  # fmt: skip
+    now = now or period.end
+    disputed = outcomes_repository.disputes_opened(session, tenant.id, period, customer)
+
+    def assigned(names: set[str]) -> dict[str, str]:
+        found = repository.assignments_on(session, tenant.id, last_day(period), as_of=closed.assignments_as_of if closed else None,
+                                          customers_=sorted(names))  # fmt: skip
+        return {c: a.plan for c, a in found.items()}
+
+    bound = min(to_us(period.end), to_us(now) + 1)
+    if figures is not None and closed is not None:  # billed under the plans as they were at the close
+        figures = None
+    usable = figures is not None or open_month.usable(session, tenant.id, period, stored.book, customer)
+    if usable and not open_month.times_after(session, tenant.id, period, bound, customer):
+        rows = figures if figures is not None else open_month.figures(session, tenant.id, period, customer)
+        done = rows[(rows["status"] == "completed").to_numpy()]
+        completed = done.groupby(["customer", "task_type"], sort=True, as_index=False)["tasks"].sum()
+        completed["task_type"] = completed["task_type"].where(completed["task_type"] != "", None)
+        changed = open_month.reopened_and_rejected(session, tenant.id, period, customer)
+        return count_grouped_outcomes(completed, changed, disputed, period=period, now=now, plans=stored.book,
+                                      customers=assigned(set(completed["customer"])), currency=tenant.currency)  # fmt: skip
+    tasks = outcomes_repository.month_outcome_tasks(session, tenant.id, period, customer, timezone=tenant.timezone)
+    return count_outcomes(tasks, disputed, period=period, now=now, plans=stored.book, customers=assigned(set(tasks["customer"])),
+                          currency=tenant.currency)  # fmt: skip
 
 
 def outcomes_view(rows: Sequence[TaskTypeOutcomes]) -> list[dict[str, Any]]:

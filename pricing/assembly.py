@@ -111,7 +111,7 @@ class Usage:
 
     @property
     def customers(self) -> set[str]:
-        return set(self.tokens["customer"]) | set(self.tasks["customer"])
+        return set(self.tokens["customer"].unique().tolist()) | set(self.tasks["customer"].unique().tolist())
 
     def without(self, customers: Iterable[str]) -> Usage:
         drop = list(customers)

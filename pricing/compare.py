@@ -12,6 +12,7 @@ Per customer and plan (`by_customer`, columns `CUSTOMER_COLUMNS`):
   target_margin_job_price      p with (p·completed − cost) / (p·completed) = target, i.e.
                                cost / (completed · (1 − target))
   failed_cost      provider cost of the tasks that failed or were cancelled
+Tasks rows may stand for several tasks each (`pricing.usage.TASK_COUNT`): counted as those tasks.
 Ratios that divide money (per-task prices) keep 6 decimals like per-task costs; margin_pct keeps
 4. Invoice rounding happens in rating only, once per line.
 
@@ -48,7 +49,7 @@ from metering.core.vocabulary import OUTCOMES
 from pricing.plans import CustomerPlan, PerJobPlan, Plan, PlanBook
 from pricing.rating import RatedMonth, rate_plan, refuse_orphans
 from pricing.tiers import EXACT, ZERO, exact_amount, tier_total
-from pricing.usage import TOKEN_COLUMNS, MonthUsage, prepare_month, summable
+from pricing.usage import TOKEN_COLUMNS, MonthUsage, prepare_month, summable, tasks_per_key
 
 CUSTOMER_COLUMNS = (
     "customer", "plan", "billed", "currency", "revenue", "provider_cost", "margin", "margin_pct",
@@ -146,8 +147,11 @@ def compare_plans(
     target_margin: Decimal = Decimal("0.6"),
     only_plans: Sequence[str] | None = None,
     task_model_usage: pd.DataFrame | None = None,
+    aggregates: bool = True,
 ) -> Comparison:
-    """Rate the month under each customer's plan and `compare_with` plans (or `only_plans`)."""
+    """Rate the month under each customer's plan and `compare_with` plans (or `only_plans`).
+    Not `aggregates`: `by_task_type` and `by_model` are left empty (for callers that show
+    `by_customer` alone: the monthly reports)."""
     target = parse_decimal(target_margin)
     if target >= 1:
         raise InvalidInput(
@@ -172,7 +176,8 @@ def compare_plans(
     cost = _sums(usage.tokens["cust"].to_numpy(), usage.tokens["provider_cost_nanos"].to_numpy(), n)
     by_status = _sums(usage.task_customer * 3 + usage.task_status, usage.task_cost, n * 3)
     failed_cost = [by_status[3 * i + 1] + by_status[3 * i + 2] for i in range(n)]
-    counts = np.bincount(usage.task_customer * 3 + usage.task_status, minlength=n * 3).reshape(n, 3).tolist()
+    tasks_by_status = tasks_per_key(usage.task_customer * 3 + usage.task_status, n * 3, usage.task_count)
+    counts = [tasks_by_status[3 * i : 3 * i + 3] for i in range(n)]
     code = {name: i for i, name in enumerate(usage.names)}
 
     rows, tenant_rows = [], []
@@ -200,8 +205,8 @@ def compare_plans(
 
     return Comparison(
         by_customer=pd.DataFrame(rows, columns=list(CUSTOMER_COLUMNS)),
-        by_task_type=_by_task_type(usage, target),
-        by_model=_by_model(usage, tasks, task_model_usage, counts),
+        by_task_type=_by_task_type(usage, target) if aggregates else pd.DataFrame(),
+        by_model=_by_model(usage, tasks, task_model_usage, counts) if aggregates else pd.DataFrame(),
         tenant=pd.DataFrame(tenant_rows),
         rated=rated,
     )
@@ -211,7 +216,7 @@ def _by_task_type(usage: MonthUsage, target: Decimal) -> pd.DataFrame:
     slots = usage.task_type + 1  # slot 0: no task type
     size = len(usage.task_types) + 1
     key = slots * 3 + usage.task_status
-    counts = np.bincount(key, minlength=size * 3).tolist()
+    counts = tasks_per_key(key, size * 3, usage.task_count)
     costs = _sums(key, usage.task_cost, size * 3)
     rows = []
     for slot, name in enumerate([None, *usage.task_types.tolist()]):
@@ -233,6 +238,8 @@ def _by_model(
     columns = [*TOKEN_COLUMNS, "provider_cost_nanos"]
     if task_model_usage is None:
         frame, basis = usage.tokens, "all_usage"
+    elif usage.grouped:
+        raise ValueError("task_model_usage names tasks: compare one row per task with it")
     else:
         done = tasks.loc[tasks["status"] == "completed", ["customer", "task"]]
         frame = task_model_usage.merge(done, on=["customer", "task"], validate="many_to_one")

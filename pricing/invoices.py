@@ -34,7 +34,7 @@ from metering.rollup.archive_guard import check_rebuild
 from metering.rollup.pipeline import bring_up_to_date
 from pricing import invoices_repository as store
 from pricing import repository
-from pricing.assembly import Assembly, Draft, assemble
+from pricing.assembly import Assembly, Draft, Usage, assemble
 from pricing.assembly import invoice_number as invoice_number  # numbers are part of what closing writes
 from pricing.pending import pending_jobs
 from pricing.repository import RollupState
@@ -54,13 +54,15 @@ def month_assembly(
     adjust: bool = True,
     now: datetime | None = None,
     from_figures: bool = False,
+    usage: Usage | None = None,
 ) -> tuple[Assembly, list[str]]:
     """The invoices of a month as they stand, and the closed months checked for late usage
     (`adjust`: whether this month's invoices carry it). Customers that cannot be billed are
     listed in the assembly's refusals, not drafted. `now` bounds the settlement of jobs under
     outcome rules (default: the month's end). `from_figures`: an open month's drafts, its ended
-    tasks read from the per customer-month figures where they can be (`pricing.open_month`)."""
-    month = store.open_month(session, tenant, period, customer=customer, now=now, from_figures=from_figures)
+    tasks read from the per customer-month figures where they can be (`pricing.open_month`).
+    `usage`: the month's usage when already read (`pricing.invoices_repository.open_month`)."""
+    month = store.open_month(session, tenant, period, customer=customer, now=now, from_figures=from_figures, usage=usage)
     late, checked = store.late_months(session, tenant, period, state, customer=customer) if adjust else ([], [])
     return assemble(tenant, month, late), checked
 

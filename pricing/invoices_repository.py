@@ -40,19 +40,21 @@ from pricing.tables import billing_periods, invoice_lines, invoices
 
 def open_month(
     session: Session, tenant: Tenant, period: Period, *, customer: str | None = None, now: datetime | None = None,
-    from_figures: bool = False,
+    from_figures: bool = False, usage: Usage | None = None,
 ) -> OpenMonth:
     """The month to invoice: its usage (jobs as settled by `now`, default the month's end), the
     plans, and the assignments in force on its last day of the customers with usage or created
     before it ended. `from_figures`: the ended tasks from the per customer-month figures where
-    they can stand for them (`pricing.open_month`; drafts of an open month), else from the tasks."""
+    they can stand for them (`pricing.open_month`; drafts of an open month), else from the tasks.
+    `usage`: the month's usage when the caller has read it so (its tasks as they bill by the
+    month's end), not read again."""
     plans = repository.stored_plans(session, tenant.id)
-    if from_figures and figures_month.usable(session, tenant.id, period, plans.book, customer):
-        rows = figures_month.figures(session, tenant.id, period, customer)
-        tokens = repository.token_usage(session, tenant.id, period, customer)
-        usage = Usage(tokens, figures_month.ended_tasks(rows, period))
-    else:
-        usage = _usage(session, tenant, period, customer, now=now)
+    if usage is None:
+        rows = figures_month.usable_figures(session, tenant.id, period, customer) if from_figures else None
+        if rows is not None:
+            usage = Usage(repository.token_usage(session, tenant.id, period, customer), figures_month.billed_groups(rows, period))
+        else:
+            usage = _usage(session, tenant, period, customer, now=now)
     known = repository.customers_created_before(session, tenant.id, period.end, customer)
     assigned = repository.assignments_on(
         session, tenant.id, period.last_day, customers_=usage.customers | known

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Context, Decimal
 from fractions import Fraction
 
@@ -40,7 +40,7 @@ from metering.core.periods import Period
 from metering.events.ingest import to_us
 from pricing.plans import PerJobPlan, PlanBook
 from pricing.rating import LineKind, rate_month
-from pricing.usage import TASK_COLUMNS, TOKEN_USAGE_COLUMNS
+from pricing.usage import TASK_COLUMNS, TASK_COUNT, TOKEN_USAGE_COLUMNS
 
 OUTCOME_INPUT = (
     "customer", "task", "task_type", "status", "ended_us", "completed_us", "reopened_us", "rejected",
@@ -118,6 +118,48 @@ def count_outcomes(
     billable = flags["settled"] & ~tasks["excluded"].to_numpy(dtype=bool)
     billable &= tasks["customer"].isin(list(per_job)).to_numpy()
     jobs = tasks.loc[billable, ["customer", "task", "task_type"]].assign(settled_us=settled_us[billable])
+    return _rows(counts, jobs, period=period, plans=plans, per_job=per_job, currency=currency)
+
+
+def count_grouped_outcomes(
+    completed: pd.DataFrame,
+    changed: Mapping[str | None, tuple[int, int]],
+    disputed: pd.DataFrame,
+    *,
+    period: Period,
+    now: datetime,
+    plans: PlanBook,
+    customers: Mapping[str, str],
+    currency: str,
+) -> list[TaskTypeOutcomes]:
+    """`count_outcomes` of a month without outcome rules, from counts (the per customer-month
+    figures: `pricing.analysis.month_outcomes`): `completed` has customer, task_type (None for
+    none) and `tasks`, the tasks completed in the month up to its bound (without rules, each
+    settled as it completed), each group under one version of its customer's plan, none taken off
+    the bill by a dispute; `changed`: per task type, the tasks (reopened, rejected) in it up to
+    the bound; `disputed` as `count_outcomes` has it."""
+    counts: dict[str | None, Counter[str]] = defaultdict(Counter)
+    types = _names(completed["task_type"].to_numpy(dtype=object))
+    for task_type, n in zip(types, completed["tasks"].tolist(), strict=True):
+        counts[task_type]["completed"] += int(n)
+        counts[task_type]["settled"] += int(n)
+    for task_type, (reopened, rejected) in changed.items():
+        counts[task_type]["reopened"] += reopened
+        counts[task_type]["rejected"] += rejected
+    start = to_us(period.start)
+    opened = _times(disputed["opened_us"])
+    seen = disputed.loc[(opened >= start) & (opened < min(to_us(period.end), to_us(now) + 1))].drop_duplicates("task")
+    for task_type, n in Counter(_names(seen["task_type"].to_numpy(dtype=object))).items():
+        counts[task_type]["disputed"] += n
+    per_job = {c: p for c, p in customers.items() if isinstance(plans.history(p)[0], PerJobPlan)}
+    jobs = completed.loc[completed["customer"].isin(list(per_job)).to_numpy()]
+    jobs = jobs.assign(task=[f"#{i}" for i in range(len(jobs))], settled_us=start)
+    return _rows(counts, jobs, period=period, plans=plans, per_job=per_job, currency=currency)
+
+
+def _rows(counts: dict[str | None, Counter[str]], jobs: pd.DataFrame, *, period: Period, plans: PlanBook,
+          per_job: Mapping[str, str], currency: str) -> list[TaskTypeOutcomes]:  # fmt: skip
+    """The rows of `counts` with what `jobs` (the settled jobs billed per job) were billed."""
     billed, billed_jobs = _billed(jobs, period=period, plans=plans, customers=per_job, currency=currency)
     for task_type, n in billed_jobs.items():
         counts[task_type]["billed_jobs"] += n
@@ -164,8 +206,11 @@ def _billed(
     jobs: pd.DataFrame, *, period: Period, plans: PlanBook, customers: Mapping[str, str], currency: str
 ) -> tuple[dict[str | None, Fraction], Counter[str | None]]:
     """Per task type: what the per-job plans billed for `jobs` (the month rated as billing rates
-    it), and how many jobs that is."""
-    counted: Counter[str | None] = Counter(_names(jobs["task_type"].to_numpy(dtype=object)))
+    it), and how many jobs that is. A row of `jobs` stands for `tasks` jobs when it has them."""
+    weights = jobs["tasks"].to_numpy(dtype=np.int64) if "tasks" in jobs else np.ones(len(jobs), dtype=np.int64)
+    counted: Counter[str | None] = Counter()
+    for task_type, n in zip(_names(jobs["task_type"].to_numpy(dtype=object)), weights.tolist(), strict=True):
+        counted[task_type] += n
     if jobs.empty:
         return {}, counted
     settled_at = pd.to_datetime(jobs["settled_us"].to_numpy(dtype=np.int64), unit="us", utc=True).as_unit("ns")
@@ -177,8 +222,9 @@ def _billed(
             "status": "completed",
             "ended_at": settled_at,
             "provider_cost_nanos": np.zeros(len(jobs), dtype=np.int64),
+            TASK_COUNT: weights,
         }
-    )[list(TASK_COLUMNS)]
+    )[[*TASK_COLUMNS, TASK_COUNT]]
     present = sorted(set(frame["customer"]))
     rated = rate_month(
         month=period.first_day, customers={c: customers[c] for c in present}, plans=plans,
@@ -188,7 +234,9 @@ def _billed(
     # Per customer: task types by (plan version, price key), and over all its jobs (tiers).
     by_key: dict[tuple[str, object, str], Counter[str | None]] = defaultdict(Counter)
     by_customer: dict[str, Counter[str | None]] = defaultdict(Counter)
-    groups = Counter(zip(frame["customer"], local_days, _names(frame["task_type"].tolist()), strict=True))
+    groups: Counter[tuple[str, date, str | None]] = Counter()
+    for key, n in zip(zip(frame["customer"], local_days, _names(frame["task_type"].tolist()), strict=True), weights.tolist(), strict=True):
+        groups[key] += n
     for (customer, day, task_type), n in groups.items():
         version = plans.at(customers[customer], day)
         assert isinstance(version, PerJobPlan)

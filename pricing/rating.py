@@ -21,6 +21,10 @@ Included allowance: the month's first units are free: completed tasks by `ended_
 id); tokens by day, provider, model, then class (input, output, cache_read, cache_write). With
 tiers it comes off the quantity and the tiers price the rest. Minimum: when the rounded usage
 lines (platform fee excluded) sum to less, a top-up line makes up the difference.
+
+Grouped tasks: a tasks row may stand for several tasks (`pricing.usage.TASK_COUNT`): it counts
+as that many wherever tasks are counted, so the lines are those of one row per task. A per-job
+allowance without tiers picks the month's first tasks one by one: it refuses grouped rows.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from pricing.usage import (
     month_bounds,
     prepare_month,
     summable,
+    tasks_per_key,
 )
 
 _CLASS_LABELS = ("Input", "Output", "Cache read", "Cache write")
@@ -282,24 +287,28 @@ def _rate_jobs(lines: _Lines, usage: MonthUsage, on_plan: np.ndarray, end: PerJo
         return values if everyone else values[keep]
 
     cust, status, ended = pick(usage.task_customer), pick(usage.task_status), pick(usage.task_ended)
+    weight = None if usage.task_count is None else pick(usage.task_count)  # tasks per row
     history, n_cust, n_v = lines.history, len(usage.names), len(lines.history)
     v = np.zeros(len(cust), dtype=np.int64)
     if n_v > 1 or history[0].effective_from:
         v = _versions(history, [instant(p.effective_from, usage.tz) for p in history], ended)
     completed = status == 0
+    done_weight = None if weight is None else weight[completed]
     if end.tiers:  # the allowance comes off the count; which tasks were free does not matter
-        counts = np.bincount(cust[completed], minlength=n_cust)
+        counts = tasks_per_key(cust[completed], n_cust, done_weight)
         for c in np.flatnonzero(counts).tolist():
-            lines.tiers(c, max(0, int(counts[c]) - end.included), end, v_end, 1)
+            lines.tiers(c, max(0, counts[c] - end.included), end, v_end, 1)
     else:
         free = np.zeros(len(cust), dtype=bool)
         if end.included:  # the month's first completed tasks are free
+            if weight is not None and (weight != 1).any():
+                raise ValueError(f"plan {lines.plan_id!r} gives its first completed tasks free: rate one row per task")
             done = np.flatnonzero(completed)
             free[done] = _ranks(cust[done], ended[done], pick(usage.task_id)[done]) < end.included
         _rate_job_prices(
-            lines, usage, cust[completed], v[completed], pick(usage.task_type)[completed], free[completed]
+            lines, usage, cust[completed], v[completed], pick(usage.task_type)[completed], free[completed], done_weight
         )
-    failed = np.bincount((cust * n_v + v)[~completed], minlength=n_cust * n_v).tolist()
+    failed = tasks_per_key((cust * n_v + v)[~completed], n_cust * n_v, None if weight is None else weight[~completed])
     for key in np.flatnonzero(failed).tolist():
         (c, vv), n = divmod(key, n_v), failed[key]
         if price := lines.job_plan(vv).failed:
@@ -308,9 +317,11 @@ def _rate_jobs(lines: _Lines, usage: MonthUsage, on_plan: np.ndarray, end: PerJo
 
 
 def _rate_job_prices(
-    lines: _Lines, usage: MonthUsage, cust: np.ndarray, v: np.ndarray, task_type: np.ndarray, free: np.ndarray
-) -> None:
-    """per_job prices: a line per customer and `prices` key over completed tasks."""
+    lines: _Lines, usage: MonthUsage, cust: np.ndarray, v: np.ndarray, task_type: np.ndarray, free: np.ndarray,
+    weight: np.ndarray | None,
+) -> None:  # fmt: skip
+    """per_job prices: a line per customer and `prices` key over completed tasks (`weight`: the
+    tasks each row stands for, None: one; free rows are single tasks)."""
     key_ids: dict[tuple[int, str], int] = {}  # (version, prices key), in order of appearance
     table = np.empty((len(lines.history), len(usage.task_types) + 1), dtype=np.int64)
     for vv in range(len(lines.history)):
@@ -318,7 +329,7 @@ def _rate_job_prices(
             table[vv, slot] = key_ids.setdefault((vv, lines.job_plan(vv).price_key(name)), len(key_ids))
     keys = list(key_ids)
     flat_key = cust * len(keys) + table[v, task_type + 1]
-    counts = np.bincount(flat_key, minlength=len(usage.names) * len(keys)).tolist()
+    counts = tasks_per_key(flat_key, len(usage.names) * len(keys), weight)
     frees = np.bincount(flat_key[free], minlength=len(usage.names) * len(keys)).tolist()
     for key in np.flatnonzero(counts).tolist():
         (c, k), n_free = divmod(key, len(keys)), frees[key]

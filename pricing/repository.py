@@ -18,17 +18,17 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import BigInteger, ColumnElement, Select, cast, func, select
+from sqlalchemy import BigInteger, ColumnElement, Select, case, cast, func, select
 from sqlalchemy.orm import Session
 
 from metering.core.db import read_frame, without_index
 from metering.core.periods import Period
 from metering.core.tables import rollup_state, task_usage, task_usage_detail, usage_daily
-from metering.costs.prices import settle_nanos
+from metering.costs.prices import REM_PER_NANO, settle_nanos
 from metering.events.ingest import to_us
 from pricing.plans import CustomerPlan, Plan, PlanBook, plan_from_definition
 from pricing.tables import customer_plans, customers, plan_versions, plans
-from pricing.usage import TASK_COLUMNS, TOKEN_USAGE_COLUMNS
+from pricing.usage import TASK_COLUMNS, TOKEN_USAGE_COLUMNS, summable
 
 _TOKEN_SQL_COLUMNS = ("customer", "day", "provider", "model", "input_tokens", "output_tokens",
                       "cache_read_tokens", "cache_write_tokens", "cost_nanos", "cost_rem", "unpriced_events")  # fmt: skip
@@ -68,6 +68,57 @@ def token_usage(session: Session, tenant_id: int, period: Period, customer: str 
     billable = data["input_tokens"] - data["cache_read_tokens"] - data["cache_write_tokens"]
     data = data.assign(input_tokens=billable, provider_cost_nanos=settle_nanos(data["cost_nanos"], data["cost_rem"]))
     return data[list(TOKEN_USAGE_COLUMNS)]
+
+
+MONTH_USAGE_KEYS = ("customer", "day", "provider", "model", "actor", "agent")
+MONTH_USAGE_MEASURES = ("usage_events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                        "reasoning_tokens", "cost_nanos", "cost_rem", "unpriced_events")  # fmt: skip
+
+
+def month_usage(session: Session, tenant_id: int, period: Period, customer: str | None = None, *, by_day: bool = True) -> pd.DataFrame:
+    """`usage_daily` of the month's tenant-local days, read once for what a month's view or
+    reports make of it (`rating_tokens`, and the reports' usage per customer and per person):
+    `MONTH_USAGE_KEYS`, the raw `MONTH_USAGE_MEASURES` (input with its cache tokens, cost as nanos
+    and remainder) and `provider_cost_nanos`, each daily row's cost settled to nanos as rating
+    reads it, and `unpriced_tokens`, the input and output tokens of the daily rows with unpriced
+    events. Not `by_day`: summed over the month per customer, model, actor and agent (a few rows
+    per customer instead of one a day), `day` the month's first (for rating when its days do not
+    matter: `pricing.usage.token_days_matter`)."""
+    u = usage_daily.c
+    where = [u.tenant_id == tenant_id, u.day >= period.first_day, u.day < period.next_first_day]
+    if customer is not None:
+        where.append(u.customer == customer)
+    texts = ("customer", "provider", "model", "actor", "agent")
+    if by_day:
+        names = (*MONTH_USAGE_KEYS, *MONTH_USAGE_MEASURES)
+        data = _fetch(session, select(*[u[n] for n in names]).where(*where), names, texts=texts)
+        unpriced = (data["input_tokens"] + data["output_tokens"]).where(data["unpriced_events"] > 0, 0)
+        return data.assign(provider_cost_nanos=settle_nanos(data["cost_nanos"], data["cost_rem"]), unpriced_tokens=unpriced)
+    # Each row's cost settled (half up, as `settle_nanos`), then summed: the sum rating makes of the rows.
+    settled = u.cost_nanos + (u.cost_rem + REM_PER_NANO // 2) // REM_PER_NANO
+    unpriced = case((u.unpriced_events > 0, u.input_tokens + u.output_tokens), else_=0)
+    sums = [cast(func.sum(u[n]), BigInteger).label(n) for n in MONTH_USAGE_MEASURES]
+    keys = [u[n] for n in texts]
+    query = select(*keys, *sums, cast(func.sum(settled), BigInteger).label("provider_cost_nanos"),
+                   cast(func.sum(unpriced), BigInteger).label("unpriced_tokens")).where(*where).group_by(*keys)  # fmt: skip
+    data = _fetch(session, query, (*texts, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"), texts=texts)
+    data = data.assign(day=pd.Timestamp(period.first_day).as_unit("ns"))
+    return data[[*MONTH_USAGE_KEYS, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"]]
+
+
+def rating_tokens(usage: pd.DataFrame) -> pd.DataFrame:
+    """`month_usage`'s rows as rating's token usage (`TOKEN_USAGE_COLUMNS`), one row per
+    customer, day, provider and model (billable input: without cache reads and writes)."""
+    billable = usage["input_tokens"] - usage["cache_read_tokens"] - usage["cache_write_tokens"]
+    data = usage.assign(input_tokens=billable)
+    sums = [c for c in TOKEN_USAGE_COLUMNS if TOKEN_USAGE_COLUMNS[c] == "int"]
+    keys = ["customer", "day", "provider", "model"]
+    # Several actors or agents of one customer, day and model: one row (rating sums them the same),
+    # unless a sum could pass int64 (rating sums such rows exactly itself).
+    if data.duplicated(keys).any() and all(summable(data[c]).dtype != object for c in sums):
+        data = data.groupby(keys, sort=False, as_index=False)[sums].sum()
+        data = data.astype({"customer": object, "provider": object, "model": object})  # as read: not pandas' str
+    return data[list(TOKEN_USAGE_COLUMNS)].reset_index(drop=True)
 
 
 def ended_tasks(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> pd.DataFrame:

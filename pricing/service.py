@@ -29,7 +29,7 @@ from metering.core.tables import tenant_model_aliases, tenant_prices
 from metering.core.tenants import Tenant
 from metering.costs.ratecards import RateCardError, TenantPrice
 from metering.spend import budget_repository
-from pricing import budget_billing, outcomes_repository, repository
+from pricing import budget_billing, open_month, outcomes_repository, repository
 from pricing.config import parse_config, validate_entry, validate_plan
 from pricing.outcomes import OutcomeRule, rules_definition
 from pricing.plans import CustomerPlan, ModelAlias, Plan, Problems, plan_definition, same_terms
@@ -120,6 +120,8 @@ def _store_changes(session: Session, tenant: Tenant, changes: list[PlanChange], 
             version = stored.version_number(plan.id, plan.effective_from)
         out.append({"id": plan.id, "effective_from": plan.effective_from, "version": version,
                     "status": "created" if change.created else "unchanged"})  # fmt: skip
+    if any(change.created for change in changes):  # the figures' cost buckets follow the job prices
+        open_month.keep_edges(session, tenant, now=now)
     return out
 
 

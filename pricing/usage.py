@@ -7,7 +7,13 @@ Frames (built from the metering rollup by `pricing.repository`):
   `unpriced_events` (int64);
 - tasks that ended in the month (`TASK_COLUMNS`): `customer`, `task`, `task_type` (null → default
   price), `status` (completed, failed, cancelled), `ended_at` (tz-aware), `provider_cost_nanos`.
-  Open tasks are absent: they are billed in the month they end.
+  Open tasks are absent: they are billed in the month they end. Optionally `task_count` (int64,
+  ≥ 1): the row stands for that many tasks of one customer, task type and status that ended under
+  one version of each plan, `provider_cost_nanos` their costs' sum and `ended_at` any of their
+  ends (the per customer-month figures give a month so: `pricing.open_month`). Rating and
+  comparison count such a row as its tasks, with the same lines and figures to the last digit as
+  one row per task. What needs each task is refused for grouped rows: a per-job allowance
+  without tiers (the month's first tasks by end time) and `compare`'s per-task model usage.
 `prepare_month` validates both once and encodes them as integer codes and arrays (`MonthUsage`),
 so that several plans rate the same month cheaply.
 """
@@ -24,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from metering.core.vocabulary import OUTCOMES, TOKEN_CLASSES
+from pricing.plans import PerTokenPlan, PlanBook
 
 TOKEN_COLUMNS = tuple(f"{c}_tokens" for c in TOKEN_CLASSES)
 TOKEN_USAGE_COLUMNS: Mapping[str, str] = {
@@ -34,6 +41,8 @@ TASK_COLUMNS: Mapping[str, str] = {
     "customer": "key", "task": "key", "task_type": "str?", "status": "key", "ended_at": "instant",
     "provider_cost_nanos": "int",
 }  # fmt: skip
+TASK_COUNT = "task_count"
+"""The optional column of the tasks frame: how many tasks a row stands for (absent: one)."""
 INT64_MAX = 2**63 - 1
 
 
@@ -62,6 +71,12 @@ class MonthUsage:
     task_ended: np.ndarray  # int64 nanoseconds since the epoch, UTC
     task_cost: np.ndarray  # int64 nanos
     task_id: np.ndarray
+    task_count: np.ndarray | None = None  # int64 tasks per row (`TASK_COUNT`); None: one each
+
+    @property
+    def grouped(self) -> bool:
+        """Whether a row may stand for more than one task."""
+        return self.task_count is not None and bool((self.task_count != 1).any())
 
     def unpriced_by_customer(self) -> dict[str, int]:
         sums = self.tokens.groupby("cust")["unpriced_events"].sum()
@@ -134,6 +149,14 @@ def prepare_month(
     if len(ended) and (ended.min() < start or ended.max() >= end):
         raise ValueError(f"tasks has ended_at outside {first:%Y-%m} in {tz}")
     type_codes, type_names = pd.factorize(tasks["task_type"], sort=True)
+    count = None
+    if TASK_COUNT in tasks.columns:
+        series = tasks[TASK_COUNT]
+        if not pd.api.types.is_integer_dtype(series) or pd.api.types.is_bool_dtype(series):
+            raise TypeError(f"tasks.{TASK_COUNT} must hold exact integers, not {series.dtype}")
+        count = series.to_numpy(dtype=np.int64)
+        if len(count) and count.min() < 1:
+            raise ValueError(f"tasks.{TASK_COUNT} must be at least 1")
     return MonthUsage(
         month=first,
         tz=zone,
@@ -147,7 +170,42 @@ def prepare_month(
         task_ended=ended,
         task_cost=tasks["provider_cost_nanos"].to_numpy(dtype=np.int64),
         task_id=tasks["task"].to_numpy(),
+        task_count=count,
     )
+
+
+def tasks_per_key(keys: np.ndarray, size: int, weights: np.ndarray | None = None) -> list[int]:
+    """Per integer key in [0, size): how many rows (or the sum of their int64 `weights`, the
+    tasks each stands for), exactly (np.bincount's weights would go through float64)."""
+    if weights is None:
+        return np.bincount(keys, minlength=size).tolist()
+    out = np.zeros(size, dtype=np.int64)
+    np.add.at(out, keys, weights)
+    return out.tolist()
+
+
+def token_days_matter(plans: PlanBook, month: date) -> bool:
+    """Whether rating the month's token usage needs its days: a per-token plan version that starts
+    inside the month (its unit prices split it), or per-token rates with an included allowance
+    (consumed day by day). Otherwise each customer's usage of a model summed over the month rates
+    the same as its days, to the digit (`pricing.repository.month_usage`)."""
+    first, last = month_bounds(month)
+    for history in plans.versions.values():
+        for plan in history:
+            if not isinstance(plan, PerTokenPlan):
+                continue
+            if plan.effective_from is not None and first < plan.effective_from <= last:
+                return True
+            if plan.included and plan.basis == "rates":
+                return True
+    return False
+
+
+def task_counts(tasks: pd.DataFrame) -> np.ndarray:
+    """How many tasks each row of a tasks frame stands for (`TASK_COUNT`), as int64."""
+    if TASK_COUNT in tasks.columns:
+        return tasks[TASK_COUNT].to_numpy(dtype=np.int64)
+    return np.ones(len(tasks), dtype=np.int64)
 
 
 def day_number(day: date | None) -> int:

@@ -16,7 +16,7 @@ from metering.core.money import to_minor
 from metering.core.periods import Period
 from metering.core.tenants import Tenant
 from pricing import repository as pricing_repository
-from pricing.assembly import Draft
+from pricing.assembly import Draft, Usage
 from pricing.invoices import month_assembly
 from reports import repository
 from reports.repository import InvoiceRecord, LineRecord
@@ -34,8 +34,9 @@ class MonthInvoices:
 
 
 def month_invoices(session: Session, tenant: Tenant, period: Period, *, closed: set[str] | None = None,
-                   customer: str | None = None) -> MonthInvoices:  # fmt: skip
-    """The month's invoices: finalized when the month is closed, else drafts."""
+                   customer: str | None = None, usage: Usage | None = None) -> MonthInvoices:  # fmt: skip
+    """The month's invoices: finalized when the month is closed, else drafts (of `usage`, the
+    month's usage as it bills, when the caller has read it: `reports.month_data.rating_input`)."""
     closed = repository.closed_months(session, tenant.id) if closed is None else closed
     if period.label in closed:
         return MonthInvoices(
@@ -43,7 +44,8 @@ def month_invoices(session: Session, tenant: Tenant, period: Period, *, closed: 
         )
     state = pricing_repository.rollup_position(session, tenant.id)
     adjust = period.previous().label in closed
-    assembly, _ = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust, from_figures=True)
+    assembly, _ = month_assembly(session, tenant, period, state, customer=customer, adjust=adjust, from_figures=True,
+                                 usage=usage)  # fmt: skip
     return MonthInvoices(period, False, tuple(_record(d) for d in assembly.drafts), tuple(sorted(assembly.unrated)))
 
 

@@ -9,7 +9,8 @@ A `MonthView` is plain JSON-ready data, so that `reports.snapshots` can keep it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,8 @@ from metering.core.periods import Period
 from metering.core.tenants import Tenant
 from metering.core.vocabulary import TASK_STATUSES
 from metering.rollup import month_figures
-from pricing import open_month
-from pricing import repository as pricing_repository
+from pricing import analysis, open_month
+from pricing.outcome_counts import TaskTypeOutcomes
 from pricing.plans import PerJobPlan
 from pricing.repository import last_day
 from pricing.usage import summable
@@ -45,7 +46,7 @@ from reports.month_data import (
 from reports.repository import TaskCounts
 from reports.tasks import scan_tasks
 
-FORMAT = 2  # 2: with `spend` (by person and agent)
+FORMAT = 3  # 2: with `spend` (by person and agent); 3: with `outcomes`
 # Buckets of provider cost per task, in micro-units: below 0.001, 0.001-0.002, ..., from 10.00
 # (those of the per customer-month figures).
 COST_EDGES_MICROS = month_figures.COST_EDGES_MICROS
@@ -85,6 +86,16 @@ class MonthView:
     unrated: list[str]
     other_currencies: list[str] = field(default_factory=list)
     spend: list[dict[str, Any]] = field(default_factory=list)  # per person, with their agents (`spend_by_person`)
+    # Outcomes per task type up to the view's `now` (`pricing.analysis.month_outcomes`, amounts as
+    # text); None: the month cannot be rated (a plan not in force).
+    outcomes: list[dict[str, Any]] | None = field(default_factory=list)
+
+    def outcome_rows(self) -> tuple[TaskTypeOutcomes, ...] | None:
+        if self.outcomes is None:
+            return None
+        return tuple(TaskTypeOutcomes(**{**row, "billed": Decimal(row["billed"]),
+                                          "price_per_settled_job": _decimal(row["price_per_settled_job"])})
+                     for row in self.outcomes)  # fmt: skip
 
     @property
     def failed_cost_micros(self) -> int:
@@ -102,38 +113,57 @@ class MonthView:
         return cls(**{**data, "task_types": [TaskTypeCosts(**t) for t in data["task_types"]]})
 
 
-def month_view(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None) -> MonthView:
-    """The month's figures (call inside one snapshot of the database: `month_data.begin_snapshot`).
-    An open month is read from the per customer-month figures where they can stand for its tasks
-    (`open_month_view`); a closed one, and an open one they cannot, from its tasks."""
+def month_view(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None, now: datetime | None = None) -> MonthView:
+    """The month's figures (call inside one snapshot of the database: `month_data.begin_snapshot`),
+    its outcomes up to `now` (default: the month's end). An open month is read from the per
+    customer-month figures where they can stand for its tasks (`open_month_view`); a closed one,
+    and an open one they cannot, from its tasks."""
     closed = repository.closed_months(session, tenant.id)
-    if period.label not in closed and (view := open_month_view(session, tenant, period, closed, customer=customer)) is not None:
-        return view
+    figures = open_month.usable_figures(session, tenant.id, period, customer)
+    if period.label not in closed and figures is not None and not open_month.later_tasks(session, tenant.id, period, customer):
+        return open_month_view(session, tenant, period, closed, figures, customer=customer, now=now)
     scan = scan_tasks(session, tenant, period, customer=customer)
-    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=scan.counts)
-    month = rating_input(session, tenant, period, customer=customer, ended=scan.ended())
+    month = rating_input(session, tenant, period, customer=customer, ended=scan.ended(), figures=figures)
+    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=scan.counts, billed=month.ended,
+                            rating=month)  # fmt: skip
     comparison = month_comparison(tenant, period, month, costs_of(summary))
-    return build_view(session, tenant, period, summary, month, comparison)
+    outcomes = month_outcomes(session, tenant, period, customer, now, figures)
+    return build_view(session, tenant, period, summary, month, comparison, outcomes=outcomes)
 
 
-def open_month_view(session: Session, tenant: Tenant, period: Period, closed: set[str], *,
-                    customer: str | None = None) -> MonthView | None:  # fmt: skip
-    """An open month from `customer_months` (`pricing.open_month`): the task counts, the ended
-    tasks rating reads, the cost buckets per task type and the failed tasks' cost, without reading
-    the month's tasks. None when the figures cannot stand for them (outcome rules, disputes, plan
-    terms that need each task's end time, or tasks with events after the month, whose open count
-    needs the tasks)."""
-    book = pricing_repository.stored_plans(session, tenant.id).book
-    if not open_month.usable(session, tenant.id, period, book, customer) or open_month.later_tasks(session, tenant.id, period, customer):
+def month_outcomes(session: Session, tenant: Tenant, period: Period, customer: str | None, now: datetime | None,
+                   figures: pd.DataFrame | None = None) -> list[dict[str, Any]] | None:  # fmt: skip
+    """The outcomes of `MonthView`: `pricing.analysis.month_outcomes` as JSON-ready rows (of the
+    month's `figures` when already read), or None when the month cannot be rated."""
+    try:
+        rows = analysis.month_outcomes(session, tenant, period, customer=customer, now=now, figures=figures)
+    except InvalidInput:
         return None
-    rows = open_month.figures(session, tenant.id, period, customer)
-    ended = open_month.ended_tasks(rows, period)  # without rules or disputes: what the month bills
-    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=figure_counts(rows), billed=ended)
-    month = rating_input(session, tenant, period, customer=customer, ended=ended)
+    return [{**row.as_dict(), "billed": str(row.billed), "price_per_settled_job": _text(row.price_per_settled_job)} for row in rows]
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def open_month_view(session: Session, tenant: Tenant, period: Period, closed: set[str], figures: pd.DataFrame, *,
+                    customer: str | None = None, now: datetime | None = None) -> MonthView:  # fmt: skip
+    """An open month from its rows of `customer_months` (`pricing.open_month.usable_figures`): the
+    task counts, the tasks rating reads (as groups), the cost buckets per task type and the failed
+    tasks' cost, without reading the month's tasks. For when the figures stand for them: no
+    outcome rules, disputes or plan terms that need each task's end time, and no task with events
+    after the month (whose open count needs the tasks)."""
+    month = rating_input(session, tenant, period, customer=customer, figures=figures)
+    summary = month_summary(session, tenant, period, customer=customer, closed=closed, counts=figure_counts(figures),
+                            billed=month.ended, rating=month)  # fmt: skip
     comparison = month_comparison(tenant, period, month, costs_of(summary))
     return build_view(session, tenant, period, summary, month, comparison,
-                      task_types=figure_task_type_costs(session, tenant.id, month, period, rows),
-                      failed=_figure_failed_by_customer(rows))  # fmt: skip
+                      task_types=figure_task_type_costs(session, tenant.id, month, period, figures),
+                      failed=_figure_failed_by_customer(figures), outcomes=month_outcomes(session, tenant, period, customer, now, figures))  # fmt: skip
 
 
 def figure_counts(rows: pd.DataFrame) -> dict[str, TaskCounts]:
@@ -147,10 +177,10 @@ def figure_counts(rows: pd.DataFrame) -> dict[str, TaskCounts]:
 
 
 def build_view(session: Session, tenant: Tenant, period: Period, summary: MonthSummary, month: RatingInput,
-               comparison: list[ComparisonRow], *, task_types: list[TaskTypeCosts] | None = None,
-               failed: list[dict[str, Any]] | None = None) -> MonthView:  # fmt: skip
-    """`task_types`, `failed`: the month's cost buckets and failed tasks when already known (else
-    from the ended tasks of `month`)."""
+               comparison: list[ComparisonRow], *, outcomes: list[dict[str, Any]] | None,
+               task_types: list[TaskTypeCosts] | None = None, failed: list[dict[str, Any]] | None = None) -> MonthView:  # fmt: skip
+    """`outcomes`: the month's (`month_outcomes`); `task_types`, `failed`: the month's cost buckets
+    and failed tasks when already known (else from the ended tasks of `month`)."""
     customers = _rows(CUSTOMERS.columns, customer_batches(summary))
     for row, record in zip(customers, summary.customers, strict=True):
         invoice = record.invoice
@@ -172,10 +202,10 @@ def build_view(session: Session, tenant: Tenant, period: Period, summary: MonthS
         customers=customers, comparison=compared,
         task_types=task_type_costs(month, period) if task_types is None else task_types,
         failed_by_customer=_failed_by_customer(month.ended) if failed is None else failed,
-        unpriced=repository.unpriced_models(session, tenant.id, period, summary.customer),
+        unpriced=repository.unpriced_models_of(month.usage_rows),
         adjustments=_adjustments(summary), unrated=list(summary.invoices.unrated),
         other_currencies=sorted({r.currency for r in summary.customers} - {tenant.currency}),
-        spend=spend_by_person(repository.spend_by_person(session, tenant.id, period, summary.customer)),
+        spend=spend_by_person(repository.spend_by_person_of(month.usage_rows)), outcomes=outcomes,
     )  # fmt: skip
 
 
@@ -285,11 +315,14 @@ def figure_task_type_costs(session: Session, tenant_id: int, month: RatingInput,
                            rows: pd.DataFrame) -> list[TaskTypeCosts]:  # fmt: skip
     """`task_type_costs` from the per customer-month figures: the buckets and sums are the
     figures'; which completed tasks cost more than their job price is decided per bucket (all of
-    a bucket above the price, none of one below it), and for a bucket the price cuts in two, from
-    that bucket's tasks alone (`open_month.tasks_above`)."""
+    a bucket above the price, none of one below it: the figures have an edge just above each job
+    price, `pricing.open_month.job_price_edges`), and for a bucket a price cuts in two all the
+    same (a price newer than the edges), from that bucket's tasks alone (`open_month.tasks_above`)."""
     ended = rows[rows["status"] != "open"]
     if ended.empty:
         return []
+    edges = open_month.figure_edges(session, tenant_id)
+    shown = [month_figures.display_bucket(b, edges) for b in range(len(edges) + 1)]
     plans = _job_prices(month, period)
     kinds = sorted(set(ended["task_type"].tolist()))
     size = len(COST_EDGES_MICROS) + 1
@@ -300,14 +333,17 @@ def figure_task_type_costs(session: Session, tenant_id: int, month: RatingInput,
         if (plan := plans.get(name)) is not None:
             price[(name, kind)] = decimal_to_nanos(plan.prices[plan.price_key(kind or None)])  # type: ignore[index]
     split: dict[tuple[str, str, int], int] = {}  # (customer, kind, bucket) cut by its price: tasks above it
-    cut = {(name, kind, b): p for (name, kind), p in price.items()
-           for b in [int(np.searchsorted(month_figures.COST_EDGES_NANOS, p, side="right"))]}  # fmt: skip
+    cut: dict[tuple[str, str, int], int] = {}  # (customer, kind, bucket) → the price that cuts it: tasks on both sides
+    for (name, kind), p in price.items():
+        b = int(month_figures.bucket_of(np.array([p]), edges)[0])
+        if p < month_figures.bucket_bounds(b, edges)[1] - 1:
+            cut[(name, kind, b)] = p
     wanted = {key for key in zip(done["customer"].tolist(), done["task_type"].tolist(), done["bucket"].tolist(), strict=True) if key in cut}
     if wanted:
-        ranges = sorted({(cut[key] + 1, open_month.bucket_bounds(key[2])[1]) for key in wanted})
+        ranges = sorted({(cut[key] + 1, month_figures.bucket_bounds(key[2], edges)[1]) for key in wanted})
         above = open_month.tasks_above(session, tenant_id, period, ranges, sorted({key[0] for key in wanted}))
         for name, kind, cost in zip(above["customer"].tolist(), above["task_type"].tolist(), above["cost"].tolist(), strict=True):
-            key = (name, kind, int(np.searchsorted(month_figures.COST_EDGES_NANOS, cost, side="right")))
+            key = (name, kind, int(month_figures.bucket_of(np.array([cost]), edges)[0]))
             if key in cut and cost > cut[key]:
                 split[key] = split.get(key, 0) + 1
     out = []
@@ -320,14 +356,14 @@ def figure_task_type_costs(session: Session, tenant_id: int, month: RatingInput,
         priced = losing = 0
         prices: set[int] = set()
         for name, b, n in zip(completed["customer"].tolist(), completed["bucket"].tolist(), completed["tasks"].tolist(), strict=True):
-            buckets[b] += n
+            buckets[shown[b]] += n
             if (p := price.get((name, kind))) is None:
                 continue
             priced += n
             prices.add(p // 1000)
-            low, high = open_month.bucket_bounds(b)
+            low, high = month_figures.bucket_bounds(b, edges)
             over = n if low > p else (0 if high - 1 <= p else split.get((name, kind, b), 0))
-            losing_buckets[b] += over
+            losing_buckets[shown[b]] += over
             losing += over
         out.append(TaskTypeCosts(
             task_type=kind, completed=int(completed["tasks"].sum()), buckets=buckets, losing_buckets=losing_buckets,

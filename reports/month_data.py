@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy.orm import Session
 
@@ -50,11 +51,13 @@ from metering.core.db import begin_snapshot as begin_snapshot  # where the repor
 from metering.core.money import quantize, round_money, to_minor
 from metering.core.periods import Period
 from metering.core.tenants import Tenant
-from pricing import outcomes_repository
+from pricing import open_month, outcomes_repository
 from pricing import repository as pricing_repository
+from pricing.assembly import Usage as BilledUsage
 from pricing.compare import compare_plans
 from pricing.plans import PlanBook
 from pricing.repository import Assignment, last_day
+from pricing.usage import task_counts, token_days_matter
 from reports import repository
 from reports.billed import MonthInvoices, month_invoices
 from reports.cells import (
@@ -124,12 +127,17 @@ class MonthSummary:
 
 def month_summary(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None,
                   closed: set[str] | None = None, counts: dict[str, TaskCounts] | None = None,
-                  billed: pd.DataFrame | None = None) -> MonthSummary:  # fmt: skip
+                  billed: pd.DataFrame | None = None, rating: RatingInput | None = None) -> MonthSummary:  # fmt: skip
     """The customers file's rows. `counts`: the task counts of the tasks file (`TaskScan`),
     counted here by reading the month's tasks when not given; `billed`: the tasks the month
-    bills (`RatingInput.ended`), read here when not given."""
-    invoices = month_invoices(session, tenant, period, closed=closed, customer=customer)
-    usage = repository.customer_usage(session, tenant.id, period, customer)
+    bills (`RatingInput.ended`), read here when not given; `rating`: the month's usage as read
+    for its comparison (`rating_input`), which an open month's drafts rate and the usage columns
+    sum, read here when not given."""
+    invoices = month_invoices(session, tenant, period, closed=closed, customer=customer, usage=rating.usage if rating else None)
+    if rating is not None:
+        usage = repository.customer_usage_of(rating.usage_rows)
+    else:
+        usage = repository.customer_usage(session, tenant.id, period, customer)
     if counts is None:
         counts = scan_tasks(session, tenant, period, customer=customer).counts
     jobs_billed, jobs_pending = _settlement_counts(session, tenant, period, customer, billed)
@@ -169,44 +177,58 @@ def _settlement_counts(session: Session, tenant: Tenant, period: Period, custome
     settlement (none without outcome rules)."""
     if billed is None:
         billed = outcomes_repository.billed_tasks(session, tenant.id, period, customer, timezone=tenant.timezone)
-    completed = billed.loc[(billed["status"] == "completed").to_numpy(), "customer"]
+    done = (billed["status"] == "completed").to_numpy()
     pending = outcomes_repository.pending_at_end(session, tenant.id, period, customer, timezone=tenant.timezone)
-    return _tally(completed), _tally(pending["customer"])
+    return _tally(billed["customer"][done], task_counts(billed)[done]), _tally(pending["customer"], task_counts(pending))
 
 
-def _tally(names: pd.Series) -> dict[str, int]:
-    return {str(k): int(v) for k, v in names.value_counts().items()}
+def _tally(names: pd.Series, tasks: np.ndarray) -> dict[str, int]:
+    """Tasks per customer, each row counting as the tasks it stands for (`TASK_COUNT`)."""
+    sums = pd.Series(tasks, index=names.to_numpy(dtype=object)).groupby(level=0).sum()
+    return {str(k): int(v) for k, v in sums.items()}
 
 
 @dataclass(frozen=True)
 class RatingInput:
     """The month as `pricing.compare` reads it: token usage, ended tasks, and the customers with
-    a plan (usage of customers without one is left out: nothing to rate it under)."""
+    a plan (usage of customers without one is left out: nothing to rate it under); and the same
+    usage of every customer, which an open month's drafts rate (`month_summary`)."""
 
     tokens: pd.DataFrame
-    tasks: pd.DataFrame
+    tasks: pd.DataFrame  # as they bill; grouped (`pricing.usage.TASK_COUNT`) when from the figures
     assigned: dict[str, Assignment]
     book: PlanBook | None
     ended: pd.DataFrame  # every task that ended in the month, with or without a plan
+    usage: BilledUsage  # token usage and billed tasks of every customer, with or without a plan
+    usage_rows: pd.DataFrame  # the month's usage as read (`pricing.repository.month_usage`)
 
 
 def rating_input(session: Session, tenant: Tenant, period: Period, *, customer: str | None = None,
-                 ended: pd.DataFrame | None = None) -> RatingInput:  # fmt: skip
-    """`ended`: the month's ended tasks when already read (`TaskScan.ended`)."""
-    tokens = pricing_repository.token_usage(session, tenant.id, period, customer)
-    if ended is None or outcomes_repository.rule_book(session, tenant.id):  # with rules, tasks bill when they settle
-        ended = outcomes_repository.billed_tasks(session, tenant.id, period, customer, timezone=tenant.timezone)
+                 ended: pd.DataFrame | None = None, figures: pd.DataFrame | None = None) -> RatingInput:  # fmt: skip
+    """The month's usage, read once for its comparison, its drafts and its view: its token usage
+    summed over the month's days unless rating needs them (`pricing.usage.token_days_matter`).
+    `ended`: the month's ended tasks when already read (`TaskScan.ended`); `figures`: the month's
+    per customer-month figures when they stand for its tasks (`pricing.open_month.usable_figures`):
+    the tasks are then rated as groups, and `ended` is the groups unless given."""
+    plans = pricing_repository.stored_plans(session, tenant.id).book
+    rows = pricing_repository.month_usage(session, tenant.id, period, customer, by_day=token_days_matter(plans, period.first_day))
+    tokens = pricing_repository.rating_tokens(rows)
+    if outcomes_repository.rule_book(session, tenant.id) or (ended is None and figures is None):
+        # with rules, tasks bill when they settle (and the figures never stand for them)
+        ended = billed = outcomes_repository.billed_tasks(session, tenant.id, period, customer, timezone=tenant.timezone)
+    elif figures is not None:  # no rules, no disputes (`usable`): the ended tasks are what the month bills
+        billed = open_month.billed_groups(figures, period)
+        ended = billed if ended is None else ended
     else:  # as `billed_tasks` gives them: no task whose dispute was accepted in an open month
-        ended = outcomes_repository.drop_disputed(session, tenant.id, ended, customer)
-    tasks = ended
-    names = set(tokens["customer"]) | set(tasks["customer"])
+        ended = billed = outcomes_repository.drop_disputed(session, tenant.id, ended, customer)
+    usage = BilledUsage(tokens, billed)
+    tasks = billed
+    names = usage.customers
     assigned = pricing_repository.assignments_on(session, tenant.id, last_day(period), customers_=names)
-    ended = tasks
     if names - set(assigned):
         tokens = tokens[tokens["customer"].isin(list(assigned))].reset_index(drop=True)
         tasks = tasks[tasks["customer"].isin(list(assigned))].reset_index(drop=True)
-    book = pricing_repository.stored_plans(session, tenant.id).book if assigned else None
-    return RatingInput(tokens, tasks, assigned, book, ended)
+    return RatingInput(tokens, tasks, assigned, plans if assigned else None, ended, usage, rows)
 
 
 def month_comparison(
@@ -219,7 +241,7 @@ def month_comparison(
     book, assigned = month.book, month.assigned
     result = compare_plans(
         month=period.first_day, customers=[assigned[c].as_customer_plan() for c in sorted(assigned)], plans=book,
-        token_usage=month.tokens, tasks=month.tasks, currency=tenant.currency, tz=tenant.timezone,
+        token_usage=month.tokens, tasks=month.tasks, currency=tenant.currency, tz=tenant.timezone, aggregates=False,
     )  # fmt: skip
     rows = []
     for record in result.by_customer.to_dict("records"):

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from metering.core.db import unit_of_work
 from metering.core.periods import Period, parse_month
 from metering.core.tenants import Tenant
+from pricing import open_month
 from reports import dashboard, repository, snapshots
 from reports.billed import month_invoices
 from reports.columns import COMPARISON, CUSTOMERS, INVOICE_LINES, REPORTS, SPEND, TASKS, Report
@@ -46,8 +47,8 @@ def report_batches(session: Session, tenant: Tenant, period: Period, report: Rep
     if report is INVOICE_LINES:
         return invoice_line_batches(month_invoices(session, tenant, period))
     scan = scan_tasks(session, tenant, period)
-    month = rating_input(session, tenant, period, ended=scan.ended())
-    summary = month_summary(session, tenant, period, counts=scan.counts, billed=month.ended)
+    month = rating_input(session, tenant, period, ended=scan.ended(), figures=open_month.usable_figures(session, tenant.id, period))
+    summary = month_summary(session, tenant, period, counts=scan.counts, billed=month.ended, rating=month)
     if report is CUSTOMERS:
         return customer_batches(summary)
     return comparison_batches(month_comparison(tenant, period, month, costs_of(summary)))
@@ -89,17 +90,21 @@ def write_month(source: Session | Engine, tenant: Tenant, period: Period | str, 
             current = snapshots.fingerprint(session, tenant, month, closed)
             scan = TaskScan(month)
             write(TASKS, task_batches(session, tenant, month, scan=scan))
-            rating = rating_input(session, tenant, month, ended=scan.ended())
+            figures = open_month.usable_figures(session, tenant.id, month)  # rating reads them as groups of tasks
+            rating = rating_input(session, tenant, month, ended=scan.ended(), figures=figures)
             counts = scan.counts
             del scan
-            summary = month_summary(session, tenant, month, closed=closed, counts=counts, billed=rating.ended)
+            summary = month_summary(session, tenant, month, closed=closed, counts=counts, billed=rating.ended, rating=rating)
             write(CUSTOMERS, customer_batches(summary))
             write(INVOICE_LINES, invoice_line_batches(summary.invoices))
             comparison = month_comparison(tenant, month, rating, costs_of(summary))
             write(COMPARISON, comparison_batches(comparison))
             spend = repository.spend(session, tenant.id, month)
             write(SPEND, spend_batches(spend))
-            view = dashboard.build_view(session, tenant, month, summary, rating, comparison) if now else None
+            view = None
+            if now is not None:
+                outcomes = dashboard.month_outcomes(session, tenant, month, None, now, figures)
+                view = dashboard.build_view(session, tenant, month, summary, rating, comparison, outcomes=outcomes)
             del rating
         finally:
             session.rollback()

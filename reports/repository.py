@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,7 @@ from metering.events.ingest import to_us
 from metering.rollup.repository import cost_sums, summed_nanos
 from pricing.tables import billing_periods, credit_notes, invoice_lines, invoices
 from pricing.tables import customers as pricing_customers
+from pricing.usage import summable
 
 USAGE_MEASURES = ("usage_events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                   "reasoning_tokens", "cost_nanos", "cost_rem", "unpriced_events")  # fmt: skip
@@ -82,17 +84,16 @@ def spend(session: Session, tenant_id: int, period: Period) -> list[SpendRow]:
     return _spend_rows(session, query)
 
 
-def spend_by_person(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> list[SpendRow]:
-    """The month's usage per actor and agent (of all customers, or one), from `usage_daily`:
-    actor, agent ('' where none was given), usage_events, input_tokens, output_tokens, cost_nanos,
-    cost_rem."""
-    u = usage_daily.c
-    where = [u.tenant_id == tenant_id, u.day >= period.first_day, u.day < period.next_first_day]
-    if customer is not None:
-        where.append(u.customer == customer)
-    sums = [func.sum(u[name]).label(name) for name in SPEND_FIELDS[4:7]]
-    query = select(u.actor, u.agent, *sums, *cost_sums(usage_daily)).where(*where).group_by(u.actor, u.agent)
-    return _spend_rows(session, query)
+def spend_by_person_of(usage: pd.DataFrame) -> list[SpendRow]:
+    """The month's usage per actor and agent (of all customers, or one) from its usage as read
+    once (`pricing.repository.month_usage`): actor, agent ('' where none was given), usage_events,
+    input_tokens, output_tokens, cost_nanos, cost_rem."""
+    if usage.empty:
+        return []
+    columns = ["usage_events", "input_tokens", "output_tokens", "cost_nanos", "cost_rem"]
+    sums = usage[["actor", "agent"]].join(usage[columns].apply(summable)).groupby(["actor", "agent"], sort=False)[columns].sum()
+    return [SpendRow("", actor, agent, 0, int(e), int(i), int(o), int(n), int(r))
+            for (actor, agent), (e, i, o, n, r) in zip(sums.index.tolist(), sums.to_numpy().tolist(), strict=True)]  # fmt: skip
 
 
 # --- billing periods ------------------------------------------------------------------------------
@@ -137,6 +138,14 @@ def customer_usage(
         select(usage_daily.c.customer, *_sums(usage_daily)).where(*where).group_by(usage_daily.c.customer)
     )
     return {row.customer: Usage.of(row) for row in rows}
+
+
+def customer_usage_of(usage: pd.DataFrame) -> dict[str, Usage]:
+    """`customer_usage` from the month's usage as read once (`pricing.repository.month_usage`)."""
+    if usage.empty:
+        return {}
+    sums = usage[["customer"]].join(usage[list(USAGE_MEASURES)].apply(summable)).groupby("customer", sort=False)[list(USAGE_MEASURES)].sum()
+    return {name: Usage(*(int(v) for v in values)) for name, values in zip(sums.index.tolist(), sums.to_numpy().tolist(), strict=True)}
 
 
 @dataclass
@@ -355,28 +364,18 @@ def watermark(session: Session, tenant_id: int) -> int:
     return int(session.execute(query).scalar() or 0)
 
 
-def unpriced_models(
-    session: Session, tenant_id: int, period: Period, customer: str | None = None
-) -> list[dict[str, Any]]:
-    """Models the month's usage events named that have no price (their tasks are `unpriced`)."""
-    u = usage_daily.c
-    where = [
-        u.tenant_id == tenant_id,
-        u.day >= period.first_day,
-        u.day < period.next_first_day,
-        u.unpriced_events > 0,
-    ]
-    if customer is not None:
-        where.append(u.customer == customer)
-    rows = session.execute(
-        select(u.provider, u.model, func.sum(u.unpriced_events), func.count(func.distinct(u.customer)),
-               func.sum(u.input_tokens + u.output_tokens))
-        .where(*where).group_by(u.provider, u.model).order_by(u.provider, u.model)
-    )  # fmt: skip
-    return [
-        {"provider": p, "model": m, "events": int(e), "customers": int(c), "tokens": int(t)}
-        for p, m, e, c, t in rows
-    ]
+def unpriced_models_of(usage: pd.DataFrame) -> list[dict[str, Any]]:
+    """Models the month's usage events named that have no price (their tasks are `unpriced`),
+    from its usage as read once (`pricing.repository.month_usage`), by provider and model in byte
+    order: events, customers, and the tokens of the daily rows with unpriced events."""
+    rows = usage[(usage["unpriced_events"] > 0).to_numpy()]
+    if rows.empty:
+        return []
+    sums = rows.groupby(["provider", "model"])[["unpriced_events", "unpriced_tokens"]].sum()
+    customers = rows.groupby(["provider", "model"])["customer"].nunique()
+    found = [{"provider": p, "model": m, "events": int(e), "customers": int(customers[(p, m)]), "tokens": int(t)}
+             for (p, m), (e, t) in zip(sums.index.tolist(), sums.to_numpy().tolist(), strict=True)]  # fmt: skip
+    return sorted(found, key=lambda row: (row["provider"].encode(), row["model"].encode()))
 
 
 def cost_buckets(

@@ -2,11 +2,13 @@
 `report_snapshots`, and read as long as it is current.
 
 A snapshot is current when nothing it was computed from has changed: the `fingerprint` (provider
-prices, plans, plan assignments, whether the month and the one before are closed, the month's
-invoices) is the same, and the rollup has not moved past its watermark, or only for less than a
-short time (`MAX_AGE`: figures of an open month a minute old, of a closed one a quarter of an
-hour old, are shown with their time while a newer snapshot is made). `write_month` stores one
-for every month it writes, so months closed by the scheduler open at once.
+prices, plans, plan assignments, outcome rules, disputes, whether the month and the one before are
+closed, the month's invoices) is the same, and the rollup has not moved past its watermark, or
+only for less than a short time (`MAX_AGE`: figures of an open month a minute old, of a closed one
+a quarter of an hour old, are shown with their time while a newer snapshot is made). Its outcomes
+count up to the time it was computed: in a month still open whose outcomes move with time
+(`timed`: settlement windows, or tasks dated ahead), a snapshot of an earlier minute is aging.
+`write_month` stores one for every month it writes, so months closed by the scheduler open at once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from metering.core.db import unit_of_work
 from metering.core.periods import Period
 from metering.core.tables import rollup_state
 from metering.core.tenants import Tenant
-from pricing.tables import customer_plans, invoices, plan_versions
+from metering.events.ingest import to_us
+from pricing import open_month, outcomes_repository
+from pricing.tables import customer_plans, disputes, invoices, outcome_rule_versions, plan_versions
 from reports import repository
 from reports.dashboard import FORMAT, MonthView, SeriesPoint, month_view, window
 from reports.month_data import begin_snapshot
@@ -63,9 +67,24 @@ def fingerprint(session: Session, tenant: Tenant, period: Period, closed: set[st
             invoices.c.status == "finalized",
         )
     ).one()
+    rules = session.execute(
+        select(func.max(outcome_rule_versions.c.version)).where(outcome_rule_versions.c.tenant_id == tenant.id)
+    ).scalar()
+    seen = session.execute(
+        select(func.count(), func.max(disputes.c.id), func.count(disputes.c.resolved_at)).where(disputes.c.tenant_id == tenant.id)
+    ).one()
     state = "closed" if period.label in closed else "open"
     previous = "closed" if period.previous().label in closed else "open"
-    return f"f{FORMAT}|{prices or ''}|p{plans or 0}|a{assigned or 0}|{state}|{previous}|i{count}:{newest or 0}:{total or 0}"
+    return (f"f{FORMAT}|{prices or ''}|p{plans or 0}|a{assigned or 0}|r{rules or 0}|d{seen[0]}:{seen[1] or 0}:{seen[2]}|{state}|{previous}|"
+            f"i{count}:{newest or 0}:{total or 0}")  # fmt: skip
+
+
+def timed(session: Session, tenant: Tenant, period: Period, *, now: datetime) -> bool:
+    """Whether the month's outcomes move with time at `now`: it has not ended, and the tenant has
+    outcome rules (settlement windows pass) or a task of the month ends or is reopened later."""
+    if now >= period.end:
+        return False
+    return bool(outcomes_repository.rule_book(session, tenant.id)) or open_month.times_after(session, tenant.id, period, to_us(now) + 1)
 
 
 def load(session: Session, tenant_id: int, label: str) -> Snapshot | None:
@@ -83,19 +102,21 @@ def load(session: Session, tenant_id: int, label: str) -> Snapshot | None:
 
 
 def freshness(
-    snapshot: Snapshot | None, current: str, watermark: int, *, closed: bool, now: datetime
+    snapshot: Snapshot | None, current: str, watermark: int, *, closed: bool, now: datetime, timed: bool = False
 ) -> Freshness:
+    """`timed`: the month's outcomes move with time (`timed`), so a snapshot of an earlier minute
+    is not fresh."""
     if snapshot is None:
         return "missing"
     if snapshot.fingerprint != current:
         return "stale"
-    if snapshot.watermark_seq == watermark:
-        return "fresh"
     computed = (
         snapshot.computed_at
         if snapshot.computed_at.tzinfo
         else snapshot.computed_at.replace(tzinfo=now.tzinfo)
     )
+    if snapshot.watermark_seq == watermark and not (timed and computed.replace(second=0, microsecond=0) < now.replace(second=0, microsecond=0)):
+        return "fresh"
     return "aging" if now - computed < MAX_AGE[closed] else "stale"
 
 
@@ -119,7 +140,7 @@ def refresh(engine: Engine, tenant: Tenant, period: Period, *, now: datetime) ->
         try:
             begin_snapshot(session)
             current = fingerprint(session, tenant, period, repository.closed_months(session, tenant.id))
-            view = month_view(session, tenant, period)
+            view = month_view(session, tenant, period, now=now)
         finally:
             session.rollback()
     with unit_of_work(engine) as session:

@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 
 from api import dashboard_http as web
 from api.csv_http import csv_response
-from api.dashboard_outcomes import OutcomesCache
 from api.dashboard_refresh import SnapshotRefresher
 from api.routers import dashboard_auth
 from metering.core.errors import InvalidInput, NotFound
@@ -33,7 +32,6 @@ from metering.rollup import quarantine
 from metering.spend import alerts, budget_repository
 from metering.spend import counters as spend
 from pricing import evidence, timeline
-from pricing.outcome_counts import TaskTypeOutcomes
 from pricing.service import require_customer
 from reports import budget_page, dashboard, evidence_pages, month_page, pages, repository, snapshots
 from reports import evidence as evidence_csv
@@ -46,7 +44,7 @@ from reports.tasks import task_batches
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
-    for name in ("dashboard_refresher", "dashboard_outcomes"):
+    for name in ("dashboard_refresher",):
         worker = getattr(app.state, name, None)
         if worker is not None:  # let a computation under way finish with the engine still open
             await run_in_threadpool(worker.shutdown)
@@ -98,7 +96,7 @@ def month(
         )
         quarantined = quarantine.count(session, tenant.id)
     if customer:
-        view, series = _customer_month(engine, tenant, period, customer, closed)
+        view, series = _customer_month(engine, tenant, period, customer, closed, now)
         as_of, freshness = None, "live"
     else:
         found = _tenant_month(request, tenant, period, closed, now)
@@ -111,7 +109,8 @@ def month(
             series, missing = snapshots.tenant_series(session, tenant, period)
         for other in missing:
             _refresher(request).request(tenant, other)
-    outcomes = _outcomes(request, tenant, period, customer or None, closed, now)
+    rows = view.outcome_rows()  # of the snapshot (or this page's customer month), as the other panels
+    outcomes = rows if rows is not None else "No outcomes: the month cannot be rated (a plan is not in force)."
     names = sorted(set(choices) | {row["customer"] for row in view.customers})
     body = month_page.render(
         month_page.MonthPage(
@@ -120,22 +119,6 @@ def month(
         )
     )
     return signed.html(body)
-
-
-def _outcomes(
-    request: Request, tenant: Tenant, period: Period, customer: str | None, closed: set[str], now: datetime
-) -> tuple[TaskTypeOutcomes, ...] | str:
-    """The month's outcomes per task type up to now (`api.dashboard_outcomes`), or what the panel
-    says instead: being computed, or not available."""
-    state = request.app.state
-    if getattr(state, "dashboard_outcomes", None) is None:
-        state.dashboard_outcomes = OutcomesCache(state.engine)
-    ready, found = state.dashboard_outcomes.get(
-        tenant, period, customer, closed=closed, now=now, wait=state.settings.dashboard_wait_seconds
-    )
-    if not ready:
-        return "The outcomes of this month are being computed: they show on the next load."
-    return found if found is not None else "No outcomes: the month cannot be rated (a plan is not in force)."
 
 
 def _chosen_month(text: str | None, tenant: Tenant, closed: set[str], now: datetime) -> Period:
@@ -158,13 +141,13 @@ def _months(session: Session, tenant: Tenant, chosen: Period, now: datetime) -> 
 
 
 def _customer_month(
-    engine: Engine, tenant: Tenant, period: Period, customer: str, closed: set[str]
+    engine: Engine, tenant: Tenant, period: Period, customer: str, closed: set[str], now: datetime
 ) -> tuple[Any, Any]:
     """One customer's month, computed for this page (a customer's month is small)."""
     with Session(engine) as session:
         try:
             begin_snapshot(session)
-            view = dashboard.month_view(session, tenant, period, customer=customer)
+            view = dashboard.month_view(session, tenant, period, customer=customer, now=now)
             series = dashboard.customer_series(session, tenant, period, customer, closed=closed)
         finally:
             session.rollback()
@@ -181,7 +164,8 @@ def _tenant_month(
         snapshot = snapshots.load(session, tenant.id, period.label)
         current = snapshots.fingerprint(session, tenant, period, closed)
         mark = repository.watermark(session, tenant.id)
-    state = snapshots.freshness(snapshot, current, mark, closed=period.label in closed, now=now)
+        timed = snapshots.timed(session, tenant, period, now=now)
+    state = snapshots.freshness(snapshot, current, mark, closed=period.label in closed, now=now, timed=timed)
     if state == "fresh":
         return snapshot, state  # type: ignore[return-value]
     future = _refresher(request).request(tenant, period)

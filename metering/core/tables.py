@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 NAMING_CONVENTION = {
@@ -124,6 +125,9 @@ rollup_state = Table(
     # rollup rebuilds) and the prices (`tenant_overrides`, JSON) that price_version names.
     Column("price_buckets", Text),
     Column("price_settings", Text),
+    # The tenant's own edges of the per customer-month figures' cost buckets, in nanos, comma
+    # separated (`metering.rollup.month_figures.set_edges`; NULL: the dashboard's edges alone).
+    Column("cost_edges", Text),
 )
 
 
@@ -190,6 +194,12 @@ task_usage = Table(
     # A customer's tasks by end time; open tasks are the ones with no end (ended_us IS NULL).
     Index("ix_task_usage_tenant_customer_ended", "tenant_id", "customer", "ended_us"),
     Index("ix_task_usage_tenant_ended", "tenant_id", "ended_us"),
+    # The few tasks reopened, and rejected, that a month's outcome counts name beside the per
+    # customer-month figures (`pricing.open_month.reopened_and_rejected`).
+    Index("ix_task_usage_tenant_reopened", "tenant_id", "reopened_us", sqlite_where=text("reopened_us IS NOT NULL"),
+          postgresql_where=text("reopened_us IS NOT NULL")),
+    Index("ix_task_usage_tenant_rejected", "tenant_id", "ended_us", sqlite_where=text("rejected > 0"),
+          postgresql_where=text("rejected > 0")),
     sqlite_with_rowid=False,  # one B-tree keyed by (tenant, task), not a rowid table plus an index
 )
 

@@ -13,18 +13,25 @@ previous `task_usage` row and adds that of its merged row (`apply`), in the tran
 writes `task_usage`; a rebuild writes the figures of all the tenant's tasks anew (`replace`).
 Everything is a function of `task_usage` alone: `rebuild_from_task_usage` recomputes the table
 from it (after a re-pricing that rewrote task costs, or to fill the table for existing data).
+
+Cost buckets: the dashboard's edges (`COST_EDGES_NANOS`) and the tenant's own
+(`rollup_state.cost_edges`: pricing puts an edge just above each per-job price, so that no bucket
+holds tasks on both sides of a price: `set_edges`). A row's `bucket` indexes the tenant's edges
+as they were when it was written (`edges_of` reads them in the same snapshot); each lies within
+one dashboard bucket (`display_bucket`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, select, update
 
-from metering.core.db import driver_rows, write_frame
-from metering.core.tables import customer_months, task_usage
+from metering.core.db import driver_rows, upsert, write_frame
+from metering.core.tables import customer_months, rollup_state, task_usage
 from metering.costs.prices import settle_nanos
 
 COST_EDGES_MICROS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
@@ -40,12 +47,62 @@ TASK_INPUT = ("task", "customer", "task_type", "status", "ended_us", "last_event
 _READ_CHUNK = 200_000
 
 
-def bucket_of(cost_nanos: np.ndarray) -> np.ndarray:
-    return np.searchsorted(COST_EDGES_NANOS, cost_nanos, side="right").astype(np.int64)
+MAX_OWN_EDGES = 64
+"""At most this many edges of a tenant's own (the lowest): each may split every customer's
+bucket rows in two."""
 
 
-def contributions(tasks: pd.DataFrame, timezone: str) -> pd.DataFrame:
-    """The figures of `tasks` (task rows with `TASK_INPUT`), summed per key (`KEYS` + `MEASURES`)."""
+def with_own(own: Iterable[int]) -> np.ndarray:
+    """The dashboard's edges and `own` (nanos > 0; the lowest `MAX_OWN_EDGES`), sorted, as int64."""
+    kept = sorted({int(e) for e in own if 0 < int(e) < 2**63 - 1})[:MAX_OWN_EDGES]
+    return np.union1d(COST_EDGES_NANOS, np.array(kept, dtype=np.int64)).astype(np.int64)
+
+
+def _own_text(edges: np.ndarray) -> str | None:
+    own = np.setdiff1d(edges, COST_EDGES_NANOS)
+    return ",".join(map(str, own.tolist())) or None
+
+
+def edges_of(connection: Connection, tenant_id: int) -> np.ndarray:
+    """The edges of the tenant's buckets (`with_own` of `rollup_state.cost_edges`)."""
+    text = connection.execute(select(rollup_state.c.cost_edges).where(rollup_state.c.tenant_id == tenant_id)).scalar()
+    return with_own(int(e) for e in text.split(",")) if text else COST_EDGES_NANOS
+
+
+def set_edges(connection: Connection, tenant_id: int, timezone: str, own: Iterable[int], *, now: datetime) -> bool:
+    """Make `own` the tenant's own edges (`with_own`), rewriting its figures from `task_usage` when
+    they change (in the caller's transaction: the rollup_state row it updates first keeps a
+    rollup from writing figures with the old edges meanwhile). Returns whether they changed."""
+    edges = with_own(own)
+    if np.array_equal(edges, edges_of(connection, tenant_id)):
+        return False
+    # A tenant not rolled up yet gets the row its first rollup would create (and rebuild from).
+    upsert(connection, rollup_state, {"tenant_id": tenant_id, "watermark_seq": 0, "price_version": "", "updated_at": now},
+           key=["tenant_id"])  # fmt: skip
+    connection.execute(update(rollup_state).where(rollup_state.c.tenant_id == tenant_id).values(cost_edges=_own_text(edges)))
+    rebuild_from_task_usage(connection, tenant_id, timezone, edges=edges)
+    return True
+
+
+def bucket_of(cost_nanos: np.ndarray, edges: np.ndarray = COST_EDGES_NANOS) -> np.ndarray:
+    return np.searchsorted(edges, cost_nanos, side="right").astype(np.int64)
+
+
+def bucket_bounds(bucket: int, edges: np.ndarray = COST_EDGES_NANOS) -> tuple[int, int]:
+    """[low, high) of a cost bucket in nanos (high of the last: int64's max)."""
+    low = 0 if bucket == 0 else int(edges[bucket - 1])
+    high = int(edges[bucket]) if bucket < len(edges) else 2**63 - 1
+    return low, high
+
+
+def display_bucket(bucket: int, edges: np.ndarray) -> int:
+    """The dashboard's bucket (of `COST_EDGES_NANOS`) that bucket `bucket` of `edges` lies in."""
+    return int(np.searchsorted(COST_EDGES_NANOS, bucket_bounds(bucket, edges)[0], side="right"))
+
+
+def contributions(tasks: pd.DataFrame, timezone: str, edges: np.ndarray = COST_EDGES_NANOS) -> pd.DataFrame:
+    """The figures of `tasks` (task rows with `TASK_INPUT`), summed per key (`KEYS` + `MEASURES`),
+    bucketed by `edges`."""
     if tasks.empty:
         return pd.DataFrame({**{k: pd.Series([], dtype=object) for k in KEYS}, **{m: pd.Series([], dtype=np.int64) for m in MEASURES}})
     ended = pd.array(tasks["ended_us"], dtype="Int64")
@@ -59,7 +116,7 @@ def contributions(tasks: pd.DataFrame, timezone: str) -> pd.DataFrame:
         "month": month,
         "task_type": tasks["task_type"].astype(object).where(tasks["task_type"].notna(), "").to_numpy(),
         "status": status,
-        "bucket": bucket_of(cost),
+        "bucket": bucket_of(cost, edges),
         "tasks": np.ones(len(tasks), dtype=np.int64),
         "usage_events": tasks["usage_events"].to_numpy(dtype=np.int64),
         "input_tokens": tasks["input_tokens"].to_numpy(dtype=np.int64),
@@ -75,11 +132,11 @@ def _summed(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def delta(before: pd.DataFrame, after: pd.DataFrame, timezone: str) -> pd.DataFrame:
+def delta(before: pd.DataFrame, after: pd.DataFrame, timezone: str, edges: np.ndarray = COST_EDGES_NANOS) -> pd.DataFrame:
     """What the figures change by when the tasks of `before` (their stored rows; tasks new to the
     rollup have none) become the rows of `after`: after's contributions minus before's, without
     the keys that do not change."""
-    old, new = contributions(before, timezone), contributions(after, timezone)
+    old, new = contributions(before, timezone, edges), contributions(after, timezone, edges)
     if old.empty:
         return new
     old[list(MEASURES)] = -old[list(MEASURES)]
@@ -89,7 +146,7 @@ def delta(before: pd.DataFrame, after: pd.DataFrame, timezone: str) -> pd.DataFr
 
 def apply(connection: Connection, tenant_id: int, timezone: str, before: pd.DataFrame, after: pd.DataFrame) -> None:
     """Move the tenant's figures from the tasks' `before` rows to their `after` rows (see `delta`)."""
-    change = delta(before, after, timezone)
+    change = delta(before, after, timezone, edges_of(connection, tenant_id))
     if change.empty:
         return
     _write(connection, tenant_id, change, add=True)
@@ -106,25 +163,27 @@ def replace(connection: Connection, tenant_id: int, timezone: str, tasks: pd.Dat
     """Put the figures of `tasks` (all the tenant's task rows; None: none) in place of the tenant's."""
     connection.execute(delete(customer_months).where(customer_months.c.tenant_id == tenant_id))
     if tasks is not None and not tasks.empty:
-        _write(connection, tenant_id, contributions(tasks, timezone), add=False)
+        _write(connection, tenant_id, contributions(tasks, timezone, edges_of(connection, tenant_id)), add=False)
 
 
-def rebuild_from_task_usage(connection: Connection, tenant_id: int, timezone: str) -> int:
+def rebuild_from_task_usage(connection: Connection, tenant_id: int, timezone: str, *, edges: np.ndarray | None = None) -> int:
     """Recompute the tenant's figures from its `task_usage` rows (in the caller's transaction):
-    after anything that rewrote task costs outside the rollup (a re-pricing), or to fill the
-    table for data rolled up before it existed. Returns the rows written."""
-    figures = recompute(connection, tenant_id, timezone)
+    after anything that rewrote task costs outside the rollup (a re-pricing) or moved its
+    bucket edges, or to fill the table for data rolled up before it existed. `edges`: the
+    tenant's (`edges_of`) unless given. Returns the rows written."""
+    figures = recompute(connection, tenant_id, timezone, edges=edges)
     connection.execute(delete(customer_months).where(customer_months.c.tenant_id == tenant_id))
     _write(connection, tenant_id, figures, add=False)
     return len(figures)
 
 
-def recompute(connection: Connection, tenant_id: int, timezone: str) -> pd.DataFrame:
+def recompute(connection: Connection, tenant_id: int, timezone: str, *, edges: np.ndarray | None = None) -> pd.DataFrame:
     """The tenant's figures as `task_usage` holds them now, read in chunks (not written)."""
-    parts = [contributions(chunk, timezone) for chunk in _task_chunks(connection, tenant_id)]
+    edges = edges_of(connection, tenant_id) if edges is None else edges
+    parts = [contributions(chunk, timezone, edges) for chunk in _task_chunks(connection, tenant_id)]
     parts = [p for p in parts if not p.empty]
     if not parts:
-        return contributions(pd.DataFrame(columns=list(TASK_INPUT)), timezone)
+        return contributions(pd.DataFrame(columns=list(TASK_INPUT)), timezone, edges)
     return _summed(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else parts[0]
 
 

@@ -39,11 +39,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_customer_months_tenant_month", "customer_months", ["tenant_id", "month"])
     # The figures of the tasks already rolled up (readers take an empty table for no tasks).
-    from metering.rollup.month_figures import rebuild_from_task_usage
+    from metering.rollup.month_figures import COST_EDGES_NANOS, rebuild_from_task_usage
 
     connection = op.get_bind()
     for tenant_id, timezone in connection.execute(sa.text("SELECT id, timezone FROM tenants")).all():
-        rebuild_from_task_usage(connection, tenant_id, timezone)
+        # The dashboard's edges: a tenant's own come with rollup_state.cost_edges (0020).
+        rebuild_from_task_usage(connection, tenant_id, timezone, edges=COST_EDGES_NANOS)
 
 
 def downgrade() -> None:

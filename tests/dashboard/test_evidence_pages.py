@@ -108,6 +108,15 @@ class TestTaskTimeline:
         assert dashboard.get("/dashboard/tasks/no-such-task").status_code == 404
 
 
+def _panel(page: str) -> str:
+    panel = page[page.index('id="outcomes"'):]
+    return panel[: panel.index("</section>")]
+
+
+def _not_again(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the outcomes were computed again: the page reads them from the month's snapshot")
+
+
 class TestMonthOutcomes:
     def test_the_month_page_shows_outcomes_per_task_type(self, dashboard: httpx.Client, october_books: Books) -> None:
         page = dashboard.get("/dashboard?month=2026-10").text
@@ -122,10 +131,17 @@ class TestMonthOutcomes:
         assert Decimal(values[7]) == Decimal(values[6]) > 0  # one settled job: its price is the billed amount
 
 
-    def test_a_slow_month_shows_the_panel_as_being_computed_then_its_figures(
+    def test_the_panel_is_kept_with_the_months_snapshot(
+        self, dashboard: httpx.Client, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first = dashboard.get("/dashboard?month=2026-10").text  # the month's snapshot, outcomes with it
+        monkeypatch.setattr(analysis, "month_outcomes", _not_again)
+        again = dashboard.get("/dashboard?month=2026-10").text
+        assert _panel(again) == _panel(first) and 'table class="outcomes"' in again
+
+    def test_a_slow_month_shows_its_loading_page_then_the_panel(
         self, dashboard: httpx.Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        dashboard.get("/dashboard?month=2026-10")  # the month's snapshot, computed once
         release = threading.Event()
         compute = analysis.month_outcomes
 
@@ -135,12 +151,18 @@ class TestMonthOutcomes:
 
         monkeypatch.setattr(analysis, "month_outcomes", slow)
         monkeypatch.setattr(settings, "dashboard_wait_seconds", 0.05)
-        page = dashboard.get("/dashboard?month=2026-10&customer=acme").text
-        assert "data-outcomes-note" in page and "being computed" in page
+        page = dashboard.get("/dashboard?month=2026-11").text  # open, never computed
+        assert "Preparing the figures" in page
         release.set()
         monkeypatch.setattr(settings, "dashboard_wait_seconds", 10)
+        page = dashboard.get("/dashboard?month=2026-11").text
+        assert 'id="outcomes"' in page and "data-outcomes-note" not in page
+
+    def test_a_customers_month_has_its_own_panel(self, dashboard: httpx.Client) -> None:
         page = dashboard.get("/dashboard?month=2026-10&customer=acme").text
-        assert 'table class="outcomes"' in page and "data-outcomes-note" not in page
+        assert 'table class="outcomes"' in page and ">support_ticket<" in _panel(page)
+        assert 'id="outcomes"' in (other := dashboard.get("/dashboard?month=2026-10&customer=globex").text)
+        assert ">support_ticket<" not in _panel(other)  # acme's task
 
     def test_a_dispute_computes_the_panel_again(self, dashboard: httpx.Client, october_books: Books) -> None:
         def disputed() -> str:

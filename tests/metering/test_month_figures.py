@@ -8,13 +8,15 @@ import itertools
 import random
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import Engine, select
 
 from metering.core.db import unit_of_work
-from metering.core.tables import customer_months, tenant_prices
+from metering.core.tables import customer_months, task_usage, tenant_prices
 from metering.core.tenants import Tenant
+from metering.costs.prices import settle_nanos
 from metering.events.ingest import ingest_events
 from metering.rollup import month_figures
 from metering.rollup.pipeline import rollup_tenant
@@ -151,3 +153,54 @@ def test_rebuild_from_task_usage_restores_the_table(engine: Engine, make_tenant)
         written = month_figures.rebuild_from_task_usage(connection, tenant.id, tenant.timezone)
     assert written == len(before)
     pd.testing.assert_frame_equal(_sorted(_table(engine, tenant)), before)
+
+
+class TestOwnEdges:
+    """A tenant's own bucket edges (`set_edges`: pricing puts them just above its job prices)."""
+
+    def _costs(self, engine: Engine, tenant: Tenant) -> list[int]:
+        with engine.connect() as connection:
+            rows = connection.execute(select(task_usage.c.cost_nanos, task_usage.c.cost_rem).where(task_usage.c.tenant_id == tenant.id)).all()
+        return sorted({int(settle_nanos(n, r)) for n, r in rows} - {0})
+
+    def test_figures_with_own_edges_stay_exact_under_increments(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+        tenant = make_tenant("figures-edges", timezone="America/Los_Angeles")
+        rng = random.Random(5)
+        _send(engine, tenant, [_event(rng, 25) for _ in range(60)])
+        rollup_tenant(engine, tenant, now=NOW)
+        costs = self._costs(engine, tenant)
+        own = [costs[len(costs) // 3], costs[len(costs) // 3] + 1, costs[-1]]  # a task's cost: in the bucket from it
+        with engine.begin() as connection:
+            assert month_figures.set_edges(connection, tenant.id, tenant.timezone, own, now=NOW)
+            assert not month_figures.set_edges(connection, tenant.id, tenant.timezone, reversed(own), now=NOW)  # the same: kept
+            edges = month_figures.edges_of(connection, tenant.id)
+        assert set(own) <= set(edges.tolist()) and len(edges) == len(month_figures.COST_EDGES_NANOS) + len(set(own))
+        _assert_exact(engine, tenant)
+        assert int(_table(engine, tenant)["bucket"].max()) > 0
+        for _ in range(4):  # the rollup moves tasks between the new buckets
+            _send(engine, tenant, [_event(rng, 25) for _ in range(25)])
+            rollup_tenant(engine, tenant, now=NOW)
+            _assert_exact(engine, tenant)
+        with engine.begin() as connection:  # back to the dashboard's edges alone
+            assert month_figures.set_edges(connection, tenant.id, tenant.timezone, [], now=NOW)
+            assert np.array_equal(month_figures.edges_of(connection, tenant.id), month_figures.COST_EDGES_NANOS)
+        _assert_exact(engine, tenant)
+
+    def test_a_tenant_not_rolled_up_yet_keeps_them_for_its_first_rollup(self, engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+        tenant = make_tenant("figures-edges-first")
+        with engine.begin() as connection:
+            assert month_figures.set_edges(connection, tenant.id, tenant.timezone, [1_500_000], now=NOW)
+        _send(engine, tenant, [_event(random.Random(9), 10) for _ in range(30)])
+        assert rollup_tenant(engine, tenant, now=NOW).rebuilt
+        with engine.connect() as connection:
+            assert 1_500_000 in month_figures.edges_of(connection, tenant.id).tolist()
+        _assert_exact(engine, tenant)
+
+    def test_each_bucket_lies_in_one_of_the_dashboards(self) -> None:
+        edges = month_figures.with_own([1_500_000, 2_000_000, 7])  # 2_000_000 is the dashboard's own
+        assert len(edges) == len(month_figures.COST_EDGES_NANOS) + 2
+        shown = [month_figures.display_bucket(b, edges) for b in range(len(edges) + 1)]
+        # [0, 7) and [7, 1_000_000) in the first; [1_000_000, 1_500_000) and [1_500_000, 2_000_000) in the second
+        assert shown[:5] == [0, 0, 1, 1, 2] and shown[-1] == len(month_figures.COST_EDGES_NANOS)
+        assert month_figures.bucket_bounds(3, edges) == (1_500_000, 2_000_000)
+        assert len(month_figures.with_own(range(1, 1000))) == len(month_figures.COST_EDGES_NANOS) + month_figures.MAX_OWN_EDGES

@@ -149,9 +149,11 @@ class PostgresStore(TableStore):
                 columns([column.name for column in table.primary_key.columns]),
             ))  # fmt: skip
             for index in table.indexes:
-                cursor.execute(pgsql.SQL("CREATE {}INDEX {} ON {} ({})").format(
+                where = index.dialect_options["postgresql"]["where"]  # a partial index: its condition, as declared
+                cursor.execute(pgsql.SQL("CREATE {}INDEX {} ON {} ({}){}").format(
                     pgsql.SQL("UNIQUE " if index.unique else ""), pgsql.Identifier(_staged_name(str(index.name))),
                     pgsql.Identifier(stage.name), columns([column.name for column in index.columns]),
+                    pgsql.SQL("" if where is None else f" WHERE {where}"),
                 ))  # fmt: skip
         for table, stage in staged.items():
             run("DROP TABLE {}", table.name)
