@@ -97,11 +97,17 @@ def month_usage(session: Session, tenant_id: int, period: Period, customer: str 
     # Each row's cost settled (half up, as `settle_nanos`), then summed: the sum rating makes of the rows.
     settled = u.cost_nanos + (u.cost_rem + REM_PER_NANO // 2) // REM_PER_NANO
     unpriced = case((u.unpriced_events > 0, u.input_tokens + u.output_tokens), else_=0)
-    sums = [cast(func.sum(u[n]), BigInteger).label(n) for n in MONTH_USAGE_MEASURES]
+    # Not cast to bigint: a sum the database makes past int64 (PostgreSQL's are numeric) comes back
+    # whole, and the month is then read by day, rows that rating sums exactly itself. A sum the
+    # database cannot make (SQLite's integer overflow) is the caller's 409, as every other sum.
+    sums = [func.sum(u[n]).label(n) for n in MONTH_USAGE_MEASURES]
     keys = [u[n] for n in texts]
-    query = select(*keys, *sums, cast(func.sum(settled), BigInteger).label("provider_cost_nanos"),
-                   cast(func.sum(unpriced), BigInteger).label("unpriced_tokens")).where(*where).group_by(*keys)  # fmt: skip
-    data = _fetch(session, query, (*texts, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"), texts=texts)
+    query = select(*keys, *sums, func.sum(settled).label("provider_cost_nanos"),
+                   func.sum(unpriced).label("unpriced_tokens")).where(*where).group_by(*keys)  # fmt: skip
+    try:
+        data = _fetch(session, query, (*texts, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"), texts=texts)
+    except OverflowError:
+        return month_usage(session, tenant_id, period, customer, by_day=True)
     data = data.assign(day=pd.Timestamp(period.first_day).as_unit("ns"))
     return data[[*MONTH_USAGE_KEYS, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"]]
 
@@ -117,7 +123,7 @@ def rating_tokens(usage: pd.DataFrame) -> pd.DataFrame:
     # unless a sum could pass int64 (rating sums such rows exactly itself).
     if data.duplicated(keys).any() and all(summable(data[c]).dtype != object for c in sums):
         data = data.groupby(keys, sort=False, as_index=False)[sums].sum()
-        data = data.astype({"customer": object, "provider": object, "model": object})  # as read: not pandas' str
+        data = data.astype({name: usage[name].dtype for name in ("customer", "provider", "model")})  # as read
     return data[list(TOKEN_USAGE_COLUMNS)].reset_index(drop=True)
 
 

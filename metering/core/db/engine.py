@@ -36,11 +36,14 @@ def is_unavailable(exc: BaseException) -> bool:
 
 def is_overflow(exc: BaseException) -> bool:
     """Whether `exc` is a sum past 2**63 - 1 in SQL: SQLite's `sum()` raises "integer overflow"
-    (an OperationalError, not a passing trouble); PostgreSQL's bigint arithmetic "out of range"."""
+    (an OperationalError, not a passing trouble); PostgreSQL's bigint arithmetic "out of range"
+    (through psycopg, or through ADBC for a columnar read)."""
     cause = getattr(exc, "orig", None) or exc
     text = str(cause)
     if isinstance(cause, sqlite3.OperationalError):
         return "integer overflow" in text
+    if type(cause).__module__.startswith("adbc_driver_manager"):  # a columnar read (`read_frame`)
+        return "out of range" in text
     return isinstance(cause, psycopg.errors.NumericValueOutOfRange)
 
 
