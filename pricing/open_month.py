@@ -147,7 +147,7 @@ def times_after(session: Session, tenant_id: int, period: Period, bound_us: int,
 def reopened_and_rejected(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> dict[str | None, tuple[int, int]]:
     """Per task type (None: none), the tasks reopened in the month (their latest reopening) and
     those rejected that failed in it: the few tasks `pricing.outcome_counts` counts beside the
-    figures (through the partial indexes of migration 0020)."""
+    figures (through the partial indexes of migration 0021)."""
     t = task_usage.c
     start, end = to_us(period.start), to_us(period.end)
     mine = [t.tenant_id == tenant_id] if customer is None else [t.tenant_id == tenant_id, t.customer == customer]
