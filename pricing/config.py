@@ -70,7 +70,7 @@ def validate_plan(entry: object, prefix: str, problems: Problems) -> Plan | None
     kind = entry.get("type") if isinstance(entry, Mapping) else None
     if not isinstance(entry, Mapping):
         problems.append((prefix, "must be a mapping"))
-    elif kind not in PLAN_TYPES:
+    elif not isinstance(kind, str) or kind not in PLAN_TYPES:
         problems.append((join_path(prefix, "type"), "must be per_token or per_job"))
     else:
         plan: Plan | None = validate_entry(PLAN_TYPES[kind], entry, prefix, problems)
@@ -127,7 +127,7 @@ def validate_config(raw: object, *, known_plans: Iterable[str] = ()) -> TenantCo
     plans = [plan for i, e in enumerate(raw_plans) if (plan := validate_plan(e, f"plans[{i}]", problems))]
     if len(plans) == len(raw_plans):  # version paths index the valid plans: the file's only if all are
         problems += prefixed("plans", version_problems(plans))
-    known = {p.get("id") for p in raw_plans if isinstance(p, Mapping)} | set(known_plans)
+    known = {p["id"] for p in raw_plans if isinstance(p, Mapping) and isinstance(p.get("id"), str)} | set(known_plans)
 
     raw_customers = _section(raw, "customers", problems)
     entries = [validate_entry(CustomerPlan, e, f"customers[{i}]", problems) for i, e in enumerate(raw_customers)]

@@ -81,6 +81,12 @@ class TestPlans:
         response = api.post("/v1/plans", json={"id": "t", "type": "per_job", "prices": {"default": 0.5}})
         assert response.json()["detail"][0]["field"] == "body.prices.default"
 
+    @pytest.mark.parametrize("kind", [{"per_job": []}, ["per_job"], 7, None])
+    def test_a_plan_type_that_is_not_a_name_is_refused(self, api: httpx.Client, kind: object) -> None:
+        response = api.post("/v1/plans", json={"id": "t", "type": kind, "prices": {"default": "1"}})
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["field"] == "body.type"
+
     def test_plans_need_the_admin_scope(self, live_server: LiveServer, tenant: Tenant, make_key: Callable[..., str]) -> None:
         with live_server.client(make_key(tenant, "read")) as reader:
             assert reader.get("/v1/plans").status_code == 403
