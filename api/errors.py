@@ -85,8 +85,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if is_overflow(exc):  # a driver's own error, from a read that bypasses SQLAlchemy (`driver_rows`)
-            return await _taskmeter(request, usage_too_large())
         log.exception("unhandled error")
         return error_response(500, "internal", "internal error")
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Date, DateTime, Engine, Integer, literal, select
+from sqlalchemy import BigInteger, Date, DateTime, Engine, Integer, func, literal, select, union_all
+from sqlalchemy.exc import DBAPIError
 
-from metering.core.db import driver_rows, read_frame
+from metering.core.db import driver_rows, is_overflow, is_unavailable, read_frame
 
 
 def _refuse(value: Any) -> Any:
@@ -66,3 +67,26 @@ def test_read_frame_converts_date_parameters_itself_on_sqlite(
             )
     assert frame.to_dict("records") == [{"day": pd.Timestamp("2026-02-28"), "customer": "acme", "n": 7}]
     assert str(frame["n"].dtype) == "int64"
+
+
+def _past_int64(engine: Engine) -> Any:
+    """A sum the database refuses to make in 64 bits: SQLite's `sum()` (its `+` goes to a float
+    instead), PostgreSQL's bigint `+` (its `sum()` goes to numeric instead)."""
+    big = literal(2**62, BigInteger())
+    if engine.dialect.name == "sqlite":
+        three = union_all(*(select(big.label("n")) for _ in range(3))).subquery()
+        return select(func.sum(three.c.n).label("n"))
+    return select((big + big + big).label("n"))
+
+
+def test_a_driver_error_is_raised_as_sqlalchemy_raises_it(engine: Engine) -> None:
+    """The readers bypass SQLAlchemy's rows, not its errors: the server maps them (409, 503)."""
+    with engine.connect() as connection:
+        with pytest.raises(DBAPIError) as rows_error:
+            list(driver_rows(connection, _past_int64(engine)))
+        with pytest.raises(DBAPIError) as frame_error:
+            read_frame(connection, _past_int64(engine), ["n"])
+    for error in (rows_error.value, frame_error.value):
+        assert is_overflow(error)
+        assert not is_unavailable(error)
+        assert "2**62" not in str(error) and str(2**62) not in str(error)  # parameters stay out

@@ -14,6 +14,7 @@ import pandas as pd
 from sqlalchemy import BigInteger, ColumnElement, Connection, func, literal_column
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -42,16 +43,18 @@ def driver_rows(
     )
     driver = connection.connection.dbapi_connection
     assert driver is not None
-    cursor = driver.cursor(name="taskmeter_rows") if is_postgresql(connection) else driver.cursor()
-    try:
-        cursor.execute(str(compiled), params)
-        if batch_size is None:
-            yield cursor.fetchall()
-            return
-        while rows := cursor.fetchmany(batch_size):
-            yield rows
-    finally:
-        cursor.close()
+    statement = str(compiled)
+    with _as_sqlalchemy_errors(statement, dialect.loaded_dbapi.Error, dialect):
+        cursor = driver.cursor(name="taskmeter_rows") if is_postgresql(connection) else driver.cursor()
+        try:
+            cursor.execute(statement, params)
+            if batch_size is None:
+                yield cursor.fetchall()
+                return
+            while rows := cursor.fetchmany(batch_size):
+                yield rows
+        finally:
+            cursor.close()
 
 
 def read_frame(
@@ -121,10 +124,24 @@ def _arrow_frame(connection: Connection, query: ClauseElement) -> pd.DataFrame:
     dialect = postgresql.dialect(paramstyle="numeric_dollar")
     compiled = cast(SQLCompiler, query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
     params = [compiled.params[name] for name in compiled.positiontup or ()]
-    with adbc.connect(adbc_uri(connection)) as arrow, arrow.cursor() as cursor:
-        cursor.execute(str(compiled), params)
-        table = cursor.fetch_arrow_table()
+    statement = str(compiled)
+    with _as_sqlalchemy_errors(statement, adbc.Error, dialect):
+        with adbc.connect(adbc_uri(connection)) as arrow, arrow.cursor() as cursor:
+            cursor.execute(statement, params)
+            table = cursor.fetch_arrow_table()
     return table.to_pandas(date_as_object=False)
+
+
+@contextmanager
+def _as_sqlalchemy_errors(statement: str, driver_error: type[Exception], dialect: Any) -> Iterator[None]:
+    """The driver's own errors raised as SQLAlchemy's `DBAPIError` subclasses (`OperationalError`,
+    `DataError`, ...), the `orig` kept, as SQLAlchemy's own execution raises them: so a read that
+    bypasses SQLAlchemy's rows fails like any other query (an overflow is a 409, a lost server a
+    503), and callers catch one family. Parameters stay out of the message (`hide_parameters`)."""
+    try:
+        yield
+    except driver_error as error:
+        raise DBAPIError.instance(statement, None, error, driver_error, hide_parameters=True, dialect=dialect) from error
 
 
 def adbc_uri(bind: Connection | Any) -> str:
