@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import threading
 from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy import Engine
 
+from api.periodic import PeriodicThread
 from api.settings import get_settings
-from metering.core.db import is_unavailable, unit_of_work
+from metering.core.db import unit_of_work
 from metering.core.secret_box import SecretBox
 from metering.spend import alerts
 
@@ -74,37 +74,21 @@ def _post(http: httpx.Client, item: alerts.Claimed, secret: str, now: datetime) 
     return f"HTTP {response.status_code}"
 
 
-class WebhookSender:
+class WebhookSender(PeriodicThread):
     """Polls the outbox every `interval` seconds in a daemon thread and sends what is due (each
     server and worker process runs one; claims keep them from sending one attempt twice)."""
 
+    name = "taskmeter-webhooks"
+    what = "webhook delivery"
+    log = log
+
     def __init__(self, engine: Engine, *, interval: float, box: SecretBox) -> None:
-        self.engine, self.interval, self.box = engine, interval, box
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(interval=interval, join_timeout=TIMEOUT_SECONDS * 2)
+        self.engine, self.box = engine, box
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="taskmeter-webhooks", daemon=True)
-            self._thread.start()
+    def resources(self) -> httpx.Client:
+        return httpx.Client(timeout=TIMEOUT_SECONDS)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(TIMEOUT_SECONDS * 2)
-            self._thread = None
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=TIMEOUT_SECONDS) as client:
-            while not self._stop.wait(self.interval):
-                try:
-                    while (
-                        deliver_due(self.engine, now=datetime.now(UTC), box=self.box, client=client)["delivered"]
-                        and not self._stop.is_set()
-                    ):
-                        pass  # a full claim was sent: look again at once
-                except Exception as exc:  # noqa: BLE001 - logged; the next round retries
-                    if is_unavailable(exc):
-                        log.warning("webhook delivery: database unavailable; the next round retries")
-                    else:
-                        log.error("webhook delivery failed", exc_info=exc)
+    def run_round(self, client: httpx.Client) -> None:
+        while deliver_due(self.engine, now=datetime.now(UTC), box=self.box, client=client)["delivered"] and not self.stopping:
+            pass  # a full claim was sent: look again at once
