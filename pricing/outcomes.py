@@ -34,7 +34,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 DEFAULT = "default"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-_DURATION = re.compile(r"^([0-9]{1,7})([smhd])$")
+_DURATION = re.compile(r"([0-9]{1,7})([smhd])")
 MAX_DURATION = timedelta(days=3650)
 _NEVER = np.iinfo(np.int64).max
 US = 1_000_000
@@ -44,7 +44,7 @@ def parse_duration(value: object) -> timedelta:
     """`72h`, `30m`, `2d`, `45s` (a whole number and a unit) as a timedelta, at most 3650 days."""
     if isinstance(value, timedelta):
         return value
-    if not isinstance(value, str) or not (match := _DURATION.match(value.strip())):
+    if not isinstance(value, str) or not (match := _DURATION.fullmatch(value.strip())):
         raise ValueError("must be a duration such as 72h, 30m, 2d or 45s")
     span = timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
     if span > MAX_DURATION:

@@ -31,7 +31,7 @@ Instant = Annotated[
     BeforeValidator(lambda v: v if isinstance(v, str) else _not_a_time()),
     Field(examples=["2026-10-05T12:00:00Z"]),
 ]  # RFC 3339 text only: a bare number is not read as a timestamp
-Month = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", examples=["2026-10"])]
+Month = Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", examples=["2026-10"])]
 DecimalText = Annotated[StrictStr | StrictInt, Field(examples=["0.6"])]
 
 

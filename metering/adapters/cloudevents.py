@@ -68,7 +68,7 @@ _OPENMETER_DIRECTIONS = {
     "completion": "output_tokens",
 }
 _RAW_USAGE_KEYS = ("usage", "usage_metadata", "usageMetadata")
-_DIGITS = re.compile(r"^\d+$")
+_DIGITS = re.compile(r"\d+", re.ASCII)  # whole text (fullmatch), ASCII digits only
 
 
 class RejectedCloudEvent(TypedDict):
@@ -270,7 +270,7 @@ def _count(data: Mapping[str, Any], key: str, errors: list[FieldError]) -> int:
     value = data[key]
     if value is None:
         return 0
-    if isinstance(value, str) and _DIGITS.match(value):
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
         value = int(value)
     try:
         return check_count(f"data.{key}", value)

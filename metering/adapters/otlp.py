@@ -112,8 +112,8 @@ _PROVIDER_IDS = {
 _METADATA_ATTRIBUTES = ("service.name", "gen_ai.agent.name", "gen_ai.operation.name", "gen_ai.provider.name")
 _MAX_METADATA_VALUE = 1024
 _NO_CUSTOMER = "missing: the customer billed for this span (set it on the span or resource)"
-_HEX = re.compile(r"^[0-9a-fA-F]+$")
-_INT = re.compile(r"^[+-]?\d+$")
+_HEX = re.compile(r"[0-9a-fA-F]+")  # whole texts (fullmatch), ASCII digits only
+_INT = re.compile(r"[+-]?\d+", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +361,7 @@ def _count(raw: Mapping[str, Any], key: str) -> int:
     double = raw.get("doubleValue")
     if "intValue" in raw:
         value = raw["intValue"]
-        if isinstance(value, str) and _INT.match(value):
+        if isinstance(value, str) and _INT.fullmatch(value):
             value = int(value)
     elif (
         isinstance(double, float | int)
@@ -388,7 +388,7 @@ def _text(raw: Mapping[str, Any], key: str) -> str:
     number = raw.get("intValue")
     if isinstance(number, int) and not isinstance(number, bool):
         return str(number)
-    if isinstance(number, str) and _INT.match(number):
+    if isinstance(number, str) and _INT.fullmatch(number):
         return str(int(number))
     raise _Invalid(key, f"expected a string, got {_kind(raw)}")
 
@@ -402,7 +402,7 @@ def _kind(raw: Mapping[str, Any]) -> str:
 
 def _hex_id(value: Any, size: int, name: str) -> str:
     """A trace or span id as lowercase hex; base64 (the plain protobuf JSON mapping) is accepted."""
-    if isinstance(value, str) and len(value) == 2 * size and _HEX.match(value):
+    if isinstance(value, str) and len(value) == 2 * size and _HEX.fullmatch(value):
         raw = bytes.fromhex(value)
     else:
         try:

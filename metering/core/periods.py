@@ -14,9 +14,11 @@ from metering.core.errors import InvalidInput
 from metering.core.times import REPRESENTABLE_FROM, REPRESENTABLE_UNTIL, rfc3339
 
 PeriodKind = Literal["day", "week", "month"]
-_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+# ASCII digits only (`\d` would take any script's, `int` reads them: "1٠00" is the year 1000), and
+# the whole text (`$` would let a final newline through).
+_MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])", re.ASCII)
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 # The months and days a query may name: those whose instants every layer can represent
 # (metering.events.schemas), whatever the tenant's time zone.
 FIRST_MONTH, LAST_MONTH = "1970-01", "2261-12"
@@ -95,7 +97,7 @@ def period_of(moment: datetime, timezone: str, kind: PeriodKind = "month") -> Pe
 
 
 def parse_month(text: str, timezone: str, *, field: str = "month") -> Period:
-    match = _MONTH.match(text or "")
+    match = _MONTH.fullmatch(text or "")
     if match is None:
         raise InvalidInput("invalid month", detail=[{"field": field, "message": f"{text!r} is not a month like 2026-10"}])
     if not FIRST_MONTH <= text <= LAST_MONTH:  # year 0 does not exist, and a month's bounds must stay representable
@@ -107,7 +109,7 @@ def parse_month(text: str, timezone: str, *, field: str = "month") -> Period:
 def parse_day(text: str, *, field: str) -> date:
     """A calendar day from `YYYY-MM-DD` exactly (no number, no time), between 1970-01-01 and 2262-01-01."""
     problem = f"{text!r} is not a day like 2026-10-01"
-    if _DAY.match(text or ""):
+    if _DAY.fullmatch(text or ""):
         try:
             day = date.fromisoformat(text)
         except ValueError:
@@ -124,7 +126,7 @@ def parse_instant(text: str, *, field: str) -> datetime:
     the span every layer can represent; a bare number or a time without offset is refused."""
     window = f"between {rfc3339(REPRESENTABLE_FROM)} and {rfc3339(REPRESENTABLE_UNTIL)}"
     problem = f"{text!r} is not an RFC 3339 time with an offset, like 2026-10-05T12:00:00Z"
-    if _INSTANT.match(text or ""):
+    if _INSTANT.fullmatch(text or ""):
         digits = re.sub(r"(\.\d{6})\d+", r"\1", text)  # Python keeps microseconds
         try:
             moment = datetime.fromisoformat(digits.upper().replace("Z", "+00:00"))

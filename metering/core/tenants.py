@@ -27,8 +27,8 @@ from metering.core.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from metering.core.tables import api_keys, tenants
 
 SCOPES = ("ingest", "read", "admin", "verdict")  # verdict: bound to one customer (`customer`), alone
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_KEY = re.compile(r"^tm_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_KEY = re.compile(r"tm_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def create_tenant(
     session: Session, name: str, *, timezone: str = "UTC", currency: str = "USD", now: datetime
 ) -> Tenant:
     errors = []
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         errors.append({"field": "name", "message": "must be 1-64 of a-z, 0-9, '-', '_', starting with a letter or digit"})
     try:
         ZoneInfo(timezone)
@@ -108,7 +108,7 @@ def parse_scopes(text: str) -> frozenset[str]:
 
 def key_prefix(key: str) -> str:
     """The public part of a key (what `keys revoke` and `keys rotate` take, and the audit log shows)."""
-    match = _KEY.match(key)
+    match = _KEY.fullmatch(key)
     return match.group(1) if match else ""
 
 
@@ -207,7 +207,7 @@ def authenticate(
     """The principal of a presented key, or `Unauthorized` (one message for every failure).
 
     `now` lets a rotated key work until its grace period ends; without it, it stops at rotation."""
-    match = _KEY.match(key)
+    match = _KEY.fullmatch(key)
     if match is None:
         raise Unauthorized("invalid API key")
     row = connection.execute(

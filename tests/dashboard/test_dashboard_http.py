@@ -237,6 +237,7 @@ class TestPages:
 
     def test_unknown_months_and_customers_are_not_found(self, dashboard: httpx.Client) -> None:
         assert dashboard.get("/dashboard?month=2026-13").status_code == 404
+        assert dashboard.get("/dashboard", params={"month": "1\u066000-01"}).status_code == 404  # an Arabic-Indic zero
         assert dashboard.get("/dashboard?month=2026-10&customer=nobody").status_code == 404
         assert dashboard.get("/dashboard/customers/nobody/tasks?month=2026-10").status_code == 404
         assert dashboard.get("/dashboard/reports/2026-10/secrets.csv").status_code == 404

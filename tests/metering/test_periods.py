@@ -6,7 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from metering.core.periods import Period, period_of
+from metering.core.errors import InvalidInput
+from metering.core.periods import Period, parse_day, parse_instant, parse_month, period_of
 
 BERLIN, KOLKATA, NEW_YORK = "Europe/Berlin", "Asia/Kolkata", "America/New_York"
 
@@ -86,3 +87,27 @@ class TestWeeks:
         moment = datetime(2026, 10, 25, 18, 40, tzinfo=UTC)
         assert period_of(moment, KOLKATA, "week").first_day == date(2026, 10, 26)
         assert period_of(moment, "UTC", "week").first_day == date(2026, 10, 19)
+
+
+class TestParsing:
+    """Months, days and instants from text: ASCII digits, the whole text, nothing else."""
+
+    @pytest.mark.parametrize("text", ["1٠00-01", "２０２６-10", "2026-10\n", " 2026-10", "2026-1", "2026-13"])
+    def test_a_month_is_four_ascii_digits_and_a_month_number(self, text: str) -> None:
+        with pytest.raises(InvalidInput) as refused:
+            parse_month(text, "UTC")
+        assert refused.value.detail[0]["field"] == "month"
+
+    def test_a_month_parses(self) -> None:
+        assert parse_month("2026-10", KOLKATA) == Period(date(2026, 10, 1), KOLKATA)
+
+    @pytest.mark.parametrize("text", ["2026-1٠-01", "2026-10-01\n"])
+    def test_a_day_is_ascii_digits_only(self, text: str) -> None:
+        with pytest.raises(InvalidInput):
+            parse_day(text, field="from")
+
+    @pytest.mark.parametrize("text", ["2026-10-05T12:00:0٠Z", "2026-10-05T12:00:00Z\n"])
+    def test_an_instant_is_ascii_digits_only(self, text: str) -> None:
+        with pytest.raises(InvalidInput):
+            parse_instant(text, field="since")
+        assert parse_instant(text.strip().replace("٠", "0"), field="since") == datetime(2026, 10, 5, 12, tzinfo=UTC)
