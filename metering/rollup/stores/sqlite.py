@@ -188,7 +188,8 @@ class SqliteStore(TableStore):
         """The changes inserted into a temporary table by the driver's `executemany` and applied by
         one UPDATE ... FROM joined on the key (instead of one UPDATE per row built by
         SQLAlchemy). Each key value goes through its column type's bind processor, as
-        SQLAlchemy's own execution would (dates as the ISO text SQLite stores)."""
+        SQLAlchemy's own execution would; days read as datetime64 (`read_buckets`) become the
+        ISO text SQLite stores directly."""
         if changes.empty:
             return 0
         dialect = connection.dialect
@@ -196,6 +197,9 @@ class SqliteStore(TableStore):
         changes = key_order(changes, tuple(keys), True)  # the table's pages visited in key order, once each
         columns = []
         for name in names:
+            if pd.api.types.is_datetime64_any_dtype(changes[name].dtype):  # days, as the ISO text SQLite stores
+                columns.append(np.datetime_as_string(changes[name].to_numpy().astype("datetime64[D]"), unit="D").tolist())
+                continue
             values = changes[name].tolist()
             processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect) if name in keys else None
             columns.append([processor(v) for v in values] if processor is not None else values)
