@@ -14,6 +14,7 @@ from sqlalchemy import (
     Connection,
     Select,
     Table,
+    Update,
     bindparam,
     delete,
     false,
@@ -169,20 +170,27 @@ class TableStore:
         columns of the tenant's rows of `table` with those keys, carried; returns rows changed."""
         if changes.empty:
             return 0
-        statement = (
-            update(table)
-            .where(table.c.tenant_id == tenant_id, *[table.c[name] == bindparam(f"k_{name}") for name in keys])
-            .values(
-                cost_nanos=table.c.cost_nanos + bindparam("d_nanos") + (table.c.cost_rem + bindparam("d_rem")) // _REM,
-                cost_rem=(table.c.cost_rem + bindparam("d_rem")) % _REM,
-                unpriced_events=table.c.unpriced_events + bindparam("d_unpriced"),
-            )
-        )
         names = [*keys, *("d_nanos", "d_rem", "d_unpriced")]
         columns = [key_values(changes[name]) for name in names]  # texts as read, days as dates, numbers as ints
-        rows = [dict(zip([f"k_{n}" if n in keys else n for n in names], row, strict=True)) for row in zip(*columns, strict=True)]
-        connection.execute(statement, rows)
+        bound = ["tenant", *[f"k_{n}" if n in keys else n for n in names]]
+        rows = [dict(zip(bound, (tenant_id, *row), strict=True)) for row in zip(*columns, strict=True)]
+        connection.execute(cost_update(table, keys), rows)
         return len(rows)
+
+
+def cost_update(table: Table, keys: Sequence[str]) -> Update:
+    """UPDATE of one row of `table` (bound `tenant` and `k_<key>`) adding the bound `d_nanos`,
+    `d_rem` (in [0, 10**6): the sum's carry is non-negative) and `d_unpriced` to its costs, carried."""
+    rem = table.c.cost_rem + bindparam("d_rem", type_=BigInteger())
+    return (
+        update(table)
+        .where(table.c.tenant_id == bindparam("tenant"), *[table.c[name] == bindparam(f"k_{name}") for name in keys])
+        .values(
+            cost_nanos=table.c.cost_nanos + bindparam("d_nanos", type_=BigInteger()) + rem // _REM,
+            cost_rem=rem % _REM,
+            unpriced_events=table.c.unpriced_events + bindparam("d_unpriced", type_=BigInteger()),
+        )
+    )
 
 
 def key_values(column: pd.Series) -> list[Any]:
