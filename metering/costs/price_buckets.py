@@ -118,7 +118,10 @@ def representative_us(day: np.ndarray, utc_shift: np.ndarray, period: np.ndarray
     return utc_day * US_PER_DAY + scheme.time_of_day(period)
 
 
-def days_since_epoch(days: Iterable[date | datetime | str]) -> np.ndarray:
-    """Dates (as the database returns them) as days since 1970-01-01."""
+def days_since_epoch(days: Iterable[date | datetime | str] | np.ndarray) -> np.ndarray:
+    """Dates (as the database returns them, or a datetime64 column) as days since 1970-01-01."""
+    values = np.asarray(days)
+    if np.issubdtype(values.dtype, np.datetime64):
+        return values.astype("datetime64[D]").astype(np.int64)
     return np.array(list(days), dtype="datetime64[D]").astype(np.int64)
 

@@ -10,9 +10,10 @@ A task's key is not fixed: its status changes (open → completed → reopened �
 so its month move with its terminal events, its cost and bucket grow with its usage. So nothing
 is summed blindly: an incremental rollup subtracts the contribution of each touched task's
 previous `task_usage` row and adds that of its merged row (`apply`), in the transaction that
-writes `task_usage`; a rebuild writes the figures of all the tenant's tasks anew (`replace`).
+writes `task_usage`; a re-pricing does the same for the tasks whose cost it changes
+(`shift_costs`); a rebuild writes the figures of all the tenant's tasks anew (`replace`).
 Everything is a function of `task_usage` alone: `rebuild_from_task_usage` recomputes the table
-from it (after a re-pricing that rewrote task costs, or to fill the table for existing data).
+from it (after the tenant's bucket edges move, or to fill the table for existing data).
 
 Cost buckets: the dashboard's edges (`COST_EDGES_NANOS`) and the tenant's own
 (`rollup_state.cost_edges`: pricing puts an edge just above each per-job price, so that no bucket
@@ -23,7 +24,7 @@ one dashboard bucket (`display_bucket`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import numpy as np
@@ -32,7 +33,7 @@ from sqlalchemy import Connection, delete, select, update
 
 from metering.core.db import driver_rows, upsert, write_frame
 from metering.core.tables import customer_months, rollup_state, task_usage
-from metering.costs.prices import settle_nanos
+from metering.costs.prices import REM_PER_NANO, settle_nanos
 
 COST_EDGES_MICROS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
                      1_000_000, 2_000_000, 5_000_000, 10_000_000)  # fmt: skip
@@ -45,6 +46,8 @@ TASK_INPUT = ("task", "customer", "task_type", "status", "ended_us", "last_event
               "input_tokens", "output_tokens", "cost_nanos", "cost_rem")  # fmt: skip
 """The `task_usage` columns a task's contribution is made of."""
 _READ_CHUNK = 200_000
+_NAMED_CHUNK = 10_000
+"""Tasks read by name per query (`shift_costs`): far below SQLite's 32,766 bound parameters."""
 
 
 MAX_OWN_EDGES = 64
@@ -159,6 +162,43 @@ def apply(connection: Connection, tenant_id: int, timezone: str, before: pd.Data
     )
 
 
+def shift_costs(connection: Connection, tenant_id: int, timezone: str, changes: pd.DataFrame) -> int:
+    """Move the tenant's figures by cost changes of some of its tasks, before they are written to
+    `task_usage` (a re-pricing): `changes` holds `task`, `d_nanos` and `d_rem` (carried, in
+    [0, 10**6)) per task, as `metering.rollup.reprice.summed` gives them. Reads only those tasks'
+    rows and applies the difference of their contributions (`apply`): the figures end as
+    `rebuild_from_task_usage` would write them after the costs change. Returns the tasks whose
+    cost changed."""
+    moved = changes.loc[((changes["d_nanos"] != 0) | (changes["d_rem"] != 0)).to_numpy()]
+    if moved.empty:
+        return 0
+    before = tasks_named(connection, tenant_id, moved["task"].tolist())
+    at = pd.Index(moved["task"]).get_indexer(before["task"])
+    if len(before) != len(moved) or (at < 0).any():
+        raise ValueError("a re-priced task has no task_usage row")
+    d_nanos = moved["d_nanos"].to_numpy(dtype=np.int64)[at]
+    d_rem = moved["d_rem"].to_numpy(dtype=np.int64)[at]
+    nanos, rem = before["cost_nanos"].to_numpy(dtype=np.int64), before["cost_rem"].to_numpy(dtype=np.int64)
+    # As the store adds them to task_usage (carried).
+    after = before.assign(cost_nanos=nanos + d_nanos + (rem + d_rem) // REM_PER_NANO, cost_rem=(rem + d_rem) % REM_PER_NANO)
+    apply(connection, tenant_id, timezone, before, after)
+    return len(before)
+
+
+def tasks_named(connection: Connection, tenant_id: int, names: list[str]) -> pd.DataFrame:
+    """The `TASK_INPUT` columns of the named tasks' `task_usage` rows (those that have one), in
+    the caller's transaction, in name order."""
+    t = task_usage.c
+    names = sorted(names)
+    rows: list[Sequence[object]] = []
+    for start in range(0, len(names), _NAMED_CHUNK):
+        query = select(*[t[name] for name in TASK_INPUT]).where(t.tenant_id == tenant_id, t.task.in_(names[start : start + _NAMED_CHUNK]))
+        (part,) = driver_rows(connection, query.order_by(t.task))
+        rows += part
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(TASK_INPUT)
+    return pd.DataFrame(dict(zip(TASK_INPUT, map(list, columns), strict=True)))
+
+
 def replace(connection: Connection, tenant_id: int, timezone: str, tasks: pd.DataFrame | None) -> None:
     """Put the figures of `tasks` (all the tenant's task rows; None: none) in place of the tenant's."""
     connection.execute(delete(customer_months).where(customer_months.c.tenant_id == tenant_id))
@@ -168,7 +208,7 @@ def replace(connection: Connection, tenant_id: int, timezone: str, tasks: pd.Dat
 
 def rebuild_from_task_usage(connection: Connection, tenant_id: int, timezone: str, *, edges: np.ndarray | None = None) -> int:
     """Recompute the tenant's figures from its `task_usage` rows (in the caller's transaction):
-    after anything that rewrote task costs outside the rollup (a re-pricing) or moved its
+    after anything that rewrote task costs outside the rollup or moved its
     bucket edges, or to fill the table for data rolled up before it existed. `edges`: the
     tenant's (`edges_of`) unless given. Returns the rows written."""
     figures = recompute(connection, tenant_id, timezone, edges=edges)

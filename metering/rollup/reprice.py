@@ -11,8 +11,9 @@ changes, `reprice_tenant`:
    one (all pairs when the old one is not known: genai-prices was upgraded);
 2. reads those pairs' buckets, prices them with the new book, and keeps the cost changes;
 3. adds the changes to the buckets, the detail rows, the tasks and the customer days (carried,
-   so every row is byte for byte what a rebuild from the events writes), and moves the tenant's
-   price version by compare-and-set, in one transaction: all of it or nothing.
+   so every row is byte for byte what a rebuild from the events writes), moves the per
+   customer-month figures by the changed tasks' contributions (`month_figures.shift_costs`), and
+   moves the tenant's price version by compare-and-set, in one transaction: all of it or nothing.
 
 Which changes need which (the pipeline decides, `can_reprice`):
 
@@ -123,10 +124,12 @@ def reprice_tenant(
         buckets = store.read_buckets(connection, tenant_id, result.models)
         result.buckets = len(buckets)
         changes = cost_changes(buckets, book, scheme, result.unpriced)
+        per_level = {table: summed(changes, keys) for table, keys in LEVELS}
+        # The per customer-month figures sum task costs: moved by the changed tasks' old and new
+        # contributions, read before their task_usage rows change.
+        month_figures.shift_costs(connection, tenant_id, timezone, per_level[task_usage])
         for table, keys in LEVELS:
-            result.rows_changed[table.name] = store.shift_costs(connection, tenant_id, table, keys, summed(changes, keys))
-        # The per customer-month figures sum task costs: recomputed from the re-priced tasks.
-        month_figures.rebuild_from_task_usage(connection, tenant_id, timezone)
+            result.rows_changed[table.name] = store.shift_costs(connection, tenant_id, table, keys, per_level[table])
     return result
 
 

@@ -155,6 +155,37 @@ def test_rebuild_from_task_usage_restores_the_table(engine: Engine, make_tenant)
     pd.testing.assert_frame_equal(_sorted(_table(engine, tenant)), before)
 
 
+@pytest.mark.parametrize("timezone", ["UTC", "Asia/Kolkata"])
+def test_shifted_costs_equal_a_recomputation(engine: Engine, make_tenant, timezone: str) -> None:  # type: ignore[no-untyped-def]
+    """Random cost changes of random tasks (up and down, across buckets, carried remainders):
+    the figures moved by `shift_costs` equal those recomputed from the changed task rows."""
+    tenant = make_tenant(f"figures-shift-{timezone.replace('/', '-').lower()}", timezone=timezone)
+    rng = random.Random(41 + len(timezone))
+    _send(engine, tenant, [_event(rng, 40) for _ in range(300)])
+    rollup_tenant(engine, tenant, now=NOW)
+    t = task_usage.c
+    for _round in range(6):
+        with engine.begin() as connection:
+            rows = connection.execute(select(t.task, t.cost_nanos, t.cost_rem).where(t.tenant_id == tenant.id)).all()
+            picked = rng.sample(rows, rng.randrange(1, len(rows)))
+            changes = []
+            for row in picked:
+                d_nanos = rng.choice((0, 1, 999, 10**6, 3 * 10**9, rng.randrange(10**10))) - rng.randrange(row.cost_nanos + 1)
+                d_rem = rng.randrange(10**6)
+                if d_nanos + row.cost_nanos + (row.cost_rem + d_rem) // 10**6 < 0:
+                    d_nanos = -row.cost_nanos
+                changes.append((row.task, d_nanos, d_rem, row.cost_nanos, row.cost_rem))
+            frame = pd.DataFrame(changes, columns=["task", "d_nanos", "d_rem", "nanos", "rem"]).assign(d_unpriced=0)
+            moved = month_figures.shift_costs(connection, tenant.id, timezone, frame[["task", "d_nanos", "d_rem", "d_unpriced"]])
+            assert moved == int(((frame["d_nanos"] != 0) | (frame["d_rem"] != 0)).sum())
+            for task, d_nanos, d_rem, nanos, rem in changes:  # as the store writes them
+                connection.execute(task_usage.update().where(t.tenant_id == tenant.id, t.task == task).values(
+                    cost_nanos=nanos + d_nanos + (rem + d_rem) // 10**6, cost_rem=(rem + d_rem) % 10**6,
+                ))  # fmt: skip
+        _assert_exact(engine, tenant)
+    assert len(set(_table(engine, tenant)["bucket"])) > 3
+
+
 class TestOwnEdges:
     """A tenant's own bucket edges (`set_edges`: pricing puts them just above its job prices)."""
 

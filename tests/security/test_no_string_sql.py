@@ -38,8 +38,6 @@ VETTED = {
         "ATTACH/DETACH of a schema name the store makes from a table name (the file path is bound)",
     ("metering/rollup/stores/sqlite.py", "refresh_statistics"):
         "ANALYZE of the rollup tables' names from the module's Table constants",
-    ("metering/rollup/stores/sqlite.py", "shift_costs"):
-        "temporary table and UPDATE ... FROM over a Table's and its key columns' names; every value bound",
 }  # fmt: skip
 
 

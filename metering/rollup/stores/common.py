@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,14 +14,16 @@ from sqlalchemy import (
     Connection,
     Select,
     Table,
+    Update,
     bindparam,
     delete,
+    false,
     literal_column,
     select,
     update,
 )
 
-from metering.core.db import write_frame
+from metering.core.db import read_frame, write_frame
 from metering.core.db.writes import OnConflict
 from metering.core.event_columns import EVENT_COLUMNS, TEXT_COLUMNS
 from metering.core.tables import events, task_usage, task_usage_buckets, task_usage_detail, usage_daily
@@ -146,39 +147,57 @@ class TableStore:
 
     def read_buckets(self, connection: Connection, tenant_id: int, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
         """The tenant's price buckets of these (provider, model) pairs: `BUCKET_TABLE_KEYS` and
-        `USAGE_COLUMNS`, days as dates. A range of the table's key per pair."""
+        `USAGE_COLUMNS`, days as datetime64. A range of the table's key per pair, read as columns
+        (`read_frame`: no SQLAlchemy row, on PostgreSQL no Python object per number). On
+        PostgreSQL the read runs on a connection of its own: the caller has updated the tenant's
+        rollup_state row first, and every writer of these rows updates it first too, so nothing
+        commits to them in between."""
         b = task_usage_buckets
         names = [*BUCKET_TABLE_KEYS, *USAGE_COLUMNS]
-        rows: list[Any] = []
-        for provider, model in pairs:
-            query = select(*[b.c[name] for name in names]).where(b.c.tenant_id == tenant_id, b.c.provider == provider, b.c.model == model)
-            rows += connection.execute(query).all()
-        # Column by column (pandas building a frame from Row objects probes each row's attributes).
-        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
-        return pd.DataFrame({
-            name: np.array(values, dtype=object if name in _TEXT_KEYS else np.int64)
-            for name, values in zip(names, columns, strict=True)
-        })  # fmt: skip
+        texts = [name for name in names if name in _TEXT_KEYS and name != "day"]
+        frames = [
+            read_frame(connection, select(*[b.c[name] for name in names]).where(
+                b.c.tenant_id == tenant_id, b.c.provider == provider, b.c.model == model
+            ), names, texts=texts, days=("day",))
+            for provider, model in pairs
+        ]  # fmt: skip
+        if not frames:
+            return read_frame(connection, select(*[b.c[name] for name in names]).where(false()), names, texts=texts, days=("day",))
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
     def shift_costs(self, connection: Connection, tenant_id: int, table: Table, keys: Sequence[str], changes: pd.DataFrame) -> int:
         """Add `changes` (its `keys` and `d_nanos`, `d_rem` in [0, 10**6), `d_unpriced`) to the cost
         columns of the tenant's rows of `table` with those keys, carried; returns rows changed."""
         if changes.empty:
             return 0
-        statement = (
-            update(table)
-            .where(table.c.tenant_id == tenant_id, *[table.c[name] == bindparam(f"k_{name}") for name in keys])
-            .values(
-                cost_nanos=table.c.cost_nanos + bindparam("d_nanos") + (table.c.cost_rem + bindparam("d_rem")) // _REM,
-                cost_rem=(table.c.cost_rem + bindparam("d_rem")) % _REM,
-                unpriced_events=table.c.unpriced_events + bindparam("d_unpriced"),
-            )
-        )
         names = [*keys, *("d_nanos", "d_rem", "d_unpriced")]
-        columns = [changes[name].tolist() for name in names]  # texts and dates as they were read, numbers as ints
-        rows = [dict(zip([f"k_{n}" if n in keys else n for n in names], row, strict=True)) for row in zip(*columns, strict=True)]
-        connection.execute(statement, rows)
+        columns = [key_values(changes[name]) for name in names]  # texts as read, days as dates, numbers as ints
+        bound = ["tenant", *[f"k_{n}" if n in keys else n for n in names]]
+        rows = [dict(zip(bound, (tenant_id, *row), strict=True)) for row in zip(*columns, strict=True)]
+        connection.execute(cost_update(table, keys), rows)
         return len(rows)
+
+
+def cost_update(table: Table, keys: Sequence[str]) -> Update:
+    """UPDATE of one row of `table` (bound `tenant` and `k_<key>`) adding the bound `d_nanos`,
+    `d_rem` (in [0, 10**6): the sum's carry is non-negative) and `d_unpriced` to its costs, carried."""
+    rem = table.c.cost_rem + bindparam("d_rem", type_=BigInteger())
+    return (
+        update(table)
+        .where(table.c.tenant_id == bindparam("tenant"), *[table.c[name] == bindparam(f"k_{name}") for name in keys])
+        .values(
+            cost_nanos=table.c.cost_nanos + bindparam("d_nanos", type_=BigInteger()) + rem // _REM,
+            cost_rem=rem % _REM,
+            unpriced_events=table.c.unpriced_events + bindparam("d_unpriced", type_=BigInteger()),
+        )
+    )
+
+
+def key_values(column: pd.Series) -> list[Any]:
+    """A column's values as the driver takes them: days (datetime64) as dates, numbers as ints."""
+    if pd.api.types.is_datetime64_any_dtype(column.dtype):
+        return column.to_numpy().astype("datetime64[D]").astype(object).tolist()
+    return column.tolist()
 
 
 def key_order(frame: pd.DataFrame, keys: tuple[str, ...], replace_all: bool) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from metering.rollup.stores.common import (
     TableStore,
     arrow_events,
     events_query,
+    key_values,
     other_tenants_in,
 )
 from metering.rollup.summary import Summary
@@ -96,7 +97,7 @@ class PostgresStore(TableStore):
             pgsql.SQL(", ").join(pgsql.SQL("{} {}").format(pgsql.Identifier(n), pgsql.SQL(t)) for n, t in zip(names, types, strict=True)),
         ))  # fmt: skip
         with cursor.copy(pgsql.SQL("COPY {} FROM STDIN").format(pgsql.Identifier(stage))) as copy:
-            for row in zip(*[changes[name].tolist() for name in names], strict=True):
+            for row in zip(*[key_values(changes[name]) for name in names], strict=True):
                 copy.write_row(row)
         cursor.execute(pgsql.SQL("ANALYZE {}").format(pgsql.Identifier(stage)))  # the join's plan needs its size
         target, source = pgsql.Identifier(table.name), pgsql.Identifier(stage)
