@@ -20,6 +20,7 @@ fails leaves its period's count, a task completed twice counts once, in the late
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 import weakref
@@ -89,6 +90,7 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 MEASURE_CODES = {"provider_cost": 0, "billed": 1, "tokens": 2, "jobs": 3}
 PERIOD_CODES = {"day": 0, "week": 1, "month": 2}
 _MEMO = 100_000  # entries of a tenant's memos before they start over
+_GENERATIONS = 2**63 - 1  # budget generations are 1 .. 2**63 - 1 (a signed 64-bit column)
 TERMINAL = ("task.completed", "task.failed", "task.cancelled")
 
 
@@ -265,10 +267,16 @@ def counting_state(connection: Connection, tenant_id: int) -> tuple[int, int | N
 
 
 def bump_generation(connection: Connection, tenant_id: int) -> None:
-    """Mark the tenant's budgets (or prices) changed: every process reloads them on next use."""
+    """Mark the tenant's budgets (or prices) changed: every process reloads them on next use.
+
+    The new generation is drawn at random (63 bits, never 0, which stands for "no row"), not
+    counted up: a change that loaded a process's cache in its own transaction and then rolled
+    back leaves that cache keyed by a generation no later change will reuse (counting up, another
+    process's next change would take the same number and the stale budgets would be served)."""
+    drawn = secrets.randbelow(_GENERATIONS) + 1
     upsert(
-        connection, budget_state, {"tenant_id": tenant_id, "generation": 1}, key=("tenant_id",),
-        update={"generation": budget_state.c.generation + 1},
+        connection, budget_state, {"tenant_id": tenant_id, "generation": drawn}, key=("tenant_id",),
+        update={"generation": drawn},
     )  # fmt: skip
     kept = _kept_by(connection)
     with _lock:
