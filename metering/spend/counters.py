@@ -53,7 +53,7 @@ from metering.core.event_columns import TYPE as _TYPE
 from metering.core.periods import Period, first_day, local_midnight, period_of
 from metering.core.tables import tenants
 from metering.costs.book import tenant_overrides
-from metering.costs.prices import price_usage
+from metering.costs.prices import price_arrays
 from metering.costs.ratecards import PriceBook
 from metering.spend import alerts
 from metering.spend.budget_tables import (
@@ -518,15 +518,13 @@ def count_usage(
     cost_nanos = cost_rem = unpriced = np.zeros(len(groups), dtype=np.int64)
     billed: dict[int, int] = defaultdict(int)
     if cost:
-        frame = pd.DataFrame({
-            "provider": columns[_PROVIDER], "model": columns[_MODEL], "time_us": times, "input_tokens": inputs,
-            "output_tokens": outputs, "cache_read_tokens": ints(_CACHE_READ), "cache_write_tokens": ints(_CACHE_WRITE),
-            "cache_write_1h_tokens": ints(_CACHE_WRITE_1H),
-        })  # fmt: skip
-        prices = price_usage(frame, state.book())
-        nanos, rems = prices["cost_nanos"].to_numpy(np.int64), prices["cost_rem"].to_numpy(np.int64)
+        counts = {
+            "input_tokens": inputs, "output_tokens": outputs, "cache_read_tokens": ints(_CACHE_READ),
+            "cache_write_tokens": ints(_CACHE_WRITE), "cache_write_1h_tokens": ints(_CACHE_WRITE_1H),
+        }  # fmt: skip
+        priced, nanos, rems = price_arrays(columns[_PROVIDER], columns[_MODEL], times, counts, state.book())
         cost_nanos, cost_rem = sums(nanos), sums(rems)
-        unpriced = sums((~prices["priced"].to_numpy(bool)).astype(np.int64))
+        unpriced = sums((~priced).astype(np.int64))
         if state.billing:
             _bill(state, rows, nanos.tolist(), rems.tolist(), group_of_row.tolist(), billed)
     # Each group against each budget of its scope: (group, slot) pairs, gathered without a loop.
