@@ -50,7 +50,7 @@ from metering.core.event_columns import TASK as _TASK
 from metering.core.event_columns import TASK_TYPE as _TASK_TYPE
 from metering.core.event_columns import TIME as _TIME
 from metering.core.event_columns import TYPE as _TYPE
-from metering.core.periods import Period, first_day, local_midnight, period_of
+from metering.core.periods import Period, PeriodKind, first_day, local_midnight, period_of
 from metering.core.tables import tenants
 from metering.costs.book import tenant_overrides
 from metering.costs.prices import price_arrays
@@ -703,6 +703,7 @@ class Standing:
     used: int
     rem: int
     unpriced_events: int
+    end: datetime | None = None  # the period's end, when the caller has it (else `period.end`)
 
 
 def standings(
@@ -791,7 +792,8 @@ def _answer(found: Sequence[Standing]) -> dict[str, Any]:
             denied_by = budget.id
         listed.append({
             "id": budget.id, "measure": budget.measure, "limit": text(budget.limit), "used": text(used),
-            "remaining": text(max(budget.limit - used, Decimal(0))), "period_end": standing.period.end,
+            "remaining": text(max(budget.limit - used, Decimal(0))),
+            "period_end": standing.end if standing.end is not None else standing.period.end,
             "enforced": budget.enforce,
         })  # fmt: skip
     return {"allowed": denied_by is None, "denied_by": denied_by, "budgets": listed}
@@ -821,9 +823,23 @@ class Snapshot:
     read_at: float  # time.monotonic()
     valid_until: datetime  # the earliest end of those periods
     refreshing: bool = False
+    # By period kind: the period holding the read's `now`, its start (us) and end, computed once
+    # (a request then does no time zone arithmetic while `now` falls in it).
+    periods: dict[str, tuple[Period, int, datetime, datetime]] = field(default_factory=dict)
 
     def age(self) -> float:
         return time.monotonic() - self.read_at
+
+    def period(self, kind: PeriodKind, now: datetime) -> tuple[Period, int, datetime]:
+        """The period of `kind` holding `now`, its start (us) and its end."""
+        found = self.periods.get(kind)
+        if found is None or not found[2] <= now < found[3]:
+            period = period_of(now, self.state.timezone, kind)
+            start, end = period.start, period.end
+            found = (period, _us(start), start, end)
+            if start <= now < end:
+                self.periods[kind] = found
+        return found[0], found[1], found[3]
 
 
 def _pending(connection: Connection) -> list[tuple[Any, ...]]:
@@ -895,13 +911,12 @@ def read_snapshot(connection: Connection, tenant_id: int, *, now: datetime) -> S
 def authorize_from(found: Snapshot, attributes: dict[str, str | None], *, now: datetime) -> dict[str, Any]:
     """`authorize`, answered from a snapshot (no I/O)."""
     state = found.state
-    matching = sorted(
-        state.matching(attributes.get("customer"), attributes.get("actor"), attributes.get("agent"), attributes.get("task_type")),
-        key=lambda b: b.id,
-    )
+    matching = state.matching(attributes.get("customer"), attributes.get("actor"), attributes.get("agent"), attributes.get("task_type"))
+    if len(matching) > 1:
+        matching = tuple(sorted(matching, key=lambda b: b.id))
     out = []
     for budget in matching:
-        period = period_of(now, state.timezone, budget.period)
-        used, rem, unpriced = found.counters.get((budget.id, _us(period.start)), (0, 0, 0))
-        out.append(Standing(budget, period, used, rem, unpriced))
+        period, start_us, end = found.period(budget.period, now)
+        used, rem, unpriced = found.counters.get((budget.id, start_us), (0, 0, 0))
+        out.append(Standing(budget, period, used, rem, unpriced, end))
     return _answer(out)
