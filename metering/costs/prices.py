@@ -12,9 +12,9 @@ once, half up, to whole nano-units.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -48,13 +48,7 @@ def price_usage(events: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
         name: _int64(events, name) if name in events or name not in OPTIONAL_COLUMNS else np.zeros(len(events), dtype=np.int64)
         for name in PRICED_TOKEN_FIELDS
     }
-    _check_counts(counts)
-    card_of_row, cards = _card_per_row(events, _int64(events, "time_us"), book)
-    table = _RateTable(cards)
-
-    rates = table.rates(card_of_row, counts["input_tokens"])
-    nanos, femtos = _cost(billable_classes(counts), rates)
-
+    card_of_row, cards, nanos, femtos = _price(events["provider"], events["model"], _int64(events, "time_us"), counts, book)
     versions = [card.price_version for card in cards]
     categories = list(dict.fromkeys(versions))
     version_code = np.array([categories.index(v) for v in versions] + [-1], dtype=np.int64)
@@ -67,6 +61,28 @@ def price_usage(events: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
         },
         index=events.index,
     )
+
+
+def price_arrays(
+    provider: Sequence[object], model: Sequence[object], time_us: np.ndarray, counts: Mapping[str, np.ndarray], book: PriceBook
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`price_usage` over plain columns, without a frame: (priced, cost_nanos, cost_rem) per
+    event. `counts` has `PRICED_TOKEN_FIELDS` as int64 arrays (`cache_write_1h_tokens` may be
+    left out). For callers pricing small batches, where building frames costs more than pricing."""
+    full = {name: counts[name] if name in counts else np.zeros(len(time_us), dtype=np.int64) for name in PRICED_TOKEN_FIELDS}
+    card_of_row, _, nanos, femtos = _price(provider, model, time_us, full, book)
+    return card_of_row >= 0, nanos, femtos
+
+
+def _price(
+    provider: Sequence[object] | pd.Series, model: Sequence[object] | pd.Series, time_us: np.ndarray,
+    counts: dict[str, np.ndarray], book: PriceBook,
+) -> tuple[np.ndarray, list[RateCard], np.ndarray, np.ndarray]:  # fmt: skip
+    _check_counts(counts)
+    card_of_row, cards = _card_per_row(provider, model, time_us, book)
+    rates = _RateTable(cards).rates(card_of_row, counts["input_tokens"])
+    nanos, femtos = _cost(billable_classes(counts), rates)
+    return card_of_row, cards, nanos, femtos
 
 
 def billable_classes(counts: Mapping[str, Amount]) -> dict[str, Amount]:
@@ -139,10 +155,10 @@ def _check_counts(counts: dict[str, np.ndarray]) -> None:
 
 
 def _card_per_row(
-    events: pd.DataFrame, time_us: np.ndarray, book: PriceBook
+    provider: Sequence[object] | pd.Series, model: Sequence[object] | pd.Series, time_us: np.ndarray, book: PriceBook
 ) -> tuple[np.ndarray, list[RateCard]]:
     """Index of each event's rate card in the returned list; -1 when unpriced."""
-    pair_of_row, pairs = _factorize_pairs(events["provider"], events["model"])
+    pair_of_row, pairs = _factorize_pairs(provider, model)
     cards: dict[RateCard, int] = {}
     card_of_pair = np.full(len(pairs), -1, dtype=np.int64)
     by_time = []
@@ -161,15 +177,21 @@ def _card_per_row(
     return card_of_row, list(cards)
 
 
-def _factorize_pairs(provider: pd.Series, model: pd.Series) -> tuple[np.ndarray, list[tuple[object, object]]]:
+def _factorize_pairs(
+    provider: Sequence[object] | pd.Series, model: Sequence[object] | pd.Series
+) -> tuple[np.ndarray, list[tuple[object, object]]]:
     # Factorizing each string column then the combined int codes is much cheaper than hashing
     # string pairs, and free for categorical columns.
-    provider_codes, providers = pd.factorize(provider, use_na_sentinel=False)
-    model_codes, models = pd.factorize(model, use_na_sentinel=False)
+    provider_codes, providers = pd.factorize(_values(provider), use_na_sentinel=False)
+    model_codes, models = pd.factorize(_values(model), use_na_sentinel=False)
     combined = provider_codes.astype(np.int64) * len(models) + model_codes
     pair_of_row, uniques = pd.factorize(combined)
     pairs = [(providers[code // len(models)], models[code % len(models)]) for code in uniques.tolist()]
     return pair_of_row, pairs
+
+
+def _values(column: Sequence[object] | pd.Series) -> Any:
+    return column if isinstance(column, pd.Series | np.ndarray) else np.array(column, dtype=object)
 
 
 class _RateTable:
@@ -230,7 +252,7 @@ def price_sums(sums: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
     one by one.
     """
     counts = {name: _int64(sums, name) for name in PRICED_TOKEN_FIELDS}
-    card_of_row, cards = _card_per_row(sums, _int64(sums, "time_us"), book)
+    card_of_row, cards = _card_per_row(sums["provider"], sums["model"], _int64(sums, "time_us"), book)
     rates = _RateTable(cards).rates(card_of_row, _int64(sums, "tier_input"))
     billable = {**billable_classes(counts), "request": _int64(sums, "usage_events")}
     nanos, rem = _summed_cost([(billable[name], rates[name]) for name in billable])

@@ -1,6 +1,6 @@
 """Stored budgets: replace a tenant's set (the config file), put or delete one (the API).
 
-Every change raises the tenant's budget generation (`metering.spend.counters.bump_generation`), so each
+Every change draws a new budget generation for the tenant (`metering.spend.counters.bump_generation`), so each
 server process reloads its cached budgets before it counts the next batch. A new budget, and one
 whose scope, measure or period changes, starts from the spend already stored in its current
 period (`metering.spend.recount`, in the same transaction; what older counters held counted something

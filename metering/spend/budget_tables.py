@@ -34,7 +34,7 @@ budgets = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
-# A tenant's budgets' generation, raised by every change: a server process sees another's change
+# A tenant's budgets' generation, drawn anew (at random) by every change: a server process sees another's change
 # with one primary-key read per batch and reloads its cached budgets.
 budget_state = Table(
     "budget_state",

@@ -20,6 +20,7 @@ fails leaves its period's count, a task completed twice counts once, in the late
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 import weakref
@@ -49,10 +50,10 @@ from metering.core.event_columns import TASK as _TASK
 from metering.core.event_columns import TASK_TYPE as _TASK_TYPE
 from metering.core.event_columns import TIME as _TIME
 from metering.core.event_columns import TYPE as _TYPE
-from metering.core.periods import Period, first_day, local_midnight, period_of
+from metering.core.periods import Period, PeriodKind, first_day, local_midnight, period_of
 from metering.core.tables import tenants
 from metering.costs.book import tenant_overrides
-from metering.costs.prices import price_usage
+from metering.costs.prices import price_arrays
 from metering.costs.ratecards import PriceBook
 from metering.spend import alerts
 from metering.spend.budget_tables import (
@@ -89,6 +90,7 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 MEASURE_CODES = {"provider_cost": 0, "billed": 1, "tokens": 2, "jobs": 3}
 PERIOD_CODES = {"day": 0, "week": 1, "month": 2}
 _MEMO = 100_000  # entries of a tenant's memos before they start over
+_GENERATIONS = 2**63 - 1  # budget generations are 1 .. 2**63 - 1 (a signed 64-bit column)
 TERMINAL = ("task.completed", "task.failed", "task.cancelled")
 
 
@@ -265,10 +267,16 @@ def counting_state(connection: Connection, tenant_id: int) -> tuple[int, int | N
 
 
 def bump_generation(connection: Connection, tenant_id: int) -> None:
-    """Mark the tenant's budgets (or prices) changed: every process reloads them on next use."""
+    """Mark the tenant's budgets (or prices) changed: every process reloads them on next use.
+
+    The new generation is drawn at random (63 bits, never 0, which stands for "no row"), not
+    counted up: a change that loaded a process's cache in its own transaction and then rolled
+    back leaves that cache keyed by a generation no later change will reuse (counting up, another
+    process's next change would take the same number and the stale budgets would be served)."""
+    drawn = secrets.randbelow(_GENERATIONS) + 1
     upsert(
-        connection, budget_state, {"tenant_id": tenant_id, "generation": 1}, key=("tenant_id",),
-        update={"generation": budget_state.c.generation + 1},
+        connection, budget_state, {"tenant_id": tenant_id, "generation": drawn}, key=("tenant_id",),
+        update={"generation": drawn},
     )  # fmt: skip
     kept = _kept_by(connection)
     with _lock:
@@ -510,15 +518,13 @@ def count_usage(
     cost_nanos = cost_rem = unpriced = np.zeros(len(groups), dtype=np.int64)
     billed: dict[int, int] = defaultdict(int)
     if cost:
-        frame = pd.DataFrame({
-            "provider": columns[_PROVIDER], "model": columns[_MODEL], "time_us": times, "input_tokens": inputs,
-            "output_tokens": outputs, "cache_read_tokens": ints(_CACHE_READ), "cache_write_tokens": ints(_CACHE_WRITE),
-            "cache_write_1h_tokens": ints(_CACHE_WRITE_1H),
-        })  # fmt: skip
-        prices = price_usage(frame, state.book())
-        nanos, rems = prices["cost_nanos"].to_numpy(np.int64), prices["cost_rem"].to_numpy(np.int64)
+        counts = {
+            "input_tokens": inputs, "output_tokens": outputs, "cache_read_tokens": ints(_CACHE_READ),
+            "cache_write_tokens": ints(_CACHE_WRITE), "cache_write_1h_tokens": ints(_CACHE_WRITE_1H),
+        }  # fmt: skip
+        priced, nanos, rems = price_arrays(columns[_PROVIDER], columns[_MODEL], times, counts, state.book())
         cost_nanos, cost_rem = sums(nanos), sums(rems)
-        unpriced = sums((~prices["priced"].to_numpy(bool)).astype(np.int64))
+        unpriced = sums((~priced).astype(np.int64))
         if state.billing:
             _bill(state, rows, nanos.tolist(), rems.tolist(), group_of_row.tolist(), billed)
     # Each group against each budget of its scope: (group, slot) pairs, gathered without a loop.
@@ -697,6 +703,7 @@ class Standing:
     used: int
     rem: int
     unpriced_events: int
+    end: datetime | None = None  # the period's end, when the caller has it (else `period.end`)
 
 
 def standings(
@@ -785,7 +792,8 @@ def _answer(found: Sequence[Standing]) -> dict[str, Any]:
             denied_by = budget.id
         listed.append({
             "id": budget.id, "measure": budget.measure, "limit": text(budget.limit), "used": text(used),
-            "remaining": text(max(budget.limit - used, Decimal(0))), "period_end": standing.period.end,
+            "remaining": text(max(budget.limit - used, Decimal(0))),
+            "period_end": standing.end if standing.end is not None else standing.period.end,
             "enforced": budget.enforce,
         })  # fmt: skip
     return {"allowed": denied_by is None, "denied_by": denied_by, "budgets": listed}
@@ -815,9 +823,23 @@ class Snapshot:
     read_at: float  # time.monotonic()
     valid_until: datetime  # the earliest end of those periods
     refreshing: bool = False
+    # By period kind: the period holding the read's `now`, its start (us) and end, computed once
+    # (a request then does no time zone arithmetic while `now` falls in it).
+    periods: dict[str, tuple[Period, int, datetime, datetime]] = field(default_factory=dict)
 
     def age(self) -> float:
         return time.monotonic() - self.read_at
+
+    def period(self, kind: PeriodKind, now: datetime) -> tuple[Period, int, datetime]:
+        """The period of `kind` holding `now`, its start (us) and its end."""
+        found = self.periods.get(kind)
+        if found is None or not found[2] <= now < found[3]:
+            period = period_of(now, self.state.timezone, kind)
+            start, end = period.start, period.end
+            found = (period, _us(start), start, end)
+            if start <= now < end:
+                self.periods[kind] = found
+        return found[0], found[1], found[3]
 
 
 def _pending(connection: Connection) -> list[tuple[Any, ...]]:
@@ -889,13 +911,12 @@ def read_snapshot(connection: Connection, tenant_id: int, *, now: datetime) -> S
 def authorize_from(found: Snapshot, attributes: dict[str, str | None], *, now: datetime) -> dict[str, Any]:
     """`authorize`, answered from a snapshot (no I/O)."""
     state = found.state
-    matching = sorted(
-        state.matching(attributes.get("customer"), attributes.get("actor"), attributes.get("agent"), attributes.get("task_type")),
-        key=lambda b: b.id,
-    )
+    matching = state.matching(attributes.get("customer"), attributes.get("actor"), attributes.get("agent"), attributes.get("task_type"))
+    if len(matching) > 1:
+        matching = tuple(sorted(matching, key=lambda b: b.id))
     out = []
     for budget in matching:
-        period = period_of(now, state.timezone, budget.period)
-        used, rem, unpriced = found.counters.get((budget.id, _us(period.start)), (0, 0, 0))
-        out.append(Standing(budget, period, used, rem, unpriced))
+        period, start_us, end = found.period(budget.period, now)
+        used, rem, unpriced = found.counters.get((budget.id, start_us), (0, 0, 0))
+        out.append(Standing(budget, period, used, rem, unpriced, end))
     return _answer(out)

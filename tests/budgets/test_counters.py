@@ -440,3 +440,27 @@ class TestTwoDatabasesInOneProcess:
             assert (answer["denied_by"], answer["budgets"][0]["used"]) == ("tokens", "1000")
         finally:
             other.dispose()
+
+
+class TestBudgetGenerations:
+    def test_a_rolled_back_change_leaves_no_cache_that_a_later_change_reuses(
+        self, engine: Engine, tenant: Tenant, database_url: str
+    ) -> None:
+        # Two server processes on one database (two engines: each keeps its own cache). The first
+        # changes the budgets, loads them in its own transaction and rolls back; the second then
+        # makes another change. The first must serve the second's budgets, not its rolled-back ones.
+        other = make_engine(database_url)
+        try:
+            put(engine, tenant, budget(id="kept", measure="tokens", limit="1000"))
+            with pytest.raises(RuntimeError), unit_of_work(engine) as session:
+                budget_repository.replace_all(session, tenant.id, [budget(id="rolled-back", measure="tokens", limit="5")], now=NOW)
+                loaded = spend.tenant_budgets(session.connection(), tenant.id)
+                assert [b.id for b in loaded.index.budgets] == ["rolled-back"]
+                raise RuntimeError("the change failed after loading the budgets")
+            put(other, tenant, budget(id="later", measure="tokens", limit="7"))
+            with engine.connect() as connection:
+                assert [b.id for b in spend.tenant_budgets(connection, tenant.id).index.budgets] == ["later"]
+                answer = spend.authorize(connection, tenant.id, {"customer": "acme"}, now=NOW)
+            assert [b["id"] for b in answer["budgets"]] == ["later"]
+        finally:
+            other.dispose()
