@@ -16,8 +16,6 @@ from sqlalchemy import Engine
 from api.periodic import PeriodicThread
 from metering.events.spend_follower import Followed, follow_tenants
 
-log = logging.getLogger("taskmeter.spend")
-
 
 class SpendFollower(PeriodicThread):
     """Runs the follower every `interval` seconds until stopped (each server and worker process
@@ -26,7 +24,7 @@ class SpendFollower(PeriodicThread):
 
     name = "taskmeter-spend-follower"
     what = "spend follower"
-    log = log
+    log = logging.getLogger("taskmeter.spend")
     run_at_start = True
 
     def __init__(self, engine: Engine, *, mode: str, interval: float) -> None:

@@ -24,7 +24,7 @@ one dashboard bucket (`display_bucket`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 
 import numpy as np
@@ -34,6 +34,7 @@ from sqlalchemy import Connection, delete, select, update
 from metering.core.db import driver_rows, upsert, write_frame
 from metering.core.tables import customer_months, rollup_state, task_usage
 from metering.costs.prices import REM_PER_NANO, settle_nanos
+from metering.rollup.stores.common import stored_tasks
 
 COST_EDGES_MICROS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
                      1_000_000, 2_000_000, 5_000_000, 10_000_000)  # fmt: skip
@@ -46,8 +47,6 @@ TASK_INPUT = ("task", "customer", "task_type", "status", "ended_us", "last_event
               "input_tokens", "output_tokens", "cost_nanos", "cost_rem")  # fmt: skip
 """The `task_usage` columns a task's contribution is made of."""
 _READ_CHUNK = 200_000
-_NAMED_CHUNK = 10_000
-"""Tasks read by name per query (`shift_costs`): far below SQLite's 32,766 bound parameters."""
 
 
 MAX_OWN_EDGES = 64
@@ -172,7 +171,7 @@ def shift_costs(connection: Connection, tenant_id: int, timezone: str, changes: 
     moved = changes.loc[((changes["d_nanos"] != 0) | (changes["d_rem"] != 0)).to_numpy()]
     if moved.empty:
         return 0
-    before = tasks_named(connection, tenant_id, moved["task"].tolist())
+    before = stored_tasks(connection, tenant_id, moved["task"].tolist(), TASK_INPUT)
     at = pd.Index(moved["task"]).get_indexer(before["task"])
     if len(before) != len(moved) or (at < 0).any():
         raise ValueError("a re-priced task has no task_usage row")
@@ -183,20 +182,6 @@ def shift_costs(connection: Connection, tenant_id: int, timezone: str, changes: 
     after = before.assign(cost_nanos=nanos + d_nanos + (rem + d_rem) // REM_PER_NANO, cost_rem=(rem + d_rem) % REM_PER_NANO)
     apply(connection, tenant_id, timezone, before, after)
     return len(before)
-
-
-def tasks_named(connection: Connection, tenant_id: int, names: list[str]) -> pd.DataFrame:
-    """The `TASK_INPUT` columns of the named tasks' `task_usage` rows (those that have one), in
-    the caller's transaction, in name order."""
-    t = task_usage.c
-    names = sorted(names)
-    rows: list[Sequence[object]] = []
-    for start in range(0, len(names), _NAMED_CHUNK):
-        query = select(*[t[name] for name in TASK_INPUT]).where(t.tenant_id == tenant_id, t.task.in_(names[start : start + _NAMED_CHUNK]))
-        (part,) = driver_rows(connection, query.order_by(t.task))
-        rows += part
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(TASK_INPUT)
-    return pd.DataFrame(dict(zip(TASK_INPUT, map(list, columns), strict=True)))
 
 
 def replace(connection: Connection, tenant_id: int, timezone: str, tasks: pd.DataFrame | None) -> None:

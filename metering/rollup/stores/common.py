@@ -23,7 +23,7 @@ from sqlalchemy import (
     update,
 )
 
-from metering.core.db import read_frame, write_frame
+from metering.core.db import driver_rows, read_frame, write_frame
 from metering.core.db.writes import OnConflict
 from metering.core.event_columns import EVENT_COLUMNS, TEXT_COLUMNS
 from metering.core.tables import events, task_usage, task_usage_buckets, task_usage_detail, usage_daily
@@ -37,11 +37,11 @@ CARRY = ("cost_nanos", "cost_rem", REM_PER_NANO)
 """Summed costs stay carried (`metering.rollup.summary`)."""
 _REM = literal_column(str(REM_PER_NANO), BigInteger())
 _TEXT_KEYS = ("provider", "model", "task", "day", "customer", "actor", "agent")  # and the day, as a date
-_NULLABLE_TASK_INTEGERS = tuple(
-    column.name
-    for column in task_usage.columns
-    if column.nullable and column.type.python_type is int and column.name in TASK_COLUMNS
+_NULLABLE_TASK_INTEGERS = frozenset(
+    column.name for column in task_usage.columns if column.nullable and column.type.python_type is int
 )
+NAMED_CHUNK = 10_000
+"""Tasks read by name per query (`stored_tasks`): far below SQLite's 32,766 bound parameters."""
 
 
 def events_query(
@@ -213,21 +213,22 @@ def key_order(frame: pd.DataFrame, keys: tuple[str, ...], replace_all: bool) -> 
     return frame.take(order.to_numpy()).reset_index(drop=True)
 
 
-def stored_tasks(connection: Connection, tenant_id: int, names: list[str]) -> pd.DataFrame:
-    """The stored `task_usage` rows (`TASK_COLUMNS`) of the named tasks that have one."""
-    frames = []
-    for start in range(0, len(names), 500):
-        chunk = names[start : start + 500]
-        rows = connection.execute(
-            select(*[task_usage.c[name] for name in TASK_COLUMNS]).where(
-                task_usage.c.tenant_id == tenant_id, task_usage.c.task.in_(chunk)
-            )
-        ).all()
-        if rows:
-            frames.append(pd.DataFrame(rows, columns=list(TASK_COLUMNS)))
-    if not frames:
-        return pd.DataFrame(columns=list(TASK_COLUMNS))
-    stored = pd.concat(frames, ignore_index=True)
-    for name in _NULLABLE_TASK_INTEGERS:
-        stored[name] = stored[name].astype("Int64")
-    return stored
+def stored_tasks(
+    connection: Connection, tenant_id: int, names: Sequence[str], columns: Sequence[str] = TASK_COLUMNS
+) -> pd.DataFrame:
+    """The `columns` (`task` first) of the named tasks' stored `task_usage` rows (those that have
+    one), in the caller's transaction, in name order. Read as the driver's tuples, `NAMED_CHUNK`
+    names per query; nullable integers as pandas' Int64 (None as NA, every value exact)."""
+    t = task_usage.c
+    ordered = sorted(names)
+    rows: list[Sequence[Any]] = []
+    for start in range(0, len(ordered), NAMED_CHUNK):
+        chunk = ordered[start : start + NAMED_CHUNK]
+        query = select(*[t[name] for name in columns]).where(t.tenant_id == tenant_id, t.task.in_(chunk))
+        (part,) = driver_rows(connection, query.order_by(t.task))
+        rows += part
+    values = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+    return pd.DataFrame({
+        name: pd.array(list(column), dtype="Int64") if name in _NULLABLE_TASK_INTEGERS else list(column)
+        for name, column in zip(columns, values, strict=True)
+    })  # fmt: skip
