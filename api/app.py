@@ -66,12 +66,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Through the ingest log (TASKMETER_INGEST_LOG), or straight to the database.
     app.include_router(events.log_router if settings.ingest_log else events.router)
     app.include_router(otlp.router)
+    # A task id may hold '/' (`{task:path}`): /v1/tasks/{task}/events and /disputes are matched
+    # before /v1/tasks/{task}, which would otherwise take "x/events" for a task's id.
+    app.include_router(disputes.router)
+    app.include_router(evidence.router)
     app.include_router(usage.router)
     app.include_router(budgets.router)
     app.include_router(pricing.router)
     app.include_router(invoices.router)
-    app.include_router(disputes.router)
-    app.include_router(evidence.router)
     app.include_router(stripe_routes.router)
     app.include_router(report_routes.router)
     app.include_router(dashboard_routes.router)

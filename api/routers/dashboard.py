@@ -259,7 +259,7 @@ def line_tasks_csv(request: Request, signed: web.SignedInPage, invoice_id: int, 
     )  # fmt: skip
 
 
-@router.get("/tasks/{task}")
+@router.get("/tasks/{task:path}")
 def task_page(request: Request, signed: web.SignedInPage, task: str) -> Response:
     """A task's timeline: its events and who sent each, its settlement, versions and disputes."""
     with Session(web.engine(request)) as session:

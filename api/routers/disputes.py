@@ -26,7 +26,7 @@ IdempotencyKey = Annotated[
 
 
 @router.post(
-    "/v1/tasks/{task}/disputes",
+    "/v1/tasks/{task:path}/disputes",
     response_model=Dispute,
     status_code=201,
     responses=responses(*BODY_ERRORS, 404, 409),

@@ -78,7 +78,7 @@ class LineTasks(BaseModel):
     tasks: list[LineTask]
 
 
-@router.get("/v1/tasks/{task}/events", response_model=TaskEvents, responses=responses(404))
+@router.get("/v1/tasks/{task:path}/events", response_model=TaskEvents, responses=responses(404))
 def get_task_events(
     task: str,
     principal: ReadOrVerdict,

@@ -106,7 +106,7 @@ class UnpricedModel(BaseModel):
     tokens: int
 
 
-@router.get("/v1/tasks/{task}", response_model=TaskUsage, responses=responses(404))
+@router.get("/v1/tasks/{task:path}", response_model=TaskUsage, responses=responses(404))
 def get_task(task: str, principal: ReadOrVerdict, session: SessionDep) -> TaskUsage:
     """A task's usage, provider cost (6 decimals), status, and its usage by model."""
     found = repository.task(session, principal.tenant.id, task)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -174,3 +175,21 @@ def test_compare_shows_outcomes_per_task_type_up_to_now(configured: httpx.Client
             {"task_type": None, "completed": 4, "settled": 2, "pending": 0, "reopened": 1, "rejected": 1,
              "disputed": 0, "billed_jobs": 2, "billed": "1.00", "price_per_settled_job": "0.500000"}
         ]  # fmt: skip
+
+
+class TestTaskIdsWithSlashes:
+    """A task id may hold '/' (and '?', '#', '%'): each route under /v1/tasks/{task} reaches it,
+    its '/' sent encoded or not (routes take `{task:path}`; /events and /disputes match first)."""
+
+    def test_each_task_route_reaches_it(self, configured: httpx.Client, engine: Engine, tenant: Tenant) -> None:
+        task = "org/repo/pull/7?#%"
+        assert configured.post("/v1/events", json=job(task, "2026-10-07T10:00:00Z")).json()["accepted"] == 2
+        rollup_tenant(engine, tenant, now=NOW)
+        for path in (quote(task, safe=""), quote(task, safe="/")):
+            assert configured.get(f"/v1/tasks/{path}").json()["task"] == task
+            events = configured.get(f"/v1/tasks/{path}/events")
+            assert events.status_code == 200 and [e["type"] for e in events.json()["events"]] == ["usage", "task.completed"]
+        opened = configured.post(f"/v1/tasks/{quote(task, safe='/')}/disputes", json={"reason": "wrong repo"})
+        assert opened.status_code == 201, opened.text
+        assert configured.get(f"/v1/disputes/{opened.json()['id']}").json()["task"] == task
+        assert configured.get("/v1/tasks/org/repo").status_code == 404  # a prefix of it is no task

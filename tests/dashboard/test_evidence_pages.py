@@ -5,12 +5,14 @@ panel; HTML-escaped, and another tenant's invoice or task is not found like one 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from html import unescape
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -96,6 +98,19 @@ class TestTaskTimeline:
         assert f"<code>{key.split('_')[1]}</code>" in text and "data-key-id=" in text
         assert "&lt;ben&gt;@acme.com" in text and "ben/codex-3" in text
         assert 'data-fact="settlement">open' in text
+
+    def test_a_task_whose_id_holds_slashes_has_its_page(
+        self, dashboard: httpx.Client, live_server: LiveServer, october_books: Books, make_key: Callable[..., str]
+    ) -> None:
+        task = "acme/repo/pull/7?#%"
+        event = {"id": "slashed-1", "type": "usage", "time": "2026-11-05T10:00:00Z", "customer": "acme", "task": task,
+                 "provider": "acme-ai", "model": "acme-large", "input_tokens": 5, "output_tokens": 1}  # fmt: skip
+        with live_server.client(make_key(october_books.tenant, "ingest")) as api:
+            assert api.post("/v1/events", json=[event]).json()["accepted"] == 1
+        october_books.rollup()
+        page = dashboard.get(f"/dashboard/tasks/{quote(task, safe='')}")
+        assert page.status_code == 200 and 'data-fact="settlement">open' in page.text
+        assert html.escape(task) in page.text
 
     def test_a_dispute_shows_on_the_task(self, dashboard: httpx.Client, october_books: Books) -> None:
         with unit_of_work(october_books.engine) as session:

@@ -183,7 +183,8 @@ def flat_routes(app: FastAPI) -> list[RouteInfo]:
     found = []
     for route, context in pairs:
         source = context if context is not None else route
-        found.append(RouteInfo(source.path, frozenset(getattr(source, "methods", None) or ()), getattr(source, "dependant", None)))
+        path = re.sub(r"{(\w+):\w+}", r"{\1}", source.path)  # as clients and OpenAPI name it: {task}, not {task:path}
+        found.append(RouteInfo(path, frozenset(getattr(source, "methods", None) or ()), getattr(source, "dependant", None)))
     return found
 
 
