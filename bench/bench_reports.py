@@ -145,13 +145,31 @@ def run_child(*args: str) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def bench_reports(db: str, tasks: int, customers: int, *, open_month_too: bool = False) -> None:
+def _sqlite_copy(source: str, target: str) -> None:
+    """`target` as a copy of the SQLite database `source` (paths), without WAL files."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(target + suffix).unlink(missing_ok=True)
+    subprocess.run(["sqlite3", source, f".backup {target}"], check=True)
+
+
+def bench_reports(db: str, tasks: int, customers: int, *, open_month_too: bool = False, reuse: bool = False,
+                  rounds: int = 2) -> None:  # fmt: skip
     url = reports_url(db, tasks, customers)
-    built = build_reports_db(db, url, tasks, customers)
-    print(
-        f"\n[{db}] reports: {tasks:,} tasks, {customers:,} customers written into the rollup tables in {built:.0f} s (setup)",
-        flush=True,
-    )
+    # SQLite: the built month is kept as it was before the close (`-open.db`) for `--reuse` and
+    # for the open/closed runs alternated below.
+    path = url.removeprefix("sqlite:///")
+    pristine = path.removesuffix(".db") + "-open.db"
+    if db == "sqlite" and reuse and Path(pristine).exists():
+        _sqlite_copy(pristine, path)
+        print(f"\n[{db}] reports: {tasks:,} tasks, {customers:,} customers, reused from {pristine}", flush=True)
+    else:
+        built = build_reports_db(db, url, tasks, customers)
+        if db == "sqlite":
+            _sqlite_copy(path, pristine)
+        print(
+            f"\n[{db}] reports: {tasks:,} tasks, {customers:,} customers written into the rollup tables in {built:.0f} s (setup)",
+            flush=True,
+        )
     out = WORK / f"out-{db}"
     if open_month_too:
         print(f"  {cpu_check()}", flush=True)
@@ -159,7 +177,7 @@ def bench_reports(db: str, tasks: int, customers: int, *, open_month_too: bool =
         before = run_child("write-main", url, str(out / "open-main"))
         print(f"  open month, main's path (every task): {before['seconds']:.1f} s, peak RSS {before['peak_mb']:,.0f} MB", flush=True)
     opened = run_child("write", url, str(out / "open"))
-    print(f"  open month (draft invoices): {opened['seconds']:.1f} s, peak RSS {opened['peak_mb']:,.0f} MB, "
+    print(f"  open month (draft invoices): {opened['seconds']:.1f} s (CPU {opened['cpu_s']:.1f} s), peak RSS {opened['peak_mb']:,.0f} MB, "
           f"{opened['bytes'] / 1e6:,.0f} MB of CSV, rows {opened['rows']}", flush=True)  # fmt: skip
     closing = run_child("close", url, "")
     print(f"  close_period (setup, pricing): {closing['seconds']:.1f} s", flush=True)
@@ -172,6 +190,33 @@ def bench_reports(db: str, tasks: int, customers: int, *, open_month_too: bool =
     verdict = "OK" if closed["seconds"] <= 20 and closed["peak_mb"] <= 1024 else "OVER BUDGET"
     print(f"  closed month (finalized invoices): {closed['seconds']:.1f} s (CPU {closed['cpu_s']:.1f} s), "
           f"peak RSS {closed['peak_mb']:,.0f} MB  [budget 20 s, 1 GB: {verdict}]", flush=True)  # fmt: skip
+    if open_month_too and db == "sqlite":
+        open_vs_closed(url, pristine, out, rounds)
+
+
+def open_vs_closed(url: str, pristine: str, out: Path, rounds: int) -> None:
+    """The five CSVs of the month open (a copy taken before the close) and closed, alternated
+    (open, closed, open, closed, ...) in fresh interpreters on the same machine: the ratio of
+    the medians, wall and CPU (one run alone moves by a third under a neighbour's load)."""
+    import statistics
+
+    opened_path = pristine.removesuffix("-open.db") + "-open-run.db"
+    _sqlite_copy(pristine, opened_path)
+    runs: dict[str, list[dict[str, Any]]] = {"open": [], "closed": []}
+    for _ in range(rounds):
+        runs["open"].append(run_child("write", f"sqlite:///{opened_path}", str(out / "open")))
+        runs["closed"].append(run_child("write", url, str(out / "closed")))
+    wall = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r["cpu_s"] for r in v) for k, v in runs.items()}
+    for k in ("open", "closed"):
+        walls = ", ".join(f"{r['seconds']:.1f}" for r in runs[k])
+        cpus = ", ".join(f"{r['cpu_s']:.1f}" for r in runs[k])
+        print(f"  {k} month's five CSVs, {rounds} runs alternated: wall {walls} s, CPU {cpus} s", flush=True)
+    verdict = "OK" if wall["open"] <= 1.1 * wall["closed"] else "OVER"
+    print(f"  open / closed (medians): wall {wall['open'] / wall['closed']:.2f}, CPU {cpu['open'] / cpu['closed']:.2f}  "
+          f"[target open within 10%: {verdict}]", flush=True)  # fmt: skip
+    for suffix in ("", "-wal", "-shm"):
+        Path(opened_path + suffix).unlink(missing_ok=True)
 
 
 # --- an open month: the dashboard's first view and the upcoming invoice -------------------------------------
@@ -207,8 +252,9 @@ def bench_open_month(url: str) -> None:
     for what, label in (("view", "dashboard figures, first view"), ("invoice", "upcoming invoice (cust-0001, per-job plan)")):
         before = run_child(f"{what}-main", url, "")
         after = run_child(what, url, "")
-        print(f"  open month, {label}: main's path {before['seconds'] * 1000:,.0f} ms, from the figures "
-              f"{after['seconds'] * 1000:,.0f} ms ({before['seconds'] / after['seconds']:.1f}x)", flush=True)  # fmt: skip
+        print(f"  open month, {label}: main's path {before['seconds'] * 1000:,.0f} ms (CPU {before['cpu_s'] * 1000:,.0f} ms), "
+              f"from the figures {after['seconds'] * 1000:,.0f} ms (CPU {after['cpu_s'] * 1000:,.0f} ms; "
+              f"{before['seconds'] / after['seconds']:.1f}x)", flush=True)  # fmt: skip
 
 
 # --- dashboard ----------------------------------------------------------------------------------------------
@@ -348,6 +394,8 @@ def main() -> None:
     parser.add_argument("--skip-reports", action="store_true")
     parser.add_argument("--skip-dashboard", action="store_true")
     parser.add_argument("--open-month", action="store_true", help="also the open month's figures, invoice and reports against main's path")
+    parser.add_argument("--reuse", action="store_true", help="SQLite: start from the month built by an earlier run (kept before its close)")
+    parser.add_argument("--rounds", type=int, default=2, help="open/closed runs alternated for their ratio (SQLite, --open-month)")
     parser.add_argument("--child", nargs=3)
     args = parser.parse_args()
     if args.child:
@@ -356,7 +404,7 @@ def main() -> None:
     print(f"machine: {machine()}; date {datetime.now(UTC):%Y-%m-%d}", flush=True)
     if not args.skip_reports:
         for db in ("sqlite", "postgresql") if args.db == "both" else (args.db,):
-            bench_reports(db, args.tasks, args.customers, open_month_too=args.open_month)
+            bench_reports(db, args.tasks, args.customers, open_month_too=args.open_month, reuse=args.reuse, rounds=args.rounds)
     if not args.skip_dashboard:
         bench_dashboard()
     shutil.rmtree(WORK / "out-sqlite", ignore_errors=True)

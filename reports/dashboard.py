@@ -8,7 +8,7 @@ A `MonthView` is plain JSON-ready data, so that `reports.snapshots` can keep it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -106,7 +106,11 @@ class MonthView:
         return not self.customers
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The view as JSON-ready data (what `dataclasses.asdict` gives, without deep-copying its
+        thousands of cells: the lists and dicts are the view's own, to be dumped, not changed)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["task_types"] = [asdict(t) for t in self.task_types]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MonthView:
@@ -346,29 +350,31 @@ def figure_task_type_costs(session: Session, tenant_id: int, month: RatingInput,
             key = (name, kind, int(month_figures.bucket_of(np.array([cost]), edges)[0]))
             if key in cut and cost > cut[key]:
                 split[key] = split.get(key, 0) + 1
+    # Per row of completed tasks: its dashboard bucket, its job price (nanos; -1: none) and how
+    # many of its tasks cost more than that price.
+    names, types = done["customer"].to_numpy(dtype=object), done["task_type"].to_numpy(dtype=object)
+    bucket, tasks = done["bucket"].to_numpy(dtype=np.int64), done["tasks"].to_numpy(dtype=np.int64)
+    job = np.fromiter((price.get(key, -1) for key in zip(names.tolist(), types.tolist(), strict=True)), dtype=np.int64, count=len(done))
+    low = np.concatenate([np.zeros(1, dtype=np.int64), edges])[bucket]
+    high = np.concatenate([edges, np.array([2**63 - 1], dtype=np.int64)])[bucket]
+    priced_rows = job >= 0
+    over = np.where(priced_rows & (low > job), tasks, 0)  # all of a bucket above the price
+    for i in np.flatnonzero(priced_rows & (low <= job) & (high - 1 > job)).tolist():  # a bucket the price cuts in two
+        over[i] = split.get((names[i], types[i], int(bucket[i])), 0)
+    where = np.array(shown, dtype=np.int64)[bucket]
+    costs = done["cost_nanos"].to_numpy(dtype=np.int64)
     out = []
     for kind in kinds:
-        mine = ended[ended["task_type"] == kind]
-        completed = mine[mine["status"] == "completed"]
-        failed = mine[mine["status"] != "completed"]
-        buckets = [0] * size
-        losing_buckets = [0] * size
-        priced = losing = 0
-        prices: set[int] = set()
-        for name, b, n in zip(completed["customer"].tolist(), completed["bucket"].tolist(), completed["tasks"].tolist(), strict=True):
-            buckets[shown[b]] += n
-            if (p := price.get((name, kind))) is None:
-                continue
-            priced += n
-            prices.add(p // 1000)
-            low, high = month_figures.bucket_bounds(b, edges)
-            over = n if low > p else (0 if high - 1 <= p else split.get((name, kind, b), 0))
-            losing_buckets[shown[b]] += over
-            losing += over
+        mine = types == kind
+        failed = ended[((ended["task_type"] == kind) & (ended["status"] != "completed")).to_numpy()]
+        buckets, losing_buckets = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+        np.add.at(buckets, where[mine], tasks[mine])
+        np.add.at(losing_buckets, where[mine], over[mine])
         out.append(TaskTypeCosts(
-            task_type=kind, completed=int(completed["tasks"].sum()), buckets=buckets, losing_buckets=losing_buckets,
-            priced=priced, losing=losing, job_prices_micros=sorted(prices),
-            cost_micros=micro_units(int(summable(completed["cost_nanos"].to_numpy(dtype=np.int64)).sum())),
+            task_type=kind, completed=int(tasks[mine].sum()), buckets=buckets.tolist(), losing_buckets=losing_buckets.tolist(),
+            priced=int(tasks[mine & priced_rows].sum()), losing=int(over[mine].sum()),
+            job_prices_micros=sorted(set((job[mine & priced_rows] // 1000).tolist())),
+            cost_micros=micro_units(int(summable(costs[mine]).sum())),
             failed=int(failed["tasks"].sum()),
             failed_cost_micros=micro_units(int(summable(failed["cost_nanos"].to_numpy(dtype=np.int64)).sum())),
         ))  # fmt: skip

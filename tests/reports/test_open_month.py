@@ -3,6 +3,8 @@ shows: the dashboard's figures, the drafts (upcoming invoice, invoice lines), th
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -254,3 +256,17 @@ def test_the_open_months_files_are_the_per_task_paths_bytes(make_books, monkeypa
     assert len(fast[0]) == 5 and fast[0] == slow[0]
     assert fast[1] == slow[1]
     assert fast[0]["invoice-lines-2026-10.csv"].count(b"\n") > 3  # the drafts' lines
+
+
+def test_a_views_json_is_its_dataclass_dict(make_books) -> None:  # type: ignore[no-untyped-def]
+    """`MonthView.to_json` (what a snapshot keeps) is `dataclasses.asdict` of the view, made
+    without deep-copying its cells, and reads back as the same view."""
+    books: Books = make_books("open-json")
+    _month(books, 1)
+    period = parse_month("2026-10", "UTC")
+    with Session(books.engine) as session:
+        views = [month_view(session, books.tenant, period, now=NOW), month_view(session, books.tenant, period, customer="acme", now=NOW)]
+    for view in views:
+        data = view.to_json()
+        assert data == dataclasses.asdict(view) and view.task_types and view.customers and view.outcomes
+        assert dashboard.MonthView.from_json(json.loads(json.dumps(data))) == view
