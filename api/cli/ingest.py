@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ from metering.events import spend_follower
 from metering.events.ingest import Prepared, insert_prepared, prepare_rows, validate_lines
 from metering.events.jsonl import LineBatch, read_batches
 from metering.events.schemas import FieldError, RejectedEvent
+from metering.spend.counters import folding
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -44,7 +46,10 @@ def ingest_file(
     `TASKMETER_SPEND_COUNTING=deferred` the batches only store events (the tenant is followed from
     the start, `metering.events.spend_follower`) and the budget counters catch up once at the end
     of the file; the summary then says how many events that counted (`spend_counted`). A tenant
-    followed by a server's follower is caught up at the end likewise.
+    followed by a server's follower is caught up at the end likewise. Counted at ingestion, each
+    batch stores its counter moves as one row, folded into the counters (alerts raised) every
+    `TASKMETER_SPEND_FOLLOW_INTERVAL_SECONDS` between batches and at the end
+    (`metering.spend.counters.folding`).
     """
     from tqdm import tqdm
 
@@ -58,7 +63,9 @@ def ingest_file(
         validated = validate_lines(batch.raw)
         return batch, prepare_rows(validated, tenant_id, now=now(), window=window)
 
+    folded_at = time.monotonic()
     with (
+        folding(engine),
         path.open("rb") as stream,
         tqdm(total=path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr, disable=None) as bar,
         ThreadPoolExecutor(1, thread_name_prefix="taskmeter-ingest-reader") as reader,
@@ -91,6 +98,10 @@ def ingest_file(
             totals["rejected"] += len(rejections)
             totals["lines"] += len(batch.raw) + len(batch.unreadable)
             bar.update(batch.bytes_read)
+            if time.monotonic() - folded_at >= settings.spend_follow_interval_seconds:
+                spend_follower.fold_pending(engine, now=now())
+                folded_at = time.monotonic()
+    spend_follower.fold_pending(engine, now=now())
     if rejected_file is not None:
         rejected_file.close()
         totals["rejected_file"] = str(rejected_path)
