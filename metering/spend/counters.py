@@ -169,6 +169,7 @@ class TenantBudgets:
         listed = self.index.budgets
         self.ids = np.array([b.id for b in listed], dtype=object)
         self.slot_of = {b.id: slot for slot, b in enumerate(listed)}
+        self.id_index = pd.Index(self.ids, dtype=object)
         self.measure = np.array([MEASURE_CODES[b.measure] for b in listed], dtype=np.int64)
         self.kind = np.array([PERIOD_CODES[b.period] for b in listed], dtype=np.int64)
         self.watched_slots = np.array([b.id in self.marks for b in listed], dtype=bool)
@@ -495,7 +496,7 @@ def fold(connection: Connection, tenant_id: int, *, now: datetime) -> int:
     deltas = Deltas()
     for moves in taken:
         ids, starts, units, rem, unpriced = orjson.loads(moves)
-        slots = np.fromiter((state.slot_of.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        slots = state.id_index.get_indexer(np.array(ids, dtype=object))  # -1: a budget since deleted
         known = slots >= 0
 
         def kept(column: list[int], known: np.ndarray = known) -> np.ndarray:
