@@ -4,7 +4,6 @@ and event stored -> threshold webhook received.
 
     .venv/bin/python bench/bench_budgets.py [--events 200000] [--stored 1000000]
     .venv/bin/python bench/bench_budgets.py --only throughput --events 200000 [--paths jsonl,http] [--databases sqlite,postgresql]
-    .venv/bin/python bench/bench_budgets.py --only cpu [--rounds 3] [--databases sqlite,postgresql]
 
 Throughput, per database and path, each configuration into a fresh database: no budget, 1,000
 budgets counted inline (`TASKMETER_SPEND_COUNTING=inline`), the same counted deferred, no budget
@@ -12,12 +11,6 @@ again. JSONL: `taskmeter ingest`'s `ingest_file` in process (deferred: its catch
 the file is in the time). HTTP: a real `taskmeter serve` (one uvicorn worker, scheduler on, so with
 `deferred` its follower counts in the server process) fed 1,000-event batches by `--clients`
 clients; deferred also reports how long after the last answer everything was counted.
-CPU (`--only cpu`): process CPU time (`time.process_time`) of storing 1,000-event batches through
-`store_events`, one transaction each, in this process: no budget; 1,000 budgets with the counters
-written in the batch's transaction (as main does, and as a process without a folder still does);
-1,000 budgets with the batch's moves stored as one row and folded every 5 batches (what a server
-does at ~20,000 events/s with its follower's 0.25 s), the folds' CPU shared out over the batches.
-The configurations alternate, `--rounds` times; the median per batch of the last 20 of 30 batches.
 Authorization and webhooks go through a real `taskmeter serve` (one uvicorn worker, SQLite) over
 loopback HTTP.
 """
@@ -172,65 +165,6 @@ def http_rate(
         server.wait(30)
         engine.dispose()
     return len(batches) * BATCH / (stored - start), note
-
-
-CPU_BATCHES, CPU_TIMED, FOLD_EVERY = 30, 20, 5
-
-
-def batch_cpu(engine: Engine, budgets: list[Budget], payload: list[dict[str, Any]], *, folded: bool) -> float:
-    """Median process CPU ms per 1,000-event batch stored (and folded, shared out), the last
-    `CPU_TIMED` batches of `CPU_BATCHES`."""
-    from contextlib import nullcontext
-
-    from metering.events import spend_follower
-
-    tenant = _tenant(engine, budgets)
-    batches = [validate_items(payload[i : i + BATCH]) for i in range(0, CPU_BATCHES * BATCH, BATCH)]
-    times: list[float] = []
-    with spend.folding(engine) if folded else nullcontext():
-        spent = 0.0
-        for n, batch in enumerate(batches):
-            start = time.process_time()
-            with unit_of_work(engine) as session:
-                store_events(session, tenant.id, batch, now=NOW)
-            spent += time.process_time() - start
-            if folded and (n + 1) % FOLD_EVERY == 0:
-                start = time.process_time()
-                spend_follower.fold_pending(engine, now=NOW)
-                spent += time.process_time() - start
-            if not folded or (n + 1) % FOLD_EVERY == 0:
-                times.append(spent * 1000 / (FOLD_EVERY if folded else 1))
-                spent = 0.0
-    kept = times[-(CPU_TIMED // FOLD_EVERY if folded else CPU_TIMED):]
-    return statistics.median(kept)
-
-
-def cpu(databases: list[str], rounds: int) -> list[str]:
-    """`batch_cpu` of each configuration, alternated, each into a fresh database."""
-    payload = _payload(CPU_BATCHES * BATCH)
-    configurations = [("none", False, False), ("1,000 budgets, counters in the batch", True, False)]
-    if hasattr(spend, "folding"):
-        configurations.append(("1,000 budgets, moves stored, folded every 5 batches", True, True))
-    lines = []
-    with tempfile.TemporaryDirectory() as folder:
-        for database in databases:
-            label = "PostgreSQL" if database == "postgresql" else "SQLite"
-            found: dict[str, list[float]] = {name: [] for name, _, _ in configurations}
-            for turn in range(rounds):
-                order = configurations if turn % 2 == 0 else configurations[::-1]
-                for name, with_budgets, folded in order:
-                    engine = fresh_sqlite(os.path.join(folder, "c.db")) if database == "sqlite" else fresh_postgres()
-                    if engine is None:
-                        break
-                    found[name].append(batch_cpu(engine, thousand_budgets() if with_budgets else [], payload, folded=folded))
-                    engine.dispose()
-            base = statistics.mean(found["none"]) if found["none"] else 0
-            for name, values in found.items():
-                if values:
-                    ms = ", ".join(f"{v:.1f}" for v in values)
-                    extra = f" (+{(statistics.mean(values) / base - 1) * 100:.0f}%)" if name != "none" else ""
-                    lines.append(f"cpu {label}: {name}: {ms} ms per batch{extra}")
-    return lines
 
 
 def _wait(done: Callable[[], bool], failure: str, seconds: float = 600) -> None:
@@ -544,8 +478,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--stored", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=("throughput", "authorize", "webhooks", "cpu"))
-    parser.add_argument("--rounds", type=int, default=3, help="cpu: rounds of the configurations, alternated")
+    parser.add_argument("--only", choices=("throughput", "authorize", "webhooks"))
     parser.add_argument("--requests", type=int, default=2000, help="authorize requests per configuration")
     parser.add_argument("--serve", action="append", default=[], help="serve arguments of an authorize configuration (repeatable; '' = defaults)")
     parser.add_argument("--databases", default="sqlite,postgresql")
@@ -564,9 +497,6 @@ def main() -> None:
                 authorize_latency(args.stored, postgres=database == "postgresql", args=tuple(serve_args.split()), requests=args.requests, store=args.store, split=args.split)
     if args.only in (None, "webhooks"):
         webhook_latency()
-    if args.only in (None, "cpu"):
-        for line in cpu(args.databases.split(","), args.rounds):
-            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,6 @@ from metering.events import spend_follower
 from metering.events.ingest import Prepared, insert_prepared, prepare_rows, validate_lines
 from metering.events.jsonl import LineBatch, read_batches
 from metering.events.schemas import FieldError, RejectedEvent
-from metering.spend.counters import folding
-
-FOLD_BATCHES = 40
-"""Batches whose counter moves `taskmeter ingest` stores before it folds them (200,000 events at
-the default 5,000 lines a batch): what a server's authorize snapshot reads unfolded stays small."""
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -49,11 +44,7 @@ def ingest_file(
     `TASKMETER_SPEND_COUNTING=deferred` the batches only store events (the tenant is followed from
     the start, `metering.events.spend_follower`) and the budget counters catch up once at the end
     of the file; the summary then says how many events that counted (`spend_counted`). A tenant
-    followed by a server's follower is caught up at the end likewise. Counted at ingestion, each
-    batch stores its counter moves as one row, folded into the counters (alerts raised) every
-    `FOLD_BATCHES` batches and at the end (`metering.spend.counters.folding`; a server running
-    meanwhile folds them sooner): a fold writes each counter the batches moved once, where
-    counting in each batch wrote it once per batch.
+    followed by a server's follower is caught up at the end likewise.
     """
     from tqdm import tqdm
 
@@ -67,9 +58,7 @@ def ingest_file(
         validated = validate_lines(batch.raw)
         return batch, prepare_rows(validated, tenant_id, now=now(), window=window)
 
-    unfolded = 0
     with (
-        folding(engine),
         path.open("rb") as stream,
         tqdm(total=path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr, disable=None) as bar,
         ThreadPoolExecutor(1, thread_name_prefix="taskmeter-ingest-reader") as reader,
@@ -102,11 +91,6 @@ def ingest_file(
             totals["rejected"] += len(rejections)
             totals["lines"] += len(batch.raw) + len(batch.unreadable)
             bar.update(batch.bytes_read)
-            unfolded += 1
-            if unfolded >= FOLD_BATCHES:
-                spend_follower.fold_pending(engine, now=now())
-                unfolded = 0
-    spend_follower.fold_pending(engine, now=now())
     if rejected_file is not None:
         rejected_file.close()
         totals["rejected_file"] = str(rejected_path)

@@ -15,10 +15,6 @@ at the end of its file. The counting itself, its exactly-once rules and its lock
 - `stop` (deferred to inline): in one transaction holding the ingest lock alone, the follower
   counts everything stored and the watermark is dropped; later batches count themselves.
 
-- `fold_pending`: in either mode, the counter moves that ingestion stored as `spend_deltas` rows
-  (in a process that folds, `metering.spend.counters.folding`) are added to the counters and
-  their alerts raised, one transaction per tenant, before anything else.
-
 Each process applies its own setting to every tenant on each run, so a deployment whose processes
 disagree stays exact (every switch is), only busier; the log says so.
 """
@@ -35,7 +31,7 @@ from metering.core.db import write_lock
 from metering.core.tables import events
 from metering.events.ingest import committed_through, newest_committed
 from metering.spend import deferred
-from metering.spend.budget_tables import budgets, spend_deltas, spend_watermarks
+from metering.spend.budget_tables import budgets, spend_watermarks
 
 log = logging.getLogger("taskmeter.spend")
 
@@ -104,17 +100,6 @@ def catch_up(engine: Engine, tenant_id: int, *, now: datetime) -> Followed:
             return done
 
 
-def fold_pending(engine: Engine, *, now: datetime) -> Followed:
-    """Fold every tenant's stored counter moves into its counters, a transaction per tenant."""
-    done = Followed()
-    with engine.connect() as connection:
-        tenants = connection.execute(select(spend_deltas.c.tenant_id).distinct()).scalars().all()
-    for tenant_id in sorted(tenants):
-        with engine.begin() as connection:
-            done.alerts += deferred.fold(connection, tenant_id, now=now)
-    return done
-
-
 def following(connection: Connection, tenant_id: int) -> bool:
     return deferred.counted_through(connection, tenant_id) is not None
 
@@ -122,9 +107,7 @@ def following(connection: Connection, tenant_id: int) -> bool:
 def follow_tenants(engine: Engine, *, mode: str, now: datetime) -> Followed:
     """One run of a process's follower. `deferred`: follow every tenant that has budgets, and
     count what each followed tenant has stored since its watermark. `inline`: hand every
-    followed tenant back to ingestion (after counting what it stored meanwhile). In both, first
-    fold the counter moves stored at ingestion (`fold_pending`)."""
-    done = fold_pending(engine, now=now)
+    followed tenant back to ingestion (after counting what it stored meanwhile)."""
     w = spend_watermarks
     newest = (
         select(events.c.seq).where(events.c.tenant_id == w.c.tenant_id).order_by(events.c.seq.desc()).limit(1)
@@ -137,6 +120,7 @@ def follow_tenants(engine: Engine, *, mode: str, now: datetime) -> Followed:
             ).scalars().all()
             if mode == "deferred" else []
         )  # fmt: skip
+    done = Followed()
     if mode != "deferred":
         for tenant_id, _, _ in followed:
             log.warning(

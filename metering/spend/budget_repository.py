@@ -75,7 +75,7 @@ def replace_all(
     counts = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0}
     fresh = {b.id for b in entries if b.id not in have or not _counts_alike(have[b.id], b)}
     if fresh:
-        recount.lock(connection, tenant_id, now=now)  # before dropping counters that counting writes
+        recount.lock(connection, tenant_id)  # before dropping counters that counting writes
     for budget in entries:
         counts[_write(connection, tenant_id, budget, have.get(budget.id), now=now)] += 1
     for gone in sorted(have.keys() - {b.id for b in entries}):
@@ -103,7 +103,7 @@ def put(
     old = stored(connection, tenant_id).get(budget_id)
     counts_anew = old is None or not _counts_alike(old, parsed[0])
     if counts_anew:
-        recount.lock(connection, tenant_id, now=now)  # before dropping counters that counting writes
+        recount.lock(connection, tenant_id)  # before dropping counters that counting writes
     status = _write(connection, tenant_id, parsed[0], old, now=now)
     spend.bump_generation(connection, tenant_id)
     if counts_anew:

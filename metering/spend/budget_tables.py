@@ -16,7 +16,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     String,
     Table,
     Text,
@@ -55,18 +54,6 @@ spend_watermarks = Table(
     Column("tenant_id", Integer, ForeignKey("tenants.id"), primary_key=True),
     Column("counted_through", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),  # the follower's last move
-)
-
-# What batches stored and counted but not yet added to `budget_counters` (`metering.spend.counters`,
-# folding): one row per batch, written in the batch's transaction (so a replayed or rolled-back
-# batch leaves none), deleted by the fold that adds it to the counters. `moves`: the batch's
-# counter moves as JSON columns [budget ids, period starts (us), used, rem, unpriced events].
-spend_deltas = Table(
-    "spend_deltas",
-    metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
-    Column("moves", LargeBinary, nullable=False),
 )
 
 # How each customer's plan bills, reduced for the `billed` measure (metering.spend.budgets.BilledRule),

@@ -25,8 +25,7 @@ import threading
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_CEILING, Decimal
@@ -36,20 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
-from sqlalchemy import (
-    Connection,
-    Engine,
-    LargeBinary,
-    Pool,
-    cast,
-    delete,
-    event,
-    insert,
-    null,
-    select,
-    union_all,
-    update,
-)
+from sqlalchemy import Connection, Engine, Pool, event, select, tuple_, update
 
 from metering.core.db import add_rows, dialect_insert, name_locks, upsert
 from metering.core.event_columns import CACHE_READ as _CACHE_READ
@@ -76,7 +62,6 @@ from metering.spend.budget_tables import (
     budget_state,
     budget_tasks,
     budgets,
-    spend_deltas,
     spend_watermarks,
 )
 from metering.spend.budgets import (
@@ -169,7 +154,6 @@ class TenantBudgets:
         listed = self.index.budgets
         self.ids = np.array([b.id for b in listed], dtype=object)
         self.slot_of = {b.id: slot for slot, b in enumerate(listed)}
-        self.id_index = pd.Index(self.ids, dtype=object)
         self.measure = np.array([MEASURE_CODES[b.measure] for b in listed], dtype=np.int64)
         self.kind = np.array([PERIOD_CODES[b.period] for b in listed], dtype=np.int64)
         self.watched_slots = np.array([b.id in self.marks for b in listed], dtype=bool)
@@ -247,7 +231,6 @@ class _Kept:
 
     budgets: dict[int, TenantBudgets] = field(default_factory=dict)
     snapshots: dict[int, Snapshot] = field(default_factory=dict)
-    folders: int = 0  # folders running in this process for this database (`folding`)
 
 
 # By the engine's connection pool: one database as this process reaches it (engines derived with
@@ -416,23 +399,7 @@ def count_ingested(
     current, following = counting_state(connection, tenant_id)
     if following is not None:
         return 0
-    later = _kept_by(connection).folders > 0
-    return count_stored(connection, tenant_id, rows, attribution, now=now, budget_generation=current, later=later)
-
-
-@contextmanager
-def folding(bind: Engine | Connection) -> Iterator[None]:
-    """While open, this process folds the database's spend deltas (a server's spend follower,
-    `taskmeter ingest` for its file), so ingestion stores each batch's counter moves as one
-    `spend_deltas` row instead of writing the counters (`count_stored` with `later`)."""
-    kept = _kept_by(bind)
-    with _lock:
-        kept.folders += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            kept.folders -= 1
+    return count_stored(connection, tenant_id, rows, attribution, now=now, budget_generation=current)
 
 
 def count_stored(
@@ -443,16 +410,13 @@ def count_stored(
     *,
     now: datetime,
     budget_generation: int | None = None,
-    later: bool = False,
 ) -> int:
     """Count newly stored events (rows in `metering.core.event_columns.INSERT_COLUMNS` order, with each
     one's (actor, agent); columns past those are ignored) into the tenant's budget counters, in
     the caller's transaction; returns the alerts raised. Called by ingestion (`count_ingested`)
     and, with committed events in seq order, by the follower of deferred counting
     (`metering.spend.deferred`). `budget_generation`: the tenant's budget generation, when the
-    caller has just read it. `later`: store the batch's counter moves as one `spend_deltas` row
-    (append-only: no counter row is locked or dirtied) for `fold` to add to the counters and check
-    the alerts; readers (`standings`, the authorize snapshot) add the rows not folded yet.
+    caller has just read it.
 
     One batch costs: one read of the budget generation, array work over the batch (local days,
     prices, sums per (scope, local day)), a dictionary read per group for its budgets, and one
@@ -473,46 +437,8 @@ def count_stored(
     if counters is None:
         return 0
     slot, period_us, units, rem, unpriced = counters
-    ids = state.ids[slot]
-    _pending(connection).append((tenant_id, ids, period_us, units, rem, unpriced))
-    if later:
-        moves = orjson.dumps([ids.tolist(), period_us, units, rem, unpriced], option=orjson.OPT_SERIALIZE_NUMPY)
-        connection.execute(insert(spend_deltas), {"tenant_id": tenant_id, "moves": moves})
-        return 0
-    return _apply(connection, tenant_id, state, counters, now=now)
-
-
-def fold(connection: Connection, tenant_id: int, *, now: datetime) -> int:
-    """Add the tenant's stored counter moves (`spend_deltas`) to its counters and raise the alerts
-    they cross, in the caller's transaction, which holds the tenant's follower lock
-    (`metering.spend.deferred.fold`): the rows are deleted by the statement that reads them, so
-    two processes fold each row once. Moves of budgets since deleted are dropped (their
-    counters went with them). Returns the alerts raised (stamped `now`)."""
-    d = spend_deltas
-    taken = connection.execute(delete(d).where(d.c.tenant_id == tenant_id).returning(d.c.moves)).scalars().all()
-    if not taken:
-        return 0
-    state = tenant_budgets(connection, tenant_id)
-    deltas = Deltas()
-    for moves in taken:
-        ids, starts, units, rem, unpriced = orjson.loads(moves)
-        slots = state.id_index.get_indexer(np.array(ids, dtype=object))  # -1: a budget since deleted
-        known = slots >= 0
-
-        def kept(column: list[int], known: np.ndarray = known) -> np.ndarray:
-            return np.asarray(column, dtype=np.int64)[known]
-
-        deltas.columns.append((slots[known], kept(starts), kept(units), kept(rem), kept(unpriced)))
-    counters = deltas.merged(state)
-    if counters is None:
-        return 0
-    return _apply(connection, tenant_id, state, counters, now=now)
-
-
-def _apply(connection: Connection, tenant_id: int, state: TenantBudgets, counters: Counters, *, now: datetime) -> int:
-    """Write the counter moves and raise the alerts they cross; returns how many."""
-    slot, period_us, units, rem, unpriced = counters
-    used_after, rem_after, _ = _write(connection, tenant_id, state, counters)
+    used_after, rem_after, unpriced_after = _write(connection, tenant_id, state, counters)
+    _pending(connection).append((tenant_id, state.ids[slot].tolist(), period_us.tolist(), used_after.tolist(), rem_after.tolist(), unpriced_after.tolist()))
     passing = _passing(state, counters, used_after, rem_after)
     if not passing:
         return 0
@@ -783,13 +709,26 @@ class Standing:
 def standings(
     connection: Connection, tenant_id: int, chosen: Sequence[Budget], timezone: str, *, now: datetime
 ) -> list[Standing]:
-    """The budgets' counters in the periods holding `now`, with the moves not folded yet (one
-    indexed read, no event scan)."""
+    """The budgets' counters in the periods holding `now` (one indexed read, no event scan)."""
     if not chosen:
         return []
     periods = {b.id: period_of(now, timezone, b.period) for b in chosen}
     keys = [(b.id, _us(periods[b.id].start)) for b in chosen]
-    found = current_counters(connection, tenant_id, {start for _, start in keys})
+    table = budget_counters
+    found: dict[tuple[str, int], tuple[int, int, int]] = {}
+    for start in range(0, len(keys), _CHUNK):
+        query = select(
+            table.c.budget_id,
+            table.c.period_start_us,
+            table.c.used,
+            table.c.used_rem,
+            table.c.unpriced_events,
+        ).where(
+            table.c.tenant_id == tenant_id,
+            tuple_(table.c.budget_id, table.c.period_start_us).in_(keys[start : start + _CHUNK]),
+        )
+        for row in connection.execute(query):
+            found[(row.budget_id, row.period_start_us)] = (row.used, row.used_rem, row.unpriced_events)
     out = []
     for budget, key in zip(chosen, keys, strict=True):
         used, rem, unpriced = found.get(key, (0, 0, 0))
@@ -797,54 +736,17 @@ def standings(
     return out
 
 
-def current_counters(
-    connection: Connection, tenant_id: int, starts: set[int]
-) -> dict[tuple[str, int], tuple[int, int, int]]:
-    """(used, rem, unpriced events) by (budget id, period start us) of the tenant's counters of
-    periods starting at `starts`, plus the moves stored but not folded yet (`spend_deltas`), read
-    in one statement (so a fold committing meanwhile is seen entirely or not at all)."""
-    table, d = budget_counters, spend_deltas
-    query = union_all(
-        select(
-            table.c.budget_id, table.c.period_start_us, table.c.used, table.c.used_rem, table.c.unpriced_events,
-            cast(null(), LargeBinary).label("moves"),
-        ).where(table.c.tenant_id == tenant_id, table.c.period_start_us.in_(sorted(starts))),
-        select(null(), null(), null(), null(), null(), d.c.moves).where(d.c.tenant_id == tenant_id),
-    )  # fmt: skip
-    found: dict[tuple[str, int], tuple[int, int, int]] = {}
-    pending: list[bytes] = []
-    for budget_id, start, used, rem, unpriced, moves in connection.execute(query):
-        if moves is None:
-            found[(budget_id, start)] = (used, rem, unpriced)
-        else:
-            pending.append(moves)
-    for moves in pending:
-        ids, period_us, units, rems, unpriced_events = orjson.loads(moves)
-        for key in zip(ids, period_us, units, rems, unpriced_events, strict=True):
-            if key[1] in starts:
-                u, r, x = found.get(key[:2], (0, 0, 0))
-                found[key[:2]] = (u + key[2], r + key[3], x + key[4])
-    return found
-
-
 def counter_history(
     connection: Connection, tenant_id: int, budget_id: str
 ) -> list[tuple[int, int, int, int]]:
-    """(period start us, used, rem, unpriced) of a budget's counters, newest first (with the
-    moves not folded yet)."""
+    """(period start us, used, rem, unpriced) of a budget's counters, newest first."""
     table = budget_counters
-    starts = set(
-        connection.execute(
-            select(table.c.period_start_us).where(table.c.tenant_id == tenant_id, table.c.budget_id == budget_id)
-        ).scalars()
+    query = (
+        select(table.c.period_start_us, table.c.used, table.c.used_rem, table.c.unpriced_events)
+        .where(table.c.tenant_id == tenant_id, table.c.budget_id == budget_id)
+        .order_by(table.c.period_start_us.desc())
     )
-    for moves in connection.execute(select(spend_deltas.c.moves).where(spend_deltas.c.tenant_id == tenant_id)).scalars():
-        ids, period_us = orjson.loads(moves)[:2]
-        starts.update(p for i, p in zip(ids, period_us, strict=True) if i == budget_id)
-    found = current_counters(connection, tenant_id, starts) if starts else {}
-    return sorted(
-        ((start, *value) for (b, start), value in found.items() if b == budget_id), reverse=True
-    )
+    return [(row[0], row[1], row[2], row[3]) for row in connection.execute(query)]
 
 
 def reset_counters(connection: Connection, tenant_id: int, budget_id: str) -> None:
@@ -902,11 +804,10 @@ def _answer(found: Sequence[Standing]) -> dict[str, Any]:
 # `POST /v1/authorize` is asked before every task, while ingestion batches run in the same
 # process. A read of the database there waits for the GIL (and on SQLite for the file) behind
 # those batches, so the server answers it from a per-process snapshot of the counters of the
-# budgets' current periods plus the moves not folded yet (`current_counters`): counting adds the
-# moves it counted when its transaction commits (a fold changes nothing there), and the snapshot
-# is read again from the database when it is older than `SNAPSHOT_REFRESH` seconds (in the
-# background) or `SNAPSHOT_MAX_AGE` (before answering), which brings in what other processes
-# counted and budgets changed elsewhere.
+# budgets' current periods: counting pushes the totals it wrote when its transaction commits,
+# and the snapshot is read again from the database when it is older than `SNAPSHOT_REFRESH`
+# seconds (in the background) or `SNAPSHOT_MAX_AGE` (before answering), which brings in what
+# other processes counted and budgets changed elsewhere.
 
 SNAPSHOT_REFRESH = 0.5
 SNAPSHOT_MAX_AGE = 2.0
@@ -948,22 +849,19 @@ def _pending(connection: Connection) -> list[tuple[Any, ...]]:
 
 @event.listens_for(Engine, "commit")
 def _committed(connection: Connection) -> None:
-    """Add the counter moves a transaction counted (written to the counters or stored as a
-    `spend_deltas` row) to this process's snapshots. A fold moves nothing: a snapshot holds the
-    counters plus the moves not folded yet."""
+    """Push the counter totals a transaction wrote into this process's snapshots."""
     pushed = connection.info.pop(_PENDING, None)
     if not pushed:
         return
     snapshots = _kept_by(connection).snapshots
-    for tenant_id, ids, starts, units, rems, unpriced in pushed:
+    for tenant_id, ids, starts, used, rems, unpriced in pushed:
         snapshot = snapshots.get(tenant_id)
         if snapshot is None:
             continue
         counters = snapshot.counters
-        for key in zip(ids.tolist(), starts.tolist(), units.tolist(), rems.tolist(), unpriced.tolist(), strict=True):
-            found = counters.get(key[:2])
-            if found is not None:  # a counter of a current period
-                counters[key[:2]] = (found[0] + key[2], found[1] + key[3], found[2] + key[4])
+        for budget_id, start, u, r, x in zip(ids, starts, used, rems, unpriced, strict=True):
+            if (budget_id, start) in counters:  # a counter of a current period
+                counters[(budget_id, start)] = (u, r, x)
 
 
 @event.listens_for(Engine, "rollback")
@@ -994,9 +892,13 @@ def read_snapshot(connection: Connection, tenant_id: int, *, now: datetime) -> S
         (b.id, _us(periods[b.id].start)): (0, 0, 0) for b in state.index.budgets
     }
     if starts:
-        for key, value in current_counters(connection, tenant_id, starts).items():
-            if key in counters:
-                counters[key] = value
+        table = budget_counters
+        query = select(table.c.budget_id, table.c.period_start_us, table.c.used, table.c.used_rem, table.c.unpriced_events).where(
+            table.c.tenant_id == tenant_id, table.c.period_start_us.in_(sorted(starts))
+        )
+        for budget_id, start, used, rem, unpriced in connection.execute(query):
+            if (budget_id, start) in counters:
+                counters[(budget_id, start)] = (used, rem, unpriced)
     ends = [period.end for period in periods.values()]
     valid_until = min(ends) if ends else datetime.max.replace(tzinfo=now.tzinfo)
     found = Snapshot(state, counters, read_at, valid_until)

@@ -74,13 +74,6 @@ def lock(connection: Connection, tenant_id: int) -> None:
     tenant_lock(connection, follower_lock_key(tenant_id))
 
 
-def fold(connection: Connection, tenant_id: int, *, now: datetime) -> int:
-    """Fold the tenant's stored counter moves into its counters (`counters.fold`) under its
-    follower lock; returns the alerts raised."""
-    lock(connection, tenant_id)
-    return spend.fold(connection, tenant_id, now=now)
-
-
 def begin(connection: Connection, tenant_id: int, newest: int, *, now: datetime) -> bool:
     """Follow the tenant from seq `newest` on: ingestion has counted every event up to it. The
     caller holds the tenant's ingest lock alone and read `newest` under it. False when the tenant

@@ -26,7 +26,7 @@ threshold).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, tuple_
@@ -70,7 +70,7 @@ def recount(
     ]  # fmt: skip
     if not chosen:
         return {}
-    lock(connection, tenant_id, now=now)
+    lock(connection, tenant_id)
     # Deferred counting: the events past the follower's watermark are not in the counters yet;
     # the follower counts them next, with these budgets, so the recount leaves them out.
     through = deferred.counted_through(connection, tenant_id)
@@ -105,16 +105,13 @@ def recount(
     return {budget_id: (v[0], v[1], v[2]) for (budget_id, _), v in wanted.items()}
 
 
-def lock(connection: Connection, tenant_id: int, *, now: datetime | None = None) -> None:
+def lock(connection: Connection, tenant_id: int) -> None:
     """What a recount holds until its transaction ends: the tenant's ingest lock alone (no batch
     is stored, or counted, meanwhile), then its follower lock (`metering.spend.deferred`). A
     transaction that changes counters before it recounts (a budget put) takes them first, so it
-    never waits for a follower that waits for its rows. Then the moves stored and not folded yet
-    are folded (`counters.fold`, alerts stamped `now`): what follows sets or drops counters, and
-    a later fold must not add to them what they already count."""
+    never waits for a follower that waits for its rows."""
     tenant_lock(connection, ingest_lock_key(tenant_id))
     deferred.lock(connection, tenant_id)
-    spend.fold(connection, tenant_id, now=datetime.now(UTC) if now is None else now)
 
 
 def _amounts(state: spend.TenantBudgets, deltas: spend.Deltas) -> dict[tuple[str, int], list[int]]:

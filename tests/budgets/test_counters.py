@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from contextlib import nullcontext
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,7 +23,7 @@ from metering.events.ingest import ingest_events
 from metering.rollup.pipeline import rollup_tenant
 from metering.spend import budget_repository
 from metering.spend import counters as spend
-from metering.spend.budget_tables import budget_alerts, budget_counters, spend_deltas
+from metering.spend.budget_tables import budget_counters
 from metering.spend.budgets import Budget, parse_budgets, reached
 from pricing.service import load_config
 from tests.factories import make_event
@@ -170,7 +169,7 @@ def _random_events(rng: random.Random, count: int, start: int) -> list[dict[str,
 
 
 class TestCountersEqualTheRollup:
-    @pytest.mark.parametrize("counting", ["inline", "deferred", "folded"])
+    @pytest.mark.parametrize("counting", ["inline", "deferred"])
     @pytest.mark.parametrize(
         ("seed", "timezone"), [(1, "UTC"), (2, "UTC"), (3, "Asia/Kolkata"), (4, "Europe/Berlin")]
     )  # Berlin: the events span the change to winter time on 2026-10-25
@@ -178,9 +177,7 @@ class TestCountersEqualTheRollup:
         self, engine: Engine, make_tenant: Callable[..., Tenant], seed: int, timezone: str, counting: str
     ) -> None:
         """Inline: each batch counted as it is stored. Deferred: batches only stored, the
-        follower run after some of them (at random) and once at the end. Folded: each batch's
-        moves stored as a row, folded after some batches (at random) and at the end; the counters
-        read before the last fold (with the moves not folded) equal those after it."""
+        follower run after some of them (at random) and once at the end."""
         tenant = make_tenant(f"random-{seed}", timezone=timezone)
         rng = random.Random(seed)
         follower_runs = random.Random(seed + 100)  # apart: both modes store the same events
@@ -192,39 +189,19 @@ class TestCountersEqualTheRollup:
             budget(id="jobs-all", measure="jobs", limit="1000", period="month"),
             budget(id="jobs-c0", measure="jobs", limit="1000", scope={"customer": "c0"}, period="day"))  # fmt: skip
         sent: list[dict[str, Any]] = []
-        ids = ("cost-all", "cost-c1", "tokens-c2", "jobs-all", "jobs-c0")
-
-        def read_history() -> dict[str, dict[int, tuple[int, int]]]:
-            with engine.connect() as connection:
-                return {b: dict((p, (u, r)) for p, u, r, _ in spend.counter_history(connection, tenant.id, b)) for b in ids}
-
-        def pending() -> int:
-            with engine.connect() as connection:
-                return len(connection.execute(select(spend_deltas.c.id)).all())
-
-        stored_moves = 0
-        with spend.folding(engine) if counting == "folded" else nullcontext():
-            for batch in range(8):
-                events = _random_events(rng, rng.randrange(1, 60), start=batch * 100)
-                replay = rng.sample(sent, min(len(sent), 10))  # replays of stored events change nothing
-                ingest(engine, tenant, events + replay)
-                sent += events
-                stored_moves = max(stored_moves, pending())
-                if counting == "deferred" and follower_runs.random() < 0.4:
-                    spend_follower.catch_up(engine, tenant.id, now=NOW)
-                if counting == "folded" and follower_runs.random() < 0.4:
-                    spend_follower.fold_pending(engine, now=NOW)
+        for batch in range(8):
+            events = _random_events(rng, rng.randrange(1, 60), start=batch * 100)
+            replay = rng.sample(sent, min(len(sent), 10))  # replays of stored events change nothing
+            ingest(engine, tenant, events + replay)
+            sent += events
+            if counting == "deferred" and follower_runs.random() < 0.4:
+                spend_follower.catch_up(engine, tenant.id, now=NOW)
         if counting == "deferred":
             spend_follower.catch_up(engine, tenant.id, now=NOW)
-        assert (stored_moves > 0) == (counting == "folded")
-        if counting == "folded":
-            unfolded = read_history()
-            spend_follower.fold_pending(engine, now=NOW)
-            assert pending() == 0
-            assert read_history() == unfolded
         rollup_tenant(engine, tenant, now=NOW)
-        history = read_history()
         with engine.connect() as connection:
+            history = {b: dict((p, (u, r)) for p, u, r, _ in spend.counter_history(connection, tenant.id, b)) for b in
+                       ("cost-all", "cost-c1", "tokens-c2", "jobs-all", "jobs-c0")}  # fmt: skip
             daily = connection.execute(select(usage_daily)).all()
             tasks = connection.execute(select(task_usage).where(task_usage.c.status == "completed")).all()
         assert history["cost-all"] and history["jobs-all"]
@@ -421,40 +398,6 @@ class TestAuthorizeSnapshot:
         )
         with engine.connect() as connection:
             assert spend.authorize(connection, tenant.id, {"customer": "acme"}, now=NOW) == answer
-
-    def test_moves_stored_for_the_fold_count_at_once_and_alert_when_folded(
-        self, engine: Engine, tenant: Tenant
-    ) -> None:
-        put(engine, tenant, budget(id="tokens", measure="tokens", limit="1000", period="month", enforce=True, alerts=["0.5"]))
-        with engine.connect() as connection:
-            found = spend.read_snapshot(connection, tenant.id, now=NOW)
-        with spend.folding(engine):
-            ingest(engine, tenant, [make_event(id="u1", time="2026-11-10T00:00:00Z", input_tokens=600, output_tokens=0)])
-            ingest(engine, tenant, [make_event(id="u1", time="2026-11-10T00:00:00Z", input_tokens=600, output_tokens=0)])  # a replay
-        with engine.connect() as connection:
-            assert connection.execute(select(budget_counters.c.used)).scalars().all() in ([], [0])  # not folded yet
-            assert connection.execute(select(budget_alerts.c.id)).all() == []
-            fresh = spend.read_snapshot(connection, tenant.id, now=NOW)
-        # pushed into this process's snapshot at commit; read with the moves by a fresh one
-        assert spend.authorize_from(found, {"customer": "acme"}, now=NOW)["budgets"][0]["used"] == "600"
-        assert spend.authorize_from(fresh, {"customer": "acme"}, now=NOW)["budgets"][0]["used"] == "600"
-        assert standing(engine, tenant, "tokens", NOW).used == 600
-        assert spend_follower.fold_pending(engine, now=NOW).alerts == 1
-        assert spend_follower.fold_pending(engine, now=NOW).alerts == 0  # folded once
-        with engine.connect() as connection:
-            assert connection.execute(select(budget_counters.c.used)).scalars().all() == [600]
-            assert len(connection.execute(select(budget_alerts.c.id)).all()) == 1
-            assert spend.authorize_from(spend.read_snapshot(connection, tenant.id, now=NOW), {"customer": "acme"}, now=NOW)["budgets"][0]["used"] == "600"
-        assert spend.authorize_from(found, {"customer": "acme"}, now=NOW)["budgets"][0]["used"] == "600"  # a fold moves nothing
-
-    def test_a_budget_change_folds_the_moves_before_it_recounts(self, engine: Engine, tenant: Tenant) -> None:
-        put(engine, tenant, budget(id="tokens", measure="tokens", limit="1000", period="month"))
-        with spend.folding(engine):
-            ingest(engine, tenant, [make_event(id="u1", time="2026-11-10T00:00:00Z", input_tokens=600, output_tokens=0)])
-        put(engine, tenant, budget(id="tokens", measure="tokens", limit="1000", period="month", scope={"customer": "acme"}))
-        assert standing(engine, tenant, "tokens", NOW).used == 600  # recounted once, not 600 + the fold's 600
-        with engine.connect() as connection:
-            assert connection.execute(select(spend_deltas.c.id)).all() == []
 
     def test_a_rolled_back_batch_pushes_nothing(self, engine: Engine, tenant: Tenant) -> None:
         put(engine, tenant, budget(id="tokens", measure="tokens", limit="1000", period="month"))

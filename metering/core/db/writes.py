@@ -124,7 +124,7 @@ def add_rows(
         parameters = {f"c{i}": list(values) for i, values in enumerate(zip(*rows, strict=True))}
     else:
         parameters = {"rows": orjson.dumps(list(rows)).decode()}
-    return list(connection.execute(statement, parameters).all())  # one fetch: not a fetch per row
+    return list(connection.execute(statement, parameters))
 
 
 @lru_cache(maxsize=16)
