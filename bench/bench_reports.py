@@ -90,9 +90,11 @@ def build_reports_db(db: str, url: str, tasks: int, customers: int) -> float:
         tenant = create_tenant(session, "bench", now=datetime(2020, 1, 1, tzinfo=UTC))
     build_month(engine, tenant, tasks=tasks, customers=customers, month=date(2026, 10, 1))
     from metering.rollup.month_figures import rebuild_from_task_usage
+    from metering.rollup.usage_months import rebuild_from_usage_daily
 
     with engine.begin() as connection:  # the rollup keeps them; the bench wrote the rollup tables itself
         rebuild_from_task_usage(connection, tenant.id, tenant.timezone)
+        rebuild_from_usage_daily(connection, tenant.id)
     engine.dispose()
     return time.perf_counter() - started
 

@@ -23,9 +23,10 @@ from sqlalchemy.orm import Session
 
 from metering.core.db import read_frame, without_index
 from metering.core.periods import Period
-from metering.core.tables import rollup_state, task_usage, task_usage_detail, usage_daily
+from metering.core.tables import rollup_state, task_usage, task_usage_detail, usage_daily, usage_months
 from metering.costs.prices import REM_PER_NANO, settle_nanos
 from metering.events.ingest import to_us
+from metering.rollup import usage_months as month_usage_sums
 from pricing.plans import CustomerPlan, Plan, PlanBook, plan_from_definition
 from pricing.tables import customer_plans, customers, plan_versions, plans
 from pricing.usage import TASK_COLUMNS, TOKEN_USAGE_COLUMNS, summable
@@ -71,8 +72,8 @@ def token_usage(session: Session, tenant_id: int, period: Period, customer: str 
 
 
 MONTH_USAGE_KEYS = ("customer", "day", "provider", "model", "actor", "agent")
-MONTH_USAGE_MEASURES = ("usage_events", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                        "reasoning_tokens", "cost_nanos", "cost_rem", "unpriced_events")  # fmt: skip
+MONTH_USAGE_MEASURES = month_usage_sums.SUMS
+_USAGE_TEXTS = ("customer", "provider", "model", "actor", "agent")
 
 
 def month_usage(session: Session, tenant_id: int, period: Period, customer: str | None = None, *, by_day: bool = True) -> pd.DataFrame:
@@ -83,31 +84,42 @@ def month_usage(session: Session, tenant_id: int, period: Period, customer: str 
     reads it, and `unpriced_tokens`, the input and output tokens of the daily rows with unpriced
     events. Not `by_day`: summed over the month per customer, model, actor and agent (a few rows
     per customer instead of one a day), `day` the month's first (for rating when its days do not
-    matter: `pricing.usage.token_days_matter`)."""
+    matter: `pricing.usage.token_days_matter`), read from the sums the rollup keeps
+    (`usage_months`, `metering.rollup.usage_months`): what `summed_days` sums of the days."""
+    if by_day:
+        u = usage_daily.c
+        where = [u.tenant_id == tenant_id, u.day >= period.first_day, u.day < period.next_first_day]
+        if customer is not None:
+            where.append(u.customer == customer)
+        names = (*MONTH_USAGE_KEYS, *MONTH_USAGE_MEASURES)
+        data = _fetch(session, select(*[u[n] for n in names]).where(*where), names, texts=_USAGE_TEXTS)
+        unpriced = (data["input_tokens"] + data["output_tokens"]).where(data["unpriced_events"] > 0, 0)
+        return data.assign(provider_cost_nanos=settle_nanos(data["cost_nanos"], data["cost_rem"]), unpriced_tokens=unpriced)
+    m = usage_months.c
+    where = [m.tenant_id == tenant_id, m.month == period.label]
+    if customer is not None:
+        where.append(m.customer == customer)
+    summed = (*_USAGE_TEXTS, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens")
+    data = _fetch(session, select(*[m[n] for n in summed]).where(*where), summed, texts=_USAGE_TEXTS)
+    data = data.assign(day=pd.Timestamp(period.first_day).as_unit("ns"))
+    return data[[*MONTH_USAGE_KEYS, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"]]
+
+
+def summed_days(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> pd.DataFrame:
+    """`month_usage` (not by day) summed from the month's daily rows in SQL, as it was read before
+    `usage_months` kept the sums: what the table must equal (the tests compare them)."""
     u = usage_daily.c
     where = [u.tenant_id == tenant_id, u.day >= period.first_day, u.day < period.next_first_day]
     if customer is not None:
         where.append(u.customer == customer)
-    texts = ("customer", "provider", "model", "actor", "agent")
-    if by_day:
-        names = (*MONTH_USAGE_KEYS, *MONTH_USAGE_MEASURES)
-        data = _fetch(session, select(*[u[n] for n in names]).where(*where), names, texts=texts)
-        unpriced = (data["input_tokens"] + data["output_tokens"]).where(data["unpriced_events"] > 0, 0)
-        return data.assign(provider_cost_nanos=settle_nanos(data["cost_nanos"], data["cost_rem"]), unpriced_tokens=unpriced)
     # Each row's cost settled (half up, as `settle_nanos`), then summed: the sum rating makes of the rows.
     settled = u.cost_nanos + (u.cost_rem + REM_PER_NANO // 2) // REM_PER_NANO
     unpriced = case((u.unpriced_events > 0, u.input_tokens + u.output_tokens), else_=0)
-    # Not cast to bigint: a sum the database makes past int64 (PostgreSQL's are numeric) comes back
-    # whole, and the month is then read by day, rows that rating sums exactly itself. A sum the
-    # database cannot make (SQLite's integer overflow) is the caller's 409, as every other sum.
     sums = [func.sum(u[n]).label(n) for n in MONTH_USAGE_MEASURES]
-    keys = [u[n] for n in texts]
+    keys = [u[n] for n in _USAGE_TEXTS]
     query = select(*keys, *sums, func.sum(settled).label("provider_cost_nanos"),
                    func.sum(unpriced).label("unpriced_tokens")).where(*where).group_by(*keys)  # fmt: skip
-    try:
-        data = _fetch(session, query, (*texts, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"), texts=texts)
-    except OverflowError:
-        return month_usage(session, tenant_id, period, customer, by_day=True)
+    data = _fetch(session, query, (*_USAGE_TEXTS, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"), texts=_USAGE_TEXTS)
     data = data.assign(day=pd.Timestamp(period.first_day).as_unit("ns"))
     return data[[*MONTH_USAGE_KEYS, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"]]
 

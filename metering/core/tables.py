@@ -378,3 +378,32 @@ customer_months = Table(
     Index("ix_customer_months_tenant_month", "tenant_id", "month"),
     sqlite_with_rowid=False,
 )
+
+# One row per customer, tenant-local month, model, actor and agent: `usage_daily` summed over the
+# month's days, each daily row's cost also settled to nano-units (half up, as rating reads a row)
+# before it is summed, and its input and output tokens when it has unpriced events. Written by the
+# rollup in the transaction of its other tables (`metering.rollup.usage_months`): a month's usage
+# (`pricing.repository.month_usage`) reads it instead of every day of the month.
+usage_months = Table(
+    "usage_months",
+    metadata,
+    Column("tenant_id", Integer, primary_key=True),  # no foreign key (as the rollup tables)
+    Column("month", String(7), primary_key=True),
+    Column("customer", String(256), primary_key=True),
+    Column("provider", String(64), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    *_attribution_keys(),
+    Column("days", BigInteger, nullable=False),  # the daily rows summed
+    Column("usage_events", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False),
+    Column("reasoning_tokens", BigInteger, nullable=False),
+    Column("cost_nanos", BigInteger, nullable=False),
+    Column("cost_rem", BigInteger, nullable=False),  # summed, not carried (as a SUM of the daily rows)
+    Column("unpriced_events", BigInteger, nullable=False),
+    Column("provider_cost_nanos", BigInteger, nullable=False),  # each daily row's cost settled, summed
+    Column("unpriced_tokens", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)

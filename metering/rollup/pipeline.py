@@ -34,7 +34,7 @@ from metering.costs.book import price_book, price_version, tenant_overrides
 from metering.costs.price_buckets import BucketScheme, scheme_for
 from metering.costs.ratecards import PriceBook
 from metering.events.ingest import committed_through
-from metering.rollup import month_figures, quarantine, reprice
+from metering.rollup import month_figures, quarantine, reprice, usage_months
 from metering.rollup.executors import Executor, InProcess
 from metering.rollup.ranges import gather, summarize_apart, summarize_range
 from metering.rollup.stores import RollupStore, store_for
@@ -142,13 +142,17 @@ def rollup_tenant(
         if rebuild:
             result.tasks_updated = store.replace_tenant(connection, tenant.id, summary)
             month_figures.replace(connection, tenant.id, tenant.timezone, summary.tasks if summary is not None else None)
+            usage_months.replace(connection, tenant.id, summary.daily if summary is not None else None)
         elif summary is not None:
             # The touched tasks' rows before the merge (their old contribution to the month
             # figures) and after it, read and merged once, here: the store writes the merged rows.
             before = stored_tasks(connection, tenant.id, summary.tasks["task"].tolist())
             after = merge_tasks(before, summary.tasks) if not before.empty else summary.tasks
+            # The same for the touched daily rows and the per customer-month usage.
+            days_before = usage_months.stored_days(connection, tenant.id, summary.daily)
             result.tasks_updated = store.merge(connection, tenant.id, replace(summary, tasks=after))
             month_figures.apply(connection, tenant.id, tenant.timezone, before, after)
+            usage_months.apply(connection, tenant.id, days_before, usage_months.merged(days_before, summary.daily))
     if rebuild:
         store.refresh_statistics(engine)
     result.watermark = max(end, start)

@@ -12,7 +12,8 @@ changes, `reprice_tenant`:
 2. reads those pairs' buckets, prices them with the new book, and keeps the cost changes;
 3. adds the changes to the buckets, the detail rows, the tasks and the customer days (carried,
    so every row is byte for byte what a rebuild from the events writes), moves the per
-   customer-month figures by the changed tasks' contributions (`month_figures.shift_costs`), and
+   customer-month figures by the changed tasks' contributions (`month_figures.shift_costs`) and the
+   per customer-month usage by the changed daily rows' (`usage_months.shift_costs`), and
    moves the tenant's price version by compare-and-set, in one transaction: all of it or nothing.
 
 Which changes need which (the pipeline decides, `can_reprice`):
@@ -51,7 +52,7 @@ from metering.costs.book import price_version
 from metering.costs.price_buckets import BucketScheme, days_since_epoch, representative_us, scheme_for
 from metering.costs.prices import REM_PER_NANO, price_sums
 from metering.costs.ratecards import ModelPricing, PriceBook, RateCardError
-from metering.rollup import month_figures
+from metering.rollup import month_figures, usage_months
 from metering.rollup.stores import RollupStore
 from metering.rollup.stores.common import BUCKET_TABLE_KEYS
 from metering.rollup.summary import DAILY_KEYS, DETAIL_KEYS
@@ -128,6 +129,8 @@ def reprice_tenant(
         # The per customer-month figures sum task costs: moved by the changed tasks' old and new
         # contributions, read before their task_usage rows change.
         month_figures.shift_costs(connection, tenant_id, timezone, per_level[task_usage])
+        # The per customer-month usage sums each daily row's settled cost: likewise.
+        usage_months.shift_costs(connection, tenant_id, per_level[usage_daily])
         for table, keys in LEVELS:
             result.rows_changed[table.name] = store.shift_costs(connection, tenant_id, table, keys, per_level[table])
     return result

@@ -12,7 +12,13 @@ import pytest
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from metering.core.db import unit_of_work
-from metering.core.tables import customer_months, rollup_state, tenant_model_aliases, tenant_prices
+from metering.core.tables import (
+    customer_months,
+    rollup_state,
+    tenant_model_aliases,
+    tenant_prices,
+    usage_months,
+)
 from metering.core.tenants import Tenant
 from metering.costs.price_buckets import BucketScheme, scheme_for
 from metering.costs.prices import REM_PER_NANO, price_sums, price_usage
@@ -109,7 +115,7 @@ def tables(engine: Engine, tenant: Tenant) -> dict[str, list[tuple]]:
             table.name: [tuple(row) for row in connection.execute(
                 select(table).where(table.c.tenant_id == tenant.id).order_by(*table.primary_key.columns)
             )]
-            for table in (*ROLLUP_TABLES, customer_months)
+            for table in (*ROLLUP_TABLES, customer_months, usage_months)
         }  # fmt: skip
 
 

@@ -1,0 +1,179 @@
+"""The per customer-month usage (`usage_months`) stays exact under incremental rollups: random
+batches, replays, late events across month ends, unpriced models priced later (a re-pricing from
+the rollup's rows), rebuilds; always equal to a recomputation from `usage_daily`, and a month's
+usage read from it (`pricing.repository.month_usage`, not by day) equal to the sums of its days
+made in SQL (`summed_days`), to the nano."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from metering.core.db import MIGRATIONS_DIR, unit_of_work
+from metering.core.periods import parse_month
+from metering.core.tables import rollup_state, tenant_prices, usage_daily, usage_months
+from metering.core.tenants import Tenant
+from metering.events.ingest import ingest_events
+from metering.rollup import usage_months as sums
+from metering.rollup.pipeline import rollup_tenant
+from metering.rollup.summary import DAILY_KEYS
+from pricing import repository as pricing_repository
+
+NOW = datetime(2026, 12, 20, 12, 0, tzinfo=UTC)
+_ids = itertools.count()
+MONTHS = ("2026-08", "2026-09", "2026-10", "2026-11", "2026-12")
+
+
+def _event(rng: random.Random, tasks: int) -> dict:
+    # Around month ends (UTC and the tenant's), so that a task's days cross months.
+    base = datetime(2026, rng.choice((9, 10, 11)), 1, tzinfo=UTC) + timedelta(days=rng.choice((0, 27, 29)))
+    when = base + timedelta(hours=rng.randrange(0, 96), seconds=rng.randrange(60))
+    tokens = rng.choice((10, 2_000, 400_000, 3_000_000, 7_777_777))
+    event = {
+        "id": f"u{next(_ids)}", "type": "usage", "time": when.isoformat().replace("+00:00", "Z"),
+        "customer": rng.choice(("acme", "globex", "initech")), "task": f"t{rng.randrange(tasks)}",
+        "provider": "openai", "model": rng.choice(("gpt-4o", "gpt-4o-mini", "no-such-model", "never-priced")),
+        "input_tokens": tokens, "output_tokens": rng.randrange(0, tokens), "cache_read_tokens": rng.choice((0, tokens // 3)),
+    }  # fmt: skip
+    event |= rng.choice(({}, {"actor": "ben@acme.com"}, {"actor": "ben@acme.com", "agent": "ben/codex-3"}, {"actor": "ana@acme.com"}))
+    if rng.random() < 0.2:
+        event = {**event, "type": rng.choice(("task.completed", "task.failed"))}
+        for name in ("provider", "model", "input_tokens", "output_tokens", "cache_read_tokens"):
+            event.pop(name)
+    return event
+
+
+def _send(engine: Engine, tenant: Tenant, events: list[dict]) -> None:
+    with unit_of_work(engine) as session:
+        ingest_events(session, tenant.id, events, now=NOW)
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.astype({name: "int64" for name in sums.MEASURES})
+    return frame.sort_values(list(sums.KEYS)).reset_index(drop=True)[[*sums.KEYS, *sums.MEASURES]]
+
+
+def _table(engine: Engine, tenant: Tenant) -> pd.DataFrame:
+    with engine.connect() as connection:
+        return _sorted(sums.stored(connection, tenant.id))
+
+
+def _assert_exact(engine: Engine, tenant: Tenant) -> None:
+    """The table is its recomputation from `usage_daily`, and each month's usage read from it is
+    the sums of its days made in SQL, to the nano (the whole tenant and one customer)."""
+    with engine.connect() as connection:
+        expected = _sorted(sums.recompute(connection, tenant.id))
+    pd.testing.assert_frame_equal(_table(engine, tenant), expected, check_dtype=False)
+    keys = ["customer", "provider", "model", "actor", "agent"]
+    with Session(engine) as session:
+        for label in MONTHS:
+            period = parse_month(label, tenant.timezone)
+            for customer in (None, "acme"):
+                new = pricing_repository.month_usage(session, tenant.id, period, customer, by_day=False)
+                old = pricing_repository.summed_days(session, tenant.id, period, customer)
+                assert new.dtypes.to_dict() == old.dtypes.to_dict()
+                pd.testing.assert_frame_equal(new.sort_values(keys).reset_index(drop=True), old.sort_values(keys).reset_index(drop=True))
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "America/Los_Angeles"])
+def test_the_sums_equal_a_recomputation_after_random_batches(engine: Engine, make_tenant, timezone: str) -> None:  # type: ignore[no-untyped-def]
+    tenant = make_tenant(f"usage-months-{timezone.replace('/', '-').lower()}", timezone=timezone)
+    rng = random.Random(23 + len(timezone))
+    sent: list[dict] = []
+    for batch in range(10):
+        events = [_event(rng, 25) for _ in range(rng.randrange(1, 40))]
+        if sent and rng.random() < 0.4:  # replays: duplicates change nothing
+            events += rng.sample(sent, min(len(sent), 5))
+        _send(engine, tenant, events)
+        sent += events
+        if batch == 6:  # a price for the unknown model: the next rollup re-prices from the rollup's rows
+            with unit_of_work(engine) as session:
+                session.execute(tenant_prices.insert().values(
+                    tenant_id=tenant.id, provider="openai", model="no-such-model", input="1.123456789", output="2.3000001",
+                    cache_read="0.3333333", cache_write=None, updated_at=NOW,
+                ))  # fmt: skip
+        result = rollup_tenant(engine, tenant, now=NOW)
+        assert (result.repriced is not None) == (batch == 6) and result.rebuilt == (batch == 0)
+        _assert_exact(engine, tenant)
+    table = _table(engine, tenant)
+    assert (table["days"] > 0).all() and table["unpriced_tokens"].sum() > 0 and len(set(table["month"])) >= 3
+    assert len(set(table["actor"])) == 3 and (table["provider_cost_nanos"] != table["cost_nanos"]).any()
+    # A rebuild from the events (buckets dropped) writes the same sums.
+    with unit_of_work(engine) as session:
+        session.execute(update(rollup_state).where(rollup_state.c.tenant_id == tenant.id).values(price_buckets=None))
+    assert rollup_tenant(engine, tenant, now=NOW).rebuilt
+    pd.testing.assert_frame_equal(_table(engine, tenant), table)
+    _assert_exact(engine, tenant)
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Asia/Kolkata"])
+def test_shifted_costs_equal_a_recomputation(engine: Engine, make_tenant, timezone: str) -> None:  # type: ignore[no-untyped-def]
+    """Random cost changes of random daily rows (up and down, carried remainders, unpriced events
+    priced and unpriced): the sums moved by `shift_costs` equal those recomputed from the changed
+    daily rows."""
+    tenant = make_tenant(f"usage-months-shift-{timezone.replace('/', '-').lower()}", timezone=timezone)
+    rng = random.Random(43 + len(timezone))
+    _send(engine, tenant, [_event(rng, 40) for _ in range(300)])
+    rollup_tenant(engine, tenant, now=NOW)
+    u = usage_daily.c
+    for _round in range(6):
+        with engine.begin() as connection:
+            rows = connection.execute(select(*[u[k] for k in DAILY_KEYS], u.cost_nanos, u.cost_rem, u.unpriced_events, u.usage_events)
+                                      .where(u.tenant_id == tenant.id)).all()  # fmt: skip
+            picked = rng.sample(rows, rng.randrange(1, len(rows)))
+            changes = []
+            for row in picked:
+                d_nanos = rng.choice((0, 1, 999, 10**6, 3 * 10**9, rng.randrange(10**10))) - rng.randrange(row.cost_nanos + 1)
+                d_rem = rng.randrange(10**6)
+                if d_nanos + row.cost_nanos + (row.cost_rem + d_rem) // 10**6 < 0:
+                    d_nanos = -row.cost_nanos
+                d_unpriced = rng.choice((0, -row.unpriced_events, row.usage_events - row.unpriced_events))
+                changes.append((*[getattr(row, k) for k in DAILY_KEYS], d_nanos, d_rem, d_unpriced, row.cost_nanos, row.cost_rem))
+            frame = pd.DataFrame(changes, columns=[*DAILY_KEYS, "d_nanos", "d_rem", "d_unpriced", "nanos", "rem"])
+            frame["day"] = pd.to_datetime(frame["day"])
+            moved = sums.shift_costs(connection, tenant.id, frame[[*DAILY_KEYS, "d_nanos", "d_rem", "d_unpriced"]])
+            assert moved == len(changes)
+            for *key, d_nanos, d_rem, d_unpriced, nanos, rem in changes:  # as the store writes them
+                connection.execute(usage_daily.update().where(u.tenant_id == tenant.id, *[u[k] == v for k, v in zip(DAILY_KEYS, key, strict=True)])
+                                   .values(cost_nanos=nanos + d_nanos + (rem + d_rem) // 10**6, cost_rem=(rem + d_rem) % 10**6,
+                                           unpriced_events=u.unpriced_events + d_unpriced))  # fmt: skip
+        _assert_exact(engine, tenant)
+
+
+def _migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def test_the_upgrade_fills_the_sums_of_the_days_rolled_up_before(engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
+    tenants = [make_tenant("usage-months-upgrade"), make_tenant("usage-months-upgrade-la", timezone="America/Los_Angeles")]
+    rng = random.Random(5)
+    for tenant in tenants:
+        _send(engine, tenant, [_event(rng, 20) for _ in range(80)])
+        rollup_tenant(engine, tenant, now=NOW)
+        _send(engine, tenant, [_event(rng, 20) for _ in range(40)])
+        rollup_tenant(engine, tenant, now=NOW)
+    before = {tenant.id: _table(engine, tenant) for tenant in tenants}
+    _migrate(engine, "0022", down=True)
+    try:
+        with engine.connect() as connection:
+            assert "usage_months" not in connection.dialect.get_table_names(connection)
+    finally:
+        _migrate(engine, "head")
+    for tenant in tenants:
+        assert not before[tenant.id].empty
+        pd.testing.assert_frame_equal(_table(engine, tenant), before[tenant.id])
+        _assert_exact(engine, tenant)
+    with engine.connect() as connection:
+        assert connection.execute(select(usage_months.c.tenant_id).distinct()).scalars().all() != []
