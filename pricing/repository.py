@@ -99,15 +99,23 @@ def month_usage(session: Session, tenant_id: int, period: Period, customer: str 
     where = [m.tenant_id == tenant_id, m.month == period.label]
     if customer is not None:
         where.append(m.customer == customer)
-    summed = (*_USAGE_TEXTS, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens")
+    summed = (*_USAGE_TEXTS, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens", "too_large")
     data = _fetch(session, select(*[m[n] for n in summed]).where(*where), summed, texts=_USAGE_TEXTS)
+    if data["too_large"].any():  # a sum past int64 (kept as zero): summed from the days, as it was
+        try:
+            return summed_days(session, tenant_id, period, customer)
+        except OverflowError:  # a sum the database cannot make: rating sums the days exactly itself
+            return month_usage(session, tenant_id, period, customer, by_day=True)
     data = data.assign(day=pd.Timestamp(period.first_day).as_unit("ns"))
     return data[[*MONTH_USAGE_KEYS, *MONTH_USAGE_MEASURES, "provider_cost_nanos", "unpriced_tokens"]]
 
 
 def summed_days(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> pd.DataFrame:
     """`month_usage` (not by day) summed from the month's daily rows in SQL, as it was read before
-    `usage_months` kept the sums: what the table must equal (the tests compare them)."""
+    `usage_months` kept the sums: what the table must equal (the tests compare them), and what a
+    month with a sum past int64 is read as. Not cast to bigint: a sum the database makes past
+    int64 (PostgreSQL's are numeric) comes back whole; one it cannot make (SQLite's integer
+    overflow) raises `OverflowError`."""
     u = usage_daily.c
     where = [u.tenant_id == tenant_id, u.day >= period.first_day, u.day < period.next_first_day]
     if customer is not None:

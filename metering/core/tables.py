@@ -405,5 +405,7 @@ usage_months = Table(
     Column("unpriced_events", BigInteger, nullable=False),
     Column("provider_cost_nanos", BigInteger, nullable=False),  # each daily row's cost settled, summed
     Column("unpriced_tokens", BigInteger, nullable=False),
+    # 1: a sum of the key passed int64 (its sums are zero): the month is read from its days.
+    Column("too_large", Integer, nullable=False, server_default="0"),
     sqlite_with_rowid=False,
 )

@@ -42,6 +42,8 @@ _TEXTS = ("customer", "provider", "model", "actor", "agent")
 _READ_BATCH = 200_000
 _NAMED_CHUNK = 10_000  # customers per query (SQLite's bound parameters)
 _DAYS_LISTED = 1_000  # more distinct days than this: read their range
+_SAFE = 2.0**62
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def contributions(daily: pd.DataFrame) -> pd.DataFrame:
@@ -66,9 +68,19 @@ def contributions(daily: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Measures summed per key: in int64 when no sum can pass it, else exactly (Python ints:
+    numpy's sums wrap around silently)."""
+    if not _small(frame, len(frame)):
+        frame = frame.astype({name: object for name in MEASURES})
     out = frame.groupby(list(KEYS), sort=False, as_index=False)[list(MEASURES)].sum()
     out["month"] = [f"{m // 100:04d}-{m % 100:02d}" if not isinstance(m, str) else m for m in out["month"].tolist()]
     return out[[*KEYS, *MEASURES]]
+
+
+def _small(frame: pd.DataFrame, terms: int) -> bool:
+    """Whether `terms` values of the measures of `frame` at most sum within int64."""
+    largest = max((float(np.abs(frame[name].to_numpy(dtype=np.float64)).max()) for name in MEASURES), default=0.0) if len(frame) else 0.0
+    return largest * max(terms, 1) < _SAFE
 
 
 def delta(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
@@ -84,16 +96,48 @@ def delta(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
 
 
 def apply(connection: Connection, tenant_id: int, before: pd.DataFrame, after: pd.DataFrame) -> None:
-    """Move the tenant's rows from the daily rows `before` to `after` (see `delta`)."""
+    """Move the tenant's rows from the daily rows `before` to `after` (see `delta`): the changed
+    keys' stored rows read, the change added to them here (exactly) and written in their place.
+    A key whose sums pass int64 is kept as `too_large` (its sums zero, sticky until a rebuild):
+    its month is then read from its days (`pricing.repository.month_usage`)."""
     change = delta(before, after)
     if change.empty:
         return
-    _write(connection, tenant_id, change, add=True)
+    now = _stored_keys(connection, tenant_id, change)
+    at = pd.MultiIndex.from_frame(now[list(KEYS)]).get_indexer(pd.MultiIndex.from_frame(change[list(KEYS)])) if not now.empty else np.full(len(change), -1)
+    found = at >= 0
+    base = pd.DataFrame({name: np.zeros(len(change), dtype=np.int64) for name in (*MEASURES, "too_large")})
+    for name in (*MEASURES, "too_large"):
+        column = base[name].to_numpy(copy=True)
+        column[found] = now[name].to_numpy(dtype=np.int64)[at[found]]
+        base[name] = column
+    exact = not (_small(base, 2) and _small(change, 2))
+    rows = change[list(KEYS)].copy()
+    for name in MEASURES:
+        old, moved = base[name].to_numpy(), change[name].to_numpy()
+        rows[name] = (old.astype(object) + moved.astype(object)) if exact else old + moved.astype(np.int64)
+    rows["too_large"] = base["too_large"].to_numpy()
+    _write(connection, tenant_id, rows, replace=True)
     months = sorted(set(change["month"].tolist()))
     # A key whose daily rows are all gone (none is, but a delta could say so): gone.
     connection.execute(
         delete(usage_months).where(usage_months.c.tenant_id == tenant_id, usage_months.c.month.in_(months), usage_months.c.days == 0)
     )
+
+
+def _stored_keys(connection: Connection, tenant_id: int, keys: pd.DataFrame) -> pd.DataFrame:
+    """The stored rows (`KEYS`, `MEASURES`, `too_large`) of the months and customers of `keys`."""
+    c = usage_months.c
+    names = (*KEYS, *MEASURES, "too_large")
+    months = sorted(set(keys["month"].tolist()))
+    customers = sorted(set(keys["customer"].tolist()))
+    rows: list[Sequence[Any]] = []
+    for start in range(0, len(customers), _NAMED_CHUNK):
+        query = select(*[c[n] for n in names]).where(c.tenant_id == tenant_id, c.month.in_(months), c.customer.in_(customers[start : start + _NAMED_CHUNK]))
+        (part,) = driver_rows(connection, query)
+        rows += part
+    values = list(zip(*rows, strict=True)) or [()] * len(names)
+    return pd.DataFrame({name: list(column) for name, column in zip(names, values, strict=True)}).astype({k: object for k in KEYS})
 
 
 def stored_days(connection: Connection, tenant_id: int, keys: pd.DataFrame) -> pd.DataFrame:
@@ -168,7 +212,7 @@ def replace(connection: Connection, tenant_id: int, daily: pd.DataFrame | None) 
     """Put the rows of `daily` (all the tenant's daily rows; None: none) in place of the tenant's."""
     connection.execute(delete(usage_months).where(usage_months.c.tenant_id == tenant_id))
     if daily is not None and not daily.empty:
-        _write(connection, tenant_id, contributions(daily), add=False)
+        _write(connection, tenant_id, contributions(daily), replace=False)
 
 
 def rebuild_from_usage_daily(connection: Connection, tenant_id: int) -> int:
@@ -176,7 +220,7 @@ def rebuild_from_usage_daily(connection: Connection, tenant_id: int) -> int:
     fill the table for data rolled up before it existed. Returns the rows written."""
     rows = recompute(connection, tenant_id)
     connection.execute(delete(usage_months).where(usage_months.c.tenant_id == tenant_id))
-    _write(connection, tenant_id, rows, add=False)
+    _write(connection, tenant_id, rows, replace=False)
     return len(rows)
 
 
@@ -217,9 +261,20 @@ def _key_column(column: pd.Series) -> pd.Series:
     return column.astype(object)
 
 
-def _write(connection: Connection, tenant_id: int, frame: pd.DataFrame, *, add: bool) -> None:
+def _write(connection: Connection, tenant_id: int, frame: pd.DataFrame, *, replace: bool) -> None:
+    """Write `frame` (`KEYS`, `MEASURES`, perhaps exact sums past int64 and `too_large`) in place
+    of the stored rows (`replace`) or as new rows: a row with a sum past int64, or already
+    `too_large`, as `too_large` with its sums zero (its days counted)."""
+    flagged = frame["too_large"].to_numpy(dtype=np.int64) != 0 if "too_large" in frame else np.zeros(len(frame), dtype=bool)
+    for name in MEASURES:
+        values = frame[name].to_numpy()
+        if values.dtype == object:
+            flagged |= np.array([not (_INT64[0] <= int(v) <= _INT64[1]) for v in values.tolist()], dtype=bool)
+    out = frame[list(KEYS)].assign(tenant_id=tenant_id, too_large=flagged.astype(np.int64))
+    for name in MEASURES:
+        values = frame[name].to_numpy()
+        if name != "days":
+            values = np.where(flagged, 0, values)
+        out[name] = values.astype(np.int64)
     columns = [column.name for column in usage_months.columns]  # the table's order (the statement's binds)
-    write_frame(
-        connection, usage_months, frame.assign(tenant_id=tenant_id), columns,
-        on_conflict="add" if add else "error", keys=("tenant_id", *KEYS), add=MEASURES if add else (),
-    )  # fmt: skip
+    write_frame(connection, usage_months, out, columns, on_conflict="replace" if replace else "error", keys=("tenant_id", *KEYS))

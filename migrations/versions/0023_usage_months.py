@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("actor", sa.String(length=256), server_default="", nullable=False),
         sa.Column("agent", sa.String(length=256), server_default="", nullable=False),
         *[sa.Column(name, sa.BigInteger(), nullable=False) for name in MEASURES],
+        sa.Column("too_large", sa.Integer(), server_default="0", nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", "month", "customer", "provider", "model", "actor", "agent", name=op.f("pk_usage_months")),
         sqlite_with_rowid=False,
     )

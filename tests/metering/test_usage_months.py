@@ -15,13 +15,15 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from metering.core.db import MIGRATIONS_DIR, unit_of_work
+from metering.core.db import MIGRATIONS_DIR, is_overflow, unit_of_work
 from metering.core.periods import parse_month
 from metering.core.tables import rollup_state, tenant_prices, usage_daily, usage_months
 from metering.core.tenants import Tenant
 from metering.events.ingest import ingest_events
+from metering.events.schemas import MAX_TOKENS
 from metering.rollup import usage_months as sums
 from metering.rollup.pipeline import rollup_tenant
 from metering.rollup.summary import DAILY_KEYS
@@ -177,3 +179,37 @@ def test_the_upgrade_fills_the_sums_of_the_days_rolled_up_before(engine: Engine,
         _assert_exact(engine, tenant)
     with engine.connect() as connection:
         assert connection.execute(select(usage_months.c.tenant_id).distinct()).scalars().all() != []
+
+
+@pytest.mark.parametrize("rollups", [1, 3])
+def test_a_sum_past_int64_reads_the_days(engine: Engine, make_tenant, rollups: int) -> None:  # type: ignore[no-untyped-def]
+    """Three days of 4e18 nano-units each: a month's sum past int64, which the table cannot hold
+    (numpy's sums would wrap around to a negative cost). The key is kept `too_large` (written by a
+    rebuild, or reached by increments) and its month read from its days, as before the table."""
+    tenant = make_tenant(f"usage-months-huge-{rollups}")
+    with unit_of_work(engine) as session:
+        session.execute(tenant_prices.insert().values(
+            tenant_id=tenant.id, provider="acme-ai", model="acme-max", input="2000", output="2000", cache_read=None,
+            cache_write=None, updated_at=NOW,
+        ))  # fmt: skip
+    events = [{"id": f"h{i}", "type": "usage", "time": f"2026-11-0{i + 1}T10:00:00Z", "customer": "acme", "task": f"t{i}",
+               "provider": "acme-ai", "model": "acme-max", "input_tokens": MAX_TOKENS, "output_tokens": MAX_TOKENS,
+               "task_type": f"kind-{i}"}  # apart in customer_months (whose increments PostgreSQL refuses past int64)
+              for i in range(3)]  # fmt: skip
+    for part in ([events] if rollups == 1 else [[e] for e in events]):
+        _send(engine, tenant, part)
+        rollup_tenant(engine, tenant, now=NOW)
+    with engine.connect() as connection:
+        [row] = connection.execute(select(usage_months).where(usage_months.c.tenant_id == tenant.id)).all()
+    assert row.too_large == 1 and row.days == 3 and row.cost_nanos == 0
+    period = parse_month("2026-11", tenant.timezone)
+    with Session(engine) as session:
+        if engine.dialect.name == "postgresql":  # sum(bigint) is numeric there
+            read = pricing_repository.month_usage(session, tenant.id, period, by_day=False)
+            # past int64 (read as columns): the days, which rating sums exactly itself, as before the table
+            pd.testing.assert_frame_equal(read, pricing_repository.month_usage(session, tenant.id, period, by_day=True))
+            assert sum(int(v) for v in read["provider_cost_nanos"]) == 12 * 10**18
+        else:  # SQLite's sum() cannot make it: the caller's 409, as before the table
+            with pytest.raises(OperationalError) as raised:
+                pricing_repository.month_usage(session, tenant.id, period, by_day=False)
+            assert is_overflow(raised.value)
