@@ -167,7 +167,7 @@ def test_the_upgrade_fills_the_sums_of_the_days_rolled_up_before(engine: Engine,
         _send(engine, tenant, [_event(rng, 20) for _ in range(40)])
         rollup_tenant(engine, tenant, now=NOW)
     before = {tenant.id: _table(engine, tenant) for tenant in tenants}
-    _migrate(engine, "0022", down=True)
+    _migrate(engine, "0021", down=True)
     try:
         with engine.connect() as connection:
             assert "usage_months" not in connection.dialect.get_table_names(connection)

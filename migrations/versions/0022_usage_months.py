@@ -1,7 +1,7 @@
 """metering: usage_months, the per customer-month token usage the rollup keeps current
 
-Revision ID: 0023
-Revises: 0022
+Revision ID: 0022
+Revises: 0021
 Create Date: 2026-12-06
 
 `usage_daily` summed per customer, tenant-local month, provider, model, actor and agent, with
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0023"
-down_revision = "0022"
+revision = "0022"
+down_revision = "0021"
 branch_labels = None
 depends_on = None
 
