@@ -31,7 +31,7 @@ from datetime import date, datetime
 from decimal import ROUND_CEILING, Decimal
 from itertools import count as count_from
 from itertools import repeat
-from operator import is_
+from operator import is_, itemgetter
 from typing import Any
 
 import numpy as np
@@ -93,6 +93,7 @@ PERIOD_CODES = {"day": 0, "week": 1, "month": 2}
 _MEMO = 100_000  # entries of a tenant's memos before they start over
 _GENERATIONS = 2**63 - 1  # budget generations are 1 .. 2**63 - 1 (a signed 64-bit column)
 TERMINAL = ("task.completed", "task.failed", "task.cancelled")
+_TERMINAL_TYPES = frozenset(TERMINAL)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class TenantBudgets:
     def __post_init__(self) -> None:
         # The budgets as arrays by slot (their position in the index, which sorts them by id).
         listed = self.index.budgets
+        self.measures = frozenset(self.index.measures())
         self.ids = np.array([b.id for b in listed], dtype=object)
         self.slot_of = {b.id: slot for slot, b in enumerate(listed)}
         self.measure = np.array([MEASURE_CODES[b.measure] for b in listed], dtype=np.int64)
@@ -441,7 +443,7 @@ def count_stored(
     state = tenant_budgets(connection, tenant_id, budget_generation)
     if not state.index:
         return 0
-    measures = state.index.measures()
+    measures = state.measures
     deltas = Deltas()
     if measures & {"provider_cost", "tokens", "billed"}:
         count_usage(state, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"}))
@@ -646,6 +648,8 @@ def deciding_outcomes(
 ) -> dict[str, Outcome]:
     """Each task's deciding terminal event among `rows` (in seq order) and those already in
     `deciding`, which it updates and returns: the latest by time; on a tie the one stored later."""
+    if _TERMINAL_TYPES.isdisjoint(map(itemgetter(_TYPE), rows)):  # the common batch: one C-level pass
+        return deciding
     for i, row in enumerate(rows):
         if row[_TYPE] not in TERMINAL:
             continue
@@ -707,10 +711,12 @@ def _write(
     back; returned in `counters` order (the upsert returns its rows in no set order: they are put
     back in it by (budget slot, period start), with arrays)."""
     slot, period_us, units, rem, unpriced = counters
-    rows = list(zip(
-        [tenant_id] * len(slot), ids, period_us.tolist(), units.tolist(), rem.tolist(), unpriced.tolist(), strict=True,
-    ))  # fmt: skip  # sorted by (budget id, period): concurrent batches lock rows alike
-    written = add_rows(connection, budget_counters, _COUNTER_COLUMNS, rows, keys=_COUNTER_KEYS, add=_COUNTER_COLUMNS[3:])
+    rows = list(zip(ids, period_us.tolist(), units.tolist(), rem.tolist(), unpriced.tolist(), strict=True))
+    # sorted by (budget id, period): concurrent batches lock rows alike
+    written = add_rows(
+        connection, budget_counters, _COUNTER_COLUMNS[1:], rows, keys=_COUNTER_KEYS, add=_COUNTER_COLUMNS[3:],
+        fixed={"tenant_id": tenant_id},
+    )  # fmt: skip
     if len(written) != len(rows):
         raise RuntimeError(f"the counter upsert returned {len(written)} rows for {len(rows)}")
     _, budget_ids, starts, used, rems, unpriced_after = zip(*written, strict=True)
