@@ -150,6 +150,7 @@ class TenantBudgets:
     _midnights: dict[int, int] = field(default_factory=dict)  # local day ordinal -> its first instant (us)
     _starts: dict[tuple[str, int], int] = field(default_factory=dict)  # (period kind, day ordinal) -> start us
     _slots: dict[tuple[str | None, ...], np.ndarray] = field(default_factory=dict)
+    _customer_slots: dict[str | None, np.ndarray] = field(default_factory=dict)  # `_slots` of (customer, None, None, None)
 
     def __post_init__(self) -> None:
         # The budgets as arrays by slot (their position in the index, which sorts them by id).
@@ -172,10 +173,24 @@ class TenantBudgets:
                     self.forecast_floats[slot] = marks.forecast_limit
 
     def slots_of(self, scopes: Sequence[tuple[str | None, ...]]) -> list[np.ndarray]:
-        """`slots` of each scope: one C-level pass over the memo, `slots` for those it lacks."""
+        """`slots` of each (customer, actor, agent, task_type): one C-level pass over the memo,
+        `slots` for those it lacks."""
         found: list[np.ndarray | None] = list(map(self._slots.get, scopes))
         if any(map(is_, found, repeat(None))):  # (not `None in found`: that compares arrays with ==)
             found = [slots if slots is not None else self.slots(*key) for key, slots in zip(scopes, found, strict=True)]
+        return found  # type: ignore[return-value]
+
+    def slots_of_customers(self, customers: Sequence[str | None]) -> list[np.ndarray]:
+        """`slots_of` scopes with neither actor, agent nor task type, given by customer (no tuple
+        made per scope)."""
+        memo = self._customer_slots
+        found: list[np.ndarray | None] = list(map(memo.get, customers))
+        if any(map(is_, found, repeat(None))):
+            if len(memo) >= _MEMO:
+                memo.clear()
+            for i, customer in enumerate(customers):
+                if found[i] is None:
+                    found[i] = memo[customer] = self.slots(customer, None, None, None)
         return found  # type: ignore[return-value]
 
     def slots(self, customer: str | None, actor: str | None, agent: str | None, task_type: str | None) -> np.ndarray:
@@ -514,7 +529,7 @@ def count_usage(
 
     times, inputs, outputs = ints(_TIME), ints(_INPUT), ints(_OUTPUT)
     days = state.local_days(times)
-    scope_of_row, scopes = _scopes(columns[_CUSTOMER], actors, agents, columns[_TASK_TYPE])
+    scope_of_row, scopes, by_customer = _scopes(columns[_CUSTOMER], actors, agents, columns[_TASK_TYPE])
     first = int(days.min())
     span = int(days.max()) - first + 1
     groups, group_of_row = np.unique(scope_of_row * span + (days - first), return_inverse=True)
@@ -539,7 +554,7 @@ def count_usage(
         if state.billing:
             _bill(state, rows, nanos.tolist(), rems.tolist(), group_of_row.tolist(), billed)
     # Each group against each budget of its scope: (group, slot) pairs, gathered without a loop.
-    matched = state.slots_of(scopes)
+    matched = state.slots_of_customers(scopes) if by_customer else state.slots_of(scopes)
     lengths = np.fromiter(map(len, matched), dtype=np.int64, count=len(matched))
     offsets = np.cumsum(lengths) - lengths
     flat = np.concatenate(matched) if matched else np.zeros(0, dtype=np.int64)
@@ -569,12 +584,13 @@ def count_usage(
 
 def _scopes(
     customers: Sequence[str | None], actors: Sequence[str | None], agents: Sequence[str | None], task_types: Sequence[str | None]
-) -> tuple[np.ndarray, list[tuple[str | None, ...]]]:
+) -> tuple[np.ndarray, list[Any], bool]:
     """Each row's scope number (0, 1, ... in order of first appearance) and the distinct
     (customer, actor, agent, task_type) scopes in that order, with no Python step per row:
     `setdefault` keeps the row number where each scope first appears (dicts keep insertion
     order), and those row numbers, ranked, are the scope numbers. A batch without actors,
-    agents and task types is numbered by customer alone (no tuple made per row)."""
+    agents and task types has its scopes as customers alone (no tuple made per row or scope),
+    and says so (the last item returned)."""
     count = len(customers)
     plain = actors.count(None) == count and agents.count(None) == count and task_types.count(None) == count
     seen: dict[Any, int] = {}
@@ -582,8 +598,7 @@ def _scopes(
     first_row = np.fromiter(map(seen.setdefault, keys, count_from()), dtype=np.int64, count=count)
     rank = np.zeros(count, dtype=np.int64)
     rank[np.fromiter(seen.values(), dtype=np.int64, count=len(seen))] = np.arange(len(seen))
-    scopes = [(customer, None, None, None) for customer in seen] if plain else list(seen)
-    return rank[first_row], scopes
+    return rank[first_row], list(seen), plain
 
 
 def _bill(
