@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_CEILING, Decimal
 from itertools import count as count_from
+from itertools import repeat
+from operator import is_, itemgetter
 from typing import Any
 
 import numpy as np
 import orjson
-import pandas as pd
-from sqlalchemy import Connection, Engine, Pool, event, select, tuple_, update
+from sqlalchemy import BindParameter, Connection, Engine, Pool, bindparam, event, select, tuple_, update
 
 from metering.core.db import add_rows, dialect_insert, name_locks, upsert
 from metering.core.event_columns import CACHE_READ as _CACHE_READ
@@ -92,6 +93,7 @@ PERIOD_CODES = {"day": 0, "week": 1, "month": 2}
 _MEMO = 100_000  # entries of a tenant's memos before they start over
 _GENERATIONS = 2**63 - 1  # budget generations are 1 .. 2**63 - 1 (a signed 64-bit column)
 TERMINAL = ("task.completed", "task.failed", "task.cancelled")
+_TERMINAL_TYPES = frozenset(TERMINAL)
 
 
 @dataclass(frozen=True)
@@ -148,10 +150,12 @@ class TenantBudgets:
     _midnights: dict[int, int] = field(default_factory=dict)  # local day ordinal -> its first instant (us)
     _starts: dict[tuple[str, int], int] = field(default_factory=dict)  # (period kind, day ordinal) -> start us
     _slots: dict[tuple[str | None, ...], np.ndarray] = field(default_factory=dict)
+    _customer_slots: dict[str | None, np.ndarray] = field(default_factory=dict)  # `_slots` of (customer, None, None, None)
 
     def __post_init__(self) -> None:
         # The budgets as arrays by slot (their position in the index, which sorts them by id).
         listed = self.index.budgets
+        self.measures = frozenset(self.index.measures())
         self.ids = np.array([b.id for b in listed], dtype=object)
         self.slot_of = {b.id: slot for slot, b in enumerate(listed)}
         self.measure = np.array([MEASURE_CODES[b.measure] for b in listed], dtype=np.int64)
@@ -168,8 +172,26 @@ class TenantBudgets:
                 if marks.forecast_limit is not None:
                     self.forecast_floats[slot] = marks.forecast_limit
 
-    def slots_known(self, key: tuple[str | None, ...]) -> np.ndarray | None:
-        return self._slots.get(key)
+    def slots_of(self, scopes: Sequence[tuple[str | None, ...]]) -> list[np.ndarray]:
+        """`slots` of each (customer, actor, agent, task_type): one C-level pass over the memo,
+        `slots` for those it lacks."""
+        found: list[np.ndarray | None] = list(map(self._slots.get, scopes))
+        if any(map(is_, found, repeat(None))):  # (not `None in found`: that compares arrays with ==)
+            found = [slots if slots is not None else self.slots(*key) for key, slots in zip(scopes, found, strict=True)]
+        return found  # type: ignore[return-value]
+
+    def slots_of_customers(self, customers: Sequence[str | None]) -> list[np.ndarray]:
+        """`slots_of` scopes with neither actor, agent nor task type, given by customer (no tuple
+        made per scope)."""
+        memo = self._customer_slots
+        found: list[np.ndarray | None] = list(map(memo.get, customers))
+        if any(map(is_, found, repeat(None))):
+            if len(memo) >= _MEMO:
+                memo.clear()
+            for i, customer in enumerate(customers):
+                if found[i] is None:
+                    found[i] = memo[customer] = self.slots(customer, None, None, None)
+        return found  # type: ignore[return-value]
 
     def slots(self, customer: str | None, actor: str | None, agent: str | None, task_type: str | None) -> np.ndarray:
         """`matching` as the budgets' slots."""
@@ -260,10 +282,19 @@ def generation(connection: Connection, tenant_id: int) -> int:
 def counting_state(connection: Connection, tenant_id: int) -> tuple[int, int | None]:
     """The tenant's budget generation and its follower's watermark (None: counted at
     ingestion), in one statement: ingestion reads both for every batch."""
-    current = select(budget_state.c.generation).where(budget_state.c.tenant_id == tenant_id).scalar_subquery()
-    mark = select(spend_watermarks.c.counted_through).where(spend_watermarks.c.tenant_id == tenant_id).scalar_subquery()
-    found, through = connection.execute(select(current, mark)).one()
+    found, through = connection.execute(_COUNTING_STATE, {"tenant_id": tenant_id}).one()
     return int(found or 0), through
+
+
+def _counting_state() -> Any:
+    """`counting_state`'s statement, built once (building it per batch cost more than running it)."""
+    tenant: BindParameter[int] = bindparam("tenant_id")
+    current = select(budget_state.c.generation).where(budget_state.c.tenant_id == tenant).scalar_subquery()
+    mark = select(spend_watermarks.c.counted_through).where(spend_watermarks.c.tenant_id == tenant).scalar_subquery()
+    return select(current, mark)
+
+
+_COUNTING_STATE = _counting_state()
 
 
 def bump_generation(connection: Connection, tenant_id: int) -> None:
@@ -427,7 +458,7 @@ def count_stored(
     state = tenant_budgets(connection, tenant_id, budget_generation)
     if not state.index:
         return 0
-    measures = state.index.measures()
+    measures = state.measures
     deltas = Deltas()
     if measures & {"provider_cost", "tokens", "billed"}:
         count_usage(state, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"}))
@@ -437,8 +468,9 @@ def count_stored(
     if counters is None:
         return 0
     slot, period_us, units, rem, unpriced = counters
-    used_after, rem_after, unpriced_after = _write(connection, tenant_id, state, counters)
-    _pending(connection).append((tenant_id, state.ids[slot].tolist(), period_us.tolist(), used_after.tolist(), rem_after.tolist(), unpriced_after.tolist()))
+    ids = state.ids[slot].tolist()
+    used_after, rem_after, unpriced_after = _write(connection, tenant_id, state, counters, ids)
+    _pending(connection).append((tenant_id, ids, period_us.tolist(), used_after.tolist(), rem_after.tolist(), unpriced_after.tolist()))
     passing = _passing(state, counters, used_after, rem_after)
     if not passing:
         return 0
@@ -497,13 +529,7 @@ def count_usage(
 
     times, inputs, outputs = ints(_TIME), ints(_INPUT), ints(_OUTPUT)
     days = state.local_days(times)
-    # Scope attributes to codes without a Python step per row: `setdefault` keeps the first
-    # row's number for each distinct tuple, `factorize` renumbers them 0..n-1.
-    seen: dict[tuple[str | None, ...], int] = {}
-    attributes = zip(columns[_CUSTOMER], actors, agents, columns[_TASK_TYPE], strict=True)
-    scope_of_row, firsts_seen = pd.factorize(np.fromiter(map(seen.setdefault, attributes, count_from()), dtype=np.int64, count=count))
-    by_number = dict(zip(seen.values(), seen, strict=True))
-    scopes = [by_number[number] for number in firsts_seen.tolist()]
+    scope_of_row, scopes, by_customer = _scopes(columns[_CUSTOMER], actors, agents, columns[_TASK_TYPE])
     first = int(days.min())
     span = int(days.max()) - first + 1
     groups, group_of_row = np.unique(scope_of_row * span + (days - first), return_inverse=True)
@@ -528,7 +554,7 @@ def count_usage(
         if state.billing:
             _bill(state, rows, nanos.tolist(), rems.tolist(), group_of_row.tolist(), billed)
     # Each group against each budget of its scope: (group, slot) pairs, gathered without a loop.
-    matched = [found if found is not None else state.slots(*key) for key, found in zip(scopes, map(state.slots_known, scopes), strict=True)]
+    matched = state.slots_of_customers(scopes) if by_customer else state.slots_of(scopes)
     lengths = np.fromiter(map(len, matched), dtype=np.int64, count=len(matched))
     offsets = np.cumsum(lengths) - lengths
     flat = np.concatenate(matched) if matched else np.zeros(0, dtype=np.int64)
@@ -554,6 +580,25 @@ def count_usage(
     midnights = np.fromiter((state.midnight_us(day) for day in distinct.tolist()), dtype=np.int64, count=len(distinct))
     unpriced_pair = np.where(cost_pair[keep], unpriced_[pair_group], 0)
     deltas.columns.append((pair_slot, midnights[which], units, rem, unpriced_pair))
+
+
+def _scopes(
+    customers: Sequence[str | None], actors: Sequence[str | None], agents: Sequence[str | None], task_types: Sequence[str | None]
+) -> tuple[np.ndarray, list[Any], bool]:
+    """Each row's scope number (0, 1, ... in order of first appearance) and the distinct
+    (customer, actor, agent, task_type) scopes in that order, with no Python step per row:
+    `setdefault` keeps the row number where each scope first appears (dicts keep insertion
+    order), and those row numbers, ranked, are the scope numbers. A batch without actors,
+    agents and task types has its scopes as customers alone (no tuple made per row or scope),
+    and says so (the last item returned)."""
+    count = len(customers)
+    plain = actors.count(None) == count and agents.count(None) == count and task_types.count(None) == count
+    seen: dict[Any, int] = {}
+    keys: Any = customers if plain else zip(customers, actors, agents, task_types, strict=True)
+    first_row = np.fromiter(map(seen.setdefault, keys, count_from()), dtype=np.int64, count=count)
+    rank = np.zeros(count, dtype=np.int64)
+    rank[np.fromiter(seen.values(), dtype=np.int64, count=len(seen))] = np.arange(len(seen))
+    return rank[first_row], list(seen), plain
 
 
 def _bill(
@@ -618,6 +663,8 @@ def deciding_outcomes(
 ) -> dict[str, Outcome]:
     """Each task's deciding terminal event among `rows` (in seq order) and those already in
     `deciding`, which it updates and returns: the latest by time; on a tie the one stored later."""
+    if _TERMINAL_TYPES.isdisjoint(map(itemgetter(_TYPE), rows)):  # the common batch: one C-level pass
+        return deciding
     for i, row in enumerate(rows):
         if row[_TYPE] not in TERMINAL:
             continue
@@ -672,23 +719,28 @@ def _outcome_upsert(base: Any) -> Any:
 
 
 def _write(
-    connection: Connection, tenant_id: int, state: TenantBudgets, counters: Counters
+    connection: Connection, tenant_id: int, state: TenantBudgets, counters: Counters, ids: list[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Add the moves to the counters with one upsert that returns each counter's (used, rem)
-    after it (`metering.core.db.add_rows`), so no counter is read back; returned in `counters` order."""
+    """Add the moves to the counters (`ids`: their budgets' ids) with one upsert that returns each
+    counter's (used, rem, unpriced) after it (`metering.core.db.add_rows`), so no counter is read
+    back; returned in `counters` order (the upsert returns its rows in no set order: they are put
+    back in it by (budget slot, period start), with arrays)."""
     slot, period_us, units, rem, unpriced = counters
-    rows = list(zip(
-        [tenant_id] * len(slot), state.ids[slot].tolist(), period_us.tolist(), units.tolist(), rem.tolist(), unpriced.tolist(),
-        strict=True,
-    ))  # fmt: skip  # sorted by (budget id, period): concurrent batches lock rows alike
-    written: list[tuple[Any, ...]] = sorted(
-        tuple(row) for row in add_rows(connection, budget_counters, _COUNTER_COLUMNS, rows, keys=_COUNTER_KEYS, add=_COUNTER_COLUMNS[3:])
-    )
-    return (
-        np.fromiter((row[3] for row in written), dtype=np.int64, count=len(written)),
-        np.fromiter((row[4] for row in written), dtype=np.int64, count=len(written)),
-        np.fromiter((row[5] for row in written), dtype=np.int64, count=len(written)),
-    )
+    rows = list(zip(ids, period_us.tolist(), units.tolist(), rem.tolist(), unpriced.tolist(), strict=True))
+    # sorted by (budget id, period): concurrent batches lock rows alike
+    written = add_rows(
+        connection, budget_counters, _COUNTER_COLUMNS[1:], rows, keys=_COUNTER_KEYS, add=_COUNTER_COLUMNS[3:],
+        fixed={"tenant_id": tenant_id},
+    )  # fmt: skip
+    if len(written) != len(rows):
+        raise RuntimeError(f"the counter upsert returned {len(written)} rows for {len(rows)}")
+    _, budget_ids, starts, used, rems, unpriced_after = zip(*written, strict=True)
+    written_slot = np.fromiter(map(state.slot_of.__getitem__, budget_ids), dtype=np.int64, count=len(rows))
+    written_start = np.array(starts, dtype=np.int64)
+    order = np.lexsort((written_start, written_slot))
+    if not (np.array_equal(written_slot[order], slot) and np.array_equal(written_start[order], period_us)):
+        raise RuntimeError("the counter upsert returned other counters than it wrote")
+    return tuple(np.array(column, dtype=np.int64)[order] for column in (used, rems, unpriced_after))  # type: ignore[return-value]
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -464,3 +464,32 @@ class TestBudgetGenerations:
             assert [b["id"] for b in answer["budgets"]] == ["later"]
         finally:
             other.dispose()
+
+
+class TestScopesOfABatch:
+    def test_a_batch_without_actors_counts_as_one_with_them(self, engine: Engine, make_tenant: Callable[..., Tenant]) -> None:
+        """Counting numbers a batch's scopes by customer alone when no event has an actor, agent
+        or task type, by (customer, actor, agent, task_type) otherwise: the same events give the
+        same counters either way."""
+        entries = (
+            budget(id="cost-all"), budget(id="cost-c1", scope={"customer": "c1"}, period="day"),
+            budget(id="tokens-c2", measure="tokens", limit="1000000000", scope={"customer": "c2"}, period="week"),
+            budget(id="cost-alice", scope={"actor": "alice"}),
+            budget(id="tokens-review", measure="tokens", limit="1000000000", scope={"task_type": "review"}),
+        )  # fmt: skip
+        plain = _random_events(random.Random(5), 80, start=0)
+        marked = [
+            make_event(id="m1", task="t1", customer="c1", actor="alice", time="2026-11-02T10:00:00Z", input_tokens=1000, output_tokens=7),
+            make_event(id="m2", task="t2", customer="c2", task_type="review", time="2026-11-03T10:00:00Z", input_tokens=99, output_tokens=1),
+        ]  # fmt: skip
+        apart, together = make_tenant("apart"), make_tenant("together")
+        put(engine, apart, *entries)
+        put(engine, together, *entries)
+        ingest(engine, apart, plain)  # customers alone
+        ingest(engine, apart, marked)
+        ingest(engine, together, marked + plain)  # every row by its (customer, actor, agent, task_type)
+        with engine.connect() as connection:
+            for entry in entries:
+                counted = spend.counter_history(connection, apart.id, entry.id)
+                assert counted == spend.counter_history(connection, together.id, entry.id)
+                assert any(used for _, used, _, _ in counted), entry.id

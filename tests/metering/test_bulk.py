@@ -72,7 +72,11 @@ def test_add_rows_adds_to_stored_rows_and_returns_the_totals(engine: Engine) -> 
             )
             assert sorted(tuple(r) for r in again) == [("plain", 1, 2**62 + 2**40, 6), ("plain", 2, 7, 0)]
             assert add_rows(connection, probe, columns, [], keys=keys, add=("a", "b")) == []
+            fixed = add_rows(
+                connection, probe, ("p", "a", "b"), [(1, 3, 1), (3, 4, 0)], keys=keys, add=("a", "b"), fixed={"k": "plain"}
+            )  # fmt: skip
+            assert sorted(tuple(r) for r in fixed) == [("plain", 1, 2**62 + 2**40 + 3, 7), ("plain", 3, 4, 0)]
             stored = dict(((r.k, r.p), (r.a, r.b)) for r in connection.execute(select(probe)))
-            assert stored[("with, comma", 1)] == (2**40, 1) and stored[("plain", 1)] == (2**62 + 2**40, 6)
+            assert stored[("with, comma", 1)] == (2**40, 1) and stored[("plain", 1)] == (2**62 + 2**40 + 3, 7)
         finally:
             probe.drop(connection)
