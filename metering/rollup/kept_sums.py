@@ -125,5 +125,7 @@ class KeptSums:
         keys = ("tenant_id", *self.keys)
         if add:
             write_frame(connection, self.table, out, columns, on_conflict="add", keys=keys, add=self.measures, flag=(FLAG, self.count))
-        else:
-            write_frame(connection, self.table, out, columns, keys=keys)
+            return
+        # New rows without a flag leave it to the column's default: as the migrations that fill
+        # the table before it had one (customer_months: 0019, 0021) write them.
+        write_frame(connection, self.table, out, columns if flagged.any() else [c for c in columns if c != FLAG], keys=keys)
