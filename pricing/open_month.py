@@ -10,6 +10,7 @@ cannot give falls back to the task rows (`usable` says when):
 
 - outcome rules: a task bills when it settles, which depends on the time of the read;
 - disputes accepted in an open month: those tasks are taken out by name;
+- a figure whose sum passed int64 (`too_large`: kept as zero);
 - a per-job plan whose version changes inside the month (a task's prices are those of the
   version in force at its end, which the figures do not keep), or with an included allowance
   and no tiers (the free tasks are the month's first by end time).
@@ -42,6 +43,8 @@ def usable(session: Session, tenant_id: int, period: Period, book: PlanBook | No
     """Whether the month's ended tasks can be read from the figures (see the module)."""
     if outcome_rules(session, tenant_id) or outcomes_repository.disputed_tasks(session, tenant_id, customer):
         return False
+    if too_large(session, tenant_id, period, customer):
+        return False
     if book is None:
         return True
     for plan_id in book.versions:
@@ -60,6 +63,17 @@ def usable_figures(session: Session, tenant_id: int, period: Period, customer: s
     stored now), else None."""
     book = stored_plans(session, tenant_id).book
     return figures(session, tenant_id, period, customer) if usable(session, tenant_id, period, book, customer) else None
+
+
+def too_large(session: Session, tenant_id: int, period: Period, customer: str | None = None) -> bool:
+    """Whether a figure of the month (of the customer) passed int64: kept as zero
+    (`metering.rollup.kept_sums`), so its tasks are read instead."""
+    c = customer_months.c
+    # `too_large > 0` as a literal: the partial index's own condition, which a planner matches only so.
+    query = select(c.month).where(c.tenant_id == tenant_id, c.month == period.label, c.too_large > literal_column("0"))
+    if customer is not None:
+        query = query.where(c.customer == customer)
+    return session.execute(query.limit(1)).first() is not None
 
 
 def outcome_rules(session: Session, tenant_id: int) -> bool:

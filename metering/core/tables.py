@@ -375,7 +375,12 @@ customer_months = Table(
     Column("input_tokens", BigInteger, nullable=False),
     Column("output_tokens", BigInteger, nullable=False),
     Column("cost_nanos", BigInteger, nullable=False),
+    # 1: a sum of the key passed int64 (its sums are zero, its tasks counted): the month is read
+    # from its tasks (`pricing.open_month.usable`, through the partial index of the few such keys).
+    Column("too_large", Integer, nullable=False, server_default="0"),
     Index("ix_customer_months_tenant_month", "tenant_id", "month"),
+    Index("ix_customer_months_too_large", "tenant_id", "month", sqlite_where=text("too_large > 0"),
+          postgresql_where=text("too_large > 0")),
     sqlite_with_rowid=False,
 )
 

@@ -13,7 +13,9 @@ previous `task_usage` row and adds that of its merged row (`apply`), in the tran
 writes `task_usage`; a re-pricing does the same for the tasks whose cost it changes
 (`shift_costs`); a rebuild writes the figures of all the tenant's tasks anew (`replace`).
 Everything is a function of `task_usage` alone: `rebuild_from_task_usage` recomputes the table
-from it (after the tenant's bucket edges move, or to fill the table for existing data).
+from it (after the tenant's bucket edges move, or to fill the table for existing data). The sums
+are kept as `metering.rollup.kept_sums` keeps them: exact, and a key whose sums pass int64 kept
+`too_large` (its month then read from its tasks: `pricing.open_month.usable`).
 
 Cost buckets: the dashboard's edges (`COST_EDGES_NANOS`) and the tenant's own
 (`rollup_state.cost_edges`: pricing puts an edge just above each per-job price, so that no bucket
@@ -29,11 +31,12 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, select, update
 
-from metering.core.db import driver_rows, upsert, write_frame
+from metering.core.db import driver_rows, upsert
 from metering.core.tables import customer_months, rollup_state, task_usage
 from metering.costs.prices import REM_PER_NANO, settle_nanos
+from metering.rollup.kept_sums import KeptSums
 from metering.rollup.stores.common import stored_tasks
 
 COST_EDGES_MICROS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
@@ -46,6 +49,8 @@ MEASURES = ("tasks", "usage_events", "input_tokens", "output_tokens", "cost_nano
 TASK_INPUT = ("task", "customer", "task_type", "status", "ended_us", "last_event_us", "usage_events",
               "input_tokens", "output_tokens", "cost_nanos", "cost_rem")  # fmt: skip
 """The `task_usage` columns a task's contribution is made of."""
+FIGURES = KeptSums(customer_months, KEYS, MEASURES, count="tasks")
+"""The figures as kept (`metering.rollup.kept_sums`): a key none of whose tasks is left is deleted."""
 _READ_CHUNK = 200_000
 
 
@@ -106,7 +111,7 @@ def contributions(tasks: pd.DataFrame, timezone: str, edges: np.ndarray = COST_E
     """The figures of `tasks` (task rows with `TASK_INPUT`), summed per key (`KEYS` + `MEASURES`),
     bucketed by `edges`."""
     if tasks.empty:
-        return pd.DataFrame({**{k: pd.Series([], dtype=object) for k in KEYS}, **{m: pd.Series([], dtype=np.int64) for m in MEASURES}})
+        return FIGURES.empty()
     ended = pd.array(tasks["ended_us"], dtype="Int64")
     status = tasks["status"].astype(object).to_numpy()
     when = np.where(ended.isna() | (status == "open"), tasks["last_event_us"].to_numpy(dtype=np.int64), ended.fillna(0).to_numpy())
@@ -125,40 +130,20 @@ def contributions(tasks: pd.DataFrame, timezone: str, edges: np.ndarray = COST_E
         "output_tokens": tasks["output_tokens"].to_numpy(dtype=np.int64),
         "cost_nanos": cost,
     })  # fmt: skip
-    return _summed(frame)
-
-
-def _summed(frame: pd.DataFrame) -> pd.DataFrame:
-    out = frame.groupby(list(KEYS), sort=False, as_index=False)[list(MEASURES)].sum()
-    out["month"] = [f"{m // 100:04d}-{m % 100:02d}" if not isinstance(m, str) else m for m in out["month"].tolist()]
-    return out
+    return FIGURES.summed(frame)
 
 
 def delta(before: pd.DataFrame, after: pd.DataFrame, timezone: str, edges: np.ndarray = COST_EDGES_NANOS) -> pd.DataFrame:
     """What the figures change by when the tasks of `before` (their stored rows; tasks new to the
     rollup have none) become the rows of `after`: after's contributions minus before's, without
     the keys that do not change."""
-    old, new = contributions(before, timezone, edges), contributions(after, timezone, edges)
-    if old.empty:
-        return new
-    old[list(MEASURES)] = -old[list(MEASURES)]
-    both = _summed(pd.concat([new, old], ignore_index=True))
-    return both[(both[list(MEASURES)] != 0).any(axis=1)].reset_index(drop=True)
+    return FIGURES.delta(contributions(before, timezone, edges), contributions(after, timezone, edges))
 
 
 def apply(connection: Connection, tenant_id: int, timezone: str, before: pd.DataFrame, after: pd.DataFrame) -> None:
-    """Move the tenant's figures from the tasks' `before` rows to their `after` rows (see `delta`)."""
-    change = delta(before, after, timezone, edges_of(connection, tenant_id))
-    if change.empty:
-        return
-    _write(connection, tenant_id, change, add=True)
-    months = sorted(set(change["month"].tolist()))
-    # A key whose last task moved away holds zero tasks (and zero of everything else): gone.
-    connection.execute(
-        delete(customer_months).where(
-            customer_months.c.tenant_id == tenant_id, customer_months.c.month.in_(months), customer_months.c.tasks == 0
-        )
-    )
+    """Move the tenant's figures from the tasks' `before` rows to their `after` rows (see `delta`;
+    a key whose sums pass int64 kept `too_large`: `metering.rollup.kept_sums`)."""
+    FIGURES.apply(connection, tenant_id, delta(before, after, timezone, edges_of(connection, tenant_id)))
 
 
 def shift_costs(connection: Connection, tenant_id: int, timezone: str, changes: pd.DataFrame) -> int:
@@ -186,9 +171,8 @@ def shift_costs(connection: Connection, tenant_id: int, timezone: str, changes: 
 
 def replace(connection: Connection, tenant_id: int, timezone: str, tasks: pd.DataFrame | None) -> None:
     """Put the figures of `tasks` (all the tenant's task rows; None: none) in place of the tenant's."""
-    connection.execute(delete(customer_months).where(customer_months.c.tenant_id == tenant_id))
-    if tasks is not None and not tasks.empty:
-        _write(connection, tenant_id, contributions(tasks, timezone, edges_of(connection, tenant_id)), add=False)
+    figures = contributions(tasks, timezone, edges_of(connection, tenant_id)) if tasks is not None and not tasks.empty else None
+    FIGURES.replace(connection, tenant_id, figures)
 
 
 def rebuild_from_task_usage(connection: Connection, tenant_id: int, timezone: str, *, edges: np.ndarray | None = None) -> int:
@@ -196,29 +180,18 @@ def rebuild_from_task_usage(connection: Connection, tenant_id: int, timezone: st
     after anything that rewrote task costs outside the rollup or moved its
     bucket edges, or to fill the table for data rolled up before it existed. `edges`: the
     tenant's (`edges_of`) unless given. Returns the rows written."""
-    figures = recompute(connection, tenant_id, timezone, edges=edges)
-    connection.execute(delete(customer_months).where(customer_months.c.tenant_id == tenant_id))
-    _write(connection, tenant_id, figures, add=False)
-    return len(figures)
+    return FIGURES.replace(connection, tenant_id, recompute(connection, tenant_id, timezone, edges=edges))
 
 
 def recompute(connection: Connection, tenant_id: int, timezone: str, *, edges: np.ndarray | None = None) -> pd.DataFrame:
     """The tenant's figures as `task_usage` holds them now, read in chunks (not written)."""
     edges = edges_of(connection, tenant_id) if edges is None else edges
-    parts = [contributions(chunk, timezone, edges) for chunk in _task_chunks(connection, tenant_id)]
-    parts = [p for p in parts if not p.empty]
-    if not parts:
-        return contributions(pd.DataFrame(columns=list(TASK_INPUT)), timezone, edges)
-    return _summed(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else parts[0]
+    return FIGURES.total(contributions(chunk, timezone, edges) for chunk in _task_chunks(connection, tenant_id))
 
 
 def stored(connection: Connection, tenant_id: int) -> pd.DataFrame:
     """The tenant's rows of `customer_months`, as `KEYS` + `MEASURES`, in key order."""
-    c = customer_months.c
-    rows = connection.execute(
-        select(*[c[name] for name in (*KEYS, *MEASURES)]).where(c.tenant_id == tenant_id).order_by(*[c[k] for k in KEYS])
-    ).all()
-    return pd.DataFrame(rows, columns=[*KEYS, *MEASURES])
+    return FIGURES.stored(connection, tenant_id)
 
 
 def _task_chunks(connection: Connection, tenant_id: int) -> Iterable[pd.DataFrame]:
@@ -233,11 +206,3 @@ def _task_chunks(connection: Connection, tenant_id: int) -> Iterable[pd.DataFram
         # by probing each row's attributes (a million tasks: ~10 s of the re-pricing).
         yield pd.DataFrame(dict(zip(TASK_INPUT, map(list, zip(*rows, strict=True)), strict=True)))
         after = rows[-1][0]
-
-
-def _write(connection: Connection, tenant_id: int, frame: pd.DataFrame, *, add: bool) -> None:
-    columns = ["tenant_id", *KEYS, *MEASURES]
-    write_frame(
-        connection, customer_months, frame.assign(tenant_id=tenant_id), columns,
-        on_conflict="add" if add else "error", keys=("tenant_id", *KEYS), add=MEASURES if add else (),
-    )  # fmt: skip

@@ -12,13 +12,11 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from metering.core.db import MIGRATIONS_DIR, is_overflow, unit_of_work
+from metering.core.db import is_overflow, unit_of_work
 from metering.core.periods import parse_month
 from metering.core.tables import rollup_state, tenant_prices, usage_daily, usage_months
 from metering.core.tenants import Tenant
@@ -28,6 +26,7 @@ from metering.rollup import usage_months as sums
 from metering.rollup.pipeline import rollup_tenant
 from metering.rollup.summary import DAILY_KEYS
 from pricing import repository as pricing_repository
+from tests.support.migrations import migrate
 
 NOW = datetime(2026, 12, 20, 12, 0, tzinfo=UTC)
 _ids = itertools.count()
@@ -150,13 +149,6 @@ def test_shifted_costs_equal_a_recomputation(engine: Engine, make_tenant, timezo
         _assert_exact(engine, tenant)
 
 
-def _migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        (command.downgrade if down else command.upgrade)(config, revision)
-
 
 def test_the_upgrade_fills_the_sums_of_the_days_rolled_up_before(engine: Engine, make_tenant) -> None:  # type: ignore[no-untyped-def]
     tenants = [make_tenant("usage-months-upgrade"), make_tenant("usage-months-upgrade-la", timezone="America/Los_Angeles")]
@@ -167,12 +159,12 @@ def test_the_upgrade_fills_the_sums_of_the_days_rolled_up_before(engine: Engine,
         _send(engine, tenant, [_event(rng, 20) for _ in range(40)])
         rollup_tenant(engine, tenant, now=NOW)
     before = {tenant.id: _table(engine, tenant) for tenant in tenants}
-    _migrate(engine, "0021", down=True)
+    migrate(engine, "0021", down=True)
     try:
         with engine.connect() as connection:
             assert "usage_months" not in connection.dialect.get_table_names(connection)
     finally:
-        _migrate(engine, "head")
+        migrate(engine, "head")
     for tenant in tenants:
         assert not before[tenant.id].empty
         pd.testing.assert_frame_equal(_table(engine, tenant), before[tenant.id])

@@ -6,11 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, select, text
 
-from metering.core.db import MIGRATIONS_DIR
 from metering.core.tables import events, quarantine, rollup_state, task_usage
 from metering.core.tenants import Tenant
 from metering.events.ingest import to_us
@@ -18,14 +15,7 @@ from metering.rollup.pipeline import rollup_tenant
 from metering.rollup.quarantine import REASONS
 from tests.reliability.test_quarantine import YEAR_1, YEAR_1600, plant
 from tests.reports.conftest import Books, make_books, usage  # noqa: F401 - fixtures
-
-
-def migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        (command.downgrade if down else command.upgrade)(config, revision)
+from tests.support.migrations import migrate
 
 
 def test_events_stored_before_the_bounds_are_swept_into_the_quarantine(

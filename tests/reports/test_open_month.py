@@ -7,6 +7,7 @@ import dataclasses
 import json
 import random
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pandas as pd
@@ -17,6 +18,8 @@ from sqlalchemy.orm import Session
 from metering.core.db import unit_of_work
 from metering.core.money import to_minor
 from metering.core.periods import parse_month
+from metering.core.tables import customer_months
+from metering.events.schemas import MAX_TOKENS
 from metering.rollup import month_figures
 from pricing import analysis, open_month, outcomes_repository
 from pricing import repository as pricing_repository
@@ -270,3 +273,46 @@ def test_a_views_json_is_its_dataclass_dict(make_books) -> None:  # type: ignore
         data = view.to_json()
         assert data == dataclasses.asdict(view) and view.task_types and view.customers and view.outcomes
         assert dashboard.MonthView.from_json(json.loads(json.dumps(data))) == view
+
+
+@pytest.mark.parametrize("rollups", [1, 3])
+def test_a_month_whose_figures_pass_int64_reads_its_tasks(make_books, monkeypatch: pytest.MonkeyPatch, rollups: int) -> None:  # type: ignore[no-untyped-def]
+    """Three failed tasks of one customer and task type, each of 10**12 input and output tokens at
+    2,000 per million (4e18 nano-units): their key's cost passes int64. The rollup keeps it
+    (PostgreSQL refused the increment, "bigint out of range"; numpy's sum wrapped around to a
+    negative cost) as `too_large`, and the month is read from its tasks: the dashboard and the
+    drafts show what the tasks show, the whole 12e18 nano-units."""
+    books: Books = make_books(f"open-huge-{rollups}")
+    huge = [{"provider": "acme-ai", "model": "acme-huge", "input": "2000", "output": "2000"}]
+    books.config({"prices": [*PRICES, *huge], "plans": [JOBS, TOKENS], "customers": CUSTOMERS})
+    tasks = [[usage(f"h{i}", f"2026-10-0{i + 3}T10:00:00Z", model="acme-huge", input_tokens=MAX_TOKENS, output_tokens=MAX_TOKENS,
+                    actor=f"p{i}"),  # one usage_months key each (theirs fit)
+              ended(f"h{i}", f"2026-10-0{i + 3}T11:00:00Z", "failed", task_type="support_ticket")] for i in range(3)]  # fmt: skip
+    for part in [sum(tasks, [])] if rollups == 1 else tasks:
+        books.send(*part)
+        books.rollup()
+    with books.engine.connect() as connection:
+        [row] = connection.execute(select(customer_months).where(customer_months.c.tenant_id == books.tenant.id)).all()
+    assert (row.too_large, row.tasks, row.cost_nanos) == (1, 3, 0)
+    period = parse_month("2026-10", "UTC")
+
+    def as_tasks(read: Any) -> tuple[Any, Any]:
+        """The read as it is, and from the tasks (the figures never used)."""
+        found = read()
+        with monkeypatch.context() as patched:
+            patched.setattr(open_month, "figures", _refuse)
+            patched.setattr(open_month, "usable", lambda *args, **kwargs: False)
+            return found, read()
+
+    with Session(books.engine) as session:
+        assert not open_month.usable(session, books.tenant.id, period, None)
+        assert open_month.usable_figures(session, books.tenant.id, period, "acme") is None
+        for customer in (None, "acme"):
+            found, tasks = as_tasks(lambda c=customer: month_view(session, books.tenant, period, customer=c, now=NOW).to_json())
+            assert found == tasks
+            [kind] = [t for t in found["task_types"] if t["failed"]]
+            assert (kind["failed"], kind["failed_cost_micros"]) == (3, 12 * 10**15)
+        drafts = as_tasks(lambda: month_invoices(session, books.tenant, period))
+        assert drafts[0] == drafts[1]
+        invoice = upcoming_invoice(session, books.tenant, "acme", now=NOW)
+        assert invoice["total"] == Decimal("0.15") and to_minor(invoice["total"], invoice["currency"]) == drafts[0].by_customer()["acme"].total_minor

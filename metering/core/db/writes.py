@@ -28,12 +28,15 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    case,
     cast,
     column,
     delete,
+    false,
     func,
     literal,
     literal_column,
+    or_,
     select,
     true,
 )
@@ -47,6 +50,12 @@ OnConflict = Literal["error", "ignore", "replace", "add"]
 Carry = tuple[str, str, int]
 """(high, low, base) of an `add`: the low column's sum kept below `base`, the rest carried into
 the high column (exact amounts in two integer columns, such as nano-units and their remainder)."""
+Flag = tuple[str, str]
+"""(flag, count) of an `add`: a stored row that a sum would take past int64, or that is flagged
+already (or whose added row is), is kept flagged (1), its other add columns zero and `count`
+added: no sum fails ("bigint out of range") or wraps (`metering.rollup.kept_sums`)."""
+_INT64_MAX = literal_column(str(2**63 - 1), BigInteger())
+_INT64_MIN = literal_column(str(-(2**63 - 1)), BigInteger())  # -2**63 itself reads as a float in SQLite
 _SLICE = 250_000
 """Rows of a frame converted and sent at a time."""
 
@@ -87,19 +96,21 @@ def write_rows(
     keys: Sequence[str] = (),
     add: Sequence[str] = (),
     carry: Carry | None = None,
+    flag: Flag | None = None,
 ) -> int:
     """Write rows (in `columns` order); returns how many rows were inserted or changed.
 
     On a primary-key (`keys`) conflict: `error` raises, `ignore` keeps the stored row, `replace`
     overwrites the other columns, `add` adds the `add` columns to the stored ones (`carry`: and
-    carries between two of them, see `Carry`; both non-negative).
+    carries between two of them, see `Carry`; both non-negative; `flag`: flagging a row rather
+    than passing int64, see `Flag`).
     """
     if not rows:
         return 0
     columns = tuple(columns)
     if is_postgresql(connection):
-        return _postgres_write(connection, table, columns, rows, on_conflict, tuple(keys), tuple(add), carry)
-    statement = _sqlite_statement(table, columns, on_conflict, tuple(keys), tuple(add), carry)
+        return _postgres_write(connection, table, columns, rows, on_conflict, tuple(keys), tuple(add), carry, flag)
+    statement = _sqlite_statement(table, columns, on_conflict, tuple(keys), tuple(add), carry, flag)
     result = connection.execution_options(preserve_rowcount=True).exec_driver_sql(statement, list(rows))
     return int(result.rowcount)
 
@@ -171,6 +182,7 @@ def write_frame(
     keys: Sequence[str] = (),
     add: Sequence[str] = (),
     carry: Carry | None = None,
+    flag: Flag | None = None,
     slice_rows: int = _SLICE,
 ) -> int:
     """`write_rows` for a frame's `columns`, `slice_rows` rows at a time. A plain insert (`error`) on PostgreSQL is one COPY
@@ -179,7 +191,8 @@ def write_frame(
     if not is_postgresql(connection) or on_conflict != "error":
         # In slices: Python rows of the whole frame took ~1 GB for 2.8 M rows.
         return sum(
-            write_rows(connection, table, columns, frame_rows(frame.iloc[start : start + slice_rows], columns), on_conflict=on_conflict, keys=keys, add=add, carry=carry)
+            write_rows(connection, table, columns, frame_rows(frame.iloc[start : start + slice_rows], columns), on_conflict=on_conflict, keys=keys, add=add, carry=carry,
+                       flag=flag)
             for start in range(0, len(frame), slice_rows)
         )
     if frame.empty:
@@ -214,7 +227,8 @@ def write_frame(
 
 
 def _conflict_clause(
-    insert: Any, table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...], carry: Carry | None = None
+    insert: Any, table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...], carry: Carry | None = None,
+    flag: Flag | None = None,
 ) -> Any:  # fmt: skip
     if on_conflict == "error":
         return insert
@@ -223,6 +237,8 @@ def _conflict_clause(
     excluded = insert.excluded
     if on_conflict == "replace":
         updates = {name: excluded[name] for name in columns if name not in keys}
+    elif flag is not None:
+        updates = _flagged_sums(table, excluded, add, flag)
     else:
         updates = {name: table.c[name] + excluded[name] for name in add}
         if carry is not None:
@@ -233,12 +249,29 @@ def _conflict_clause(
     return insert.on_conflict_do_update(index_elements=list(keys), set_=updates)
 
 
+def _flagged_sums(table: Table, excluded: Any, add: tuple[str, ...], flag: Flag) -> dict[str, Any]:
+    """The updates of an `add` with a `Flag`. Each bound is tested on the side it can be passed
+    on (a CASE, evaluated in order: the subtraction itself never leaves int64)."""
+    name, count = flag
+    zero = literal_column("0", BigInteger())
+    sums = [column for column in add if column != count]
+    past = or_(table.c[name] > zero, excluded[name] > zero, *(
+        case((excluded[c] > zero, table.c[c] > _INT64_MAX - excluded[c]), (excluded[c] < zero, table.c[c] < _INT64_MIN - excluded[c]), else_=false())
+        for c in sums
+    ))  # fmt: skip
+    updates = {c: case((past, zero), else_=table.c[c] + excluded[c]) for c in sums}
+    updates[count] = table.c[count] + excluded[count]
+    updates[name] = case((past, literal_column("1", BigInteger())), else_=zero)
+    return updates
+
+
 @lru_cache(maxsize=64)
 def _sqlite_statement(
-    table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...], carry: Carry | None = None
+    table: Table, columns: tuple[str, ...], on_conflict: OnConflict, keys: tuple[str, ...], add: tuple[str, ...], carry: Carry | None = None,
+    flag: Flag | None = None,
 ) -> str:  # fmt: skip
     insert = sqlite.insert(table).values({name: bindparam(name) for name in columns})
-    compiled = _conflict_clause(insert, table, columns, on_conflict, keys, add, carry).compile(dialect=sqlite.dialect())
+    compiled = _conflict_clause(insert, table, columns, on_conflict, keys, add, carry, flag).compile(dialect=sqlite.dialect())
     if tuple(compiled.positiontup or ()) != columns:
         raise AssertionError(f"bind order {compiled.positiontup} differs from {columns}")
     return str(compiled)
@@ -276,6 +309,7 @@ def _postgres_write(
     keys: tuple[str, ...],
     add: tuple[str, ...],
     carry: Carry | None = None,
+    flag: Flag | None = None,
 ) -> int:
     if on_conflict == "error":  # straight into the table
         copy = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
@@ -287,7 +321,7 @@ def _postgres_write(
     connection.execute(create)
     _copy(connection, copy, rows)
     insert = postgresql.insert(table).from_select(list(columns), select(*stage.c))
-    statement = _conflict_clause(insert, table, columns, on_conflict, keys, add, carry)
+    statement = _conflict_clause(insert, table, columns, on_conflict, keys, add, carry, flag)
     count = int(connection.execute(statement.execution_options(preserve_rowcount=True)).rowcount)
     connection.execute(delete(stage))
     return count
