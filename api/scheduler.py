@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,7 +40,7 @@ from api.follower import SpendFollower
 from api.settings import Settings
 from api.webhooks import WebhookSender, deliver_due
 from metering.core.db import is_unavailable, make_engine, unit_of_work
-from metering.core.jobstate import get_bookmark, hold, scheduler_jobs, set_bookmark
+from metering.core.jobstate import Guard, get_bookmark, hold, scheduler_jobs, set_bookmark
 from metering.core.periods import parse_month
 from metering.core.tenants import Tenant, list_tenants
 from metering.events.archive import ArchivedHistory
@@ -207,36 +208,51 @@ def run_close(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
     return closed
 
 
-def run_reports(rt: Runtime, *, now: datetime) -> list[tuple[str, str]]:
-    """Write the monthly CSVs of each closed month not yet written (`reports` bookmark)."""
+def run_reports(
+    rt: Runtime, *, now: datetime, closed_here: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """Write the monthly CSVs of each closed month not yet written (`reports` bookmark).
+
+    A tenant in `closed_here` (months this process has just closed) waits for a reports guard
+    another worker holds, then writes what that worker left: the other may have read the close
+    bookmark before this process moved it, and without the wait nobody would write those months
+    until the next run."""
     written = []
     for tenant in _tenants(rt):
-        with hold(rt.engine, REPORTS, tenant.id, lease_seconds=rt.settings.job_lease_seconds) as guard:
-            if guard is None:
-                continue
+        deadline = time.monotonic() + rt.settings.job_lease_seconds
+        while True:
+            with hold(rt.engine, REPORTS, tenant.id, lease_seconds=rt.settings.job_lease_seconds) as guard:
+                if guard is not None:
+                    written += _write_reports(rt, tenant, guard, now=now)
+                    break
+            if tenant.name not in closed_here or time.monotonic() >= deadline:
+                break
+            time.sleep(_GUARD_POLL_SECONDS)
+    return written
+
+
+_GUARD_POLL_SECONDS = 0.1
+
+
+def _write_reports(rt: Runtime, tenant: Tenant, guard: Guard, *, now: datetime) -> list[tuple[str, str]]:
+    written: list[tuple[str, str]] = []
+    with unit_of_work(rt.engine) as session:
+        last_closed = get_bookmark(session, CLOSE, tenant.id)
+        if last_closed is None:
+            return written
+        due = months_to_close(
+            get_bookmark(session, REPORTS, tenant.id), first_month(session, tenant),
+            parse_month(last_closed, tenant.timezone),
+        )  # fmt: skip
+    try:
+        for period in due:
             with unit_of_work(rt.engine) as session:
-                last_closed = get_bookmark(session, CLOSE, tenant.id)
-                if last_closed is None:
-                    continue
-                due = months_to_close(
-                    get_bookmark(session, REPORTS, tenant.id), first_month(session, tenant),
-                    parse_month(last_closed, tenant.timezone),
-                )  # fmt: skip
-            try:
-                for period in due:
-                    with unit_of_work(rt.engine) as session:
-                        write_month(
-                            session,
-                            tenant,
-                            period.label,
-                            out_dir=rt.settings.reports_dir / tenant.name,
-                            now=now,
-                        )
-                        set_bookmark(session, REPORTS, tenant.id, period.label, now=now)
-                    written.append((tenant.name, period.label))
-                    guard.renew()
-            except Exception as exc:
-                _log_failure(f"reports of {tenant.name} failed", exc)
+                write_month(session, tenant, period.label, out_dir=rt.settings.reports_dir / tenant.name, now=now)
+                set_bookmark(session, REPORTS, tenant.id, period.label, now=now)
+            written.append((tenant.name, period.label))
+            guard.renew()
+    except Exception as exc:
+        _log_failure(f"reports of {tenant.name} failed", exc)
     return written
 
 
@@ -399,11 +415,14 @@ def run_once(settings: Settings, engine: Engine, *, now: datetime) -> dict[str, 
     """Every job once, in order, in this thread (`taskmeter worker --once`, cron, tests)."""
     rt = Runtime(settings, engine)
     spend = run_spend_follower(rt, now=now)
+    rolled_up = [r.tenant for r in run_rollup(rt, now=now) if r.events_read]
+    closed = run_close(rt, now=now)
+    reports = run_reports(rt, now=now, closed_here=frozenset(t for t, _ in closed))
     return {
         "spend_counted": spend.events,
-        "rolled_up": [r.tenant for r in run_rollup(rt, now=now) if r.events_read],
-        "closed": [{"tenant": t, "month": m} for t, m in run_close(rt, now=now)],
-        "reports": [{"tenant": t, "month": m} for t, m in run_reports(rt, now=now)],
+        "rolled_up": rolled_up,
+        "closed": [{"tenant": t, "month": m} for t, m in closed],
+        "reports": [{"tenant": t, "month": m} for t, m in reports],
         "stripe": [r.summary() for r in run_stripe_sync(rt, now=now)],
         "webhooks": run_webhooks(rt, now=now),
     }

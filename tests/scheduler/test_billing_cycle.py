@@ -18,8 +18,9 @@ import stripe
 from pydantic import SecretStr
 from sqlalchemy import Engine, func, select
 
-from api.scheduler import Runtime, run_close, run_reports, run_stripe_sync
+from api.scheduler import REPORTS, Runtime, run_close, run_reports, run_stripe_sync
 from metering.core.db import unit_of_work
+from metering.core.jobstate import hold
 from metering.core.tenants import Tenant
 from pricing.service import load_config
 from pricing.tables import billing_periods, invoice_lines, invoices
@@ -158,6 +159,32 @@ class TestReportsAfterClose:
             "tasks-2026-10.csv",
         ]
         assert "acme" in (folder / "customers-2026-10.csv").read_text()
+
+
+    def test_a_worker_that_closed_waits_for_a_reports_guard_taken_before_its_close(
+        self, runtime: Runtime, engine: Engine, billed: Tenant
+    ) -> None:
+        # Another worker took the reports guard before this one's close moved the bookmark: it
+        # found nothing to write. This worker, having closed October, waits for it and writes.
+        taken, release = threading.Event(), threading.Event()
+
+        def other_worker() -> None:
+            with hold(engine, REPORTS, billed.id, lease_seconds=60) as guard:
+                assert guard is not None
+                taken.set()
+                release.wait(10)
+
+        other = threading.Thread(target=other_worker)
+        other.start()
+        assert taken.wait(10)
+        closed = run_close(runtime, now=utc(2026, 11, 1, 1))
+        assert closed == [("acme-ai", "2026-10")]
+        assert run_reports(runtime, now=utc(2026, 11, 1, 1)) == []  # not waiting: the next run writes
+        threading.Timer(0.3, release.set).start()
+        written = run_reports(runtime, now=utc(2026, 11, 1, 1), closed_here=frozenset({"acme-ai"}))
+        other.join()
+        assert written == [("acme-ai", "2026-10")]
+        assert (runtime.settings.reports_dir / "acme-ai" / "customers-2026-10.csv").exists()
 
 
 class TestClosedThenPushed:
