@@ -5,8 +5,9 @@ parameters or as COPY rows (CSV written by Arrow for frames)."""
 
 from __future__ import annotations
 
+import typing
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any, Literal
@@ -24,7 +25,6 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Result,
-    Row,
     Table,
     Text,
     bindparam,
@@ -34,7 +34,6 @@ from sqlalchemy import (
     delete,
     false,
     func,
-    literal,
     literal_column,
     or_,
     select,
@@ -43,8 +42,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTable
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from metering.core.db.engine import is_postgresql
+from metering.core.db.reads import _as_sqlalchemy_errors as as_sqlalchemy_errors
 
 OnConflict = Literal["error", "ignore", "replace", "add"]
 Carry = tuple[str, str, int]
@@ -124,7 +125,7 @@ def add_rows(
     keys: Sequence[str],
     add: Sequence[str],
     fixed: Mapping[str, Any] | None = None,
-) -> list[Row[Any]]:
+) -> list[tuple[Any, ...]]:
     """Add each row's `add` columns to the stored row with the same `keys` (inserting the row
     when there is none), and return every written row's (keys..., add...) as stored after the
     write. One statement, one round trip: the rows travel as one JSON text read by `json_each`
@@ -139,9 +140,42 @@ def add_rows(
     fixed = fixed or {}
     postgres = is_postgresql(connection)
     statement = _add_statement(table, tuple(columns), tuple(keys), tuple(add), postgres, tuple(fixed))
-    parameters: dict[str, Any] = {f"f{i}": value for i, value in enumerate(fixed.values())}
-    parameters["rows"] = orjson.dumps(list(rows)).decode()
-    return list(connection.execute(statement, parameters))
+    sql, names, constants, processors = _compiled_add(statement, connection.dialect)
+    values = {**constants, **{f"f{i}": value for i, value in enumerate(fixed.values())}}
+    values["rows"] = orjson.dumps(list(rows)).decode()
+    for name, processor in processors:
+        values[name] = processor(values[name])
+    # Through the driver's cursor (the connection's, so its transaction): its plain tuples, not a
+    # SQLAlchemy row each (ingestion reads back every counter it writes, every batch).
+    driver = connection.connection.dbapi_connection
+    assert driver is not None
+    dialect = connection.dialect
+    with as_sqlalchemy_errors(sql, dialect.loaded_dbapi.Error, dialect):
+        cursor = driver.cursor()
+        try:
+            cursor.execute(sql, tuple(values[name] for name in names) if names is not None else values)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+
+@lru_cache(maxsize=16)
+def _compiled_add(
+    statement: Any, dialect: Any
+) -> tuple[str, tuple[str, ...] | None, dict[str, Any], tuple[tuple[str, Callable[[Any], Any]], ...]]:
+    """`_add_statement`'s statement compiled for the dialect: its text, its parameters' names in
+    order (None: the driver takes them by name), the values of those it binds itself (paths),
+    and the bind processors of those that have one (as SQLAlchemy's own execution applies)."""
+    compiled = typing.cast(SQLCompiler, statement.compile(dialect=dialect))
+    given = {bind.key: None for bind in compiled.binds.values() if bind.required}  # the caller's, per call
+    constants = dict(compiled.construct_params(given))
+    processors = []
+    for name, bind in compiled.binds.items():
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            processors.append((name, processor))
+    names = tuple(compiled.positiontup or ()) if compiled.positional else None
+    return str(compiled), names, constants, tuple(processors)
 
 
 @lru_cache(maxsize=16)
@@ -155,7 +189,7 @@ def _add_statement(
         elements = func.json_array_elements(cast(bindparam("rows", type_=Text), postgresql.JSON))
         element = elements.table_valued(column("value", postgresql.JSON)).render_derived()
         rows = select(*constants, *[
-            cast(element.c.value[literal(i, Integer, literal_execute=True)].astext, table.c[name].type).label(name)
+            cast(element.c.value[literal_column(str(i), Integer)].astext, table.c[name].type).label(name)
             for i, name in enumerate(columns)
         ])  # fmt: skip
         insert = postgresql.insert(table)
