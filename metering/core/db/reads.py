@@ -44,7 +44,7 @@ def driver_rows(
     driver = connection.connection.dbapi_connection
     assert driver is not None
     statement = str(compiled)
-    with _as_sqlalchemy_errors(statement, dialect.loaded_dbapi.Error, dialect):
+    with as_sqlalchemy_errors(statement, dialect.loaded_dbapi.Error, dialect):
         cursor = driver.cursor(name="taskmeter_rows") if is_postgresql(connection) else driver.cursor()
         try:
             cursor.execute(statement, params)
@@ -125,7 +125,7 @@ def _arrow_frame(connection: Connection, query: ClauseElement) -> pd.DataFrame:
     compiled = cast(SQLCompiler, query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
     params = [compiled.params[name] for name in compiled.positiontup or ()]
     statement = str(compiled)
-    with _as_sqlalchemy_errors(statement, adbc.Error, dialect):
+    with as_sqlalchemy_errors(statement, adbc.Error, dialect):
         with adbc.connect(adbc_uri(connection)) as arrow, arrow.cursor() as cursor:
             cursor.execute(statement, params)
             table = cursor.fetch_arrow_table()
@@ -133,7 +133,7 @@ def _arrow_frame(connection: Connection, query: ClauseElement) -> pd.DataFrame:
 
 
 @contextmanager
-def _as_sqlalchemy_errors(statement: str, driver_error: type[Exception], dialect: Any) -> Iterator[None]:
+def as_sqlalchemy_errors(statement: str, driver_error: type[Exception], dialect: Any) -> Iterator[None]:
     """The driver's own errors raised as SQLAlchemy's `DBAPIError` subclasses (`OperationalError`,
     `DataError`, ...), the `orig` kept, as SQLAlchemy's own execution raises them: so a read that
     bypasses SQLAlchemy's rows fails like any other query (an overflow is a 409, a lost server a

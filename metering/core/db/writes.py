@@ -45,7 +45,7 @@ from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from metering.core.db.engine import is_postgresql
-from metering.core.db.reads import _as_sqlalchemy_errors as as_sqlalchemy_errors
+from metering.core.db.reads import as_sqlalchemy_errors
 
 OnConflict = Literal["error", "ignore", "replace", "add"]
 Carry = tuple[str, str, int]
