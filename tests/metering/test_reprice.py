@@ -149,7 +149,8 @@ class TestRepriceEqualsRebuild:
             repriced = tables(engine, tenant)
             assert repriced == rebuilt(engine, tenant), f"step {step}"
             with engine.connect() as connection:  # every summed cost carried
-                assert all(connection.execute(select(func.max(table.c.cost_rem))).scalar_one() < REM_PER_NANO for table in ROLLUP_TABLES)
+                costed = [table for table in ROLLUP_TABLES if "cost_rem" in table.c]  # the buckets hold none
+                assert all(connection.execute(select(func.max(table.c.cost_rem))).scalar_one() < REM_PER_NANO for table in costed)
             if step == 1:  # the aliased deployment and acme-large are priced now
                 assert sum(row[-1] for row in repriced["usage_daily"]) < unpriced_before
             if step == 3:

@@ -33,6 +33,9 @@ from metering.rollup.summary import DAILY_KEYS, DETAIL_KEYS, TASK_COLUMNS, USAGE
 ROLLUP_TABLES = (task_usage, task_usage_detail, usage_daily, task_usage_buckets)
 BUCKET_TABLE_KEYS = tuple(column.name for column in task_usage_buckets.primary_key.columns if column.name != "tenant_id")
 """`task_usage_buckets`' key after tenant_id, in its order (provider and model lead)."""
+BUCKET_SUMS = tuple(c.name for c in task_usage_buckets.columns if c.name not in ("tenant_id", *BUCKET_TABLE_KEYS))
+"""`task_usage_buckets`' measures: usage events and tokens (no cost: migration 0024)."""
+DETAIL_COSTS = ("cost_nanos", "cost_rem", "unpriced_events")
 CARRY = ("cost_nanos", "cost_rem", REM_PER_NANO)
 """Summed costs stay carried (`metering.rollup.summary`)."""
 _REM = literal_column(str(REM_PER_NANO), BigInteger())
@@ -128,11 +131,12 @@ class TableStore:
             columns = [column.name for column in table.columns]
             # A task's row is replaced by its merged row; usage rows add up.
             merged: OnConflict = "replace" if table is task_usage else "add"
-            add = () if table is task_usage else USAGE_COLUMNS
+            # The buckets have no cost columns (the frame's are their detail rows').
+            add = () if table is task_usage else tuple(name for name in USAGE_COLUMNS if name in table.c)
             write_frame(
                 connection, target.get(table, table), key_order(frame, keys, replace_all).assign(tenant_id=tenant_id), columns,
                 on_conflict="error" if replace_all else merged, keys=("tenant_id", *keys), add=add,
-                carry=CARRY if add else None,
+                carry=CARRY if "cost_rem" in add else None,
             )  # fmt: skip
         return len(summary.tasks)
 
@@ -153,7 +157,7 @@ class TableStore:
         rollup_state row first, and every writer of these rows updates it first too, so nothing
         commits to them in between."""
         b = task_usage_buckets
-        names = [*BUCKET_TABLE_KEYS, *USAGE_COLUMNS]
+        names = [*BUCKET_TABLE_KEYS, *BUCKET_SUMS]
         texts = [name for name in names if name in _TEXT_KEYS and name != "day"]
         frames = [
             read_frame(connection, select(*[b.c[name] for name in names]).where(
@@ -164,6 +168,18 @@ class TableStore:
         if not frames:
             return read_frame(connection, select(*[b.c[name] for name in names]).where(false()), names, texts=texts, days=("day",))
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+    def read_detail_costs(self, connection: Connection, tenant_id: int, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+        """The tenant's detail rows of these (provider, model) pairs (and possibly of other pairs
+        of the same providers and models): `DETAIL_KEYS` and `DETAIL_COSTS`, days as datetime64,
+        read as `read_buckets` reads (the table's key leads with the task: one pass over the
+        tenant's rows, the pairs filtered by SQL)."""
+        d = task_usage_detail
+        names = [*DETAIL_KEYS, *DETAIL_COSTS]
+        texts = [name for name in names if name in _TEXT_KEYS and name != "day"]
+        providers, models = sorted({p for p, _ in pairs}), sorted({m for _, m in pairs})
+        query = select(*[d.c[name] for name in names]).where(d.c.tenant_id == tenant_id, d.c.provider.in_(providers), d.c.model.in_(models))
+        return read_frame(connection, query, names, texts=texts, days=("day",))
 
     def shift_costs(self, connection: Connection, tenant_id: int, table: Table, keys: Sequence[str], changes: pd.DataFrame) -> int:
         """Add `changes` (its `keys` and `d_nanos`, `d_rem` in [0, 10**6), `d_unpriced`) to the cost
