@@ -182,11 +182,15 @@ def stored(connection: Connection, tenant_id: int) -> pd.DataFrame:
 def _daily_frame(rows: Iterable[Sequence[Any]]) -> pd.DataFrame:
     """Driver tuples of `DAILY_INPUT` as a frame: days (dates, or SQLite's ISO text) as datetime64."""
     values = list(zip(*rows, strict=True)) or [()] * len(DAILY_INPUT)
-    frame = pd.DataFrame({name: list(column) for name, column in zip(DAILY_INPUT, values, strict=True)})
-    frame["day"] = pd.to_datetime(frame["day"].astype(str), format="%Y-%m-%d").astype("datetime64[ns]")
-    for name in SUMS:
-        frame[name] = frame[name].astype(np.int64)
-    return frame
+    data: dict[str, Any] = {}
+    for name, column in zip(DAILY_INPUT, values, strict=True):
+        if name == "day":  # numpy parses ISO text and converts dates alike
+            data[name] = np.array([str(day) for day in column], dtype="datetime64[D]").astype("datetime64[ns]")
+        elif name in SUMS:
+            data[name] = np.fromiter(column, dtype=np.int64, count=len(column))
+        else:
+            data[name] = np.array(column, dtype=object)
+    return pd.DataFrame(data)
 
 
 def _key_column(column: pd.Series) -> pd.Series:
