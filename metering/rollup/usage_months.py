@@ -189,7 +189,7 @@ def _daily_frame(rows: Iterable[Sequence[Any]]) -> pd.DataFrame:
         elif name in SUMS:
             data[name] = np.fromiter(column, dtype=np.int64, count=len(column))
         else:
-            data[name] = np.array(column, dtype=object)
+            data[name] = pd.Series(np.array(column, dtype=object), dtype=object)  # not pandas' str (Arrow): converting costs more
     return pd.DataFrame(data)
 
 

@@ -281,5 +281,5 @@ def stored_tasks(
         elif kind.type.python_type is int:
             data[name] = np.fromiter(column, dtype=np.int64, count=len(column))
         else:
-            data[name] = np.array(column, dtype=object)
+            data[name] = pd.Series(np.array(column, dtype=object), dtype=object)  # not pandas' str (Arrow): converting costs more
     return pd.DataFrame(data)
