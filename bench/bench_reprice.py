@@ -96,6 +96,7 @@ def totals(engine: Engine) -> dict[str, tuple[int, ...]]:
                 func.count(), func.sum(table.c.cost_nanos), func.sum(table.c.cost_rem), func.sum(table.c.unpriced_events)
             ).where(table.c.tenant_id == 1)).one())
             for table in ROLLUP_TABLES
+            if "cost_nanos" in table.c  # the buckets hold no cost (migration 0024)
         }  # fmt: skip
 
 

@@ -137,8 +137,8 @@ rollup_state = Table(
 # rebuild ~17 s of its ~60 s of writing (migration 0008).
 
 
-def _usage_columns() -> list[Column[Any]]:
-    """Additive usage measures: counts, tokens and exact cost (nanos + remainder in 1e-15)."""
+def _usage_columns(*, cost: bool = True) -> list[Column[Any]]:
+    """Additive usage measures: counts, tokens and (`cost`) exact cost (nanos + remainder in 1e-15)."""
     return [
         Column("usage_events", BigInteger, nullable=False),
         Column("input_tokens", BigInteger, nullable=False),
@@ -147,9 +147,15 @@ def _usage_columns() -> list[Column[Any]]:
         Column("cache_write_tokens", BigInteger, nullable=False),
         Column("reasoning_tokens", BigInteger, nullable=False),
         Column("cache_write_1h_tokens", BigInteger, nullable=False, server_default="0"),  # a subset of cache writes
-        Column("cost_nanos", BigInteger, nullable=False),
-        Column("cost_rem", BigInteger, nullable=False),
-        Column("unpriced_events", BigInteger, nullable=False),
+        *(
+            [
+                Column("cost_nanos", BigInteger, nullable=False),
+                Column("cost_rem", BigInteger, nullable=False),
+                Column("unpriced_events", BigInteger, nullable=False),
+            ]
+            if cost
+            else []
+        ),
     ]
 
 
@@ -237,7 +243,9 @@ usage_daily = Table(
 
 # One row per detail row (above) and price bucket (`metering.costs.price_buckets`: the UTC date as a
 # shift from the tenant-local day, the time-of-day period, the context band), with the same
-# measures: the token sums a price change re-prices from without reading events (`metering.rollup.reprice`).
+# counts and tokens: the sums a price change re-prices from without reading events (`metering.rollup.reprice`).
+# No cost (migration 0024): a bucket's cost is the price of its sums, and its detail row holds the
+# sum of them; a re-pricing writes the detail rows, not the (more) buckets.
 # Provider and model lead the key: a re-pricing reads the rows of the models whose price changed.
 task_usage_buckets = Table(
     "task_usage_buckets",
@@ -252,7 +260,7 @@ task_usage_buckets = Table(
     Column("utc_shift", SmallInteger, primary_key=True),
     Column("period", SmallInteger, primary_key=True),
     Column("band", SmallInteger, primary_key=True),
-    *_usage_columns(),
+    *_usage_columns(cost=False),
     sqlite_with_rowid=False,
 )
 

@@ -2,15 +2,18 @@
 
 The rollup keeps, per detail row (task, tenant-local day, provider, model, customer, actor,
 agent) and price bucket (`metering.costs.price_buckets`: the UTC date, the time-of-day period and the
-context band of its events), the usage sums that pricing reads, with their cost
-(`task_usage_buckets`). Within a bucket every event has the same rate card and tier, so its cost
-is exactly the price of its sums (`metering.costs.prices.price_sums`). When the tenant's price version
-changes, `reprice_tenant`:
+context band of its events), the usage sums that pricing reads (`task_usage_buckets`). Within a
+bucket every event has the same rate card and tier, so its cost is exactly the price of its sums
+(`metering.costs.prices.price_sums`), and a detail row's cost is the sum of its buckets' (the
+buckets keep no cost of their own: migration 0024). When the tenant's price version changes,
+`reprice_tenant`:
 
 1. finds the (provider, model) pairs whose prices differ between the old price book and the new
    one (all pairs when the old one is not known: genai-prices was upgraded);
-2. reads those pairs' buckets, prices them with the new book, and keeps the cost changes;
-3. adds the changes to the buckets, the detail rows, the tasks and the customer days (carried,
+2. reads those pairs' buckets, prices them with the new book and with the old one (or, when the
+   old one is not known, sums the new costs per detail row and reads the detail rows' stored
+   costs), and keeps the cost changes per detail row;
+3. adds the changes to the detail rows, the tasks and the customer days (carried,
    so every row is byte for byte what a rebuild from the events writes), moves the per
    customer-month figures by the changed tasks' contributions (`month_figures.shift_costs`) and the
    per customer-month usage by the changed daily rows' (`usage_months.shift_costs`), and
@@ -35,6 +38,7 @@ rebuild does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import version as package_version
@@ -46,7 +50,7 @@ import pandas as pd
 from sqlalchemy import Engine, Row, update
 
 from metering.core.errors import Conflict
-from metering.core.tables import rollup_state, task_usage, task_usage_buckets, task_usage_detail, usage_daily
+from metering.core.tables import rollup_state, task_usage, task_usage_detail, usage_daily
 from metering.core.vocabulary import PRICED_TOKEN_FIELDS
 from metering.costs.book import price_version
 from metering.costs.price_buckets import BucketScheme, days_since_epoch, representative_us, scheme_for
@@ -54,16 +58,15 @@ from metering.costs.prices import REM_PER_NANO, price_sums
 from metering.costs.ratecards import ModelPricing, PriceBook, RateCardError
 from metering.rollup import month_figures, usage_months
 from metering.rollup.stores import RollupStore
-from metering.rollup.stores.common import BUCKET_TABLE_KEYS
 from metering.rollup.summary import DAILY_KEYS, DETAIL_KEYS
 
 LEVELS = (
-    (task_usage_buckets, BUCKET_TABLE_KEYS),
     (task_usage_detail, DETAIL_KEYS),
     (task_usage, ("task",)),
     (usage_daily, DAILY_KEYS),
 )
-"""Each table whose costs a re-pricing changes, with its key (after tenant_id)."""
+"""Each table whose costs a re-pricing changes, with its key (after tenant_id). Not the buckets:
+they hold no cost (migration 0024)."""
 CHANGES = ("d_nanos", "d_rem", "d_unpriced")
 
 
@@ -124,8 +127,11 @@ def reprice_tenant(
             return result
         buckets = store.read_buckets(connection, tenant_id, result.models)
         result.buckets = len(buckets)
-        changes = cost_changes(buckets, book, scheme, result.unpriced)
-        per_level = {table: summed(changes, keys) for table, keys in LEVELS}
+        models = result.models
+        detail = cost_changes(
+            buckets, book, scheme, result.unpriced, before=before, stored=lambda: store.read_detail_costs(connection, tenant_id, models)
+        )  # fmt: skip
+        per_level = {task_usage_detail: detail, task_usage: summed(detail, ("task",)), usage_daily: summed(detail, DAILY_KEYS)}
         # The per customer-month figures sum task costs: moved by the changed tasks' old and new
         # contributions, read before their task_usage rows change.
         month_figures.shift_costs(connection, tenant_id, timezone, per_level[task_usage])
@@ -137,13 +143,22 @@ def reprice_tenant(
 
 
 def cost_changes(
-    buckets: pd.DataFrame, book: PriceBook, scheme: BucketScheme, unpriced: dict[tuple[str, str], int] | None = None
-) -> pd.DataFrame:  # fmt: skip
-    """The buckets whose cost changes under `book`: their keys and `CHANGES` (new minus stored:
-    nano-units, remainder, unpriced events). Counts the unpriced usage events per pair into
-    `unpriced`."""
+    buckets: pd.DataFrame,
+    book: PriceBook,
+    scheme: BucketScheme,
+    unpriced: dict[tuple[str, str], int] | None = None,
+    *,
+    before: PriceBook | None,
+    stored: Callable[[], pd.DataFrame],
+) -> pd.DataFrame:
+    """The detail rows whose cost changes when `buckets` (all the buckets of their pairs) are
+    priced with `book`: their `DETAIL_KEYS` and `CHANGES` (new minus stored: nano-units, carried
+    remainder, unpriced events). The old costs are the buckets' prices under `before`, the book
+    that priced the stored rows (a bucket's cost is exactly the price of its sums); when it is
+    not known, the detail rows' stored costs (`stored`: at least these pairs' rows, `DETAIL_KEYS`
+    and `DETAIL_COSTS`). Counts the unpriced usage events per pair into `unpriced`."""
     if buckets.empty:
-        return buckets.assign(**{name: np.zeros(0, dtype=np.int64) for name in CHANGES})
+        return pd.DataFrame({**{name: buckets[name] for name in DETAIL_KEYS}, **{name: np.zeros(0, dtype=np.int64) for name in CHANGES}})
     usage_events = buckets["usage_events"].to_numpy(dtype=np.int64)
     sums = pd.DataFrame(
         {
@@ -155,29 +170,47 @@ def cost_changes(
             **{name: buckets[name].to_numpy(dtype=np.int64) for name in PRICED_TOKEN_FIELDS},
         }
     )
-    priced = price_sums(sums, book)
-    now_unpriced = np.where(priced["priced"].to_numpy(), 0, usage_events)
-    changes = buckets.assign(
-        d_nanos=priced["cost_nanos"].to_numpy() - buckets["cost_nanos"].to_numpy(dtype=np.int64),
-        d_rem=priced["cost_rem"].to_numpy() - buckets["cost_rem"].to_numpy(dtype=np.int64),
-        d_unpriced=now_unpriced - buckets["unpriced_events"].to_numpy(dtype=np.int64),
-    )
+    nanos, rem, now_unpriced = _priced(sums, book, usage_events)
     if unpriced is not None:
-        missing = changes.loc[now_unpriced > 0].groupby(["provider", "model"], sort=True)["usage_events"].sum()
+        missing = buckets.loc[now_unpriced > 0].groupby(["provider", "model"], sort=True)["usage_events"].sum()
         for (provider, model), count in missing.items():
             unpriced[(provider, model)] = unpriced.get((provider, model), 0) + int(count)
-    moved = (changes[list(CHANGES)] != 0).any(axis=1).to_numpy()
-    return changes.loc[moved].reset_index(drop=True)
+    keys = {name: buckets[name] for name in DETAIL_KEYS}
+    if before is not None:
+        old_nanos, old_rem, old_unpriced = _priced(sums, before, usage_events)
+        changes = pd.DataFrame({**keys, "d_nanos": nanos - old_nanos, "d_rem": rem - old_rem, "d_unpriced": now_unpriced - old_unpriced})
+        moved = (changes[list(CHANGES)] != 0).any(axis=1).to_numpy()
+        return summed(changes.loc[moved].reset_index(drop=True), DETAIL_KEYS)
+    new = summed(pd.DataFrame({**keys, "d_nanos": nanos, "d_rem": rem, "d_unpriced": now_unpriced}), DETAIL_KEYS, keep_zero=True)
+    rows = new.merge(stored(), on=list(DETAIL_KEYS), how="left", validate="one_to_one")
+    if rows["cost_nanos"].isna().any():
+        raise ValueError("a re-priced bucket has no task_usage_detail row")
+    rem_change = rows["d_rem"].to_numpy(dtype=np.int64) - rows["cost_rem"].to_numpy(dtype=np.int64)
+    changes = rows[list(DETAIL_KEYS)].assign(
+        d_nanos=rows["d_nanos"].to_numpy(dtype=np.int64) - rows["cost_nanos"].to_numpy(dtype=np.int64) + rem_change // REM_PER_NANO,
+        d_rem=rem_change % REM_PER_NANO,
+        d_unpriced=rows["d_unpriced"].to_numpy(dtype=np.int64) - rows["unpriced_events"].to_numpy(dtype=np.int64),
+    )
+    return changes.loc[(changes[list(CHANGES)] != 0).any(axis=1).to_numpy()].reset_index(drop=True)
 
 
-def summed(changes: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+def _priced(sums: pd.DataFrame, book: PriceBook, usage_events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The buckets' costs under `book` (nanos, remainder) and their unpriced usage events."""
+    priced = price_sums(sums, book)
+    unpriced = np.where(priced["priced"].to_numpy(), 0, usage_events)
+    return priced["cost_nanos"].to_numpy(dtype=np.int64), priced["cost_rem"].to_numpy(dtype=np.int64), unpriced
+
+
+def summed(changes: pd.DataFrame, keys: tuple[str, ...], *, keep_zero: bool = False) -> pd.DataFrame:
     """Changes summed per key, carried (`d_rem` in [0, 10**6), `d_nanos` may be negative), the
-    rows that change nothing left out."""
+    rows that change nothing left out (unless `keep_zero`)."""
     if changes.empty:
         return changes[[*keys, *CHANGES]]
     out = changes.groupby(list(keys), sort=False, observed=True)[list(CHANGES)].sum().reset_index()
     out["d_nanos"] += out["d_rem"] // REM_PER_NANO  # floor division: a negative change borrows
     out["d_rem"] %= REM_PER_NANO
+    if keep_zero:
+        return out
     return out.loc[(out[list(CHANGES)] != 0).any(axis=1).to_numpy()].reset_index(drop=True)
 
 

@@ -86,7 +86,7 @@ def apply(connection: Connection, tenant_id: int, before: pd.DataFrame, after: p
 def stored_days(connection: Connection, tenant_id: int, keys: pd.DataFrame) -> pd.DataFrame:
     """The stored `usage_daily` rows (`DAILY_INPUT`, `day` as datetime64) of the keys of `keys`
     (its `DAILY_KEYS`, `day` as datetime64) that have one, in the caller's transaction: read by
-    customer and day (the table's key after the tenant), the other keys matched here."""
+    customer, day, provider and model (the table's key after the tenant), the keys matched here."""
     if keys.empty:
         return _daily_frame([])
     u = usage_daily.c
@@ -96,9 +96,14 @@ def stored_days(connection: Connection, tenant_id: int, keys: pd.DataFrame) -> p
     else:
         on_days = [u.day >= days[0].date(), u.day <= days[-1].date()]
     customers = sorted(set(keys["customer"].tolist()))
+    # Only the keys' providers and models (a re-pricing's few of a tenant's many): the other rows
+    # of these customers and days are skipped by SQL, not read into Python and dropped here.
+    models = [u.provider.in_(sorted(set(keys["provider"].tolist()))), u.model.in_(sorted(set(keys["model"].tolist())))]
     rows: list[Sequence[Any]] = []
     for start in range(0, len(customers), _NAMED_CHUNK):
-        query = select(*[u[n] for n in DAILY_INPUT]).where(u.tenant_id == tenant_id, u.customer.in_(customers[start : start + _NAMED_CHUNK]), *on_days)
+        query = select(*[u[n] for n in DAILY_INPUT]).where(
+            u.tenant_id == tenant_id, u.customer.in_(customers[start : start + _NAMED_CHUNK]), *on_days, *models
+        )
         (part,) = driver_rows(connection, query)
         rows += part
     found = _daily_frame(rows)
@@ -177,11 +182,15 @@ def stored(connection: Connection, tenant_id: int) -> pd.DataFrame:
 def _daily_frame(rows: Iterable[Sequence[Any]]) -> pd.DataFrame:
     """Driver tuples of `DAILY_INPUT` as a frame: days (dates, or SQLite's ISO text) as datetime64."""
     values = list(zip(*rows, strict=True)) or [()] * len(DAILY_INPUT)
-    frame = pd.DataFrame({name: list(column) for name, column in zip(DAILY_INPUT, values, strict=True)})
-    frame["day"] = pd.to_datetime(frame["day"].astype(str), format="%Y-%m-%d").astype("datetime64[ns]")
-    for name in SUMS:
-        frame[name] = frame[name].astype(np.int64)
-    return frame
+    data: dict[str, Any] = {}
+    for name, column in zip(DAILY_INPUT, values, strict=True):
+        if name == "day":  # numpy parses ISO text and converts dates alike
+            data[name] = np.array([str(day) for day in column], dtype="datetime64[D]").astype("datetime64[ns]")
+        elif name in SUMS:
+            data[name] = np.fromiter(column, dtype=np.int64, count=len(column))
+        else:
+            data[name] = pd.Series(np.array(column, dtype=object), dtype=object)  # not pandas' str (Arrow): converting costs more
+    return pd.DataFrame(data)
 
 
 def _key_column(column: pd.Series) -> pd.Series:

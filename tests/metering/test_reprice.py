@@ -9,11 +9,14 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from metering.core.db import unit_of_work
 from metering.core.tables import (
     customer_months,
+    metadata,
     rollup_state,
     tenant_model_aliases,
     tenant_prices,
@@ -29,6 +32,7 @@ from metering.rollup.reprice import PricesMoved, reprice_tenant
 from metering.rollup.stores import store_for
 from metering.rollup.stores.common import ROLLUP_TABLES
 from tests.factories import make_event
+from tests.support.migrations import migrate
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 MODELS = [
@@ -149,7 +153,8 @@ class TestRepriceEqualsRebuild:
             repriced = tables(engine, tenant)
             assert repriced == rebuilt(engine, tenant), f"step {step}"
             with engine.connect() as connection:  # every summed cost carried
-                assert all(connection.execute(select(func.max(table.c.cost_rem))).scalar_one() < REM_PER_NANO for table in ROLLUP_TABLES)
+                costed = [table for table in ROLLUP_TABLES if "cost_rem" in table.c]  # the buckets hold none
+                assert all(connection.execute(select(func.max(table.c.cost_rem))).scalar_one() < REM_PER_NANO for table in costed)
             if step == 1:  # the aliased deployment and acme-large are priced now
                 assert sum(row[-1] for row in repriced["usage_daily"]) < unpriced_before
             if step == 3:
@@ -230,3 +235,30 @@ def test_summed_usage_costs_what_its_events_cost_one_by_one() -> None:
     exact = int(one_by_one["cost_nanos"].sum()) * REM_PER_NANO + int(one_by_one["cost_rem"].sum())
     assert int(priced["cost_nanos"].sum()) * REM_PER_NANO + int(priced["cost_rem"].sum()) == exact
     assert (priced["cost_rem"] < REM_PER_NANO).all() and len(sums) > 1
+
+
+def test_migration_0024_down_and_up(engine: Engine, tenant: Tenant) -> None:
+    """Down: the buckets' cost columns back as zeros and the bucket schemes dropped, so that the
+    next rollup rebuilds them with their costs; up: the columns gone, re-pricing as before."""
+    send(engine, tenant, random_events(random.Random(10), 120))
+    assert rollup(engine, tenant).rebuilt
+    migrate(engine, "0023", down=True)
+    try:
+        with engine.connect() as connection:
+            columns = {column["name"] for column in connection.dialect.get_columns(connection, "task_usage_buckets")}
+            assert {"cost_nanos", "cost_rem", "unpriced_events"} <= columns
+            assert connection.execute(select(rollup_state.c.price_buckets)).scalar_one() is None
+    finally:
+        migrate(engine, "head")
+    with engine.connect() as connection:
+        columns = {column["name"] for column in connection.dialect.get_columns(connection, "task_usage_buckets")}
+        assert not columns & {"cost_nanos", "cost_rem", "unpriced_events"}
+        context = MigrationContext.configure(connection, opts={
+            "compare_type": True, "include_object": lambda obj, name, type_, reflected, other: getattr(obj, "table", obj).name == "task_usage_buckets",
+        })  # fmt: skip
+        assert compare_metadata(context, metadata) == []
+    assert rollup(engine, tenant).rebuilt  # the schemes dropped by the downgrade
+    set_prices(engine, tenant, PRICES_1)
+    result = rollup(engine, tenant)
+    assert result.repriced is not None and not result.rebuilt and "task_usage_buckets" not in result.repriced.rows_changed
+    assert tables(engine, tenant) == rebuilt(engine, tenant)

@@ -59,6 +59,10 @@ class RollupStore(Protocol):
         """The tenant's price buckets of these pairs, read in `connection`'s transaction."""
         ...
 
+    def read_detail_costs(self, connection: Connection, tenant_id: int, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+        """The tenant's detail rows' keys and costs, of these pairs at least, in `connection`'s transaction."""
+        ...
+
     def shift_costs(self, connection: Connection, tenant_id: int, table: Table, keys: Sequence[str], changes: pd.DataFrame) -> int:
         """Add cost changes to the tenant's rows of `table` by key, carried; returns rows changed."""
         ...

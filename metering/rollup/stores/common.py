@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +24,7 @@ from sqlalchemy import (
     update,
 )
 
-from metering.core.db import driver_rows, read_frame, write_frame
+from metering.core.db import read_frame, write_frame
 from metering.core.db.writes import OnConflict
 from metering.core.event_columns import EVENT_COLUMNS, TEXT_COLUMNS
 from metering.core.tables import events, task_usage, task_usage_buckets, task_usage_detail, usage_daily
@@ -33,6 +34,9 @@ from metering.rollup.summary import DAILY_KEYS, DETAIL_KEYS, TASK_COLUMNS, USAGE
 ROLLUP_TABLES = (task_usage, task_usage_detail, usage_daily, task_usage_buckets)
 BUCKET_TABLE_KEYS = tuple(column.name for column in task_usage_buckets.primary_key.columns if column.name != "tenant_id")
 """`task_usage_buckets`' key after tenant_id, in its order (provider and model lead)."""
+BUCKET_SUMS = tuple(c.name for c in task_usage_buckets.columns if c.name not in ("tenant_id", *BUCKET_TABLE_KEYS))
+"""`task_usage_buckets`' measures: usage events and tokens (no cost: migration 0024)."""
+DETAIL_COSTS = ("cost_nanos", "cost_rem", "unpriced_events")
 CARRY = ("cost_nanos", "cost_rem", REM_PER_NANO)
 """Summed costs stay carried (`metering.rollup.summary`)."""
 _REM = literal_column(str(REM_PER_NANO), BigInteger())
@@ -128,11 +132,12 @@ class TableStore:
             columns = [column.name for column in table.columns]
             # A task's row is replaced by its merged row; usage rows add up.
             merged: OnConflict = "replace" if table is task_usage else "add"
-            add = () if table is task_usage else USAGE_COLUMNS
+            # The buckets have no cost columns (the frame's are their detail rows').
+            add = () if table is task_usage else tuple(name for name in USAGE_COLUMNS if name in table.c)
             write_frame(
                 connection, target.get(table, table), key_order(frame, keys, replace_all).assign(tenant_id=tenant_id), columns,
                 on_conflict="error" if replace_all else merged, keys=("tenant_id", *keys), add=add,
-                carry=CARRY if add else None,
+                carry=CARRY if "cost_rem" in add else None,
             )  # fmt: skip
         return len(summary.tasks)
 
@@ -140,10 +145,26 @@ class TableStore:
     # --- re-pricing (`metering.rollup.reprice`) ------------------------------------------------------------
 
     def price_pairs(self, connection: Connection, tenant_id: int) -> list[tuple[str, str]]:
-        """The (provider, model) pairs of the tenant's price buckets."""
+        """The (provider, model) pairs of the tenant's price buckets, in key order: one seek of the
+        table's key per provider and per pair (the next value after the last), instead of a
+        DISTINCT over every bucket (4.5M rows at 12M events: 1.4 s)."""
         b = task_usage_buckets
-        query = select(b.c.provider, b.c.model).where(b.c.tenant_id == tenant_id).distinct()
-        return [(row.provider, row.model) for row in connection.execute(query)]
+        pairs: list[tuple[str, str]] = []
+        provider: str | None = None
+        while True:
+            after = [] if provider is None else [b.c.provider > provider]
+            query = select(b.c.provider).where(b.c.tenant_id == tenant_id, *after).order_by(b.c.provider).limit(1)
+            provider = connection.execute(query).scalar()
+            if provider is None:
+                return pairs
+            model: str | None = None
+            while True:
+                later = [] if model is None else [b.c.model > model]
+                query = select(b.c.model).where(b.c.tenant_id == tenant_id, b.c.provider == provider, *later).order_by(b.c.model).limit(1)
+                model = connection.execute(query).scalar()
+                if model is None:
+                    break
+                pairs.append((provider, model))
 
     def read_buckets(self, connection: Connection, tenant_id: int, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
         """The tenant's price buckets of these (provider, model) pairs: `BUCKET_TABLE_KEYS` and
@@ -153,7 +174,7 @@ class TableStore:
         rollup_state row first, and every writer of these rows updates it first too, so nothing
         commits to them in between."""
         b = task_usage_buckets
-        names = [*BUCKET_TABLE_KEYS, *USAGE_COLUMNS]
+        names = [*BUCKET_TABLE_KEYS, *BUCKET_SUMS]
         texts = [name for name in names if name in _TEXT_KEYS and name != "day"]
         frames = [
             read_frame(connection, select(*[b.c[name] for name in names]).where(
@@ -164,6 +185,18 @@ class TableStore:
         if not frames:
             return read_frame(connection, select(*[b.c[name] for name in names]).where(false()), names, texts=texts, days=("day",))
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+    def read_detail_costs(self, connection: Connection, tenant_id: int, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+        """The tenant's detail rows of these (provider, model) pairs (and possibly of other pairs
+        of the same providers and models): `DETAIL_KEYS` and `DETAIL_COSTS`, days as datetime64,
+        read as `read_buckets` reads (the table's key leads with the task: one pass over the
+        tenant's rows, the pairs filtered by SQL)."""
+        d = task_usage_detail
+        names = [*DETAIL_KEYS, *DETAIL_COSTS]
+        texts = [name for name in names if name in _TEXT_KEYS and name != "day"]
+        providers, models = sorted({p for p, _ in pairs}), sorted({m for _, m in pairs})
+        query = select(*[d.c[name] for name in names]).where(d.c.tenant_id == tenant_id, d.c.provider.in_(providers), d.c.model.in_(models))
+        return read_frame(connection, query, names, texts=texts, days=("day",))
 
     def shift_costs(self, connection: Connection, tenant_id: int, table: Table, keys: Sequence[str], changes: pd.DataFrame) -> int:
         """Add `changes` (its `keys` and `d_nanos`, `d_rem` in [0, 10**6), `d_unpriced`) to the cost
@@ -218,17 +251,35 @@ def stored_tasks(
 ) -> pd.DataFrame:
     """The `columns` (`task` first) of the named tasks' stored `task_usage` rows (those that have
     one), in the caller's transaction, in name order. Read as the driver's tuples, `NAMED_CHUNK`
-    names per query; nullable integers as pandas' Int64 (None as NA, every value exact)."""
+    names per query, by one statement compiled once (a short last chunk repeats its last name:
+    compiling 10,000 parameters costs ~30 ms, a re-pricing of 294k tasks read 30 chunks);
+    nullable integers as pandas' Int64 (None as NA, every value exact)."""
     t = task_usage.c
-    ordered = sorted(names)
+    ordered = sorted(set(names))
+    size = min(len(ordered), NAMED_CHUNK)
     rows: list[Sequence[Any]] = []
-    for start in range(0, len(ordered), NAMED_CHUNK):
-        chunk = ordered[start : start + NAMED_CHUNK]
-        query = select(*[t[name] for name in columns]).where(t.tenant_id == tenant_id, t.task.in_(chunk))
-        (part,) = driver_rows(connection, query.order_by(t.task))
-        rows += part
-    values = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
-    return pd.DataFrame({
-        name: pd.array(list(column), dtype="Int64") if name in _NULLABLE_TASK_INTEGERS else list(column)
-        for name, column in zip(columns, values, strict=True)
-    })  # fmt: skip
+    if ordered:
+        marks = [bindparam(f"n{i}", type_=t.task.type) for i in range(size)]
+        query = select(*[t[name] for name in columns]).where(t.tenant_id == bindparam("tenant"), t.task.in_(marks)).order_by(t.task)
+        compiled = query.compile(dialect=connection.dialect)
+        for start in range(0, len(ordered), size):
+            chunk = ordered[start : start + size]
+            bound: dict[str, Any] = {"tenant": tenant_id, **{f"n{i}": chunk[min(i, len(chunk) - 1)] for i in range(size)}}
+            params = tuple(bound[name] for name in compiled.positiontup or ()) if compiled.positional else bound
+            # SQLAlchemy's execution (its errors), the driver's tuples (no Row per task).
+            result = connection.exec_driver_sql(str(compiled), params)
+            try:
+                rows += result.cursor.fetchall()
+            finally:
+                result.close()
+    columns_read = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+    data: dict[str, Any] = {}
+    for name, column in zip(columns, columns_read, strict=True):
+        kind = task_usage.c[name]
+        if name in _NULLABLE_TASK_INTEGERS:
+            data[name] = pd.array(list(column), dtype="Int64")
+        elif kind.type.python_type is int:
+            data[name] = np.fromiter(column, dtype=np.int64, count=len(column))
+        else:
+            data[name] = pd.Series(np.array(column, dtype=object), dtype=object)  # not pandas' str (Arrow): converting costs more
+    return pd.DataFrame(data)
