@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, select
 
-from metering.core.db import driver_rows
+from metering.core.db import driver_rows, tuples_frame
 from metering.core.tables import usage_daily, usage_months
 from metering.costs.prices import REM_PER_NANO
 from metering.rollup.kept_sums import KeptSums
@@ -181,16 +181,7 @@ def stored(connection: Connection, tenant_id: int) -> pd.DataFrame:
 
 def _daily_frame(rows: Iterable[Sequence[Any]]) -> pd.DataFrame:
     """Driver tuples of `DAILY_INPUT` as a frame: days (dates, or SQLite's ISO text) as datetime64."""
-    values = list(zip(*rows, strict=True)) or [()] * len(DAILY_INPUT)
-    data: dict[str, Any] = {}
-    for name, column in zip(DAILY_INPUT, values, strict=True):
-        if name == "day":  # numpy parses ISO text and converts dates alike
-            data[name] = np.array([str(day) for day in column], dtype="datetime64[D]").astype("datetime64[ns]")
-        elif name in SUMS:
-            data[name] = np.fromiter(column, dtype=np.int64, count=len(column))
-        else:
-            data[name] = pd.Series(np.array(column, dtype=object), dtype=object)  # not pandas' str (Arrow): converting costs more
-    return pd.DataFrame(data)
+    return tuples_frame(list(rows), DAILY_INPUT, texts=[name for name in DAILY_INPUT if name not in SUMS and name != "day"], days=("day",))
 
 
 def _key_column(column: pd.Series) -> pd.Series:

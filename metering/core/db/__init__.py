@@ -25,13 +25,17 @@ from metering.core.db.locks import (
     write_lock,
 )
 from metering.core.db.reads import (
+    Prepared,
     adbc_uri,
     begin_snapshot,
     byte_order,
     driver_rows,
     inserted_by_this_transaction,
     no_cyclic_gc,
+    prepare,
+    prepared_rows,
     read_frame,
+    tuples_frame,
     without_index,
 )
 from metering.core.db.writes import add_rows, dialect_insert, frame_rows, upsert, write_frame, write_rows
@@ -39,7 +43,7 @@ from metering.core.db.writes import add_rows, dialect_insert, frame_rows, upsert
 __all__ = [
     "follower_lock_key", "ingest_lock_key",
     "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "add_rows", "begin_snapshot", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
-    "is_overflow", "is_postgresql", "is_sqlite", "is_unavailable", "make_engine", "no_cyclic_gc", "read_frame",
+    "is_overflow", "is_postgresql", "is_sqlite", "is_unavailable", "make_engine", "no_cyclic_gc", "Prepared", "prepare", "prepared_rows", "read_frame", "tuples_frame",
     "session_factory", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",
     "upsert", "without_index", "write_frame", "write_lock", "write_rows",
 ]  # fmt: skip

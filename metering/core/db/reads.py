@@ -5,8 +5,9 @@ snapshot, byte-order sorting, a scan instead of an index."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -22,32 +23,73 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from metering.core.db.engine import is_postgresql, is_sqlite
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A statement compiled once for a dialect, to run many times on the driver's cursor: its
+    text, its parameters' names in order (None: the driver takes them by name), the values it
+    binds itself (literals, paths), and the bind processors of its parameters that have one."""
+
+    sql: str
+    names: tuple[str, ...] | None
+    constants: Mapping[str, Any]
+    processors: tuple[tuple[str, Callable[[Any], Any]], ...]
+
+    def parameters(self, values: Mapping[str, Any]) -> Any:
+        """The driver's parameters for one run: the constants and `values`, each through its
+        type's bind processor as SQLAlchemy's own execution applies them (dates and datetimes
+        reach SQLite as the ISO text it stores, never through sqlite3's default adapters,
+        deprecated since Python 3.12)."""
+        bound = {**self.constants, **values}
+        for name, processor in self.processors:
+            if name in bound:
+                bound[name] = processor(bound[name])
+        return tuple(bound[name] for name in self.names) if self.names is not None else bound
+
+
+def prepare(statement: ClauseElement, dialect: Any) -> Prepared:
+    """`statement` compiled for `dialect` (expanding parameters, IN lists, rendered in place);
+    the parameters it requires are the caller's, per run (`Prepared.parameters`)."""
+    compiled = cast(SQLCompiler, statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
+    required = {bind.key: None for bind in compiled.binds.values() if bind.required}
+    processors = []
+    for name, bind in compiled.binds.items():
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            processors.append((name, processor))
+    names = tuple(compiled.positiontup or ()) if compiled.positional else None
+    return Prepared(str(compiled), names, dict(compiled.construct_params(required)), tuple(processors))
+
+
+def prepared_rows(connection: Connection, prepared: Prepared, values: Mapping[str, Any]) -> list[Any]:
+    """Every row of one run of `prepared` with `values`, as the driver's plain tuples, through
+    `connection`'s own cursor (its transaction), the driver's errors raised as SQLAlchemy's."""
+    driver = connection.connection.dbapi_connection
+    assert driver is not None
+    dialect = connection.dialect
+    with as_sqlalchemy_errors(prepared.sql, dialect.loaded_dbapi.Error, dialect):
+        cursor = driver.cursor()
+        try:
+            cursor.execute(prepared.sql, prepared.parameters(values))
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+
 def driver_rows(
     connection: Connection, query: ClauseElement, *, batch_size: int | None = None
 ) -> Iterator[Sequence[Any]]:
     """The rows of `query` as the driver's plain tuples, from a cursor of `connection` (its
     transaction): in batches of `batch_size`, or all in one; server-side on PostgreSQL. A million
-    SQLAlchemy rows would cost seconds. Each parameter goes through its type's bind processor, as
-    SQLAlchemy's own execution would: dates and datetimes reach SQLite as the ISO text it stores
-    (never through sqlite3's default adapters, deprecated since Python 3.12). Sums may come as
-    Decimal (PostgreSQL's numeric)."""
+    SQLAlchemy rows would cost seconds. Parameters go through their bind processors
+    (`Prepared.parameters`). Sums may come as Decimal (PostgreSQL's numeric)."""
     dialect = connection.dialect
-    compiled = cast(SQLCompiler, query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
-    values = compiled.construct_params()
-    for name, bind in compiled.binds.items():
-        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-        if processor is not None and name in values:
-            values[name] = processor(values[name])
-    params: Any = (
-        tuple(values[name] for name in compiled.positiontup or ()) if compiled.positional else values
-    )
+    prepared = prepare(query, dialect)
     driver = connection.connection.dbapi_connection
     assert driver is not None
-    statement = str(compiled)
-    with as_sqlalchemy_errors(statement, dialect.loaded_dbapi.Error, dialect):
+    with as_sqlalchemy_errors(prepared.sql, dialect.loaded_dbapi.Error, dialect):
         cursor = driver.cursor(name="taskmeter_rows") if is_postgresql(connection) else driver.cursor()
         try:
-            cursor.execute(statement, params)
+            cursor.execute(prepared.sql, prepared.parameters({}))
             if batch_size is None:
                 yield cursor.fetchall()
                 return
@@ -55,6 +97,32 @@ def driver_rows(
                 yield rows
         finally:
             cursor.close()
+
+
+def tuples_frame(
+    rows: Sequence[Sequence[Any]],
+    names: Sequence[str],
+    *,
+    texts: Collection[str] = (),
+    days: Collection[str] = (),
+    nullable: Collection[str] = (),
+) -> pd.DataFrame:
+    """Driver tuples as columns named `names`: `texts` as Python objects (not pandas' str, whose
+    conversion costs more than it saves; null stays None), `days` (dates, or SQLite's ISO text)
+    as datetime64[ns], `nullable` integers as pandas' Int64 (null as NA, every value exact), the
+    others int64."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+    data: dict[str, Any] = {}
+    for name, values in zip(names, columns, strict=True):
+        if name in texts:
+            data[name] = pd.Series(np.array(values, dtype=object), dtype=object)
+        elif name in days:  # numpy parses ISO text and converts dates alike
+            data[name] = np.array(values, dtype="datetime64[D]").astype("datetime64[ns]")
+        elif name in nullable:
+            data[name] = pd.array(list(values), dtype="Int64")
+        else:
+            data[name] = np.fromiter(values, dtype=np.int64, count=len(values))
+    return pd.DataFrame(data)
 
 
 def read_frame(
@@ -105,17 +173,7 @@ def _cursor_frame(
 ) -> pd.DataFrame:
     with no_cyclic_gc():
         (rows,) = driver_rows(connection, query)  # one batch; exhausting it closes the cursor
-        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
-        del rows
-        data: dict[str, Any] = {}
-        for name, values in zip(names, columns, strict=True):
-            if name in texts:  # object, not pandas' str: converting costs more than it saves
-                data[name] = pd.Series(np.array(values, dtype=object), dtype=object)
-            elif name in days:
-                data[name] = np.array(values, dtype="datetime64[D]")
-            else:
-                data[name] = np.fromiter(values, dtype=np.int64, count=len(values))
-        return pd.DataFrame(data)
+        return tuples_frame(rows, names, texts=texts, days=days)
 
 
 def _arrow_frame(connection: Connection, query: ClauseElement) -> pd.DataFrame:

@@ -5,9 +5,8 @@ parameters or as COPY rows (CSV written by Arrow for frames)."""
 
 from __future__ import annotations
 
-import typing
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any, Literal
@@ -42,10 +41,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTable
-from sqlalchemy.sql.compiler import SQLCompiler
 
 from metering.core.db.engine import is_postgresql
-from metering.core.db.reads import as_sqlalchemy_errors
+from metering.core.db.reads import prepare, prepared_rows
 
 OnConflict = Literal["error", "ignore", "replace", "add"]
 Carry = tuple[str, str, int]
@@ -140,42 +138,15 @@ def add_rows(
     fixed = fixed or {}
     postgres = is_postgresql(connection)
     statement = _add_statement(table, tuple(columns), tuple(keys), tuple(add), postgres, tuple(fixed))
-    sql, names, constants, processors = _compiled_add(statement, connection.dialect)
-    values = {**constants, **{f"f{i}": value for i, value in enumerate(fixed.values())}}
+    values = {f"f{i}": value for i, value in enumerate(fixed.values())}
     values["rows"] = orjson.dumps(list(rows)).decode()
-    for name, processor in processors:
-        values[name] = processor(values[name])
-    # Through the driver's cursor (the connection's, so its transaction): its plain tuples, not a
-    # SQLAlchemy row each (ingestion reads back every counter it writes, every batch).
-    driver = connection.connection.dbapi_connection
-    assert driver is not None
-    dialect = connection.dialect
-    with as_sqlalchemy_errors(sql, dialect.loaded_dbapi.Error, dialect):
-        cursor = driver.cursor()
-        try:
-            cursor.execute(sql, tuple(values[name] for name in names) if names is not None else values)
-            return list(cursor.fetchall())
-        finally:
-            cursor.close()
+    # Through the driver's cursor, compiled once: its plain tuples, not a SQLAlchemy row each
+    # (ingestion reads back every counter it writes, every batch).
+    return prepared_rows(connection, _prepared_add(statement, connection.dialect), values)
 
 
-@lru_cache(maxsize=16)
-def _compiled_add(
-    statement: Any, dialect: Any
-) -> tuple[str, tuple[str, ...] | None, dict[str, Any], tuple[tuple[str, Callable[[Any], Any]], ...]]:
-    """`_add_statement`'s statement compiled for the dialect: its text, its parameters' names in
-    order (None: the driver takes them by name), the values of those it binds itself (paths),
-    and the bind processors of those that have one (as SQLAlchemy's own execution applies)."""
-    compiled = typing.cast(SQLCompiler, statement.compile(dialect=dialect))
-    given = {bind.key: None for bind in compiled.binds.values() if bind.required}  # the caller's, per call
-    constants = dict(compiled.construct_params(given))
-    processors = []
-    for name, bind in compiled.binds.items():
-        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-        if processor is not None:
-            processors.append((name, processor))
-    names = tuple(compiled.positiontup or ()) if compiled.positional else None
-    return str(compiled), names, constants, tuple(processors)
+_prepared_add = lru_cache(maxsize=16)(prepare)
+"""`_add_statement`'s statements compiled once per dialect."""
 
 
 @lru_cache(maxsize=16)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,7 +23,7 @@ from sqlalchemy import (
     update,
 )
 
-from metering.core.db import read_frame, write_frame
+from metering.core.db import prepare, prepared_rows, read_frame, tuples_frame, write_frame
 from metering.core.db.writes import OnConflict
 from metering.core.event_columns import EVENT_COLUMNS, TEXT_COLUMNS
 from metering.core.tables import events, task_usage, task_usage_buckets, task_usage_detail, usage_daily
@@ -261,25 +260,9 @@ def stored_tasks(
     if ordered:
         marks = [bindparam(f"n{i}", type_=t.task.type) for i in range(size)]
         query = select(*[t[name] for name in columns]).where(t.tenant_id == bindparam("tenant"), t.task.in_(marks)).order_by(t.task)
-        compiled = query.compile(dialect=connection.dialect)
+        prepared = prepare(query, connection.dialect)
         for start in range(0, len(ordered), size):
             chunk = ordered[start : start + size]
-            bound: dict[str, Any] = {"tenant": tenant_id, **{f"n{i}": chunk[min(i, len(chunk) - 1)] for i in range(size)}}
-            params = tuple(bound[name] for name in compiled.positiontup or ()) if compiled.positional else bound
-            # SQLAlchemy's execution (its errors), the driver's tuples (no Row per task).
-            result = connection.exec_driver_sql(str(compiled), params)
-            try:
-                rows += result.cursor.fetchall()
-            finally:
-                result.close()
-    columns_read = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
-    data: dict[str, Any] = {}
-    for name, column in zip(columns, columns_read, strict=True):
-        kind = task_usage.c[name]
-        if name in _NULLABLE_TASK_INTEGERS:
-            data[name] = pd.array(list(column), dtype="Int64")
-        elif kind.type.python_type is int:
-            data[name] = np.fromiter(column, dtype=np.int64, count=len(column))
-        else:
-            data[name] = pd.Series(np.array(column, dtype=object), dtype=object)  # not pandas' str (Arrow): converting costs more
-    return pd.DataFrame(data)
+            rows += prepared_rows(connection, prepared, {"tenant": tenant_id, **{f"n{i}": chunk[min(i, len(chunk) - 1)] for i in range(size)}})
+    texts = [name for name in columns if task_usage.c[name].type.python_type is not int]
+    return tuples_frame(rows, columns, texts=texts, nullable=_NULLABLE_TASK_INTEGERS)
