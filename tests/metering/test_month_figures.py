@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -17,9 +17,9 @@ from metering.core.db import unit_of_work
 from metering.core.tables import customer_months, task_usage, tenant_prices
 from metering.core.tenants import Tenant
 from metering.costs.prices import settle_nanos
-from metering.events.ingest import ingest_events
 from metering.rollup import month_figures
 from metering.rollup.pipeline import rollup_tenant
+from tests.support.histories import cost_change, near_month_ends, random_batches, send
 
 NOW = datetime(2026, 12, 20, 12, 0, tzinfo=UTC)
 _ids = itertools.count()
@@ -29,9 +29,7 @@ TYPES = ("usage", "usage", "usage", "task.started", "task.completed", "task.fail
 
 def _event(rng: random.Random, tasks: int) -> dict:
     kind = rng.choice(TYPES)
-    # Around month ends (UTC and the tenant's), so that ends and late events cross months.
-    base = datetime(2026, rng.choice((9, 10, 11)), 1, tzinfo=UTC) + timedelta(days=rng.choice((0, 27, 29)))
-    when = base + timedelta(hours=rng.randrange(0, 96), seconds=rng.randrange(60))
+    when = near_month_ends(rng)
     event = {
         "id": f"e{next(_ids)}", "type": kind, "time": when.isoformat().replace("+00:00", "Z"),
         "customer": rng.choice(("acme", "globex")), "task": f"t{rng.randrange(tasks)}",
@@ -46,8 +44,7 @@ def _event(rng: random.Random, tasks: int) -> dict:
 
 
 def _send(engine: Engine, tenant: Tenant, events: list[dict]) -> None:
-    with unit_of_work(engine) as session:
-        ingest_events(session, tenant.id, events, now=NOW)
+    send(engine, tenant, events, NOW)
 
 
 def _table(engine: Engine, tenant: Tenant) -> pd.DataFrame:
@@ -77,10 +74,7 @@ def test_figures_equal_a_recomputation_after_random_batches(engine: Engine, make
     tenant = make_tenant(f"figures-{timezone.replace('/', '-').lower()}", timezone=timezone)
     rng = random.Random(19 + len(timezone))
     sent: list[dict] = []
-    for _batch in range(12):
-        events = [_event(rng, 25) for _ in range(rng.randrange(1, 40))]
-        if sent and rng.random() < 0.4:  # replays: duplicates change nothing
-            events += rng.sample(sent, min(len(sent), 5))
+    for events in random_batches(rng, lambda: _event(rng, 25), 12):
         _send(engine, tenant, events)
         sent += events
         rollup_tenant(engine, tenant, now=NOW)
@@ -170,10 +164,7 @@ def test_shifted_costs_equal_a_recomputation(engine: Engine, make_tenant, timezo
             picked = rng.sample(rows, rng.randrange(1, len(rows)))
             changes = []
             for row in picked:
-                d_nanos = rng.choice((0, 1, 999, 10**6, 3 * 10**9, rng.randrange(10**10))) - rng.randrange(row.cost_nanos + 1)
-                d_rem = rng.randrange(10**6)
-                if d_nanos + row.cost_nanos + (row.cost_rem + d_rem) // 10**6 < 0:
-                    d_nanos = -row.cost_nanos
+                d_nanos, d_rem = cost_change(rng, row.cost_nanos, row.cost_rem)
                 changes.append((row.task, d_nanos, d_rem, row.cost_nanos, row.cost_rem))
             frame = pd.DataFrame(changes, columns=["task", "d_nanos", "d_rem", "nanos", "rem"]).assign(d_unpriced=0)
             moved = month_figures.shift_costs(connection, tenant.id, timezone, frame[["task", "d_nanos", "d_rem", "d_unpriced"]])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
@@ -20,12 +20,12 @@ from metering.core.db import is_overflow, unit_of_work
 from metering.core.periods import parse_month
 from metering.core.tables import rollup_state, tenant_prices, usage_daily, usage_months
 from metering.core.tenants import Tenant
-from metering.events.ingest import ingest_events
 from metering.events.schemas import MAX_TOKENS
 from metering.rollup import usage_months as sums
 from metering.rollup.pipeline import rollup_tenant
 from metering.rollup.summary import DAILY_KEYS
 from pricing import repository as pricing_repository
+from tests.support.histories import cost_change, near_month_ends, random_batches, send
 from tests.support.migrations import migrate
 
 NOW = datetime(2026, 12, 20, 12, 0, tzinfo=UTC)
@@ -34,9 +34,7 @@ MONTHS = ("2026-08", "2026-09", "2026-10", "2026-11", "2026-12")
 
 
 def _event(rng: random.Random, tasks: int) -> dict:
-    # Around month ends (UTC and the tenant's), so that a task's days cross months.
-    base = datetime(2026, rng.choice((9, 10, 11)), 1, tzinfo=UTC) + timedelta(days=rng.choice((0, 27, 29)))
-    when = base + timedelta(hours=rng.randrange(0, 96), seconds=rng.randrange(60))
+    when = near_month_ends(rng)
     tokens = rng.choice((10, 2_000, 400_000, 3_000_000, 7_777_777))
     event = {
         "id": f"u{next(_ids)}", "type": "usage", "time": when.isoformat().replace("+00:00", "Z"),
@@ -53,8 +51,7 @@ def _event(rng: random.Random, tasks: int) -> dict:
 
 
 def _send(engine: Engine, tenant: Tenant, events: list[dict]) -> None:
-    with unit_of_work(engine) as session:
-        ingest_events(session, tenant.id, events, now=NOW)
+    send(engine, tenant, events, NOW)
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
@@ -88,13 +85,8 @@ def _assert_exact(engine: Engine, tenant: Tenant) -> None:
 def test_the_sums_equal_a_recomputation_after_random_batches(engine: Engine, make_tenant, timezone: str) -> None:  # type: ignore[no-untyped-def]
     tenant = make_tenant(f"usage-months-{timezone.replace('/', '-').lower()}", timezone=timezone)
     rng = random.Random(23 + len(timezone))
-    sent: list[dict] = []
-    for batch in range(10):
-        events = [_event(rng, 25) for _ in range(rng.randrange(1, 40))]
-        if sent and rng.random() < 0.4:  # replays: duplicates change nothing
-            events += rng.sample(sent, min(len(sent), 5))
+    for batch, events in enumerate(random_batches(rng, lambda: _event(rng, 25), 10)):
         _send(engine, tenant, events)
-        sent += events
         if batch == 6:  # a price for the unknown model: the next rollup re-prices from the rollup's rows
             with unit_of_work(engine) as session:
                 session.execute(tenant_prices.insert().values(
@@ -132,10 +124,7 @@ def test_shifted_costs_equal_a_recomputation(engine: Engine, make_tenant, timezo
             picked = rng.sample(rows, rng.randrange(1, len(rows)))
             changes = []
             for row in picked:
-                d_nanos = rng.choice((0, 1, 999, 10**6, 3 * 10**9, rng.randrange(10**10))) - rng.randrange(row.cost_nanos + 1)
-                d_rem = rng.randrange(10**6)
-                if d_nanos + row.cost_nanos + (row.cost_rem + d_rem) // 10**6 < 0:
-                    d_nanos = -row.cost_nanos
+                d_nanos, d_rem = cost_change(rng, row.cost_nanos, row.cost_rem)
                 d_unpriced = rng.choice((0, -row.unpriced_events, row.usage_events - row.unpriced_events))
                 changes.append((*[getattr(row, k) for k in DAILY_KEYS], d_nanos, d_rem, d_unpriced, row.cost_nanos, row.cost_rem))
             frame = pd.DataFrame(changes, columns=[*DAILY_KEYS, "d_nanos", "d_rem", "d_unpriced", "nanos", "rem"])
