@@ -32,6 +32,7 @@ from metering.core.db.reads import (
     inserted_by_this_transaction,
     no_cyclic_gc,
     read_frame,
+    snapshot_reads,
     without_index,
 )
 from metering.core.db.writes import add_rows, dialect_insert, frame_rows, upsert, write_frame, write_rows
@@ -40,6 +41,6 @@ __all__ = [
     "follower_lock_key", "ingest_lock_key",
     "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "add_rows", "begin_snapshot", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
     "is_overflow", "is_postgresql", "is_sqlite", "is_unavailable", "make_engine", "no_cyclic_gc", "read_frame",
-    "session_factory", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",
+    "session_factory", "snapshot_reads", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",
     "upsert", "without_index", "write_frame", "write_lock", "write_rows",
 ]  # fmt: skip
