@@ -10,7 +10,9 @@ budgets counted inline (`TASKMETER_SPEND_COUNTING=inline`), the same counted def
 again. JSONL: `taskmeter ingest`'s `ingest_file` in process (deferred: its catch-up at the end of
 the file is in the time). HTTP: a real `taskmeter serve` (one uvicorn worker, scheduler on, so with
 `deferred` its follower counts in the server process) fed 1,000-event batches by `--clients`
-clients; deferred also reports how long after the last answer everything was counted.
+clients; deferred also reports how long after the last answer everything was counted. With
+`--follower process` deferred counting runs in a separate `taskmeter worker` (the server's
+scheduler off), as OPERATIONS describes for giving the follower a process of its own.
 Authorization and webhooks go through a real `taskmeter serve` (one uvicorn worker, SQLite) over
 loopback HTTP.
 """
@@ -108,29 +110,41 @@ def _newest(engine: Engine, tenant: Tenant) -> int:
         return int(connection.execute(select(func.max(events.c.seq)).where(events.c.tenant_id == tenant.id)).scalar() or 0)
 
 
-def jsonl_rate(engine: Engine, budgets: list[Budget], file: Path, counting: str) -> tuple[float, str]:
+def jsonl_rate(engine: Engine, budgets: list[Budget], file: Path, counting: str, follower: str = "thread") -> tuple[float, str]:
     """Events per second of `taskmeter ingest` (`ingest_file`, in process, 5,000 lines a
-    transaction) from start to end, the deferred mode's catch-up at the end of the file included."""
+    transaction) from start to end, the deferred mode's catch-up at the end of the file included.
+    `follower` "process": with deferred, a `taskmeter worker` counts meanwhile (the catch-up at
+    the end counts what it left)."""
     tenant = _tenant(engine, budgets)
     url = engine.url.render_as_string(hide_password=False)
     settings = Settings(database_url=url, secret_key=SECRET, spend_counting=counting)  # type: ignore[arg-type]
-    start = time.perf_counter()
-    summary = ingest_file(engine, tenant.id, file, file.with_suffix(".rejected.jsonl"), settings=settings)
-    elapsed = time.perf_counter() - start
+    process = worker(url) if follower == "process" and counting == "deferred" else None
+    try:
+        if process is not None:  # the worker's first run follows the tenant
+            _wait(lambda: _counted_through(engine, tenant) is not None, "the worker never followed the tenant")
+        start = time.perf_counter()
+        summary = ingest_file(engine, tenant.id, file, file.with_suffix(".rejected.jsonl"), settings=settings)
+        elapsed = time.perf_counter() - start
+    finally:
+        _stop(process)
     note = f", {summary['spend_counted']:,} counted at the end" if "spend_counted" in summary else ""
     return summary["accepted"] / elapsed, note
 
 
 def http_rate(
-    path: Path | None, budgets: list[Budget], batches: list[bytes], counting: str, clients: int
+    path: Path | None, budgets: list[Budget], batches: list[bytes], counting: str, clients: int, follower: str = "thread"
 ) -> tuple[float, str]:
     """Events per second stored through `POST /v1/events` of `taskmeter serve` (one uvicorn worker,
     its scheduler on: with `deferred`, its follower counts in the same process as deployed), from
     the first request to the last answer, `clients` clients posting 1,000-event batches at once.
-    Deferred: also how long after the last answer the follower had counted everything."""
+    Deferred: also how long after the last answer the follower had counted everything. `follower`
+    "process": the server's scheduler off and a `taskmeter worker` counting (deferred only)."""
     engine, tenant, key = _setup(path, budgets)
     env = {"TASKMETER_SPEND_COUNTING": counting}
-    server, url = serve(path if path is not None else POSTGRES_URL, scheduler=True, env=env)
+    database = path if path is not None else POSTGRES_URL
+    apart = follower == "process" and counting == "deferred"
+    server, url = serve(database, scheduler=not apart, env=env)
+    process = worker(database) if apart else None
     try:
         if counting == "deferred":  # the follower's first run follows the tenant
             _wait(lambda: _counted_through(engine, tenant) is not None, "the follower never followed the tenant")
@@ -161,8 +175,8 @@ def http_rate(
             _wait(lambda: (_counted_through(engine, tenant) or 0) >= newest, "the follower never caught up")
             note = f", counted {time.perf_counter() - stored:.2f} s after the last answer"
     finally:
-        server.terminate()
-        server.wait(30)
+        _stop(server)
+        _stop(process)
         engine.dispose()
     return len(batches) * BATCH / (stored - start), note
 
@@ -175,7 +189,7 @@ def _wait(done: Callable[[], bool], failure: str, seconds: float = 600) -> None:
         time.sleep(0.02)
 
 
-def throughput(events: int, databases: list[str], paths: list[str], clients: int = 2) -> list[str]:
+def throughput(events: int, databases: list[str], paths: list[str], clients: int = 2, follower: str = "thread") -> list[str]:
     """Ingestion with no budget, 1,000 budgets counted inline, the same counted deferred, and no
     budget again, each into a fresh database, the same events, per database and path; the ratios
     are against the mean of the two runs without budgets."""
@@ -196,14 +210,16 @@ def throughput(events: int, databases: list[str], paths: list[str], clients: int
                     if path == "jsonl":
                         engine = fresh_sqlite(os.path.join(folder, "j.db")) if database == "sqlite" else fresh_postgres()
                         assert engine is not None
-                        rates[name] = jsonl_rate(engine, budgets, file, counting)
+                        rates[name] = jsonl_rate(engine, budgets, file, counting, follower)
                         engine.dispose()
                     else:
-                        rates[name] = http_rate(Path(folder) / "h.db" if database == "sqlite" else None, budgets, batches, counting, clients)
+                        rates[name] = http_rate(Path(folder) / "h.db" if database == "sqlite" else None, budgets, batches, counting, clients, follower)
                     print(f"  {label} {path} {name}: {rates[name][0]:,.0f} events/s{rates[name][1]}", flush=True)
                 base = (rates["none"][0] + rates["none again"][0]) / 2
                 how = "JSONL (taskmeter ingest, 5,000 lines a transaction)" if path == "jsonl" else (
                     f"HTTP ({clients} clients, 1,000-event batches, one server process with its scheduler)")
+                if follower == "process":
+                    how += ", deferred counted by a separate `taskmeter worker`" + (" (server scheduler off)" if path == "http" else "")
                 lines.append(
                     f"{label}, {how}, {events:,} events: none {rates['none'][0]:,.0f} and {rates['none again'][0]:,.0f} events/s; "
                     f"1,000 budgets inline {rates['1,000 budgets inline'][0]:,.0f} = {rates['1,000 budgets inline'][0] / base:.1%} of none; "
@@ -226,11 +242,7 @@ def serve(
            "TASKMETER_SCHEDULER_ENABLED": str(scheduler).lower(), "TASKMETER_WEBHOOK_INTERVAL_SECONDS": "0.2",
            "TASKMETER_ROLLUP_INTERVAL_SECONDS": "3600", "TASKMETER_RATE_LIMIT_PER_MINUTE": "10000000", **(env or {})}  # fmt: skip
     port = free_port()
-    command = [str(Path(sys.executable).with_name("taskmeter"))]
-    root = os.environ.get("TASKMETER_BENCH_SERVE_ROOT")
-    if root:  # another checkout's code (e.g. `git archive` of an older commit), to compare
-        command = [sys.executable, "-c", "import sys; from api.cli import main; sys.exit(main())"]
-        env["PYTHONPATH"] = root
+    command, root = _taskmeter(env)
     server = subprocess.Popen([*command, "serve", "--port", str(port), "--log-level", "warning", *args], env=env, cwd=root or None)
     url = f"http://127.0.0.1:{port}"
     for _ in range(400):
@@ -240,6 +252,32 @@ def serve(
         except httpx.HTTPError:
             time.sleep(0.05)
     return server, url
+
+
+def _taskmeter(env: dict[str, str]) -> tuple[list[str], str | None]:
+    """The `taskmeter` command, of this checkout or of TASKMETER_BENCH_SERVE_ROOT's (another
+    checkout's code, e.g. `git archive` of an older commit, to compare; set in `env`)."""
+    root = os.environ.get("TASKMETER_BENCH_SERVE_ROOT")
+    if root:
+        env["PYTHONPATH"] = root
+        return [sys.executable, "-c", "import sys; from api.cli import main; sys.exit(main())"], root
+    return [str(Path(sys.executable).with_name("taskmeter"))], None
+
+
+def worker(database: Path | str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`taskmeter worker` on a SQLite file or a database URL (deferred counting: its follower
+    counts; the rollup is left for an hour), its log silenced."""
+    database = database if isinstance(database, str) else f"sqlite:///{database}"
+    env = {**os.environ, "TASKMETER_DATABASE_URL": database, "TASKMETER_SECRET_KEY": SECRET,
+           "TASKMETER_SPEND_COUNTING": "deferred", "TASKMETER_ROLLUP_INTERVAL_SECONDS": "3600", **(env or {})}  # fmt: skip
+    command, root = _taskmeter(env)
+    return subprocess.Popen([*command, "worker"], env=env, cwd=root or None, stderr=subprocess.DEVNULL)
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None:
+        process.terminate()
+        process.wait(30)
 
 
 def _setup(path: Path | None, budgets: list[Budget]) -> tuple[Engine, Tenant, str]:
@@ -486,11 +524,14 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="authorize on a copy of this SQLite store (tenant 'bench') instead of --stored new events")
     parser.add_argument("--paths", default="jsonl,http", help="throughput: jsonl, http or both")
     parser.add_argument("--clients", type=int, default=2, help="throughput over HTTP: clients posting at once")
+    parser.add_argument("--follower", choices=("thread", "process"), default="thread",
+                        help="throughput, deferred: the follower in the server's scheduler thread (and ingest's catch-up), "
+                             "or a separate `taskmeter worker` process (servers with their scheduler off)")
     args = parser.parse_args()
     print(machine(), flush=True)
     print(cpu_check(), flush=True)
     if args.only in (None, "throughput"):
-        throughput(args.events, args.databases.split(","), args.paths.split(","), clients=args.clients)
+        throughput(args.events, args.databases.split(","), args.paths.split(","), clients=args.clients, follower=args.follower)
     if args.only in (None, "authorize"):
         for database in args.databases.split(","):
             for serve_args in args.serve or [""]:

@@ -7,7 +7,8 @@ at the end of its file. The counting itself, its exactly-once rules and its lock
 
 - `catch_up` counts up to `committed_through` (the rollup's bound: on PostgreSQL a batch with a
   higher seq can commit while a lower one is still in flight; the read waits for those), one
-  page per transaction.
+  page at a time: read and counted from a snapshot without the follower lock, written under it
+  (`deferred.read_page`, `deferred.write_page`).
 - `start` (inline to deferred): in one transaction holding the tenant's ingest lock alone, the
   watermark is set to the newest committed seq: ingestion counted everything up to it, and every
   later batch reads the watermark after taking the lock shared, so it leaves counting to the
@@ -27,7 +28,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, select
 
-from metering.core.db import write_lock
+from metering.core.db import snapshot_reads, write_lock
 from metering.core.tables import events
 from metering.events.ingest import committed_through, newest_committed
 from metering.spend import deferred
@@ -44,6 +45,7 @@ class Followed:
     alerts: int = 0  # alerts raised
     started: list[int] = field(default_factory=list)  # tenants now followed (deferred)
     stopped: list[int] = field(default_factory=list)  # tenants counted at ingestion again
+    reread: int = 0  # pages read again: another follower or a recount wrote first
 
     def add(self, counted: deferred.Counted) -> None:
         self.events += counted.events
@@ -54,6 +56,7 @@ class Followed:
         self.alerts += other.alerts
         self.started += other.started
         self.stopped += other.stopped
+        self.reread += other.reread
 
 
 def _hold_ingestion(connection: Connection, tenant_id: int) -> int:
@@ -87,14 +90,23 @@ def stop(engine: Engine, tenant_id: int, *, now: datetime) -> Followed:
     return done
 
 
-def catch_up(engine: Engine, tenant_id: int, *, now: datetime) -> Followed:
-    """Count the tenant's committed events past its watermark, a page per transaction (nothing
-    when the tenant is counted at ingestion)."""
+def catch_up(engine: Engine, tenant_id: int, *, now: datetime, page: int = deferred.PAGE) -> Followed:
+    """Count the tenant's committed events past its watermark, a page at a time (nothing when the
+    tenant is counted at ingestion): each page read and counted from a snapshot, without the
+    follower lock, then written in a short transaction under it; a page that another follower or
+    a recount overtook meanwhile is read again."""
     done = Followed()
     through = committed_through(engine, tenant_id)
     while True:
+        with snapshot_reads(engine) as connection:
+            read = deferred.read_page(connection, tenant_id, through, page=page)
+        if read is None:
+            return done
         with engine.begin() as connection:
-            counted = deferred.count_page(connection, tenant_id, through, now=now)
+            counted = deferred.write_page(connection, tenant_id, read, now=now)
+        if counted is None:
+            done.reread += 1
+            continue
         done.add(counted)
         if not counted.more:
             return done

@@ -458,11 +458,37 @@ def count_stored(
     state = tenant_budgets(connection, tenant_id, budget_generation)
     if not state.index:
         return 0
-    measures = state.measures
+    return add_counted(connection, tenant_id, state, rows, attribution, usage_deltas(state, rows, attribution), now=now)
+
+
+def usage_deltas(
+    state: TenantBudgets, rows: Sequence[Sequence[Any]], attribution: Sequence[tuple[str | None, str | None]]
+) -> Deltas:
+    """The first half of `count_stored`, which reads nothing: what the usage events among `rows`
+    add to the counters of the budgets in `state` (the deferred follower computes it outside
+    its lock)."""
     deltas = Deltas()
-    if measures & {"provider_cost", "tokens", "billed"}:
+    measures = state.measures
+    if rows and measures & {"provider_cost", "tokens", "billed"}:
         count_usage(state, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"}))
-    if measures & {"jobs", "billed"} and not state.jobs_at_settlement:
+    return deltas
+
+
+def add_counted(
+    connection: Connection,
+    tenant_id: int,
+    state: TenantBudgets,
+    rows: Sequence[Sequence[Any]],
+    attribution: Sequence[tuple[str | None, str | None]],
+    deltas: Deltas,
+    *,
+    now: datetime,
+) -> int:
+    """The second half of `count_stored`, in the caller's transaction (and locks): the jobs of
+    `rows` (their tasks' stored outcomes read and written), then one upsert of every counter the
+    usage `deltas` (`usage_deltas` of the same rows and `state`) and the jobs move, and the
+    alerts those moves raise; returns how many."""
+    if state.measures & {"jobs", "billed"} and not state.jobs_at_settlement:
         _count_jobs(connection, tenant_id, state, rows, attribution, deltas)
     counters = deltas.merged(state)
     if counters is None:

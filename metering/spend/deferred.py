@@ -9,6 +9,13 @@ deciding outcomes, the alerts it raises and the new watermark in one transaction
 counts exactly once across crashes, restarts and server processes; the follower lock
 (`lock`) lets one follower, recount or switch of mode act on a tenant at a time.
 
+The follower reads a page and counts its usage outside that lock (`read_page`, from a read
+snapshot: on SQLite the lock is the database's write lock, which ingestion waits for), then
+writes it under the lock (`write_page`) only if the watermark and the budget generation are
+still those it read: otherwise another follower or a recount acted meanwhile, and the page is
+read again. `count_page` does both under the lock (a switch of mode, which holds the tenant's
+ingestion too).
+
 The watermark row (`spend_watermarks`) is the tenant's counting mode, shared by every process: with
 a row, ingestion leaves counting to the follower (`counters.count_ingested` reads the row with the
 budget generation, in one statement); without one, ingestion counts. Starting and stopping to
@@ -112,6 +119,56 @@ def count_page(connection: Connection, tenant_id: int, through: int, *, now: dat
     raised = spend.count_stored(connection, tenant_id, rows, attribution, now=now, budget_generation=current)
     _advance(connection, tenant_id, reached, now)
     return Counted(len(rows), raised, reached, reached < through)
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of events read after watermark `start` and counted (usage) with the budgets of
+    `generation`, outside the follower lock (`read_page`), waiting to be written (`write_page`)."""
+
+    start: int
+    generation: int
+    reached: int  # the watermark once it is written
+    more: bool  # events up to the end asked for remain after it
+    rows: Sequence[Sequence[Any]]  # its events (`ROW_COLUMNS`); the jobs are counted under the lock
+    attribution: list[tuple[str | None, str | None]]
+    deltas: spend.Deltas | None  # None: the tenant has no budgets (nothing read, nothing counts)
+
+
+def read_page(connection: Connection, tenant_id: int, through: int, *, page: int = PAGE) -> Page | None:
+    """Read and count (usage) the tenant's events after its watermark, up to seq `through` and at
+    most `page` of them, taking no lock: `connection` reads one snapshot
+    (`metering.core.db.snapshot_reads`). Every event with seq <= `through` must be committed.
+    None when there is nothing to count (caught up, or the tenant is counted at ingestion)."""
+    start = counted_through(connection, tenant_id)
+    if start is None or start >= through:
+        return None
+    current = spend.generation(connection, tenant_id)
+    state = spend.tenant_budgets(connection, tenant_id, current)
+    if not state.index:  # nothing counts: no need to read them
+        return Page(start, current, through, False, (), [], None)
+    rows = _events(connection, tenant_id, start, through, page)
+    reached = rows[-1][-1] if len(rows) == page else through
+    attribution = [(row[_ACTOR], row[_AGENT]) for row in rows]
+    deltas = spend.usage_deltas(state, rows, attribution)
+    return Page(start, current, reached, reached < through, rows, attribution, deltas)
+
+
+def write_page(connection: Connection, tenant_id: int, page: Page, *, now: datetime) -> Counted | None:
+    """Under the follower lock, in the caller's transaction: when the watermark and the budget
+    generation are still those `page` was read with, add it to the counters (with its jobs and
+    the alerts it raises, stamped `now`) and move the watermark past it. None when either moved
+    meanwhile (another follower, a recount, a budget change): nothing is written, and the
+    caller reads the page again."""
+    lock(connection, tenant_id)
+    if counted_through(connection, tenant_id) != page.start or spend.generation(connection, tenant_id) != page.generation:
+        return None
+    raised = 0
+    if page.deltas is not None and page.rows:
+        state = spend.tenant_budgets(connection, tenant_id, page.generation)
+        raised = spend.add_counted(connection, tenant_id, state, page.rows, page.attribution, page.deltas, now=now)
+    _advance(connection, tenant_id, page.reached, now)
+    return Counted(len(page.rows), raised, page.reached, page.more)
 
 
 def _events(connection: Connection, tenant_id: int, after: int, through: int, limit: int) -> Sequence[Sequence[Any]]:

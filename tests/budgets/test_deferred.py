@@ -95,19 +95,18 @@ class TestIngestionStoresOnly:
     def test_pages_each_commit_their_own_watermark(
         self, engine: Engine, followed: Tenant, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(deferred, "PAGE", 2)
-        original = deferred.count_page
+        original = deferred.write_page
         pages: list[int | None] = []
 
-        def small_pages(*args: Any, **kwargs: Any) -> deferred.Counted:
-            counted = original(*args, **{**kwargs, "page": 2})
-            pages.append(counted.through)
+        def recorded(*args: Any, **kwargs: Any) -> deferred.Counted | None:
+            counted = original(*args, **kwargs)
+            pages.append(None if counted is None else counted.through)
             return counted
 
-        monkeypatch.setattr(deferred, "count_page", small_pages)
+        monkeypatch.setattr(deferred, "write_page", recorded)
         ingest(engine, followed, [usage(f"u{i}", 1) for i in range(5)])
         first = newest_seq(engine, followed) - 4
-        spend_follower.catch_up(engine, followed.id, now=NOW)
+        spend_follower.catch_up(engine, followed.id, now=NOW, page=2)
         assert pages == [first + 1, first + 3, first + 4] and used(engine, followed) == 5
 
     def test_a_tenant_without_budgets_moves_its_watermark_without_reading(self, engine: Engine, tenant: Tenant) -> None:
@@ -183,6 +182,80 @@ class TestExactlyOnce:
         assert (used(engine, followed), used(engine, followed, "jobs")) == (30, 1)
         with engine.connect() as connection:
             assert [(a["budget"], a["threshold"]) for a in list_alerts(connection, followed.id)] == [("tokens", "0.5")]
+
+    def test_a_page_overtaken_while_it_was_read_is_read_again_and_counted_once(
+        self, engine: Engine, followed: Tenant, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A page is read and counted without the follower lock; another follower (its own
+        engine, as another process) counts the same events before the first one writes: the
+        first one's page is discarded, and every event counts once."""
+        ingest(engine, followed, [usage(f"u{i}", 1 + i) for i in range(5)])
+        original = deferred.read_page
+        other = make_engine(database_url)
+        overtaken: list[int] = []
+
+        def overtaken_once(*args: Any, **kwargs: Any) -> deferred.Page | None:
+            page = original(*args, **kwargs)
+            if not overtaken:
+                monkeypatch.setattr(deferred, "read_page", original)  # the other follower reads plainly
+                overtaken.append(spend_follower.catch_up(other, followed.id, now=NOW).events)
+                monkeypatch.setattr(deferred, "read_page", overtaken_once)
+            return page
+
+        monkeypatch.setattr(deferred, "read_page", overtaken_once)
+        try:
+            done = spend_follower.catch_up(engine, followed.id, now=NOW)
+        finally:
+            other.dispose()
+        assert overtaken == [5] and (done.events, done.reread) == (0, 1)
+        assert used(engine, followed) == sum(range(1, 6)) and watermark(engine, followed) == newest_seq(engine, followed)
+
+    def test_a_page_read_before_a_budget_change_is_counted_with_the_new_budgets(
+        self, engine: Engine, followed: Tenant, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        ingest(engine, followed, [usage("a", 10), usage("b", 20)])
+        original = deferred.read_page
+        changed: list[bool] = []
+
+        def budgets_change_meanwhile(*args: Any, **kwargs: Any) -> deferred.Page | None:
+            page = original(*args, **kwargs)
+            if not changed:
+                put(engine, followed, tokens_budget(), tokens_budget("acme-only", scope={"customer": "acme"}))
+                changed.append(True)
+            return page
+
+        monkeypatch.setattr(deferred, "read_page", budgets_change_meanwhile)
+        done = spend_follower.catch_up(engine, followed.id, now=NOW)
+        assert (done.events, done.reread) == (2, 1)
+        assert (used(engine, followed), used(engine, followed, "acme-only")) == (30, 30)
+
+    def test_ingestion_is_not_held_while_a_page_is_read_and_counted(
+        self, engine: Engine, followed: Tenant, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """While the follower counts a page, a batch is stored through another engine in the
+        same thread: it would wait for the follower (and fail on SQLite's busy timeout) if the
+        follower held the write lock (SQLite) or the tenant's follower lock (PostgreSQL)."""
+        ingest(engine, followed, [usage("a", 10)])
+        original = spend.usage_deltas
+        other = make_engine(database_url)
+        during: list[int] = []
+
+        def store_meanwhile(*args: Any, **kwargs: Any) -> spend.Deltas:
+            if not during:
+                ingest(other, followed, [usage("b", 20)])
+                with other.begin() as connection:  # the follower lock is free too
+                    deferred.lock(connection, followed.id)
+                during.append(newest_seq(other, followed))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(spend, "usage_deltas", store_meanwhile)
+        try:
+            assert spend_follower.catch_up(engine, followed.id, now=NOW).events == 1  # up to where it began
+        finally:
+            other.dispose()
+        assert used(engine, followed) == 10 and watermark(engine, followed) == during[0] - 1
+        assert spend_follower.catch_up(engine, followed.id, now=NOW).events == 1
+        assert used(engine, followed) == 30
 
     def test_alerts_are_raised_by_the_follower_once_at_its_time(self, engine: Engine, followed: Tenant) -> None:
         put(engine, followed, tokens_budget(alerts=["0.5", "1"], limit="100"))

@@ -35,6 +35,7 @@ from metering.core.db.reads import (
     prepare,
     prepared_rows,
     read_frame,
+    snapshot_reads,
     tuples_frame,
     without_index,
 )
@@ -44,6 +45,6 @@ __all__ = [
     "follower_lock_key", "ingest_lock_key",
     "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "add_rows", "begin_snapshot", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
     "is_overflow", "is_postgresql", "is_sqlite", "is_unavailable", "make_engine", "no_cyclic_gc", "Prepared", "prepare", "prepared_rows", "read_frame", "tuples_frame",
-    "session_factory", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",
+    "session_factory", "snapshot_reads", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",
     "upsert", "without_index", "write_frame", "write_lock", "write_rows",
 ]  # fmt: skip

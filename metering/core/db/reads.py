@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import BigInteger, ColumnElement, Connection, func, literal_column
+from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, func, literal_column
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
@@ -223,6 +223,22 @@ def begin_snapshot(session: Session, *, work_mem: str = "128MB") -> None:
             connection.exec_driver_sql("BEGIN")
     else:
         connection.exec_driver_sql(f"SET LOCAL work_mem = '{_memory_setting(work_mem)}'")
+
+
+@contextmanager
+def snapshot_reads(engine: Engine) -> Iterator[Connection]:
+    """A connection whose reads are one snapshot and take no lock, for a transaction that ends
+    with the block: PostgreSQL REPEATABLE READ; on SQLite a read transaction (`BEGIN`, not
+    `BEGIN IMMEDIATE`: writers go on meanwhile)."""
+    with engine.connect() as connection:
+        if is_postgresql(connection):
+            connection = connection.execution_options(isolation_level="REPEATABLE READ")
+        with connection.begin():
+            if is_sqlite(connection):
+                dbapi = connection.connection.dbapi_connection
+                if dbapi is not None and not dbapi.in_transaction:
+                    connection.exec_driver_sql("BEGIN")
+            yield connection
 
 
 def _memory_setting(value: str) -> str:
