@@ -28,9 +28,10 @@ from metering.costs.prices import REM_PER_NANO, price_sums, price_usage
 from metering.costs.ratecards import PriceBook, TenantPrice
 from metering.events.ingest import ingest_events
 from metering.rollup.pipeline import RollupResult, rollup_tenant
-from metering.rollup.reprice import PricesMoved, reprice_tenant
+from metering.rollup.reprice import LEVELS, PricesMoved, reprice_tenant
 from metering.rollup.stores import store_for
-from metering.rollup.stores.common import ROLLUP_TABLES
+from metering.rollup.stores.common import ROLLUP_TABLES, sorted_unique
+from metering.rollup.stores.sqlite import HINTING, primary_key_update
 from tests.factories import make_event
 from tests.support.migrations import migrate
 
@@ -262,3 +263,25 @@ def test_migration_0024_down_and_up(engine: Engine, tenant: Tenant) -> None:
     result = rollup(engine, tenant)
     assert result.repriced is not None and not result.rebuilt and "task_usage_buckets" not in result.repriced.rows_changed
     assert tables(engine, tenant) == rebuilt(engine, tenant)
+
+
+def test_sqlite_cost_updates_find_their_rows_by_primary_key(engine: Engine) -> None:
+    """SQLite's planner would find a detail or daily row through the (tenant_id, day) index (it
+    ends with the key's columns, narrower rows): two seeks per row, in day order. The store's
+    UPDATE names the primary key's index, which exists under that name."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's planner")
+    for table, keys in LEVELS:
+        compiled = primary_key_update(table, keys).compile(dialect=HINTING)
+        assert f"UPDATE {table.name} INDEXED BY sqlite_autoindex_{table.name}_1 SET " in str(compiled)
+        with engine.connect() as connection:
+            cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            plan = cursor.execute("EXPLAIN QUERY PLAN " + str(compiled), [0] * len(compiled.positiontup or ())).fetchall()
+            cursor.close()
+        assert [row[3] for row in plan] == [f"SEARCH {table.name} USING PRIMARY KEY ({' AND '.join(f'{n}=?' for n in ('tenant_id', *keys))})"]
+
+
+def test_sorted_unique_is_pythons_order() -> None:
+    names = ["b", "a", "é", "B", "a", "z9", "z10", "\U0001f600", "ｚ", ""]
+    assert sorted_unique(names) == sorted(set(names))
+    assert sorted_unique([]) == []

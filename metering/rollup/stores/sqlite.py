@@ -23,11 +23,14 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Table,
+    Update,
     insert,
     literal,
     literal_column,
     select,
 )
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.exc import OperationalError
 
 from metering.core.event_columns import EVENT_COLUMNS, TEXT_COLUMNS
@@ -191,12 +194,18 @@ class SqliteStore(TableStore):
         seek and rewrite of the table's B-tree (a temporary table and UPDATE ... FROM cost ~15%
         more: the changes inserted, then the join materialized). Each key value goes through its
         column type's bind processor, as SQLAlchemy's own execution would; days read as
-        datetime64 (`read_buckets`) become the ISO text SQLite stores directly."""
+        datetime64 (`read_buckets`) become the ISO text SQLite stores directly.
+
+        The row is found by the table's primary key (`primary_key_update`): a secondary index
+        that ends with the key's columns (`ix_task_usage_detail_tenant_day`, `ix_usage_daily_tenant_day`)
+        matches every term of the WHERE too, and SQLite's planner prefers it (narrower rows),
+        which costs a seek of that index and then one of the table per row, in the index's
+        (day) order instead of the table's: 12 M events, 317k detail rows, 3.4 s -> 2.0 s."""
         if changes.empty:
             return 0
         dialect = connection.dialect
         changes = key_order(changes, tuple(keys), True)  # the table's pages visited in key order, once each
-        compiled = cost_update(table, keys).compile(dialect=dialect)
+        compiled = primary_key_update(table, keys).compile(dialect=HINTING)
         columns: dict[str, list[Any]] = {"tenant": [tenant_id] * len(changes)}
         for name in (*keys, "d_nanos", "d_rem", "d_unpriced"):
             bound = f"k_{name}" if name in keys else name
@@ -230,6 +239,31 @@ class SqliteStore(TableStore):
             )
             rows = select(literal(tenant_id, Integer), *source.c).order_by(literal_column("rowid"))
             connection.execute(insert(table).from_select(["tenant_id", *names], rows))
+
+
+class _HintingCompiler(SQLiteCompiler):
+    """SQLite's compiler, rendering a statement's table hint (`with_hint`) after its table's
+    name, where SQLite reads `INDEXED BY` (SQLAlchemy's own SQLite compiler drops hints)."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
+class _HintingDialect(SQLiteDialect_pysqlite):
+    statement_compiler = _HintingCompiler
+
+
+def primary_key_update(table: Table, keys: Sequence[str]) -> Update:
+    """`cost_update` finding its row by the primary key of `table` (a WITHOUT ROWID table):
+    `INDEXED BY` the index SQLite makes for its PRIMARY KEY constraint (its first and only
+    automatic index). Compile it with `HINTING`."""
+    if table.dialect_options["sqlite"]["with_rowid"] is not False:
+        raise ValueError(f"{table.name} is not a WITHOUT ROWID table")
+    return cost_update(table, keys).with_hint(f"INDEXED BY sqlite_autoindex_{table.name}_1", dialect_name="sqlite")
+
+
+HINTING = _HintingDialect()
+"""The SQLite dialect that renders table hints (`primary_key_update`)."""
 
 
 @contextmanager
