@@ -106,19 +106,12 @@ def count_page(connection: Connection, tenant_id: int, through: int, *, now: dat
     (under the follower lock). Every event with seq <= `through` must be committed
     (`metering.events.ingest.committed_through`). Alerts are stamped `now`."""
     lock(connection, tenant_id)
-    start = counted_through(connection, tenant_id)
-    if start is None or start >= through:
-        return Counted(0, 0, start, False)
-    current = spend.generation(connection, tenant_id)
-    if not spend.tenant_budgets(connection, tenant_id, current).index:
-        _advance(connection, tenant_id, through, now)  # nothing counts: no need to read them
-        return Counted(0, 0, through, False)
-    rows = _events(connection, tenant_id, start, through, page)
-    reached = rows[-1][-1] if len(rows) == page else through
-    attribution = [(row[_ACTOR], row[_AGENT]) for row in rows]
-    raised = spend.count_stored(connection, tenant_id, rows, attribution, now=now, budget_generation=current)
-    _advance(connection, tenant_id, reached, now)
-    return Counted(len(rows), raised, reached, reached < through)
+    read = read_page(connection, tenant_id, through, page=page)
+    if read is None:
+        return Counted(0, 0, counted_through(connection, tenant_id), False)
+    counted = write_page(connection, tenant_id, read, now=now)
+    assert counted is not None  # read under the lock: neither the watermark nor the budgets moved
+    return counted
 
 
 @dataclass(frozen=True)
