@@ -108,6 +108,17 @@ def is_postgresql(bind: Engine | Connection | Session) -> bool:
     return _dialect_name(bind) == "postgresql"
 
 
+def begin_sqlite(connection: Connection, statement: str = "BEGIN") -> None:
+    """On SQLite, start the driver's transaction with `statement` (`BEGIN`: a read snapshot;
+    `BEGIN IMMEDIATE`: the write lock taken now) unless one is open: the driver would otherwise
+    begin only at the first write, and run each SELECT before it in a transaction of its own.
+    Nothing happens on PostgreSQL."""
+    if is_sqlite(connection):
+        dbapi = connection.connection.dbapi_connection
+        if dbapi is not None and not dbapi.in_transaction:
+            connection.exec_driver_sql(statement)
+
+
 def _dialect_name(bind: Engine | Connection | Session) -> str:
     return (bind.get_bind() if isinstance(bind, Session) else bind).dialect.name
 

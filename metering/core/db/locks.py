@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import ARRAY, Connection, Engine, Text, func, literal, select
 
-from metering.core.db.engine import is_postgresql, is_sqlite
+from metering.core.db.engine import begin_sqlite, is_postgresql
 
 
 def ingest_lock_key(tenant_id: int) -> int:
@@ -37,10 +37,7 @@ def write_lock(connection: Connection) -> None:
     """Take the database's write lock for the rest of the transaction, before reading what will
     be written: SQLite's BEGIN IMMEDIATE (a transaction that has written already holds it).
     PostgreSQL locks rows instead (SELECT ... FOR UPDATE), so nothing happens there."""
-    if is_sqlite(connection):
-        dbapi = connection.connection.dbapi_connection
-        if dbapi is not None and not dbapi.in_transaction:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+    begin_sqlite(connection, "BEGIN IMMEDIATE")
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from metering.core.db.engine import is_postgresql, is_sqlite
+from metering.core.db.engine import begin_sqlite, is_postgresql, is_sqlite
 
 
 @dataclass(frozen=True)
@@ -218,9 +218,7 @@ def begin_snapshot(session: Session, *, work_mem: str = "128MB") -> None:
     else:
         connection = session.connection()
     if is_sqlite(connection):
-        dbapi = connection.connection.dbapi_connection
-        if dbapi is not None and not dbapi.in_transaction:
-            connection.exec_driver_sql("BEGIN")
+        begin_sqlite(connection)
     else:
         connection.exec_driver_sql(f"SET LOCAL work_mem = '{_memory_setting(work_mem)}'")
 
@@ -234,10 +232,7 @@ def snapshot_reads(engine: Engine) -> Iterator[Connection]:
         if is_postgresql(connection):
             connection = connection.execution_options(isolation_level="REPEATABLE READ")
         with connection.begin():
-            if is_sqlite(connection):
-                dbapi = connection.connection.dbapi_connection
-                if dbapi is not None and not dbapi.in_transaction:
-                    connection.exec_driver_sql("BEGIN")
+            begin_sqlite(connection)
             yield connection
 
 
