@@ -4,10 +4,11 @@ and event stored -> threshold webhook received.
 
     .venv/bin/python bench/bench_budgets.py [--events 200000] [--stored 1000000]
     .venv/bin/python bench/bench_budgets.py --only throughput --events 200000 [--paths jsonl,http] [--databases sqlite,postgresql]
+        [--countings inline,deferred] [--rounds 1] [--follower thread|process]
 
 Throughput, per database and path, each configuration into a fresh database: no budget, 1,000
-budgets counted inline (`TASKMETER_SPEND_COUNTING=inline`), the same counted deferred, no budget
-again. JSONL: `taskmeter ingest`'s `ingest_file` in process (deferred: its catch-up at the end of
+budgets counted inline (`TASKMETER_SPEND_COUNTING=inline`), no budget, the same counted deferred,
+no budget; `--rounds` repeats the runs with budgets, each between two without (its baseline). JSONL: `taskmeter ingest`'s `ingest_file` in process (deferred: its catch-up at the end of
 the file is in the time). HTTP: a real `taskmeter serve` (one uvicorn worker, scheduler on, so with
 `deferred` its follower counts in the server process) fed 1,000-event batches by `--clients`
 clients; deferred also reports how long after the last answer everything was counted. With
@@ -84,10 +85,21 @@ def _tenant(engine: Engine, budgets: list[Budget]) -> Tenant:
     return tenant
 
 
-COUNTINGS = (("none", "inline", False), ("1,000 budgets inline", "inline", True),
-             ("1,000 budgets deferred", "deferred", True), ("none again", "inline", False))  # fmt: skip
-"""(label, TASKMETER_SPEND_COUNTING, with the budgets): in this order in every run, the two without
-budgets around the others (their mean is the baseline)."""
+NONE = ("none", "inline", False)
+COUNTINGS = (("1,000 budgets inline", "inline", True), ("1,000 budgets deferred", "deferred", True))
+"""(label, TASKMETER_SPEND_COUNTING, with the budgets) of the runs with budgets. Every run with
+budgets has a run without any just before and just after it (`runs`): its ratio is against the
+mean of those two, so a drift of the machine's speed over the series moves both sides."""
+
+
+def runs(countings: list[str], rounds: int) -> list[tuple[str, str, bool]]:
+    """The series: no budget, then per round each of `countings` ("inline", "deferred") followed
+    by no budget again."""
+    series = [NONE]
+    for _ in range(rounds):
+        for counting in [c for c in COUNTINGS if c[1] in countings]:
+            series += [counting, NONE]
+    return series
 
 
 def _payload(events: int) -> list[dict[str, Any]]:
@@ -189,10 +201,14 @@ def _wait(done: Callable[[], bool], failure: str, seconds: float = 600) -> None:
         time.sleep(0.02)
 
 
-def throughput(events: int, databases: list[str], paths: list[str], clients: int = 2, follower: str = "thread") -> list[str]:
-    """Ingestion with no budget, 1,000 budgets counted inline, the same counted deferred, and no
-    budget again, each into a fresh database, the same events, per database and path; the ratios
-    are against the mean of the two runs without budgets."""
+def throughput(
+    events: int, databases: list[str], paths: list[str], clients: int = 2, follower: str = "thread",
+    countings: tuple[str, ...] = ("inline", "deferred"), rounds: int = 1,
+) -> list[str]:  # fmt: skip
+    """Ingestion with no budget and with 1,000 budgets counted each way of `countings`, each run
+    into a fresh database, the same events, per database and path, in the order of `runs`. Each
+    run with budgets is a ratio against the mean of the runs without budgets on either side of it;
+    with `rounds` > 1 the line gives every ratio and their median."""
     payload = _payload(events)
     batches = [orjson.dumps(payload[i : i + BATCH]) for i in range(0, len(payload), BATCH)]
     lines = []
@@ -204,28 +220,30 @@ def throughput(events: int, databases: list[str], paths: list[str], clients: int
             if database == "postgresql" and fresh_postgres() is None:
                 continue
             for path in paths:
-                rates: dict[str, tuple[float, str]] = {}
-                for name, counting, with_budgets in COUNTINGS:
+                rates: list[tuple[str, float, str]] = []
+                for name, counting, with_budgets in runs(list(countings), rounds):
                     budgets = thousand_budgets() if with_budgets else []
                     if path == "jsonl":
                         engine = fresh_sqlite(os.path.join(folder, "j.db")) if database == "sqlite" else fresh_postgres()
                         assert engine is not None
-                        rates[name] = jsonl_rate(engine, budgets, file, counting, follower)
+                        rate, note = jsonl_rate(engine, budgets, file, counting, follower)
                         engine.dispose()
                     else:
-                        rates[name] = http_rate(Path(folder) / "h.db" if database == "sqlite" else None, budgets, batches, counting, clients, follower)
-                    print(f"  {label} {path} {name}: {rates[name][0]:,.0f} events/s{rates[name][1]}", flush=True)
-                base = (rates["none"][0] + rates["none again"][0]) / 2
+                        rate, note = http_rate(Path(folder) / "h.db" if database == "sqlite" else None, budgets, batches, counting, clients, follower)
+                    rates.append((name, rate, note))
+                    print(f"  {label} {path} {name}: {rate:,.0f} events/s{note}", flush=True)
                 how = "JSONL (taskmeter ingest, 5,000 lines a transaction)" if path == "jsonl" else (
                     f"HTTP ({clients} clients, 1,000-event batches, one server process with its scheduler)")
                 if follower == "process":
                     how += ", deferred counted by a separate `taskmeter worker`" + (" (server scheduler off)" if path == "http" else "")
-                lines.append(
-                    f"{label}, {how}, {events:,} events: none {rates['none'][0]:,.0f} and {rates['none again'][0]:,.0f} events/s; "
-                    f"1,000 budgets inline {rates['1,000 budgets inline'][0]:,.0f} = {rates['1,000 budgets inline'][0] / base:.1%} of none; "
-                    f"deferred {rates['1,000 budgets deferred'][0]:,.0f} = {rates['1,000 budgets deferred'][0] / base:.1%} of none"
-                    f"{rates['1,000 budgets deferred'][1]}"
-                )  # fmt: skip
+                nones = [rate for name, rate, _ in rates if name == NONE[0]]
+                parts = [f"none {min(nones):,.0f}-{max(nones):,.0f} events/s ({len(nones)} runs)"]
+                for name, _, _ in (c for c in COUNTINGS if c[1] in countings):
+                    ratios = [rate / ((rates[i - 1][1] + rates[i + 1][1]) / 2) for i, (run, rate, _) in enumerate(rates) if run == name]
+                    notes = "".join(note for run, _, note in rates if run == name and rounds == 1)
+                    each = ", ".join(f"{ratio:.1%}" for ratio in ratios)
+                    parts.append(f"{name} {each} of none" + (f" (median {statistics.median(ratios):.1%})" if len(ratios) > 1 else "") + notes)
+                lines.append(f"{label}, {how}, {events:,} events: " + "; ".join(parts))
                 print(lines[-1], flush=True)
     return lines
 
@@ -527,11 +545,14 @@ def main() -> None:
     parser.add_argument("--follower", choices=("thread", "process"), default="thread",
                         help="throughput, deferred: the follower in the server's scheduler thread (and ingest's catch-up), "
                              "or a separate `taskmeter worker` process (servers with their scheduler off)")
+    parser.add_argument("--countings", default="inline,deferred", help="throughput: the countings with budgets to run (inline, deferred or both)")
+    parser.add_argument("--rounds", type=int, default=1, help="throughput: runs of each counting, each between two runs without budgets")
     args = parser.parse_args()
     print(machine(), flush=True)
     print(cpu_check(), flush=True)
     if args.only in (None, "throughput"):
-        throughput(args.events, args.databases.split(","), args.paths.split(","), clients=args.clients, follower=args.follower)
+        throughput(args.events, args.databases.split(","), args.paths.split(","), clients=args.clients, follower=args.follower,
+                   countings=tuple(args.countings.split(",")), rounds=args.rounds)
     if args.only in (None, "authorize"):
         for database in args.databases.split(","):
             for serve_args in args.serve or [""]:
