@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, select
+from sqlalchemy import ColumnElement, Connection, Select, select
 
 from metering.core.db import driver_rows, no_cyclic_gc, tuples_frame
 from metering.core.tables import usage_daily, usage_months
@@ -114,15 +114,22 @@ def _days_of(connection: Connection, tenant_id: int, keys: pd.DataFrame) -> pd.D
     models = [u.provider.in_(sorted(set(keys["provider"].tolist()))), u.model.in_(sorted(set(keys["model"].tolist())))]
     rows: list[Sequence[Any]] = []
     for start in range(0, len(customers), _NAMED_CHUNK):
-        query = (
-            select(*[u[n] for n in DAILY_INPUT])
-            .where(u.tenant_id == tenant_id, u.customer.in_(customers[start : start + _NAMED_CHUNK]), *on_days, *models)
-            .with_hint(usage_daily, f"INDEXED BY sqlite_autoindex_{usage_daily.name}_1", dialect_name="sqlite")
-        )
+        query = days_query(u.tenant_id == tenant_id, u.customer.in_(customers[start : start + _NAMED_CHUNK]), *on_days, *models)
         with no_cyclic_gc():  # a hundred thousand row tuples: no cycles, but many collections
             (part,) = driver_rows(connection, query, hints=True)
             rows += part
     return _daily_frame(rows)
+
+
+def days_query(*where: ColumnElement[bool]) -> Select[Any]:
+    """`DAILY_INPUT` of the `usage_daily` rows `where` selects, through the table's primary key on
+    SQLite (`INDEXED BY` its automatic index: compile with `metering.core.db.HINTING`)."""
+    u = usage_daily
+    return (
+        select(*[u.c[n] for n in DAILY_INPUT])
+        .where(*where)
+        .with_hint(u, f"INDEXED BY sqlite_autoindex_{u.name}_1", dialect_name="sqlite")
+    )
 
 
 def merged(before: pd.DataFrame, added: pd.DataFrame) -> pd.DataFrame:
