@@ -188,7 +188,7 @@ def shift_costs(connection: Connection, tenant_id: int, timezone: str, changes: 
     """Move the tenant's figures by cost changes of some of its tasks, before they are written to
     `task_usage` (a re-pricing): `changes` holds `task`, `d_nanos` and `d_rem` (carried, in
     [0, 10**6)) per task, as `metering.rollup.reprice.summed` gives them. Reads only those tasks'
-    rows and applies the difference of their contributions (`apply`): the figures end as
+    rows and applies the difference of their contributions (`cost_delta`): the figures end as
     `rebuild_from_task_usage` would write them after the costs change. Returns the tasks whose
     cost changed."""
     moved = changes.loc[((changes["d_nanos"] != 0) | (changes["d_rem"] != 0)).to_numpy()]
