@@ -31,6 +31,8 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Connection, select, update
 
 from metering.core.db import driver_rows, upsert
@@ -52,6 +54,7 @@ TASK_INPUT = ("task", "customer", "task_type", "status", "ended_us", "last_event
 FIGURES = KeptSums(customer_months, KEYS, MEASURES, count="tasks")
 """The figures as kept (`metering.rollup.kept_sums`): a key none of whose tasks is left is deleted."""
 _READ_CHUNK = 200_000
+_SAFE = 2.0**62
 
 
 MAX_OWN_EDGES = 64
@@ -112,17 +115,9 @@ def contributions(tasks: pd.DataFrame, timezone: str, edges: np.ndarray = COST_E
     bucketed by `edges`."""
     if tasks.empty:
         return FIGURES.empty()
-    ended = pd.array(tasks["ended_us"], dtype="Int64")
-    status = tasks["status"].astype(object).to_numpy()
-    when = np.where(ended.isna() | (status == "open"), tasks["last_event_us"].to_numpy(dtype=np.int64), ended.fillna(0).to_numpy())
-    local = pd.to_datetime(when, unit="us", utc=True).tz_convert(timezone)
-    month = (local.year * 100 + local.month).to_numpy()
     cost = settle_nanos(tasks["cost_nanos"].to_numpy(dtype=np.int64), tasks["cost_rem"].to_numpy(dtype=np.int64))
     frame = pd.DataFrame({
-        "customer": tasks["customer"].astype(object).to_numpy(),
-        "month": month,
-        "task_type": tasks["task_type"].astype(object).where(tasks["task_type"].notna(), "").to_numpy(),
-        "status": status,
+        **_task_keys(tasks, timezone),
         "bucket": bucket_of(cost, edges),
         "tasks": np.ones(len(tasks), dtype=np.int64),
         "usage_events": tasks["usage_events"].to_numpy(dtype=np.int64),
@@ -131,6 +126,49 @@ def contributions(tasks: pd.DataFrame, timezone: str, edges: np.ndarray = COST_E
         "cost_nanos": cost,
     })  # fmt: skip
     return FIGURES.summed(frame)
+
+
+def _task_keys(tasks: pd.DataFrame, timezone: str) -> dict[str, np.ndarray]:
+    """The keys of `tasks`' contributions but their bucket: customer, tenant-local month (yyyymm),
+    task type ('' for none) and status."""
+    ended = pd.array(tasks["ended_us"], dtype="Int64")
+    status = tasks["status"].astype(object).to_numpy()
+    when = np.where(ended.isna() | (status == "open"), tasks["last_event_us"].to_numpy(dtype=np.int64), ended.fillna(0).to_numpy())
+    local = pd.to_datetime(when, unit="us", utc=True).tz_convert(timezone)
+    return {
+        "customer": tasks["customer"].astype(object).to_numpy(),
+        "month": (local.year * 100 + local.month).to_numpy(),
+        "task_type": tasks["task_type"].astype(object).where(tasks["task_type"].notna(), "").to_numpy(),
+        "status": status,
+    }
+
+
+def cost_delta(before: pd.DataFrame, nanos: np.ndarray, rem: np.ndarray, timezone: str, edges: np.ndarray = COST_EDGES_NANOS) -> pd.DataFrame:
+    """`delta` from the tasks' rows `before` to the same rows costing `nanos` and `rem` instead
+    (nothing else changes): each task's keys made once, a task whose bucket stays contributing
+    only its change of cost."""
+    old = settle_nanos(before["cost_nanos"].to_numpy(dtype=np.int64), before["cost_rem"].to_numpy(dtype=np.int64))
+    new = settle_nanos(nanos, rem)
+    counts = {name: before[name].to_numpy(dtype=np.int64) for name in ("usage_events", "input_tokens", "output_tokens")}
+    largest = max([float(np.abs(v.astype(np.float64)).max(initial=0)) for v in (old, new, *counts.values())])
+    if largest * 2 * max(len(before), 1) >= _SAFE:  # the differences themselves could pass int64
+        return delta(before, before.assign(cost_nanos=nanos, cost_rem=rem), timezone, edges)
+    keys = _task_keys(before, timezone)
+    old_bucket, new_bucket = bucket_of(old, edges), bucket_of(new, edges)
+    stays = old_bucket == new_bucket
+    moves = ~stays
+    zeros = np.zeros(int(stays.sum()), dtype=np.int64)
+    moved = int(moves.sum())
+    columns = {
+        **{name: np.concatenate([values[stays], values[moves], values[moves]]) for name, values in keys.items()},
+        "bucket": np.concatenate([old_bucket[stays], new_bucket[moves], old_bucket[moves]]),
+        "tasks": np.concatenate([zeros, np.ones(moved, dtype=np.int64), np.full(moved, -1, dtype=np.int64)]),
+        **{name: np.concatenate([zeros, values[moves], -values[moves]]) for name, values in counts.items()},
+        "cost_nanos": np.concatenate([new[stays] - old[stays], new[moves], -old[moves]]),
+    }
+    frame = pd.DataFrame({name: pd.Series(values, dtype=object) if values.dtype == object else values for name, values in columns.items()})
+    out = FIGURES.summed(frame)
+    return out.loc[(out[list(MEASURES)] != 0).any(axis=1).to_numpy()].reset_index(drop=True)
 
 
 def delta(before: pd.DataFrame, after: pd.DataFrame, timezone: str, edges: np.ndarray = COST_EDGES_NANOS) -> pd.DataFrame:
@@ -150,22 +188,29 @@ def shift_costs(connection: Connection, tenant_id: int, timezone: str, changes: 
     """Move the tenant's figures by cost changes of some of its tasks, before they are written to
     `task_usage` (a re-pricing): `changes` holds `task`, `d_nanos` and `d_rem` (carried, in
     [0, 10**6)) per task, as `metering.rollup.reprice.summed` gives them. Reads only those tasks'
-    rows and applies the difference of their contributions (`apply`): the figures end as
+    rows and applies the difference of their contributions (`cost_delta`): the figures end as
     `rebuild_from_task_usage` would write them after the costs change. Returns the tasks whose
     cost changed."""
     moved = changes.loc[((changes["d_nanos"] != 0) | (changes["d_rem"] != 0)).to_numpy()]
     if moved.empty:
         return 0
     before = stored_tasks(connection, tenant_id, moved["task"].tolist(), TASK_INPUT)
-    at = pd.Index(moved["task"]).get_indexer(before["task"])
-    if len(before) != len(moved) or (at < 0).any():
+    if len(before) != len(moved):
         raise ValueError("a re-priced task has no task_usage row")
+    # `before` is in name order (code points, as Arrow sorts; under PostgreSQL's collation, per
+    # chunk): the changes put in that order, or else found by name.
+    at = pc.sort_indices(pa.array(moved["task"].tolist(), type=pa.string())).to_numpy()
+    if not np.array_equal(before["task"].to_numpy(dtype=object), moved["task"].to_numpy(dtype=object)[at]):
+        at = pd.Index(moved["task"]).get_indexer(before["task"])
+        if (at < 0).any():
+            raise ValueError("a re-priced task has no task_usage row")
     d_nanos = moved["d_nanos"].to_numpy(dtype=np.int64)[at]
     d_rem = moved["d_rem"].to_numpy(dtype=np.int64)[at]
     nanos, rem = before["cost_nanos"].to_numpy(dtype=np.int64), before["cost_rem"].to_numpy(dtype=np.int64)
     # As the store adds them to task_usage (carried).
-    after = before.assign(cost_nanos=nanos + d_nanos + (rem + d_rem) // REM_PER_NANO, cost_rem=(rem + d_rem) % REM_PER_NANO)
-    apply(connection, tenant_id, timezone, before, after)
+    FIGURES.apply(connection, tenant_id, cost_delta(
+        before, nanos + d_nanos + (rem + d_rem) // REM_PER_NANO, (rem + d_rem) % REM_PER_NANO, timezone, edges_of(connection, tenant_id)
+    ))  # fmt: skip
     return len(before)
 
 

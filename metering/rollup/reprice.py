@@ -49,6 +49,7 @@ import orjson
 import pandas as pd
 from sqlalchemy import Engine, Row, update
 
+from metering.core.db import no_cyclic_gc
 from metering.core.errors import Conflict
 from metering.core.tables import rollup_state, task_usage, task_usage_detail, usage_daily
 from metering.core.vocabulary import PRICED_TOKEN_FIELDS
@@ -125,20 +126,23 @@ def reprice_tenant(
         result.models = [pair for pair in pairs if before is None or _rates(before, pair) != _rates(book, pair)]
         if not result.models:
             return result
-        buckets = store.read_buckets(connection, tenant_id, result.models)
-        result.buckets = len(buckets)
-        models = result.models
-        detail = cost_changes(
-            buckets, book, scheme, result.unpriced, before=before, stored=lambda: store.read_detail_costs(connection, tenant_id, models)
-        )  # fmt: skip
-        per_level = {task_usage_detail: detail, task_usage: summed(detail, ("task",)), usage_daily: summed(detail, DAILY_KEYS)}
-        # The per customer-month figures sum task costs: moved by the changed tasks' old and new
-        # contributions, read before their task_usage rows change.
-        month_figures.shift_costs(connection, tenant_id, timezone, per_level[task_usage])
-        # The per customer-month usage sums each daily row's settled cost: likewise.
-        usage_months.shift_costs(connection, tenant_id, per_level[usage_daily])
-        for table, keys in LEVELS:
-            result.rows_changed[table.name] = store.shift_costs(connection, tenant_id, table, keys, per_level[table])
+        # Hundreds of thousands of rows as tuples and frames of objects, none in a cycle: without the
+        # cyclic collector, which they would set off over and over.
+        with no_cyclic_gc():
+            buckets = store.read_buckets(connection, tenant_id, result.models)
+            result.buckets = len(buckets)
+            models = result.models
+            detail = cost_changes(
+                buckets, book, scheme, result.unpriced, before=before, stored=lambda: store.read_detail_costs(connection, tenant_id, models)
+            )  # fmt: skip
+            per_level = {task_usage_detail: detail, task_usage: summed(detail, ("task",)), usage_daily: summed(detail, DAILY_KEYS)}
+            # The per customer-month figures sum task costs: moved by the changed tasks' old and new
+            # contributions, read before their task_usage rows change.
+            month_figures.shift_costs(connection, tenant_id, timezone, per_level[task_usage])
+            # The per customer-month usage sums each daily row's settled cost: likewise.
+            usage_months.shift_costs(connection, tenant_id, per_level[usage_daily])
+            for table, keys in LEVELS:
+                result.rows_changed[table.name] = store.shift_costs(connection, tenant_id, table, keys, per_level[table])
     return result
 
 

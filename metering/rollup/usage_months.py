@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, select
+from sqlalchemy import ColumnElement, Connection, Select, select
 
-from metering.core.db import driver_rows, tuples_frame
+from metering.core.db import driver_rows, no_cyclic_gc, tuples_frame
 from metering.core.tables import usage_daily, usage_months
 from metering.costs.prices import REM_PER_NANO
 from metering.rollup.kept_sums import KeptSums
@@ -45,6 +45,7 @@ _TEXTS = ("customer", "provider", "model", "actor", "agent")
 _READ_BATCH = 200_000
 _NAMED_CHUNK = 10_000  # customers per query (SQLite's bound parameters)
 _DAYS_LISTED = 1_000  # more distinct days than this: read their range
+_SAFE = 2.0**62
 
 
 def contributions(daily: pd.DataFrame) -> pd.DataFrame:
@@ -87,6 +88,18 @@ def stored_days(connection: Connection, tenant_id: int, keys: pd.DataFrame) -> p
     """The stored `usage_daily` rows (`DAILY_INPUT`, `day` as datetime64) of the keys of `keys`
     (its `DAILY_KEYS`, `day` as datetime64) that have one, in the caller's transaction: read by
     customer, day, provider and model (the table's key after the tenant), the keys matched here."""
+    found = _days_of(connection, tenant_id, keys)
+    if found.empty:
+        return found
+    wanted = pd.DataFrame({name: _key_column(keys[name]) for name in DAILY_KEYS}).drop_duplicates()
+    return found.merge(wanted, on=list(DAILY_KEYS), how="inner")[list(DAILY_INPUT)]
+
+
+def _days_of(connection: Connection, tenant_id: int, keys: pd.DataFrame) -> pd.DataFrame:
+    """The stored `usage_daily` rows (`DAILY_INPUT`) of the customers, days, providers and models
+    of `keys`: those of its keys and possibly others. On SQLite through the primary key (named:
+    with the days listed, its planner takes the (tenant_id, day) index, then looks each row up in
+    the table)."""
     if keys.empty:
         return _daily_frame([])
     u = usage_daily.c
@@ -101,16 +114,22 @@ def stored_days(connection: Connection, tenant_id: int, keys: pd.DataFrame) -> p
     models = [u.provider.in_(sorted(set(keys["provider"].tolist()))), u.model.in_(sorted(set(keys["model"].tolist())))]
     rows: list[Sequence[Any]] = []
     for start in range(0, len(customers), _NAMED_CHUNK):
-        query = select(*[u[n] for n in DAILY_INPUT]).where(
-            u.tenant_id == tenant_id, u.customer.in_(customers[start : start + _NAMED_CHUNK]), *on_days, *models
-        )
-        (part,) = driver_rows(connection, query)
-        rows += part
-    found = _daily_frame(rows)
-    if found.empty:
-        return found
-    wanted = pd.DataFrame({name: _key_column(keys[name]) for name in DAILY_KEYS}).drop_duplicates()
-    return found.merge(wanted, on=list(DAILY_KEYS), how="inner")[list(DAILY_INPUT)]
+        query = days_query(u.tenant_id == tenant_id, u.customer.in_(customers[start : start + _NAMED_CHUNK]), *on_days, *models)
+        with no_cyclic_gc():  # a hundred thousand row tuples: no cycles, but many collections
+            (part,) = driver_rows(connection, query, hints=True)
+            rows += part
+    return _daily_frame(rows)
+
+
+def days_query(*where: ColumnElement[bool]) -> Select[Any]:
+    """`DAILY_INPUT` of the `usage_daily` rows `where` selects, through the table's primary key on
+    SQLite (`INDEXED BY` its automatic index: compile with `metering.core.db.HINTING`)."""
+    u = usage_daily
+    return (
+        select(*[u.c[n] for n in DAILY_INPUT])
+        .where(*where)
+        .with_hint(u, f"INDEXED BY sqlite_autoindex_{u.name}_1", dialect_name="sqlite")
+    )
 
 
 def merged(before: pd.DataFrame, added: pd.DataFrame) -> pd.DataFrame:
@@ -135,25 +154,55 @@ def merged(before: pd.DataFrame, added: pd.DataFrame) -> pd.DataFrame:
 def shift_costs(connection: Connection, tenant_id: int, changes: pd.DataFrame) -> int:
     """Move the tenant's rows by cost changes of some daily rows, before they are written to
     `usage_daily` (a re-pricing): `changes` holds `DAILY_KEYS`, `d_nanos`, `d_rem` (carried, in
-    [0, 10**6)) and `d_unpriced`, as `metering.rollup.reprice.summed` gives them. Returns the
-    daily rows moved."""
+    [0, 10**6)) and `d_unpriced`, as `metering.rollup.reprice.summed` gives them (one row per
+    key). Returns the daily rows moved."""
     if changes.empty:
         return 0
-    before = stored_days(connection, tenant_id, changes)
-    if len(before) != len(changes.drop_duplicates(list(DAILY_KEYS))):
+    shifts = changes[[*DAILY_KEYS, "d_nanos", "d_rem", "d_unpriced"]].assign(
+        **{name: _key_column(changes[name]) for name in DAILY_KEYS}
+    )
+    rows = _days_of(connection, tenant_id, changes).merge(shifts, on=list(DAILY_KEYS), how="inner")
+    if len(rows) != len(changes):
         raise ValueError("a re-priced daily row has no usage_daily row")
-    shifts = changes[[*DAILY_KEYS, "d_nanos", "d_rem", "d_unpriced"]].assign(day=_key_column(changes["day"]))
-    rows = before.merge(shifts, on=list(DAILY_KEYS), how="left")
     nanos, rem = rows["cost_nanos"].to_numpy(dtype=np.int64), rows["cost_rem"].to_numpy(dtype=np.int64)
-    rem = rem + rows["d_rem"].to_numpy(dtype=np.int64)
+    rem_sum = rem + rows["d_rem"].to_numpy(dtype=np.int64)
     # As the store adds them to usage_daily (`stores.common.cost_update`: carried).
-    after = rows.assign(
-        cost_nanos=nanos + rows["d_nanos"].to_numpy(dtype=np.int64) + rem // REM_PER_NANO,
-        cost_rem=rem % REM_PER_NANO,
-        unpriced_events=rows["unpriced_events"].to_numpy(dtype=np.int64) + rows["d_unpriced"].to_numpy(dtype=np.int64),
-    )[list(DAILY_INPUT)]
-    apply(connection, tenant_id, before, after)
-    return len(before)
+    new_nanos = nanos + rows["d_nanos"].to_numpy(dtype=np.int64) + rem_sum // REM_PER_NANO
+    new_unpriced = rows["unpriced_events"].to_numpy(dtype=np.int64) + rows["d_unpriced"].to_numpy(dtype=np.int64)
+    SUMMED.apply(connection, tenant_id, cost_delta(rows[list(DAILY_INPUT)], new_nanos, rem_sum % REM_PER_NANO, new_unpriced))
+    return len(rows)
+
+
+def cost_delta(before: pd.DataFrame, nanos: np.ndarray, rem: np.ndarray, unpriced: np.ndarray) -> pd.DataFrame:
+    """`delta` from the daily rows `before` to the same rows with costs `nanos`, `rem` and
+    unpriced events `unpriced` instead (nothing else changes): each row's key made once, its
+    contribution the change of its cost measures."""
+    values = {name: before[name].to_numpy(dtype=np.int64) for name in SUMS}
+    old = _cost_measures(values["cost_nanos"], values["cost_rem"], values["unpriced_events"], values)
+    new = _cost_measures(nanos, rem, unpriced, values)
+    largest = max(float(np.abs(v.astype(np.float64)).max(initial=0)) for v in (*old.values(), *new.values()))
+    if largest * 2 * max(len(before), 1) >= _SAFE:  # the differences themselves could pass int64
+        return delta(before, before.assign(cost_nanos=nanos, cost_rem=rem, unpriced_events=unpriced))
+    day = pd.DatetimeIndex(before["day"])
+    zeros = np.zeros(len(before), dtype=np.int64)
+    frame = pd.DataFrame({
+        **{name: pd.Series(before[name].to_numpy(dtype=object), dtype=object) for name in _TEXTS},
+        "month": (day.year * 100 + day.month).to_numpy(),
+        **{name: new[name] - old[name] if name in old else zeros for name in MEASURES},
+    })  # fmt: skip
+    out = SUMMED.summed(frame)
+    return out.loc[(out[list(MEASURES)] != 0).any(axis=1).to_numpy()].reset_index(drop=True)
+
+
+def _cost_measures(nanos: np.ndarray, rem: np.ndarray, unpriced: np.ndarray, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The measures of a daily row's contribution that its costs decide (see `contributions`)."""
+    return {
+        "cost_nanos": nanos,
+        "cost_rem": rem,
+        "unpriced_events": unpriced,
+        "provider_cost_nanos": nanos + (rem + REM_PER_NANO // 2) // REM_PER_NANO,
+        "unpriced_tokens": np.where(unpriced > 0, values["input_tokens"] + values["output_tokens"], 0).astype(np.int64),
+    }
 
 
 def replace(connection: Connection, tenant_id: int, daily: pd.DataFrame | None) -> None:

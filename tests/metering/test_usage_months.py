@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pandas as pd
 import pytest
@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from metering.core.db import is_overflow, unit_of_work
+from metering.core.db import HINTING, is_overflow, unit_of_work
 from metering.core.periods import parse_month
 from metering.core.tables import rollup_state, tenant_prices, usage_daily, usage_months
 from metering.core.tenants import Tenant
@@ -194,3 +194,22 @@ def test_a_sum_past_int64_reads_the_days(engine: Engine, make_tenant, rollups: i
             with pytest.raises(OperationalError) as raised:
                 pricing_repository.month_usage(session, tenant.id, period, by_day=False)
             assert is_overflow(raised.value)
+
+
+def test_sqlite_reads_the_days_by_primary_key(engine: Engine) -> None:
+    """With the days listed, SQLite's planner would take the (tenant_id, day) index and then look
+    each row up in the table; the read names the primary key's index."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's planner")
+    u = usage_daily.c
+    query = sums.days_query(
+        u.tenant_id == 1, u.customer.in_(["a", "b"]), u.day.in_([date(2026, 10, 1), date(2026, 10, 2)]),
+        u.provider.in_(["openai"]), u.model.in_(["gpt-4o", "gpt-4o-mini"]),
+    )  # fmt: skip
+    compiled = query.compile(dialect=HINTING, compile_kwargs={"render_postcompile": True})
+    assert "FROM usage_daily INDEXED BY sqlite_autoindex_usage_daily_1" in str(compiled)
+    with engine.connect() as connection:
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        plan = cursor.execute("EXPLAIN QUERY PLAN " + str(compiled), [compiled.params[n] for n in compiled.positiontup or ()]).fetchall()
+        cursor.close()
+    assert [row[3] for row in plan] == ["SEARCH usage_daily USING PRIMARY KEY (tenant_id=? AND customer=? AND day=? AND provider=? AND model=?)"]

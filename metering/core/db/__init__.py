@@ -25,6 +25,7 @@ from metering.core.db.locks import (
     write_lock,
 )
 from metering.core.db.reads import (
+    HINTING,
     Prepared,
     adbc_uri,
     begin_snapshot,
@@ -42,7 +43,7 @@ from metering.core.db.reads import (
 from metering.core.db.writes import add_rows, dialect_insert, frame_rows, upsert, write_frame, write_rows
 
 __all__ = [
-    "follower_lock_key", "ingest_lock_key",
+    "HINTING", "follower_lock_key", "ingest_lock_key",
     "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "add_rows", "begin_snapshot", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
     "is_overflow", "is_postgresql", "is_sqlite", "is_unavailable", "make_engine", "no_cyclic_gc", "Prepared", "prepare", "prepared_rows", "read_frame", "tuples_frame",
     "session_factory", "snapshot_reads", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",

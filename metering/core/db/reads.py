@@ -15,6 +15,8 @@ import pandas as pd
 from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, func, literal_column
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
@@ -76,14 +78,15 @@ def prepared_rows(connection: Connection, prepared: Prepared, values: Mapping[st
 
 
 def driver_rows(
-    connection: Connection, query: ClauseElement, *, batch_size: int | None = None
+    connection: Connection, query: ClauseElement, *, batch_size: int | None = None, hints: bool = False
 ) -> Iterator[Sequence[Any]]:
     """The rows of `query` as the driver's plain tuples, from a cursor of `connection` (its
     transaction): in batches of `batch_size`, or all in one; server-side on PostgreSQL. A million
     SQLAlchemy rows would cost seconds. Parameters go through their bind processors
-    (`Prepared.parameters`). Sums may come as Decimal (PostgreSQL's numeric)."""
+    (`Prepared.parameters`). Sums may come as Decimal (PostgreSQL's numeric). `hints`: on SQLite,
+    compiled with `HINTING` (the query's SQLite table hints rendered)."""
     dialect = connection.dialect
-    prepared = prepare(query, dialect)
+    prepared = prepare(query, HINTING if hints and is_sqlite(connection) else dialect)
     driver = connection.connection.dbapi_connection
     assert driver is not None
     with as_sqlalchemy_errors(prepared.sql, dialect.loaded_dbapi.Error, dialect):
@@ -99,6 +102,22 @@ def driver_rows(
             cursor.close()
 
 
+class _HintingCompiler(SQLiteCompiler):
+    """SQLite's compiler, rendering a statement's table hint (`with_hint`) after its table's
+    name, where SQLite reads `INDEXED BY` (SQLAlchemy's own SQLite compiler drops hints)."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
+class _HintingDialect(SQLiteDialect_pysqlite):
+    statement_compiler = _HintingCompiler
+
+
+HINTING = _HintingDialect()
+"""The SQLite dialect that renders table hints (`with_hint(..., dialect_name="sqlite")`)."""
+
+
 def tuples_frame(
     rows: Sequence[Sequence[Any]],
     names: Sequence[str],
@@ -110,19 +129,21 @@ def tuples_frame(
     """Driver tuples as columns named `names`: `texts` as Python objects (not pandas' str, whose
     conversion costs more than it saves; null stays None), `days` (dates, or SQLite's ISO text)
     as datetime64[ns], `nullable` integers as pandas' Int64 (null as NA, every value exact), the
-    others int64."""
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+    others int64. Without the cyclic collector (`no_cyclic_gc`: the columns' tuples and arrays of
+    objects hold no cycles)."""
     data: dict[str, Any] = {}
-    for name, values in zip(names, columns, strict=True):
-        if name in texts:
-            data[name] = pd.Series(np.array(values, dtype=object), dtype=object)
-        elif name in days:  # numpy parses ISO text and converts dates alike
-            data[name] = np.array(values, dtype="datetime64[D]").astype("datetime64[ns]")
-        elif name in nullable:
-            data[name] = pd.array(list(values), dtype="Int64")
-        else:
-            data[name] = np.fromiter(values, dtype=np.int64, count=len(values))
-    return pd.DataFrame(data)
+    with no_cyclic_gc():
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+        for name, values in zip(names, columns, strict=True):
+            if name in texts:
+                data[name] = pd.Series(np.array(values, dtype=object), dtype=object)
+            elif name in days:  # numpy parses ISO text and converts dates alike
+                data[name] = np.array(values, dtype="datetime64[D]").astype("datetime64[ns]")
+            elif name in nullable:
+                data[name] = pd.array(list(values), dtype="Int64")
+            else:
+                data[name] = np.fromiter(values, dtype=np.int64, count=len(values))
+        return pd.DataFrame(data)
 
 
 def read_frame(

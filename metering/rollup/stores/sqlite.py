@@ -29,10 +29,9 @@ from sqlalchemy import (
     literal_column,
     select,
 )
-from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
-from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.exc import OperationalError
 
+from metering.core.db import HINTING
 from metering.core.event_columns import EVENT_COLUMNS, TEXT_COLUMNS
 from metering.core.tables import events
 from metering.rollup.stores.common import (
@@ -241,18 +240,6 @@ class SqliteStore(TableStore):
             connection.execute(insert(table).from_select(["tenant_id", *names], rows))
 
 
-class _HintingCompiler(SQLiteCompiler):
-    """SQLite's compiler, rendering a statement's table hint (`with_hint`) after its table's
-    name, where SQLite reads `INDEXED BY` (SQLAlchemy's own SQLite compiler drops hints)."""
-
-    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
-        return text
-
-
-class _HintingDialect(SQLiteDialect_pysqlite):
-    statement_compiler = _HintingCompiler
-
-
 def primary_key_update(table: Table, keys: Sequence[str]) -> Update:
     """`cost_update` finding its row by the primary key of `table` (a WITHOUT ROWID table):
     `INDEXED BY` the index SQLite makes for its PRIMARY KEY constraint (its first and only
@@ -260,10 +247,6 @@ def primary_key_update(table: Table, keys: Sequence[str]) -> Update:
     if table.dialect_options["sqlite"]["with_rowid"] is not False:
         raise ValueError(f"{table.name} is not a WITHOUT ROWID table")
     return cost_update(table, keys).with_hint(f"INDEXED BY sqlite_autoindex_{table.name}_1", dialect_name="sqlite")
-
-
-HINTING = _HintingDialect()
-"""The SQLite dialect that renders table hints (`primary_key_update`)."""
 
 
 @contextmanager
