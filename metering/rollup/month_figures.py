@@ -54,7 +54,8 @@ TASK_INPUT = ("task", "customer", "task_type", "status", "ended_us", "last_event
 FIGURES = KeptSums(customer_months, KEYS, MEASURES, count="tasks")
 """The figures as kept (`metering.rollup.kept_sums`): a key none of whose tasks is left is deleted."""
 _READ_CHUNK = 200_000
-_SAFE = 2.0**62
+_SAFE = 2**62
+"""Below this, a sum of the changes of `cost_delta` cannot pass int64 (Python ints: exact)."""
 
 
 MAX_OWN_EDGES = 64
@@ -150,7 +151,7 @@ def cost_delta(before: pd.DataFrame, nanos: np.ndarray, rem: np.ndarray, timezon
     old = settle_nanos(before["cost_nanos"].to_numpy(dtype=np.int64), before["cost_rem"].to_numpy(dtype=np.int64))
     new = settle_nanos(nanos, rem)
     counts = {name: before[name].to_numpy(dtype=np.int64) for name in ("usage_events", "input_tokens", "output_tokens")}
-    largest = max([float(np.abs(v.astype(np.float64)).max(initial=0)) for v in (old, new, *counts.values())])
+    largest = max(max(int(v.max(initial=0)), -int(v.min(initial=0))) for v in (old, new, *counts.values()))
     if largest * 2 * max(len(before), 1) >= _SAFE:  # the differences themselves could pass int64
         return delta(before, before.assign(cost_nanos=nanos, cost_rem=rem), timezone, edges)
     keys = _task_keys(before, timezone)

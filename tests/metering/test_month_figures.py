@@ -226,3 +226,40 @@ class TestOwnEdges:
         assert shown[:5] == [0, 0, 1, 1, 2] and shown[-1] == len(month_figures.COST_EDGES_NANOS)
         assert month_figures.bucket_bounds(3, edges) == (1_500_000, 2_000_000)
         assert len(month_figures.with_own(range(1, 1000))) == len(month_figures.COST_EDGES_NANOS) + month_figures.MAX_OWN_EDGES
+
+
+@pytest.mark.parametrize("scale", [1, 2**40], ids=["costs", "near-int64"])
+def test_cost_delta_equals_the_delta_of_whole_contributions(scale: int) -> None:
+    """`cost_delta` (a re-pricing's shortcut: each task's keys made once, a task that keeps its
+    bucket contributing only its change of cost) is `delta` from the old rows to the re-costed
+    ones: random tasks, costs up and down, across bucket edges, open and ended; with values near
+    int64 it takes `delta`'s path and is still exact. No database."""
+    rng = np.random.default_rng(7)
+    n = 2_000
+    ended = rng.integers(1_780_000_000_000_000, 1_800_000_000_000_000, n)
+    status = rng.choice(np.array(["open", "completed", "failed"], dtype=object), n)
+    before = pd.DataFrame({
+        "task": np.array([f"t{i}" for i in range(n)], dtype=object),
+        "customer": rng.choice(np.array(["acme", "globex"], dtype=object), n),
+        "task_type": rng.choice(np.array(["support_ticket", None], dtype=object), n),
+        "status": status,
+        "ended_us": pd.array(np.where(status == "open", 0, ended), dtype="Int64").astype(object),
+        "last_event_us": ended,
+        "usage_events": rng.integers(1, 50, n) * scale,
+        "input_tokens": rng.integers(0, 10**6, n) * scale,
+        "output_tokens": rng.integers(0, 10**5, n) * scale,
+        "cost_nanos": rng.integers(0, 20 * 10**9, n),
+        "cost_rem": rng.integers(0, 10**6, n),
+    })  # fmt: skip
+    before.loc[before["status"] == "open", "ended_us"] = None
+    change = rng.integers(-(10**9), 10**9, n) * rng.integers(0, 2, n)  # half keep their cost
+    rem = before["cost_rem"].to_numpy() + rng.integers(0, 10**6, n)
+    nanos = np.maximum(before["cost_nanos"].to_numpy() + change, 0) + rem // 10**6
+    rem = rem % 10**6
+    edges = month_figures.with_own([1_500_000_000, 7_000_000])
+    after = before.assign(cost_nanos=nanos, cost_rem=rem)
+    for timezone in ("UTC", "Asia/Kolkata"):
+        expected = month_figures.delta(before, after, timezone, edges)
+        got = month_figures.cost_delta(before, nanos, rem, timezone, edges)
+        assert not expected.empty
+        assert _sorted(got).equals(_sorted(expected))
