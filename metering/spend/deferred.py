@@ -33,15 +33,15 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 from sqlalchemy import BigInteger, Connection, Integer, bindparam, case, delete, literal, null, select, update
 
 from metering.core.db import (
     Prepared,
     dialect_insert,
     follower_lock_key,
-    no_cyclic_gc,
-    prepare,
-    prepared_rows,
+    prepare_columns,
+    prepared_columns,
     tenant_lock,
     write_lock,
 )
@@ -161,13 +161,10 @@ def read_page(connection: Connection, tenant_id: int, through: int, *, page: int
     if not state.index:  # nothing counts: no need to read them
         return Page(start, current, through, False, None, None)
     values = {"tenant_id": tenant_id, "after": start, "through": through}
-    with no_cyclic_gc():  # many row tuples, no cycles
-        rows = prepared_rows(connection, _page_query(connection.dialect, page), values)
-        if not rows:
-            return Page(start, current, through, False, None, spend.Deltas())
-        # The columns, in `PAGE_COLUMNS` order, in one C-level pass.
-        types, times, customers, tasks, task_types, providers, models, actors, agents, *tokens, seqs = zip(*rows, strict=True)
-        del rows
+    columns = _in_seq_order(prepared_columns(connection, _page_query(connection.dialect, page), values))
+    types, times, customers, tasks, task_types, providers, models, actors, agents, *tokens, seqs = columns
+    if not seqs:
+        return Page(start, current, through, False, None, spend.Deltas())
     reached = seqs[-1] if len(seqs) == page else through
     stored = spend.Stored(types, times, customers, tasks, task_types, providers, models, actors, agents, tuple(tokens))
     return Page(start, current, reached, reached < through, stored, spend.usage_deltas(state, stored))
@@ -193,8 +190,8 @@ def write_page(connection: Connection, tenant_id: int, page: Page, *, now: datet
 @lru_cache(maxsize=16)
 def _page_query(dialect: Any, limit: int) -> Prepared:
     """The read of up to `limit` of a tenant's events after seq `after` up to `through`, in seq
-    order (`PAGE_COLUMNS`), compiled once per dialect and page size, run on the driver's cursor
-    (its plain tuples, no SQLAlchemy row each)."""
+    order (`PAGE_COLUMNS`), as one row of a JSON array per column (`prepare_columns`), compiled
+    once per dialect and page size."""
     e = events.c
     query = (
         select(*PAGE_COLUMNS)
@@ -206,7 +203,17 @@ def _page_query(dialect: Any, limit: int) -> Prepared:
         .order_by(e.seq)
         .limit(limit)
     )
-    return prepare(query, dialect)
+    return prepare_columns(query, dialect)
+
+
+def _in_seq_order(columns: list[list[Any]]) -> list[list[Any]]:
+    """The page's columns with its events in seq order (the last column), as the database
+    gives them in practice."""
+    seqs = np.fromiter(columns[-1], dtype=np.int64, count=len(columns[-1]))
+    if not (np.diff(seqs) < 0).any():
+        return columns
+    order = np.argsort(seqs, kind="stable").tolist()
+    return [list(map(column.__getitem__, order)) for column in columns]
 
 
 def _advance(connection: Connection, tenant_id: int, through: int, now: datetime) -> None:
