@@ -15,7 +15,8 @@ top functions under `count_ingested` instead.
 the first batch, so ingestion counts nothing), then `spend_follower.catch_up` counts them all,
 `--repeats` times (the counters, alerts, outcomes and watermark put back between runs; the
 process keeps its cached budgets, as a follower does). Figures: catch_up's CPU per event
-(this process; PostgreSQL's server is not in it), each run and the median; `--profile`:
+(this process), each run and the median, and on PostgreSQL its server processes' for the
+bench's database (from /proc: the server must run on this machine; 0.01 s ticks); `--profile`:
 cProfile's top functions (CPU time) over the runs.
 """
 
@@ -35,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, os.getcwd())
 
-from sqlalchemy import Engine, delete, update  # noqa: E402
+from sqlalchemy import Engine, delete, text, update  # noqa: E402
 
 from bench.bench_budgets import NOW, _payload, thousand_budgets  # noqa: E402
 from bench.common import fresh_postgres, fresh_sqlite  # noqa: E402
@@ -89,8 +90,11 @@ def run(payload: list[dict[str, Any]], budgets: bool, db: str, profile: cProfile
     return counting, storing
 
 
-def follow(payload: list[dict[str, Any]], db: str, repeats: int, profile: cProfile.Profile | None) -> list[float]:
-    """`catch_up`'s CPU per event (seconds) in each of `repeats` runs over the stored payload."""
+def follow(
+    payload: list[dict[str, Any]], db: str, repeats: int, profile: cProfile.Profile | None
+) -> tuple[list[float], list[float]]:
+    """`catch_up`'s CPU per event (seconds) in each of `repeats` runs over the stored payload:
+    this process's, and (PostgreSQL on this machine) its database's server processes'."""
     folder = Path(tempfile.mkdtemp(prefix="tm-follow-"))
     engine = fresh_postgres() if db == "postgresql" else fresh_sqlite(str(folder / "follow.db"))
     if engine is None:
@@ -106,9 +110,10 @@ def follow(payload: list[dict[str, Any]], db: str, repeats: int, profile: cProfi
             batch = validate_items(payload[start : start + BATCH])
             with engine.begin() as connection:
                 store_events(connection, tenant.id, batch, now=now)
-        per_event = []
+        per_event, server = [], []
         for _ in range(repeats):
             _unfollowed(engine, tenant.id)
+            server_began = _server_cpu(engine)
             began = time.process_time()
             if profile is not None:
                 profile.enable()
@@ -116,12 +121,33 @@ def follow(payload: list[dict[str, Any]], db: str, repeats: int, profile: cProfi
             if profile is not None:
                 profile.disable()
             spent = time.process_time() - began
+            server_spent = _server_cpu(engine)
+            server.append(sum(cpu - server_began.get(pid, 0.0) for pid, cpu in server_spent.items()) / len(payload))
             if done.events != len(payload):
                 raise SystemExit(f"catch_up counted {done.events:,} events of {len(payload):,}")
             per_event.append(spent / done.events)
-        return per_event
+        return per_event, server
     finally:
         engine.dispose()
+
+
+def _server_cpu(engine: Engine) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL server process serving the bench's database (the
+    pool's connections), read from /proc: the server is on this machine. Empty on SQLite."""
+    if engine.dialect.name != "postgresql":
+        return {}
+    with engine.connect() as connection:
+        pids = connection.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        ).scalars().all()
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
 
 
 def _unfollowed(engine: Engine, tenant_id: int) -> None:
@@ -145,11 +171,12 @@ def main() -> None:
     if args.follower:
         follow(payload[: 5 * BATCH], args.db, 1, None)  # warm imports and caches
         profile = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not waits on the server
-        per_event = follow(payload, args.db, args.repeats, profile)
+        per_event, server = follow(payload, args.db, args.repeats, profile)
         us = 1e6
         print(
             f"{args.db}, follower catch_up over {args.events:,} events with 1,000 budgets, CPU us an event: "
             f"{', '.join(f'{v * us:.2f}' for v in per_event)} (median {statistics.median(per_event) * us:.2f})"
+            + (f"; server {', '.join(f'{v * us:.2f}' for v in server)} (median {statistics.median(server) * us:.2f})" if server else "")
             + (" (profiled)" if profile is not None else ""),
             flush=True,
         )
