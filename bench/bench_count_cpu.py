@@ -44,7 +44,7 @@ from metering.core.db import unit_of_work  # noqa: E402
 from metering.core.tenants import create_tenant  # noqa: E402
 from metering.events import ingest, spend_follower  # noqa: E402
 from metering.events.ingest import store_events, validate_items  # noqa: E402
-from metering.spend import budget_repository  # noqa: E402
+from metering.spend import budget_repository, deferred  # noqa: E402
 from metering.spend.budget_tables import budget_alerts, budget_counters, budget_tasks, spend_watermarks  # noqa: E402
 
 BATCH = 1000
@@ -91,7 +91,7 @@ def run(payload: list[dict[str, Any]], budgets: bool, db: str, profile: cProfile
 
 
 def follow(
-    payload: list[dict[str, Any]], db: str, repeats: int, profile: cProfile.Profile | None
+    payload: list[dict[str, Any]], db: str, repeats: int, profile: cProfile.Profile | None, page: int = deferred.PAGE
 ) -> tuple[list[float], list[float]]:
     """`catch_up`'s CPU per event (seconds) in each of `repeats` runs over the stored payload:
     this process's, and (PostgreSQL on this machine) its database's server processes'."""
@@ -117,12 +117,13 @@ def follow(
             began = time.process_time()
             if profile is not None:
                 profile.enable()
-            done = spend_follower.catch_up(engine, tenant.id, now=now)
+            done = spend_follower.catch_up(engine, tenant.id, now=now, page=page)
             if profile is not None:
                 profile.disable()
             spent = time.process_time() - began
-            server_spent = _server_cpu(engine)
-            server.append(sum(cpu - server_began.get(pid, 0.0) for pid, cpu in server_spent.items()) / len(payload))
+            if db == "postgresql":
+                server_spent = _server_cpu(engine)
+                server.append(sum(cpu - server_began.get(pid, 0.0) for pid, cpu in server_spent.items()) / len(payload))
             if done.events != len(payload):
                 raise SystemExit(f"catch_up counted {done.events:,} events of {len(payload):,}")
             per_event.append(spent / done.events)
@@ -166,15 +167,17 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--follower", action="store_true", help="the deferred follower's catch_up instead")
     parser.add_argument("--repeats", type=int, default=3, help="--follower: catch_up runs over the stored events")
+    parser.add_argument("--page", type=int, default=None, help="--follower: events a page (default: the follower's)")
     args = parser.parse_args()
     payload = _payload(args.events)
     if args.follower:
         follow(payload[: 5 * BATCH], args.db, 1, None)  # warm imports and caches
         profile = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not waits on the server
-        per_event, server = follow(payload, args.db, args.repeats, profile)
+        per_event, server = follow(payload, args.db, args.repeats, profile, args.page or deferred.PAGE)
         us = 1e6
         print(
-            f"{args.db}, follower catch_up over {args.events:,} events with 1,000 budgets, CPU us an event: "
+            f"{args.db}, follower catch_up over {args.events:,} events with 1,000 budgets, "
+            f"{args.page or deferred.PAGE:,}-event pages, CPU us an event: "
             f"{', '.join(f'{v * us:.2f}' for v in per_event)} (median {statistics.median(per_event) * us:.2f})"
             + (f"; server {', '.join(f'{v * us:.2f}' for v in server)} (median {statistics.median(server) * us:.2f})" if server else "")
             + (" (profiled)" if profile is not None else ""),
