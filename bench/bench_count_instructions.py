@@ -7,6 +7,8 @@ database; instrumentation is switched on (`callgrind_control`) only around `coun
     cd <a checkout> && valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=OUT \\
         .venv/bin/python bench/bench_count_instructions.py [--batches 3] [--what count|store] [--none]
 
+`--what follow`: the batches stored in deferred mode (`bench_count_cpu.py --follower`), then
+instrumentation around the follower's `catch_up` of them all (after one warming run, undone).
 The total ("Collected") divided by the batches is the figure; `callgrind_annotate OUT` splits it
 by function and library (libsqlite3, libpython, numpy). Slow: minutes for three batches.
 """
@@ -44,9 +46,12 @@ def _instrument(on: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--what", choices=("count", "store"), default="count")
+    parser.add_argument("--what", choices=("count", "store", "follow"), default="count")
     parser.add_argument("--none", action="store_true", help="no budgets")
     args = parser.parse_args()
+    if args.what == "follow":
+        follow(args.batches)
+        return
     payload = _payload(BATCH * (args.batches + 3))
     engine = fresh_sqlite(str(Path(tempfile.mkdtemp(prefix="tm-instr-")) / "count.db"))
     with unit_of_work(engine) as session:
@@ -81,6 +86,29 @@ def main() -> None:
             _instrument(False)
     engine.dispose()
     print(f"{args.batches} batches of {BATCH:,}: divide callgrind's 'Collected' by {args.batches}")
+
+
+def follow(batches: int) -> None:
+    from bench.bench_count_cpu import _unfollowed
+    from metering.events import spend_follower
+
+    engine = fresh_sqlite(str(Path(tempfile.mkdtemp(prefix="tm-instr-")) / "follow.db"))
+    with unit_of_work(engine) as session:
+        tenant = create_tenant(session, "bench", now=NOW)
+        budget_repository.replace_all(session, tenant.id, thousand_budgets(), now=NOW)
+    now = datetime.now(UTC)
+    spend_follower.start(engine, tenant.id, now=now)
+    payload = _payload(BATCH * batches)
+    for start in range(0, len(payload), BATCH):
+        with engine.begin() as connection:
+            store_events(connection, tenant.id, validate_items(payload[start : start + BATCH]), now=now)
+    spend_follower.catch_up(engine, tenant.id, now=now)  # warm caches and memos
+    _unfollowed(engine, tenant.id)
+    _instrument(True)
+    done = spend_follower.catch_up(engine, tenant.id, now=now)
+    _instrument(False)
+    engine.dispose()
+    print(f"catch_up of {done.events:,} events: divide callgrind's 'Collected' by {done.events}")
 
 
 if __name__ == "__main__":

@@ -413,6 +413,57 @@ def _period_firsts(kind: np.ndarray, day: np.ndarray) -> np.ndarray:
     return np.select([kind == 0, kind == 1], [day, week], month)
 
 
+_TOKEN_POSITIONS = (_INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE, _CACHE_WRITE_1H)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Events as counting reads them, column by column (each a sequence over the events, in one
+    order): what `count_usage` and `deciding_outcomes` take. `tasks` may hold None for an event
+    that is not a terminal one (`TERMINAL`): only those are read."""
+
+    types: Sequence[str]
+    times: Sequence[int]
+    customers: Sequence[str]
+    tasks: Sequence[str | None]
+    task_types: Sequence[str | None]
+    providers: Sequence[str]  # a usage event's (None for the others)
+    models: Sequence[str]  # a usage event's (None for the others)
+    actors: Sequence[str | None]
+    agents: Sequence[str | None]
+    tokens: tuple[Sequence[int], ...]  # input, output, cache read, cache write, cache write (1h)
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[Sequence[Any]], attribution: Sequence[tuple[str | None, str | None]]) -> Stored:
+        """Rows in `INSERT_COLUMNS` order (`READ_POSITIONS` are read) with each one's (actor,
+        agent), as columns: each in one C-level pass (transposing every row costs more)."""
+        def column(position: int) -> list[Any]:
+            return list(map(itemgetter(position), rows))
+
+        count = len(rows)
+        if attribution.count((None, None)) == count:  # no actor or agent in the batch
+            actors = agents = [None] * count
+        else:
+            actors, agents = list(map(itemgetter(0), attribution)), list(map(itemgetter(1), attribution))
+        return cls(
+            column(_TYPE), column(_TIME), column(_CUSTOMER), column(_TASK), column(_TASK_TYPE), column(_PROVIDER),
+            column(_MODEL), actors, agents, tuple(column(position) for position in _TOKEN_POSITIONS),
+        )  # fmt: skip
+
+    def taken(self, positions: Sequence[int]) -> Stored:
+        """The events at `positions`, in that order."""
+        def pick(values: Sequence[Any]) -> list[Any]:
+            return list(map(values.__getitem__, positions))
+
+        return Stored(
+            pick(self.types), pick(self.times), pick(self.customers), pick(self.tasks), pick(self.task_types),
+            pick(self.providers), pick(self.models), pick(self.actors), pick(self.agents), tuple(map(pick, self.tokens)),
+        )  # fmt: skip
+
+
 def count_ingested(
     connection: Connection,
     tenant_id: int,
@@ -458,19 +509,18 @@ def count_stored(
     state = tenant_budgets(connection, tenant_id, budget_generation)
     if not state.index:
         return 0
-    return add_counted(connection, tenant_id, state, rows, attribution, usage_deltas(state, rows, attribution), now=now)
+    stored = Stored.of_rows(rows, attribution)
+    return add_counted(connection, tenant_id, state, stored, usage_deltas(state, stored), now=now)
 
 
-def usage_deltas(
-    state: TenantBudgets, rows: Sequence[Sequence[Any]], attribution: Sequence[tuple[str | None, str | None]]
-) -> Deltas:
-    """The first half of `count_stored`, which reads nothing: what the usage events among `rows`
-    add to the counters of the budgets in `state` (the deferred follower computes it outside
-    its lock)."""
+def usage_deltas(state: TenantBudgets, stored: Stored) -> Deltas:
+    """The first half of `count_stored`, which reads nothing: what the usage events among
+    `stored` add to the counters of the budgets in `state` (the deferred follower computes it
+    outside its lock)."""
     deltas = Deltas()
     measures = state.measures
-    if rows and measures & {"provider_cost", "tokens", "billed"}:
-        count_usage(state, rows, attribution, deltas, cost=bool(measures & {"provider_cost", "billed"}))
+    if len(stored) and measures & {"provider_cost", "tokens", "billed"}:
+        count_usage(state, stored, deltas, cost=bool(measures & {"provider_cost", "billed"}))
     return deltas
 
 
@@ -478,18 +528,17 @@ def add_counted(
     connection: Connection,
     tenant_id: int,
     state: TenantBudgets,
-    rows: Sequence[Sequence[Any]],
-    attribution: Sequence[tuple[str | None, str | None]],
+    stored: Stored,
     deltas: Deltas,
     *,
     now: datetime,
 ) -> int:
     """The second half of `count_stored`, in the caller's transaction (and locks): the jobs of
-    `rows` (their tasks' stored outcomes read and written), then one upsert of every counter the
-    usage `deltas` (`usage_deltas` of the same rows and `state`) and the jobs move, and the
-    alerts those moves raise; returns how many."""
+    `stored` (their tasks' stored outcomes read and written), then one upsert of every counter
+    the usage `deltas` (`usage_deltas` of the same events and `state`) and the jobs move, and
+    the alerts those moves raise; returns how many."""
     if state.measures & {"jobs", "billed"} and not state.jobs_at_settlement:
-        _count_jobs(connection, tenant_id, state, rows, attribution, deltas)
+        _count_jobs(connection, tenant_id, state, stored, deltas)
     counters = deltas.merged(state)
     if counters is None:
         return 0
@@ -529,38 +578,26 @@ def _passing(state: TenantBudgets, counters: Counters, used: np.ndarray, rem: np
     return out
 
 
-def count_usage(
-    state: TenantBudgets,
-    rows: Sequence[Sequence[Any]],
-    attribution: Sequence[tuple[str | None, str | None]],
-    deltas: Deltas,
-    *,
-    cost: bool,
-) -> None:
-    """The usage events among `rows` (`INSERT_COLUMNS` order; `READ_POSITIONS` are read):
-    tokens, cost (priced as the rollup prices them, exactly) and billed amounts summed per (scope
-    attributes, local day) with array operations, then each group added to the counters of the
-    budgets its attributes fall under."""
-    types = list(map(itemgetter(_TYPE), rows))
-    if types.count("usage") < len(rows):  # (the common batch is all usage: one C-level pass)
-        usage = [i for i, kind in enumerate(types) if kind == "usage"]
-        if not usage:
+def count_usage(state: TenantBudgets, stored: Stored, deltas: Deltas, *, cost: bool) -> None:
+    """The usage events among `stored`: tokens, cost (priced as the rollup prices them, exactly)
+    and billed amounts summed per (scope attributes, local day) with array operations, then each
+    group added to the counters of the budgets its attributes fall under."""
+    types = stored.types
+    usage_count = types.count("usage")  # (the common batch is all usage: one C-level pass)
+    if usage_count < len(types):
+        if not usage_count:
             return
-        rows, attribution = [rows[i] for i in usage], [attribution[i] for i in usage]
-    count = len(rows)
-    # Only the columns read, each in one C-level pass (transposing every row costs more).
-    columns: dict[int, list[Any]] = {position: list(map(itemgetter(position), rows)) for position in READ_POSITIONS}
-    if attribution.count((None, None)) == count:  # no actor or agent in the batch
-        actors = agents = [None] * count
-    else:
-        actors, agents = list(map(itemgetter(0), attribution)), list(map(itemgetter(1), attribution))
+        stored = stored.taken([i for i, kind in enumerate(types) if kind == "usage"])
+    count = len(stored)
+    actors, agents = stored.actors, stored.agents
 
-    def ints(position: int) -> np.ndarray:
-        return np.fromiter(columns[position], dtype=np.int64, count=count)
+    def ints(values: Sequence[int]) -> np.ndarray:
+        return np.fromiter(values, dtype=np.int64, count=count)
 
-    times, inputs, outputs = ints(_TIME), ints(_INPUT), ints(_OUTPUT)
+    tokens = stored.tokens
+    times, inputs, outputs = ints(stored.times), ints(tokens[0]), ints(tokens[1])
     days = state.local_days(times)
-    scope_of_row, scopes, by_customer = _scopes(columns[_CUSTOMER], actors, agents, columns[_TASK_TYPE])
+    scope_of_row, scopes, by_customer = _scopes(stored.customers, actors, agents, stored.task_types)
     first = int(days.min())
     span = int(days.max()) - first + 1
     groups, group_of_row = np.unique(scope_of_row * span + (days - first), return_inverse=True)
@@ -571,19 +608,19 @@ def count_usage(
     def sums(values: np.ndarray) -> np.ndarray:
         return np.add.reduceat(values[order], starts)
 
-    tokens = sums(inputs + outputs)
+    token_sums = sums(inputs + outputs)
     cost_nanos = cost_rem = unpriced = np.zeros(len(groups), dtype=np.int64)
     billed: dict[int, int] = defaultdict(int)
     if cost:
         counts = {
-            "input_tokens": inputs, "output_tokens": outputs, "cache_read_tokens": ints(_CACHE_READ),
-            "cache_write_tokens": ints(_CACHE_WRITE), "cache_write_1h_tokens": ints(_CACHE_WRITE_1H),
+            "input_tokens": inputs, "output_tokens": outputs, "cache_read_tokens": ints(tokens[2]),
+            "cache_write_tokens": ints(tokens[3]), "cache_write_1h_tokens": ints(tokens[4]),
         }  # fmt: skip
-        priced, nanos, rems = price_arrays(columns[_PROVIDER], columns[_MODEL], times, counts, state.book())
+        priced, nanos, rems = price_arrays(stored.providers, stored.models, times, counts, state.book())
         cost_nanos, cost_rem = sums(nanos), sums(rems)
         unpriced = sums((~priced).astype(np.int64))
         if state.billing:
-            _bill(state, rows, nanos.tolist(), rems.tolist(), group_of_row.tolist(), billed)
+            _bill(state, stored, nanos.tolist(), rems.tolist(), group_of_row.tolist(), billed)
     # Each group against each budget of its scope: (group, slot) pairs, gathered without a loop.
     matched = state.slots_of_customers(scopes) if by_customer else state.slots_of(scopes)
     lengths = np.fromiter(map(len, matched), dtype=np.int64, count=len(matched))
@@ -598,7 +635,7 @@ def count_usage(
     billed_nanos, billed_rem = np.zeros(len(groups), dtype=np.int64), np.zeros(len(groups), dtype=np.int64)
     for group, femtos in billed.items():
         billed_nanos[group], billed_rem[group] = divmod(femtos, REM_PER_NANO)
-    tokens_, nanos_, rem_, unpriced_ = (np.asarray(v, dtype=np.int64) for v in (tokens, cost_nanos, cost_rem, unpriced))
+    tokens_, nanos_, rem_, unpriced_ = (np.asarray(v, dtype=np.int64) for v in (token_sums, cost_nanos, cost_rem, unpriced))
     cost_pair, billed_pair = measure == MEASURE_CODES["provider_cost"], measure == MEASURE_CODES["billed"]
     units = np.select([measure == MEASURE_CODES["tokens"], cost_pair, billed_pair], [tokens_[pair_group], nanos_[pair_group], billed_nanos[pair_group]], 0)
     rem = np.select([cost_pair, billed_pair], [rem_[pair_group], billed_rem[pair_group]], 0)
@@ -633,20 +670,22 @@ def _scopes(
 
 
 def _bill(
-    state: TenantBudgets, rows: Sequence[Sequence[Any]], nanos: list[int], rems: list[int], group_of_row: list[int],
+    state: TenantBudgets, stored: Stored, nanos: list[int], rems: list[int], group_of_row: list[int],
     billed: dict[int, int],
 ) -> None:  # fmt: skip
-    """What each usage row bills under its customer's plan (femto-units), summed per group."""
-    for position, row in enumerate(rows):
-        rule = state.billing.get(row[_CUSTOMER])
+    """What each usage event bills under its customer's plan (femto-units), summed per group."""
+    inputs, outputs, cache_reads, cache_writes = stored.tokens[:4]
+    for position, customer in enumerate(stored.customers):
+        rule = state.billing.get(customer)
         if rule is None:
             continue
         billable = {
-            "input": row[_INPUT] - row[_CACHE_READ] - row[_CACHE_WRITE], "cache_read": row[_CACHE_READ],
-            "cache_write": row[_CACHE_WRITE], "output": row[_OUTPUT],
+            "input": inputs[position] - cache_reads[position] - cache_writes[position],
+            "cache_read": cache_reads[position], "cache_write": cache_writes[position], "output": outputs[position],
         }  # fmt: skip
         cost_femtos = nanos[position] * REM_PER_NANO + rems[position]
-        billed[group_of_row[position]] += rule.usage_femtos(row[_PROVIDER], row[_MODEL], billable, cost_femtos)
+        provider, model = stored.providers[position], stored.models[position]
+        billed[group_of_row[position]] += rule.usage_femtos(provider, model, billable, cost_femtos)
 
 
 @dataclass(frozen=True)
@@ -665,18 +704,17 @@ def _count_jobs(
     connection: Connection,
     tenant_id: int,
     state: TenantBudgets,
-    rows: Sequence[Sequence[Any]],
-    attribution: Sequence[tuple[str | None, str | None]],
+    stored: Stored,
     deltas: Deltas,
 ) -> None:
-    deciding = deciding_outcomes(rows, attribution, {})
+    deciding = deciding_outcomes(stored, {})
     if not deciding:
         return
     tasks = sorted(deciding)
-    stored = _stored_outcomes(connection, tenant_id, tasks)
+    kept = _stored_outcomes(connection, tenant_id, tasks)
     changed: list[dict[str, Any]] = []
     for task in tasks:
-        new, old = deciding[task], stored.get(task)
+        new, old = deciding[task], kept.get(task)
         if old is not None and new.ended_us < old.ended_us:
             continue  # an earlier terminal event: the stored one still decides
         if old is not None:
@@ -687,24 +725,24 @@ def _count_jobs(
         write_outcomes(connection, changed)
 
 
-def deciding_outcomes(
-    rows: Sequence[Sequence[Any]],
-    attribution: Sequence[tuple[str | None, str | None]],
-    deciding: dict[str, Outcome],
-) -> dict[str, Outcome]:
-    """Each task's deciding terminal event among `rows` (in seq order) and those already in
+def deciding_outcomes(stored: Stored, deciding: dict[str, Outcome]) -> dict[str, Outcome]:
+    """Each task's deciding terminal event among `stored` (in seq order) and those already in
     `deciding`, which it updates and returns: the latest by time; on a tie the one stored later."""
-    if _TERMINAL_TYPES.isdisjoint(map(itemgetter(_TYPE), rows)):  # the common batch: one C-level pass
+    types = stored.types
+    if types.count("usage") == len(types) or _TERMINAL_TYPES.isdisjoint(types):  # the common batch: C-level passes
         return deciding
-    for i, row in enumerate(rows):
-        if row[_TYPE] not in TERMINAL:
+    for i, kind in enumerate(types):
+        if kind not in _TERMINAL_TYPES:
             continue
         outcome = Outcome(
-            row[_TYPE].removeprefix("task."), row[_TIME], row[_CUSTOMER], *attribution[i], row[_TASK_TYPE]
-        )
-        known = deciding.get(row[_TASK])
+            kind.removeprefix("task."), stored.times[i], stored.customers[i], stored.actors[i], stored.agents[i],
+            stored.task_types[i],
+        )  # fmt: skip
+        task = stored.tasks[i]
+        assert task is not None  # a terminal event's task is read
+        known = deciding.get(task)
         if known is None or outcome.ended_us >= known.ended_us:
-            deciding[row[_TASK]] = outcome
+            deciding[task] = outcome
     return deciding
 
 

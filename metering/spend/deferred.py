@@ -28,14 +28,23 @@ lock, the tasks' outcome locks (`counters`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, delete, null, select, update
+import numpy as np
+from sqlalchemy import BigInteger, Connection, Integer, bindparam, case, delete, literal, null, select, update
 
-from metering.core.db import dialect_insert, driver_rows, follower_lock_key, tenant_lock, write_lock
+from metering.core.db import (
+    Prepared,
+    dialect_insert,
+    follower_lock_key,
+    prepare_columns,
+    prepared_columns,
+    tenant_lock,
+    write_lock,
+)
 from metering.core.event_columns import INSERT_COLUMNS
 from metering.core.tables import events
 from metering.spend import counters as spend
@@ -53,6 +62,14 @@ ROW_COLUMNS = (
 )
 """Stored events as ingestion hands them to `count_stored` (`INSERT_COLUMNS` order), then their
 seq; a column counting does not read comes as NULL (less to fetch: ids, digests, metadata)."""
+_e = events.c
+PAGE_COLUMNS = (
+    _e.type, _e.time_us, _e.customer, case((_e.type.in_([literal(kind) for kind in spend.TERMINAL]), _e.task)).label("task"),
+    _e.task_type, _e.provider, _e.model, _e.actor, _e.agent, _e.input_tokens, _e.output_tokens, _e.cache_read_tokens,
+    _e.cache_write_tokens, _e.cache_write_1h_tokens, _e.seq,
+)  # fmt: skip
+"""What the follower reads of each event: the fields of `counters.Stored` in its order (the task
+of a terminal event only: no other event's is read), then the seq."""
 
 
 @dataclass(frozen=True)
@@ -123,9 +140,12 @@ class Page:
     generation: int
     reached: int  # the watermark once it is written
     more: bool  # events up to the end asked for remain after it
-    rows: Sequence[Sequence[Any]]  # its events (`ROW_COLUMNS`); the jobs are counted under the lock
-    attribution: list[tuple[str | None, str | None]]
+    stored: spend.Stored | None  # its events, None when there are none; the jobs are counted under the lock
     deltas: spend.Deltas | None  # None: the tenant has no budgets (nothing read, nothing counts)
+
+    @property
+    def events(self) -> int:
+        return 0 if self.stored is None else len(self.stored)
 
 
 def read_page(connection: Connection, tenant_id: int, through: int, *, page: int = PAGE) -> Page | None:
@@ -139,12 +159,15 @@ def read_page(connection: Connection, tenant_id: int, through: int, *, page: int
     current = spend.generation(connection, tenant_id)
     state = spend.tenant_budgets(connection, tenant_id, current)
     if not state.index:  # nothing counts: no need to read them
-        return Page(start, current, through, False, (), [], None)
-    rows = _events(connection, tenant_id, start, through, page)
-    reached = rows[-1][-1] if len(rows) == page else through
-    attribution = [(row[_ACTOR], row[_AGENT]) for row in rows]
-    deltas = spend.usage_deltas(state, rows, attribution)
-    return Page(start, current, reached, reached < through, rows, attribution, deltas)
+        return Page(start, current, through, False, None, None)
+    values = {"tenant_id": tenant_id, "after": start, "through": through}
+    columns = _in_seq_order(prepared_columns(connection, _page_query(connection.dialect, page), values))
+    types, times, customers, tasks, task_types, providers, models, actors, agents, *tokens, seqs = columns
+    if not seqs:
+        return Page(start, current, through, False, None, spend.Deltas())
+    reached = seqs[-1] if len(seqs) == page else through
+    stored = spend.Stored(types, times, customers, tasks, task_types, providers, models, actors, agents, tuple(tokens))
+    return Page(start, current, reached, reached < through, stored, spend.usage_deltas(state, stored))
 
 
 def write_page(connection: Connection, tenant_id: int, page: Page, *, now: datetime) -> Counted | None:
@@ -157,22 +180,40 @@ def write_page(connection: Connection, tenant_id: int, page: Page, *, now: datet
     if counted_through(connection, tenant_id) != page.start or spend.generation(connection, tenant_id) != page.generation:
         return None
     raised = 0
-    if page.deltas is not None and page.rows:
+    if page.deltas is not None and page.stored is not None:
         state = spend.tenant_budgets(connection, tenant_id, page.generation)
-        raised = spend.add_counted(connection, tenant_id, state, page.rows, page.attribution, page.deltas, now=now)
+        raised = spend.add_counted(connection, tenant_id, state, page.stored, page.deltas, now=now)
     _advance(connection, tenant_id, page.reached, now)
-    return Counted(len(page.rows), raised, page.reached, page.more)
+    return Counted(page.events, raised, page.reached, page.more)
 
 
-def _events(connection: Connection, tenant_id: int, after: int, through: int, limit: int) -> Sequence[Sequence[Any]]:
-    e = events
+@lru_cache(maxsize=16)
+def _page_query(dialect: Any, limit: int) -> Prepared:
+    """The read of up to `limit` of a tenant's events after seq `after` up to `through`, in seq
+    order (`PAGE_COLUMNS`), as one row of a JSON array per column (`prepare_columns`), compiled
+    once per dialect and page size."""
+    e = events.c
     query = (
-        select(*ROW_COLUMNS)
-        .where(e.c.tenant_id == tenant_id, e.c.seq > after, e.c.seq <= through)
-        .order_by(e.c.seq)
+        select(*PAGE_COLUMNS)
+        .where(
+            e.tenant_id == bindparam("tenant_id", type_=Integer),
+            e.seq > bindparam("after", type_=BigInteger),
+            e.seq <= bindparam("through", type_=BigInteger),
+        )
+        .order_by(e.seq)
         .limit(limit)
     )
-    return next(iter(driver_rows(connection, query)), [])
+    return prepare_columns(query, dialect)
+
+
+def _in_seq_order(columns: list[list[Any]]) -> list[list[Any]]:
+    """The page's columns with its events in seq order (the last column), as the database
+    gives them in practice."""
+    seqs = np.fromiter(columns[-1], dtype=np.int64, count=len(columns[-1]))
+    if not (np.diff(seqs) < 0).any():
+        return columns
+    order = np.argsort(seqs, kind="stable").tolist()
+    return [list(map(column.__getitem__, order)) for column in columns]
 
 
 def _advance(connection: Connection, tenant_id: int, through: int, now: datetime) -> None:

@@ -82,11 +82,11 @@ def recount(
     since = min(open_starts.values())
     pages = _pages(connection, tenant_id, since, through) if usage_counted or jobs is None else iter(())
     for page in pages:
-        attribution = [(row.actor, row.agent) for row in page]
+        stored = spend.Stored.of_rows(page, [(row.actor, row.agent) for row in page])
         if usage_counted:
-            spend.count_usage(state, page, attribution, deltas, cost=bool(kinds & set(MONEY_MEASURES)))
+            spend.count_usage(state, stored, deltas, cost=bool(kinds & set(MONEY_MEASURES)))
         if jobs is None:
-            spend.deciding_outcomes(page, attribution, deciding)
+            spend.deciding_outcomes(stored, deciding)
     if kinds & {"jobs", "billed"}:
         for outcome in deciding.values() if jobs is None else jobs(connection, tenant_id, since):
             spend.add_job(state, outcome, 1, deltas)

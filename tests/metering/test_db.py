@@ -9,10 +9,29 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import BigInteger, Date, DateTime, Engine, Integer, func, literal, select, union_all
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    DateTime,
+    Engine,
+    Integer,
+    String,
+    bindparam,
+    func,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.exc import DBAPIError
 
-from metering.core.db import driver_rows, is_overflow, is_unavailable, read_frame
+from metering.core.db import (
+    driver_rows,
+    is_overflow,
+    is_unavailable,
+    prepare_columns,
+    prepared_columns,
+    read_frame,
+)
 
 
 def _refuse(value: Any) -> Any:
@@ -46,6 +65,23 @@ def test_driver_rows_in_batches(engine: Engine) -> None:
         batches = [list(batch) for batch in driver_rows(connection, query, batch_size=2)]
     assert [len(batch) for batch in batches] == [2, 1]
     assert sorted(row[0] for batch in batches for row in batch) == [1, 2, 3]
+
+
+def test_prepared_columns_are_the_rows_as_lists(engine: Engine) -> None:
+    """A query's rows as one list per column, aligned and in the query's order: integers exact
+    past 2**53, text escaped and back, null as None; no row gives empty lists."""
+    rows = union_all(*[
+        select(literal(n, BigInteger).label("n"), literal(name, String).label("name"))
+        for n, name in [(3, "caf\u00e9 \\ \"x\""), (2**62 + 1, None), (1, "a\nb")]
+    ]).subquery("v")  # fmt: skip
+    query = select(rows.c.n, rows.c.name).where(rows.c.n > bindparam("least", type_=BigInteger)).order_by(rows.c.n)
+    with engine.connect() as connection:
+        prepared = prepare_columns(query, connection.dialect)
+        assert prepared_columns(connection, prepared, {"least": 0}) == [
+            [1, 3, 2**62 + 1],
+            ["a\nb", "caf\u00e9 \\ \"x\"", None],
+        ]
+        assert prepared_columns(connection, prepared, {"least": 2**62 + 1}) == [[], []]
 
 
 def test_read_frame_converts_date_parameters_itself_on_sqlite(

@@ -11,8 +11,19 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
+import orjson
 import pandas as pd
-from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, func, literal_column
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    Text,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
@@ -75,6 +86,28 @@ def prepared_rows(connection: Connection, prepared: Prepared, values: Mapping[st
             return list(cursor.fetchall())
         finally:
             cursor.close()
+
+
+def prepare_columns(query: Select[Any], dialect: Any) -> Prepared:
+    """`query` (parameters bound per run, as `prepare`) made to answer one row: each of its
+    columns as one JSON array (SQLite's `json_group_array`, PostgreSQL's `json_agg`), for
+    `prepared_columns`. The arrays are aligned (row i of the query is item i of each); their
+    order is the query's as the database reads it into the aggregates (its ORDER BY, in
+    practice: a caller that needs an order checks it)."""
+    rows = query.subquery("page")
+    if dialect.name == "postgresql":
+        arrays = [sql_cast(func.json_agg(column), Text).label(column.name) for column in rows.c]
+    else:
+        arrays = [func.json_group_array(column).label(column.name) for column in rows.c]
+    return prepare(select(*arrays), dialect)
+
+
+def prepared_columns(connection: Connection, prepared: Prepared, values: Mapping[str, Any]) -> list[list[Any]]:
+    """One run of a `prepare_columns` statement: the query's columns as lists (integers, text,
+    None for null), through `connection`'s own cursor (its transaction). A row per value costs
+    the driver more than the JSON text (its step, its locks, a tuple per row)."""
+    (row,) = prepared_rows(connection, prepared, values)
+    return [orjson.loads(text) if text is not None else [] for text in row]  # PostgreSQL: null for no row
 
 
 def driver_rows(
