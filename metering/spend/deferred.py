@@ -34,7 +34,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, Connection, Integer, bindparam, case, delete, literal, null, select, update
+from sqlalchemy import BigInteger, Connection, Integer, bindparam, case, delete, literal, select, update
 
 from metering.core.db import (
     Prepared,
@@ -45,23 +45,12 @@ from metering.core.db import (
     tenant_lock,
     write_lock,
 )
-from metering.core.event_columns import INSERT_COLUMNS
 from metering.core.tables import events
 from metering.spend import counters as spend
 from metering.spend.budget_tables import spend_watermarks
 
 PAGE = 20_000
 """Events counted per transaction (per page, one upsert of the counters it touches)."""
-_ACTOR, _AGENT = INSERT_COLUMNS.index("actor"), INSERT_COLUMNS.index("agent")
-ROW_COLUMNS = (
-    *(
-        events.c[name] if i in spend.READ_POSITIONS or i in (_ACTOR, _AGENT) else null().label(name)
-        for i, name in enumerate(INSERT_COLUMNS)
-    ),
-    events.c.seq,
-)
-"""Stored events as ingestion hands them to `count_stored` (`INSERT_COLUMNS` order), then their
-seq; a column counting does not read comes as NULL (less to fetch: ids, digests, metadata)."""
 _e = events.c
 PAGE_COLUMNS = (
     _e.type, _e.time_us, _e.customer, case((_e.type.in_([literal(kind) for kind in spend.TERMINAL]), _e.task)).label("task"),
@@ -160,13 +149,10 @@ def read_page(connection: Connection, tenant_id: int, through: int, *, page: int
     state = spend.tenant_budgets(connection, tenant_id, current)
     if not state.index:  # nothing counts: no need to read them
         return Page(start, current, through, False, None, None)
-    values = {"tenant_id": tenant_id, "after": start, "through": through}
-    columns = _in_seq_order(prepared_columns(connection, _page_query(connection.dialect, page), values))
-    types, times, customers, tasks, task_types, providers, models, actors, agents, *tokens, seqs = columns
-    if not seqs:
+    stored, last = stored_page(connection, tenant_id, start, through, page)
+    if stored is None:
         return Page(start, current, through, False, None, spend.Deltas())
-    reached = seqs[-1] if len(seqs) == page else through
-    stored = spend.Stored(types, times, customers, tasks, task_types, providers, models, actors, agents, tuple(tokens))
+    reached = last if len(stored) == page else through
     return Page(start, current, reached, reached < through, stored, spend.usage_deltas(state, stored))
 
 
@@ -187,11 +173,27 @@ def write_page(connection: Connection, tenant_id: int, page: Page, *, now: datet
     return Counted(page.events, raised, page.reached, page.more)
 
 
+def stored_page(
+    connection: Connection, tenant_id: int, after: int, through: int, limit: int, *, since_us: int | None = None
+) -> tuple[spend.Stored | None, int]:
+    """Up to `limit` of the tenant's events after seq `after` up to `through` (and with a time
+    since `since_us`, when given), in seq order, as counting takes them (`PAGE_COLUMNS`), with the
+    seq of the last; (None, `after`) when there is none."""
+    values = {"tenant_id": tenant_id, "after": after, "through": through}
+    if since_us is not None:
+        values["since"] = since_us
+    columns = _in_seq_order(prepared_columns(connection, _page_query(connection.dialect, limit, since_us is not None), values))
+    types, times, customers, tasks, task_types, providers, models, actors, agents, *tokens, seqs = columns
+    if not seqs:
+        return None, after
+    return spend.Stored(types, times, customers, tasks, task_types, providers, models, actors, agents, tuple(tokens)), seqs[-1]
+
+
 @lru_cache(maxsize=16)
-def _page_query(dialect: Any, limit: int) -> Prepared:
-    """The read of up to `limit` of a tenant's events after seq `after` up to `through`, in seq
-    order (`PAGE_COLUMNS`), as one row of a JSON array per column (`prepare_columns`), compiled
-    once per dialect and page size."""
+def _page_query(dialect: Any, limit: int, since: bool) -> Prepared:
+    """The read of `stored_page` (parameters `tenant_id`, `after`, `through` and, with `since`,
+    `since`), as one row of a JSON array per column (`prepare_columns`), compiled once per
+    dialect, page size and shape."""
     e = events.c
     query = (
         select(*PAGE_COLUMNS)
@@ -199,6 +201,7 @@ def _page_query(dialect: Any, limit: int) -> Prepared:
             e.tenant_id == bindparam("tenant_id", type_=Integer),
             e.seq > bindparam("after", type_=BigInteger),
             e.seq <= bindparam("through", type_=BigInteger),
+            *([e.time_us >= bindparam("since", type_=BigInteger)] if since else []),
         )
         .order_by(e.seq)
         .limit(limit)

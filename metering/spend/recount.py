@@ -25,15 +25,13 @@ threshold).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, tuple_
 
 from metering.core.db import ingest_lock_key, tenant_lock
 from metering.core.periods import period_of
-from metering.core.tables import events
 from metering.spend import alerts, deferred
 from metering.spend import counters as spend
 from metering.spend.budget_tables import budget_counters
@@ -41,6 +39,7 @@ from metering.spend.budgets import MONEY_MEASURES
 
 PAGE = 20_000
 _US = 1_000_000
+_NO_BOUND = 2**63 - 1  # the largest seq: no upper bound
 
 
 JobOutcomes = Callable[[Connection, int, int], Iterable[spend.Outcome]]
@@ -81,8 +80,7 @@ def recount(
     deciding: dict[str, spend.Outcome] = {}
     since = min(open_starts.values())
     pages = _pages(connection, tenant_id, since, through) if usage_counted or jobs is None else iter(())
-    for page in pages:
-        stored = spend.Stored.of_rows(page, [(row.actor, row.agent) for row in page])
+    for stored in pages:
         if usage_counted:
             spend.count_usage(state, stored, deltas, cost=bool(kinds & set(MONEY_MEASURES)))
         if jobs is None:
@@ -128,26 +126,18 @@ def _us(moment: datetime) -> int:
     return int(moment.timestamp()) * _US + moment.microsecond
 
 
-def _pages(connection: Connection, tenant_id: int, since_us: int, through: int | None) -> Iterator[Sequence[Any]]:
+def _pages(connection: Connection, tenant_id: int, since_us: int, through: int | None) -> Iterator[spend.Stored]:
     """The tenant's events with a time since `since_us` (and a seq up to `through`, when given),
     in seq order, a page at a time (keyset pages along the tenant's seq index), as counting takes
-    them (`metering.spend.deferred.ROW_COLUMNS`)."""
-    e = events
-    after = 0
-    bound = () if through is None else (e.c.seq <= through,)
+    them (`metering.spend.deferred.stored_page`)."""
+    after, bound = 0, _NO_BOUND if through is None else through
     while True:
-        page = connection.execute(
-            select(*deferred.ROW_COLUMNS)
-            .where(e.c.tenant_id == tenant_id, e.c.seq > after, e.c.time_us >= since_us, *bound)
-            .order_by(e.c.seq)
-            .limit(PAGE)
-        ).all()
-        if not page:
+        stored, after = deferred.stored_page(connection, tenant_id, after, bound, PAGE, since_us=since_us)
+        if stored is None:
             return
-        yield page
-        if len(page) < PAGE:
+        yield stored
+        if len(stored) < PAGE:
             return
-        after = page[-1].seq
 
 
 def _replace_counters(
