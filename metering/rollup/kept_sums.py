@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,8 +27,20 @@ from sqlalchemy import Connection, Table, delete, select
 from metering.core.db import write_frame
 
 FLAG = "too_large"
-_SAFE = 2.0**62
+_SAFE = 2**62
 _INT64 = (-(2**63), 2**63 - 1)
+
+
+def sums_fit(columns: Iterable[Any], terms: int) -> bool:
+    """Whether any `terms` of the values of `columns` (integer arrays or sequences, Python ints
+    past int64 included) sum within int64 whatever their signs: a bound computed in Python's
+    exact ints."""
+    largest = 0
+    for column in columns:
+        values = np.asarray(column)
+        if len(values):
+            largest = max(largest, int(values.max()), -int(values.min()))
+    return largest * max(terms, 1) < _SAFE
 
 
 @dataclass(frozen=True)
@@ -101,10 +114,7 @@ class KeptSums:
 
     def _small(self, frame: pd.DataFrame, terms: int) -> bool:
         """Whether `terms` values of the measures of `frame` at most sum within int64."""
-        if not len(frame):
-            return True
-        largest = max((float(np.abs(frame[name].to_numpy(dtype=np.float64)).max()) for name in self.measures), default=0.0)
-        return largest * max(terms, 1) < _SAFE
+        return sums_fit((frame[name].to_numpy() for name in self.measures), terms)
 
     def _write(self, connection: Connection, tenant_id: int, frame: pd.DataFrame, *, add: bool) -> None:
         """Write `frame` (`keys`, `measures`, perhaps exact sums past int64) as new rows, or

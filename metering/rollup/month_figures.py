@@ -38,7 +38,7 @@ from sqlalchemy import Connection, select, update
 from metering.core.db import driver_rows, upsert
 from metering.core.tables import customer_months, rollup_state, task_usage
 from metering.costs.prices import REM_PER_NANO, settle_nanos
-from metering.rollup.kept_sums import KeptSums
+from metering.rollup.kept_sums import KeptSums, sums_fit
 from metering.rollup.stores.common import stored_tasks
 
 COST_EDGES_MICROS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
@@ -54,8 +54,6 @@ TASK_INPUT = ("task", "customer", "task_type", "status", "ended_us", "last_event
 FIGURES = KeptSums(customer_months, KEYS, MEASURES, count="tasks")
 """The figures as kept (`metering.rollup.kept_sums`): a key none of whose tasks is left is deleted."""
 _READ_CHUNK = 200_000
-_SAFE = 2**62
-"""Below this, a sum of the changes of `cost_delta` cannot pass int64 (Python ints: exact)."""
 
 
 MAX_OWN_EDGES = 64
@@ -151,8 +149,7 @@ def cost_delta(before: pd.DataFrame, nanos: np.ndarray, rem: np.ndarray, timezon
     old = settle_nanos(before["cost_nanos"].to_numpy(dtype=np.int64), before["cost_rem"].to_numpy(dtype=np.int64))
     new = settle_nanos(nanos, rem)
     counts = {name: before[name].to_numpy(dtype=np.int64) for name in ("usage_events", "input_tokens", "output_tokens")}
-    largest = max(max(int(v.max(initial=0)), -int(v.min(initial=0))) for v in (old, new, *counts.values()))
-    if largest * 2 * max(len(before), 1) >= _SAFE:  # the differences themselves could pass int64
+    if not sums_fit((old, new, *counts.values()), 2 * len(before)):  # the differences could pass int64
         return delta(before, before.assign(cost_nanos=nanos, cost_rem=rem), timezone, edges)
     keys = _task_keys(before, timezone)
     old_bucket, new_bucket = bucket_of(old, edges), bucket_of(new, edges)

@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, Connection, Select, select
 from metering.core.db import driver_rows, no_cyclic_gc, tuples_frame
 from metering.core.tables import usage_daily, usage_months
 from metering.costs.prices import REM_PER_NANO
-from metering.rollup.kept_sums import KeptSums
+from metering.rollup.kept_sums import KeptSums, sums_fit
 from metering.rollup.summary import DAILY_KEYS
 
 KEYS = ("customer", "month", "provider", "model", "actor", "agent")
@@ -45,7 +45,6 @@ _TEXTS = ("customer", "provider", "model", "actor", "agent")
 _READ_BATCH = 200_000
 _NAMED_CHUNK = 10_000  # customers per query (SQLite's bound parameters)
 _DAYS_LISTED = 1_000  # more distinct days than this: read their range
-_SAFE = 2.0**62
 
 
 def contributions(daily: pd.DataFrame) -> pd.DataFrame:
@@ -180,8 +179,7 @@ def cost_delta(before: pd.DataFrame, nanos: np.ndarray, rem: np.ndarray, unprice
     values = {name: before[name].to_numpy(dtype=np.int64) for name in SUMS}
     old = _cost_measures(values["cost_nanos"], values["cost_rem"], values["unpriced_events"], values)
     new = _cost_measures(nanos, rem, unpriced, values)
-    largest = max(float(np.abs(v.astype(np.float64)).max(initial=0)) for v in (*old.values(), *new.values()))
-    if largest * 2 * max(len(before), 1) >= _SAFE:  # the differences themselves could pass int64
+    if not sums_fit((*old.values(), *new.values()), 2 * len(before)):  # the differences could pass int64
         return delta(before, before.assign(cost_nanos=nanos, cost_rem=rem, unpriced_events=unpriced))
     day = pd.DatetimeIndex(before["day"])
     zeros = np.zeros(len(before), dtype=np.int64)

@@ -45,7 +45,7 @@ class TestSummed:
         assert out["month"].tolist() == ["2026-10", "2026-11"] and out["cost_nanos"].tolist() == [12, 1]
         assert all(out[name].dtype == np.int64 for name in SUMS.measures)
         plain = frame.groupby(list(SUMS.keys), sort=False, as_index=False)[list(SUMS.measures)].sum()
-        pd.testing.assert_frame_equal(out.drop(columns="month"), plain.drop(columns="month"))
+        pd.testing.assert_frame_equal(out.drop(columns="month"), plain.drop(columns="month"), check_exact=True)
 
     def test_sums_past_int64_are_exact_where_numpy_wraps(self) -> None:
         frame = _frame([("acme", 202610, BIG)] * 3 + [("globex", 202610, 1)])

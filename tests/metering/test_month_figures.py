@@ -66,7 +66,7 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
 def _assert_exact(engine: Engine, tenant: Tenant) -> None:
     stored = _sorted(_table(engine, tenant))
     expected = _recomputed(engine, tenant)
-    pd.testing.assert_frame_equal(stored, expected, check_dtype=False)
+    pd.testing.assert_frame_equal(stored, expected, check_dtype=False, check_exact=True)
 
 
 @pytest.mark.parametrize("timezone", ["UTC", "America/Los_Angeles"])
@@ -146,7 +146,7 @@ def test_rebuild_from_task_usage_restores_the_table(engine: Engine, make_tenant)
     with engine.begin() as connection:
         written = month_figures.rebuild_from_task_usage(connection, tenant.id, tenant.timezone)
     assert written == len(before)
-    pd.testing.assert_frame_equal(_sorted(_table(engine, tenant)), before)
+    pd.testing.assert_frame_equal(_sorted(_table(engine, tenant)), before, check_exact=True)
 
 
 @pytest.mark.parametrize("timezone", ["UTC", "Asia/Kolkata"])

@@ -69,7 +69,7 @@ def _assert_exact(engine: Engine, tenant: Tenant) -> None:
     the sums of its days made in SQL, to the nano (the whole tenant and one customer)."""
     with engine.connect() as connection:
         expected = _sorted(sums.recompute(connection, tenant.id))
-    pd.testing.assert_frame_equal(_table(engine, tenant), expected, check_dtype=False)
+    pd.testing.assert_frame_equal(_table(engine, tenant), expected, check_dtype=False, check_exact=True)
     keys = ["customer", "provider", "model", "actor", "agent"]
     with Session(engine) as session:
         for label in MONTHS:
@@ -78,7 +78,7 @@ def _assert_exact(engine: Engine, tenant: Tenant) -> None:
                 new = pricing_repository.month_usage(session, tenant.id, period, customer, by_day=False)
                 old = pricing_repository.summed_days(session, tenant.id, period, customer)
                 assert new.dtypes.to_dict() == old.dtypes.to_dict()
-                pd.testing.assert_frame_equal(new.sort_values(keys).reset_index(drop=True), old.sort_values(keys).reset_index(drop=True))
+                pd.testing.assert_frame_equal(new.sort_values(keys).reset_index(drop=True), old.sort_values(keys).reset_index(drop=True), check_exact=True)
 
 
 @pytest.mark.parametrize("timezone", ["UTC", "America/Los_Angeles"])
@@ -103,7 +103,7 @@ def test_the_sums_equal_a_recomputation_after_random_batches(engine: Engine, mak
     with unit_of_work(engine) as session:
         session.execute(update(rollup_state).where(rollup_state.c.tenant_id == tenant.id).values(price_buckets=None))
     assert rollup_tenant(engine, tenant, now=NOW).rebuilt
-    pd.testing.assert_frame_equal(_table(engine, tenant), table)
+    pd.testing.assert_frame_equal(_table(engine, tenant), table, check_exact=True)
     _assert_exact(engine, tenant)
 
 
@@ -156,7 +156,7 @@ def test_the_upgrade_fills_the_sums_of_the_days_rolled_up_before(engine: Engine,
         migrate(engine, "head")
     for tenant in tenants:
         assert not before[tenant.id].empty
-        pd.testing.assert_frame_equal(_table(engine, tenant), before[tenant.id])
+        pd.testing.assert_frame_equal(_table(engine, tenant), before[tenant.id], check_exact=True)
         _assert_exact(engine, tenant)
     with engine.connect() as connection:
         assert connection.execute(select(usage_months.c.tenant_id).distinct()).scalars().all() != []
@@ -188,7 +188,7 @@ def test_a_sum_past_int64_reads_the_days(engine: Engine, make_tenant, rollups: i
         if engine.dialect.name == "postgresql":  # sum(bigint) is numeric there
             read = pricing_repository.month_usage(session, tenant.id, period, by_day=False)
             # past int64 (read as columns): the days, which rating sums exactly itself, as before the table
-            pd.testing.assert_frame_equal(read, pricing_repository.month_usage(session, tenant.id, period, by_day=True))
+            pd.testing.assert_frame_equal(read, pricing_repository.month_usage(session, tenant.id, period, by_day=True), check_exact=True)
             assert sum(int(v) for v in read["provider_cost_nanos"]) == 12 * 10**18
         else:  # SQLite's sum() cannot make it: the caller's 409, as before the table
             with pytest.raises(OperationalError) as raised:
@@ -213,3 +213,41 @@ def test_sqlite_reads_the_days_by_primary_key(engine: Engine) -> None:
         plan = cursor.execute("EXPLAIN QUERY PLAN " + str(compiled), [compiled.params[n] for n in compiled.positiontup or ()]).fetchall()
         cursor.close()
     assert [row[3] for row in plan] == ["SEARCH usage_daily USING PRIMARY KEY (tenant_id=? AND customer=? AND day=? AND provider=? AND model=?)"]
+
+
+@pytest.mark.parametrize("scale", [1, 2**40], ids=["costs", "near-int64"])
+def test_cost_delta_equals_the_delta_of_whole_contributions(scale: int) -> None:
+    """`cost_delta` (a re-pricing's shortcut: each daily row's key made once, its contribution
+    the change of its cost measures) is `delta` from the old rows to the re-costed ones: costs up
+    and down, rows becoming priced or unpriced, half-up settling at the edges; with values near
+    int64 it takes `delta`'s path and is still exact. No database."""
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    n = 3_000
+    days = np.datetime64("2026-09-28") + rng.integers(0, 70, n).astype("timedelta64[D]")
+    before = pd.DataFrame({
+        "customer": rng.choice(np.array(["acme", "globex"], dtype=object), n),
+        "day": days.astype("datetime64[ns]"),
+        "provider": np.array(["openai"] * n, dtype=object),
+        "model": rng.choice(np.array(["gpt-4o", "gpt-4o-mini"], dtype=object), n),
+        "actor": rng.choice(np.array(["", "ana"], dtype=object), n),
+        "agent": rng.choice(np.array(["", "bot-1"], dtype=object), n),
+        **{name: rng.integers(0, 10**6, n) * scale for name in sums.SUMS if name not in ("cost_nanos", "cost_rem", "unpriced_events")},
+        "cost_nanos": rng.integers(0, 10**9, n),
+        "cost_rem": rng.choice(np.array([0, 499_999, 500_000, 999_999]), n),
+        "unpriced_events": rng.integers(0, 3, n),
+    })[list(sums.DAILY_INPUT)]  # fmt: skip
+    nanos = np.maximum(before["cost_nanos"].to_numpy() + rng.integers(-(10**8), 10**8, n) * rng.integers(0, 2, n), 0)
+    rem = rng.choice(np.array([0, 499_999, 500_000, 999_999]), n)
+    unpriced = np.maximum(before["unpriced_events"].to_numpy() + rng.integers(-2, 2, n), 0)
+    expected = sums.delta(before, before.assign(cost_nanos=nanos, cost_rem=rem, unpriced_events=unpriced))
+    got = sums.cost_delta(before, nanos, rem, unpriced)
+    order = list(sums.KEYS)
+    assert not expected.empty
+    pd.testing.assert_frame_equal(
+        got.sort_values(order).reset_index(drop=True)[[*sums.KEYS, *sums.MEASURES]].astype({m: object for m in sums.MEASURES}),
+        expected.sort_values(order).reset_index(drop=True)[[*sums.KEYS, *sums.MEASURES]].astype({m: object for m in sums.MEASURES}),
+        check_dtype=False,
+        check_exact=True,  # (otherwise within a relative tolerance: a nano-unit off would pass)
+    )

@@ -150,7 +150,7 @@ class TestArchive:
         assert [str(t) for t in archived.dtypes] == [str(t) for t in from_database.dtypes]
         pd.testing.assert_frame_equal(
             archived.astype({c: object for c in TEXT_COLUMNS}),
-            from_database.astype({c: object for c in TEXT_COLUMNS}),
+            from_database.astype({c: object for c in TEXT_COLUMNS}), check_exact=True,
         )
 
     def test_archiving_again_writes_only_what_arrived_since(
