@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import ColumnElement, Connection, Select, select
 
-from metering.core.db import driver_rows, no_cyclic_gc, tuples_frame
+from metering.core.db import by_primary_key, driver_rows, no_cyclic_gc, tuples_frame
 from metering.core.tables import usage_daily, usage_months
 from metering.costs.prices import REM_PER_NANO
 from metering.rollup.kept_sums import KeptSums, sums_fit
@@ -122,13 +122,8 @@ def _days_of(connection: Connection, tenant_id: int, keys: pd.DataFrame) -> pd.D
 
 def days_query(*where: ColumnElement[bool]) -> Select[Any]:
     """`DAILY_INPUT` of the `usage_daily` rows `where` selects, through the table's primary key on
-    SQLite (`INDEXED BY` its automatic index: compile with `metering.core.db.HINTING`)."""
-    u = usage_daily
-    return (
-        select(*[u.c[n] for n in DAILY_INPUT])
-        .where(*where)
-        .with_hint(u, f"INDEXED BY sqlite_autoindex_{u.name}_1", dialect_name="sqlite")
-    )
+    SQLite (`metering.core.db.by_primary_key`: compile with `metering.core.db.HINTING`)."""
+    return by_primary_key(select(*[usage_daily.c[n] for n in DAILY_INPUT]).where(*where), usage_daily)
 
 
 def merged(before: pd.DataFrame, added: pd.DataFrame) -> pd.DataFrame:

@@ -29,6 +29,7 @@ from metering.core.db.reads import (
     Prepared,
     adbc_uri,
     begin_snapshot,
+    by_primary_key,
     byte_order,
     driver_rows,
     inserted_by_this_transaction,
@@ -46,7 +47,7 @@ from metering.core.db.writes import add_rows, dialect_insert, frame_rows, upsert
 
 __all__ = [
     "HINTING", "follower_lock_key", "ingest_lock_key",
-    "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "add_rows", "begin_snapshot", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
+    "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "add_rows", "begin_snapshot", "by_primary_key", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
     "is_overflow", "is_postgresql", "is_sqlite", "is_unavailable", "make_engine", "no_cyclic_gc", "Prepared", "prepare", "prepare_columns", "prepared_columns", "prepared_rows", "read_frame", "tuples_frame",
     "session_factory", "snapshot_reads", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",
     "upsert", "without_index", "write_frame", "write_lock", "write_rows",

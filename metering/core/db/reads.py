@@ -151,6 +151,14 @@ HINTING = _HintingDialect()
 """The SQLite dialect that renders table hints (`with_hint(..., dialect_name="sqlite")`)."""
 
 
+def by_primary_key(query: Select[Any], table: Any) -> Select[Any]:
+    """`query`, reading `table` through its primary key on SQLite: the key's automatic index named
+    (`INDEXED BY sqlite_autoindex_<table>_1`, rendered when compiled with `HINTING`, e.g.
+    `driver_rows(..., hints=True)`), for where SQLite's planner would take a secondary index and
+    look each row up in the table. Other databases ignore the hint."""
+    return query.with_hint(table, f"INDEXED BY sqlite_autoindex_{table.name}_1", dialect_name="sqlite")
+
+
 def tuples_frame(
     rows: Sequence[Sequence[Any]],
     names: Sequence[str],
