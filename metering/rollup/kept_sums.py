@@ -81,8 +81,12 @@ class KeptSums:
         if old.empty:
             return new
         old[list(self.measures)] = -old[list(self.measures)]
-        both = self.summed(pd.concat([new, old], ignore_index=True))
-        return both[(both[list(self.measures)] != 0).any(axis=1)].reset_index(drop=True)
+        return self.changes(pd.concat([new, old], ignore_index=True))
+
+    def changes(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """`summed`, without the keys whose measures all sum to zero: a change to `apply`."""
+        out = self.summed(frame)
+        return out.loc[(out[list(self.measures)] != 0).any(axis=1).to_numpy()].reset_index(drop=True)
 
     def apply(self, connection: Connection, tenant_id: int, change: pd.DataFrame) -> None:
         """Add `change` (`delta`) to the tenant's sums, in SQL: a key that a sum would take past

@@ -165,8 +165,7 @@ def cost_delta(before: pd.DataFrame, nanos: np.ndarray, rem: np.ndarray, timezon
         "cost_nanos": np.concatenate([new[stays] - old[stays], new[moves], -old[moves]]),
     }
     frame = pd.DataFrame({name: pd.Series(values, dtype=object) if values.dtype == object else values for name, values in columns.items()})
-    out = FIGURES.summed(frame)
-    return out.loc[(out[list(MEASURES)] != 0).any(axis=1).to_numpy()].reset_index(drop=True)
+    return FIGURES.changes(frame)
 
 
 def delta(before: pd.DataFrame, after: pd.DataFrame, timezone: str, edges: np.ndarray = COST_EDGES_NANOS) -> pd.DataFrame:

@@ -183,8 +183,7 @@ def cost_delta(before: pd.DataFrame, nanos: np.ndarray, rem: np.ndarray, unprice
         "month": (day.year * 100 + day.month).to_numpy(),
         **{name: new[name] - old[name] if name in old else zeros for name in MEASURES},
     })  # fmt: skip
-    out = SUMMED.summed(frame)
-    return out.loc[(out[list(MEASURES)] != 0).any(axis=1).to_numpy()].reset_index(drop=True)
+    return SUMMED.changes(frame)
 
 
 def _cost_measures(nanos: np.ndarray, rem: np.ndarray, unpriced: np.ndarray, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
