@@ -4,7 +4,7 @@ and event stored -> threshold webhook received.
 
     .venv/bin/python bench/bench_budgets.py [--events 200000] [--stored 1000000]
     .venv/bin/python bench/bench_budgets.py --only throughput --events 200000 [--paths jsonl,http] [--databases sqlite,postgresql]
-        [--countings inline,deferred] [--rounds 1] [--follower thread|process]
+        [--countings inline,deferred] [--rounds 1] [--follower thread|process] [--leave-counting]
 
 Throughput, per database and path, each configuration into a fresh database: no budget, 1,000
 budgets counted inline (`TASKMETER_SPEND_COUNTING=inline`), no budget, the same counted deferred,
@@ -13,7 +13,10 @@ the file is in the time). HTTP: a real `taskmeter serve` (one uvicorn worker, sc
 `deferred` its follower counts in the server process) fed 1,000-event batches by `--clients`
 clients; deferred also reports how long after the last answer everything was counted. With
 `--follower process` deferred counting runs in a separate `taskmeter worker` (the server's
-scheduler off), as OPERATIONS describes for giving the follower a process of its own.
+scheduler off), as OPERATIONS describes for giving the follower a process of its own; with
+`--leave-counting` too, JSONL runs `ingest --leave-counting` (the worker counts what the file
+stored, and the line says how long after the end of the file it had counted everything, as HTTP's
+does after the last answer).
 Authorization and webhooks go through a real `taskmeter serve` (one uvicorn worker, SQLite) over
 loopback HTTP.
 """
@@ -122,11 +125,14 @@ def _newest(engine: Engine, tenant: Tenant) -> int:
         return int(connection.execute(select(func.max(events.c.seq)).where(events.c.tenant_id == tenant.id)).scalar() or 0)
 
 
-def jsonl_rate(engine: Engine, budgets: list[Budget], file: Path, counting: str, follower: str = "thread") -> tuple[float, str]:
+def jsonl_rate(
+    engine: Engine, budgets: list[Budget], file: Path, counting: str, follower: str = "thread", leave: bool = False
+) -> tuple[float, str]:
     """Events per second of `taskmeter ingest` (`ingest_file`, in process, 5,000 lines a
     transaction) from start to end, the deferred mode's catch-up at the end of the file included.
     `follower` "process": with deferred, a `taskmeter worker` counts meanwhile (the catch-up at
-    the end counts what it left)."""
+    the end counts what it left); with `leave`, `--leave-counting`: no catch-up, the worker
+    counts the rest (how long after the end of the file it had counted all is in the note)."""
     tenant = _tenant(engine, budgets)
     url = engine.url.render_as_string(hide_password=False)
     settings = Settings(database_url=url, secret_key=SECRET, spend_counting=counting)  # type: ignore[arg-type]
@@ -135,11 +141,17 @@ def jsonl_rate(engine: Engine, budgets: list[Budget], file: Path, counting: str,
         if process is not None:  # the worker's first run follows the tenant
             _wait(lambda: _counted_through(engine, tenant) is not None, "the worker never followed the tenant")
         start = time.perf_counter()
-        summary = ingest_file(engine, tenant.id, file, file.with_suffix(".rejected.jsonl"), settings=settings)
+        summary = ingest_file(
+            engine, tenant.id, file, file.with_suffix(".rejected.jsonl"), settings=settings, leave_counting=leave and process is not None
+        )  # fmt: skip
         elapsed = time.perf_counter() - start
+        note = f", {summary['spend_counted']:,} counted at the end" if "spend_counted" in summary else ""
+        if "spend_left" in summary:
+            newest = _newest(engine, tenant)
+            _wait(lambda: (_counted_through(engine, tenant) or 0) >= newest, "the worker never caught up")
+            note = f", {summary['spend_left']:,} left to the worker, counted {time.perf_counter() - start - elapsed:.2f} s after the end of the file"
     finally:
         _stop(process)
-    note = f", {summary['spend_counted']:,} counted at the end" if "spend_counted" in summary else ""
     return summary["accepted"] / elapsed, note
 
 
@@ -203,7 +215,7 @@ def _wait(done: Callable[[], bool], failure: str, seconds: float = 600) -> None:
 
 def throughput(
     events: int, databases: list[str], paths: list[str], clients: int = 2, follower: str = "thread",
-    countings: tuple[str, ...] = ("inline", "deferred"), rounds: int = 1,
+    countings: tuple[str, ...] = ("inline", "deferred"), rounds: int = 1, leave: bool = False,
 ) -> list[str]:  # fmt: skip
     """Ingestion with no budget and with 1,000 budgets counted each way of `countings`, each run
     into a fresh database, the same events, per database and path, in the order of `runs`. Each
@@ -226,7 +238,7 @@ def throughput(
                     if path == "jsonl":
                         engine = fresh_sqlite(os.path.join(folder, "j.db")) if database == "sqlite" else fresh_postgres()
                         assert engine is not None
-                        rate, note = jsonl_rate(engine, budgets, file, counting, follower)
+                        rate, note = jsonl_rate(engine, budgets, file, counting, follower, leave)
                         engine.dispose()
                     else:
                         rate, note = http_rate(Path(folder) / "h.db" if database == "sqlite" else None, budgets, batches, counting, clients, follower)
@@ -236,11 +248,14 @@ def throughput(
                     f"HTTP ({clients} clients, 1,000-event batches, one server process with its scheduler)")
                 if follower == "process":
                     how += ", deferred counted by a separate `taskmeter worker`" + (" (server scheduler off)" if path == "http" else "")
+                    how += " (ingest --leave-counting)" if path == "jsonl" and leave else ""
                 nones = [rate for name, rate, _ in rates if name == NONE[0]]
                 parts = [f"none {min(nones):,.0f}-{max(nones):,.0f} events/s ({len(nones)} runs)"]
                 for name, _, _ in (c for c in COUNTINGS if c[1] in countings):
                     ratios = [rate / ((rates[i - 1][1] + rates[i + 1][1]) / 2) for i, (run, rate, _) in enumerate(rates) if run == name]
                     notes = "".join(note for run, _, note in rates if run == name and rounds == 1)
+                    if rounds > 1 and any(note for run, _, note in rates if run == name):
+                        notes = " (" + "; ".join(note.lstrip(", ") for run, _, note in rates if run == name) + ")"
                     each = ", ".join(f"{ratio:.1%}" for ratio in ratios)
                     parts.append(f"{name} {each} of none" + (f" (median {statistics.median(ratios):.1%})" if len(ratios) > 1 else "") + notes)
                 lines.append(f"{label}, {how}, {events:,} events: " + "; ".join(parts))
@@ -547,12 +562,14 @@ def main() -> None:
                              "or a separate `taskmeter worker` process (servers with their scheduler off)")
     parser.add_argument("--countings", default="inline,deferred", help="throughput: the countings with budgets to run (inline, deferred or both)")
     parser.add_argument("--rounds", type=int, default=1, help="throughput: runs of each counting, each between two runs without budgets")
+    parser.add_argument("--leave-counting", action="store_true",
+                        help="throughput, JSONL with --follower process: `ingest --leave-counting` (the worker counts, no catch-up at the end)")
     args = parser.parse_args()
     print(machine(), flush=True)
     print(cpu_check(), flush=True)
     if args.only in (None, "throughput"):
         throughput(args.events, args.databases.split(","), args.paths.split(","), clients=args.clients, follower=args.follower,
-                   countings=tuple(args.countings.split(",")), rounds=args.rounds)
+                   countings=tuple(args.countings.split(",")), rounds=args.rounds, leave=args.leave_counting)
     if args.only in (None, "authorize"):
         for database in args.databases.split(","):
             for serve_args in args.serve or [""]:

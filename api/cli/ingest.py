@@ -30,13 +30,17 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         with unit_of_work(engine) as session:
             tenant = find_tenant(session, args.tenant)
         rejected_path = path.with_name(path.name.removesuffix(".jsonl") + ".rejected.jsonl")
-        summary = ingest_file(engine, tenant.id, path, rejected_path, settings=settings, batch_size=args.batch_size)
+        summary = ingest_file(
+            engine, tenant.id, path, rejected_path, settings=settings, batch_size=args.batch_size,
+            leave_counting=args.leave_counting,
+        )  # fmt: skip
         out(summary)
     return 0
 
 
 def ingest_file(
-    engine: Engine, tenant_id: int, path: Path, rejected_path: Path, *, settings: Settings, batch_size: int = 5000
+    engine: Engine, tenant_id: int, path: Path, rejected_path: Path, *, settings: Settings, batch_size: int = 5000,
+    leave_counting: bool = False,
 ) -> dict[str, Any]:
     """Stream a JSONL file into the events table, one transaction per batch (a rerun is a replay).
 
@@ -44,7 +48,9 @@ def ingest_file(
     `TASKMETER_SPEND_COUNTING=deferred` the batches only store events (the tenant is followed from
     the start, `metering.events.spend_follower`) and the budget counters catch up once at the end
     of the file; the summary then says how many events that counted (`spend_counted`). A tenant
-    followed by a server's follower is caught up at the end likewise.
+    followed by a server's follower is caught up at the end likewise. With `leave_counting` the
+    command does not catch up: a running server's or worker's follower counts what it stored, and
+    the summary says how many events it left uncounted when it ended (`spend_left`).
     """
     from tqdm import tqdm
 
@@ -97,7 +103,9 @@ def ingest_file(
         err(f"{totals['rejected']} line(s) rejected; reasons in {rejected_path}")
     with engine.connect() as connection:
         followed = spend_follower.following(connection, tenant_id)
-    if followed:
+    if followed and leave_counting:
+        totals["spend_left"] = spend_follower.uncounted(engine, tenant_id)
+    elif followed:
         totals["spend_counted"] = spend_follower.catch_up(engine, tenant_id, now=now()).events
     return totals
 
@@ -112,4 +120,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("file")
     p.add_argument("--tenant", required=True)
     p.add_argument("--batch-size", type=int, default=5000)
+    p.add_argument(
+        "--leave-counting", action="store_true",
+        help="deferred counting: leave the budget counters to a running server's or worker's follower "
+        "instead of catching them up at the end of the file",
+    )  # fmt: skip
     p.set_defaults(func=cmd_ingest)

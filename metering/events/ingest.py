@@ -24,7 +24,13 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
-from metering.core.db import ingest_lock_key, inserted_by_this_transaction, tenant_lock, write_rows
+from metering.core.db import (
+    ingest_lock_key,
+    inserted_by_this_transaction,
+    tenant_lock,
+    wait_for_holders,
+    write_rows,
+)
 from metering.core.errors import InvalidInput, PayloadTooLarge, TaskmeterError
 from metering.core.event_columns import DIGEST, INGESTED, INSERT_COLUMNS
 from metering.core.tables import events, quarantine
@@ -418,18 +424,32 @@ def find_event(session: Session | Connection, tenant_id: int, event_id: str) -> 
 
 
 def committed_through(engine: Engine, tenant_id: int) -> int:
-    """The highest seq below which every event of the tenant is committed: the read waits for
-    ingest transactions in flight (which hold the tenant's lock shared; on PostgreSQL a
-    transaction can commit seq 11 while seq 10 is still in flight)."""
-    with engine.begin() as connection:
-        return newest_committed(connection, tenant_id)
+    """The highest seq below which every event of the tenant is committed (on PostgreSQL a
+    transaction can commit seq 11 while seq 10 is still in flight): the newest seq committed,
+    once the ingest transactions in flight when it was read have ended.
+
+    Every seq up to that newest one was handed out before the read, to a batch that took the
+    tenant's ingest lock shared before it inserted and holds it until it ends: so once the
+    transactions holding the lock just after the read have ended (`wait_for_holders`), no seq
+    up to it is still in flight. Batches that start meanwhile go on: they are not queued behind
+    an exclusive request, as under `newest_committed`'s lock, and their seqs are higher. On
+    SQLite a committed read is enough (one writer at a time)."""
+    with engine.connect() as connection:
+        newest = _newest_seq(connection, tenant_id)
+        connection.rollback()
+        wait_for_holders(connection, ingest_lock_key(tenant_id))
+    return newest
 
 
 def newest_committed(connection: Connection, tenant_id: int) -> int:
     """`committed_through` in the caller's transaction, which then holds the tenant's ingest lock
     alone until it ends: no batch of the tenant is stored meanwhile (on SQLite, take the write
     lock first for the same effect)."""
+    tenant_lock(connection, ingest_lock_key(tenant_id))
+    return _newest_seq(connection, tenant_id)
+
+
+def _newest_seq(connection: Connection, tenant_id: int) -> int:
     # Newest first along the primary key: stops at the tenant's latest event instead of scanning.
     query = select(events.c.seq).where(events.c.tenant_id == tenant_id).order_by(events.c.seq.desc()).limit(1)
-    tenant_lock(connection, ingest_lock_key(tenant_id))
     return int(connection.execute(query).scalar() or 0)

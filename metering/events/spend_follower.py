@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from metering.core.db import snapshot_reads, write_lock
 from metering.core.tables import events
@@ -110,6 +110,17 @@ def catch_up(engine: Engine, tenant_id: int, *, now: datetime, page: int = defer
         done.add(counted)
         if not counted.more:
             return done
+
+
+def uncounted(engine: Engine, tenant_id: int) -> int:
+    """How many of the tenant's stored events its follower has not counted yet (0 when
+    ingestion counts them)."""
+    with engine.connect() as connection:
+        through = deferred.counted_through(connection, tenant_id)
+        if through is None:
+            return 0
+        query = select(func.count()).select_from(events).where(events.c.tenant_id == tenant_id, events.c.seq > through)
+        return int(connection.execute(query).scalar_one())
 
 
 def following(connection: Connection, tenant_id: int) -> bool:

@@ -24,7 +24,7 @@ from metering.core.db import is_postgresql, make_engine, unit_of_work
 from metering.core.tables import events, task_usage
 from metering.core.tenants import Tenant
 from metering.events import spend_follower
-from metering.events.ingest import ingest_events
+from metering.events.ingest import committed_through, ingest_events
 from metering.rollup.pipeline import rollup_tenant
 from metering.spend import budget_repository, deferred
 from metering.spend import counters as spend
@@ -353,6 +353,38 @@ class TestSwitchingMode:
         spend_follower.catch_up(engine, tenant.id, now=NOW)
         assert used(engine, tenant) == 10
 
+    def test_the_bound_waits_for_a_batch_in_flight_and_holds_back_none(
+        self, engine: Engine, tenant: Tenant, database_url: str
+    ) -> None:
+        """`committed_through` (the follower's and the rollup's bound) does not pass a lower seq
+        still in flight, and batches that start while it waits go on (PostgreSQL: batches
+        commit out of seq order; SQLite has one writer, so a committed read is the bound)."""
+        own = make_engine(database_url)
+        ingest(engine, tenant, [usage("before", 1)])
+        bound: list[int] = []
+        with own.connect() as slow:
+            transaction = slow.begin()
+            ingest_events(slow, tenant.id, [usage("slow", 2)], now=NOW)  # a seq handed out, not committed
+            if not is_postgresql(engine):  # the one writer: nothing else commits meanwhile
+                assert committed_through(engine, tenant.id) == newest_seq(engine, tenant)
+                transaction.rollback()
+                own.dispose()
+                return
+            ingest(engine, tenant, [usage("fast", 3)])  # a higher seq, committed first
+            fast = newest_seq(engine, tenant)
+            waiting = threading.Thread(target=lambda: bound.append(committed_through(engine, tenant.id)))
+            waiting.start()
+            waiting.join(0.3)
+            assert waiting.is_alive()  # the batch in flight holds a lower seq
+            meanwhile = threading.Thread(target=ingest, args=(engine, tenant, [usage("meanwhile", 4)]))
+            meanwhile.start()
+            meanwhile.join(30)
+            assert not meanwhile.is_alive() and waiting.is_alive()  # not queued behind the bound's wait
+            transaction.commit()
+        waiting.join(30)
+        own.dispose()
+        assert bound == [fast]
+
     def test_a_job_moves_across_switches_as_the_rollup_decides_it(self, engine: Engine, tenant: Tenant) -> None:
         """The tasks' stored outcomes carry over both ways: a job completed while counted inline,
         failed later while followed, completed again once inline again, counts as the rollup."""
@@ -447,3 +479,27 @@ class TestCommandLine:
         code, summary, _ = run_cli("ingest", str(path), "--tenant", tenant.name, "--batch-size", "5")
         assert code == 0 and (summary["accepted"], summary["spend_counted"]) == (12, 12)
         assert used(engine, tenant) == sum(range(1, 13)) and watermark(engine, tenant) == newest_seq(engine, tenant)
+
+    def test_ingest_leaves_counting_to_a_running_follower_when_asked(
+        self, engine: Engine, tenant: Tenant, run_cli: Callable[..., tuple[int, Any, str]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        put(engine, tenant, tokens_budget())
+        path = tmp_path / "events.jsonl"
+        path.write_bytes(b"\n".join(orjson.dumps(usage(f"u{i}", 1 + i)) for i in range(12)) + b"\n")
+        monkeypatch.setenv("TASKMETER_SPEND_COUNTING", "deferred")
+        code, summary, _ = run_cli("ingest", str(path), "--tenant", tenant.name, "--batch-size", "5", "--leave-counting")
+        assert code == 0 and (summary["accepted"], summary["spend_left"]) == (12, 12) and "spend_counted" not in summary
+        assert used(engine, tenant) == 0 and watermark(engine, tenant) < newest_seq(engine, tenant)
+        # what a server's or worker's follower then does
+        assert spend_follower.catch_up(engine, tenant.id, now=NOW).events == 12
+        assert used(engine, tenant) == sum(range(1, 13)) and spend_follower.uncounted(engine, tenant.id) == 0
+
+    def test_leaving_counting_changes_nothing_when_ingestion_counts(
+        self, engine: Engine, tenant: Tenant, run_cli: Callable[..., tuple[int, Any, str]], tmp_path: Path,
+    ) -> None:  # fmt: skip
+        put(engine, tenant, tokens_budget())
+        path = tmp_path / "events.jsonl"
+        path.write_bytes(b"\n".join(orjson.dumps(usage(f"u{i}", 1 + i)) for i in range(3)) + b"\n")
+        code, summary, _ = run_cli("ingest", str(path), "--tenant", tenant.name, "--leave-counting")
+        assert code == 0 and "spend_left" not in summary and used(engine, tenant) == 6

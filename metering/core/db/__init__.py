@@ -22,6 +22,7 @@ from metering.core.db.locks import (
     name_locks,
     tenant_lock,
     try_advisory_lock,
+    wait_for_holders,
     write_lock,
 )
 from metering.core.db.reads import (
@@ -50,5 +51,5 @@ __all__ = [
     "MIGRATIONS_DIR", "UNAVAILABLE", "adbc_uri", "add_rows", "begin_snapshot", "by_primary_key", "byte_order", "dialect_insert", "driver_rows", "name_locks", "inserted_by_this_transaction", "frame_rows",
     "is_overflow", "is_postgresql", "is_sqlite", "is_unavailable", "make_engine", "no_cyclic_gc", "Prepared", "prepare", "prepare_columns", "prepared_columns", "prepared_rows", "read_frame", "tuples_frame",
     "session_factory", "snapshot_reads", "sqlite_file", "tenant_lock", "try_advisory_lock", "unit_of_work", "upgrade_schema",
-    "upsert", "without_index", "write_frame", "write_lock", "write_rows",
+    "upsert", "without_index", "wait_for_holders", "write_frame", "write_lock", "write_rows",
 ]  # fmt: skip

@@ -5,10 +5,24 @@ locks order on PostgreSQL, and no try-lock (a job falls back to a lease in a tab
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import ARRAY, Connection, Engine, Text, func, literal, select
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    Connection,
+    Engine,
+    Integer,
+    Text,
+    column,
+    func,
+    literal,
+    select,
+    table,
+)
 
 from metering.core.db.engine import begin_sqlite, is_postgresql
 
@@ -59,3 +73,34 @@ def name_locks(connection: Connection, space: int, names: Sequence[str]) -> None
     if is_postgresql(connection) and names:
         hashed = func.unnest(literal(list(names), ARRAY(Text))).column_valued("name")
         connection.execute(select(func.count(func.pg_advisory_xact_lock(space, func.hashtext(hashed)))))
+
+
+_pg_locks = table(
+    "pg_locks", column("locktype", Text), column("classid", BigInteger), column("objid", BigInteger),
+    column("objsubid", Integer), column("granted", Boolean), column("virtualtransaction", Text),
+)  # fmt: skip
+HOLDERS_POLL = 0.001
+"""Seconds between two looks at the holders in `wait_for_holders`."""
+
+
+def wait_for_holders(connection: Connection, key: int) -> None:
+    """Wait until every transaction that holds the advisory lock `key` now (shared or alone) has
+    ended, without asking for the lock: PostgreSQL queues a request for a lock behind one that
+    waits for it, so waiting with `tenant_lock(key)` would hold back every transaction that asks
+    for it shared meanwhile; this holds back none. It looks at `pg_locks` every `HOLDERS_POLL`
+    seconds, outside any transaction of the caller's (`connection` must not be in one). On SQLite
+    nothing happens: a writer holds the whole database, so no transaction is in flight beside a
+    committed read."""
+    if not is_postgresql(connection):
+        return
+    locks = _pg_locks.c
+    query = select(locks.virtualtransaction).where(
+        locks.locktype == "advisory", locks.classid == key >> 32, locks.objid == key & 0xFFFF_FFFF,
+        locks.objsubid == 1, locks.granted,
+    )  # fmt: skip
+    holders = set(connection.execute(query).scalars())
+    connection.rollback()
+    while holders:
+        time.sleep(HOLDERS_POLL)
+        holders &= set(connection.execute(query).scalars())  # a transaction that ended never comes back
+        connection.rollback()
