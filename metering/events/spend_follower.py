@@ -6,7 +6,8 @@ at the end of its file. The counting itself, its exactly-once rules and its lock
 `metering.spend.deferred`'s; this module decides how far it may go and when a tenant changes mode.
 
 - `catch_up` counts up to `committed_through` (the rollup's bound: on PostgreSQL a batch with a
-  higher seq can commit while a lower one is still in flight; the read waits for those), one
+  higher seq can commit while a lower one is still in flight; the read waits for those, without
+  holding back the batches that start meanwhile), one
   page at a time: read and counted from a snapshot without the follower lock, written under it
   (`deferred.read_page`, `deferred.write_page`).
 - `start` (inline to deferred): in one transaction holding the tenant's ingest lock alone, the
