@@ -467,15 +467,21 @@ class TestServer:
             Settings(spend_counting="later")  # type: ignore[arg-type]
 
 
+def _file_of_twelve(engine: Engine, tenant: Tenant, folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tokens budget, deferred counting, and a JSONL file of 12 usage events of 1..12 tokens."""
+    put(engine, tenant, tokens_budget())
+    path = folder / "events.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(usage(f"u{i}", 1 + i)) for i in range(12)) + b"\n")
+    monkeypatch.setenv("TASKMETER_SPEND_COUNTING", "deferred")
+    return path
+
+
 class TestCommandLine:
     def test_ingest_catches_up_at_the_end_of_the_file(
         self, engine: Engine, tenant: Tenant, run_cli: Callable[..., tuple[int, Any, str]], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:  # fmt: skip
-        put(engine, tenant, tokens_budget())
-        path = tmp_path / "events.jsonl"
-        path.write_bytes(b"\n".join(orjson.dumps(usage(f"u{i}", 1 + i)) for i in range(12)) + b"\n")
-        monkeypatch.setenv("TASKMETER_SPEND_COUNTING", "deferred")
+        path = _file_of_twelve(engine, tenant, tmp_path, monkeypatch)
         code, summary, _ = run_cli("ingest", str(path), "--tenant", tenant.name, "--batch-size", "5")
         assert code == 0 and (summary["accepted"], summary["spend_counted"]) == (12, 12)
         assert used(engine, tenant) == sum(range(1, 13)) and watermark(engine, tenant) == newest_seq(engine, tenant)
@@ -484,10 +490,7 @@ class TestCommandLine:
         self, engine: Engine, tenant: Tenant, run_cli: Callable[..., tuple[int, Any, str]], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:  # fmt: skip
-        put(engine, tenant, tokens_budget())
-        path = tmp_path / "events.jsonl"
-        path.write_bytes(b"\n".join(orjson.dumps(usage(f"u{i}", 1 + i)) for i in range(12)) + b"\n")
-        monkeypatch.setenv("TASKMETER_SPEND_COUNTING", "deferred")
+        path = _file_of_twelve(engine, tenant, tmp_path, monkeypatch)
         code, summary, _ = run_cli("ingest", str(path), "--tenant", tenant.name, "--batch-size", "5", "--leave-counting")
         assert code == 0 and (summary["accepted"], summary["spend_left"]) == (12, 12) and "spend_counted" not in summary
         assert used(engine, tenant) == 0 and watermark(engine, tenant) < newest_seq(engine, tenant)
