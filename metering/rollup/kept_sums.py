@@ -80,8 +80,8 @@ class KeptSums:
         `summed`): new minus old, without the keys that do not change."""
         if old.empty:
             return new
-        old[list(self.measures)] = -old[list(self.measures)]
-        return self.changes(pd.concat([new, old], ignore_index=True))
+        negated = old.assign(**{name: -old[name] for name in self.measures})  # the caller's frame unchanged
+        return self.changes(pd.concat([new, negated], ignore_index=True))
 
     def changes(self, frame: pd.DataFrame) -> pd.DataFrame:
         """`summed`, without the keys whose measures all sum to zero: a change to `apply`."""

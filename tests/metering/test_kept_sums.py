@@ -56,8 +56,10 @@ class TestSummed:
     def test_a_delta_is_exact_and_leaves_out_the_keys_that_do_not_change(self) -> None:
         old = SUMS.summed(_frame([("acme", 202610, BIG), ("acme", 202610, BIG), ("globex", 202610, 3)]))
         new = SUMS.summed(_frame([("acme", 202610, BIG)] * 3 + [("globex", 202610, 3)]))
+        kept = old.copy()
         [row] = SUMS.delta(old, new).itertuples()
         assert (row.customer, int(row.tasks), int(row.cost_nanos)) == ("acme", 1, BIG)
+        pd.testing.assert_frame_equal(old, kept, check_exact=True)  # the caller's frame is left as it was
 
     def test_parts_total_as_one_frame_sums(self) -> None:
         rows = [("acme", 202610, BIG), ("acme", 202610, BIG), ("acme", 202610, BIG), ("globex", 202611, 2)]
