@@ -75,12 +75,6 @@ from metering.spend.budgets import (
     used_decimal,
 )
 
-READ_POSITIONS = frozenset((
-    _TYPE, _TIME, _CUSTOMER, _TASK, _TASK_TYPE, _PROVIDER, _MODEL, _INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE,
-    _CACHE_WRITE_1H,
-))  # fmt: skip
-"""The positions of an `INSERT_COLUMNS` row that `count_stored` reads (a reader of stored events
-may leave the others out)."""
 _CHUNK = 400
 _COUNTER_COLUMNS = ("tenant_id", "budget_id", "period_start_us", "used", "used_rem", "unpriced_events")
 _COUNTER_KEYS = ("tenant_id", "budget_id", "period_start_us")
@@ -438,8 +432,7 @@ class Stored:
 
     @classmethod
     def of_rows(cls, rows: Sequence[Sequence[Any]], attribution: Sequence[tuple[str | None, str | None]]) -> Stored:
-        """Rows in `INSERT_COLUMNS` order (`READ_POSITIONS` are read) with each one's (actor,
-        agent), as columns: each in one C-level pass (transposing every row costs more)."""
+        """Rows in `INSERT_COLUMNS` order with each one's (actor, agent), as columns: each in one C-level pass (transposing every row costs more)."""
         def column(position: int) -> list[Any]:
             return list(map(itemgetter(position), rows))
 
